@@ -1,0 +1,45 @@
+"""Typed errors of the data and forecasting layers; the API maps each to one HTTP status."""
+
+from __future__ import annotations
+
+
+class StockcastError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class InvalidTicker(StockcastError, ValueError):
+    """A ticker symbol that is not in the accepted Yahoo symbol set."""
+
+
+class UnknownTicker(StockcastError):
+    """The source knows no bars for this ticker (unknown or delisted symbol)."""
+
+
+class SourceUnavailable(StockcastError):
+    """The upstream source failed (timeouts, rate limits) after retries."""
+
+
+class InvalidBars(StockcastError, ValueError):
+    """An input file or frame that cannot be read as OHLCV bars at all."""
+
+
+class InsufficientHistory(StockcastError):
+    """Too few bars to build one feature window."""
+
+    def __init__(self, ticker: str, n_bars: int, needed: int):
+        self.ticker, self.n_bars, self.needed = ticker, n_bars, needed
+        super().__init__(
+            f"{ticker} has {n_bars} usable bars; at least {needed} are needed for one window"
+        )
+
+
+class ModelNotLoaded(StockcastError):
+    """No model artifact is loaded."""
+
+
+class ManifestMismatch(StockcastError):
+    """An artifact whose manifest does not match this code's feature spec."""
+
+
+class DatabaseUnavailable(StockcastError):
+    """The bar database cannot be reached."""
