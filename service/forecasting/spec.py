@@ -21,6 +21,16 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+# Named ticker universes. "top24": large, liquid tickers with bars for the whole shared dataset
+# (2012-12-06..2017-12-06, 1260 sessions each), the default training and backtest set.
+UNIVERSES: dict[str, tuple[str, ...]] = {
+    "top24": (
+        "AAPL", "MSFT", "AMZN", "GOOGL", "FB", "JPM", "JNJ", "XOM", "WFC", "BAC", "PG", "GE",
+        "T", "CVX", "PFE", "VZ", "KO", "INTC", "CSCO", "WMT", "HD", "MRK", "DIS", "BA",
+    ),
+}
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """What a model consumes and produces; saved inside every artifact."""
