@@ -1,0 +1,65 @@
+# stockcast: `make run` serves the shipped model; `make test` runs the whole suite.
+# Each target creates its own virtualenv (.venv) if missing and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export STOCKCAST_DATABASE_URL ?= sqlite:///./stockcast.db
+
+.PHONY: run test train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest backtest lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Runtime only (no torch): what the service needs.
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Everything: runtime + training (torch==2.13.0, the CPU wheel on these machines) + test tools.
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[train,dev]"
+	touch $@ $(VENV)/.runtime
+
+migrate: $(VENV)/.runtime
+	$(BIN)/stockcast db upgrade
+
+seed: migrate
+	$(BIN)/stockcast seed
+
+run: seed
+	$(BIN)/stockcast serve --host $(HOST) --port $(PORT)
+
+serve: $(VENV)/.runtime
+	$(BIN)/stockcast serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest
+
+train: $(VENV)/.dev seed
+	$(BIN)/stockcast train --universe top24
+
+backtest: $(VENV)/.runtime seed
+	$(BIN)/stockcast backtest
+
+bench: bench-ingest bench-train bench-serve bench-backtest
+
+bench-ingest: $(VENV)/.dev
+	$(BIN)/python bench/ingest.py
+
+bench-train: $(VENV)/.dev
+	$(BIN)/python bench/train.py
+
+bench-serve: $(VENV)/.dev
+	$(BIN)/python bench/serve.py
+
+bench-backtest: $(VENV)/.dev
+	$(BIN)/python bench/backtest.py
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check service training tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache stockcast.db stockcast.db-wal stockcast.db-shm var

@@ -1,0 +1,245 @@
+"""All SQL for bars and tickers: idempotent upserts (per dialect), reads, refresh bookkeeping."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine, and_, func, or_, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.db.models import Bar, Ticker
+
+BAR_VALUE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
+BAR_COLUMNS = ("ticker", "date", *BAR_VALUE_COLUMNS)
+# SQLite allows 32,766 bound variables per statement; 9 columns a row.
+SQLITE_CHUNK_ROWS = 3000
+
+
+@dataclass(frozen=True)
+class UpsertCount:
+    """Rows offered to an upsert and how many of them were new or changed."""
+
+    offered: int
+    written: int
+
+    @property
+    def unchanged(self) -> int:
+        return self.offered - self.written
+
+
+def _prepare(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Dedupe on (ticker, date) keeping the last row: a key twice in one statement fails."""
+    missing = [c for c in BAR_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"bars frame lacks columns {missing}")
+    out = frame.loc[:, list(BAR_COLUMNS)].copy()
+    out["date"] = pd.to_datetime(out["date"]).dt.date
+    out = out.drop_duplicates(subset=["ticker", "date"], keep="last")
+    out["volume"] = out["volume"].astype(np.int64)
+    out["source"] = source
+    return out
+
+
+def _changed_clause(table, excluded):
+    """Only rewrite a row whose values differ, so a re-ingest writes nothing."""
+    return or_(*[table.c[c].is_distinct_from(excluded[c]) for c in BAR_VALUE_COLUMNS])
+
+
+def _upsert_values(conn: Connection, rows: list[dict]) -> int:
+    dialect = conn.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = Bar.__table__
+    written = 0
+    chunk = SQLITE_CHUNK_ROWS if dialect == "sqlite" else 6000  # psycopg: 65,535 parameters
+    for i in range(0, len(rows), chunk):
+        stmt = insert(table).values(rows[i : i + chunk])
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["ticker", "date"],
+            set_={c: stmt.excluded[c] for c in (*BAR_VALUE_COLUMNS, "source")}
+            | {"ingested_at": func.now()},
+            where=_changed_clause(table, stmt.excluded),
+        )
+        written += conn.execute(stmt).rowcount
+    return written
+
+
+def _upsert_copy(conn: Connection, frame: pd.DataFrame,
+                 progress: Callable[[int], None] | None) -> int:
+    """Postgres fast path: COPY into a temp table, then one INSERT ... SELECT ... ON CONFLICT."""
+    conn.execute(text(
+        "CREATE TEMP TABLE bars_incoming (LIKE bars INCLUDING DEFAULTS) ON COMMIT DROP"
+    ))
+    cols = [*BAR_COLUMNS, "source"]
+    raw = conn.connection.driver_connection  # psycopg 3 connection
+    step = 100_000
+    with raw.cursor() as cur:
+        with cur.copy(f"COPY bars_incoming ({', '.join(cols)}) FROM STDIN WITH (FORMAT csv)") as cp:
+            for i in range(0, len(frame), step):
+                part = frame.iloc[i : i + step]
+                buf = io.StringIO()
+                part.to_csv(buf, columns=cols, header=False, index=False, float_format="%.10g")
+                cp.write(buf.getvalue())
+                if progress:
+                    progress(len(part))
+    changed = " OR ".join(f"bars.{c} IS DISTINCT FROM excluded.{c}" for c in BAR_VALUE_COLUMNS)
+    sets = ", ".join(f"{c} = excluded.{c}" for c in (*BAR_VALUE_COLUMNS, "source"))
+    result = conn.execute(text(
+        f"INSERT INTO bars ({', '.join(cols)}) SELECT {', '.join(cols)} FROM bars_incoming "
+        f"ON CONFLICT (ticker, date) DO UPDATE SET {sets}, ingested_at = now() WHERE {changed}"
+    ))
+    return result.rowcount
+
+
+def upsert_bars(conn: Connection, frame: pd.DataFrame, source: str,
+                progress: Callable[[int], None] | None = None) -> UpsertCount:
+    """Insert or update validated bars idempotently; returns offered and written row counts.
+
+    Postgres goes through COPY + INSERT ... SELECT ... ON CONFLICT; SQLite through chunked
+    multi-row INSERT ... ON CONFLICT DO UPDATE. Both skip rows whose values are unchanged.
+    """
+    if frame.empty:
+        return UpsertCount(0, 0)
+    prepared = _prepare(frame, source)
+    if conn.dialect.name == "postgresql":
+        written = _upsert_copy(conn, prepared, progress)
+    else:
+        rows = prepared.to_dict("records")
+        written = 0
+        for i in range(0, len(rows), 50_000):
+            part = rows[i : i + 50_000]
+            written += _upsert_values(conn, part)
+            if progress:
+                progress(len(part))
+    refresh_ticker_ranges(conn, prepared["ticker"].unique().tolist())
+    return UpsertCount(len(prepared), written)
+
+
+def refresh_ticker_ranges(conn: Connection, tickers: Sequence[str]) -> None:
+    """Recompute first/last bar dates of `tickers` from the bars table."""
+    if not tickers:
+        return
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    for i in range(0, len(tickers), 500):
+        part = list(tickers[i : i + 500])
+        ranges = select(Bar.ticker, func.min(Bar.date), func.max(Bar.date)).where(
+            Bar.ticker.in_(part)).group_by(Bar.ticker)
+        stmt = insert(Ticker.__table__).from_select(
+            ["symbol", "first_bar_date", "last_bar_date"], ranges)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["symbol"],
+            set_={"first_bar_date": stmt.excluded.first_bar_date,
+                  "last_bar_date": stmt.excluded.last_bar_date},
+        )
+        conn.execute(stmt)
+
+
+def record_refresh(conn: Connection, ticker: str, status: str, error: str | None = None,
+                   at: dt.datetime | None = None) -> None:
+    """Store the outcome of a refresh attempt (ok, unknown, error) for one ticker."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    at = at or dt.datetime.now(dt.timezone.utc)
+    values = {"last_refresh_at": at, "last_refresh_status": status, "last_refresh_error": error}
+    stmt = insert(Ticker.__table__).values(symbol=ticker, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["symbol"], set_=values))
+
+
+@dataclass(frozen=True)
+class TickerState:
+    """The cache's bookkeeping for one ticker."""
+
+    symbol: str
+    first_bar_date: dt.date | None
+    last_bar_date: dt.date | None
+    last_refresh_at: dt.datetime | None
+    last_refresh_status: str | None
+    last_refresh_error: str | None
+
+
+def _state(row) -> TickerState:
+    at = row.last_refresh_at
+    if at is not None and at.tzinfo is None:  # SQLite drops the offset; we always store UTC
+        at = at.replace(tzinfo=dt.timezone.utc)
+    return TickerState(row.symbol, row.first_bar_date, row.last_bar_date, at,
+                       row.last_refresh_status, row.last_refresh_error)
+
+
+def ticker_state(conn: Connection, ticker: str) -> TickerState | None:
+    """The stored state of one ticker, or None if the cache has never seen it."""
+    table = Ticker.__table__
+    row = conn.execute(select(table).where(table.c.symbol == ticker)).first()
+    return None if row is None else _state(row)
+
+
+def list_tickers(conn: Connection) -> list[TickerState]:
+    """Every ticker with at least one stored bar, by symbol."""
+    table = Ticker.__table__
+    rows = conn.execute(select(table).where(table.c.last_bar_date.is_not(None))
+                        .order_by(table.c.symbol))
+    return [_state(r) for r in rows]
+
+
+def _frame(rows: Iterable[tuple], with_ticker: bool) -> pd.DataFrame:
+    cols = list(BAR_COLUMNS if with_ticker else BAR_COLUMNS[1:])
+    df = pd.DataFrame.from_records(list(rows), columns=cols)
+    df["date"] = pd.to_datetime(df["date"])
+    for c in ("open", "high", "low", "close", "adj_close"):
+        df[c] = df[c].astype(np.float64)
+    df["volume"] = df["volume"].astype(np.int64)
+    return df
+
+
+def _range_filter(start: dt.date | None, end: dt.date | None):
+    conds = []
+    if start is not None:
+        conds.append(Bar.date >= start)
+    if end is not None:
+        conds.append(Bar.date <= end)
+    return conds
+
+
+def read_bars(conn_or_engine: Connection | Engine, ticker: str, start: dt.date | None = None,
+              end: dt.date | None = None, last: int | None = None) -> pd.DataFrame:
+    """One ticker's stored bars in [start, end] (or only the `last` N of them), oldest first."""
+    cols = [Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.adj_close, Bar.volume]
+    where = and_(Bar.ticker == ticker, *_range_filter(start, end))
+    if last is not None:
+        stmt = select(*cols).where(where).order_by(Bar.date.desc()).limit(last)
+    else:
+        stmt = select(*cols).where(where).order_by(Bar.date)
+    rows = _execute(conn_or_engine, stmt)
+    df = _frame(rows, with_ticker=False)
+    if last is not None:
+        df = df.iloc[::-1].reset_index(drop=True)
+    return df
+
+
+def read_bars_many(conn_or_engine: Connection | Engine, tickers: Sequence[str] | None = None,
+                   start: dt.date | None = None, end: dt.date | None = None) -> pd.DataFrame:
+    """Bars of several tickers (all if None) as one frame with a leading `ticker` column."""
+    cols = [Bar.ticker, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.adj_close,
+            Bar.volume]
+    conds = _range_filter(start, end)
+    if tickers is not None:
+        conds.append(Bar.ticker.in_(list(tickers)))
+    stmt = select(*cols).where(and_(*conds)).order_by(Bar.ticker, Bar.date)
+    return _frame(_execute(conn_or_engine, stmt), with_ticker=True)
+
+
+def count_bars(conn_or_engine: Connection | Engine, ticker: str | None = None) -> int:
+    """Number of stored bars (of one ticker, or all)."""
+    stmt = select(func.count()).select_from(Bar)
+    if ticker is not None:
+        stmt = stmt.where(Bar.ticker == ticker)
+    return int(_execute(conn_or_engine, stmt)[0][0])
+
+
+def _execute(conn_or_engine: Connection | Engine, stmt) -> list[tuple]:
+    if isinstance(conn_or_engine, Engine):
+        with conn_or_engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(stmt)]
+    return [tuple(r) for r in conn_or_engine.execute(stmt)]

@@ -1,0 +1,80 @@
+"""Shared fixtures: a throwaway PostgreSQL database per session, a SQLite file per test,
+the shared market dataset (skipped with a reason where ../shared is absent)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from service.config import PROJECT_ROOT
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get(
+    "STOCKCAST_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+SHARED_DATASET = PROJECT_ROOT.parent / "shared" / "data" / "sp500_daily_2012_2017.csv.gz"
+
+
+def _skip_or_fail(reason: str):
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required here)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_dataset() -> Path:
+    """Path of the shared S&P 500 dataset; skips where it is absent (fails under CI)."""
+    if not SHARED_DATASET.exists():
+        _skip_or_fail(f"shared dataset not found at {SHARED_DATASET}")
+    return SHARED_DATASET
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """URL of a throwaway PostgreSQL database created for this test session and dropped after."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "no postgres here"
+        admin.dispose()
+        _skip_or_fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}")
+    name = f"stockcast_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(
+                "select pg_terminate_backend(pid) from pg_stat_activity "
+                "where datname = :n and pid <> pg_backend_pid()"
+            ),
+            {"n": name},
+        )
+        conn.execute(sa.text(f'drop database if exists "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    """A real SQLite file for one test."""
+    return f"sqlite:///{tmp_path / 'stockcast.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> str:
+    """Each backend in turn, migrated to head and empty."""
+    from service.db.session import reset_database
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'stockcast.db'}"
+    else:
+        url = request.getfixturevalue("pg_server_url")
+    reset_database(url)
+    return url
