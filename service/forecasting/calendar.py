@@ -1,0 +1,34 @@
+"""Future trading dates from the real NYSE calendar (exchange_calendars XNYS), not a holiday list."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+
+import exchange_calendars as xcals
+import pandas as pd
+
+# exchange_calendars' default range ends about a year after today; forecasts for as_of dates in
+# the past or far future need explicit bounds. The calendar is built per span of years and cached.
+_FIRST_YEAR = 2000
+_LAST_YEAR = 2040
+
+
+@lru_cache(maxsize=8)
+def _xnys(first_year: int, last_year: int) -> xcals.ExchangeCalendar:
+    return xcals.get_calendar("XNYS", start=f"{first_year}-01-01", end=f"{last_year}-12-31")
+
+
+def next_trading_days(after: dt.date, n: int) -> list[dt.date]:
+    """The first `n` NYSE sessions strictly after `after`."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n == 0:
+        return []
+    # n sessions fit in n * 7/5 + holidays calendar days; 2n + 14 is ample and stays in range.
+    last_needed = after + dt.timedelta(days=2 * n + 14)
+    calendar = _xnys(min(_FIRST_YEAR, after.year - 1), max(_LAST_YEAR, last_needed.year + 1))
+    sessions = calendar.sessions_in_range(
+        pd.Timestamp(after + dt.timedelta(days=1)), pd.Timestamp(last_needed)
+    )
+    return [ts.date() for ts in sessions[:n]]
