@@ -22,6 +22,9 @@ BARS_COLUMNS = ("date", "open", "high", "low", "close", "adj_close", "volume")
 
 VOLUME_Z_WINDOW = 20
 
+# FeatureSpec is frozen, so one shared default instance is safe.
+DEFAULT_SPEC = FeatureSpec()
+
 # Leading bars without a defined value, per feature, for the parameters used below; the test
 # suite checks each against what `ta` actually returns. RSI is defined from bar 13 because `ta`
 # treats the undefined first change as 0; the MACD signal needs 25 + 8 bars.
@@ -45,21 +48,21 @@ def _check_feature_names(names: Sequence[str]) -> None:
         raise ValueError(f"unknown features {unknown}; known: {list(FEATURE_NAMES)}")
 
 
-def warmup_bars(spec: FeatureSpec = FeatureSpec()) -> int:
+def warmup_bars(spec: FeatureSpec = DEFAULT_SPEC) -> int:
     """Leading bars dropped by build_features for this spec (the slowest feature's warm-up)."""
     _check_feature_names(spec.features)
     return max(FEATURE_WARMUP[name] for name in spec.features)
 
 
-WARMUP_BARS = warmup_bars(FeatureSpec())
+WARMUP_BARS = warmup_bars(DEFAULT_SPEC)
 
 
-def min_bars(spec: FeatureSpec = FeatureSpec()) -> int:
+def min_bars(spec: FeatureSpec = DEFAULT_SPEC) -> int:
     """Bars needed to serve one forecast: the warm-up plus one full window of feature rows."""
     return warmup_bars(spec) + spec.window
 
 
-def build_features(bars: pd.DataFrame, spec: FeatureSpec = FeatureSpec()) -> pd.DataFrame:
+def build_features(bars: pd.DataFrame, spec: FeatureSpec = DEFAULT_SPEC) -> pd.DataFrame:
     """Feature frame (index `date`, columns `spec.features`, float64) of one ticker's bars."""
     _check_feature_names(spec.features)
     missing = [c for c in BARS_COLUMNS if c not in bars.columns]
@@ -75,24 +78,26 @@ def build_features(bars: pd.DataFrame, spec: FeatureSpec = FeatureSpec()) -> pd.
             np.empty((0, len(spec.features))), index=dates[:0], columns=list(spec.features)
         )
 
-    # A RangeIndex keeps the `ta` series aligned with each other whatever index bars carries.
-    adj = pd.Series(bars["adj_close"].to_numpy(dtype=np.float64))
-    volume = pd.Series(bars["volume"].to_numpy(dtype=np.float64))
-    all_features = _indicators(adj, volume)
-    values = np.column_stack([all_features[name][warmup:] for name in spec.features])
-    bad = ~np.isfinite(values)
+    price = bars["adj_close"].to_numpy(dtype=np.float64)
+    shares = bars["volume"].to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(price) & (price > 0) & np.isfinite(shares) & (shares >= 0))
     if bad.any():
-        row, col = np.argwhere(bad)[0]
         raise ValueError(
-            f"feature {spec.features[col]} is not finite on {dates[warmup + row].date()}: "
-            "bars must have positive adj_close and non-negative volume"
+            f"bars on {dates[np.argmax(bad)].date()} need a positive adj_close "
+            "and a non-negative volume"
         )
+    # A RangeIndex keeps the `ta` series aligned with each other whatever index bars carries.
+    all_features = _indicators(pd.Series(price), pd.Series(shares))
+    values = np.column_stack([all_features[name][warmup:] for name in spec.features])
+    # Valid bars give finite features past the warm-up; anything else is a bug here, not bad input.
+    if not np.isfinite(values).all():
+        raise RuntimeError("non-finite feature after the warm-up from valid bars")
     return pd.DataFrame(values, index=dates[warmup:], columns=list(spec.features))
 
 
 def build_features_many(
     bars_multi: pd.DataFrame,
-    spec: FeatureSpec = FeatureSpec(),
+    spec: FeatureSpec = DEFAULT_SPEC,
     *,
     keep: Sequence[str] = (),
 ) -> pd.DataFrame:
@@ -114,7 +119,7 @@ def build_features_many(
             continue
         part = features.reset_index()
         part.insert(0, "ticker", ticker)
-        tail = bars.iloc[len(bars) - len(features):]
+        tail = bars.iloc[len(bars) - len(features) :]
         for i, col in enumerate(keep):
             part.insert(2 + i, col, tail[col].to_numpy())
         parts.append(part)

@@ -18,7 +18,7 @@ class StandardScaler:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray, axis: int | tuple[int, ...] = 0) -> "StandardScaler":
+    def fit(cls, x: np.ndarray, axis: int | tuple[int, ...] = 0) -> StandardScaler:
         """Mean and std of x over `axis` (pass (0, 1) for (N, W, F) windows); sees only x."""
         x = np.asarray(x, dtype=np.float64)
         if x.size == 0:
@@ -47,7 +47,7 @@ class StandardScaler:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StandardScaler":
+    def from_dict(cls, d: dict) -> StandardScaler:
         """Inverse of to_dict."""
         mean = np.asarray(d["mean"], dtype=np.float64)
         std = np.asarray(d["std"], dtype=np.float64)

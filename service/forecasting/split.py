@@ -21,7 +21,7 @@ class Split:
     test: tuple[date, date]
 
     def segment_of(self, dates) -> np.ndarray:
-        """"train"/"val"/"test" per date; "gap" for any date in no segment (gaps and outside)."""
+        """Segment name per date: train, val, test, or gap for a date in no segment."""
         days = _as_days(dates)
         out = np.full(days.shape, "gap", dtype="<U5")
         for name in SEGMENTS:
@@ -34,7 +34,7 @@ class Split:
         return {name: [d.isoformat() for d in getattr(self, name)] for name in SEGMENTS}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Split":
+    def from_dict(cls, d: dict) -> Split:
         """Inverse of to_dict."""
         return cls(
             **{
