@@ -1,0 +1,55 @@
+"""The one small protocol every bar source implements, and the factory that picks one."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import pandas as pd
+
+from service.errors import SourceUnavailable
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+
+@runtime_checkable
+class BarSource(Protocol):
+    """Where missing bars come from.
+
+    `fetch` returns exactly the columns `date, open, high, low, close, adj_close, volume`
+    (date: tz-naive datetime64[ns] exchange trading date; `end` inclusive), NOT yet validated:
+    every caller passes the frame through service.sources.validate.validate_bars. The ticker
+    arrives normalized (service.tickers.normalize_ticker). Raises UnknownTicker when upstream
+    knows no bars for the symbol, SourceUnavailable when it fails after retries.
+    """
+
+    name: str
+
+    def fetch(self, ticker: str, start: dt.date | None = None,
+              end: dt.date | None = None) -> pd.DataFrame:
+        """Daily bars of one ticker for [start, end] (both inclusive; None = open-ended)."""
+        ...
+
+
+class NullSource:
+    """No upstream at all (offline / cache-only deployments): every fetch fails cleanly."""
+
+    name = "none"
+
+    def fetch(self, ticker: str, start: dt.date | None = None,
+              end: dt.date | None = None) -> pd.DataFrame:
+        """Always raises SourceUnavailable."""
+        raise SourceUnavailable("no bar source configured (STOCKCAST_SOURCE=none)")
+
+
+def make_source(settings: Settings) -> BarSource:
+    """The bar source named by settings.source."""
+    if settings.source == "none":
+        return NullSource()
+    if settings.source == "yfinance":
+        # Imported here: yfinance (and curl_cffi) are only loaded when actually used.
+        from service.sources.yfinance import YFinanceSource
+
+        return YFinanceSource(cache_dir=settings.yfinance_cache_dir)
+    raise ValueError(f"unknown bar source {settings.source!r}: use 'yfinance' or 'none'")

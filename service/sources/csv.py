@@ -1,0 +1,192 @@
+"""User files of daily bars (CSV or Parquet, gzip ok) read into the canonical frame.
+
+Accepted layouts:
+- column names are matched ignoring case, spaces, underscores, hyphens, dots and the `*` that
+  Yahoo's web export appends: `Date`, `Open`, `Adj Close`, `adj_close`, `AdjClose`, `Close*`,
+  `Adj Close**`... `Symbol` is read as `ticker`; unknown columns are ignored;
+- the ticker comes from a `ticker` column (multi-ticker files) or the `ticker` argument
+  (`--ticker`); with both, every valid symbol in the column must equal the argument;
+- dates are ISO (YYYY-MM-DD) or m/d/Y; an unparseable date is kept as NaT so the validator
+  rejects the row as `bad_date` instead of the whole file failing;
+- a file without an adjusted close uses its close as adj_close (no split/dividend adjustment
+  is invented).
+Rows are returned as read (not validated); bad symbols stay as written so the validator counts
+them as `invalid_ticker`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from service.errors import InvalidBars, InvalidTicker, UnknownTicker
+from service.sources.validate import BAR_COLUMNS, NUMERIC_COLUMNS
+from service.tickers import normalize_ticker
+
+# Folded header (see _fold) -> canonical column.
+COLUMN_ALIASES = {
+    "ticker": "ticker",
+    "symbol": "ticker",
+    "date": "date",
+    "open": "open",
+    "high": "high",
+    "low": "low",
+    "close": "close",
+    "adjclose": "adj_close",
+    "adjustedclose": "adj_close",
+    "volume": "volume",
+}
+REQUIRED_COLUMNS = ("date", "open", "high", "low", "close", "volume")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_FOLD_RE = re.compile(r"[\s_\-.*]+")
+
+
+def read_bars_file(path: Path | str, ticker: str | None = None) -> pd.DataFrame:
+    """Read a CSV/Parquet bars file into `ticker, date, open, ..., volume` (not validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidBars(f"{path}: no such file")
+    try:
+        raw = _read_parquet(path) if path.suffix.lower() in PARQUET_SUFFIXES else _read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError) as exc:
+        if isinstance(exc, InvalidBars):
+            raise
+        raise InvalidBars(f"{path}: cannot be read as a bars file: {exc}") from exc
+
+    bars = pd.DataFrame({"ticker": _ticker_column(raw, ticker, path)})
+    bars["date"] = _parse_dates(raw["date"])
+    if "adj_close" not in raw:
+        raw = raw.assign(adj_close=raw["close"])  # documented above: unadjusted close
+    for col in NUMERIC_COLUMNS:
+        bars[col] = _as_numbers(raw[col])
+    return bars
+
+
+class CsvSource:
+    """A bars file as a BarSource (the file is read once, on first fetch)."""
+
+    name = "csv"
+
+    def __init__(self, path: Path | str, ticker: str | None = None):
+        self.path = Path(path)
+        self.ticker = ticker
+        self._bars: pd.DataFrame | None = None
+
+    def fetch(self, ticker: str, start: dt.date | None = None,
+              end: dt.date | None = None) -> pd.DataFrame:
+        """The file's rows for one ticker within [start, end] (inclusive), not yet validated."""
+        if self._bars is None:
+            self._bars = read_bars_file(self.path, self.ticker)
+        bars = self._bars[self._bars["ticker"] == ticker]
+        if bars.empty:
+            raise UnknownTicker(f"unknown ticker {ticker!r}: the source returned no bars")
+        if start is not None:
+            bars = bars[bars["date"] >= pd.Timestamp(start)]
+        if end is not None:
+            bars = bars[bars["date"] <= pd.Timestamp(end)]
+        return bars.loc[:, list(BAR_COLUMNS)].reset_index(drop=True)
+
+
+def _fold(name: object) -> str:
+    return _FOLD_RE.sub("", str(name)).lower()
+
+
+def _canonical_names(columns, path: Path) -> dict[str, str]:
+    """Map the file's column names to canonical ones; raise on missing or ambiguous columns."""
+    names: dict[str, str] = {}
+    for original in columns:
+        canonical = COLUMN_ALIASES.get(_fold(original))
+        if canonical is None:
+            continue
+        clash = next((o for o, c in names.items() if c == canonical), None)
+        if clash is not None:
+            raise InvalidBars(
+                f"{path}: columns {clash!r} and {original!r} both name {canonical}")
+        names[original] = canonical
+    missing = [c for c in REQUIRED_COLUMNS if c not in names.values()]
+    if missing:
+        found = ", ".join(str(c) for c in columns)
+        raise InvalidBars(
+            f"{path}: missing required columns: {', '.join(missing)} (found: {found})")
+    return names
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    header = pd.read_csv(path, nrows=0)
+    names = _canonical_names(header.columns, path)
+    dtypes = {o: ("float64" if c in NUMERIC_COLUMNS else str) for o, c in names.items()}
+    try:
+        # Fast path: the C parser straight into float64.
+        raw = pd.read_csv(path, usecols=list(names), dtype=dtypes)
+    except ValueError:
+        # Junk text in a numeric column: read it as text; _as_numbers turns junk into NaN
+        # so only the offending rows are rejected (missing_field), not the file.
+        raw = pd.read_csv(path, usecols=list(names), dtype=str)
+    return raw.rename(columns=names)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    raw = pd.read_parquet(path)
+    names = _canonical_names(raw.columns, path)
+    return raw.loc[:, list(names)].rename(columns=names)
+
+
+def _ticker_column(raw: pd.DataFrame, ticker: str | None, path: Path) -> np.ndarray:
+    """Normalized symbols per row; invalid ones are left as written for the validator."""
+    wanted = normalize_ticker(ticker) if ticker is not None else None
+    if "ticker" not in raw:
+        if wanted is None:
+            raise InvalidBars(f"{path}: no ticker column; pass the ticker (--ticker)")
+        return np.full(len(raw), wanted, dtype=object)
+    codes, symbols = pd.factorize(raw["ticker"])
+    normalized = np.array([_normalize_or_keep(s) for s in symbols] + [None], dtype=object)
+    if wanted is not None:
+        others = sorted({s for s in normalized[:-1]
+                         if s != wanted and _is_valid(s)})
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise InvalidBars(
+                f"{path}: ticker {wanted!r} was given but the ticker column also holds {shown}")
+    return normalized[codes]  # code -1 (missing symbol) -> None
+
+
+def _normalize_or_keep(symbol: object) -> object:
+    try:
+        return normalize_ticker(str(symbol))
+    except InvalidTicker:
+        return symbol
+
+
+def _is_valid(symbol: object) -> bool:
+    try:
+        return normalize_ticker(symbol) == symbol
+    except InvalidTicker:
+        return False
+
+
+def _parse_dates(raw: pd.Series) -> pd.Series:
+    """Trading dates from ISO or m/d/Y text (or Parquet dates); failures become NaT."""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        parsed = raw
+    elif pd.api.types.infer_dtype(raw, skipna=True) in ("date", "datetime", "datetime64"):
+        parsed = pd.to_datetime(raw, errors="coerce")
+    else:
+        parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce")
+        retry = parsed.isna() & raw.notna()
+        if retry.any():
+            parsed[retry] = pd.to_datetime(raw[retry], format="%m/%d/%Y", errors="coerce")
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        # A stamp written with an offset names a local (exchange) wall time; keep its date.
+        parsed = parsed.dt.tz_localize(None)
+    return parsed.astype("datetime64[ns]").dt.normalize()
+
+
+def _as_numbers(column: pd.Series) -> np.ndarray:
+    """float64 values; junk text becomes NaN (the validator's missing_field)."""
+    if not pd.api.types.is_numeric_dtype(column):
+        column = pd.to_numeric(column, errors="coerce")
+    return column.to_numpy(dtype=np.float64, na_value=np.nan)

@@ -1,0 +1,163 @@
+"""The one validator every source's output passes: drop bad rows, count each under one reason.
+
+Rules, checked in REJECT_REASONS order; a row is counted under the FIRST rule it fails, so
+`read == len(bars) + sum(rejected.values())` always holds:
+
+- invalid_ticker       the `ticker` column (when present) is empty or not a valid symbol
+- bad_date             the date is missing or was unparseable (NaT)
+- missing_field        NaN/empty (or non-numeric junk) in open/high/low/close/adj_close/volume
+- non_positive_price   open, high, low, close or adj_close <= 0
+- high_below_low       high < low
+- open_outside_range   open outside [low, high] by more than a relative PRICE_TOLERANCE
+- close_outside_range  close outside [low, high] by more than a relative PRICE_TOLERANCE
+- negative_volume      volume < 0 (zero volume is a real, if quiet, session)
+- duplicate_date       an earlier row for the same (ticker,) date; the LAST one is kept
+
+Unsorted input is sorted by (ticker,) date, not rejected: row order carries no meaning in a
+file or an upstream frame. Duplicates are judged among rows that passed every other rule, so a
+broken correction row cannot knock out a good bar. Open/close within the tolerance are clipped
+into [low, high] so the output invariant low <= open, close <= high holds exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from service.errors import InvalidBars
+from service.tickers import TICKER_PATTERN
+
+BAR_COLUMNS = ("date", "open", "high", "low", "close", "adj_close", "volume")
+PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
+NUMERIC_COLUMNS = (*PRICE_COLUMNS, "volume")
+
+REJECT_REASONS = (
+    "invalid_ticker",
+    "bad_date",
+    "missing_field",
+    "non_positive_price",
+    "high_below_low",
+    "open_outside_range",
+    "close_outside_range",
+    "negative_volume",
+    "duplicate_date",
+)
+
+# Upstream prices are rounded (to cents, or to 4 decimals for adjusted series); an open or close
+# past high/low by less than this relative amount is rounding, not a broken bar.
+PRICE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Valid bars plus the reconciliation: read == len(bars) + sum(rejected.values())."""
+
+    bars: pd.DataFrame
+    read: int
+    rejected: dict[str, int]  # reason -> count, only reasons that occurred, in REJECT_REASONS order
+
+    @property
+    def stored_candidates(self) -> int:
+        """Rows that passed validation (what a caller may store)."""
+        return len(self.bars)
+
+    @property
+    def n_rejected(self) -> int:
+        """Rows dropped, over all reasons."""
+        return sum(self.rejected.values())
+
+    def summary(self) -> str:
+        """Human summary, e.g. 'rejected 538 (missing_field=538)'."""
+        if not self.n_rejected:
+            return "rejected 0"
+        reasons = ", ".join(f"{reason}={n}" for reason, n in self.rejected.items())
+        return f"rejected {self.n_rejected} ({reasons})"
+
+
+def validate_bars(frame: pd.DataFrame) -> ValidationResult:
+    """Validate one ticker's bars or a multi-ticker frame (with a `ticker` column)."""
+    missing = [c for c in BAR_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InvalidBars(f"bars are missing required columns: {', '.join(missing)}")
+    has_ticker = "ticker" in frame.columns
+    read = len(frame)
+
+    dates = _as_trading_dates(frame["date"])
+    # One int8 code per row: 0 = kept so far, k = index of the first failed rule + 1.
+    reason = np.zeros(read, dtype=np.int8)
+
+    def flag(rule: str, failed: np.ndarray) -> None:
+        reason[(reason == 0) & failed] = REJECT_REASONS.index(rule) + 1
+
+    if has_ticker:
+        # Check each distinct symbol once instead of running a regex over every row.
+        ticker_codes, symbols = pd.factorize(frame["ticker"], use_na_sentinel=True)
+        symbol_ok = pd.Series(symbols, dtype=object).astype(str).str.fullmatch(TICKER_PATTERN)
+        ok = np.append(symbol_ok.to_numpy(dtype=bool), False)  # code -1 (NA) -> invalid
+        flag("invalid_ticker", ~ok[ticker_codes])
+    flag("bad_date", np.isnat(dates))
+
+    values = {c: _as_float(frame[c]) for c in NUMERIC_COLUMNS}
+    flag("missing_field", np.logical_or.reduce([np.isnan(values[c]) for c in NUMERIC_COLUMNS]))
+    flag("non_positive_price", np.logical_or.reduce([values[c] <= 0 for c in PRICE_COLUMNS]))
+    low, high = values["low"], values["high"]
+    flag("high_below_low", high < low)
+    lo_bound, hi_bound = low * (1 - PRICE_TOLERANCE), high * (1 + PRICE_TOLERANCE)
+    for col in ("open", "close"):
+        flag(f"{col}_outside_range", (values[col] < lo_bound) | (values[col] > hi_bound))
+    flag("negative_volume", values["volume"] < 0)
+
+    # Sort survivors by (ticker,) date; lexsort is stable, so among equal keys the input order
+    # survives and "keep the last occurrence" means the last one upstream sent.
+    kept = np.flatnonzero(reason == 0)
+    day = dates[kept].view(np.int64)
+    if has_ticker:
+        # Rank tickers alphabetically so the output is sorted by symbol, not first appearance.
+        codes = ticker_codes[kept]
+        rank = np.empty(len(symbols), dtype=np.int64)
+        rank[np.argsort(np.asarray(symbols, dtype=str), kind="stable")] = np.arange(len(symbols))
+        order = np.lexsort((day, rank[codes]))
+        same_key = (np.diff(rank[codes][order]) == 0) & (np.diff(day[order]) == 0)
+    else:
+        order = np.argsort(day, kind="stable")
+        same_key = np.diff(day[order]) == 0
+    kept = kept[order]
+    # A row is a duplicate when the next row (in sorted order) has the same key.
+    duplicate = np.zeros(len(kept), dtype=bool)
+    duplicate[:-1] = same_key
+    reason[kept[duplicate]] = REJECT_REASONS.index("duplicate_date") + 1
+    kept = kept[~duplicate]
+
+    columns = {"ticker": frame["ticker"].to_numpy(dtype=object)[kept]} if has_ticker else {}
+    columns["date"] = dates[kept]
+    for c in NUMERIC_COLUMNS:
+        columns[c] = values[c][kept]
+    bars = pd.DataFrame(columns)
+    low, high = bars["low"].to_numpy(), bars["high"].to_numpy()
+    bars["open"] = np.clip(bars["open"].to_numpy(), low, high)
+    bars["close"] = np.clip(bars["close"].to_numpy(), low, high)
+
+    counts = np.bincount(reason, minlength=len(REJECT_REASONS) + 1)
+    rejected = {r: int(counts[i + 1]) for i, r in enumerate(REJECT_REASONS) if counts[i + 1]}
+    return ValidationResult(bars=bars, read=read, rejected=rejected)
+
+
+def _as_trading_dates(column: pd.Series) -> np.ndarray:
+    """datetime64[ns] trading dates (midnight); unparseable values become NaT."""
+    if not pd.api.types.is_datetime64_any_dtype(column):
+        column = pd.to_datetime(column, errors="coerce", format="ISO8601")
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        # A tz-aware stamp is ambiguous here: which exchange's calendar day is it? Sources
+        # must convert to the exchange trading date themselves.
+        raise InvalidBars("bar dates must be tz-naive exchange trading dates, got "
+                          f"tz-aware dates ({column.dtype})")
+    return column.astype("datetime64[ns]").dt.normalize().to_numpy()
+
+
+def _as_float(column: pd.Series) -> np.ndarray:
+    """float64 values; non-numeric junk becomes NaN (and so a missing_field reject)."""
+    if not pd.api.types.is_numeric_dtype(column):
+        column = pd.to_numeric(column, errors="coerce")
+    return column.to_numpy(dtype=np.float64, na_value=np.nan)

@@ -1,0 +1,239 @@
+"""User bar files: CSV/Parquet/gzip, forgiving headers, ISO or m/d/Y dates, counted bad rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.config import Settings
+from service.errors import InvalidBars, SourceUnavailable, UnknownTicker
+from service.sources.base import BarSource, NullSource, make_source
+from service.sources.csv import CsvSource, read_bars_file
+from service.sources.validate import validate_bars
+
+ROWS = [
+    ("2024-03-04", 176.15, 176.90, 173.79, 175.10, 174.88, 81510100),
+    ("2024-03-05", 170.76, 172.04, 169.62, 170.12, 169.90, 95132400),
+    ("2024-03-06", 171.06, 171.24, 168.68, 169.12, 168.90, 68587700),
+]
+CANONICAL = ["ticker", "date", "open", "high", "low", "close", "adj_close", "volume"]
+
+
+def write_text(path, header: str, rows: list[str]) -> str:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def plain_rows(date_format: str = "%Y-%m-%d", ticker: str | None = None) -> list[str]:
+    lines = []
+    for day, *values in ROWS:
+        stamp = dt.date.fromisoformat(day).strftime(date_format)
+        fields = ([ticker] if ticker is not None else []) + [stamp, *map(str, values)]
+        lines.append(",".join(fields))
+    return lines
+
+
+def expected_bars(ticker: str = "AAPL") -> pd.DataFrame:
+    frame = pd.DataFrame(ROWS, columns=CANONICAL[1:])
+    frame["date"] = pd.to_datetime(frame["date"])
+    frame = frame.astype({c: "float64" for c in CANONICAL[2:]})
+    frame.insert(0, "ticker", ticker)
+    return frame
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Date,Open,High,Low,Close,Adj Close,Volume",
+        "date,open,high,low,close,adj_close,volume",
+        "DATE,OPEN,HIGH,LOW,CLOSE,AdjClose,VOLUME",
+        "Date,Open,High,Low,Close*,Adj Close**,Volume",  # Yahoo's web export
+        " Date , Open ,High,Low,Close,adj-close,Volume ",
+    ],
+)
+def test_column_names_are_matched_ignoring_case_spaces_and_punctuation(tmp_path, header):
+    path = write_text(tmp_path / "aapl.csv", header, plain_rows())
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="AAPL"), expected_bars())
+
+
+def test_unknown_columns_are_ignored(tmp_path):
+    path = write_text(tmp_path / "aapl.csv", "Date,Open,High,Low,Close,Adj Close,Volume,Note",
+                      [line + ",x" for line in plain_rows()])
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="aapl"), expected_bars())
+
+
+def test_month_day_year_dates(tmp_path):
+    path = write_text(tmp_path / "aapl.csv", "Date,Open,High,Low,Close,Adj Close,Volume",
+                      plain_rows("%m/%d/%Y"))
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="AAPL"), expected_bars())
+
+
+def test_iso_and_month_day_year_dates_may_mix(tmp_path):
+    rows = plain_rows()
+    rows[1] = plain_rows("%m/%d/%Y")[1]
+    path = write_text(tmp_path / "aapl.csv", "Date,Open,High,Low,Close,Adj Close,Volume", rows)
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="AAPL"), expected_bars())
+
+
+def test_ticker_column_is_normalized(tmp_path):
+    path = write_text(tmp_path / "bars.csv", "Symbol,Date,Open,High,Low,Close,Adj Close,Volume",
+                      plain_rows(ticker=" aapl"))
+    pd.testing.assert_frame_equal(read_bars_file(path), expected_bars())
+
+
+def test_ticker_column_that_agrees_with_the_option_is_accepted(tmp_path):
+    path = write_text(tmp_path / "bars.csv", "ticker,date,open,high,low,close,adj_close,volume",
+                      plain_rows(ticker="AAPL"))
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="aapl"), expected_bars())
+
+
+def test_ticker_column_that_disagrees_with_the_option_is_an_error(tmp_path):
+    rows = plain_rows(ticker="AAPL")[:2] + plain_rows(ticker="MSFT")[2:]
+    path = write_text(tmp_path / "bars.csv", "ticker,date,open,high,low,close,adj_close,volume",
+                      rows)
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path, ticker="AAPL")
+    assert str(err.value) == (
+        f"{path}: ticker 'AAPL' was given but the ticker column also holds MSFT")
+
+
+def test_no_ticker_anywhere_is_an_error(tmp_path):
+    path = write_text(tmp_path / "bars.csv", "date,open,high,low,close,adj_close,volume",
+                      plain_rows())
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path)
+    assert str(err.value) == f"{path}: no ticker column; pass the ticker (--ticker)"
+
+
+def test_without_adjusted_close_the_close_is_used(tmp_path):
+    path = write_text(tmp_path / "bars.csv", "date,open,high,low,close,volume",
+                      [",".join(line.split(",")[:5] + line.split(",")[6:])
+                       for line in plain_rows()])
+    bars = read_bars_file(path, ticker="AAPL")
+    assert bars["adj_close"].tolist() == [175.10, 170.12, 169.12]
+    assert bars["adj_close"].tolist() == bars["close"].tolist()
+
+
+def test_gzip_csv(tmp_path):
+    path = tmp_path / "aapl.csv.gz"
+    text = "\n".join(["Date,Open,High,Low,Close,Adj Close,Volume", *plain_rows()]) + "\n"
+    with gzip.open(path, "wt") as fh:
+        fh.write(text)
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="AAPL"), expected_bars())
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".pq"])
+def test_parquet(tmp_path, suffix):
+    frame = expected_bars().rename(columns={"adj_close": "Adj Close", "date": "Date"})
+    frame["volume"] = frame["volume"].astype(np.int64)
+    path = tmp_path / f"bars{suffix}"
+    frame.to_parquet(path)
+    pd.testing.assert_frame_equal(read_bars_file(path), expected_bars())
+
+
+def test_parquet_with_date_objects(tmp_path):
+    frame = expected_bars()
+    frame["date"] = frame["date"].dt.date  # object column of datetime.date
+    path = tmp_path / "bars.parquet"
+    frame.to_parquet(path)
+    pd.testing.assert_frame_equal(read_bars_file(path), expected_bars())
+
+
+def test_missing_column_is_an_error_naming_it(tmp_path):
+    path = write_text(tmp_path / "bars.csv", "Date,Open,High,Close,Adj Close",
+                      ["2024-03-04,176.15,176.90,175.10,174.88"])
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path, ticker="AAPL")
+    assert str(err.value) == (f"{path}: missing required columns: low, volume "
+                              "(found: Date, Open, High, Close, Adj Close)")
+
+
+def test_two_columns_with_one_meaning_is_an_error(tmp_path):
+    path = write_text(tmp_path / "bars.csv", "Date,Open,High,Low,Close,Adj Close,adj_close,Volume",
+                      ["2024-03-04,176.15,176.90,173.79,175.10,174.88,174.88,81510100"])
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path, ticker="AAPL")
+    assert str(err.value) == f"{path}: columns 'Adj Close' and 'adj_close' both name adj_close"
+
+
+def test_missing_and_empty_files_are_errors(tmp_path):
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(tmp_path / "nope.csv", ticker="AAPL")
+    assert str(err.value) == f"{tmp_path / 'nope.csv'}: no such file"
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(empty, ticker="AAPL")
+    assert str(err.value) == (
+        f"{empty}: cannot be read as a bars file: No columns to parse from file")
+
+
+def test_each_malformed_row_kind_is_counted_under_its_reason(tmp_path):
+    header = "ticker,date,open,high,low,close,adj_close,volume"
+    rows = [
+        "AAPL,2024-03-04,176.15,176.90,173.79,175.10,174.88,81510100",  # good
+        "AAPL,2024-03-05,170.76,172.04,169.62,170.12,169.90,95132400",  # good
+        "AAPL,2024-03-05,170.76,172.04,169.62,170.20,169.98,95132999",  # correction: kept
+        "AAPL,2024-03-06,171.06,171.24,168.68,169.12,168.90,68587700",  # good
+        "bad ticker!,2024-03-07,169.15,170.73,168.49,169.00,168.78,71765100",
+        ",2024-03-07,169.15,170.73,168.49,169.00,168.78,71765100",  # empty ticker
+        "AAPL,2024-13-45,169.15,170.73,168.49,169.00,168.78,71765100",  # bad date
+        "AAPL,,169.15,170.73,168.49,169.00,168.78,71765100",  # empty date
+        "AAPL,2024-03-08,168.99,173.70,168.94,,170.51,76267000",  # empty field
+        "AAPL,2024-03-11,172.94,174.38,172.05,abc,172.53,60139500",  # junk number
+        "AAPL,2024-03-12,0,174.03,171.01,173.23,173.01,59825400",  # zero price
+        "AAPL,2024-03-13,172.77,170.00,172.36,171.13,170.91,52488700",  # high < low
+        "AAPL,2024-03-14,175.00,174.31,172.05,173.00,172.78,72913500",  # open > high
+        "AAPL,2024-03-15,171.17,172.62,170.29,170.00,172.40,121136800",  # close < low
+        "AAPL,2024-03-18,175.57,177.71,173.52,173.72,173.50,-1",  # negative volume
+    ]
+    path = write_text(tmp_path / "bars.csv", header, rows)
+    result = validate_bars(read_bars_file(path))
+    assert result.read == 15
+    assert result.rejected == {
+        "invalid_ticker": 2, "bad_date": 2, "missing_field": 2, "non_positive_price": 1,
+        "high_below_low": 1, "open_outside_range": 1, "close_outside_range": 1,
+        "negative_volume": 1, "duplicate_date": 1}
+    assert result.read == result.stored_candidates + result.n_rejected
+    assert result.bars["date"].dt.strftime("%Y-%m-%d").tolist() == [
+        "2024-03-04", "2024-03-05", "2024-03-06"]
+    assert result.bars["close"].tolist() == [175.10, 170.20, 169.12]
+
+
+def test_csv_source_serves_one_ticker_within_an_inclusive_range(tmp_path):
+    rows = plain_rows(ticker="AAPL") + plain_rows(ticker="MSFT")
+    path = write_text(tmp_path / "bars.csv", "ticker,date,open,high,low,close,adj_close,volume",
+                      rows)
+    source = CsvSource(path)
+    assert isinstance(source, BarSource) and source.name == "csv"
+    bars = source.fetch("MSFT", dt.date(2024, 3, 5), dt.date(2024, 3, 6))
+    assert list(bars.columns) == CANONICAL[1:]
+    assert bars["date"].dt.strftime("%Y-%m-%d").tolist() == ["2024-03-05", "2024-03-06"]
+    assert len(source.fetch("AAPL")) == 3
+    assert source.fetch("AAPL", start=dt.date(2024, 3, 7)).empty  # known ticker, empty range
+    with pytest.raises(UnknownTicker) as err:
+        source.fetch("NVDA")
+    assert str(err.value) == "unknown ticker 'NVDA': the source returned no bars"
+
+
+def test_null_source_always_fails_cleanly():
+    source = make_source(Settings(source="none"))
+    assert isinstance(source, NullSource) and isinstance(source, BarSource)
+    with pytest.raises(SourceUnavailable) as err:
+        source.fetch("AAPL", dt.date(2024, 3, 4), dt.date(2024, 3, 6))
+    assert str(err.value) == "no bar source configured (STOCKCAST_SOURCE=none)"
+
+
+def test_shared_dataset_reads_into_the_canonical_frame(shared_dataset):
+    bars = read_bars_file(shared_dataset)
+    assert len(bars) == 608_160
+    assert list(bars.columns) == CANONICAL
+    assert bars["date"].dtype == "datetime64[ns]"
+    assert (bars["date"].min(), bars["date"].max()) == (
+        pd.Timestamp("2012-12-06"), pd.Timestamp("2017-12-06"))
+    assert int(bars["close"].isna().sum()) == 538
+    assert bars["ticker"].nunique() == 489
