@@ -1,0 +1,340 @@
+"""Forecast metrics: price errors, return skill, the Diebold–Mariano test, IC, intervals, strategy.
+
+Conventions, shared with baselines.py and the backtest:
+- prices are in dollars (`actual`, `predicted`, `lower`, `upper`, `origin_price`);
+- returns are h-day LOG returns log(P_{t+h} / P_t) from an origin t (`realized`, `predicted`);
+- inputs are flat arrays of the same shape with no NaN: the caller drops origins whose target
+  lies beyond the data before calling; bad input raises ValueError with a message naming it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from statsmodels.tsa.stattools import diebold_mariano_test
+
+TRADING_DAYS_PER_YEAR = 252
+
+Loss = Literal["squared", "absolute"]
+ICMethod = Literal["pearson", "spearman"]
+StrategyKind = Literal["long_flat", "long_short", "buy_and_hold"]
+STRATEGY_KINDS: tuple[str, ...] = ("long_flat", "long_short", "buy_and_hold")
+
+
+def _arrays(**named) -> list[np.ndarray]:
+    """Named inputs as float arrays of one shape, non-empty and finite, or a ValueError."""
+    out = [np.asarray(v, dtype=float) for v in named.values()]
+    names = list(named)
+    for name, a in zip(names, out):
+        if a.size == 0:
+            raise ValueError(f"{name} is empty")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains NaN or inf")
+    for name, a in zip(names[1:], out[1:]):
+        if a.shape != out[0].shape:
+            raise ValueError(f"{names[0]} and {name} differ in shape: {out[0].shape} vs {a.shape}")
+    return out
+
+
+# --- price errors -------------------------------------------------------------------------------
+
+
+def mae(actual, predicted) -> float:
+    """Mean absolute error in dollars: MAE = mean(|y - ŷ|)."""
+    y, yhat = _arrays(actual=actual, predicted=predicted)
+    return float(np.mean(np.abs(y - yhat)))
+
+
+def rmse(actual, predicted) -> float:
+    """Root mean squared error in dollars: RMSE = sqrt(mean((y - ŷ)²))."""
+    y, yhat = _arrays(actual=actual, predicted=predicted)
+    return float(np.sqrt(np.mean((y - yhat) ** 2)))
+
+
+def mape(actual, predicted) -> float:
+    """Mean absolute percentage error in percent: MAPE = 100 · mean(|y - ŷ| / |y|)."""
+    y, yhat = _arrays(actual=actual, predicted=predicted)
+    if np.any(y == 0):
+        raise ValueError("actual contains zeros; MAPE is undefined")
+    return float(100.0 * np.mean(np.abs(y - yhat) / np.abs(y)))
+
+
+def relative_mae(actual, predicted, naive) -> float:
+    """Relative MAE = MAE(ŷ) / MAE(naive); < 1 beats naive, NaN when MAE(naive) = 0."""
+    y, yhat, ynaive = _arrays(actual=actual, predicted=predicted, naive=naive)
+    naive_mae = np.mean(np.abs(y - ynaive))
+    if naive_mae == 0:
+        return float("nan")
+    return float(np.mean(np.abs(y - yhat)) / naive_mae)
+
+
+# --- return skill -------------------------------------------------------------------------------
+
+
+def r2_returns(realized, predicted) -> float:
+    """R² of returns = 1 - Σ(r - r̂)² / Σ(r - r̄)², r̄ the mean realized r; NaN if r is flat."""
+    # On returns, not price levels: prices trend, so any level forecast near the last close scores
+    # R² ≈ 1 while having no skill. Here 0 means "as good as knowing the sample mean return".
+    r, rhat = _arrays(realized=realized, predicted=predicted)
+    ss_tot = np.sum((r - r.mean()) ** 2)
+    if ss_tot == 0:
+        return float("nan")
+    return float(1.0 - np.sum((r - rhat) ** 2) / ss_tot)
+
+
+def directional_accuracy(realized, predicted) -> float:
+    """Share of sign(r̂) == sign(r) over pairs with r ≠ 0 and r̂ ≠ 0; NaN when no pair is left."""
+    # A zero realized move has no direction to call, and a zero forecast makes no call: both are
+    # excluded rather than scored. So the naive forecast (always 0) reports NaN, not a fake 0% or
+    # 50%, and a model is judged only on the calls it made.
+    r, rhat = _arrays(realized=realized, predicted=predicted)
+    called = (r != 0) & (rhat != 0)
+    if not called.any():
+        return float("nan")
+    return float(np.mean(np.sign(r[called]) == np.sign(rhat[called])))
+
+
+# --- Diebold–Mariano ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DMResult:
+    """Diebold–Mariano statistic (negative: the forecast beats the benchmark) and two-sided p."""
+
+    statistic: float
+    pvalue: float
+    n: int
+
+
+def diebold_mariano(actual, predicted, benchmark, horizon: int, loss: Loss = "squared") -> DMResult:
+    """DM test of ŷ vs a benchmark on d_t = L(y_t - ŷ_t) - L(y_t - ŷ_bench,t); L(e) = e² or |e|."""
+    y, yhat, ybench = _arrays(actual=actual, predicted=predicted, benchmark=benchmark)
+    if loss not in ("squared", "absolute"):
+        raise ValueError(f"loss must be 'squared' or 'absolute', got {loss!r}")
+    if loss == "squared":
+        d = (y - yhat) ** 2 - (y - ybench) ** 2
+    else:
+        d = np.abs(y - yhat) - np.abs(y - ybench)
+    return diebold_mariano_differential(d, horizon)
+
+
+def diebold_mariano_differential(loss_differential, horizon: int) -> DMResult:
+    """DM test on a loss differential series d_t, HLN-corrected, two-sided p from t(T-1).
+
+    DM = d̄ / sqrt(V̂/T), V̂ = γ_0 + 2 Σ_{j=1}^{h-1} (1 - j/h) γ_j,
+    γ_j = (1/T) Σ_t (d_t - d̄)(d_{t-j} - d̄)  (h-step errors from consecutive origins overlap by h-1 days, hence lags up to h-1), and
+    DM_HLN = DM · sqrt((T + 1 - 2h + h(h-1)/T) / T). Computed by statsmodels 0.15's
+    `diebold_mariano_test(lags=h-1, harvey_adj=True, horizon=h)` rather than a second copy; its V̂
+    weights the autocovariances with the Bartlett kernel (Newey–West) instead of the original
+    DM's flat weights, which keeps V̂ ≥ 0; at h = 1 the two coincide. Negative DM: the first
+    forecast has the lower loss. Taking d directly lets a caller pool tickers (mean d_t per
+    origin date) into one series. d identically 0 means equal accuracy: statistic 0, p-value 1.
+    """
+    (d,) = _arrays(loss_differential=loss_differential)
+    if d.ndim != 1:
+        raise ValueError(f"loss_differential must be one-dimensional, got shape {d.shape}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    t = d.size
+    # The HLN factor's radicand turns non-positive when T is small against h: no valid test then.
+    if t < 2 or t + 1 - 2 * horizon + horizon * (horizon - 1) / t <= 0:
+        raise ValueError(f"too few forecasts for a DM test at horizon {horizon}: {t}")
+    if np.all(d == 0):
+        return DMResult(statistic=0.0, pvalue=1.0, n=t)
+    with warnings.catch_warnings():
+        # A constant non-zero d_t has zero variance: the statistic is ±huge and p ≈ 0, which is
+        # the right verdict (one forecast is always better); numpy's divide warning is noise.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        # With the loss L(y, f) = f, forecast_a = d and forecast_b = 0, statsmodels' own
+        # differential L(y, a) - L(y, b) is exactly d.
+        res = diebold_mariano_test(
+            np.zeros(t),
+            d,
+            np.zeros(t),
+            lags=horizon - 1,
+            criterion=lambda _y, f: f,
+            harvey_adj=True,
+            horizon=horizon,
+        )
+    return DMResult(statistic=float(res.statistic), pvalue=float(res.pvalue), n=t)
+
+
+# --- cross-sectional information coefficient ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ICSummary:
+    """Mean and std of the daily IC, ICIR = mean / std (per origin date, not annualized)."""
+
+    mean: float
+    std: float
+    icir: float
+    n_dates: int
+
+
+def daily_ic(dates, predicted, realized, method: ICMethod = "pearson") -> pd.Series:
+    """Per origin date, corr(r̂_i, r_i) across tickers i (Pearson, or Spearman = Pearson of ranks).
+
+    Dates with fewer than 3 tickers or with a constant r̂ or r are skipped (the correlation is
+    undefined or meaningless there). Returns a Series indexed by date, sorted.
+    """
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}")
+    rhat, r = _arrays(predicted=predicted, realized=realized)
+    if rhat.ndim != 1:
+        raise ValueError(f"predicted must be one-dimensional, got shape {rhat.shape}")
+    dates = np.asarray(dates)
+    if dates.shape != rhat.shape:
+        raise ValueError(f"dates and predicted differ in shape: {dates.shape} vs {rhat.shape}")
+    frame = pd.DataFrame({"date": dates, "p": rhat, "r": r})
+    by_date = frame.groupby("date", sort=True)
+    if method == "spearman":
+        frame["p"] = by_date["p"].rank(method="average")
+        frame["r"] = by_date["r"].rank(method="average")
+        by_date = frame.groupby("date", sort=True)
+    # Constancy by max == min, not by a computed variance: demeaning identical floats can leave
+    # 1e-17 residues that would produce a spurious ±1 correlation.
+    stats = by_date.agg(
+        n=("p", "size"),
+        p_min=("p", "min"),
+        p_max=("p", "max"),
+        r_min=("r", "min"),
+        r_max=("r", "max"),
+    )
+    keep = stats.index[(stats.n >= 3) & (stats.p_max > stats.p_min) & (stats.r_max > stats.r_min)]
+    frame = frame[frame["date"].isin(keep)]
+    if frame.empty:
+        return pd.Series(dtype=float, name="ic")
+    grouped = frame.groupby("date", sort=True)
+    dp = frame["p"] - grouped["p"].transform("mean")
+    dr = frame["r"] - grouped["r"].transform("mean")
+    sums = pd.DataFrame({"date": frame["date"], "pr": dp * dr, "pp": dp * dp, "rr": dr * dr})
+    sums = sums.groupby("date", sort=True).sum()
+    ic = sums["pr"] / np.sqrt(sums["pp"] * sums["rr"])
+    return ic.rename("ic")
+
+
+def ic_summary(dates, predicted, realized, method: ICMethod = "pearson") -> ICSummary:
+    """Mean, std (ddof=1) and ICIR = mean/std of daily_ic; std/ICIR NaN with < 2 dates or std 0."""
+    ic = daily_ic(dates, predicted, realized, method)
+    n = int(ic.size)
+    mean = float(ic.mean()) if n else float("nan")
+    std = float(ic.std(ddof=1)) if n >= 2 else float("nan")
+    icir = mean / std if n >= 2 and std > 0 else float("nan")
+    return ICSummary(mean=mean, std=std, icir=icir, n_dates=n)
+
+
+# --- prediction intervals -----------------------------------------------------------------------
+
+
+def interval_coverage(actual, lower, upper) -> float:
+    """Share of actual prices inside the closed band: mean(lower ≤ y ≤ upper)."""
+    y, lo, hi = _arrays(actual=actual, lower=lower, upper=upper)
+    if np.any(lo > hi):
+        raise ValueError("lower exceeds upper for some forecasts (crossed quantiles)")
+    return float(np.mean((y >= lo) & (y <= hi)))
+
+
+@dataclass(frozen=True)
+class IntervalWidth:
+    """Mean band width in dollars and relative to the origin close."""
+
+    dollars: float
+    relative: float
+
+
+def interval_width(lower, upper, origin_price) -> IntervalWidth:
+    """Mean width: dollars = mean(upper - lower), relative = mean((upper - lower) / P_t)."""
+    # Relative to the close at the origin, the price known when the forecast was made, so widths
+    # compare across tickers and across horizons of one origin.
+    lo, hi, p = _arrays(lower=lower, upper=upper, origin_price=origin_price)
+    if np.any(lo > hi):
+        raise ValueError("lower exceeds upper for some forecasts (crossed quantiles)")
+    if np.any(p <= 0):
+        raise ValueError("origin_price must be positive")
+    width = hi - lo
+    return IntervalWidth(dollars=float(width.mean()), relative=float((width / p).mean()))
+
+
+# --- trading strategy ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """Performance of one strategy over non-overlapping periods; equity starts at 1."""
+
+    kind: str
+    cumulative_return: float
+    sharpe: float
+    max_drawdown: float
+    n_periods: int
+    equity: np.ndarray
+
+
+def strategy_returns(predicted, realized, horizon: int, kind: StrategyKind) -> np.ndarray:
+    """Simple period returns s_k = mean_i pos_ki · (exp(r_ki) - 1) over origins 0, h, 2h, …
+
+    `predicted` and `realized` are h-day log returns at consecutive origins, shape (n_origins,) for
+    one ticker or (n_origins, n_tickers) for an equal-weight book. Positions: long_flat 1 if r̂ > 0
+    else 0; long_short sign(r̂); buy_and_hold 1. Only every h-th origin is traded so holding
+    periods never overlap and each day's return is counted once; no costs, no interest.
+    """
+    if kind not in STRATEGY_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(STRATEGY_KINDS)}; got {kind!r}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    rhat, r = _arrays(predicted=predicted, realized=realized)
+    if rhat.ndim not in (1, 2):
+        raise ValueError(f"predicted must be 1-D or 2-D, got shape {rhat.shape}")
+    rhat, r = rhat[::horizon], r[::horizon]
+    if kind == "long_flat":
+        position = (rhat > 0).astype(float)
+    elif kind == "long_short":
+        position = np.sign(rhat)
+    else:
+        position = np.ones_like(rhat)
+    period = position * np.expm1(r)
+    return period.mean(axis=1) if period.ndim == 2 else period
+
+
+def cumulative_return(period_returns) -> float:
+    """Compounded return: Π(1 + s_k) - 1."""
+    (s,) = _arrays(period_returns=period_returns)
+    return float(np.prod(1.0 + s) - 1.0)
+
+
+def annualized_sharpe(period_returns, horizon: int) -> float:
+    """Sharpe = mean(s) / std(s, ddof=1) · sqrt(252 / h), risk-free 0; NaN if std = 0 or n < 2."""
+    (s,) = _arrays(period_returns=period_returns)
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if s.size < 2:
+        return float("nan")
+    std = s.std(ddof=1)
+    if std == 0:
+        return float("nan")
+    return float(s.mean() / std * np.sqrt(TRADING_DAYS_PER_YEAR / horizon))
+
+
+def max_drawdown(period_returns) -> float:
+    """Max drawdown = max_k(1 - E_k / max_{j≤k} E_j), equity E_k = Π_{j≤k}(1 + s_j), E_0 = 1."""
+    (s,) = _arrays(period_returns=period_returns)
+    equity = np.concatenate([[1.0], np.cumprod(1.0 + s)])
+    return float(np.max(1.0 - equity / np.maximum.accumulate(equity)))
+
+
+def evaluate_strategy(predicted, realized, horizon: int, kind: StrategyKind) -> StrategyResult:
+    """strategy_returns, then cumulative return, annualized Sharpe, max drawdown, equity curve."""
+    s = strategy_returns(predicted, realized, horizon, kind)
+    return StrategyResult(
+        kind=kind,
+        cumulative_return=cumulative_return(s),
+        sharpe=annualized_sharpe(s, horizon),
+        max_drawdown=max_drawdown(s),
+        n_periods=int(s.size),
+        equity=np.concatenate([[1.0], np.cumprod(1.0 + s)]),
+    )
