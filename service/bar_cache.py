@@ -1,0 +1,153 @@
+"""The read-through bar cache: serve bars from the DB, fetch only what is missing, once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pandas as pd
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError, InterfaceError
+
+from service.db import bars as bars_db
+from service.errors import DatabaseUnavailable, SourceUnavailable, UnknownTicker
+from service.sources.base import BarSource
+from service.sources.validate import validate_bars
+from service.tickers import normalize_ticker
+
+log = logging.getLogger(__name__)
+
+# How far back the first fetch of a never-seen ticker reaches.
+DEFAULT_HISTORY_DAYS = 5 * 366
+
+
+@dataclass(frozen=True)
+class CachedBars:
+    """Bars served for one request, and whether they may be out of date."""
+
+    ticker: str
+    bars: pd.DataFrame
+    stale: bool = False
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+    fetched: int = 0  # rows written by a refresh made for this request
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class BarCache:
+    """get_bars() reads through the DB to a BarSource, one upstream call per ticker at a time."""
+
+    def __init__(self, engine: Engine, source: BarSource, *,
+                 refresh_interval: dt.timedelta = dt.timedelta(hours=1),
+                 clock=_utcnow, history_days: int = DEFAULT_HISTORY_DAYS):
+        self.engine = engine
+        self.source = source
+        self.refresh_interval = refresh_interval
+        self.clock = clock
+        self.history_days = history_days
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, ticker: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks[ticker]
+
+    def get_bars(self, ticker: str, start: dt.date | None = None, end: dt.date | None = None,
+                 last: int | None = None) -> CachedBars:
+        """Bars of `ticker` in [start, end] (or the `last` N up to end), refreshing if missing.
+
+        Raises UnknownTicker / SourceUnavailable only when nothing is cached; with cached bars a
+        failed refresh returns them with stale=True and a warning.
+        """
+        ticker = normalize_ticker(ticker)
+        try:
+            state = self._state(ticker)
+            fetched, stale, warnings = 0, False, []
+            if self._needs_refresh(state, end):
+                with self._lock(ticker):
+                    state = self._state(ticker)  # another thread may have refreshed meanwhile
+                    if self._needs_refresh(state, end):
+                        fetched, stale, warnings = self._refresh(ticker, state, start, end)
+                        state = self._state(ticker)
+            if not stale and state is not None and state.last_refresh_status == "error":
+                # A recent failed attempt is not retried before refresh_interval; say so.
+                stale = self._wants_newer(state, end)
+                if stale:
+                    warnings.append(f"bars for {ticker} may be out of date: last refresh failed "
+                                    f"({state.last_refresh_error})")
+            bars = bars_db.read_bars(self.engine, ticker, start, end, last=last)
+        except (OperationalError, InterfaceError) as exc:
+            raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
+        if bars.empty:
+            if state is not None and state.last_bar_date is not None:
+                return CachedBars(ticker, bars, stale, tuple(warnings), fetched)
+            raise UnknownTicker(f"no bars stored for {ticker}")
+        return CachedBars(ticker, bars, stale, tuple(warnings), fetched)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _state(self, ticker: str) -> bars_db.TickerState | None:
+        with self.engine.connect() as conn:
+            return bars_db.ticker_state(conn, ticker)
+
+    def _wants_newer(self, state: bars_db.TickerState | None, end: dt.date | None) -> bool:
+        """True when the stored range stops before the last weekday session up to `end`.
+
+        Without `end`, today's bar is unfinished, so the expected last bar is the previous
+        weekday. Exchange holidays can cause one needless (throttled) refresh; that is cheap.
+        """
+        if state is None or state.last_bar_date is None:
+            return True
+        expected = end if end is not None else self.clock().date() - dt.timedelta(days=1)
+        while expected.weekday() >= 5:
+            expected -= dt.timedelta(days=1)
+        return state.last_bar_date < expected
+
+    def _needs_refresh(self, state: bars_db.TickerState | None, end: dt.date | None) -> bool:
+        if not self._wants_newer(state, end):
+            return False
+        if state is not None and state.last_refresh_at is not None:
+            return self.clock() - state.last_refresh_at >= self.refresh_interval
+        return True
+
+    def _refresh(self, ticker: str, state: bars_db.TickerState | None,
+                 start: dt.date | None, end: dt.date | None) -> tuple[int, bool, list[str]]:
+        have_bars = state is not None and state.last_bar_date is not None
+        if have_bars:
+            fetch_start = state.last_bar_date + dt.timedelta(days=1)  # incremental
+        else:
+            fetch_start = start or (self.clock().date() - dt.timedelta(days=self.history_days))
+        try:
+            raw = self.source.fetch(ticker, fetch_start, end)
+        except UnknownTicker as exc:
+            with self.engine.begin() as conn:
+                bars_db.record_refresh(conn, ticker, "ok" if have_bars else "unknown", str(exc),
+                                       at=self.clock())
+            if have_bars:  # nothing new upstream for an incremental range is not an error
+                return 0, False, []
+            raise
+        except SourceUnavailable as exc:
+            with self.engine.begin() as conn:
+                bars_db.record_refresh(conn, ticker, "error", str(exc), at=self.clock())
+            if have_bars:
+                log.warning("refresh of %s failed, serving cached bars: %s", ticker, exc)
+                return 0, True, [f"bars for {ticker} may be out of date: {exc}"]
+            raise
+        result = validate_bars(raw.assign(ticker=ticker))
+        warnings = []
+        if result.n_rejected:
+            warnings.append(f"{ticker}: source returned {result.read} rows, "
+                            f"{result.summary()}")
+        with self.engine.begin() as conn:
+            count = bars_db.upsert_bars(conn, result.bars, source=self.source.name)
+            bars_db.record_refresh(conn, ticker, "ok", None, at=self.clock())
+        if not have_bars and count.offered == 0:
+            with self.engine.begin() as conn:
+                bars_db.record_refresh(conn, ticker, "unknown", "no valid bars", at=self.clock())
+            raise UnknownTicker(f"unknown ticker {ticker!r}: the source returned no valid bars")
+        return count.written, False, warnings

@@ -1,0 +1,68 @@
+"""Bulk ingest: read a source's frame, validate it once, upsert it, and reconcile the counts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Engine
+from tqdm import tqdm
+
+from service.db.bars import upsert_bars
+from service.sources.validate import validate_bars
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """read = stored + rejected, always; written counts new or changed rows among stored."""
+
+    read: int
+    stored: int
+    written: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    tickers: int = 0
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k}={v}" for k, v in self.rejected.items() if v) or "none"
+        return (f"read {self.read}, stored {self.stored}, rejected {self.n_rejected} "
+                f"({reasons}); {self.written} new or changed, "
+                f"{self.stored - self.written} unchanged, {self.tickers} tickers")
+
+
+def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
+                 progress: bool = False) -> IngestReport:
+    """Validate a multi-ticker frame and upsert every valid row in one transaction."""
+    result = validate_bars(frame)
+    bars = result.bars
+    with tqdm(total=len(bars), unit="bars", desc="ingest", disable=not progress,
+              mininterval=0.5) as bar, engine.begin() as conn:
+        count = upsert_bars(conn, bars, source=source, progress=bar.update)
+    stored = count.offered
+    report = IngestReport(read=result.read, stored=stored, written=count.written,
+                          rejected=dict(result.rejected),
+                          tickers=int(bars["ticker"].nunique()) if len(bars) else 0)
+    assert report.read == report.stored + report.n_rejected, report  # reconciliation invariant
+    return report
+
+
+def ingest_file(engine: Engine, path: Path, ticker: str | None = None,
+                progress: bool = False) -> IngestReport:
+    """Ingest a CSV/Parquet file of bars (see service.sources.csv for accepted layouts)."""
+    from service.sources.csv import read_bars_file
+
+    return ingest_frame(engine, read_bars_file(path, ticker=ticker), source="csv",
+                        progress=progress)
+
+
+def ingest_from_source(engine: Engine, source, tickers: list[str], start: dt.date | None,
+                       end: dt.date | None, progress: bool = False) -> IngestReport:
+    """Fetch each ticker from a BarSource and ingest the lot."""
+    frames = [source.fetch(t, start, end).assign(ticker=t) for t in tickers]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return ingest_frame(engine, frame, source=source.name, progress=progress)

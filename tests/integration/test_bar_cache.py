@@ -1,0 +1,157 @@
+"""Read-through cache semantics on real SQLite and PostgreSQL; only the network source is scripted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pandas as pd
+import pytest
+
+from service.bar_cache import BarCache
+from service.db import bars as bars_db
+from service.db.session import make_engine
+from service.errors import DatabaseUnavailable, InvalidTicker, SourceUnavailable, UnknownTicker
+from tests.bar_factories import ScriptedSource, make_bars, timeout_error
+
+NOW = dt.datetime(2020, 7, 1, 21, 0, tzinfo=dt.timezone.utc)  # a Wednesday evening
+
+
+class Clock:
+    def __init__(self, now=NOW):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def engine(db_url):
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+def full_history(ticker="AAPL", n=130):
+    return make_bars(n, start="2020-01-01", ticker=ticker)  # business days up to 2020-07-01
+
+
+def test_first_request_fetches_then_serves_from_db(engine):
+    source = ScriptedSource({"AAPL": full_history()})
+    cache = BarCache(engine, source, clock=Clock())
+    first = cache.get_bars("aapl")
+    assert first.ticker == "AAPL" and not first.stale and len(first.bars) == 130
+    assert len(source.calls) == 1
+    second = cache.get_bars("AAPL")
+    assert len(source.calls) == 1  # served from the DB, no network
+    pd.testing.assert_frame_equal(first.bars, second.bars)
+
+
+def test_refresh_fetches_only_missing_dates(engine):
+    history = full_history()
+    source = ScriptedSource({"AAPL": history.iloc[:100]})
+    clock = Clock(NOW - dt.timedelta(days=40))
+    cache = BarCache(engine, source, clock=clock)
+    cache.get_bars("AAPL", end=history["date"].iloc[99].date())
+    source.frames["AAPL"] = history
+    clock.now = NOW
+    got = cache.get_bars("AAPL")
+    last_stored = history["date"].iloc[99].date()
+    assert source.calls[-1][1] == last_stored + dt.timedelta(days=1)  # incremental start
+    assert len(got.bars) == 130 and got.fetched == 30
+
+
+def test_past_end_inside_stored_range_needs_no_fetch(engine):
+    source = ScriptedSource({"AAPL": full_history()})
+    cache = BarCache(engine, source, clock=Clock())
+    cache.get_bars("AAPL")
+    got = cache.get_bars("AAPL", end=dt.date(2020, 3, 2), last=10)
+    assert len(source.calls) == 1
+    assert got.bars["date"].iloc[-1] == pd.Timestamp("2020-03-02") and len(got.bars) == 10
+
+
+def test_concurrent_refreshes_make_one_upstream_call(engine):
+    source = ScriptedSource({"AAPL": full_history()}, delay=0.3)
+    cache = BarCache(engine, source, clock=Clock())
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(cache.get_bars("AAPL"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(source.calls) == 1
+    assert all(len(r.bars) == 130 for r in results)
+    assert bars_db.count_bars(engine, "AAPL") == 130  # no duplicates, nothing lost
+
+
+def test_source_failure_with_cache_returns_stale_and_keeps_bars(engine):
+    history = full_history()
+    source = ScriptedSource({"AAPL": history.iloc[:100]})
+    clock = Clock(NOW - dt.timedelta(days=40))
+    cache = BarCache(engine, source, clock=clock)
+    cache.get_bars("AAPL", end=history["date"].iloc[99].date())
+    clock.now = NOW
+    source.fail_with = timeout_error()
+    got = cache.get_bars("AAPL")
+    assert got.stale is True
+    assert got.warnings == ("bars for AAPL may be out of date: yfinance unavailable for AAPL "
+                            "after 3 attempts: timed out",)
+    assert len(got.bars) == 100
+    # Within the refresh interval the failure is not retried, but still reported as stale.
+    again = cache.get_bars("AAPL")
+    assert again.stale is True and len(source.calls) == 2
+    with engine.connect() as conn:
+        state = bars_db.ticker_state(conn, "AAPL")
+    assert state.last_refresh_status == "error"
+    assert bars_db.count_bars(engine, "AAPL") == 100
+
+
+def test_source_failure_without_cache_raises_source_unavailable(engine):
+    source = ScriptedSource()
+    source.fail_with = timeout_error("MSFT")
+    cache = BarCache(engine, source, clock=Clock())
+    with pytest.raises(SourceUnavailable, match="yfinance unavailable for MSFT after 3 attempts"):
+        cache.get_bars("MSFT")
+    assert bars_db.count_bars(engine) == 0
+
+
+def test_unknown_ticker_raises_and_stores_nothing(engine):
+    source = ScriptedSource({"AAPL": full_history()})
+    cache = BarCache(engine, source, clock=Clock())
+    cache.get_bars("AAPL")
+    with pytest.raises(UnknownTicker, match="unknown ticker 'ZZZZ': the source returned no bars"):
+        cache.get_bars("ZZZZ")
+    assert bars_db.count_bars(engine) == 130  # AAPL intact
+
+
+def test_bad_rows_from_source_are_dropped_and_counted(engine):
+    history = full_history()
+    history.loc[5, "high"] = history.loc[5, "low"] / 2  # high < low
+    history.loc[6, "close"] = float("nan")
+    source = ScriptedSource({"AAPL": history})
+    got = BarCache(engine, source, clock=Clock()).get_bars("AAPL")
+    assert len(got.bars) == 128
+    assert got.warnings and "AAPL: source returned 130 rows, rejected 2" in got.warnings[0]
+
+
+def test_invalid_ticker_is_rejected_before_sql_or_source(engine):
+    source = ScriptedSource()
+    cache = BarCache(engine, source, clock=Clock())
+    with pytest.raises(InvalidTicker):
+        cache.get_bars("AAPL; drop table bars")
+    assert source.calls == []
+
+
+def test_database_down_is_a_typed_error(tmp_path):
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    cache = BarCache(engine, ScriptedSource(), clock=Clock())
+    with pytest.raises(DatabaseUnavailable, match="bar database unavailable: OperationalError"):
+        cache.get_bars("AAPL")
