@@ -26,7 +26,11 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 migrate: $(VENV)/.runtime
 	$(BIN)/stockcast db upgrade
 
+SHARED_DATASET := ../shared/data/sp500_daily_2012_2017.csv.gz
+
+# Offline seed: the shared dataset where it exists, else bokeh-sampledata (public domain bars).
 seed: migrate
+	@[ -f $(SHARED_DATASET) ] || $(BIN)/pip install --quiet bokeh-sampledata
 	$(BIN)/stockcast seed
 
 run: seed

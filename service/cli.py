@@ -95,6 +95,42 @@ def ingest(
     typer.echo(report.summary())
 
 
+SHARED_DATASET_NAME = "sp500_daily_2012_2017.csv.gz"
+
+
+def seed_dataset_path() -> Path | None:
+    """The offline bars to seed from: the shared dataset, else bokeh-sampledata's stocks."""
+    shared = get_settings().data_dir / SHARED_DATASET_NAME
+    if shared.exists():
+        return shared
+    try:
+        from importlib.resources import files
+
+        candidate = files("bokeh_sampledata") / "_data" / "stocks.csv.gz"
+    except ModuleNotFoundError:
+        return None
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+@app.command()
+def seed(force: bool = typer.Option(False, help="Ingest even if bars are already cached.")):
+    """Fill an empty cache from offline real bars (shared dataset or bokeh-sampledata)."""
+    from service.db.bars import count_bars
+    from service.ingest import ingest_file
+
+    engine = _engine()
+    existing = count_bars(engine)
+    if existing and not force:
+        typer.echo(f"cache already holds {existing} bars; nothing to seed")
+        return
+    path = seed_dataset_path()
+    if path is None:
+        _fail(f"no offline bars found: expected {get_settings().data_dir / SHARED_DATASET_NAME} "
+              "or the bokeh-sampledata package (pip install bokeh-sampledata)")
+    typer.echo(f"seeding the bar cache from {path}")
+    typer.echo(ingest_file(engine, path, progress=True).summary())
+
+
 @app.command("tickers")
 def list_cached_tickers():
     """List cached tickers with their stored date range and last refresh outcome."""
@@ -104,6 +140,66 @@ def list_cached_tickers():
         for t in list_tickers(conn):
             typer.echo(f"{t.symbol:<10} {t.first_bar_date} .. {t.last_bar_date}  "
                        f"{t.last_refresh_status or '-'}")
+
+
+@app.command()
+def train(
+    tickers: Annotated[Optional[str], typer.Option(help="Comma list (overrides --universe).")] = None,
+    universe: Annotated[str, typer.Option(help="Named ticker universe.")] = "top24",
+    start: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
+    end: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Max epochs (early stopping may end sooner).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    train_stride: Annotated[Optional[int], typer.Option(help="Keep every k-th training origin.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON of TrainConfig fields; options override it.")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option(help="Artifacts folder (default: settings).")] = None,
+    promote: Annotated[bool, typer.Option(help="Point models/current at the new artifact.")] = True,
+    progress: bool = True,
+):
+    """Train the LSTM + ticker-embedding model on cached bars and export models/<version>/.
+
+    Runs under `torchrun --nproc_per_node=K` too (DistributedDataParallel; rank 0 exports).
+    """
+    import json
+
+    # torch is imported here only: `import service.cli` must not load it.
+    from service.forecasting.spec import UNIVERSES
+    from training.config import TrainConfig
+    from training.train import TrainingDiverged, run
+
+    base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
+    changes: dict = {"progress": progress}
+    if tickers:
+        changes["tickers"] = tuple(_parse_tickers(tickers))
+    elif config is None or universe != "top24":
+        if universe not in UNIVERSES:
+            _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+        changes["tickers"] = UNIVERSES[universe]
+    for name, value in (("epochs", epochs), ("device", device), ("batch_size", batch_size),
+                        ("train_stride", train_stride), ("threads", threads), ("seed", seed)):
+        if value is not None:
+            changes[name] = value
+    if start:
+        changes["start"] = start.date()
+    if end:
+        changes["end"] = end.date()
+    try:
+        train_config = base.with_(**changes)
+        settings = get_settings()
+        artifact = run(train_config, settings.database_url, model_dir or settings.model_dir,
+                       promote=promote)
+    except (ValueError, TrainingDiverged) as exc:
+        _fail(str(exc))
+    if artifact is not None:  # rank 0
+        meta = json.loads((artifact / "meta.json").read_text())
+        one_day = meta["metrics"]["horizons"]["1"]
+        typer.echo(f"artifact {artifact}  (best epoch {meta['training']['best_epoch']} "
+                   f"of {meta['training']['epochs_run']})")
+        typer.echo(f"val 1-day MAE {one_day['mae_median']:.5f} vs naive {one_day['mae_naive_zero']:.5f} "
+                   f"(rel {one_day['rel_mae_vs_naive']:.3f}), 10-90% coverage {one_day['coverage']:.2f}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,109 @@
+"""Bulk ingest through the CLI path on real SQLite and PostgreSQL: counts reconcile, nothing lost."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from typer.testing import CliRunner
+
+from service.db import bars as bars_db
+from service.db.session import make_engine
+from service.errors import InvalidBars
+from service.ingest import ingest_file
+
+SHARED_READ, SHARED_STORED = 608_160, 607_592
+SHARED_REJECTED = {"missing_field": 538, "open_outside_range": 28, "duplicate_date": 2}
+
+HEADER = "Ticker,Date,Open,High,Low,Close,Adj Close,Volume\n"
+GOOD = ("AAA,2020-01-02,10,11,9,10.5,10.4,1000\n"
+        "AAA,2020-01-03,10.5,11.5,10,11,10.9,1200\n")
+
+
+@pytest.fixture
+def engine(db_url):
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+def test_shared_dataset_reconciles_and_reingest_changes_nothing(engine, shared_dataset):
+    first = ingest_file(engine, shared_dataset)
+    assert (first.read, first.stored, first.rejected) == (SHARED_READ, SHARED_STORED,
+                                                          SHARED_REJECTED)
+    assert first.read == first.stored + first.n_rejected
+    assert first.written == SHARED_STORED and first.tickers == 489
+    assert bars_db.count_bars(engine) == SHARED_STORED
+    snapshot = bars_db.read_bars(engine, "AAPL")
+    again = ingest_file(engine, shared_dataset)
+    assert (again.read, again.stored, again.written) == (SHARED_READ, SHARED_STORED, 0)
+    assert bars_db.count_bars(engine) == SHARED_STORED
+    assert bars_db.read_bars(engine, "AAPL").equals(snapshot)
+    with engine.connect() as conn:
+        state = bars_db.ticker_state(conn, "AAPL")
+    assert str(state.first_bar_date) == "2012-12-06" and str(state.last_bar_date) == "2017-12-06"
+
+
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ("AAA,2020-01-06,,11,9,10,10,100\n", "missing_field"),
+        ("AAA,2020-01-06,0,11,9,10,10,100\n", "non_positive_price"),
+        ("AAA,2020-01-06,10,9,11,10,10,100\n", "high_below_low"),
+        ("AAA,2020-01-06,12,11,9,10,10,100\n", "open_outside_range"),
+        ("AAA,2020-01-06,10,11,9,8,8,100\n", "close_outside_range"),
+        ("AAA,2020-01-06,10,11,9,10,10,-5\n", "negative_volume"),
+        ("AAA,not-a-date,10,11,9,10,10,100\n", "bad_date"),
+        ("A A;A,2020-01-06,10,11,9,10,10,100\n", "invalid_ticker"),
+        ("AAA,2020-01-06,10,11,9,10,10,100\nAAA,2020-01-06,10,11,9,10.5,10.5,100\n",
+         "duplicate_date"),
+    ],
+)
+def test_each_malformed_row_is_counted_and_stored_bars_survive(engine, tmp_path, row, reason):
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    ingest_file(engine, good)
+    before = bars_db.read_bars(engine, "AAA")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HEADER + row)
+    report = ingest_file(engine, bad)
+    if reason == "duplicate_date":  # the later row of the pair is kept, the earlier counted
+        assert (report.read, report.stored, report.rejected) == (2, 1, {reason: 1})
+        stored = bars_db.read_bars(engine, "AAA")
+        assert stored["close"].iloc[-1] == 10.5 and stored.iloc[:2].equals(before)
+        return
+    assert report.read == 1 and report.stored == 0 and report.rejected == {reason: 1}
+    assert bars_db.read_bars(engine, "AAA").equals(before)
+
+
+def test_a_file_missing_a_column_is_refused_and_loses_nothing(engine, tmp_path):
+    good = tmp_path / "good.csv.gz"
+    with gzip.open(good, "wt") as fh:
+        fh.write(HEADER + GOOD)
+    ingest_file(engine, good)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Ticker,Date,Open,High,Low,Volume\nAAA,2020-01-06,10,11,9,100\n")
+    with pytest.raises(InvalidBars, match="missing required columns"):
+        ingest_file(engine, bad)
+    assert bars_db.count_bars(engine, "AAA") == 2
+
+
+def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
+    from service.cli import app
+    from service.config import get_settings
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("STOCKCAST_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+        data = tmp_path / "bars.csv"
+        data.write_text(HEADER + GOOD + "AAA,2020-01-06,,11,9,10,10,100\n")
+        result = runner.invoke(app, ["ingest", "--path", str(data), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("read 3, stored 2, rejected 1 (missing_field=1)")
+        missing = runner.invoke(app, ["ingest", "--path", str(tmp_path / "nope.csv")])
+        assert missing.exit_code == 1 and "error: no such file" in missing.output
+    finally:
+        get_settings.cache_clear()
