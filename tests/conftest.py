@@ -78,3 +78,11 @@ def db_url(request, tmp_path) -> str:
         url = request.getfixturevalue("pg_server_url")
     reset_database(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    """A tiny LSTM trained once per session on synthetic bars, exported to a models folder."""
+    from tests.tiny_model import train_tiny_artifact
+
+    return train_tiny_artifact(tmp_path_factory.mktemp("models"))

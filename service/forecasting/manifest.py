@@ -1,0 +1,220 @@
+"""What a model artifact carries (spec, scalers, ticker vocabulary, split, ONNX hash) and its checks.
+
+An artifact is a folder `models/<version>/` with `model.onnx`, `meta.json` and `history.png`;
+`models/current` is a text file naming the version to serve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.errors import ManifestMismatch, ModelNotLoaded
+from service.forecasting.scaling import StandardScaler
+from service.forecasting.spec import FEATURE_NAMES, FEATURES_VERSION, FeatureSpec
+from service.forecasting.split import Split
+
+META_FILE = "meta.json"
+ONNX_FILE = "model.onnx"
+HISTORY_FILE = "history.png"
+CURRENT_FILE = "current"
+# Id 0 of the embedding: tickers not seen in training (a trained "average stock").
+UNKNOWN_TICKER = "<unknown>"
+UNKNOWN_TICKER_ID = 0
+
+_REQUIRED_KEYS = (
+    "version", "spec", "feature_scaler", "target_scaler", "ticker_vocab", "split", "onnx",
+)
+
+
+def ticker_vocabulary(tickers: Iterable[str]) -> tuple[str, ...]:
+    """Id -> ticker: UNKNOWN_TICKER at 0, then the training tickers sorted."""
+    return (UNKNOWN_TICKER, *sorted(set(tickers)))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# Meta keys left out of the content hash: the hash itself, and what differs between two runs
+# that produce the same model (wall-clock times).
+_UNHASHED_KEYS = ("version", "created_at", "run")
+
+
+def artifact_version(onnx_bytes: bytes, meta: dict) -> str:
+    """Content hash: first 12 hex of sha256(onnx bytes + canonical meta minus timestamps)."""
+    stable = {k: v for k, v in meta.items() if k not in _UNHASHED_KEYS}
+    digest = hashlib.sha256(onnx_bytes)
+    digest.update(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode())
+    return digest.hexdigest()[:12]
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """A loaded, checked meta.json of one artifact."""
+
+    version: str
+    spec: FeatureSpec
+    feature_scaler: StandardScaler
+    target_scaler: StandardScaler
+    ticker_vocab: tuple[str, ...]
+    split: Split
+    onnx_sha256: str
+    artifact_dir: Path
+    metrics: dict = field(default_factory=dict)
+    created_at: str | None = None
+    package_version: str | None = None
+    training: dict = field(default_factory=dict)
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.artifact_dir / ONNX_FILE
+
+    @property
+    def tickers(self) -> tuple[str, ...]:
+        """Tickers seen in training (the vocabulary without the unknown entry)."""
+        return self.ticker_vocab[1:]
+
+    def ticker_id(self, ticker: str) -> int:
+        """Embedding id of a ticker; UNKNOWN_TICKER_ID for one not seen in training."""
+        return self._ids.get(ticker, UNKNOWN_TICKER_ID)
+
+    def seen_in_training(self, ticker: str) -> bool:
+        """Whether the ticker has its own embedding row."""
+        return ticker in self._ids
+
+    @property
+    def _ids(self) -> dict[str, int]:
+        ids = self.__dict__.get("_id_cache")
+        if ids is None:
+            ids = {t: i for i, t in enumerate(self.ticker_vocab) if i != UNKNOWN_TICKER_ID}
+            object.__setattr__(self, "_id_cache", ids)
+        return ids
+
+    def summary(self) -> dict:
+        """What /models/current shows: version, spec, vocabulary size, split, metrics."""
+        return {
+            "version": self.version,
+            "created_at": self.created_at,
+            "package_version": self.package_version,
+            "features": list(self.spec.features),
+            "window": self.spec.window,
+            "horizon": self.spec.horizon,
+            "quantiles": list(self.spec.quantiles),
+            "tickers": list(self.tickers),
+            "split": self.split.to_dict(),
+            "metrics": self.metrics,
+            "onnx_sha256": self.onnx_sha256,
+        }
+
+
+def load_manifest(artifact_dir: Path | str, expected: FeatureSpec | None = None) -> Manifest:
+    """Read and check an artifact's meta.json against this code; ManifestMismatch on any conflict.
+
+    The feature list, order and feature version must equal this code's; with `expected`, the
+    window, horizon and quantiles must match it too. The ONNX file's hash must match meta.
+    """
+    artifact_dir = Path(artifact_dir)
+    meta_path = artifact_dir / META_FILE
+    if not meta_path.is_file():
+        raise ModelNotLoaded(f"no model artifact at {artifact_dir}: {META_FILE} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ManifestMismatch(f"artifact {artifact_dir.name}: {META_FILE} is not JSON: {exc}")
+    missing = [k for k in _REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ManifestMismatch(f"artifact {artifact_dir.name}: {META_FILE} lacks {missing}")
+    name = meta["version"]
+
+    spec = FeatureSpec.from_dict(meta["spec"])
+    code_features = expected.features if expected is not None else FEATURE_NAMES
+    code_version = expected.version if expected is not None else FEATURES_VERSION
+    if list(spec.features) != list(code_features):
+        raise ManifestMismatch(
+            f"artifact {name} was built for features {list(spec.features)} "
+            f"but this code computes {list(code_features)}"
+        )
+    if spec.version != code_version:
+        raise ManifestMismatch(
+            f"artifact {name} was built with feature version {spec.version} "
+            f"but this code computes feature version {code_version}"
+        )
+    if expected is not None:
+        for attr in ("window", "horizon", "quantiles"):
+            got, want = getattr(spec, attr), getattr(expected, attr)
+            if attr == "quantiles":
+                got, want = list(got), list(want)
+            if got != want:
+                raise ManifestMismatch(
+                    f"artifact {name} was built for {attr} {got} but this code expects {want}"
+                )
+
+    feature_scaler = StandardScaler.from_dict(meta["feature_scaler"])
+    target_scaler = StandardScaler.from_dict(meta["target_scaler"])
+    if feature_scaler.mean.shape != (spec.n_features,):
+        raise ManifestMismatch(
+            f"artifact {name}: feature scaler has {feature_scaler.mean.shape[0]} entries "
+            f"for {spec.n_features} features"
+        )
+    if target_scaler.mean.shape != (spec.horizon,):
+        raise ManifestMismatch(
+            f"artifact {name}: target scaler has {target_scaler.mean.shape[0]} entries "
+            f"for horizon {spec.horizon}"
+        )
+    vocab = tuple(meta["ticker_vocab"])
+    if not vocab or vocab[0] != UNKNOWN_TICKER:
+        raise ManifestMismatch(f"artifact {name}: ticker_vocab must start with {UNKNOWN_TICKER!r}")
+
+    onnx_path = artifact_dir / ONNX_FILE
+    if not onnx_path.is_file():
+        raise ModelNotLoaded(f"no model artifact at {artifact_dir}: {ONNX_FILE} is missing")
+    recorded = meta["onnx"].get("sha256")
+    actual = file_sha256(onnx_path)
+    if recorded != actual:
+        raise ManifestMismatch(
+            f"artifact {name}: {ONNX_FILE} has sha256 {actual[:12]}… "
+            f"but {META_FILE} records {str(recorded)[:12]}…"
+        )
+
+    return Manifest(
+        version=name,
+        spec=spec,
+        feature_scaler=feature_scaler,
+        target_scaler=target_scaler,
+        ticker_vocab=vocab,
+        split=Split.from_dict(meta["split"]),
+        onnx_sha256=actual,
+        artifact_dir=artifact_dir,
+        metrics=meta.get("metrics", {}),
+        created_at=meta.get("created_at"),
+        package_version=meta.get("package_version"),
+        training=meta.get("training", {}),
+    )
+
+
+def resolve_current(model_dir: Path | str) -> Path:
+    """The artifact folder named by `model_dir/current`; ModelNotLoaded if absent."""
+    model_dir = Path(model_dir)
+    pointer = model_dir / CURRENT_FILE
+    if not pointer.is_file():
+        raise ModelNotLoaded(f"no {pointer}: train a model (stockcast train) or restore one")
+    version = pointer.read_text().strip()
+    artifact_dir = model_dir / version
+    if not version or not artifact_dir.is_dir():
+        raise ModelNotLoaded(f"{pointer} names {version!r}, which is not a folder in {model_dir}")
+    return artifact_dir
+
+
+def set_current(model_dir: Path | str, version: str) -> None:
+    """Point `model_dir/current` at a version (written atomically)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / version).is_dir():
+        raise ModelNotLoaded(f"no artifact {version!r} in {model_dir}")
+    tmp = model_dir / f".{CURRENT_FILE}.tmp"
+    tmp.write_text(version + "\n")
+    tmp.replace(model_dir / CURRENT_FILE)

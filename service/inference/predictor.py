@@ -1,0 +1,180 @@
+"""bars -> features -> scaled window -> onnxruntime -> log returns -> prices: the one inference path.
+
+Three visible steps: `preprocess` (bars to a scaled window), `predict` (one batched onnxruntime
+call), `postprocess` (quantile log returns to dated prices). The API and the backtest both call
+this class, so what the backtest measures is what the API serves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from service.errors import InsufficientHistory, ManifestMismatch
+from service.forecasting.calendar import next_trading_days
+from service.forecasting.features import build_features, min_bars
+from service.forecasting.manifest import Manifest
+from service.forecasting.windows import make_windows
+from service.inference.onnx_model import OnnxModel
+
+
+@dataclass(frozen=True)
+class ForecastStep:
+    """One future trading day: the median close and its 10-90% interval."""
+
+    step: int
+    date: dt.date
+    predicted_return: float  # simple return to the median close: exp(median log return) - 1
+    close: float
+    lower: float
+    upper: float
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A forecast for one ticker from the bars up to `as_of`."""
+
+    ticker: str
+    as_of: dt.date  # date of the last bar used
+    last_close: float  # unadjusted close of that bar
+    model_version: str
+    seen_in_training: bool
+    steps: tuple[ForecastStep, ...]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """Pre-processed input of one ticker: its latest scaled window and what post-processing needs."""
+
+    ticker: str
+    window: np.ndarray  # (W, F) float32, feature-scaled
+    ticker_id: int
+    as_of: dt.date
+    last_close: float
+    seen_in_training: bool
+
+
+class Predictor:
+    """An OnnxModel with its manifest: pre-process, predict, post-process."""
+
+    def __init__(self, model: OnnxModel, manifest: Manifest):
+        spec = manifest.spec
+        expected = (spec.window, spec.n_features, spec.horizon, len(spec.quantiles),
+                    len(manifest.ticker_vocab))
+        got = (model.window, model.n_features, model.horizon, model.n_quantiles, model.n_tickers)
+        if got != expected:
+            raise ManifestMismatch(
+                f"model.onnx (window, features, horizon, quantiles, tickers) = {got} "
+                f"but artifact {manifest.version}'s meta says {expected}"
+            )
+        self.model = model
+        self.manifest = manifest
+        self.spec = spec
+        self.min_bars = min_bars(spec)
+        quantiles = list(spec.quantiles)
+        self._median = quantiles.index(0.5)
+        self._lower, self._upper = 0, len(quantiles) - 1
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest.version
+
+    # -- pre-process ---------------------------------------------------------------------------
+
+    def _scaled_features(self, ticker: str, bars: pd.DataFrame) -> pd.DataFrame:
+        """Feature rows of `bars`, scaled with the training scaler; InsufficientHistory if short."""
+        if len(bars) < self.min_bars:
+            raise InsufficientHistory(ticker, len(bars), self.min_bars)
+        features = build_features(bars, self.spec)
+        scaled = self.manifest.feature_scaler.transform(features.to_numpy(dtype=np.float64))
+        return pd.DataFrame(scaled.astype(np.float32), index=features.index,
+                            columns=features.columns)
+
+    def preprocess(self, ticker: str, bars: pd.DataFrame, as_of: dt.date | None = None) -> ModelInput:
+        """Bars up to as_of -> the latest scaled window (W, F) and the ticker's id."""
+        if as_of is not None:
+            bars = bars.loc[bars["date"] <= pd.Timestamp(as_of)]
+        scaled = self._scaled_features(ticker, bars)
+        last = bars.iloc[-1]
+        return ModelInput(
+            ticker=ticker,
+            window=scaled.to_numpy()[-self.spec.window:],
+            ticker_id=self.manifest.ticker_id(ticker),
+            as_of=pd.Timestamp(last["date"]).date(),
+            last_close=float(last["close"]),
+            seen_in_training=self.manifest.seen_in_training(ticker),
+        )
+
+    # -- predict -------------------------------------------------------------------------------
+
+    def predict(self, windows: np.ndarray, ticker_ids: np.ndarray) -> np.ndarray:
+        """(B, W, F) scaled windows, (B,) ids -> (B, H, Q) quantile log returns (one ORT call)."""
+        return self.model.run(windows, ticker_ids)
+
+    # -- post-process --------------------------------------------------------------------------
+
+    def postprocess(self, item: ModelInput, quantiles: np.ndarray, horizon: int) -> Forecast:
+        """(H, Q) log returns of one ticker -> dated prices: close x exp(cumulative log return)."""
+        dates = next_trading_days(item.as_of, horizon)
+        q = quantiles[:horizon].astype(np.float64)
+        steps = tuple(
+            ForecastStep(
+                step=h + 1,
+                date=dates[h],
+                predicted_return=float(np.expm1(q[h, self._median])),
+                close=float(item.last_close * np.exp(q[h, self._median])),
+                lower=float(item.last_close * np.exp(q[h, self._lower])),
+                upper=float(item.last_close * np.exp(q[h, self._upper])),
+            )
+            for h in range(horizon)
+        )
+        return Forecast(item.ticker, item.as_of, item.last_close, self.model_version,
+                        item.seen_in_training, steps)
+
+    # -- the three steps together --------------------------------------------------------------
+
+    def _check_horizon(self, horizon: int) -> None:
+        if not 1 <= horizon <= self.spec.horizon:
+            raise ValueError(f"horizon must be between 1 and {self.spec.horizon}, got {horizon}")
+
+    def forecast(self, ticker: str, bars: pd.DataFrame, horizon: int = 1,
+                 as_of: dt.date | None = None) -> Forecast:
+        """Forecast `horizon` trading days ahead of the last bar on or before as_of."""
+        return self.forecast_many([(ticker, bars)], horizon, as_of)[0]
+
+    def forecast_many(self, items: Sequence[tuple[str, pd.DataFrame]], horizon: int = 1,
+                      as_of: dt.date | None = None) -> list[Forecast]:
+        """Forecasts for several tickers through one onnxruntime call."""
+        self._check_horizon(horizon)
+        inputs = [self.preprocess(ticker, bars, as_of) for ticker, bars in items]
+        if not inputs:
+            return []
+        windows = np.stack([i.window for i in inputs])  # (B, W, F)
+        ids = np.array([i.ticker_id for i in inputs], dtype=np.int64)
+        quantiles = self.predict(windows, ids)  # (B, H, Q)
+        return [self.postprocess(item, q, horizon) for item, q in zip(inputs, quantiles)]
+
+    def predict_origins(
+        self, ticker: str, bars: pd.DataFrame, origins: Sequence[dt.date] | None = None
+    ) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]:
+        """Historical forecasts at many origins: (origin dates (N,), log returns (N, H, Q), closes (N,)).
+
+        Features are built once; the window at origin t holds feature rows <= t, which use bars
+        <= t only, so no origin sees its future. `origins=None` means every date with a full
+        window; requested dates without one (or without a bar) are left out of the result.
+        """
+        scaled = self._scaled_features(ticker, bars)
+        windows, _, rows = make_windows(scaled.to_numpy(), None, self.spec.window)
+        dates = scaled.index[rows]
+        if origins is not None:
+            wanted = pd.DatetimeIndex(pd.to_datetime(list(origins))).normalize()
+            keep = dates.isin(wanted)
+            windows, dates = windows[keep], dates[keep]
+        ids = np.full(len(windows), self.manifest.ticker_id(ticker), dtype=np.int64)
+        quantiles = self.predict(windows, ids)
+        closes = bars.set_index("date")["close"].reindex(dates).to_numpy(dtype=np.float64)
+        return pd.DatetimeIndex(dates, name="date"), quantiles, closes

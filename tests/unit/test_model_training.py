@@ -1,0 +1,186 @@
+"""Training: chronological split and training-only scalers, determinism, divergence, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from service.forecasting.features import build_features
+from service.forecasting.manifest import CURRENT_FILE, load_manifest
+from service.forecasting.scaling import StandardScaler
+from service.forecasting.windows import forward_log_returns
+from tests.tiny_model import TINY_TICKERS, synthetic_bars_multi, tiny_config, write_bars_db
+from training.dataset import prepare_data
+from training.train import TrainingDiverged, fit, read_training_bars
+
+
+@pytest.fixture(scope="module")
+def bars_multi() -> pd.DataFrame:
+    return synthetic_bars_multi()
+
+
+def _training_rows(bars_multi, spec, last_train_date):
+    rows = []
+    for _, bars in bars_multi.groupby("ticker"):
+        features = build_features(bars.drop(columns="ticker").reset_index(drop=True), spec)
+        rows.append(features.loc[features.index <= pd.Timestamp(last_train_date)].to_numpy())
+    return np.concatenate(rows)
+
+
+def test_feature_scaler_is_fit_on_training_dates_only(bars_multi):
+    spec = tiny_config().spec
+    prepared = prepare_data(bars_multi, spec)
+    train_rows = _training_rows(bars_multi, spec, prepared.split.train[1])
+    all_rows = _training_rows(bars_multi, spec, "2100-01-01")
+    expected = StandardScaler.fit(train_rows)
+    np.testing.assert_allclose(prepared.feature_scaler.mean, expected.mean, rtol=1e-12)
+    np.testing.assert_allclose(prepared.feature_scaler.std, expected.std, rtol=1e-12)
+    everything = StandardScaler.fit(all_rows)
+    assert np.abs(prepared.feature_scaler.mean - everything.mean).max() > 1e-4
+
+
+def test_target_scaler_is_fit_on_training_origins_only(bars_multi):
+    spec = tiny_config().spec
+    prepared = prepare_data(bars_multi, spec)
+    last_train = pd.Timestamp(prepared.split.train[1])
+    targets = []
+    for _, bars in bars_multi.groupby("ticker"):
+        features = build_features(bars.drop(columns="ticker").reset_index(drop=True), spec)
+        adj = bars.set_index("date")["adj_close"].reindex(features.index).to_numpy()
+        y = forward_log_returns(adj, spec.horizon)
+        origin = np.arange(len(features)) >= spec.window - 1
+        first_train = pd.Timestamp(prepared.split.train[0])
+        in_train = origin & (features.index >= first_train) & (features.index <= last_train)
+        targets.append(y[in_train])
+    expected = StandardScaler.fit(np.concatenate(targets))
+    # Windows hold float32 targets; the scaler sees those.
+    np.testing.assert_allclose(prepared.target_scaler.mean, expected.mean, rtol=1e-6)
+    np.testing.assert_allclose(prepared.target_scaler.std, expected.std, rtol=1e-6)
+    # The scaled training targets then have zero mean and unit std per horizon.
+    np.testing.assert_allclose(prepared.train.targets.mean(axis=0), 0.0, atol=1e-5)
+
+
+def test_segments_are_chronological_with_a_window_plus_horizon_gap(bars_multi):
+    spec = tiny_config().spec
+    prepared = prepare_data(bars_multi, spec)
+    dates = np.unique(bars_multi["date"].to_numpy().astype("datetime64[D]"))
+    position = {d: i for i, d in enumerate(dates)}
+    train_last = position[prepared.train.origin_dates.max()]
+    val_first = position[prepared.val.origin_dates.min()]
+    # The last training target ends at train_last + H; the first val window starts at
+    # val_first - W + 1: they must not meet.
+    assert train_last + spec.horizon < val_first - spec.window + 1
+    assert val_first - train_last == spec.window + spec.horizon + 1
+    assert prepared.val.origin_dates.max() < np.datetime64(prepared.split.test[0])
+
+
+def test_vocabulary_reserves_zero_for_unknown_and_ids_cover_training_tickers(bars_multi):
+    prepared = prepare_data(bars_multi, tiny_config().spec)
+    assert prepared.vocab == ("<unknown>", *sorted(TINY_TICKERS))
+    assert set(np.unique(prepared.train.ticker_ids)) == {1, 2, 3}
+
+
+def test_train_stride_keeps_every_kth_training_origin_and_all_validation(bars_multi):
+    spec = tiny_config().spec
+    full = prepare_data(bars_multi, spec)
+    strided = prepare_data(bars_multi, spec, train_stride=3)
+    per_ticker = [np.sum(full.train.ticker_ids == i) for i in (1, 2, 3)]
+    assert len(strided.train) == sum(-(-n // 3) for n in per_ticker)
+    assert len(strided.val) == len(full.val)
+
+
+def test_training_is_deterministic_on_cpu(bars_multi):
+    first = fit(tiny_config(epochs=2), bars_multi)
+    second = fit(tiny_config(epochs=2), bars_multi)
+    assert first.weights_sha256 == second.weights_sha256
+    assert [h["val_loss"] for h in first.history] == [h["val_loss"] for h in second.history]
+    other_seed = fit(tiny_config(epochs=2, seed=1), bars_multi)
+    assert other_seed.weights_sha256 != first.weights_sha256
+
+
+def test_early_stopping_restores_the_best_epoch(bars_multi):
+    result = fit(tiny_config(epochs=6, early_stopping_patience=2, learning_rate=0.05), bars_multi)
+    losses = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(losses)) + 1
+    assert result.metrics["val_pinball_scaled"] == pytest.approx(min(losses))
+    # Stopped after `patience` epochs without improvement, or ran out of epochs.
+    assert len(losses) == 6 or len(losses) == result.best_epoch + 2
+
+
+def test_validation_metrics_compare_the_median_with_the_naive_zero_return(tiny_artifact):
+    metrics = tiny_artifact.result.metrics
+    one_day = metrics["horizons"]["1"]
+    val = tiny_artifact.result.prepared.val
+    scaler = tiny_artifact.result.prepared.target_scaler
+    y1 = val.targets[:, 0] * scaler.std[0] + scaler.mean[0]
+    assert one_day["mae_naive_zero"] == pytest.approx(np.abs(y1).mean(), rel=1e-5)
+    assert one_day["rel_mae_vs_naive"] == pytest.approx(
+        one_day["mae_median"] / one_day["mae_naive_zero"])
+    assert metrics["beats_naive_1d"] == (one_day["mae_median"] < one_day["mae_naive_zero"])
+    assert 0.0 <= one_day["coverage"] <= 1.0
+    assert set(metrics["horizons"]) == {"1", "5"}  # 30 is beyond the tiny horizon of 5
+
+
+def test_diverging_loss_raises_and_names_the_epoch(bars_multi):
+    with pytest.raises(TrainingDiverged, match=r"training loss became (nan|inf) at epoch 1, batch \d+ "
+                                               r"\(learning_rate=1e\+30\); nothing was exported"):
+        fit(tiny_config(learning_rate=1e30, grad_clip=1e30), bars_multi)
+
+
+def test_missing_tickers_in_the_cache_are_named(sqlite_url, bars_multi):
+    write_bars_db(sqlite_url, bars_multi)
+    with pytest.raises(ValueError) as err:
+        read_training_bars(sqlite_url, tiny_config(tickers=("AAA", "ZZZ", "YYY")))
+    assert str(err.value) == (
+        f"no bars in the cache at {sqlite_url} for ['YYY', 'ZZZ']: load them first (stockcast ingest)"
+    )
+
+
+def test_too_short_history_for_any_window_is_a_clear_error():
+    short = synthetic_bars_multi(("AAA",), n=50)
+    with pytest.raises(ValueError, match=r"no ticker has enough bars for one window of 20 feature "
+                                         r"rows \(tickers given: \['AAA'\]\)"):
+        prepare_data(short, tiny_config().spec)
+
+
+def _cli(tmp_path, sqlite_url, monkeypatch, config):
+    from service.cli import app
+    from service.config import get_settings
+
+    monkeypatch.setenv("STOCKCAST_DATABASE_URL", sqlite_url)
+    get_settings.cache_clear()
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(config.to_dict()))
+    models = tmp_path / "models"
+    try:
+        result = CliRunner().invoke(
+            app, ["train", "--config", str(cfg), "--model-dir", str(models), "--no-progress"])
+    finally:
+        get_settings.cache_clear()
+    return result, models
+
+
+def test_cli_train_reads_the_cache_and_writes_the_artifact(tmp_path, sqlite_url, bars_multi,
+                                                           monkeypatch):
+    write_bars_db(sqlite_url, bars_multi)
+    result, models = _cli(tmp_path, sqlite_url, monkeypatch, tiny_config(epochs=2))
+    assert result.exit_code == 0, result.output
+    version = (models / CURRENT_FILE).read_text().strip()
+    manifest = load_manifest(models / version)
+    assert manifest.tickers == TINY_TICKERS
+    assert (models / version / "history.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"artifact {models / version}" in result.output
+    assert "val 1-day MAE" in result.output
+
+
+def test_cli_train_that_diverges_exports_nothing(tmp_path, sqlite_url, bars_multi, monkeypatch):
+    write_bars_db(sqlite_url, bars_multi)
+    config = tiny_config(learning_rate=1e30, grad_clip=1e30)
+    result, models = _cli(tmp_path, sqlite_url, monkeypatch, config)
+    assert result.exit_code == 1
+    assert "nothing was exported" in result.output
+    assert not models.exists() or not any(models.iterdir())

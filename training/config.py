@@ -1,0 +1,97 @@
+"""One training configuration on one screen, defaults visible; saved inside every artifact."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, fields, replace
+
+from service.forecasting.spec import UNIVERSES, FeatureSpec
+
+DEFAULT_UNIVERSE = "top24"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Data, model, optimisation and run settings of one training run."""
+
+    # data
+    tickers: tuple[str, ...] = UNIVERSES[DEFAULT_UNIVERSE]
+    start: dt.date | None = None  # first bar date read from the cache (None: all)
+    end: dt.date | None = None  # last bar date read from the cache (None: all)
+    window: int = 60
+    horizon: int = 30
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    train_stride: int = 1  # keep every k-th training origin (1 = all); val is never strided
+    # model
+    hidden_size: int = 64
+    num_layers: int = 2
+    dropout: float = 0.2
+    embedding_dim: int = 8
+    head_hidden: int = 64
+    # Probability that a training sample's ticker id is replaced by the unknown id 0, so the
+    # unknown embedding is a trained "average stock" that unseen tickers can use.
+    unknown_ticker_prob: float = 0.1
+    # optimisation
+    epochs: int = 40
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    early_stopping_patience: int = 10
+    lr_patience: int = 5
+    lr_factor: float = 0.5
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch intra-op threads on CPU (None: torch's default)
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.tickers:
+            raise ValueError("tickers must not be empty")
+        if len(set(self.tickers)) != len(self.tickers):
+            raise ValueError("tickers must be unique")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.train_stride < 1:
+            raise ValueError(f"train_stride must be >= 1, got {self.train_stride}")
+        if not 0.0 <= self.unknown_ticker_prob < 1.0:
+            raise ValueError(f"unknown_ticker_prob must be in [0, 1), got {self.unknown_ticker_prob}")
+        if 0.5 not in self.quantiles or list(self.quantiles) != sorted(set(self.quantiles)):
+            raise ValueError(f"quantiles must be sorted, unique and include 0.5, got {self.quantiles}")
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """The feature spec (window, horizon, quantiles) this run trains for."""
+        return FeatureSpec(window=self.window, horizon=self.horizon, quantiles=self.quantiles)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (dates as ISO strings, tuples as lists)."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, dt.date):
+                out[key] = value.isoformat()
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of to_dict; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}")
+        values = dict(d)
+        for key in ("start", "end"):
+            if values.get(key) is not None:
+                values[key] = dt.date.fromisoformat(values[key])
+        for key in ("tickers", "quantiles", "split_fractions"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def with_(self, **changes) -> TrainConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)

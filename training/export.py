@@ -1,0 +1,199 @@
+"""Export a trained model to models/<version>/ (model.onnx, meta.json, history.png) and verify it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from service.forecasting.manifest import (
+    HISTORY_FILE,
+    META_FILE,
+    ONNX_FILE,
+    artifact_version,
+    set_current,
+)
+from training.model import ExportedForecaster, QuantileLSTM
+from training.train import TrainResult
+
+log = logging.getLogger(__name__)
+
+# Pinned explicitly: torch >= 2.9 defaults to the dynamo exporter, and the two paths export
+# LSTMs differently. The TorchScript path with opset 17 gives one fused LSTM node per layer.
+OPSET = 17
+DYNAMO = False
+# LSTM export can bake in the example's batch size; an example larger than 1 (plus the dynamic
+# axis) keeps batch truly dynamic, which the parity test checks with batches of 1, 2 and 17.
+EXAMPLE_BATCH = 4
+PARITY_TOLERANCE = 1e-5
+INPUT_NAMES = ("window", "ticker_id")
+OUTPUT_NAME = "quantiles"
+
+
+def export_onnx(model: QuantileLSTM, target_mean, target_std, example_window: torch.Tensor,
+                example_ticker_ids: torch.Tensor) -> bytes:
+    """ONNX bytes of ExportedForecaster: (B, W, F) float32 + (B,) int64 -> (B, H, Q) log returns."""
+    wrapper = ExportedForecaster(model, target_mean, target_std).cpu().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The legacy exporter is chosen on purpose (see DYNAMO); its deprecation notice and the
+        # tracer's notes about LSTM internals are expected and say nothing about this graph.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        torch.onnx.export(
+            wrapper,
+            (example_window, example_ticker_ids),
+            buffer,
+            dynamo=DYNAMO,
+            opset_version=OPSET,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={"window": {0: "batch"}, "ticker_id": {0: "batch"},
+                          OUTPUT_NAME: {0: "batch"}},
+        )
+    graph = onnx.load_from_string(buffer.getvalue())
+    # The vocabulary size travels with the graph so OnnxModel can map unknown ids without meta.
+    onnx.helper.set_model_props(graph, {
+        "stockcast.n_tickers": str(wrapper.n_tickers),
+        "stockcast.quantiles": json.dumps(list(model.quantiles)),
+        "stockcast.output_units": "log_return",
+    })
+    onnx.checker.check_model(graph)
+    return graph.SerializeToString()
+
+
+def check_parity(onnx_bytes: bytes, model: QuantileLSTM, target_mean, target_std,
+                 window: np.ndarray, ticker_ids: np.ndarray) -> float:
+    """Max |torch - onnxruntime| on a batch; raises if above PARITY_TOLERANCE."""
+    wrapper = ExportedForecaster(model, target_mean, target_std).cpu().eval()
+    with torch.no_grad():
+        expected = wrapper(torch.from_numpy(window), torch.from_numpy(ticker_ids)).numpy()
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"window": window, "ticker_id": ticker_ids})[0]
+    diff = float(np.abs(expected - got).max())
+    if not diff < PARITY_TOLERANCE:
+        raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> {PARITY_TOLERANCE})")
+    return diff
+
+
+def plot_history(history: list[dict], path: Path, best_epoch: int | None = None) -> None:
+    """PNG of train/val loss and learning rate per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
+                                         gridspec_kw={"height_ratios": [3, 1]})
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    if best_epoch:
+        ax_loss.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
+    ax_loss.set_ylabel("pinball loss (scaled)")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot(epochs, [h["lr"] for h in history], color="tab:green")
+    ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("epoch")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _package_version() -> str:
+    try:
+        return package_version("stockcast")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
+    """meta.json contents; `version` is the content hash and `run` holds what varies per run."""
+    import hashlib
+
+    prepared, spec = result.prepared, result.prepared.spec
+    meta = {
+        "package_version": _package_version(),
+        "spec": spec.to_dict(),
+        "feature_scaler": prepared.feature_scaler.to_dict(),
+        "target_scaler": prepared.target_scaler.to_dict(),
+        "ticker_vocab": list(prepared.vocab),
+        "split": prepared.split.to_dict(),
+        "onnx": {
+            "file": ONNX_FILE,
+            "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+            "exporter": f"torch.onnx.export(dynamo={DYNAMO})",
+            "opset": OPSET,
+            "inputs": {"window": ["batch", spec.window, spec.n_features], "ticker_id": ["batch"]},
+            "outputs": {OUTPUT_NAME: ["batch", spec.horizon, len(spec.quantiles)]},
+            "output_units": "log_return (target scaling is inside the graph)",
+            "input_scaling": "windows are scaled with feature_scaler before the call",
+            "parity_max_abs_diff": parity,
+        },
+        "metrics": result.metrics,
+        "training": {
+            "config": result.config.to_dict(),
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "samples": {"train": len(prepared.train), "val": len(prepared.val)},
+            "weights_sha256": result.weights_sha256,
+            "torch_version": torch.__version__,
+            "world_size": result.world_size,
+        },
+        "run": {
+            "seconds": result.seconds,
+            "history": result.history,
+        },
+    }
+    meta["version"] = artifact_version(onnx_bytes, meta)
+    meta["created_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return meta
+
+
+def export_artifact(result: TrainResult, model_dir: Path, promote: bool = True) -> Path:
+    """Write models/<version>/{model.onnx, meta.json, history.png}; point `current` at it."""
+    model, prepared = result.model.cpu().eval(), result.prepared
+    target = prepared.target_scaler
+    val = prepared.val
+    example_window = torch.from_numpy(val.windows[:EXAMPLE_BATCH].copy())
+    example_ids = torch.from_numpy(val.ticker_ids[:EXAMPLE_BATCH].copy())
+    onnx_bytes = export_onnx(model, target.mean, target.std, example_window, example_ids)
+    check = min(len(val), 64)
+    parity = check_parity(onnx_bytes, model, target.mean, target.std,
+                          val.windows[:check], val.ticker_ids[:check])
+    meta = build_meta(result, onnx_bytes, parity)
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    try:
+        (staging / ONNX_FILE).write_bytes(onnx_bytes)
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        plot_history(result.history, staging / HISTORY_FILE, result.best_epoch)
+        final = model_dir / meta["version"]
+        if final.exists():  # same content hash: the same model; replace its files
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if promote:
+        set_current(model_dir, meta["version"])
+    log.info("exported %s (%d KB onnx)", final, len(onnx_bytes) // 1024)
+    return final

@@ -1,0 +1,113 @@
+"""The fused network: an LSTM over the feature window + a ticker embedding -> H x Q quantiles."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class QuantileLSTM(nn.Module):
+    """LSTM(window) ++ Embedding(ticker) -> MLP -> monotone quantiles of the scaled targets."""
+
+    def __init__(
+        self,
+        n_features: int,
+        n_tickers: int,
+        horizon: int,
+        quantiles: tuple[float, ...],
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        dropout: float = 0.2,
+        embedding_dim: int = 8,
+        head_hidden: int = 64,
+    ):
+        super().__init__()
+        self.horizon = horizon
+        self.quantiles = tuple(quantiles)
+        self.median_index = self.quantiles.index(0.5)
+        self.lstm = nn.LSTM(
+            n_features,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        # Row 0 is the unknown ticker; rows 1.. are the training vocabulary.
+        self.ticker_embedding = nn.Embedding(n_tickers, embedding_dim)
+        self.head = nn.Sequential(
+            nn.Linear(hidden_size + embedding_dim, head_hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(head_hidden, horizon * len(self.quantiles)),
+        )
+        self._init_quantile_spread()
+
+    def _init_quantile_spread(self) -> None:
+        """Start the offsets at a unit normal's quantile gaps: targets are standardised."""
+        z = [NormalDist().inv_cdf(q) for q in self.quantiles]
+        bias = torch.zeros(self.horizon, len(self.quantiles))
+        for k in range(len(z)):
+            if k != self.median_index:
+                gap = abs(z[k] - z[k + 1 if k < self.median_index else k - 1])
+                bias[:, k] = math.log(math.expm1(gap))  # softplus^-1(gap)
+        last = self.head[-1]
+        with torch.no_grad():
+            last.bias.copy_(bias.reshape(-1))
+
+    def forward(self, window: torch.Tensor, ticker_id: torch.Tensor) -> torch.Tensor:
+        """(B, W, F) float, (B,) int64 -> (B, H, Q) quantiles, non-decreasing along Q."""
+        sequence, _ = self.lstm(window)  # (B, W, hidden)
+        last = sequence[:, -1, :]  # (B, hidden)
+        ticker = self.ticker_embedding(ticker_id)  # (B, E)
+        raw = self.head(torch.cat([last, ticker], dim=-1))  # (B, H * Q)
+        raw = raw.view(-1, self.horizon, len(self.quantiles))  # (B, H, Q)
+        return monotone_quantiles(raw, self.median_index)
+
+
+def monotone_quantiles(raw: torch.Tensor, median_index: int) -> torch.Tensor:
+    """(..., Q) raw outputs -> quantiles: the median, then cumulative softplus offsets both ways."""
+    median = raw[..., median_index : median_index + 1]
+    parts = []
+    if median_index > 0:
+        below = F.softplus(raw[..., :median_index])  # gaps, innermost last
+        # Cumulative sum from the median outwards: reverse, cumsum, reverse.
+        below = torch.flip(torch.cumsum(torch.flip(below, dims=[-1]), dim=-1), dims=[-1])
+        parts.append(median - below)
+    parts.append(median)
+    if median_index < raw.shape[-1] - 1:
+        above = torch.cumsum(F.softplus(raw[..., median_index + 1 :]), dim=-1)
+        parts.append(median + above)
+    return torch.cat(parts, dim=-1)
+
+
+def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Mean over B, H, Q of max(q * (y - y_q), (q - 1) * (y - y_q)); pred (B, H, Q), target (B, H)."""
+    error = target.unsqueeze(-1) - pred  # (B, H, Q)
+    return torch.maximum(quantiles * error, (quantiles - 1.0) * error).mean()
+
+
+class ExportedForecaster(nn.Module):
+    """What goes into ONNX: id clamping, the network, and the target scaler's inverse.
+
+    Out-of-vocabulary ids become 0 inside the graph (ONNX providers differ on out-of-range
+    Gather), and the output is in log-return units, so serving never touches target scaling.
+    """
+
+    def __init__(self, model: QuantileLSTM, target_mean, target_std):
+        super().__init__()
+        self.model = model
+        self.n_tickers = model.ticker_embedding.num_embeddings
+        self.register_buffer("target_mean", torch.as_tensor(target_mean, dtype=torch.float32))
+        self.register_buffer("target_std", torch.as_tensor(target_std, dtype=torch.float32))
+
+    def forward(self, window: torch.Tensor, ticker_id: torch.Tensor) -> torch.Tensor:
+        """(B, W, F) scaled features, (B,) int64 -> (B, H, Q) log returns."""
+        known = (ticker_id >= 0) & (ticker_id < self.n_tickers)
+        ticker_id = torch.where(known, ticker_id, torch.zeros_like(ticker_id))
+        scaled = self.model(window, ticker_id)  # (B, H, Q)
+        # A positive per-horizon std keeps the quantiles sorted.
+        return scaled * self.target_std[None, :, None] + self.target_mean[None, :, None]

@@ -1,0 +1,341 @@
+"""The training loop, top to bottom: data from the bar cache, fit, validate, export on rank 0.
+
+Runs as one process (`stockcast train`) or under `torchrun --nproc_per_node=K` with
+DistributedDataParallel: gloo on CPU, nccl on GPU; each rank trains on its shard of every epoch,
+evaluates the whole validation set (so early stopping decides identically everywhere), and
+rank 0 alone writes the artifact.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from training.config import TrainConfig
+from training.dataset import PreparedData, WindowDataset, batches, prepare_data
+from training.model import QuantileLSTM, pinball_loss
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 2048
+# Horizons whose validation metrics the artifact reports (those beyond H are skipped).
+REPORTED_HORIZONS = (1, 5, 30)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing is exported."""
+
+
+@dataclass
+class TrainResult:
+    """A trained model (best validation epoch, on CPU) and what the artifact records about it."""
+
+    model: QuantileLSTM
+    prepared: PreparedData
+    config: TrainConfig
+    history: list[dict]
+    best_epoch: int
+    metrics: dict
+    weights_sha256: str
+    seconds: float
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; cuda without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
+    """Join the process group torchrun describes in the environment (if any)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _Dist(), device
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size()), device
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer, in state_dict order (identical replicas agree)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
+    """Train on multi-ticker bars; returns the best-validation model (every rank returns)."""
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    ctx, device = _init_distributed(device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if device.type == "cpu":
+        # Deterministic CPU runs: same seed, same data -> same weights.
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+
+    prepared = prepare_data(bars_multi, config.spec, config.split_fractions, config.train_stride)
+    spec = prepared.spec
+    model = QuantileLSTM(
+        n_features=spec.n_features,
+        n_tickers=len(prepared.vocab),
+        horizon=spec.horizon,
+        quantiles=spec.quantiles,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        dropout=config.dropout,
+        embedding_dim=config.embedding_dim,
+        head_hidden=config.head_hidden,
+    ).to(device)
+    net: torch.nn.Module = model
+    if ctx.active:
+        # DDP broadcasts rank 0's initial weights and averages gradients every step.
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Dropout and ticker masking may differ per rank; gradients are averaged anyway.
+    torch.manual_seed(config.seed + ctx.rank)
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    grad_scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    quantiles = torch.tensor(spec.quantiles, dtype=torch.float32, device=device)
+
+    train_set, val_set = WindowDataset(prepared.train), WindowDataset(prepared.val)
+    sampler = DistributedSampler(
+        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
+    )
+    n_batches = -(-len(sampler) // config.batch_size)
+    if ctx.is_main:
+        log.info(
+            "training on %d samples (%d tickers), validating on %d; %d batches/epoch x %d rank(s), %s",
+            len(train_set), len(prepared.vocab) - 1, len(val_set), n_batches, ctx.world_size,
+            device,
+        )
+
+    history: list[dict] = []
+    best_loss, best_epoch, best_state, waited = float("inf"), 0, None, 0
+    for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        net.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        seen = 0
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                   disable=not (config.progress and ctx.is_main))
+        for batch_no, (window, target, ticker_id) in enumerate(
+            batches(train_set, sampler, config.batch_size), start=1
+        ):
+            window, target = window.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            ticker_id = ticker_id.to(device, non_blocking=True)
+            if config.unknown_ticker_prob > 0:
+                masked = torch.rand(ticker_id.shape, device=device) < config.unknown_ticker_prob
+                ticker_id = ticker_id.masked_fill(masked, 0)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                pred = net(window, ticker_id)  # (B, H, Q)
+            loss = pinball_loss(pred.float(), target, quantiles)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"training loss became {loss.item()} at epoch {epoch}, batch {batch_no} "
+                    f"(learning_rate={config.learning_rate}); nothing was exported"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            grad_scaler.scale(loss).backward()
+            grad_scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
+            loss_sum += loss.detach().double() * len(window)
+            seen += len(window)
+            bar.update(1)
+            if batch_no % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+        bar.close()
+
+        totals = torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64, device=device)
+        if ctx.active:
+            dist.all_reduce(totals)
+        train_loss = float(totals[0] / totals[1])
+        val_loss = evaluate(model, val_set, quantiles, device)
+        if not np.isfinite(val_loss):
+            raise TrainingDiverged(f"validation loss became {val_loss} at epoch {epoch}; "
+                                   "nothing was exported")
+        scheduler.step(val_loss)
+        lr = optimizer.param_groups[0]["lr"]
+        seconds = time.perf_counter() - epoch_started
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                        "lr": lr, "seconds": seconds})
+        if ctx.is_main and config.progress:
+            tqdm.write(f"epoch {epoch:3d}/{config.epochs}  train {train_loss:.4f}  "
+                       f"val {val_loss:.4f}  lr {lr:.2e}  {seconds:.1f}s")
+        if val_loss < best_loss:
+            best_loss, best_epoch, waited = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            waited += 1
+            if waited >= config.early_stopping_patience:
+                if ctx.is_main:
+                    log.info("early stop at epoch %d: best val %.5f at epoch %d",
+                             epoch, best_loss, best_epoch)
+                break
+
+    model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    digest = weights_sha256(model)
+    if ctx.active:
+        digests = [None] * ctx.world_size
+        dist.all_gather_object(digests, digest)
+        print(f"rank {ctx.rank} weights sha256 {digest}", flush=True)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP replicas diverged: weight digests {digests}")
+        dist.barrier()
+    metrics = validation_metrics(model, prepared)
+    metrics["val_pinball_scaled"] = best_loss
+    return TrainResult(model, prepared, config, history, best_epoch, metrics, digest,
+                       time.perf_counter() - started, ctx.rank, ctx.world_size)
+
+
+@torch.no_grad()
+def evaluate(model: QuantileLSTM, dataset: WindowDataset, quantiles: torch.Tensor,
+             device: torch.device) -> float:
+    """Mean pinball loss (scaled-target units) over a whole dataset, dropout off."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for window, target, ticker_id in batches(dataset, None, EVAL_BATCH):
+        pred = model(window.to(device), ticker_id.to(device)).float()
+        total += pinball_loss(pred, target.to(device), quantiles).item() * len(window)
+        count += len(window)
+    model.train(was_training)
+    return total / count
+
+
+@torch.no_grad()
+def predict_log_returns(model: QuantileLSTM, prepared: PreparedData, which: str = "val") -> np.ndarray:
+    """(N, H, Q) quantile log returns of a segment, target scaling undone."""
+    model.eval()
+    dataset = WindowDataset(getattr(prepared, which))
+    outputs = [model(w, t).numpy() for w, _, t in batches(dataset, None, EVAL_BATCH)]
+    scaled = np.concatenate(outputs).astype(np.float64)  # (N, H, Q)
+    scaler = prepared.target_scaler
+    return scaled * scaler.std[None, :, None] + scaler.mean[None, :, None]
+
+
+def validation_metrics(model: QuantileLSTM, prepared: PreparedData) -> dict:
+    """Validation pinball loss, and per reported horizon h the median's MAE vs naive zero return.
+
+    pinball_q(y, y_q) = max(q (y - y_q), (q - 1)(y - y_q)); MAE = mean |y_h - median_h| over
+    origins, in log-return units; naive = the random walk, predicting a zero return (MAE = mean
+    |y_h|); rel = MAE / naive MAE (< 1 beats naive); coverage = share of y_h inside [q_lo, q_hi].
+    """
+    spec = prepared.spec
+    pred = predict_log_returns(model, prepared, "val")  # (N, H, Q)
+    scaler = prepared.target_scaler
+    actual = prepared.val.targets.astype(np.float64) * scaler.std + scaler.mean  # (N, H)
+    q = np.asarray(spec.quantiles)
+    error = actual[:, :, None] - pred
+    pinball = np.maximum(q * error, (q - 1.0) * error).mean()
+    mid, lo, hi = spec.quantiles.index(0.5), 0, len(q) - 1
+    out: dict = {"val_samples": len(actual), "val_pinball_log_return": float(pinball),
+                 "horizons": {}}
+    for h in REPORTED_HORIZONS:
+        if h > spec.horizon:
+            continue
+        y, p = actual[:, h - 1], pred[:, h - 1, :]
+        mae = float(np.abs(y - p[:, mid]).mean())
+        naive = float(np.abs(y).mean())
+        moved = y != 0
+        out["horizons"][str(h)] = {
+            "mae_median": mae,
+            "mae_naive_zero": naive,
+            "rel_mae_vs_naive": mae / naive if naive > 0 else None,
+            "directional_accuracy": float((np.sign(p[moved, mid]) == np.sign(y[moved])).mean()),
+            "coverage": float(((y >= p[:, lo]) & (y <= p[:, hi])).mean()),
+            "mean_interval_width": float((p[:, hi] - p[:, lo]).mean()),
+        }
+    one_day = out["horizons"]["1"]
+    out["val_mae_1d"] = one_day["mae_median"]
+    out["val_mae_1d_naive"] = one_day["mae_naive_zero"]
+    out["beats_naive_1d"] = one_day["mae_median"] < one_day["mae_naive_zero"]
+    return out
+
+
+def read_training_bars(database_url: str, config: TrainConfig) -> pd.DataFrame:
+    """The configured tickers' bars from the cache; a clear error names tickers with none."""
+    from service.db.bars import read_bars_many
+    from service.db.session import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        bars = read_bars_many(engine, list(config.tickers), config.start, config.end)
+    finally:
+        engine.dispose()
+    missing = sorted(set(config.tickers) - set(bars["ticker"].unique()))
+    if missing:
+        raise ValueError(
+            f"no bars in the cache at {database_url} for {missing}: "
+            "load them first (stockcast ingest)"
+        )
+    return bars
+
+
+def run(config: TrainConfig, database_url: str, model_dir: Path, promote: bool = True) -> Path | None:
+    """Read bars, train, and (rank 0) export models/<version>/; returns that folder on rank 0."""
+    from training.export import export_artifact
+
+    bars = read_training_bars(database_url, config)
+    try:
+        result = fit(config, bars)
+        artifact_dir = None
+        if result.rank == 0:
+            artifact_dir = export_artifact(result, Path(model_dir), promote=promote)
+        if result.world_size > 1:
+            dist.barrier()
+        return artifact_dir
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
