@@ -1,0 +1,119 @@
+"""Loading an artifact: a manifest that disagrees with this code fails with a clear message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from service.errors import ManifestMismatch, ModelNotLoaded
+from service.forecasting.manifest import load_manifest, resolve_current, set_current
+from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
+from service.inference.onnx_model import OnnxModel
+from service.inference.predictor import Predictor
+
+
+@pytest.fixture
+def artifact(tiny_artifact, tmp_path):
+    """A private copy of the tiny artifact that a test may edit."""
+    target = tmp_path / "models" / tiny_artifact.artifact_dir.name
+    shutil.copytree(tiny_artifact.artifact_dir, target)
+    return target
+
+
+def _edit_meta(artifact, **changes):
+    meta = json.loads((artifact / "meta.json").read_text())
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            meta[section][field] = value
+        else:
+            meta[section] = value
+    (artifact / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+def test_load_manifest_reads_spec_scalers_vocabulary_and_split(artifact, tiny_artifact):
+    manifest = load_manifest(artifact)
+    prepared = tiny_artifact.result.prepared
+    assert manifest.version == artifact.name
+    assert manifest.spec == FeatureSpec(window=20, horizon=5)
+    np.testing.assert_array_equal(manifest.feature_scaler.mean, prepared.feature_scaler.mean)
+    np.testing.assert_array_equal(manifest.target_scaler.std, prepared.target_scaler.std)
+    assert manifest.split == prepared.split
+    assert manifest.tickers == ("AAA", "BBB", "CCC")
+    assert [manifest.ticker_id(t) for t in ("AAA", "CCC", "MSFT")] == [1, 3, 0]
+    assert manifest.seen_in_training("BBB") and not manifest.seen_in_training("MSFT")
+    assert manifest.summary()["window"] == 20
+
+
+def test_features_of_another_code_version_are_refused_by_name(artifact):
+    old = ["log_return", "rsi14", "sma20_ratio"]
+    _edit_meta(artifact, spec__features=old)
+    with pytest.raises(ManifestMismatch) as err:
+        load_manifest(artifact)
+    assert str(err.value) == (
+        f"artifact {artifact.name} was built for features {old} "
+        f"but this code computes {list(FEATURE_NAMES)}"
+    )
+
+
+def test_reordered_features_are_refused(artifact):
+    _edit_meta(artifact, spec__features=list(reversed(FEATURE_NAMES)))
+    with pytest.raises(ManifestMismatch, match="was built for features"):
+        load_manifest(artifact)
+
+
+def test_feature_version_mismatch_is_refused(artifact):
+    _edit_meta(artifact, spec__version=99)
+    with pytest.raises(ManifestMismatch) as err:
+        load_manifest(artifact)
+    assert str(err.value) == (
+        f"artifact {artifact.name} was built with feature version 99 "
+        "but this code computes feature version 1"
+    )
+
+
+def test_expected_window_is_checked_when_given(artifact):
+    assert load_manifest(artifact, expected=FeatureSpec(window=20, horizon=5)).spec.window == 20
+    with pytest.raises(ManifestMismatch) as err:
+        load_manifest(artifact, expected=FeatureSpec())
+    assert str(err.value) == f"artifact {artifact.name} was built for window 20 but this code expects 60"
+
+
+def test_onnx_file_that_does_not_match_its_hash_is_refused(artifact):
+    with open(artifact / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestMismatch, match=r"model.onnx has sha256 [0-9a-f]{12}… but meta.json "
+                                                r"records [0-9a-f]{12}…"):
+        load_manifest(artifact)
+
+
+def test_missing_artifact_is_model_not_loaded(tmp_path):
+    with pytest.raises(ModelNotLoaded, match=f"no model artifact at {tmp_path}: meta.json is missing"):
+        load_manifest(tmp_path)
+
+
+def test_predictor_refuses_a_graph_that_disagrees_with_meta(artifact):
+    _edit_meta(artifact, ticker_vocab=["<unknown>", "AAA"])
+    manifest = load_manifest(artifact)
+    model = OnnxModel.load(artifact, provider="cpu")
+    with pytest.raises(ManifestMismatch) as err:
+        Predictor(model, manifest)
+    assert str(err.value) == (
+        "model.onnx (window, features, horizon, quantiles, tickers) = (20, 10, 5, 3, 4) "
+        f"but artifact {artifact.name}'s meta says (20, 10, 5, 3, 2)"
+    )
+
+
+def test_resolve_current_follows_the_pointer_file(artifact):
+    models = artifact.parent
+    with pytest.raises(ModelNotLoaded, match="no .*current: train a model"):
+        resolve_current(models)
+    set_current(models, artifact.name)
+    assert resolve_current(models) == artifact
+    (models / "current").write_text("nope\n")
+    with pytest.raises(ModelNotLoaded, match="names 'nope', which is not a folder"):
+        resolve_current(models)
