@@ -30,7 +30,15 @@ class Settings(BaseSettings):
     ort_provider: Literal["auto", "cpu", "cuda"] = "auto"
     ort_intra_op_threads: int = Field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
     api_key: str | None = None
+    # Computed forecasts kept in memory (LRU); 0 disables the cache (the serve bench's cold run).
     forecast_cache_size: int = Field(default=4096, ge=0)
+    # How long a request may reuse another's check of a ticker's last bar date before asking the
+    # DB again: a bar written by another process reaches forecasts within this many seconds.
+    bar_check_ttl_seconds: float = Field(default=1.0, ge=0)
+    # Least time between two upstream refreshes of one ticker (the BarCache throttle): after a
+    # failed one, cached bars are served with stale=true, keeping an offline source off the
+    # request path.
+    refresh_interval_minutes: float = Field(default=60.0, gt=0)
 
 
 @lru_cache

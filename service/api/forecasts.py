@@ -1,0 +1,191 @@
+"""Serving forecasts: bars from the BarCache, the Predictor on a miss, computed forecasts cached.
+
+Bars change once a day, so a forecast is cached under (ticker, last bar date, model version,
+horizon). Knowing the last bar date needs the DB (and maybe an upstream refresh); that check is
+shared between requests for `bar_check_ttl` seconds, so a warm request touches neither the DB
+nor the features: two dict lookups. A new bar reaches forecasts within that TTL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from service.bar_cache import BarCache, CachedBars
+from service.errors import DatabaseUnavailable, InsufficientHistory, StockcastError
+from service.inference.predictor import Forecast, Predictor
+from service.tickers import normalize_ticker
+
+# Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
+# after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
+# full-history features the backtest uses (tests/integration/test_api_forecasts.py checks it).
+SERVING_EXTRA_BARS = 300
+
+
+class LruCache:
+    """A bounded, thread-safe mapping that forgets the least recently used entry first."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[Hashable, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable):
+        """The value under key (now most recently used), or None."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value) -> None:
+        """Store value; evicts the oldest entries beyond `size` (size 0 stores nothing)."""
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True)
+class BarCheck:
+    """What one read through the BarCache said about a ticker's bars up to an end date."""
+
+    last_bar_date: dt.date
+    stale: bool
+    warnings: tuple[str, ...]
+    checked_at: float  # monotonic seconds
+
+
+@dataclass(frozen=True)
+class ServedForecast:
+    """A forecast plus how fresh its bars are and whether it came from the forecast cache."""
+
+    forecast: Forecast
+    stale: bool
+    warnings: tuple[str, ...]
+    cached: bool
+
+
+class ForecastService:
+    """Forecasts for tickers through the BarCache and a Predictor, with the two caches above."""
+
+    def __init__(self, bar_cache: BarCache, *, cache_size: int = 4096,
+                 bar_check_ttl: float = 1.0, monotonic: Callable[[], float] = time.monotonic,
+                 on_lookup: Callable[[bool], None] | None = None):
+        self.bar_cache = bar_cache
+        self.forecasts = LruCache(cache_size)
+        self.checks = LruCache(cache_size)
+        self.bar_check_ttl = bar_check_ttl
+        self.monotonic = monotonic
+        self.on_lookup = on_lookup
+        self._count_lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.computed = 0  # forecasts that went through features + onnxruntime
+
+    # -- public --------------------------------------------------------------------------------
+
+    def forecast(self, predictor: Predictor, ticker: str, horizon: int = 1,
+                 as_of: dt.date | None = None) -> ServedForecast:
+        """One ticker's forecast from its bars up to as_of (default: the latest bar)."""
+        result = self.forecast_many(predictor, [ticker], horizon, as_of)[0]
+        if isinstance(result, StockcastError):
+            raise result
+        return result
+
+    def forecast_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
+                      as_of: dt.date | None = None) -> list[ServedForecast | StockcastError]:
+        """Per ticker a ServedForecast or the error that stopped it; misses share one ORT call.
+
+        DatabaseUnavailable is not per ticker: it is raised for the whole request.
+        """
+        end = self._end(as_of)
+        results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
+        misses: list[tuple[int, CachedBars]] = []
+        for i, ticker in enumerate(tickers):
+            try:
+                ticker = normalize_ticker(ticker)
+                check, bars = self._check(predictor, ticker, end)
+                key = (ticker, check.last_bar_date, predictor.model_version, horizon)
+                cached = self.forecasts.get(key)
+                self._count(hit=cached is not None)
+                if cached is not None:
+                    results[i] = ServedForecast(cached, check.stale, check.warnings, True)
+                    continue
+                if bars is None:
+                    bars = self._read(predictor, ticker, end)
+                if len(bars.bars) < predictor.min_bars:
+                    raise InsufficientHistory(ticker, len(bars.bars), predictor.min_bars)
+                misses.append((i, bars))
+            except DatabaseUnavailable:
+                raise
+            except StockcastError as exc:
+                results[i] = exc
+        if misses:
+            computed = predictor.forecast_many([(b.ticker, b.bars) for _, b in misses], horizon)
+            with self._count_lock:
+                self.computed += len(computed)
+            for (i, bars), forecast in zip(misses, computed):
+                # Keyed by the bar actually used, which may be newer than the shared check's.
+                self.forecasts.put(
+                    (forecast.ticker, forecast.as_of, forecast.model_version, horizon), forecast)
+                results[i] = ServedForecast(forecast, bars.stale, bars.warnings, False)
+        return results  # type: ignore[return-value]
+
+    def clear(self) -> None:
+        """Forget cached forecasts and bar checks (after a model reload or bar rewrite)."""
+        self.forecasts.clear()
+        self.checks.clear()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _end(self, as_of: dt.date | None) -> dt.date | None:
+        """The BarCache end date: None (latest) unless as_of lies before today."""
+        if as_of is None or as_of >= self.bar_cache.clock().date():
+            return None
+        return as_of
+
+    def _read(self, predictor: Predictor, ticker: str, end: dt.date | None) -> CachedBars:
+        return self.bar_cache.get_bars(ticker, end=end,
+                                       last=predictor.min_bars + SERVING_EXTRA_BARS)
+
+    def _check(self, predictor: Predictor, ticker: str,
+               end: dt.date | None) -> tuple[BarCheck, CachedBars | None]:
+        """The ticker's last bar date up to end: shared for bar_check_ttl, else read now."""
+        now = self.monotonic()
+        key = (ticker, end)
+        check = self.checks.get(key)
+        if check is not None and now - check.checked_at < self.bar_check_ttl:
+            return check, None
+        bars = self._read(predictor, ticker, end)
+        if bars.bars.empty:  # bars exist, but none on or before `end`
+            raise InsufficientHistory(ticker, 0, predictor.min_bars)
+        check = BarCheck(pd.Timestamp(bars.bars["date"].iloc[-1]).date(), bars.stale,
+                         bars.warnings, now)
+        self.checks.put(key, check)
+        return check, bars
+
+    def _count(self, hit: bool) -> None:
+        with self._count_lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+        if self.on_lookup is not None:
+            self.on_lookup(hit)

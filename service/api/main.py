@@ -1,0 +1,141 @@
+"""The FastAPI app: create_app() wires routes, problem handlers and metrics; the lifespan loads
+the settings' database engine, bar cache and current model once per worker.
+
+`uvicorn --factory service.api.main:create_app` (what `stockcast serve` runs). Nothing here
+imports torch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from service.api.forecasts import ForecastService
+from service.api.metrics import ServiceMetrics
+from service.api.model_slot import ModelSlot
+from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
+from service.api.routes import admin, backtest, bars, health, models, predict
+from service.bar_cache import BarCache
+from service.config import Settings, get_settings
+from service.db.session import make_engine
+from service.errors import ManifestMismatch, ModelNotLoaded
+from service.sources.base import BarSource, make_source
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Stock forecasts from one LSTM + ticker-embedding model served with onnxruntime.
+
+`POST /predict/{ticker}` forecasts the next trading days' closes with a 10-90% interval from
+cached daily bars (fetched on demand). Errors are `application/problem+json` (RFC 9457).
+"""
+
+TAGS = [
+    {"name": "predict", "description": "Forecasts."},
+    {"name": "bars", "description": "Cached bars and chart indicators."},
+    {"name": "models", "description": "The served model."},
+    {"name": "backtest", "description": "How good past forecasts were."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+    {"name": "admin", "description": "Operations that need the X-API-Key header."},
+]
+
+
+def _package_version() -> str:
+    try:
+        return version("stockcast")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _problem_openapi(app: FastAPI) -> Callable[[], dict]:
+    """app.openapi with every error response documented as problem+json only.
+
+    FastAPI documents a response `model` as application/json and adds its own 422
+    (HTTPValidationError) to every route with parameters; the handlers answer both as
+    application/problem+json, so the schema says so.
+    """
+    problem_422 = problem_responses(422)[422]["content"]
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes,
+                                 tags=app.openapi_tags)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    for response in operation.get("responses", {}).values():
+                        content = response.get("content", {})
+                        ref = content.get("application/json", {}).get("schema", {}).get("$ref")
+                        if ref == "#/components/schemas/HTTPValidationError":
+                            response["content"] = dict(problem_422)
+                        elif PROBLEM_MEDIA_TYPE in content:
+                            content.pop("application/json", None)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema["components"]["schemas"].pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+def create_app(settings: Settings | None = None, *, source: BarSource | None = None,
+               clock: Callable[[], dt.datetime] | None = None) -> FastAPI:
+    """The app for `settings` (default: the environment's); `source`/`clock` replace the
+    bar source and the bar cache's UTC clock (tests)."""
+    settings = settings or get_settings()
+    # One registry per app: two apps in a process (tests) never share or clash on collectors.
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = make_engine(settings.database_url)
+        cache_options = {"clock": clock} if clock is not None else {}
+        bar_cache = BarCache(
+            engine, source if source is not None else make_source(settings),
+            refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
+            **cache_options)
+        slot = ModelSlot(settings.model_dir, settings.ort_provider,
+                         settings.ort_intra_op_threads)
+        try:
+            loaded = slot.load()
+            metrics.set_model(loaded.version, loaded.predictor.model.active_providers)
+        except (ModelNotLoaded, ManifestMismatch) as exc:
+            # Still serve: /healthz answers, /readyz and /predict say 503 until a reload works.
+            log.warning("starting without a model: %s", exc)
+        app.state.engine = engine
+        app.state.bar_cache = bar_cache
+        app.state.models = slot
+        app.state.forecasts = ForecastService(
+            bar_cache, cache_size=settings.forecast_cache_size,
+            bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(title="stockcast", version=_package_version(), description=DESCRIPTION,
+                  openapi_tags=TAGS, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    register_problem_handlers(app)
+    # instrument() adds a middleware, which Starlette only allows before the app starts.
+    instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics"])
+    instrumentator.instrument(app)
+    for module in (predict, bars, models, backtest, health, admin):
+        app.include_router(module.router)
+    # After the routers: /metrics/backtest is its own route and must stay reachable.
+    instrumentator.expose(app, endpoint="/metrics", tags=["health"],
+                          summary="Prometheus metrics", response_class=PlainTextResponse,
+                          description="Request counts and latencies, forecast cache hits and "
+                                      "misses, and the served model's version.")
+    app.openapi = _problem_openapi(app)  # type: ignore[method-assign]
+    return app

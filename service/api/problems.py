@@ -1,0 +1,162 @@
+"""RFC 9457 problem details for every error response; never a stack trace.
+
+FastAPI answers errors with {"detail": ...} as application/json by itself; the handlers here
+replace that for HTTPException, request validation and each typed StockcastError, plus a
+catch-all 500 that logs the traceback server-side only.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.schemas import FieldError, Problem
+from service.errors import (
+    DatabaseUnavailable,
+    InsufficientHistory,
+    InvalidTicker,
+    ManifestMismatch,
+    ModelNotLoaded,
+    SourceUnavailable,
+    StockcastError,
+    UnknownTicker,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+# Seconds a client should wait before retrying a 503 from a failed upstream source.
+SOURCE_RETRY_AFTER = 60
+
+
+class ProblemResponse(JSONResponse):
+    """A JSONResponse with the problem+json media type."""
+
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+class InvalidField(StockcastError):
+    """A request input that passed the schema but not a runtime check (e.g. the model's horizon)."""
+
+    def __init__(self, field: str, location: str, message: str):
+        self.field, self.location, self.message = field, location, message
+        super().__init__(f"{field}: {message}")
+
+
+# Typed error -> (status, type URI, title). Subclasses come before their bases.
+ERROR_PROBLEMS: dict[type[StockcastError], tuple[int, str, str]] = {
+    InvalidTicker: (422, "urn:stockcast:problem:invalid-ticker", "Invalid ticker"),
+    InvalidField: (422, "urn:stockcast:problem:validation", "Invalid request"),
+    UnknownTicker: (404, "urn:stockcast:problem:unknown-ticker", "Unknown ticker"),
+    InsufficientHistory: (422, "urn:stockcast:problem:insufficient-history",
+                          "Insufficient history"),
+    SourceUnavailable: (503, "urn:stockcast:problem:source-unavailable",
+                        "Bar source unavailable"),
+    DatabaseUnavailable: (503, "urn:stockcast:problem:database-unavailable",
+                          "Database unavailable"),
+    ModelNotLoaded: (503, "urn:stockcast:problem:model-not-loaded", "No model loaded"),
+    ManifestMismatch: (500, "urn:stockcast:problem:model-invalid", "Model artifact invalid"),
+}
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> ProblemResponse:
+    """Serialize a Problem (members left None are omitted)."""
+    return ProblemResponse(problem.model_dump(mode="json", exclude_none=True),
+                           status_code=problem.status, headers=headers)
+
+
+def error_problem(exc: StockcastError, instance: str | None = None) -> Problem:
+    """The Problem for a typed error (its status, type and title; its message as detail)."""
+    for cls in type(exc).__mro__:
+        if cls in ERROR_PROBLEMS:
+            status, type_, title = ERROR_PROBLEMS[cls]
+            break
+    else:
+        status, type_, title = 500, "urn:stockcast:problem:internal", "Internal server error"
+    problem = Problem(type=type_, title=title, status=status, detail=str(exc), instance=instance)
+    if isinstance(exc, InsufficientHistory):
+        problem.ticker, problem.n_bars, problem.needed = exc.ticker, exc.n_bars, exc.needed
+    elif isinstance(exc, InvalidTicker):
+        problem.errors = [FieldError(field="ticker", location="path", message=str(exc))]
+    elif isinstance(exc, InvalidField):
+        problem.detail = f"{exc.field}: {exc.message}"
+        problem.errors = [FieldError(field=exc.field, location=exc.location,
+                                     message=exc.message)]
+    return problem
+
+
+def _field_error(error: dict) -> FieldError:
+    loc = [str(part) for part in error.get("loc", ())]
+    location = loc[0] if loc and loc[0] in ("path", "query", "body", "header", "cookie") else "body"
+    field = ".".join(loc[1:]) or location
+    message = error.get("msg", "invalid")
+    cause = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "value_error" and cause is not None:
+        message = str(cause)  # our own message, without pydantic's "Value error, " prefix
+    return FieldError(field=field, location=location, message=message)
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> ProblemResponse:
+    errors = [_field_error(e) for e in exc.errors()]
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return problem_response(Problem(
+        type="urn:stockcast:problem:validation", title="Invalid request", status=422,
+        detail=detail, instance=request.url.path, errors=errors))
+
+
+async def _http_handler(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
+    title = HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    return problem_response(
+        Problem(type="about:blank", title=title, status=exc.status_code, detail=detail,
+                instance=request.url.path),
+        headers=getattr(exc, "headers", None))
+
+
+async def _stockcast_handler(request: Request, exc: StockcastError) -> ProblemResponse:
+    problem = error_problem(exc, request.url.path)
+    if problem.status >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, problem.status, exc)
+    headers = {"Retry-After": str(SOURCE_RETRY_AFTER)} if isinstance(exc, SourceUnavailable) \
+        else None
+    return problem_response(problem, headers)
+
+
+async def _unexpected_handler(request: Request, exc: Exception) -> ProblemResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(Problem(
+        type="urn:stockcast:problem:internal", title="Internal server error", status=500,
+        detail="an unexpected error occurred; it has been logged", instance=request.url.path))
+
+
+def register_problem_handlers(app: FastAPI) -> None:
+    """Install the problem+json handlers on an app."""
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(StockcastError, _stockcast_handler)
+    app.add_exception_handler(Exception, _unexpected_handler)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries documenting problem+json bodies for these statuses."""
+    descriptions = {
+        401: "Missing or wrong X-API-Key.",
+        404: "Unknown ticker (the source has no bars for it) or nothing matches.",
+        409: "The new model could not be loaded; the previous one keeps serving.",
+        422: "Invalid input (the offending field is named) or too little history.",
+        500: "Unexpected error (logged; no stack trace is returned).",
+        503: "No model loaded, database unreachable, or source down with nothing cached.",
+    }
+    return {
+        status: {
+            "model": Problem,
+            "description": descriptions.get(status, HTTPStatus(status).phrase),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

@@ -1,0 +1,45 @@
+"""GET /models/current: what is served, from which artifact, on which onnxruntime providers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import LoadedModelDep
+from service.api.model_slot import LoadedModel
+from service.api.problems import problem_responses
+from service.api.schemas import ModelPublic
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def model_public(loaded: LoadedModel) -> ModelPublic:
+    """The summary of a loaded model."""
+    manifest = loaded.predictor.manifest
+    model = loaded.predictor.model
+    spec = manifest.spec
+    return ModelPublic(
+        version=manifest.version,
+        created_at=manifest.created_at,
+        loaded_at=loaded.loaded_at,
+        features=list(spec.features),
+        window=spec.window,
+        horizon=spec.horizon,
+        quantiles=list(spec.quantiles),
+        vocab_size=len(manifest.ticker_vocab),
+        tickers=list(manifest.tickers),
+        split=manifest.split.to_dict(),
+        metrics=manifest.metrics,
+        onnx_sha256=manifest.onnx_sha256,
+        requested_provider=model.requested_provider,
+        active_providers=model.active_providers,
+    )
+
+
+@router.get("/current", summary="The served model", response_model=ModelPublic,
+            description="Version, feature spec, training tickers, split date ranges, "
+                        "validation metrics and the active onnxruntime providers "
+                        "(`session.get_providers()`, not merely the available ones).",
+            responses=problem_responses(503))
+async def get_current_model(loaded: LoadedModelDep) -> ModelPublic:
+    """Describe the model now served (503 problem+json when none is loaded)."""
+    return model_public(loaded)

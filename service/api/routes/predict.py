@@ -1,0 +1,116 @@
+"""POST /predict/{ticker} and POST /predict: forecasts from the served model.
+
+Plain `def` handlers: a cold forecast reads the DB, builds features and runs onnxruntime, which
+all block, so they run in the threadpool and the event loop stays free (GET /healthz answers
+while forecasts are in flight).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path
+
+from service.api.deps import ForecastServiceDep, LoadedModelDep
+from service.api.forecasts import ServedForecast
+from service.api.problems import InvalidField, error_problem, problem_responses
+from service.api.schemas import (
+    TICKER_DOC_PATTERN,
+    BatchForecastRequest,
+    ForecastListPublic,
+    ForecastPublic,
+    ForecastRequest,
+    ForecastStepPublic,
+    Ticker,
+    TickerErrorPublic,
+)
+from service.api.model_slot import LoadedModel
+
+router = APIRouter(prefix="/predict", tags=["predict"])
+
+TickerPath = Annotated[Ticker, Path(
+    description="A Yahoo symbol, case-insensitive (`^GSPC` is sent URL-encoded as `%5EGSPC`).",
+    json_schema_extra={"pattern": TICKER_DOC_PATTERN},
+    openapi_examples={
+        "stock": {"value": "AAPL"}, "index": {"summary": "URL-encoded ^GSPC", "value": "^GSPC"},
+        "class share": {"value": "BRK-B"}, "fx": {"value": "EURUSD=X"},
+    },
+)]
+
+
+def forecast_public(served: ServedForecast, horizon: int) -> ForecastPublic:
+    """The response body of one served forecast."""
+    f = served.forecast
+    return ForecastPublic(
+        ticker=f.ticker, as_of=f.as_of, last_close=f.last_close, model_version=f.model_version,
+        seen_in_training=f.seen_in_training, horizon=horizon,
+        forecasts=[ForecastStepPublic(step=s.step, date=s.date, close=s.close, lower=s.lower,
+                                      upper=s.upper, predicted_return=s.predicted_return)
+                   for s in f.steps],
+        stale=served.stale, warnings=list(served.warnings),
+    )
+
+
+def _check_horizon(loaded: LoadedModel, horizon: int) -> None:
+    limit = loaded.predictor.spec.horizon
+    if horizon > limit:
+        raise InvalidField("horizon", "body",
+                           f"must be at most {limit}, the served model's horizon")
+
+
+@router.post(
+    "/{ticker}",
+    summary="Forecast one ticker",
+    description=(
+        "Next trading days' closes (median) with a 10-90% interval from the bars up to `as_of` "
+        "(default: the latest cached bar). A ticker not in the cache is fetched from the "
+        "source; if a refresh fails but bars are cached, the answer has `stale: true` and a "
+        "warning. Dates follow the NYSE calendar."),
+    response_model=ForecastPublic,
+    responses=problem_responses(404, 422, 503),
+)
+def predict_ticker(
+    ticker: TickerPath,
+    loaded: LoadedModelDep,
+    forecasts: ForecastServiceDep,
+    request: Annotated[ForecastRequest, Body(openapi_examples={
+        "next day": {"value": {"horizon": 1}},
+        "a week": {"value": {"horizon": 5}},
+        "in the past": {"summary": "What the model said on a past date",
+                        "value": {"horizon": 5, "as_of": "2017-06-30"}},
+    })] = ForecastRequest(),
+) -> ForecastPublic:
+    """Forecast `horizon` trading days of one ticker."""
+    _check_horizon(loaded, request.horizon)
+    served = forecasts.forecast(loaded.predictor, ticker, request.horizon, request.as_of)
+    return forecast_public(served, request.horizon)
+
+
+@router.post(
+    "",
+    summary="Forecast several tickers",
+    description=(
+        "One forecast per ticker, computed together in one onnxruntime call. A ticker that "
+        "cannot be forecast (unknown, too little history, source down) is listed in `errors` "
+        "with the status its own request would get; the others are still answered."),
+    response_model=ForecastListPublic,
+    responses=problem_responses(422, 503),
+)
+def predict_batch(
+    request: BatchForecastRequest,
+    loaded: LoadedModelDep,
+    forecasts: ForecastServiceDep,
+) -> ForecastListPublic:
+    """Forecast `horizon` trading days of each ticker."""
+    _check_horizon(loaded, request.horizon)
+    results = forecasts.forecast_many(loaded.predictor, request.tickers, request.horizon,
+                                      request.as_of)
+    out = ForecastListPublic(forecasts=[], errors=[])
+    for ticker, result in zip(request.tickers, results):
+        if isinstance(result, ServedForecast):
+            out.forecasts.append(forecast_public(result, request.horizon))
+        else:
+            problem = error_problem(result)
+            out.errors.append(TickerErrorPublic(ticker=ticker, status=problem.status,
+                                                title=problem.title, detail=problem.detail))
+    return out

@@ -1,0 +1,292 @@
+"""Request and response models of the public API (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from service.forecasting.spec import FeatureSpec
+from service.tickers import normalize_ticker
+
+# The schema's horizon bound; a loaded model with a shorter horizon is checked per request.
+MAX_HORIZON = FeatureSpec().horizon
+# Case-insensitive form of service.tickers.TICKER_PATTERN, for the docs (the validator decides).
+TICKER_DOC_PATTERN = r"^[A-Za-z0-9.\-\^=]{1,15}$"
+TICKER_EXAMPLES = ["AAPL", "^GSPC", "BRK-B", "EURUSD=X"]
+
+Ticker = Annotated[
+    str,
+    AfterValidator(normalize_ticker),
+    Field(description="A Yahoo symbol, case-insensitive; upper-cased.",
+          json_schema_extra={"pattern": TICKER_DOC_PATTERN, "examples": TICKER_EXAMPLES}),
+]
+Horizon = Annotated[int, Field(ge=1, le=MAX_HORIZON, description=(
+    f"Trading days to forecast, 1..{MAX_HORIZON} (at most the served model's horizon)."))]
+AsOf = Annotated[dt.date | None, Field(description=(
+    "Forecast as of this date: only bars on or before it are used (default: the latest bar)."))]
+
+
+class ForecastRequest(BaseModel):
+    """Body of POST /predict/{ticker}."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"horizon": 5}, {"horizon": 1, "as_of": "2017-06-30"}]})
+
+    horizon: Horizon = 1
+    as_of: AsOf = None
+
+
+class BatchForecastRequest(BaseModel):
+    """Body of POST /predict: several tickers, one onnxruntime call."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"tickers": ["AAPL", "MSFT", "^GSPC"], "horizon": 5}]})
+
+    tickers: list[Ticker] = Field(min_length=1, max_length=100)
+    horizon: Horizon = 1
+    as_of: AsOf = None
+
+
+class ForecastStepPublic(BaseModel):
+    """One future trading day (NYSE calendar)."""
+
+    step: int = Field(description="Trading days after as_of (1 = the next session).")
+    date: dt.date
+    close: float = Field(description="Predicted close (the median forecast).")
+    lower: float = Field(description="10% quantile of the close.")
+    upper: float = Field(description="90% quantile of the close.")
+    predicted_return: float = Field(description="close / last_close - 1.")
+
+
+FORECAST_EXAMPLE = {
+    "ticker": "AAPL",
+    "as_of": "2017-12-06",
+    "last_close": 169.01,
+    "model_version": "3f9a1c2b7d4e",
+    "seen_in_training": True,
+    "horizon": 2,
+    "forecasts": [
+        {"step": 1, "date": "2017-12-07", "close": 169.2, "lower": 166.1, "upper": 172.0,
+         "predicted_return": 0.0011},
+        {"step": 2, "date": "2017-12-08", "close": 169.4, "lower": 165.0, "upper": 173.5,
+         "predicted_return": 0.0023},
+    ],
+    "stale": True,
+    "warnings": ["bars for AAPL may be out of date: yfinance unavailable for AAPL after 4 "
+                 "attempts: ConnectionError: could not resolve host"],
+}
+
+
+class ForecastPublic(BaseModel):
+    """A forecast of one ticker."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [FORECAST_EXAMPLE]})
+
+    ticker: str
+    as_of: dt.date = Field(description="Date of the last bar used.")
+    last_close: float = Field(description="Close of that bar (as traded, unadjusted).")
+    model_version: str
+    seen_in_training: bool = Field(description=(
+        "Whether the model has this ticker's own embedding; otherwise it uses the trained "
+        "'unknown ticker' embedding."))
+    horizon: int
+    forecasts: list[ForecastStepPublic]
+    stale: bool = Field(description="True when refreshing the bars failed and cached bars "
+                                    "were used; see warnings.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class TickerErrorPublic(BaseModel):
+    """Why one ticker of a batch has no forecast (the problem its own request would get)."""
+
+    ticker: str
+    status: int
+    title: str
+    detail: str
+
+
+class ForecastListPublic(BaseModel):
+    """Forecasts of a batch, in request order; tickers that failed are listed in errors."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "forecasts": [FORECAST_EXAMPLE],
+        "errors": [{"ticker": "ZZZZZ", "status": 404, "title": "Unknown ticker",
+                    "detail": "unknown ticker 'ZZZZZ': the source returned no bars"}],
+    }]})
+
+    forecasts: list[ForecastPublic]
+    errors: list[TickerErrorPublic] = Field(default_factory=list)
+
+
+class FieldError(BaseModel):
+    """One invalid input."""
+
+    field: str = Field(description="Dotted path of the input, e.g. horizon or tickers.2.")
+    location: Literal["path", "query", "body", "header", "cookie"]
+    message: str
+
+
+class CheckPublic(BaseModel):
+    """One readiness check."""
+
+    ok: bool
+    detail: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (media type application/problem+json)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "type": "urn:stockcast:problem:insufficient-history",
+        "title": "Insufficient history",
+        "status": 422,
+        "detail": "XYZ has 40 usable bars; at least 109 are needed for one window",
+        "instance": "/predict/XYZ",
+        "ticker": "XYZ",
+        "n_bars": 40,
+        "needed": 109,
+    }]})
+
+    type: str = Field(description="A URI naming the problem type (about:blank for plain HTTP).")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(default=None, description="The request path.")
+    errors: list[FieldError] | None = Field(default=None, description="Invalid inputs (422).")
+    ticker: str | None = None
+    n_bars: int | None = Field(default=None, description="Bars available (insufficient history).")
+    needed: int | None = Field(default=None, description="Bars needed for one window.")
+    checks: dict[str, CheckPublic] | None = Field(default=None, description="Readiness checks.")
+
+
+class HealthPublic(BaseModel):
+    """The process is alive."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessPublic(BaseModel):
+    """Every readiness check passed."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "ready",
+        "checks": {
+            "model": {"ok": True, "detail": "3f9a1c2b7d4e"},
+            "database": {"ok": True, "detail": "select 1 answered"},
+            "provider": {"ok": True, "detail": "requested auto; active CPUExecutionProvider"},
+        },
+    }]})
+
+    status: Literal["ready"] = "ready"
+    checks: dict[str, CheckPublic]
+
+
+class ModelPublic(BaseModel):
+    """The served model: its artifact's summary and the onnxruntime providers in use."""
+
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "version": "3f9a1c2b7d4e",
+        "created_at": "2025-01-01T12:00:00+00:00",
+        "loaded_at": "2025-01-02T08:00:00Z",
+        "features": ["log_return", "rsi14", "sma20_ratio"],
+        "window": 60,
+        "horizon": 30,
+        "quantiles": [0.1, 0.5, 0.9],
+        "vocab_size": 25,
+        "tickers": ["AAPL", "MSFT"],
+        "split": {"train": ["2013-05-01", "2016-03-01"], "val": ["2016-07-01", "2016-12-01"],
+                  "test": ["2017-04-01", "2017-10-20"]},
+        "metrics": {"val_mae_1d": 0.0112, "val_mae_1d_naive": 0.0113},
+        "onnx_sha256": "9c4b...",
+        "requested_provider": "auto",
+        "active_providers": ["CPUExecutionProvider"],
+    }]})
+
+    version: str
+    created_at: str | None
+    loaded_at: dt.datetime
+    features: list[str]
+    window: int
+    horizon: int
+    quantiles: list[float]
+    vocab_size: int = Field(description="Embedding rows: training tickers plus 'unknown'.")
+    tickers: list[str] = Field(description="Tickers seen in training.")
+    split: dict[str, list[dt.date]] = Field(
+        description="Inclusive origin-date ranges of the train/val/test segments.")
+    metrics: dict = Field(description="Validation metrics recorded at training time.")
+    onnx_sha256: str
+    requested_provider: Literal["auto", "cpu", "cuda"]
+    active_providers: list[str] = Field(
+        description="onnxruntime's session.get_providers(): what actually runs.")
+
+
+class ReloadPublic(BaseModel):
+    """Outcome of POST /admin/reload."""
+
+    previous_version: str | None
+    version: str
+    changed: bool
+
+
+class TickerPublic(BaseModel):
+    """One cached ticker."""
+
+    ticker: str
+    first_bar_date: dt.date
+    last_bar_date: dt.date
+    last_refresh_status: str | None = Field(description="ok, error or unknown (None: never).")
+    seen_in_training: bool | None = Field(
+        description="Whether the served model was trained on it (None: no model loaded).")
+
+
+class TickerListPublic(BaseModel):
+    """Cached tickers, by symbol (the web page's suggestions)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tickers": [
+        {"ticker": "AAPL", "first_bar_date": "2012-12-06", "last_bar_date": "2017-12-06",
+         "last_refresh_status": None, "seen_in_training": True}]}]})
+
+    tickers: list[TickerPublic]
+
+
+class IndicatorsPublic(BaseModel):
+    """Chart indicators on the close, aligned with `dates` (null during warm-up)."""
+
+    sma20: list[float | None]
+    sma50: list[float | None]
+    bb_upper: list[float | None] = Field(description="Bollinger upper band (20, 2).")
+    bb_lower: list[float | None] = Field(description="Bollinger lower band (20, 2).")
+    rsi14: list[float | None] = Field(description="RSI(14), 0..100.")
+    macd: list[float | None] = Field(description="MACD line (12, 26).")
+    macd_signal: list[float | None] = Field(description="MACD signal (9).")
+    macd_hist: list[float | None] = Field(description="MACD line - signal.")
+
+
+class BarsPublic(BaseModel):
+    """Daily bars of one ticker in columns (the chart's traces), with indicators."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "ticker": "AAPL", "stale": False, "warnings": [],
+        "dates": ["2017-12-05", "2017-12-06"],
+        "open": [169.06, 167.5], "high": [171.52, 170.2], "low": [168.4, 166.46],
+        "close": [169.64, 169.01], "adj_close": [167.1, 166.48],
+        "volume": [27008428, 28224357],
+        "indicators": {"sma20": [172.0, 171.8], "sma50": [165.2, 165.4],
+                       "bb_upper": [176.9, 176.8], "bb_lower": [167.1, 166.8],
+                       "rsi14": [45.1, 43.2], "macd": [0.41, 0.22],
+                       "macd_signal": [1.1, 0.93], "macd_hist": [-0.69, -0.71]},
+    }]})
+
+    ticker: str
+    stale: bool
+    warnings: list[str] = Field(default_factory=list)
+    dates: list[dt.date]
+    open: list[float]
+    high: list[float]
+    low: list[float]
+    close: list[float]
+    adj_close: list[float]
+    volume: list[int]
+    indicators: IndicatorsPublic
