@@ -1,0 +1,180 @@
+"""The walk-forward backtest through the serving Predictor (a tiny real ONNX model)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.forecasting.backtest import (
+    MODEL,
+    NAIVE,
+    POOLED,
+    bars_by_ticker,
+    run_backtest,
+)
+from service.forecasting.baselines import BASELINES
+from service.forecasting.manifest import load_manifest
+from service.inference.onnx_model import OnnxModel
+from service.inference.predictor import Predictor
+
+PREDICTED_COLUMNS = ["origin_close", "model_lower", "model_upper", MODEL, *BASELINES]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_artifact) -> Predictor:
+    manifest = load_manifest(tiny_artifact.artifact_dir)
+    return Predictor(OnnxModel.load(tiny_artifact.artifact_dir, "cpu"), manifest)
+
+
+@pytest.fixture(scope="module")
+def bars(tiny_artifact) -> dict[str, pd.DataFrame]:
+    return bars_by_ticker(tiny_artifact.bars)
+
+
+@pytest.fixture(scope="module")
+def result(predictor, bars):
+    return run_backtest(predictor, bars, horizons=(1, 5))
+
+
+def path_bars(prices: np.ndarray, start: str = "2020-01-02") -> pd.DataFrame:
+    """Bars whose every price is the given path (open = high = low = close = adj_close)."""
+    return pd.DataFrame({
+        "date": pd.bdate_range(start, periods=len(prices)), "open": prices, "high": prices,
+        "low": prices, "close": prices, "adj_close": prices, "volume": np.full(len(prices), 1e6),
+    })
+
+
+def test_scores_the_test_segment_of_the_manifest_by_default(predictor, bars, result):
+    first, last = predictor.manifest.split.test
+    assert result.model_version == predictor.manifest.version
+    assert result.methods == (MODEL, NAIVE, "drift", "sma20", "mean", "arima")
+    assert result.tickers == ("AAA", "BBB", "CCC")
+    one_day, five_day = result.forecasts[1], result.forecasts[5]
+    assert one_day["origin"].min().date() == first == result.start
+    # the last origins have no bar h days later: dropped for that h only
+    last_bar = bars["AAA"]["date"].iloc[-1]
+    assert one_day["target_date"].max() == last_bar
+    assert five_day["origin"].max() < one_day["origin"].max()
+    assert one_day.groupby("ticker").size().tolist() == [len(one_day) // 3] * 3
+    assert result.config["baseline_fit_end"] == predictor.manifest.split.train[1].isoformat()
+    assert not result.config["in_sample_origins"]
+    assert result.value("n_forecasts", ticker=POOLED) == len(one_day)
+    assert last >= result.end
+
+
+def test_model_forecasts_are_the_predictors_own(predictor, bars, result):
+    """What is measured is what is served: the API's forecast at one origin, same numbers."""
+    row = result.forecasts[5].iloc[3]
+    served = predictor.forecast(row["ticker"], bars[row["ticker"]], horizon=5,
+                                as_of=row["origin"].date())
+    assert served.as_of == row["origin"].date()
+    step = served.steps[4]
+    assert step.close == pytest.approx(row["origin_close"] * math.exp(row[MODEL]), rel=1e-6)
+    assert step.lower == pytest.approx(row["origin_close"] * math.exp(row["model_lower"]),
+                                       rel=1e-6)
+    # and the realized outcome is the adjusted move to the bar 5 sessions later
+    adj = bars[row["ticker"]].set_index("date")["adj_close"]
+    assert row["realized"] == pytest.approx(math.log(adj[row["target_date"]] / adj[row["origin"]]))
+    assert adj.index.get_loc(row["target_date"]) - adj.index.get_loc(row["origin"]) == 5
+
+
+def test_scrambling_the_future_leaves_earlier_forecasts_unchanged(predictor, bars, result):
+    cut = pd.Timestamp("2021-04-20")
+    rng = np.random.default_rng(7)
+    scrambled = {}
+    for ticker, frame in bars.items():
+        later = frame["date"] > cut
+        values = frame.loc[later, ["open", "high", "low", "close", "adj_close", "volume"]]
+        shuffled = values.iloc[rng.permutation(len(values))].to_numpy()
+        frame = frame.copy()
+        frame.loc[later, ["open", "high", "low", "close", "adj_close", "volume"]] = shuffled
+        scrambled[ticker] = frame
+    original = result
+    changed = run_backtest(predictor, scrambled, horizons=(1, 5))
+    for h in (1, 5):
+        before = original.forecasts[h]["origin"] <= cut
+        pd.testing.assert_frame_equal(
+            original.forecasts[h].loc[before, PREDICTED_COLUMNS],
+            changed.forecasts[h].loc[before, PREDICTED_COLUMNS])
+        # the scramble did reach the later origins, so the comparison above could fail
+        assert not np.allclose(original.forecasts[h].loc[~before, MODEL],
+                               changed.forecasts[h].loc[~before, MODEL])
+
+
+def test_baselines_are_exact_on_a_constant_series(predictor):
+    result = run_backtest(predictor, {"FLAT": path_bars(np.full(360, 50.0))}, horizons=(1, 5))
+    for h in (1, 5):
+        for name in BASELINES:
+            assert result.value("mae", name, h, "FLAT") == 0.0
+            assert result.value("mape", name, h, "FLAT") == 0.0
+        # nothing moved: no direction to call, and naive's MAE of 0 makes rel MAE undefined
+        assert math.isnan(result.value("directional_accuracy", MODEL, h, "FLAT"))
+        assert math.isnan(result.value("rel_mae", "drift", h, "FLAT"))
+
+
+def test_drift_mean_and_arima_are_exact_on_a_log_linear_series(predictor):
+    g = 0.002
+    prices = 50.0 * np.exp(g * np.arange(360))
+    result = run_backtest(predictor, {"LINE": path_bars(prices)}, horizons=(1, 5))
+    for h in (1, 5):
+        frame = result.forecasts[h]
+        close = frame["origin_close"].to_numpy()
+        for name in ("drift", "mean", "arima"):
+            assert result.value("mae", name, h, "LINE") == pytest.approx(0.0, abs=1e-9)
+            assert result.value("rel_mae", name, h, "LINE") == pytest.approx(0.0, abs=1e-9)
+        # naive misses by the trend; SMA20 lags it by the mean of exp(-g k), k = 0..19
+        assert result.value("mae", NAIVE, h, "LINE") == pytest.approx(
+            np.mean(close * (np.exp(g * h) - 1)))
+        sma_level = np.mean(np.exp(-g * np.arange(20)))
+        assert result.value("mae", "sma20", h, "LINE") == pytest.approx(
+            np.mean(close * (np.exp(g * h) - sma_level)))
+        assert result.value("directional_accuracy", "drift", h, "LINE") == 1.0
+
+
+def test_a_ticker_without_enough_history_is_skipped_with_the_reason(predictor, bars):
+    short = bars["AAA"].iloc[-60:].reset_index(drop=True)
+    result = run_backtest(predictor, {"AAA": bars["AAA"], "NEW": short}, horizons=(1,))
+    assert result.tickers == ("AAA",)
+    assert result.skipped == {
+        "NEW": f"NEW has 60 usable bars; at least {predictor.min_bars} are needed for one window"
+    }
+    assert set(result.metrics["ticker"]) == {"AAA", POOLED}
+
+
+def test_an_explicit_range_before_the_test_segment_is_flagged_in_sample(predictor, bars):
+    result = run_backtest(predictor, bars, start=dt.date(2020, 12, 1),
+                          end=dt.date(2020, 12, 31), horizons=(1,), baselines=("drift",))
+    assert result.start == dt.date(2020, 12, 1)
+    assert result.end == dt.date(2020, 12, 31)
+    assert result.methods == (MODEL, NAIVE, "drift")
+    assert result.config["in_sample_origins"] is True
+    assert result.config["baseline_fit_end"] == predictor.manifest.split.train[1].isoformat()
+    early = run_backtest(predictor, bars, start=dt.date(2020, 6, 1), end=dt.date(2020, 6, 30),
+                         horizons=(1,), baselines=("mean",))
+    # baselines never fit on data past the first origin they forecast
+    assert early.config["baseline_fit_end"] == "2020-06-01"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"horizons": (0, 1)}, "horizons must lie in 1..5 (the model's horizon), got [0]"),
+        ({"horizons": (6,)}, "horizons must lie in 1..5 (the model's horizon), got [6]"),
+        ({"horizons": ()}, "horizons must not be empty"),
+        ({"baselines": ("prophet",)},
+         "unknown baselines ['prophet']; known: ['naive', 'drift', 'sma20', 'mean', 'arima']"),
+        ({"start": dt.date(2021, 5, 1), "end": dt.date(2021, 4, 1)},
+         "start 2021-05-01 is after end 2021-04-01"),
+        ({"start": dt.date(2030, 1, 1), "end": dt.date(2030, 2, 1)},
+         "nothing to backtest between 2030-01-01 and 2030-02-01: "
+         "AAA: no bars between 2030-01-01 and 2030-02-01"),
+    ],
+)
+def test_bad_requests_get_a_clear_error(predictor, bars, kwargs, message):
+    with pytest.raises(ValueError) as exc:
+        run_backtest(predictor, {"AAA": bars["AAA"]}, **kwargs)
+    assert str(exc.value) == message
