@@ -1,10 +1,12 @@
-"""SQLAlchemy 2.0 typed models: the bar cache and per-ticker refresh bookkeeping."""
+"""SQLAlchemy 2.0 typed models: the bar cache, per-ticker refresh bookkeeping, backtests."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Date, DateTime, Float, Index, String, Text, func
+from sqlalchemy import (
+    JSON, BigInteger, Date, DateTime, Float, ForeignKey, Index, Integer, String, Text, func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -45,3 +47,39 @@ class Ticker(Base):
 
 
 Index("ix_bars_date", Bar.date)
+
+
+class BacktestRun(Base):
+    """One stored backtest: which model, over which origin dates and tickers, with what config."""
+
+    __tablename__ = "backtest_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    start_date: Mapped[dt.date] = mapped_column(Date)
+    end_date: Mapped[dt.date] = mapped_column(Date)
+    tickers: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    config: Mapped[dict] = mapped_column(JSON)
+
+
+class BacktestMetric(Base):
+    """One number of a run: (ticker or ALL, horizon, method = model or a baseline, metric)."""
+
+    __tablename__ = "backtest_metrics"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("backtest_runs.id", ondelete="CASCADE", name="fk_metrics_run"),
+        primary_key=True,
+    )
+    ticker: Mapped[str] = mapped_column(String(16), primary_key=True)
+    horizon: Mapped[int] = mapped_column(Integer, primary_key=True)
+    method: Mapped[str] = mapped_column(String(32), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(48), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+
+
+Index("ix_backtest_runs_version_created", BacktestRun.model_version, BacktestRun.created_at)
+Index("ix_backtest_metrics_run_horizon", BacktestMetric.run_id, BacktestMetric.horizon)
