@@ -1,47 +1,171 @@
-"""GET /metrics/backtest: stored backtest results (filled in by the backtest; empty until then).
+"""GET /metrics/backtest: the stored walk-forward backtest of the model against every baseline.
 
-All backtest response schemas live in this file.
+All backtest response schemas live in this file. The metric fields are generated from
+`service.forecasting.backtest.METRICS`, so the API documents exactly what the backtest stores.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+import datetime as dt
+from typing import Annotated
+
+import pandas as pd
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from sqlalchemy.exc import DBAPIError
+
+from service.api.deps import EngineDep
+from service.api.problems import problem_responses
+from service.db.backtests import RunInfo, get_metrics, get_run, latest_run
+from service.errors import DatabaseUnavailable
+from service.forecasting.backtest import BUY_AND_HOLD, METRICS, MODEL, POOLED
+from service.forecasting.baselines import BASELINES
+from service.tickers import normalize_ticker
 
 router = APIRouter(prefix="/metrics", tags=["backtest"])
 
+METHOD_ORDER = (MODEL, *BASELINES, BUY_AND_HOLD)
+
 
 class BacktestRunPublic(BaseModel):
-    """One stored backtest run."""
+    """One stored backtest run: which model, over which origins and tickers."""
 
     model_config = ConfigDict(protected_namespaces=())
 
     id: int
     model_version: str
+    start: dt.date = Field(description="First forecast origin scored.")
+    end: dt.date = Field(description="Last forecast origin scored.")
+    tickers: list[str]
+    created_at: dt.datetime
+    horizons: list[int] = Field(description="Horizons scored, in trading days.")
+    baselines: list[str] = Field(description="Baselines scored on the identical origins.")
+    config: dict = Field(description="Everything else the run recorded (fit range, timings...).")
 
 
-class BacktestMetricPublic(BaseModel):
-    """One number of a run: (ticker or ALL, horizon, method, metric) -> value."""
+_metric_fields = {
+    name: (float | None, Field(default=None, description=description))
+    for name, description in METRICS.items()
+}
 
-    ticker: str
-    horizon: int
-    method: str = Field(description="model, or a baseline's name.")
-    metric: str
-    value: float | None
+BacktestMetricsPublic = create_model(
+    "BacktestMetricsPublic",
+    __doc__="The metrics of one method on one ticker (or all pooled) at one horizon; null where "
+            "a metric does not apply to this row or is undefined (e.g. naive's direction).",
+    ticker=(str, Field(description=f"A ticker, or {POOLED!r} for all tickers pooled.")),
+    horizon=(int, Field(description="Trading days from origin to target.")),
+    method=(str, Field(description="model, a baseline (naive, drift, sma20, mean, arima), or "
+                                   "buy_and_hold (strategy metrics only).")),
+    **_metric_fields,
+)
+
+EXAMPLE = {
+    "run": {
+        "id": 3, "model_version": "3f2a9c1e5b7d", "start": "2017-05-11", "end": "2017-12-05",
+        "tickers": ["AAPL", "MSFT"], "created_at": "2026-11-22T10:00:00Z",
+        "horizons": [1, 5, 30], "baselines": ["naive", "drift", "sma20", "mean", "arima"],
+        "config": {"baseline_fit_end": "2016-04-13", "in_sample_origins": False},
+    },
+    "metrics": [
+        {"ticker": POOLED, "horizon": 1, "method": MODEL, "n_forecasts": 3456, "mae": 1.31,
+         "rmse": 2.52, "mape": 0.88, "rel_mae": 1.007, "directional_accuracy": 0.47,
+         "dm_squared_pvalue": 0.93, "dm_absolute_pvalue": 0.04, "ic_mean": -0.03,
+         "coverage": 0.88, "long_flat_sharpe": 0.43},
+        {"ticker": POOLED, "horizon": 1, "method": "naive", "n_forecasts": 3456, "mae": 1.30,
+         "rmse": 2.49, "mape": 0.87, "rel_mae": 1.0, "directional_accuracy": None},
+    ],
+}
 
 
 class BacktestPublic(BaseModel):
-    """The latest (or chosen) run and its metrics; run is null when none is stored."""
+    """A stored backtest run and its metrics, model first, then each baseline."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"run": None, "metrics": []}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
 
-    run: BacktestRunPublic | None = None
-    metrics: list[BacktestMetricPublic] = Field(default_factory=list)
+    run: BacktestRunPublic
+    metrics: list[BacktestMetricsPublic]  # type: ignore[valid-type]
 
 
-@router.get("/backtest", summary="Backtest metrics", response_model=BacktestPublic,
-            description="Metrics of the model and every baseline from the latest stored "
-                        "backtest run (none stored yet: an empty result).")
-async def get_backtest() -> BacktestPublic:
-    """The stored backtest results."""
-    return BacktestPublic()
+def run_public(run: RunInfo) -> BacktestRunPublic:
+    """The public view of a stored run."""
+    return BacktestRunPublic(
+        id=run.id, model_version=run.model_version, start=run.start, end=run.end,
+        tickers=run.tickers, created_at=run.created_at,
+        horizons=list(run.config.get("horizons", [])),
+        baselines=list(run.config.get("baselines", [])), config=run.config,
+    )
+
+
+def metrics_public(frame: pd.DataFrame) -> list:
+    """Long (ticker, horizon, method, metric, value) rows -> one object per (ticker, h, method)."""
+    wide = frame.pivot(index=["ticker", "horizon", "method"], columns="metric", values="value")
+    wide = wide.astype(object).where(wide.notna(), None).reset_index()
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    wide["_pooled"] = wide["ticker"] != POOLED
+    wide["_method"] = wide["method"].map(lambda m: order.get(m, len(order)))
+    wide = wide.sort_values(["horizon", "_pooled", "ticker", "_method"])
+    known = [c for c in wide.columns if c in METRICS]
+    return [
+        BacktestMetricsPublic(ticker=r["ticker"], horizon=int(r["horizon"]), method=r["method"],
+                              **{name: r[name] for name in known})
+        for r in wide.to_dict("records")
+    ]
+
+
+@router.get(
+    "/backtest",
+    summary="Backtest metrics",
+    response_model=BacktestPublic,
+    response_model_exclude_none=False,
+    description=(
+        "Metrics of the model and every baseline (naive, drift, SMA20, historical mean, "
+        "ARIMA) from the latest stored walk-forward backtest, or the run chosen by `run_id` or "
+        "`model_version`: MAE/RMSE in dollars, MAPE, MAE relative to naive (< 1 beats naive), "
+        "R² of returns, directional accuracy, Diebold–Mariano vs naive, cross-sectional IC "
+        "(pooled rows, ticker `*`), 10-90% interval coverage (model), and long/flat, "
+        "long/short and buy-and-hold strategy results. 404 when no run or no row matches."
+    ),
+    responses=problem_responses(404, 422, 503),
+)
+def get_backtest(
+    engine: EngineDep,
+    ticker: Annotated[str | None, Query(
+        description=f"One ticker, or {POOLED!r} for the pooled rows (default: all).",
+        max_length=15)] = None,
+    horizon: Annotated[int | None, Query(ge=1, description="One horizon (default: all).")] = None,
+    model_version: Annotated[str | None, Query(
+        max_length=64, description="The latest run of this model version.")] = None,
+    run_id: Annotated[int | None, Query(ge=1, description="This run.")] = None,
+    method: Annotated[str | None, Query(
+        max_length=32, description="model, a baseline or buy_and_hold (default: all).")] = None,
+) -> BacktestPublic:
+    """One run's metrics, filtered."""
+    if ticker is not None and ticker != POOLED:
+        ticker = normalize_ticker(ticker)  # InvalidTicker -> 422 problem
+    try:
+        with engine.connect() as conn:
+            if run_id is not None:
+                run = get_run(conn, run_id)
+                if run is None:
+                    raise HTTPException(404, f"no backtest run {run_id}")
+                if model_version is not None and run.model_version != model_version:
+                    raise HTTPException(
+                        404, f"backtest run {run_id} is of model {run.model_version}, "
+                             f"not {model_version}")
+            else:
+                run = latest_run(conn, model_version)
+                if run is None:
+                    which = f" of model {model_version}" if model_version else ""
+                    raise HTTPException(
+                        404, f"no backtest stored{which}: run `stockcast backtest`")
+            frame = get_metrics(conn, run.id, ticker=ticker, horizon=horizon, method=method)
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(
+            f"cannot read backtests ({exc.__class__.__name__}); is the database migrated?"
+        ) from exc
+    if frame.empty:
+        asked = ", ".join(f"{k}={v}" for k, v in
+                          (("ticker", ticker), ("horizon", horizon), ("method", method))
+                          if v is not None)
+        raise HTTPException(404, f"backtest run {run.id} has no metrics for {asked}")
+    return BacktestPublic(run=run_public(run), metrics=metrics_public(frame))
