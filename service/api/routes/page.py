@@ -1,0 +1,66 @@
+"""GET /: the web page (static HTML/JS/CSS) that charts bars, indicators, forecasts and backtests.
+
+The page is a plain client of the public API: everything it shows comes from /tickers,
+/bars/{ticker}, /predict/{ticker}, /models/current and /metrics/backtest, fetched by the
+browser. Plotly.js is served from the `plotly` Python package's bundled file (no CDN: the
+service may run offline), gzipped once in memory because it is ~4.8 MB uncompressed.
+"""
+
+from __future__ import annotations
+
+import gzip
+from functools import cache
+from pathlib import Path
+
+import plotly
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, Response
+
+router = APIRouter(include_in_schema=False)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+# Only these names are served from STATIC_DIR: a fixed map, so no path ever reaches the disk.
+STATIC_FILES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+# The page's own files change with the code: revalidate every time. Plotly changes only with
+# the `plotly` package, so a day's caching saves re-sending megabytes on every visit.
+NO_CACHE = {"Cache-Control": "no-cache"}
+PLOTLY_CACHE_SECONDS = 86_400
+
+
+@cache
+def _plotly_gzip(path: Path) -> bytes:
+    """The bundled plotly.min.js, gzipped once per process (~4.8 MB -> ~1.4 MB)."""
+    return gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
+
+
+@router.get("/", summary="The web page")
+async def get_page() -> FileResponse:
+    """The single-page explorer."""
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
+                        headers=NO_CACHE)
+
+
+@router.get("/static/vendor/plotly.min.js", summary="Plotly.js")
+def get_plotly(request: Request) -> Response:
+    """Plotly.js from the installed `plotly` package, gzipped when the client accepts it."""
+    if not PLOTLY_JS.is_file():
+        raise HTTPException(404, f"plotly.min.js not found in the plotly package at {PLOTLY_JS}")
+    headers = {"Cache-Control": f"public, max-age={PLOTLY_CACHE_SECONDS}",
+               "Vary": "Accept-Encoding", "X-Plotly-Package-Version": plotly.__version__}
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        return Response(_plotly_gzip(PLOTLY_JS), media_type="text/javascript",
+                        headers={**headers, "Content-Encoding": "gzip"})
+    return FileResponse(PLOTLY_JS, media_type="text/javascript", headers=headers)
+
+
+@router.get("/static/{name}", summary="The page's script and stylesheet")
+async def get_static(name: str) -> FileResponse:
+    """app.js or app.css; anything else is 404."""
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise HTTPException(404, f"no static file named {name!r}")
+    return FileResponse(STATIC_DIR / name, media_type=media_type, headers=NO_CACHE)
