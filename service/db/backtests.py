@@ -33,7 +33,7 @@ class RunInfo:
 def _run_info(row) -> RunInfo:
     created = row.created_at
     if created.tzinfo is None:  # SQLite drops the offset; the server default is UTC
-        created = created.replace(tzinfo=dt.timezone.utc)
+        created = created.replace(tzinfo=dt.UTC)
     return RunInfo(row.id, row.model_version, row.start_date, row.end_date, list(row.tickers),
                    created, dict(row.config))
 

@@ -129,7 +129,7 @@ def bars_by_ticker(bars_multi: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def _check_horizons(horizons: Sequence[int], max_horizon: int) -> tuple[int, ...]:
-    hs = tuple(sorted(set(int(h) for h in horizons)))
+    hs = tuple(sorted({int(h) for h in horizons}))
     if not hs:
         raise ValueError("horizons must not be empty")
     bad = [h for h in hs if not 1 <= h <= max_horizon]
@@ -276,26 +276,26 @@ def run_backtest(
 # --- metrics ------------------------------------------------------------------------------------
 
 
-def _or_nan(compute):
-    """A metric's value, or NaN where its test is undefined for so few forecasts."""
+def _dm_or_nan(test, *args) -> tuple[float, float]:
+    """(statistic, p-value) of a DM test, or NaNs where too few forecasts make it undefined."""
     try:
-        return compute()
+        res = test(*args)
     except ValueError:
-        return float("nan")
+        return float("nan"), float("nan")
+    return res.statistic, res.pvalue
 
 
 def _dm(actual, predicted, naive, h: int, origins=None) -> dict[str, float]:
     """DM vs naive on dollar losses, per ticker; pooled: d_t averaged across tickers per date."""
     out = {}
+    err, err_naive = actual - predicted, actual - naive
     for loss in ("squared", "absolute"):
         if origins is None:
-            res = _or_nan(lambda: m.diebold_mariano(actual, predicted, naive, h, loss))
+            stat, p = _dm_or_nan(m.diebold_mariano, actual, predicted, naive, h, loss)
         else:
-            err, err_naive = actual - predicted, actual - naive
             d = err**2 - err_naive**2 if loss == "squared" else np.abs(err) - np.abs(err_naive)
-            series = pd.Series(d).groupby(np.asarray(origins)).mean()  # sorted by date
-            res = _or_nan(lambda: m.diebold_mariano_differential(series.to_numpy(), h))
-        stat, p = (res.statistic, res.pvalue) if isinstance(res, m.DMResult) else (res, res)
+            per_date = pd.Series(d).groupby(np.asarray(origins)).mean()  # sorted by date
+            stat, p = _dm_or_nan(m.diebold_mariano_differential, per_date.to_numpy(), h)
         out[f"dm_{loss}_stat"], out[f"dm_{loss}_pvalue"] = stat, p
     return out
 

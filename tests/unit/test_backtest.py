@@ -170,8 +170,8 @@ def test_an_explicit_range_before_the_test_segment_is_flagged_in_sample(predicto
         ({"start": dt.date(2021, 5, 1), "end": dt.date(2021, 4, 1)},
          "start 2021-05-01 is after end 2021-04-01"),
         ({"start": dt.date(2030, 1, 1), "end": dt.date(2030, 2, 1)},
-         "nothing to backtest between 2030-01-01 and 2030-02-01: "
-         "AAA: no bars between 2030-01-01 and 2030-02-01"),
+         ("nothing to backtest between 2030-01-01 and 2030-02-01: "
+          "AAA: no bars between 2030-01-01 and 2030-02-01")),
     ],
 )
 def test_bad_requests_get_a_clear_error(predictor, bars, kwargs, message):
