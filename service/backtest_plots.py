@@ -1,0 +1,89 @@
+"""PNG plots of a backtest: predicted vs actual closes per ticker, equity curves vs buy-and-hold."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from service.forecasting.backtest import BUY_AND_HOLD, MODEL, NAIVE, BacktestResult, pooled_equity
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_predicted_vs_actual(result: BacktestResult, path: Path, horizon: int) -> Path:
+    """One panel per ticker: actual close, the model's median forecast and its 10-90% band."""
+    plt = _pyplot()
+    frame = result.forecasts[horizon]
+    tickers = sorted(frame["ticker"].unique())
+    cols = min(4, len(tickers))
+    rows = math.ceil(len(tickers) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, ticker in zip(axes.flat, tickers):
+        g = frame[frame["ticker"] == ticker]
+        close = g["origin_close"].to_numpy()
+        # Plotted at the target date: the forecast for day t+h next to what day t+h brought.
+        x = g["target_date"]
+        ax.fill_between(x, close * np.exp(g["model_lower"]), close * np.exp(g["model_upper"]),
+                        color="tab:blue", alpha=0.2, linewidth=0, label="10-90%")
+        ax.plot(x, close * np.exp(g["realized"]), color="black", linewidth=1, label="actual")
+        ax.plot(x, close * np.exp(g[MODEL]), color="tab:blue", linewidth=1, label="model")
+        ax.set_title(ticker, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.tick_params(axis="x", rotation=30)
+    for ax in list(axes.flat)[len(tickers):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{result.model_version}: {horizon}-day forecast vs actual close "
+                 f"({result.start} .. {result.end})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_equity(result: BacktestResult, path: Path, horizon: int) -> Path:
+    """Equal-weight book: long/flat and long/short on each forecaster, vs buy-and-hold."""
+    plt = _pyplot()
+    frame = result.forecasts[horizon]
+    fig, (ax_lf, ax_ls) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    bench = pooled_equity(frame, None, horizon, BUY_AND_HOLD)
+    for ax, kind in ((ax_lf, "long_flat"), (ax_ls, "long_short")):
+        ax.plot(bench.index, bench.to_numpy(), color="black", linewidth=1.5, label="buy & hold")
+        for method in result.methods:
+            if method == NAIVE:  # never takes a position: a flat line at 1
+                continue
+            curve = pooled_equity(frame, method, horizon, kind)
+            ax.plot(curve.index, curve.to_numpy(), linewidth=1.8 if method == MODEL else 0.9,
+                    label=method)
+        ax.set_title(f"{kind.replace('_', '/')} on the {horizon}-day forecast", fontsize=10)
+        ax.axhline(1.0, color="grey", linewidth=0.5)
+        ax.grid(alpha=0.3)
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+    ax_lf.set_ylabel("equity (start = 1)")
+    ax_ls.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{result.model_version}: equal-weight book over {len(result.tickers)} tickers, "
+                 f"a trade every {horizon} day(s), no costs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def write_backtest_plots(result: BacktestResult, out_dir: Path | str) -> list[Path]:
+    """predicted_vs_actual_h{H}.png (the shortest horizon) and equity_h{h}.png per horizon."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first = min(result.forecasts)
+    paths = [plot_predicted_vs_actual(result, out_dir / f"predicted_vs_actual_h{first}.png", first)]
+    for h in sorted(result.forecasts):
+        paths.append(plot_equity(result, out_dir / f"equity_h{h}.png", h))
+    return paths
