@@ -57,9 +57,11 @@ class TrainConfig:
         if self.train_stride < 1:
             raise ValueError(f"train_stride must be >= 1, got {self.train_stride}")
         if not 0.0 <= self.unknown_ticker_prob < 1.0:
-            raise ValueError(f"unknown_ticker_prob must be in [0, 1), got {self.unknown_ticker_prob}")
+            raise ValueError(
+                f"unknown_ticker_prob must be in [0, 1), got {self.unknown_ticker_prob}")
         if 0.5 not in self.quantiles or list(self.quantiles) != sorted(set(self.quantiles)):
-            raise ValueError(f"quantiles must be sorted, unique and include 0.5, got {self.quantiles}")
+            raise ValueError(
+                f"quantiles must be sorted, unique and include 0.5, got {self.quantiles}")
 
     @property
     def spec(self) -> FeatureSpec:

@@ -85,7 +85,7 @@ def monotone_quantiles(raw: torch.Tensor, median_index: int) -> torch.Tensor:
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
-    """Mean over B, H, Q of max(q * (y - y_q), (q - 1) * (y - y_q)); pred (B, H, Q), target (B, H)."""
+    """Mean over B, H, Q of max(q (y - y_q), (q - 1)(y - y_q)); pred (B, H, Q), target (B, H)."""
     error = target.unsqueeze(-1) - pred  # (B, H, Q)
     return torch.maximum(quantiles * error, (quantiles - 1.0) * error).mean()
 

@@ -130,7 +130,8 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
     net: torch.nn.Module = model
     if ctx.active:
         # DDP broadcasts rank 0's initial weights and averages gradients every step.
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
     # Dropout and ticker masking may differ per rank; gradients are averaged anyway.
     torch.manual_seed(config.seed + ctx.rank)
 
@@ -152,7 +153,8 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
     n_batches = -(-len(sampler) // config.batch_size)
     if ctx.is_main:
         log.info(
-            "training on %d samples (%d tickers), validating on %d; %d batches/epoch x %d rank(s), %s",
+            "training on %d samples (%d tickers), validating on %d; "
+            "%d batches/epoch x %d rank(s), %s",
             len(train_set), len(prepared.vocab) - 1, len(val_set), n_batches, ctx.world_size,
             device,
         )
@@ -170,7 +172,8 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
         for batch_no, (window, target, ticker_id) in enumerate(
             batches(train_set, sampler, config.batch_size), start=1
         ):
-            window, target = window.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            window = window.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True)
             ticker_id = ticker_id.to(device, non_blocking=True)
             if config.unknown_ticker_prob > 0:
                 masked = torch.rand(ticker_id.shape, device=device) < config.unknown_ticker_prob
@@ -209,9 +212,10 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
         seconds = time.perf_counter() - epoch_started
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                         "lr": lr, "seconds": seconds})
-        if ctx.is_main and config.progress:
-            tqdm.write(f"epoch {epoch:3d}/{config.epochs}  train {train_loss:.4f}  "
-                       f"val {val_loss:.4f}  lr {lr:.2e}  {seconds:.1f}s")
+        if ctx.is_main:
+            line = (f"epoch {epoch:3d}/{config.epochs}  train {train_loss:.4f}  "
+                    f"val {val_loss:.4f}  lr {lr:.2e}  {seconds:.1f}s")
+            tqdm.write(line) if config.progress else log.info(line)
         if val_loss < best_loss:
             best_loss, best_epoch, waited = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -255,7 +259,8 @@ def evaluate(model: QuantileLSTM, dataset: WindowDataset, quantiles: torch.Tenso
 
 
 @torch.no_grad()
-def predict_log_returns(model: QuantileLSTM, prepared: PreparedData, which: str = "val") -> np.ndarray:
+def predict_log_returns(model: QuantileLSTM, prepared: PreparedData,
+                        which: str = "val") -> np.ndarray:
     """(N, H, Q) quantile log returns of a segment, target scaling undone."""
     model.eval()
     dataset = WindowDataset(getattr(prepared, which))
@@ -323,7 +328,8 @@ def read_training_bars(database_url: str, config: TrainConfig) -> pd.DataFrame:
     return bars
 
 
-def run(config: TrainConfig, database_url: str, model_dir: Path, promote: bool = True) -> Path | None:
+def run(config: TrainConfig, database_url: str, model_dir: Path,
+        promote: bool = True) -> Path | None:
     """Read bars, train, and (rank 0) export models/<version>/; returns that folder on rank 0."""
     from training.export import export_artifact
 

@@ -36,7 +36,8 @@ class OnnxModel:
         self.requested_provider = requested_provider
         inputs = {i.name: i for i in session.get_inputs()}
         if set(inputs) != {"window", "ticker_id"}:
-            raise ManifestMismatch(f"{path}: expected inputs window and ticker_id, got {sorted(inputs)}")
+            raise ManifestMismatch(
+                f"{path}: expected inputs window and ticker_id, got {sorted(inputs)}")
         _, self.window, self.n_features = inputs["window"].shape
         _, self.horizon, self.n_quantiles = session.get_outputs()[0].shape
         props = session.get_modelmeta().custom_metadata_map

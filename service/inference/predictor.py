@@ -1,4 +1,4 @@
-"""bars -> features -> scaled window -> onnxruntime -> log returns -> prices: the one inference path.
+"""bars -> features -> scaled window -> onnxruntime -> log returns -> prices: one inference path.
 
 Three visible steps: `preprocess` (bars to a scaled window), `predict` (one batched onnxruntime
 call), `postprocess` (quantile log returns to dated prices). The API and the backtest both call
@@ -48,7 +48,7 @@ class Forecast:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """Pre-processed input of one ticker: its latest scaled window and what post-processing needs."""
+    """Pre-processed input of one ticker: its latest scaled window, what post-processing needs."""
 
     ticker: str
     window: np.ndarray  # (W, F) float32, feature-scaled
@@ -94,7 +94,8 @@ class Predictor:
         return pd.DataFrame(scaled.astype(np.float32), index=features.index,
                             columns=features.columns)
 
-    def preprocess(self, ticker: str, bars: pd.DataFrame, as_of: dt.date | None = None) -> ModelInput:
+    def preprocess(self, ticker: str, bars: pd.DataFrame,
+                   as_of: dt.date | None = None) -> ModelInput:
         """Bars up to as_of -> the latest scaled window (W, F) and the ticker's id."""
         if as_of is not None:
             bars = bars.loc[bars["date"] <= pd.Timestamp(as_of)]
@@ -161,7 +162,7 @@ class Predictor:
     def predict_origins(
         self, ticker: str, bars: pd.DataFrame, origins: Sequence[dt.date] | None = None
     ) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]:
-        """Historical forecasts at many origins: (origin dates (N,), log returns (N, H, Q), closes (N,)).
+        """Forecasts at many origins: (origin dates (N,), log returns (N, H, Q), closes (N,)).
 
         Features are built once; the window at origin t holds feature rows <= t, which use bars
         <= t only, so no origin sees its future. `origins=None` means every date with a full
