@@ -28,6 +28,7 @@ from service.bar_cache import BarCache
 from service.config import Settings, get_settings
 from service.db.session import make_engine
 from service.errors import ManifestMismatch, ModelNotLoaded
+from service.forecasting.calendar import next_trading_days
 from service.sources.base import BarSource, make_source
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
         except (ModelNotLoaded, ManifestMismatch) as exc:
             # Still serve: /healthz answers, /readyz and /predict say 503 until a reload works.
             log.warning("starting without a model: %s", exc)
+        # Building the exchange calendar takes seconds; do it before the first forecast needs it.
+        next_trading_days(dt.date.today(), 1)
         app.state.engine = engine
         app.state.bar_cache = bar_cache
         app.state.models = slot

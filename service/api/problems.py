@@ -145,6 +145,7 @@ def register_problem_handlers(app: FastAPI) -> None:
 def problem_responses(*statuses: int) -> dict[int | str, dict]:
     """OpenAPI `responses` entries documenting problem+json bodies for these statuses."""
     descriptions = {
+        400: "The body could not be parsed (not JSON, or not UTF-8).",
         401: "Missing or wrong X-API-Key.",
         404: "Unknown ticker (the source has no bars for it) or nothing matches.",
         409: "The new model could not be loaded; the previous one keeps serving.",

@@ -1,0 +1,103 @@
+"""Building the real app for tests: seeded database, tiny model, scripted source, real server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import uvicorn
+
+from service.config import Settings
+from service.db.bars import upsert_bars
+from service.db.session import make_engine
+
+# The tiny model's synthetic bars (tests.tiny_model) end on Wednesday 2021-05-19; on Thursday
+# evening the cache expects nothing newer, so cached tickers are served without a fetch.
+LAST_BAR = dt.date(2021, 5, 19)
+NOW = dt.datetime(2021, 5, 20, 21, 0, tzinfo=dt.timezone.utc)
+API_KEY = "test-admin-key"
+
+
+class Clock:
+    """A settable UTC clock for the bar cache."""
+
+    def __init__(self, now: dt.datetime = NOW):
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def store_bars(url: str, bars_multi: pd.DataFrame) -> None:
+    """Upsert a multi-ticker bars frame into a migrated database."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            upsert_bars(conn, bars_multi, source="test")
+    finally:
+        engine.dispose()
+
+
+def api_settings(url: str, model_dir: Path, **changes) -> Settings:
+    """Settings of a test app: its own DB and models, an admin key, CPU onnxruntime."""
+    values = dict(database_url=url, model_dir=model_dir, api_key=API_KEY, source="none",
+                  ort_provider="cpu", ort_intra_op_threads=1, bar_check_ttl_seconds=0.0)
+    values.update(changes)
+    return Settings(**values)
+
+
+def copy_models(artifact_dir: Path, into: Path, version: str | None = None) -> Path:
+    """A models folder holding a copy of one artifact (renamed to `version`), current -> it."""
+    import json
+
+    into.mkdir(parents=True, exist_ok=True)
+    name = version or artifact_dir.name
+    target = into / name
+    shutil.copytree(artifact_dir, target)
+    if version is not None:
+        # Same weights under another name: enough for the server to see a different model.
+        meta_path = target / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta["version"] = version
+        meta_path.write_text(json.dumps(meta))
+    (into / "current").write_text(name + "\n")
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """A real uvicorn server on 127.0.0.1 in a background thread (for concurrency tests)."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

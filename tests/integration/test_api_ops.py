@@ -1,0 +1,323 @@
+"""Operational endpoints over HTTP: liveness under load, readiness, model hot swap, metrics, bars,
+and the packaging checks (no torch in the serving import, a valid compose file)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.main import create_app
+from service.config import PROJECT_ROOT
+from service.forecasting.indicators import chart_indicators
+from service.forecasting.manifest import load_manifest
+from tests.api_factories import (
+    API_KEY,
+    LAST_BAR,
+    Clock,
+    ServerThread,
+    api_settings,
+    copy_models,
+    store_bars,
+)
+from tests.bar_factories import ScriptedSource, make_bars
+from tests.tiny_model import synthetic_bars_multi
+
+PROBLEM = "application/problem+json"
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def seeded_url(db_url) -> str:
+    store_bars(db_url, synthetic_bars_multi())
+    return db_url
+
+
+# -- liveness while forecasts are in flight, and the hot swap ---------------------------------
+
+
+def test_healthz_answers_while_forecasts_are_in_flight(seeded_url, tiny_artifact):
+    # Fetching SLOW takes 2 s upstream; four such requests occupy threadpool workers.
+    source = ScriptedSource({"SLOW": make_bars(360, seed=21)}, delay=2.0)
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=source,
+                     clock=Clock())
+    with ServerThread(app) as server:
+        results = []
+
+        def predict():
+            results.append(httpx.post(f"{server.url}/predict/SLOW", timeout=30))
+
+        workers = [threading.Thread(target=predict) for _ in range(4)]
+        for w in workers:
+            w.start()
+        time.sleep(0.5)  # the forecasts are now waiting on the source
+        started = time.perf_counter()
+        health = httpx.get(f"{server.url}/healthz", timeout=5)
+        elapsed = time.perf_counter() - started
+        in_flight = sum(w.is_alive() for w in workers)
+        for w in workers:
+            w.join()
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert in_flight == 4 and elapsed < 0.5
+    assert [r.status_code for r in results] == [200] * 4
+    assert len(source.calls) == 1  # the four requests shared one upstream fetch
+
+
+def test_reload_swaps_the_model_and_in_flight_requests_keep_theirs(seeded_url, tiny_artifact,
+                                                                   tmp_path):
+    models = tmp_path / "models"
+    first = copy_models(tiny_artifact.artifact_dir, models, version="model-one")
+    source = ScriptedSource({"SLOW": make_bars(360, seed=22)}, delay=1.5)
+    app = create_app(api_settings(seeded_url, models), source=source, clock=Clock())
+    with ServerThread(app) as server:
+        assert httpx.post(f"{server.url}/predict/AAA").json()["model_version"] == "model-one"
+        slow = []
+        worker = threading.Thread(
+            target=lambda: slow.append(httpx.post(f"{server.url}/predict/SLOW", timeout=30)))
+        worker.start()
+        time.sleep(0.4)  # SLOW is in flight on model-one
+        copy_models(first, models, version="model-two")  # training promoted a new model
+        reload = httpx.post(f"{server.url}/admin/reload", headers={"X-API-Key": API_KEY})
+        after = httpx.post(f"{server.url}/predict/AAA").json()
+        worker.join()
+    assert reload.status_code == 200
+    assert reload.json() == {"previous_version": "model-one", "version": "model-two",
+                             "changed": True}
+    assert after["model_version"] == "model-two"
+    assert slow[0].status_code == 200 and slow[0].json()["model_version"] == "model-one"
+
+
+@SQLITE_ONLY
+def test_reload_needs_the_api_key(seeded_url, tiny_artifact):
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource())
+    with TestClient(app) as client:
+        for headers in ({}, {"X-API-Key": "wrong"}):
+            response = client.post("/admin/reload", headers=headers)
+            assert response.status_code == 401
+            assert response.headers["content-type"] == PROBLEM
+            assert response.headers["www-authenticate"] == "X-API-Key"
+            assert response.json() == {
+                "type": "about:blank", "title": "Unauthorized", "status": 401,
+                "detail": "missing or wrong X-API-Key header", "instance": "/admin/reload"}
+        ok = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+        assert ok.status_code == 200 and ok.json()["changed"] is False
+
+
+@SQLITE_ONLY
+def test_admin_is_disabled_without_a_configured_key(seeded_url, tiny_artifact):
+    settings = api_settings(seeded_url, tiny_artifact.model_dir, api_key=None)
+    with TestClient(create_app(settings, source=ScriptedSource())) as client:
+        response = client.post("/admin/reload", headers={"X-API-Key": "anything"})
+    assert response.status_code == 503
+    assert response.json()["detail"] == ("admin endpoints are disabled: STOCKCAST_API_KEY is "
+                                         "not set")
+
+
+def test_readiness_before_and_after_a_model_is_loaded(seeded_url, tiny_artifact, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    app = create_app(api_settings(seeded_url, models), source=ScriptedSource(), clock=Clock())
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.headers["content-type"] == PROBLEM
+        reason = (f"no {models / 'current'}: train a model (stockcast train) or restore one")
+        assert not_ready.json() == {
+            "type": "urn:stockcast:problem:not-ready", "title": "Not ready", "status": 503,
+            "detail": "failed checks: model, provider", "instance": "/readyz",
+            "checks": {"model": {"ok": False, "detail": reason},
+                       "database": {"ok": True, "detail": "select 1 answered"},
+                       "provider": {"ok": False, "detail": "requested cpu; no session"}}}
+        predict = client.post("/predict/AAA")
+        assert predict.status_code == 503 and predict.headers["content-type"] == PROBLEM
+        assert predict.json() == {
+            "type": "urn:stockcast:problem:model-not-loaded", "title": "No model loaded",
+            "status": 503, "detail": f"no model loaded: {reason}", "instance": "/predict/AAA"}
+        assert client.get("/models/current").status_code == 503
+        failed = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+        assert failed.status_code == 409
+        assert failed.json()["detail"] == f"{reason}; still serving model none"
+
+        copy_models(tiny_artifact.artifact_dir, models)
+        loaded = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+        assert loaded.json() == {"previous_version": None,
+                                 "version": tiny_artifact.artifact_dir.name, "changed": True}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["model"] == {"ok": True,
+                                                   "detail": tiny_artifact.artifact_dir.name}
+        assert client.post("/predict/AAA").status_code == 200
+
+
+@SQLITE_ONLY
+def test_a_broken_new_artifact_keeps_the_old_model_serving(seeded_url, tiny_artifact, tmp_path):
+    models = tmp_path / "models"
+    good = copy_models(tiny_artifact.artifact_dir, models, version="good")
+    app = create_app(api_settings(seeded_url, models), source=ScriptedSource(), clock=Clock())
+    with TestClient(app) as client:
+        broken = copy_models(good, models, version="broken")
+        (broken / "model.onnx").write_bytes(b"not a model")
+        response = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+        assert response.status_code == 409
+        assert response.json()["detail"].endswith("; still serving model good")
+        assert "sha256" in response.json()["detail"]
+        assert client.post("/predict/AAA").json()["model_version"] == "good"
+
+
+# -- describing the model, metrics --------------------------------------------------------------
+
+
+@SQLITE_ONLY
+def test_models_current_reports_the_manifest_and_active_providers(seeded_url, tiny_artifact):
+    manifest = load_manifest(tiny_artifact.artifact_dir)
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource())
+    with TestClient(app) as client:
+        body = client.get("/models/current").json()
+        ready = client.get("/readyz").json()
+    assert body["version"] == manifest.version
+    assert (body["window"], body["horizon"]) == (20, 5)
+    assert body["features"] == list(manifest.spec.features)
+    assert body["quantiles"] == [0.1, 0.5, 0.9]
+    assert body["vocab_size"] == 4 and body["tickers"] == ["AAA", "BBB", "CCC"]
+    assert body["split"] == manifest.split.to_dict()
+    assert body["metrics"] == manifest.metrics
+    assert body["requested_provider"] == "cpu"
+    assert body["active_providers"] == ["CPUExecutionProvider"]
+    assert ready["checks"]["provider"] == {
+        "ok": True, "detail": "requested cpu; active CPUExecutionProvider"}
+
+
+@SQLITE_ONLY
+def test_cuda_requested_but_not_active_fails_readiness(seeded_url, tiny_artifact):
+    # No GPU here: onnxruntime falls back to CPU silently, which readiness must not accept.
+    settings = api_settings(seeded_url, tiny_artifact.model_dir, ort_provider="cuda")
+    with TestClient(create_app(settings, source=ScriptedSource())) as client:
+        ready = client.get("/readyz")
+        current = client.get("/models/current").json()
+    assert current["requested_provider"] == "cuda"
+    assert current["active_providers"] == ["CPUExecutionProvider"]
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["provider"] == {
+        "ok": False, "detail": "requested cuda; active CPUExecutionProvider"}
+
+
+@SQLITE_ONLY
+def test_metrics_exposition_and_the_backtest_route_coexist(seeded_url, tiny_artifact):
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        client.post("/predict/AAA")
+        metrics = client.get("/metrics")
+        backtest = client.get("/metrics/backtest")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    version = tiny_artifact.artifact_dir.name
+    assert (f'stockcast_model_info{{providers="CPUExecutionProvider",version="{version}"}} 1.0'
+            in metrics.text)
+    assert 'http_requests_total{handler="/predict/{ticker}",method="POST",status="2xx"} 1.0' \
+        in metrics.text
+    # The backtest route answers (stored results, or 404 when none), not the exposition.
+    assert backtest.status_code in (200, 404)
+    assert backtest.headers["content-type"] in ("application/json", PROBLEM)
+
+
+# -- bars for the chart -------------------------------------------------------------------------
+
+
+def test_bars_with_indicators_for_a_date_range(seeded_url, tiny_artifact):
+    bars_multi = synthetic_bars_multi()
+    bars = bars_multi[bars_multi["ticker"] == "BBB"].drop(columns="ticker").reset_index(drop=True)
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        body = client.get("/bars/bbb", params={"start": "2021-04-01", "end": "2021-04-30"}).json()
+        default = client.get("/bars/BBB").json()
+        tickers = client.get("/tickers").json()["tickers"]
+    in_range = (bars["date"] >= "2021-04-01") & (bars["date"] <= "2021-04-30")
+    assert body["ticker"] == "BBB" and body["stale"] is False
+    assert body["dates"] == [d.date().isoformat() for d in bars.loc[in_range, "date"]]
+    assert body["close"] == pytest.approx(bars.loc[in_range, "close"].tolist())
+    assert body["volume"] == bars.loc[in_range, "volume"].astype(int).tolist()
+    # Indicators over the whole history, shown for the range.
+    expected = chart_indicators(bars).loc[in_range.to_numpy()]
+    for name in ("sma20", "sma50", "bb_upper", "bb_lower", "rsi14", "macd", "macd_signal",
+                 "macd_hist"):
+        assert body["indicators"][name] == pytest.approx(expected[name].tolist(), rel=1e-9)
+    # Default range: the year up to the latest bar.
+    assert default["dates"][-1] == LAST_BAR.isoformat()
+    assert default["dates"][0] >= "2020-05-19"
+    assert tickers[1] == {"ticker": "BBB", "first_bar_date": "2020-01-02",
+                          "last_bar_date": LAST_BAR.isoformat(), "last_refresh_status": None,
+                          "seen_in_training": True}
+
+
+@SQLITE_ONLY
+def test_bars_warm_up_is_null_and_a_reversed_range_is_422(seeded_url, tiny_artifact):
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        first = client.get("/bars/AAA", params={"start": "2020-01-01", "end": "2020-03-31"})
+        reversed_range = client.get("/bars/AAA", params={"start": "2021-02-01",
+                                                         "end": "2021-01-01"})
+    sma50 = first.json()["indicators"]["sma50"]
+    assert sma50[:49] == [None] * 49 and sma50[49] is not None
+    assert reversed_range.status_code == 422
+    assert reversed_range.json()["errors"] == [
+        {"field": "start", "location": "query", "message": "must be on or before end (2021-01-01)"}]
+
+
+def test_chart_indicators_are_the_features_in_price_units():
+    """SMA20 and the MACD line on the chart agree with the scale-free model features."""
+    from service.forecasting.features import build_features
+
+    bars = make_bars(300, seed=5)
+    bars = bars.assign(adj_close=bars["close"])  # the same price series for both
+    chart = chart_indicators(bars)
+    features = build_features(bars)
+    price = pd.Series(bars["close"].to_numpy(), index=pd.DatetimeIndex(bars["date"]))
+    at = features.index
+    np.testing.assert_allclose(chart.loc[at, "sma20"] / price[at] - 1, features["sma20_ratio"],
+                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(chart.loc[at, "macd"] / price[at], features["macd"], rtol=1e-10,
+                               atol=1e-14)
+    np.testing.assert_allclose(chart.loc[at, "rsi14"] / 100, features["rsi14"], rtol=1e-12)
+
+
+# -- packaging ----------------------------------------------------------------------------------
+
+
+def test_serving_imports_no_torch():
+    code = ("import sys; import service.api.main, service.cli; "
+            "service.api.main.create_app(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PROJECT_ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _compose_command() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_compose_file_is_valid():
+    command = _compose_command()
+    if command is None:
+        pytest.skip("no docker compose client (neither the plugin nor docker-compose)")
+    for profiles in ([], ["--profile", "train"], ["--profile", "gpu"]):
+        result = subprocess.run([*command, "-f", "docker-compose.yml", *profiles, "config", "-q"],
+                                cwd=PROJECT_ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr

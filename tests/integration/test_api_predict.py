@@ -1,0 +1,335 @@
+"""POST /predict end to end over HTTP on real SQLite and PostgreSQL, the tiny ONNX model, and a
+scripted stand-in for the network source."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, text
+
+from service.api.main import create_app
+from service.db.session import make_engine
+from service.forecasting.calendar import next_trading_days
+from service.forecasting.features import build_features, min_bars
+from service.forecasting.manifest import load_manifest
+from service.forecasting.spec import FeatureSpec
+from service.inference.onnx_model import OnnxModel
+from service.inference.predictor import Predictor
+from tests.api_factories import LAST_BAR, NOW, Clock, api_settings, store_bars
+from tests.bar_factories import ScriptedSource, make_bars, timeout_error
+from tests.tiny_model import synthetic_bars_multi
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def source() -> ScriptedSource:
+    """Upstream knows DDD (never cached), a short history, and the odd Yahoo symbols."""
+    return ScriptedSource({
+        "DDD": make_bars(360, seed=11, price=50.0),
+        "SHORT": make_bars(40, start="2021-03-24", seed=12),
+        "^GSPC": make_bars(360, seed=13, price=3000.0),
+        "BRK-B": make_bars(360, seed=14, price=200.0),
+        "EURUSD=X": make_bars(360, seed=15, price=1.2),
+    })
+
+
+@pytest.fixture
+def bars_multi() -> pd.DataFrame:
+    return synthetic_bars_multi()
+
+
+@pytest.fixture
+def app_parts(db_url, tiny_artifact, source, bars_multi):
+    """(client, app, source, clock, db url) of an app over a DB holding AAA, BBB and CCC."""
+    store_bars(db_url, bars_multi)
+    clock = Clock()
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir), source=source, clock=clock)
+    with TestClient(app) as client:
+        yield client, app, source, clock, db_url
+
+
+@pytest.fixture
+def client(app_parts) -> TestClient:
+    return app_parts[0]
+
+
+def tiny_predictor(tiny_artifact) -> Predictor:
+    manifest = load_manifest(tiny_artifact.artifact_dir)
+    return Predictor(OnnxModel.load(tiny_artifact.artifact_dir, "cpu"), manifest)
+
+
+def ticker_bars(bars_multi, ticker):
+    return bars_multi[bars_multi["ticker"] == ticker].drop(columns="ticker").reset_index(drop=True)
+
+
+# -- forecasts --------------------------------------------------------------------------------
+
+
+def test_predict_cached_ticker_matches_the_predictor(app_parts, tiny_artifact, bars_multi):
+    client, _, source, _, _ = app_parts
+    response = client.post("/predict/aaa", json={"horizon": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    bars = ticker_bars(bars_multi, "AAA")
+    expected = tiny_predictor(tiny_artifact).forecast("AAA", bars, horizon=3)
+    assert body["ticker"] == "AAA"
+    assert body["as_of"] == LAST_BAR.isoformat() == expected.as_of.isoformat()
+    assert body["last_close"] == pytest.approx(bars["close"].iloc[-1], rel=1e-12)
+    assert body["model_version"] == tiny_artifact.artifact_dir.name
+    assert body["seen_in_training"] is True
+    assert body["horizon"] == 3 and body["stale"] is False and body["warnings"] == []
+    assert [f["date"] for f in body["forecasts"]] == [
+        d.isoformat() for d in next_trading_days(LAST_BAR, 3)]
+    for got, want in zip(body["forecasts"], expected.steps):
+        assert got["step"] == want.step
+        assert got["close"] == pytest.approx(want.close, rel=1e-6)
+        assert got["lower"] == pytest.approx(want.lower, rel=1e-6)
+        assert got["upper"] == pytest.approx(want.upper, rel=1e-6)
+        assert got["lower"] <= got["close"] <= got["upper"]
+        assert got["predicted_return"] == pytest.approx(got["close"] / body["last_close"] - 1,
+                                                        abs=1e-9)
+    assert source.calls == []  # cached and current: no upstream call
+
+
+def test_predict_fetches_an_uncached_ticker_through_the_source(app_parts):
+    client, _, source, _, _ = app_parts
+    body = client.post("/predict/DDD", json={"horizon": 2}).json()
+    assert body["ticker"] == "DDD" and body["seen_in_training"] is False
+    assert body["as_of"] == make_bars(360)["date"].iloc[-1].date().isoformat()
+    assert [c[0] for c in source.calls] == ["DDD"]
+    listed = [t["ticker"] for t in client.get("/tickers").json()["tickers"]]
+    assert listed == ["AAA", "BBB", "CCC", "DDD"]
+
+
+@pytest.mark.parametrize("path, ticker", [
+    ("/predict/%5Egspc", "^GSPC"), ("/predict/brk-b", "BRK-B"), ("/predict/EURUSD=X", "EURUSD=X"),
+])
+def test_yahoo_symbols_in_the_path_are_accepted_and_upper_cased(app_parts, path, ticker):
+    client = app_parts[0]
+    response = client.post(path)
+    assert response.status_code == 200, response.text
+    assert response.json()["ticker"] == ticker
+
+
+def test_batch_predict_answers_each_ticker_in_order(app_parts, tiny_artifact, bars_multi):
+    client, app, _, _, _ = app_parts
+    response = client.post("/predict", json={"tickers": ["AAA", "bbb", "DDD", "ZZZZ"],
+                                             "horizon": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [f["ticker"] for f in body["forecasts"]] == ["AAA", "BBB", "DDD"]
+    assert body["errors"] == [{
+        "ticker": "ZZZZ", "status": 404, "title": "Unknown ticker",
+        "detail": "unknown ticker 'ZZZZ': the source returned no bars"}]
+    assert app.state.forecasts.computed == 3  # one predictor call for the three
+    single = tiny_predictor(tiny_artifact).forecast("BBB", ticker_bars(bars_multi, "BBB"), 2)
+    assert [s["close"] for s in body["forecasts"][1]["forecasts"]] == pytest.approx(
+        [s.close for s in single.steps], rel=1e-5)
+
+
+def test_as_of_uses_no_later_bars(app_parts, bars_multi):
+    client, app, _, _, url = app_parts
+    as_of = dt.date(2021, 3, 6)  # a Saturday: the last bar used is Friday's
+    first = client.post("/predict/AAA", json={"horizon": 5, "as_of": as_of.isoformat()})
+    assert first.status_code == 200, first.text
+    assert first.json()["as_of"] == "2021-03-05"
+    # Rewrite every later bar; the forecast as of the past date must not move.
+    later = bars_multi[(bars_multi["ticker"] == "AAA") & (bars_multi["date"] > "2021-03-05")]
+    store_bars(url, later.assign(close=later["close"] * 1.5, adj_close=later["adj_close"] * 1.5,
+                                 high=later["high"] * 1.5, open=later["open"] * 1.5,
+                                 low=later["low"] * 1.5))
+    app.state.forecasts.clear()
+    again = client.post("/predict/AAA", json={"horizon": 5, "as_of": as_of.isoformat()})
+    assert again.json() == first.json()
+    assert app.state.forecasts.computed == 2  # recomputed, not served from the cache
+    latest = client.post("/predict/AAA", json={"horizon": 5}).json()
+    assert latest["last_close"] == pytest.approx(later["close"].iloc[-1] * 1.5)
+
+
+def test_stale_bars_are_served_with_a_warning_when_the_refresh_fails(app_parts):
+    client, _, source, clock, _ = app_parts
+    clock.now = NOW + dt.timedelta(days=7)  # a week later: newer bars are expected
+    source.fail_with = timeout_error("AAA")
+    body = client.post("/predict/AAA").json()
+    assert body["stale"] is True and body["as_of"] == LAST_BAR.isoformat()
+    assert body["warnings"] == [
+        "bars for AAA may be out of date: yfinance unavailable for AAA after 3 attempts: "
+        "timed out"]
+    assert [c[0] for c in source.calls] == ["AAA"]
+    # The failed refresh is not retried on the next request (throttled), still stale.
+    again = client.post("/predict/AAA", json={"horizon": 2}).json()
+    assert again["stale"] is True and len(source.calls) == 1
+
+
+def test_a_new_bar_invalidates_the_cached_forecast(app_parts, bars_multi):
+    client, app, _, clock, url = app_parts
+    assert client.post("/predict/CCC").json()["as_of"] == LAST_BAR.isoformat()
+    new_day = make_bars(1, start="2021-05-20", seed=99, price=float(
+        ticker_bars(bars_multi, "CCC")["close"].iloc[-1]), ticker="CCC")
+    store_bars(url, new_day)
+    clock.now = NOW + dt.timedelta(days=1)
+    body = client.post("/predict/CCC").json()
+    assert body["as_of"] == "2021-05-20"
+    assert body["last_close"] == pytest.approx(new_day["close"].iloc[0])
+    assert app.state.forecasts.computed == 2
+
+
+def test_a_warm_request_does_no_feature_work_and_no_sql(db_url, tiny_artifact, bars_multi):
+    store_bars(db_url, bars_multi)
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir, bar_check_ttl_seconds=60),
+                     source=ScriptedSource(), clock=Clock())
+    with TestClient(app) as client:
+        cold = client.post("/predict/BBB", json={"horizon": 4}).json()
+        statements = []
+        event.listen(app.state.engine, "before_cursor_execute",
+                     lambda *args, **kw: statements.append(args[2]))
+        warm = client.post("/predict/bbb", json={"horizon": 4}).json()
+        assert warm == cold
+        assert statements == []  # neither the bar check nor the bars touched the DB
+        assert app.state.forecasts.computed == 1
+        assert (app.state.forecasts.hits, app.state.forecasts.misses) == (1, 1)
+        # Another horizon is another forecast.
+        client.post("/predict/BBB", json={"horizon": 2})
+        assert app.state.forecasts.computed == 2
+        exposition = client.get("/metrics").text
+        assert 'stockcast_forecast_cache_lookups_total{result="hit"} 1.0' in exposition
+        assert 'stockcast_forecast_cache_lookups_total{result="miss"} 2.0' in exposition
+
+
+def test_served_window_equals_the_full_history_features():
+    """The served read (min_bars + 300 bars) gives the backtest's full-history features."""
+    from service.api.forecasts import SERVING_EXTRA_BARS
+
+    spec = FeatureSpec()
+    bars = make_bars(1500, seed=3)
+    full = build_features(bars, spec).to_numpy()[-spec.window:]
+    tail = bars.iloc[-(min_bars(spec) + SERVING_EXTRA_BARS):].reset_index(drop=True)
+    served = build_features(tail, spec).to_numpy()[-spec.window:]
+    assert np.abs(served - full).max() < 1e-9
+    # Without the extra bars the exponential indicators have not converged.
+    short = build_features(bars.iloc[-min_bars(spec):].reset_index(drop=True), spec)
+    assert np.abs(short.to_numpy()[-spec.window:] - full).max() > 1e-4
+
+
+# -- errors: status and exact problem+json bodies ---------------------------------------------
+
+
+def assert_problem(response, status: int, body: dict):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json() == body
+    assert "Traceback" not in response.text
+
+
+def test_unknown_ticker_is_404(client):
+    assert_problem(client.post("/predict/ZZZZ"), 404, {
+        "type": "urn:stockcast:problem:unknown-ticker", "title": "Unknown ticker",
+        "status": 404, "detail": "unknown ticker 'ZZZZ': the source returned no bars",
+        "instance": "/predict/ZZZZ"})
+
+
+def test_source_down_with_nothing_cached_is_503(app_parts):
+    client, _, source, _, _ = app_parts
+    source.fail_with = timeout_error("DDD")
+    response = client.post("/predict/DDD")
+    assert_problem(response, 503, {
+        "type": "urn:stockcast:problem:source-unavailable", "title": "Bar source unavailable",
+        "status": 503, "detail": "yfinance unavailable for DDD after 3 attempts: timed out",
+        "instance": "/predict/DDD"})
+    assert response.headers["retry-after"] == "60"
+
+
+def test_too_little_history_is_422_naming_the_bar_counts(client, tiny_artifact):
+    needed = min_bars(load_manifest(tiny_artifact.artifact_dir).spec)
+    assert_problem(client.post("/predict/SHORT"), 422, {
+        "type": "urn:stockcast:problem:insufficient-history", "title": "Insufficient history",
+        "status": 422,
+        "detail": f"SHORT has 40 usable bars; at least {needed} are needed for one window",
+        "instance": "/predict/SHORT", "ticker": "SHORT", "n_bars": 40, "needed": needed})
+
+
+def test_as_of_before_the_first_bar_is_422_with_zero_bars(client, tiny_artifact):
+    needed = min_bars(load_manifest(tiny_artifact.artifact_dir).spec)
+    response = client.post("/predict/AAA", json={"as_of": "2019-06-03"})
+    assert response.status_code == 422
+    assert response.json()["n_bars"] == 0 and response.json()["needed"] == needed
+
+
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@SQLITE_ONLY
+def test_invalid_ticker_is_422_naming_the_field(client):
+    message = "invalid ticker 'AA$PL': use 1-15 letters, digits, '.', '-', '^' or '='"
+    assert_problem(client.post("/predict/AA$PL"), 422, {
+        "type": "urn:stockcast:problem:validation", "title": "Invalid request", "status": 422,
+        "detail": f"ticker: {message}", "instance": "/predict/AA$PL",
+        "errors": [{"field": "ticker", "location": "path", "message": message}]})
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("body, field, message", [
+    ({"horizon": 0}, "horizon", "Input should be greater than or equal to 1"),
+    ({"horizon": 31}, "horizon", "Input should be less than or equal to 30"),
+    ({"horizon": "soon"}, "horizon",
+     "Input should be a valid integer, unable to parse string as an integer"),
+    ({"horizon": 6}, "horizon", "must be at most 5, the served model's horizon"),
+    ({"as_of": "yesterday"}, "as_of",
+     "Input should be a valid date or datetime, input is too short"),
+    ({"horizon": 1, "model": "x"}, "model", "Extra inputs are not permitted"),
+])
+def test_invalid_body_is_422_naming_the_field(client, body, field, message):
+    assert_problem(client.post("/predict/AAA", json=body), 422, {
+        "type": "urn:stockcast:problem:validation", "title": "Invalid request", "status": 422,
+        "detail": f"{field}: {message}", "instance": "/predict/AAA",
+        "errors": [{"field": field, "location": "body", "message": message}]})
+
+
+@SQLITE_ONLY
+def test_invalid_ticker_in_a_batch_names_its_position(client):
+    response = client.post("/predict", json={"tickers": ["AAA", "no good"]})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{
+        "field": "tickers.1", "location": "body",
+        "message": "invalid ticker 'no good': use 1-15 letters, digits, '.', '-', '^' or '='"}]
+
+
+def test_database_down_is_503(tiny_artifact):
+    # Nothing listens on port 1: every connection is refused at once.
+    app = create_app(api_settings("postgresql+psycopg://postgres@127.0.0.1:1/none",
+                                  tiny_artifact.model_dir), source=ScriptedSource())
+    with TestClient(app) as client:
+        assert_problem(client.post("/predict/AAA"), 503, {
+            "type": "urn:stockcast:problem:database-unavailable",
+            "title": "Database unavailable", "status": 503,
+            "detail": "bar database unavailable: OperationalError", "instance": "/predict/AAA"})
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] == {
+            "ok": False, "detail": "bar database unavailable: OperationalError"}
+        assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_corrupt_stored_bar_is_a_500_without_a_stack_trace(sqlite_url, tiny_artifact,
+                                                              bars_multi):
+    from service.db.session import upgrade
+
+    upgrade(sqlite_url)
+    store_bars(sqlite_url, bars_multi)
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:  # damage a row behind the validator's back
+        conn.execute(text("update bars set adj_close = -1 where ticker = 'AAA' "
+                          "and date = '2021-05-18'"))
+    engine.dispose()
+    app = create_app(api_settings(sqlite_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert_problem(client.post("/predict/AAA"), 500, {
+            "type": "urn:stockcast:problem:internal", "title": "Internal server error",
+            "status": 500, "detail": "an unexpected error occurred; it has been logged",
+            "instance": "/predict/AAA"})
