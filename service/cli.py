@@ -131,6 +131,30 @@ def seed(force: bool = typer.Option(False, help="Ingest even if bars are already
     typer.echo(ingest_file(engine, path, progress=True).summary())
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (one model session each).")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+):
+    """Serve the API with uvicorn: the current model, the configured database and source."""
+    import os
+
+    import uvicorn
+
+    if workers < 1:
+        _fail(f"--workers must be >= 1, got {workers}")
+    if workers > 1 and "STOCKCAST_ORT_INTRA_OP_THREADS" not in os.environ:
+        # Workers share the CPUs: each session gets its slice, not the whole machine.
+        cpus = len(os.sched_getaffinity(0))
+        os.environ["STOCKCAST_ORT_INTRA_OP_THREADS"] = str(max(1, cpus // workers))
+    # A factory: each worker process builds its own app (engine, model session) from the env.
+    uvicorn.run("service.api.main:create_app", factory=True, host=host, port=port,
+                workers=workers, access_log=access_log,
+                log_level=get_settings().log_level.lower())
+
+
 @app.command("tickers")
 def list_cached_tickers():
     """List cached tickers with their stored date range and last refresh outcome."""
