@@ -1,6 +1,6 @@
 // stockcast page: a client of the public API. Fetches /models/current and /tickers on load,
-// then for each Forecast: /bars/{ticker}, POST /predict/{ticker} (as_of = the range's end) and
-// /metrics/backtest?ticker=, and draws one Plotly figure (price, RSI, MACD on a shared date
+// then for each Forecast: /bars/{ticker}, then POST /predict/{ticker} (as_of = the range's end),
+// with /metrics/backtest?ticker= alongside, and draws one Plotly figure (price, RSI, MACD on a shared date
 // axis). Every API error ends up as readable text in #message, never only in the console.
 "use strict";
 
@@ -212,15 +212,18 @@
     $("chart").setAttribute("aria-busy", "true");
     showInfo(`Loading ${ticker}…`);
 
-    const [bars, forecast, backtest] = await Promise.allSettled([
-      api(`bars/${enc(ticker)}?start=${start}&end=${end}`),
-      api(`predict/${enc(ticker)}`, { method: "POST", body: { horizon: days, as_of: end } }),
-      loadBacktest(ticker),
-    ]);
+    const backtestAnswer = loadBacktest(ticker);
+    // Bars first: a ticker that is not cached yet is fetched upstream once, by this call, and
+    // when that fails the forecast would only fail the same way.
+    const [bars] = await Promise.allSettled([
+      api(`bars/${enc(ticker)}?start=${start}&end=${end}`)]);
+    const [forecast] = bars.status === "fulfilled"
+      ? await Promise.allSettled([
+        api(`predict/${enc(ticker)}`, { method: "POST", body: { horizon: days, as_of: end } })])
+      : [{ status: "rejected", reason: bars.reason }];
+    const [backtest] = await Promise.allSettled([backtestAnswer]);
     let actual = null;
-    if (bars.status === "fulfilled" && forecast.status === "fulfilled") {
-      actual = await realizedAfter(ticker, forecast.value);
-    }
+    if (forecast.status === "fulfilled") actual = await realizedAfter(ticker, forecast.value);
     if (id !== state.request) return; // a newer run started meanwhile
 
     renderBacktest(backtest, ticker, days);
@@ -253,8 +256,8 @@
       return;
     }
     const f = forecast.value;
-    showInfo(`${ticker}: ${bars.value.dates.length} bars from ${bars.value.dates[0]} to ` +
-             `${f.as_of}, and a ${days}-day forecast as of ${f.as_of}.`);
+    showInfo(`${ticker}: ${bars.value.dates.length} bars, ${bars.value.dates[0]} to ` +
+             `${f.as_of}, and the ${days}-day forecast from there.`);
     $("forecast-summary").textContent = forecastSummary(f);
     finish("ready");
   }
@@ -396,6 +399,8 @@
     if (actual) allDates.push(...actual.dates);
     if (forecast) allDates.push(...forecast.forecasts.map((s) => s.date));
     const unique = [...new Set(allDates)].sort();
+    // Half a day of room at each end so the outer candles are not cut in half.
+    const range = [`${addDays(unique[0], -1)} 12:00`, `${unique[unique.length - 1]} 12:00`];
     const axisFont = { size: narrow ? 10 : 11 };
     const gridColor = "#eceff3";
     const shapes = [
@@ -430,7 +435,7 @@
                 font: { size: narrow ? 10 : 11 }, bgcolor: "rgba(255,255,255,0)" },
       hovermode: "x unified",
       dragmode: narrow ? false : "zoom", // a phone's drag should scroll the page, not zoom
-      xaxis: { type: "date", anchor: "y3", rangeslider: { visible: false },
+      xaxis: { type: "date", anchor: "y3", rangeslider: { visible: false }, range,
                rangebreaks: [{ bounds: ["sat", "mon"] },
                              { values: holidayBreaks(unique) }],
                gridcolor: gridColor, tickfont: axisFont, showspikes: true, spikemode: "across",
@@ -481,21 +486,38 @@
     setText("data-last-bar", info ? info.last_bar_date : b && b.dates.length ? b.dates.at(-1) : "—");
     setText("data-seen", f ? (f.seen_in_training ? "Yes" : "No — uses the generic embedding")
                            : "—");
+    const note = $("in-sample");
+    const fitted = state.model?.split?.val?.[1];
+    // Origins up to the end of validation shaped the weights (training, early stopping).
+    note.hidden = !(f && fitted && f.as_of <= fitted);
+    note.textContent = note.hidden ? "" : `${f.as_of} is inside the period the model was ` +
+      `trained and validated on (origins up to ${fitted}): this forecast is in-sample and ` +
+      "looks better than a real one would.";
     const stale = Boolean((f && f.stale) || (b && b.stale));
     const warnings = [...new Set([...(b ? b.warnings : []), ...(f ? f.warnings : [])])];
     const box = $("stale-warning");
     if (!f && !b) {
       setText("data-fresh", "—");
       box.hidden = true;
-    } else if (stale) {
-      setText("data-fresh", "STALE: cached bars shown", "fresh-stale");
-      box.textContent = `Warning: refreshing ${ticker} failed, so these bars may be out of ` +
-        `date. ${warnings.join(" ")}`;
-      box.hidden = false;
     } else {
-      setText("data-fresh", "OK: no failed refresh", "fresh-ok");
-      box.textContent = warnings.join(" ");
-      box.hidden = warnings.length === 0;
+      setText("data-fresh", stale ? "STALE: cached bars shown" : "OK: no failed refresh",
+              stale ? "fresh-stale" : "fresh-ok");
+      box.replaceChildren();
+      if (stale) {
+        const strong = document.createElement("strong");
+        strong.textContent = `Refreshing ${ticker} failed: the bars shown may be out of date.`;
+        box.append(strong);
+      }
+      if (warnings.length) {
+        const list = document.createElement("ul");
+        for (const text of warnings) {
+          const item = document.createElement("li");
+          item.textContent = text;
+          list.append(item);
+        }
+        box.append(list);
+      }
+      box.hidden = !stale && warnings.length === 0;
     }
   }
 
@@ -503,6 +525,8 @@
     const m = state.model;
     setText("model-version", m ? m.version : "none loaded");
     setText("model-horizon", m ? `1–${m.horizon} trading days` : "—");
+    setText("model-trained", m ? `${m.tickers.length} tickers, ${m.split.train[0]} to ` +
+                                 `${m.split.train[1]}` : "—");
   }
 
   function renderBacktest(result, ticker, days) {
