@@ -168,19 +168,19 @@ def list_cached_tickers():
 
 @app.command()
 def train(
-    tickers: Annotated[Optional[str], typer.Option(help="Comma list (overrides --universe).")] = None,
+    tickers: Annotated[Optional[str], typer.Option(help="Comma list (beats --universe).")] = None,
     universe: Annotated[str, typer.Option(help="Named ticker universe.")] = "top24",
     start: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
     end: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Max epochs (early stopping may end sooner).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Max epochs (early stopping).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
-    train_stride: Annotated[Optional[int], typer.Option(help="Keep every k-th training origin.")] = None,
+    train_stride: Annotated[Optional[int], typer.Option(help="Every k-th train origin.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON of TrainConfig fields; options override it.")] = None,
-    model_dir: Annotated[Optional[Path], typer.Option(help="Artifacts folder (default: settings).")] = None,
-    promote: Annotated[bool, typer.Option(help="Point models/current at the new artifact.")] = True,
+    config: Annotated[Optional[Path], typer.Option(help="TrainConfig JSON; options win.")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option(help="Artifacts folder.")] = None,
+    promote: Annotated[bool, typer.Option(help="Point models/current at it.")] = True,
     progress: bool = True,
 ):
     """Train the LSTM + ticker-embedding model on cached bars and export models/<version>/.
@@ -222,8 +222,127 @@ def train(
         one_day = meta["metrics"]["horizons"]["1"]
         typer.echo(f"artifact {artifact}  (best epoch {meta['training']['best_epoch']} "
                    f"of {meta['training']['epochs_run']})")
-        typer.echo(f"val 1-day MAE {one_day['mae_median']:.5f} vs naive {one_day['mae_naive_zero']:.5f} "
-                   f"(rel {one_day['rel_mae_vs_naive']:.3f}), 10-90% coverage {one_day['coverage']:.2f}")
+        typer.echo(f"val 1-day MAE {one_day['mae_median']:.5f} "
+                   f"vs naive {one_day['mae_naive_zero']:.5f} "
+                   f"(rel {one_day['rel_mae_vs_naive']:.3f}), "
+                   f"10-90% coverage {one_day['coverage']:.2f}")
+
+
+@app.command()
+def backtest(
+    tickers: Annotated[Optional[str], typer.Option(help="Comma list (beats --universe).")] = None,
+    universe: Annotated[Optional[str], typer.Option(
+        help="Named ticker universe, e.g. top24 (default: the model's training tickers).")] = None,
+    start: Annotated[Optional[dt.datetime], typer.Option(
+        formats=["%Y-%m-%d"], help="First origin (default: the model's test segment).")] = None,
+    end: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
+    horizons: Annotated[str, typer.Option(help="Comma list, in trading days.")] = "1,5,30",
+    baselines: Annotated[Optional[str], typer.Option(help="Comma list (default: all).")] = None,
+    version: Annotated[Optional[str], typer.Option(help="Model version (default current).")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option(help="Artifacts folder.")] = None,
+    plots_dir: Annotated[Optional[Path], typer.Option(
+        help="Where the PNGs go (default: var/backtests/run-<id>).")] = None,
+):
+    """Walk-forward backtest of the model vs baselines: store it, print the table, write plots."""
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    from service.backtest_plots import write_backtest_plots
+    from service.config import PROJECT_ROOT
+    from service.db.backtests import get_metrics, store_run
+    from service.db.bars import read_bars_many
+    from service.errors import StockcastError
+    from service.forecasting.backtest import bars_by_ticker, run_backtest, summary_table
+    from service.forecasting.baselines import BASELINES
+    from service.forecasting.manifest import load_manifest, resolve_current
+    from service.forecasting.spec import UNIVERSES
+    from service.inference.onnx_model import OnnxModel
+    from service.inference.predictor import Predictor
+
+    started = time.perf_counter()
+    settings = get_settings()
+    model_dir = model_dir or settings.model_dir
+    if universe is not None and universe not in UNIVERSES:
+        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    try:
+        wanted_h = [int(h) for h in horizons.replace(" ", "").split(",") if h]
+    except ValueError:
+        _fail(f"--horizons must be a comma list of integers, got {horizons!r}")
+    wanted_b = [b for b in (baselines or ",".join(BASELINES)).replace(" ", "").split(",") if b]
+    try:
+        artifact_dir = model_dir / version if version else resolve_current(model_dir)
+        manifest = load_manifest(artifact_dir)
+        model = OnnxModel.load(artifact_dir, settings.ort_provider, settings.ort_intra_op_threads)
+        predictor = Predictor(model, manifest)
+        if tickers:
+            names = _parse_tickers(tickers)
+        else:
+            names = list(UNIVERSES[universe] if universe else manifest.tickers)
+        engine = _engine()
+        bars = read_bars_many(engine, names)
+        missing = sorted(set(names) - set(bars["ticker"].unique()))
+        if missing:
+            _fail(f"no cached bars for {missing}: load them first (stockcast ingest / seed)")
+        loaded = time.perf_counter()
+        result = run_backtest(predictor, bars_by_ticker(bars),
+                              start=start.date() if start else None,
+                              end=end.date() if end else None,
+                              horizons=wanted_h, baselines=wanted_b)
+    except (StockcastError, ValueError) as exc:
+        _fail(str(exc))
+    result.config["seconds"]["load"] = round(loaded - started, 3)
+    try:
+        with engine.begin() as conn:
+            run_id = store_run(conn, model_version=result.model_version, start=result.start,
+                               end=result.end, tickers=result.tickers, config=result.config,
+                               metrics=result.metrics.itertuples(index=False, name=None))
+        with engine.connect() as conn:
+            stored = get_metrics(conn, run_id)  # print what was stored, not what was computed
+    except DBAPIError as exc:
+        _fail(f"cannot store the backtest ({exc.__class__.__name__}); "
+              "is the database migrated? run `stockcast db upgrade`")
+    plots = write_backtest_plots(
+        result, plots_dir or PROJECT_ROOT / "var" / "backtests" / f"run-{run_id}")
+    wall = time.perf_counter() - started
+
+    if result.config["in_sample_origins"]:
+        typer.echo(f"warning: origins before {result.config['test_segment'][0]} were seen in "
+                   "training; those forecasts are in-sample", err=True)
+    typer.echo(f"backtest run {run_id}: model {result.model_version}, {len(result.tickers)} "
+               f"tickers, origins {result.start} .. {result.end}, horizons "
+               f"{','.join(map(str, result.horizons))}")
+    for ticker, why in result.skipped.items():
+        typer.echo(f"skipped {ticker}: {why}")
+    typer.echo("")
+    typer.echo(summary_table(stored))
+    typer.echo("")
+    if 1 in result.horizons:
+        typer.echo(f"naive next-day $ deviation (mean |close_t+1 - close_t|, adjusted moves): "
+                   f"${result.value('mae', 'naive', 1):.3f}; model ${result.value('mae'):.3f}")
+    sec = result.seconds
+    typer.echo(f"wall time {wall:.2f}s (load {loaded - started:.2f}s, model {sec['model']:.2f}s, "
+               f"baselines {sec['baselines']:.2f}s, metrics {sec['metrics']:.2f}s)")
+    typer.echo("plots: " + ", ".join(str(p) for p in plots))
+
+
+@app.command()
+def promote(
+    version: str,
+    max_rel_mae: Annotated[float, typer.Option(
+        help="Highest pooled 1-day MAE relative to naive that may be promoted.")] = 1.0,
+    model_dir: Annotated[Optional[Path], typer.Option(help="Artifacts folder.")] = None,
+):
+    """Point models/current at VERSION only if its stored backtest passes the naive gate."""
+    from service.errors import StockcastError
+    from service.promotion import promote as promote_version
+
+    try:
+        verdict = promote_version(_engine(), model_dir or get_settings().model_dir, version,
+                                  max_rel_mae)
+    except (StockcastError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"promoted {verdict.describe()}")
 
 
 if __name__ == "__main__":  # pragma: no cover
