@@ -86,6 +86,11 @@ class BarCache:
         if bars.empty:
             if state is not None and state.last_bar_date is not None:
                 return CachedBars(ticker, bars, stale, tuple(warnings), fetched)
+            # Nothing cached: repeat the last refresh outcome (throttled, not retried yet).
+            if state is not None and state.last_refresh_status == "error":
+                raise SourceUnavailable(state.last_refresh_error or f"source failed for {ticker}")
+            if state is not None and state.last_refresh_error:
+                raise UnknownTicker(state.last_refresh_error)
             raise UnknownTicker(f"no bars stored for {ticker}")
         return CachedBars(ticker, bars, stale, tuple(warnings), fetched)
 

@@ -123,6 +123,26 @@ def test_source_failure_without_cache_raises_source_unavailable(engine):
     assert bars_db.count_bars(engine) == 0
 
 
+def test_throttled_retry_of_a_failed_first_fetch_still_says_source_unavailable(engine):
+    source = ScriptedSource()
+    source.fail_with = timeout_error("MSFT")
+    cache = BarCache(engine, source, clock=Clock())
+    for _ in range(2):
+        with pytest.raises(SourceUnavailable,
+                           match="yfinance unavailable for MSFT after 3 attempts: timed out"):
+            cache.get_bars("MSFT")
+    assert len(source.calls) == 1  # the second request is throttled, not sent upstream
+
+
+def test_throttled_retry_of_an_unknown_ticker_still_says_unknown(engine):
+    source = ScriptedSource()
+    cache = BarCache(engine, source, clock=Clock())
+    for _ in range(2):
+        with pytest.raises(UnknownTicker, match="unknown ticker 'ZZZZ': the source returned"):
+            cache.get_bars("ZZZZ")
+    assert len(source.calls) == 1
+
+
 def test_unknown_ticker_raises_and_stores_nothing(engine):
     source = ScriptedSource({"AAPL": full_history()})
     cache = BarCache(engine, source, clock=Clock())
