@@ -26,17 +26,20 @@ class TrainConfig:
     # model
     hidden_size: int = 64
     num_layers: int = 2
-    dropout: float = 0.2
+    dropout: float = 0.3
     embedding_dim: int = 8
     head_hidden: int = 64
     # Probability that a training sample's ticker id is replaced by the unknown id 0, so the
     # unknown embedding is a trained "average stock" that unseen tickers can use.
     unknown_ticker_prob: float = 0.1
-    # optimisation
+    # optimisation. Overlapping windows make the data far smaller than its sample count: at
+    # lr 2e-3 / wd 1e-4 / dropout 0.2 validation loss was best after epoch 1 and no better than
+    # the training targets' unconditional quantiles (0.2114 vs 0.2113); these values gave the
+    # lowest validation loss (0.2078) of three settings tried on the default universe.
     epochs: int = 40
     batch_size: int = 256
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-2
     grad_clip: float = 1.0
     early_stopping_patience: int = 10
     lr_patience: int = 5
