@@ -182,6 +182,7 @@ def export_artifact(result: TrainResult, model_dir: Path, promote: bool = True) 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; a non-root server must read it
     try:
         (staging / ONNX_FILE).write_bytes(onnx_bytes)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
