@@ -55,10 +55,11 @@ def test_ticker_ids_outside_the_vocabulary_use_the_unknown_row(tiny_artifact):
     assert model.n_tickers == 4  # unknown + 3 tickers
     window = tiny_artifact.result.prepared.val.windows[:1].repeat(4, axis=0)
     out = model.run(window, np.array([0, -1, 4, 10**9]))
+    # Rows of one batch may take different SIMD paths: equal up to float32 rounding.
     for row in (1, 2, 3):
-        np.testing.assert_array_equal(out[row], out[0])
+        np.testing.assert_allclose(out[row], out[0], rtol=0, atol=1e-7)
     known = model.run(window[:1], np.array([1]))
-    assert np.abs(known[0] - out[0]).max() > 0  # a real ticker's row differs from unknown
+    assert np.abs(known[0] - out[0]).max() > 1e-5  # a real ticker's row differs from unknown
 
 
 def test_graph_maps_out_of_range_ids_itself(tiny_artifact):
@@ -66,7 +67,7 @@ def test_graph_maps_out_of_range_ids_itself(tiny_artifact):
     model = OnnxModel.load(tiny_artifact.artifact_dir, provider="cpu")
     window = tiny_artifact.result.prepared.val.windows[:1].repeat(2, axis=0)
     raw = model.session.run(None, {"window": window, "ticker_id": np.array([0, 99], dtype=np.int64)})
-    np.testing.assert_array_equal(raw[0][0], raw[0][1])
+    np.testing.assert_allclose(raw[0][0], raw[0][1], rtol=0, atol=1e-7)
 
 
 def test_wrong_window_shape_is_a_clear_error(tiny_artifact):
