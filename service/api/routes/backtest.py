@@ -59,20 +59,22 @@ BacktestMetricsPublic = create_model(
     **_metric_fields,
 )
 
+# The shipped model's stored run on the shared dataset's test segment (pooled, 1 day ahead).
 EXAMPLE = {
     "run": {
-        "id": 3, "model_version": "3f2a9c1e5b7d", "start": "2017-05-11", "end": "2017-12-05",
-        "tickers": ["AAPL", "MSFT"], "created_at": "2026-11-22T10:00:00Z",
+        "id": 1, "model_version": "381c7b89db93", "start": "2017-05-11", "end": "2017-12-05",
+        "tickers": ["AAPL", "AMZN", "BA"], "created_at": "2026-11-21T07:53:55Z",
         "horizons": [1, 5, 30], "baselines": ["naive", "drift", "sma20", "mean", "arima"],
-        "config": {"baseline_fit_end": "2016-04-13", "in_sample_origins": False},
+        "config": {"baseline_fit_end": "2016-01-25", "in_sample_origins": False},
     },
     "metrics": [
-        {"ticker": POOLED, "horizon": 1, "method": MODEL, "n_forecasts": 3456, "mae": 1.31,
-         "rmse": 2.52, "mape": 0.88, "rel_mae": 1.007, "directional_accuracy": 0.47,
-         "dm_squared_pvalue": 0.93, "dm_absolute_pvalue": 0.04, "ic_mean": -0.03,
-         "coverage": 0.88, "long_flat_sharpe": 0.43},
-        {"ticker": POOLED, "horizon": 1, "method": "naive", "n_forecasts": 3456, "mae": 1.30,
-         "rmse": 2.49, "mape": 0.87, "rel_mae": 1.0, "directional_accuracy": None},
+        {"ticker": POOLED, "horizon": 1, "method": MODEL, "n_forecasts": 3480, "mae": 1.2995,
+         "rmse": 3.9565, "mape": 0.7392, "rel_mae": 0.9994, "r2_returns": -0.0048,
+         "directional_accuracy": 0.5154, "dm_squared_stat": -0.8426,
+         "dm_squared_pvalue": 0.4008, "dm_absolute_pvalue": 0.7784, "ic_mean": -0.0351,
+         "coverage": 0.8833, "width_dollars": 4.8362, "long_flat_sharpe": 2.4192},
+        {"ticker": POOLED, "horizon": 1, "method": "naive", "n_forecasts": 3480, "mae": 1.3003,
+         "rmse": 3.9621, "mape": 0.7381, "rel_mae": 1.0, "directional_accuracy": None},
     ],
 }
 
