@@ -3,7 +3,7 @@
 Bars change once a day, so a forecast is cached under (ticker, last bar date, model version,
 horizon). Knowing the last bar date needs the DB (and maybe an upstream refresh); that check is
 shared between requests for `bar_check_ttl` seconds, so a warm request touches neither the DB
-nor the features: two dict lookups. A new bar reaches forecasts within that TTL.
+nor the features: two dict lookups (`cached`). A new bar reaches forecasts within that TTL.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from service.bar_cache import BarCache, CachedBars
-from service.errors import DatabaseUnavailable, InsufficientHistory, StockcastError
+from service.errors import (
+    DatabaseUnavailable,
+    InsufficientHistory,
+    InvalidTicker,
+    StockcastError,
+)
 from service.inference.predictor import Forecast, Predictor
 from service.tickers import normalize_ticker
 
@@ -26,6 +31,9 @@ from service.tickers import normalize_ticker
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
 # full-history features the backtest uses (tests/integration/test_api_forecasts.py checks it).
 SERVING_EXTRA_BARS = 300
+# Seconds after which an expired bar check that one request took on to renew may be taken on by
+# another (the first never finished).
+RENEWAL_TIMEOUT = 10.0
 
 
 class LruCache:
@@ -95,6 +103,11 @@ class ForecastService:
         self.monotonic = monotonic
         self.on_lookup = on_lookup
         self._count_lock = threading.Lock()
+        # Bar checks being renewed: when one expires under load, one request renews it from
+        # the DB while concurrent requests keep answering from it (no stampede on the DB).
+        self._renewing: dict[Hashable, float] = {}  # key -> when a request took it on
+        self._renewing_lock = threading.Lock()
+        self._ticker_locks: dict[str, threading.Lock] = {}
         self.hits = 0
         self.misses = 0
         self.computed = 0  # forecasts that went through features + onnxruntime
@@ -103,11 +116,40 @@ class ForecastService:
 
     def forecast(self, predictor: Predictor, ticker: str, horizon: int = 1,
                  as_of: dt.date | None = None) -> ServedForecast:
-        """One ticker's forecast from its bars up to as_of (default: the latest bar)."""
-        result = self.forecast_many(predictor, [ticker], horizon, as_of)[0]
+        """One ticker's forecast from its bars up to as_of (default: the latest bar).
+
+        Requests for one ticker take turns here: when a new bar lands, the concurrent requests
+        that all miss wait for the first one's forecast instead of each computing it.
+        """
+        with self._ticker_lock(normalize_ticker(ticker)):
+            result = self.forecast_many(predictor, [ticker], horizon, as_of)[0]
         if isinstance(result, StockcastError):
             raise result
         return result
+
+    def cached(self, predictor: Predictor, ticker: str, horizon: int = 1,
+               as_of: dt.date | None = None) -> ServedForecast | None:
+        """The forecast from memory alone (no DB, no features), or None.
+
+        Found only while the ticker's shared bar check is fresh and its forecast is cached;
+        never blocks, so an async route can answer warm requests on the event loop.
+        """
+        try:
+            ticker = normalize_ticker(ticker)
+        except InvalidTicker:
+            return None
+        key = (ticker, self._end(as_of))
+        check = self.checks.get(key)
+        if check is None:
+            return None
+        if self.monotonic() - check.checked_at >= self.bar_check_ttl and self._claim(key):
+            return None  # this request renews the check; the others keep using it meanwhile
+        forecast = self.forecasts.get(
+            (ticker, check.last_bar_date, predictor.model_version, horizon))
+        if forecast is None:
+            return None
+        self._count(hit=True)
+        return ServedForecast(forecast, check.stale, check.warnings, True)
 
     def forecast_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
                       as_of: dt.date | None = None) -> list[ServedForecast | StockcastError]:
@@ -165,6 +207,20 @@ class ForecastService:
         return self.bar_cache.get_bars(ticker, end=end,
                                        last=predictor.min_bars + SERVING_EXTRA_BARS)
 
+    def _ticker_lock(self, ticker: str) -> threading.Lock:
+        with self._renewing_lock:
+            return self._ticker_locks.setdefault(ticker, threading.Lock())
+
+    def _claim(self, key: Hashable) -> bool:
+        """True for the one caller that should renew an expired check (until it has)."""
+        now = self.monotonic()
+        with self._renewing_lock:
+            # A renewal that never finished (a request lost on the way) is retried after a while.
+            if now - self._renewing.get(key, -RENEWAL_TIMEOUT) < RENEWAL_TIMEOUT:
+                return False
+            self._renewing[key] = now
+            return True
+
     def _check(self, predictor: Predictor, ticker: str,
                end: dt.date | None) -> tuple[BarCheck, CachedBars | None]:
         """The ticker's last bar date up to end: shared for bar_check_ttl, else read now."""
@@ -173,12 +229,16 @@ class ForecastService:
         check = self.checks.get(key)
         if check is not None and now - check.checked_at < self.bar_check_ttl:
             return check, None
-        bars = self._read(predictor, ticker, end)
-        if bars.bars.empty:  # bars exist, but none on or before `end`
-            raise InsufficientHistory(ticker, 0, predictor.min_bars)
-        check = BarCheck(pd.Timestamp(bars.bars["date"].iloc[-1]).date(), bars.stale,
-                         bars.warnings, now)
-        self.checks.put(key, check)
+        try:
+            bars = self._read(predictor, ticker, end)
+            if bars.bars.empty:  # bars exist, but none on or before `end`
+                raise InsufficientHistory(ticker, 0, predictor.min_bars)
+            check = BarCheck(pd.Timestamp(bars.bars["date"].iloc[-1]).date(), bars.stale,
+                             bars.warnings, now)
+            self.checks.put(key, check)
+        finally:
+            with self._renewing_lock:
+                self._renewing.pop(key, None)
         return check, bars
 
     def _count(self, hit: bool) -> None:

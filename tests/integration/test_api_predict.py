@@ -333,3 +333,31 @@ def test_a_corrupt_stored_bar_is_a_500_without_a_stack_trace(sqlite_url, tiny_ar
             "type": "urn:stockcast:problem:internal", "title": "Internal server error",
             "status": 500, "detail": "an unexpected error occurred; it has been logged",
             "instance": "/predict/AAA"})
+
+
+def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(
+        sqlite_url, tiny_artifact, bars_multi):
+    from service.api.forecasts import ForecastService
+    from service.bar_cache import BarCache
+    from service.db.session import upgrade
+
+    upgrade(sqlite_url)
+    store_bars(sqlite_url, bars_multi)
+    engine = make_engine(sqlite_url)
+    now = [100.0]
+    service = ForecastService(BarCache(engine, ScriptedSource(), clock=Clock()),
+                              bar_check_ttl=1.0, monotonic=lambda: now[0])
+    predictor = tiny_predictor(tiny_artifact)
+    assert service.cached(predictor, "AAA") is None  # nothing known yet
+    first = service.forecast(predictor, "AAA")
+    assert service.cached(predictor, "AAA").forecast == first.forecast
+    now[0] += 1.5  # the shared check has expired
+    assert service.cached(predictor, "AAA") is None  # this caller renews it...
+    assert service.cached(predictor, "AAA").forecast == first.forecast  # ...the others don't
+    renewed = service.forecast(predictor, "AAA")  # the renewal: DB read, then a cache hit
+    assert renewed.cached and service.computed == 1
+    now[0] += 0.5
+    assert service.cached(predictor, "AAA") is not None  # fresh again, and nobody renewing
+    now[0] += 1.0
+    assert service.cached(predictor, "AAA") is None
+    engine.dispose()
