@@ -34,11 +34,14 @@ class Settings(BaseSettings):
     forecast_cache_size: int = Field(default=4096, ge=0)
     # How long a request may reuse another's check of a ticker's last bar date before asking the
     # DB again: a bar written by another process reaches forecasts within this many seconds.
-    bar_check_ttl_seconds: float = Field(default=1.0, ge=0)
+    bar_check_ttl_seconds: float = Field(default=5.0, ge=0)
     # Least time between two upstream refreshes of one ticker (the BarCache throttle): after a
     # failed one, cached bars are served with stale=true, keeping an offline source off the
     # request path.
     refresh_interval_minutes: float = Field(default=60.0, gt=0)
+    # After the source fails (offline, rate-limited), it is not asked again for this long, for
+    # any ticker: requests answer from the cache at once instead of each waiting on retries.
+    source_cooldown_seconds: float = Field(default=300.0, ge=0)
 
 
 @lru_cache

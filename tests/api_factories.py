@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import pandas as pd
 import uvicorn
@@ -19,7 +20,7 @@ from service.db.session import make_engine
 # The tiny model's synthetic bars (tests.tiny_model) end on Wednesday 2021-05-19; on Thursday
 # evening the cache expects nothing newer, so cached tickers are served without a fetch.
 LAST_BAR = dt.date(2021, 5, 19)
-NOW = dt.datetime(2021, 5, 20, 21, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2021, 5, 20, 21, 0, tzinfo=dt.UTC)
 API_KEY = "test-admin-key"
 
 
@@ -45,8 +46,8 @@ def store_bars(url: str, bars_multi: pd.DataFrame) -> None:
 
 def api_settings(url: str, model_dir: Path, **changes) -> Settings:
     """Settings of a test app: its own DB and models, an admin key, CPU onnxruntime."""
-    values = dict(database_url=url, model_dir=model_dir, api_key=API_KEY, source="none",
-                  ort_provider="cpu", ort_intra_op_threads=1, bar_check_ttl_seconds=0.0)
+    values = {"database_url": url, "model_dir": model_dir, "api_key": API_KEY, "source": "none",
+              "ort_provider": "cpu", "ort_intra_op_threads": 1, "bar_check_ttl_seconds": 0.0}
     values.update(changes)
     return Settings(**values)
 
@@ -89,7 +90,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pandas as pd
@@ -94,7 +95,7 @@ class ForecastService:
     """Forecasts for tickers through the BarCache and a Predictor, with the two caches above."""
 
     def __init__(self, bar_cache: BarCache, *, cache_size: int = 4096,
-                 bar_check_ttl: float = 1.0, monotonic: Callable[[], float] = time.monotonic,
+                 bar_check_ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic,
                  on_lookup: Callable[[bool], None] | None = None):
         self.bar_cache = bar_cache
         self.forecasts = LruCache(cache_size)
@@ -121,7 +122,10 @@ class ForecastService:
         Requests for one ticker take turns here: when a new bar lands, the concurrent requests
         that all miss wait for the first one's forecast instead of each computing it.
         """
-        with self._ticker_lock(normalize_ticker(ticker)):
+        # Without a forecast cache there is nothing to wait for: no turns.
+        ticker = normalize_ticker(ticker)
+        turn = self._ticker_lock(ticker) if self.forecasts.size else nullcontext()
+        with turn:
             result = self.forecast_many(predictor, [ticker], horizon, as_of)[0]
         if isinstance(result, StockcastError):
             raise result
@@ -159,35 +163,38 @@ class ForecastService:
         """
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
-        misses: list[tuple[int, CachedBars]] = []
+        misses: list[tuple[int, CachedBars, BarCheck]] = []
         for i, ticker in enumerate(tickers):
             try:
                 ticker = normalize_ticker(ticker)
-                check, bars = self._check(predictor, ticker, end)
+                check = self._check(predictor, ticker, end)
                 key = (ticker, check.last_bar_date, predictor.model_version, horizon)
                 cached = self.forecasts.get(key)
                 self._count(hit=cached is not None)
                 if cached is not None:
                     results[i] = ServedForecast(cached, check.stale, check.warnings, True)
                     continue
-                if bars is None:
-                    bars = self._read(predictor, ticker, end)
+                bars = self._read(predictor, ticker, end)
                 if len(bars.bars) < predictor.min_bars:
                     raise InsufficientHistory(ticker, len(bars.bars), predictor.min_bars)
-                misses.append((i, bars))
+                misses.append((i, bars, check))
             except DatabaseUnavailable:
                 raise
             except StockcastError as exc:
                 results[i] = exc
         if misses:
-            computed = predictor.forecast_many([(b.ticker, b.bars) for _, b in misses], horizon)
+            computed = predictor.forecast_many([(b.ticker, b.bars) for _, b, _ in misses],
+                                               horizon)
             with self._count_lock:
                 self.computed += len(computed)
-            for (i, bars), forecast in zip(misses, computed):
+            for (i, bars, check), forecast in zip(misses, computed):
                 # Keyed by the bar actually used, which may be newer than the shared check's.
                 self.forecasts.put(
                     (forecast.ticker, forecast.as_of, forecast.model_version, horizon), forecast)
-                results[i] = ServedForecast(forecast, bars.stale, bars.warnings, False)
+                # The check holds the outcome of any refresh attempted for this request.
+                stale, warnings = ((check.stale, check.warnings) if check.stale
+                                   else (bars.stale, bars.warnings))
+                results[i] = ServedForecast(forecast, stale, warnings, False)
         return results  # type: ignore[return-value]
 
     def clear(self) -> None:
@@ -221,25 +228,28 @@ class ForecastService:
             self._renewing[key] = now
             return True
 
-    def _check(self, predictor: Predictor, ticker: str,
-               end: dt.date | None) -> tuple[BarCheck, CachedBars | None]:
-        """The ticker's last bar date up to end: shared for bar_check_ttl, else read now."""
+    def _check(self, predictor: Predictor, ticker: str, end: dt.date | None) -> BarCheck:
+        """The ticker's last bar date up to end: shared for bar_check_ttl, else asked now.
+
+        Asking goes through the BarCache (which refreshes from the source when due) for the
+        last bar only: a renewal is cheap, and a cache hit needs nothing more.
+        """
         now = self.monotonic()
         key = (ticker, end)
         check = self.checks.get(key)
         if check is not None and now - check.checked_at < self.bar_check_ttl:
-            return check, None
+            return check
         try:
-            bars = self._read(predictor, ticker, end)
-            if bars.bars.empty:  # bars exist, but none on or before `end`
+            last = self.bar_cache.get_bars(ticker, end=end, last=1)
+            if last.bars.empty:  # bars exist, but none on or before `end`
                 raise InsufficientHistory(ticker, 0, predictor.min_bars)
-            check = BarCheck(pd.Timestamp(bars.bars["date"].iloc[-1]).date(), bars.stale,
-                             bars.warnings, now)
+            check = BarCheck(pd.Timestamp(last.bars["date"].iloc[-1]).date(), last.stale,
+                             last.warnings, now)
             self.checks.put(key, check)
         finally:
             with self._renewing_lock:
                 self._renewing.pop(key, None)
-        return check, bars
+        return check
 
     def _count(self, hit: bool) -> None:
         with self._count_lock:

@@ -52,7 +52,7 @@ class ModelSlot:
                 manifest = load_manifest(artifact_dir)
                 model = OnnxModel.load(artifact_dir, self.provider, self.intra_op_threads)
                 loaded = LoadedModel(Predictor(model, manifest), artifact_dir,
-                                     dt.datetime.now(dt.timezone.utc))
+                                     dt.datetime.now(dt.UTC))
             except (ModelNotLoaded, ManifestMismatch) as exc:
                 if self.current is None:
                     self.error = str(exc)

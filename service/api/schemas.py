@@ -74,8 +74,8 @@ FORECAST_EXAMPLE = {
          "predicted_return": 0.0023},
     ],
     "stale": True,
-    "warnings": ["bars for AAPL may be out of date: yfinance unavailable for AAPL after 4 "
-                 "attempts: ConnectionError: could not resolve host"],
+    "warnings": [("bars for AAPL may be out of date: yfinance unavailable for AAPL after 4 "
+                  "attempts: ConnectionError: could not resolve host")],
 }
 
 

@@ -4,6 +4,7 @@ scripted stand-in for the network source."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import numpy as np
 import pandas as pd
@@ -157,9 +158,9 @@ def test_stale_bars_are_served_with_a_warning_when_the_refresh_fails(app_parts):
     source.fail_with = timeout_error("AAA")
     body = client.post("/predict/AAA").json()
     assert body["stale"] is True and body["as_of"] == LAST_BAR.isoformat()
-    assert body["warnings"] == [
+    assert body["warnings"] == [(
         "bars for AAA may be out of date: yfinance unavailable for AAA after 3 attempts: "
-        "timed out"]
+        "timed out")]
     assert [c[0] for c in source.calls] == ["AAA"]
     # The failed refresh is not retried on the next request (throttled), still stale.
     again = client.post("/predict/AAA", json={"horizon": 2}).json()
@@ -361,3 +362,18 @@ def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(
     now[0] += 1.0
     assert service.cached(predictor, "AAA") is None
     engine.dispose()
+
+
+def test_offline_only_the_first_ticker_waits_for_the_failing_source(app_parts):
+    client, _, source, clock, _ = app_parts
+    clock.now = NOW + dt.timedelta(days=7)  # every cached ticker wants newer bars
+    source.fail_with, source.delay = timeout_error("AAA"), 0.5
+    first = client.post("/predict/AAA").json()
+    started = time.perf_counter()
+    second = client.post("/predict/BBB").json()
+    elapsed = time.perf_counter() - started
+    assert first["stale"] and second["stale"]
+    assert [c[0] for c in source.calls] == ["AAA"]  # BBB was answered without asking
+    assert elapsed < 0.4
+    assert second["warnings"][0].startswith(
+        "bars for BBB may be out of date: scripted not asked for BBB: it failed ")

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ForecastServiceDep, LoadedModelDep
 from service.api.forecasts import ServedForecast
+from service.api.model_slot import LoadedModel
 from service.api.problems import InvalidField, error_problem, problem_responses
 from service.api.schemas import (
     TICKER_DOC_PATTERN,
@@ -28,9 +29,9 @@ from service.api.schemas import (
     Ticker,
     TickerErrorPublic,
 )
-from service.api.model_slot import LoadedModel
 
 router = APIRouter(prefix="/predict", tags=["predict"])
+DEFAULT_REQUEST = ForecastRequest()  # no body: the next trading day
 
 TickerPath = Annotated[Ticker, Path(
     description="A Yahoo symbol, case-insensitive (`^GSPC` is sent URL-encoded as `%5EGSPC`).",
@@ -82,7 +83,7 @@ async def predict_ticker(
         "a week": {"value": {"horizon": 5}},
         "in the past": {"summary": "What the model said on a past date",
                         "value": {"horizon": 5, "as_of": "2017-06-30"}},
-    })] = ForecastRequest(),
+    })] = DEFAULT_REQUEST,
 ) -> ForecastPublic:
     """Forecast `horizon` trading days of one ticker."""
     _check_horizon(loaded, request.horizon)
