@@ -30,6 +30,7 @@ from service.db.session import make_engine
 from service.errors import ManifestMismatch, ModelNotLoaded
 from service.forecasting.calendar import next_trading_days
 from service.sources.base import BarSource, make_source
+from service.sources.breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     async def lifespan(app: FastAPI):
         engine = make_engine(settings.database_url)
         cache_options = {"clock": clock} if clock is not None else {}
+        upstream = source if source is not None else make_source(settings)
+        breaker = CircuitBreaker(upstream, dt.timedelta(seconds=settings.source_cooldown_seconds))
         bar_cache = BarCache(
-            engine, source if source is not None else make_source(settings),
+            engine, breaker,
             refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
             **cache_options)
         slot = ModelSlot(settings.model_dir, settings.ort_provider,

@@ -1,0 +1,60 @@
+"""A circuit breaker around a BarSource: after the upstream fails, stop asking it for a while.
+
+Offline, yfinance fails every fetch only after its retries and backoff (about 2-4 s). The
+BarCache throttles refreshes per ticker, but each ticker would still pay that once; with the
+breaker only the first one does, and requests for every other ticker answer at once (stale from
+the cache, or 503 when nothing is cached) until the cool-down has passed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+
+import pandas as pd
+
+from service.errors import SourceUnavailable, UnknownTicker
+from service.sources.base import BarSource
+
+
+class CircuitBreaker:
+    """A BarSource that fails fast for `cooldown` after its upstream raised SourceUnavailable."""
+
+    def __init__(self, source: BarSource, cooldown: dt.timedelta = dt.timedelta(minutes=5),
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.source = source
+        self.name = source.name
+        self.cooldown = cooldown.total_seconds()
+        self.monotonic = monotonic
+        self._failed_at: float | None = None
+        self._failure = ""
+        self._lock = threading.Lock()
+
+    def fetch(self, ticker: str, start: dt.date | None = None,
+              end: dt.date | None = None) -> pd.DataFrame:
+        """The upstream's fetch, unless it failed less than `cooldown` ago (then at once)."""
+        with self._lock:
+            failed_at, failure = self._failed_at, self._failure
+        if failed_at is not None:
+            age = self.monotonic() - failed_at
+            if age < self.cooldown:
+                raise SourceUnavailable(
+                    f"{self.name} not asked for {ticker}: it failed {age:.0f} s ago "
+                    f"(next try after {self.cooldown:.0f} s): {failure}")
+        try:
+            bars = self.source.fetch(ticker, start, end)
+        except SourceUnavailable as exc:
+            with self._lock:
+                self._failed_at, self._failure = self.monotonic(), str(exc)
+            raise
+        except UnknownTicker:
+            self._reachable()  # an answer, if not the hoped-for one
+            raise
+        self._reachable()
+        return bars
+
+    def _reachable(self) -> None:
+        with self._lock:
+            self._failed_at = None

@@ -1,0 +1,57 @@
+"""The circuit breaker: one upstream failure, then fast failures until the cool-down passes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from service.errors import SourceUnavailable, UnknownTicker
+from service.sources.breaker import CircuitBreaker
+from tests.bar_factories import ScriptedSource, make_bars, timeout_error
+
+
+class Seconds:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def parts():
+    upstream = ScriptedSource({"AAA": make_bars(30), "BBB": make_bars(30, seed=1)})
+    clock = Seconds()
+    return upstream, clock, CircuitBreaker(upstream, dt.timedelta(minutes=5), monotonic=clock)
+
+
+def test_after_a_failure_no_ticker_reaches_the_upstream_until_the_cooldown(parts):
+    upstream, clock, breaker = parts
+    upstream.fail_with = timeout_error("AAA")
+    with pytest.raises(SourceUnavailable):
+        breaker.fetch("AAA")
+    clock.now += 42
+    with pytest.raises(SourceUnavailable) as caught:
+        breaker.fetch("BBB")
+    assert str(caught.value) == (
+        "scripted not asked for BBB: it failed 42 s ago (next try after 300 s): "
+        "yfinance unavailable for AAA after 3 attempts: timed out")
+    assert [c[0] for c in upstream.calls] == ["AAA"]
+    upstream.fail_with = None
+    clock.now += 300
+    assert len(breaker.fetch("BBB")) == 30  # asked again, and it answered
+    assert [c[0] for c in upstream.calls] == ["AAA", "BBB"]
+
+
+def test_an_unknown_ticker_answer_closes_the_breaker(parts):
+    upstream, clock, breaker = parts
+    upstream.fail_with = timeout_error("AAA")
+    with pytest.raises(SourceUnavailable):
+        breaker.fetch("AAA")
+    upstream.fail_with = None
+    clock.now += 301
+    with pytest.raises(UnknownTicker):
+        breaker.fetch("ZZZ")
+    assert len(breaker.fetch("AAA")) == 30  # no cool-down after a reachable answer
+    assert breaker.name == "scripted"
