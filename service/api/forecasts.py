@@ -167,14 +167,15 @@ class ForecastService:
         for i, ticker in enumerate(tickers):
             try:
                 ticker = normalize_ticker(ticker)
-                check = self._check(predictor, ticker, end)
+                check, bars = self._check(predictor, ticker, end)
                 key = (ticker, check.last_bar_date, predictor.model_version, horizon)
                 cached = self.forecasts.get(key)
                 self._count(hit=cached is not None)
                 if cached is not None:
                     results[i] = ServedForecast(cached, check.stale, check.warnings, True)
                     continue
-                bars = self._read(predictor, ticker, end)
+                if bars is None:
+                    bars = self._read(predictor, ticker, end)
                 if len(bars.bars) < predictor.min_bars:
                     raise InsufficientHistory(ticker, len(bars.bars), predictor.min_bars)
                 misses.append((i, bars, check))
@@ -228,28 +229,31 @@ class ForecastService:
             self._renewing[key] = now
             return True
 
-    def _check(self, predictor: Predictor, ticker: str, end: dt.date | None) -> BarCheck:
+    def _check(self, predictor: Predictor, ticker: str,
+               end: dt.date | None) -> tuple[BarCheck, CachedBars | None]:
         """The ticker's last bar date up to end: shared for bar_check_ttl, else asked now.
 
-        Asking goes through the BarCache (which refreshes from the source when due) for the
-        last bar only: a renewal is cheap, and a cache hit needs nothing more.
+        Asking goes through the BarCache, which refreshes from the source when due. Renewing
+        an expired check reads the last bar only (its forecast is most likely cached); a
+        ticker seen for the first time reads the bars a forecast needs, returned for reuse.
         """
         now = self.monotonic()
         key = (ticker, end)
         check = self.checks.get(key)
         if check is not None and now - check.checked_at < self.bar_check_ttl:
-            return check
+            return check, None
         try:
-            last = self.bar_cache.get_bars(ticker, end=end, last=1)
-            if last.bars.empty:  # bars exist, but none on or before `end`
+            read = (self.bar_cache.get_bars(ticker, end=end, last=1) if check is not None
+                    else self._read(predictor, ticker, end))
+            if read.bars.empty:  # bars exist, but none on or before `end`
                 raise InsufficientHistory(ticker, 0, predictor.min_bars)
-            check = BarCheck(pd.Timestamp(last.bars["date"].iloc[-1]).date(), last.stale,
-                             last.warnings, now)
+            check = BarCheck(pd.Timestamp(read.bars["date"].iloc[-1]).date(), read.stale,
+                             read.warnings, now)
             self.checks.put(key, check)
         finally:
             with self._renewing_lock:
                 self._renewing.pop(key, None)
-        return check
+        return check, (read if len(read.bars) > 1 else None)
 
     def _count(self, hit: bool) -> None:
         with self._count_lock:
