@@ -364,14 +364,18 @@ def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(
     engine.dispose()
 
 
-def test_offline_only_the_first_ticker_waits_for_the_failing_source(app_parts):
-    client, _, source, clock, _ = app_parts
-    clock.now = NOW + dt.timedelta(days=7)  # every cached ticker wants newer bars
-    source.fail_with, source.delay = timeout_error("AAA"), 0.5
-    first = client.post("/predict/AAA").json()
-    started = time.perf_counter()
-    second = client.post("/predict/BBB").json()
-    elapsed = time.perf_counter() - started
+def test_offline_only_the_first_ticker_waits_for_the_failing_source(db_url, tiny_artifact,
+                                                                     bars_multi):
+    store_bars(db_url, bars_multi)
+    source = ScriptedSource()
+    clock = Clock(NOW + dt.timedelta(days=7))  # every cached ticker wants newer bars
+    settings = api_settings(db_url, tiny_artifact.model_dir, source_cooldown_seconds=300)
+    with TestClient(create_app(settings, source=source, clock=clock)) as client:
+        source.fail_with, source.delay = timeout_error("AAA"), 0.5
+        first = client.post("/predict/AAA").json()
+        started = time.perf_counter()
+        second = client.post("/predict/BBB").json()
+        elapsed = time.perf_counter() - started
     assert first["stale"] and second["stale"]
     assert [c[0] for c in source.calls] == ["AAA"]  # BBB was answered without asking
     assert elapsed < 0.4
