@@ -212,9 +212,9 @@ def _ms(text: str) -> float:
 
 def table(title: str, rows: list[Row]) -> str:
     trivial = rows[0]
-    lines = [title, f"| {'endpoint':<34} | {'requests':>8} | {'req/s':>7} | {'p50 ms':>7} | "
-                    f"{'p99 ms':>7} | {'x trivial':>9} | {'errors':>6} |",
-             "|" + "|".join("-" * w for w in (36, 10, 9, 9, 9, 11, 8)) + "|"]
+    header = (f"| {'endpoint':<34} | {'requests':>8} | {'req/s':>7} | {'p50 ms':>7} | "
+              f"{'p99 ms':>7} | {'x trivial':>9} | {'errors':>6} |")
+    lines = [title, header, "|" + "|".join("-" * w for w in (36, 10, 9, 9, 9, 11, 8)) + "|"]
     for r in rows:
         lines.append(f"| {r.name:<34} | {r.requests:>8} | {r.throughput:>7.0f} | "
                      f"{r.p50_ms:>7.1f} | {r.p99_ms:>7.1f} | "
