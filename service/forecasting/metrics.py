@@ -15,7 +15,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from statsmodels.tsa.stattools import diebold_mariano_test
 
 TRADING_DAYS_PER_YEAR = 252
 
@@ -145,6 +144,9 @@ def diebold_mariano_differential(loss_differential, horizon: int) -> DMResult:
         raise ValueError(f"too few forecasts for a DM test at horizon {horizon}: {t}")
     if np.all(d == 0):
         return DMResult(statistic=0.0, pvalue=1.0, n=t)
+    # Imported here: statsmodels costs seconds at import, and the API imports this module.
+    from statsmodels.tsa.stattools import diebold_mariano_test
+
     with warnings.catch_warnings():
         # A constant non-zero d_t has zero variance: the statistic is ±huge and p ≈ 0, which is
         # the right verdict (one forecast is always better); numpy's divide warning is noise.
