@@ -5,7 +5,7 @@ Rules, checked in REJECT_REASONS order; a row is counted under the FIRST rule it
 
 - invalid_ticker       the `ticker` column (when present) is empty or not a valid symbol
 - bad_date             the date is missing or was unparseable (NaT)
-- missing_field        NaN/empty (or non-numeric junk) in open/high/low/close/adj_close/volume
+- missing_field        NaN/empty, ±inf or non-numeric junk in open/high/low/close/adj_close/volume
 - non_positive_price   open, high, low, close or adj_close <= 0
 - high_below_low       high < low
 - open_outside_range   open outside [low, high] by more than a relative PRICE_TOLERANCE
@@ -100,7 +100,9 @@ def validate_bars(frame: pd.DataFrame) -> ValidationResult:
     flag("bad_date", np.isnat(dates))
 
     values = {c: _as_float(frame[c]) for c in NUMERIC_COLUMNS}
-    flag("missing_field", np.logical_or.reduce([np.isnan(values[c]) for c in NUMERIC_COLUMNS]))
+    # ±inf ("inf", "Infinity" parse as numbers) is as unusable as a missing value.
+    flag("missing_field",
+         np.logical_or.reduce([~np.isfinite(values[c]) for c in NUMERIC_COLUMNS]))
     flag("non_positive_price", np.logical_or.reduce([values[c] <= 0 for c in PRICE_COLUMNS]))
     low, high = values["low"], values["high"]
     flag("high_below_low", high < low)

@@ -4,7 +4,8 @@ Traps (each has a test in tests/unit/test_source_yfinance.py):
 - `yf.download()` returns MultiIndex columns even for one symbol: we call `Ticker.history`, and
   still flatten a one-symbol MultiIndex defensively (anything else is a clear error);
 - the `auto_adjust` default has changed between versions: we pass `auto_adjust=False` and keep
-  both Close (as traded) and Adj Close (split/dividend adjusted);
+  both Close (Yahoo's is split-adjusted, not dividend-adjusted) and Adj Close (split and
+  dividend adjusted); Yahoo re-bases past bars at every split/dividend, which the bar cache detects;
 - daily rows are stamped in the exchange's time zone: the trading date is the index's own local
   date (never convert to UTC first: Tokyo's midnight is the previous day in UTC);
 - the last day can come twice (keep the last) or be today's unfinished session (dropped until
@@ -62,7 +63,7 @@ RETRYABLE = (YFRateLimitError, YFDataException, OSError)
 
 
 class YFinanceSource:
-    """BarSource over yfinance's Ticker.history (daily, unadjusted OHLC plus Adj Close)."""
+    """BarSource over yfinance's Ticker.history (daily OHLC, Close and Adj Close kept apart)."""
 
     name = "yfinance"
 

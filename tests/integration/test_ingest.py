@@ -48,6 +48,7 @@ def test_shared_dataset_reconciles_and_reingest_changes_nothing(engine, shared_d
     "row, reason",
     [
         ("AAA,2020-01-06,,11,9,10,10,100\n", "missing_field"),
+        ("AAA,2020-01-06,10,inf,9,10,10,Infinity\n", "missing_field"),
         ("AAA,2020-01-06,0,11,9,10,10,100\n", "non_positive_price"),
         ("AAA,2020-01-06,10,9,11,10,10,100\n", "high_below_low"),
         ("AAA,2020-01-06,12,11,9,10,10,100\n", "open_outside_range"),

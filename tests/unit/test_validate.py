@@ -37,6 +37,8 @@ def three_bars(**overrides) -> pd.DataFrame:
         ("missing_field", {"adj_close": np.nan}),
         ("missing_field", {"volume": np.nan}),
         ("missing_field", {"close": "n/a"}),  # non-numeric junk
+        ("missing_field", {"high": np.inf}),  # "inf" / "Infinity" parse as numbers
+        ("missing_field", {"volume": -np.inf}),
         ("non_positive_price", {"low": 0.0}),
         ("non_positive_price", {"adj_close": -1.0}),
         ("high_below_low", {"high": 169.0, "low": 169.3, "open": 169.1, "close": 169.2}),
