@@ -8,6 +8,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, InterfaceError
@@ -22,6 +23,11 @@ log = logging.getLogger(__name__)
 
 # How far back the first fetch of a never-seen ticker reaches.
 DEFAULT_HISTORY_DAYS = 5 * 366
+# Calendar days of stored bars each incremental refresh asks for again, to detect re-basing.
+REBASE_OVERLAP_DAYS = 7
+# Relative price change on an already-stored date that counts as a re-base (rounding is ~1e-6;
+# the smallest dividend adjustments are ~1e-3).
+REBASE_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -124,11 +130,19 @@ class BarCache:
                  start: dt.date | None, end: dt.date | None) -> tuple[int, bool, list[str]]:
         have_bars = state is not None and state.last_bar_date is not None
         if have_bars:
-            fetch_start = state.last_bar_date + dt.timedelta(days=1)  # incremental
+            # Incremental, overlapping the stored tail: Yahoo re-bases past prices at every
+            # split (Close and Adj Close) and dividend (Adj Close); the overlap is how we notice.
+            fetch_start = state.last_bar_date - dt.timedelta(days=REBASE_OVERLAP_DAYS)
         else:
             fetch_start = start or (self.clock().date() - dt.timedelta(days=self.history_days))
         try:
-            raw = self.source.fetch(ticker, fetch_start, end)
+            result = validate_bars(self.source.fetch(ticker, fetch_start, end).assign(ticker=ticker))
+            if have_bars and self._rebased(ticker, result.bars, fetch_start, state.last_bar_date):
+                # Mixing bases would put a fake -69% return into the features at a 2:1 split.
+                log.info("%s: source re-based past prices; fetching its whole history again",
+                         ticker)
+                result = validate_bars(
+                    self.source.fetch(ticker, state.first_bar_date, end).assign(ticker=ticker))
         except UnknownTicker as exc:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "ok" if have_bars else "unknown", str(exc),
@@ -143,7 +157,6 @@ class BarCache:
                 log.warning("refresh of %s failed, serving cached bars: %s", ticker, exc)
                 return 0, True, [f"bars for {ticker} may be out of date: {exc}"]
             raise
-        result = validate_bars(raw.assign(ticker=ticker))
         warnings = []
         if result.n_rejected:
             warnings.append(f"{ticker}: source returned {result.read} rows, "
@@ -156,3 +169,15 @@ class BarCache:
                 bars_db.record_refresh(conn, ticker, "unknown", "no valid bars", at=self.clock())
             raise UnknownTicker(f"unknown ticker {ticker!r}: the source returned no valid bars")
         return count.written, False, warnings
+
+    def _rebased(self, ticker: str, fetched: pd.DataFrame, start: dt.date,
+                 last_stored: dt.date) -> bool:
+        """True when the source's prices for already-stored dates differ from what is stored."""
+        # The last stored day is left out: a file's partial last session is corrected, not re-based.
+        stored = bars_db.read_bars(self.engine, ticker, start, last_stored - dt.timedelta(days=1))
+        both = stored.merge(fetched, on="date", suffixes=("_stored", "_source"))
+        if both.empty:
+            return False
+        return not all(
+            np.allclose(both[f"{c}_stored"], both[f"{c}_source"], rtol=REBASE_RTOL, atol=0)
+            for c in ("close", "adj_close"))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from service.bar_cache import BarCache
+from service.bar_cache import REBASE_OVERLAP_DAYS, BarCache
 from service.db import bars as bars_db
 from service.db.session import make_engine
 from service.errors import DatabaseUnavailable, InvalidTicker, SourceUnavailable, UnknownTicker
@@ -57,8 +58,47 @@ def test_refresh_fetches_only_missing_dates(engine):
     clock.now = NOW
     got = cache.get_bars("AAPL")
     last_stored = history["date"].iloc[99].date()
-    assert source.calls[-1][1] == last_stored + dt.timedelta(days=1)  # incremental start
-    assert len(got.bars) == 130 and got.fetched == 30
+    # Incremental: from a week before the last stored bar (the re-base check), not from scratch.
+    assert source.calls[-1][1] == last_stored - dt.timedelta(days=REBASE_OVERLAP_DAYS)
+    assert len(source.calls) == 2
+    assert len(got.bars) == 130 and got.fetched == 30  # the overlapping bars were unchanged
+
+
+def test_a_split_upstream_refetches_and_rebases_the_stored_history(engine):
+    history = full_history()
+    source = ScriptedSource({"AAPL": history.iloc[:100]})
+    clock = Clock(NOW - dt.timedelta(days=40))
+    cache = BarCache(engine, source, clock=clock)
+    cache.get_bars("AAPL", end=history["date"].iloc[99].date())
+    # A 2:1 split after bar 100: Yahoo now serves every past price halved.
+    rebased = history.copy()
+    for c in ("open", "high", "low", "close", "adj_close"):
+        rebased.loc[:, c] = rebased[c] / 2
+    rebased["volume"] = rebased["volume"] * 2
+    source.frames["AAPL"] = rebased
+    clock.now = NOW
+    got = cache.get_bars("AAPL")
+    assert len(source.calls) == 3  # incremental, then the whole history again
+    assert source.calls[-1][1] == history["date"].iloc[0].date()
+    np.testing.assert_allclose(got.bars["close"], rebased["close"], rtol=1e-12)
+    np.testing.assert_allclose(got.bars["adj_close"], rebased["adj_close"], rtol=1e-12)
+    log_returns = np.diff(np.log(got.bars["adj_close"].to_numpy()))
+    assert np.abs(log_returns).max() < 0.1  # no fake -69% day where the bases met
+
+
+def test_a_corrected_partial_last_day_is_not_a_rebase(engine):
+    history = full_history()
+    partial = history.iloc[:100].copy()
+    partial.loc[99, "close"] = partial.loc[99, "low"]  # stored mid-session
+    source = ScriptedSource({"AAPL": partial})
+    clock = Clock(NOW - dt.timedelta(days=40))
+    cache = BarCache(engine, source, clock=clock)
+    cache.get_bars("AAPL", end=history["date"].iloc[99].date())
+    source.frames["AAPL"] = history
+    clock.now = NOW
+    got = cache.get_bars("AAPL")
+    assert len(source.calls) == 2  # no full re-fetch
+    assert got.bars["close"].iloc[99] == pytest.approx(history["close"].iloc[99])  # corrected
 
 
 def test_past_end_inside_stored_range_needs_no_fetch(engine):
