@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
 from service.forecasting.backtest import BUY_AND_HOLD, MODEL, NAIVE, BacktestResult, pooled_equity
+from service.forecasting.windows import prices_from_log_returns
 
 
 def _pyplot():
@@ -29,13 +28,16 @@ def plot_predicted_vs_actual(result: BacktestResult, path: Path, horizon: int) -
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
     for ax, ticker in zip(axes.flat, tickers):
         g = frame[frame["ticker"] == ticker]
-        close = g["origin_close"].to_numpy()
+        # (N, 4) prices: band low, band high, actual, model median.
+        prices = prices_from_log_returns(
+            g["origin_close"].to_numpy(),
+            g[["model_lower", "model_upper", "realized", MODEL]].to_numpy())
         # Plotted at the target date: the forecast for day t+h next to what day t+h brought.
         x = g["target_date"]
-        ax.fill_between(x, close * np.exp(g["model_lower"]), close * np.exp(g["model_upper"]),
+        ax.fill_between(x, prices[:, 0], prices[:, 1],
                         color="tab:blue", alpha=0.2, linewidth=0, label="10-90%")
-        ax.plot(x, close * np.exp(g["realized"]), color="black", linewidth=1, label="actual")
-        ax.plot(x, close * np.exp(g[MODEL]), color="tab:blue", linewidth=1, label="model")
+        ax.plot(x, prices[:, 2], color="black", linewidth=1, label="actual")
+        ax.plot(x, prices[:, 3], color="tab:blue", linewidth=1, label="model")
         ax.set_title(ticker, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.tick_params(axis="x", rotation=30)

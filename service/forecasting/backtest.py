@@ -36,6 +36,7 @@ import pandas as pd
 from service.errors import InsufficientHistory
 from service.forecasting import metrics as m
 from service.forecasting.baselines import BASELINES
+from service.forecasting.windows import prices_from_log_returns
 
 if TYPE_CHECKING:  # the serving predictor; imported for types only (forecasting stays ORT-free)
     from service.inference.predictor import Predictor
@@ -320,12 +321,12 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
     """{method: {metric: value}} for one ticker's (or the pooled) forecasts at horizon h."""
     close = g["origin_close"].to_numpy()
     realized = g["realized"].to_numpy()
-    actual = close * np.exp(realized)
-    naive = close * np.exp(g[NAIVE].to_numpy())
+    actual = prices_from_log_returns(close, realized)
+    naive = prices_from_log_returns(close, g[NAIVE].to_numpy())
     out: dict[str, dict[str, float]] = {}
     for method in methods:
         r_hat = g[method].to_numpy()
-        pred = close * np.exp(r_hat)
+        pred = prices_from_log_returns(close, r_hat)
         row = {
             "n_forecasts": float(len(g)),
             "mae": m.mae(actual, pred),
@@ -342,8 +343,8 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
                 ic = m.ic_summary(g["origin"].to_numpy(), r_hat, realized, how)
                 row[f"{prefix}_mean"], row[f"{prefix}_icir"] = ic.mean, ic.icir
         if method == MODEL:
-            lo = close * np.exp(g["model_lower"].to_numpy())
-            hi = close * np.exp(g["model_upper"].to_numpy())
+            lo = prices_from_log_returns(close, g["model_lower"].to_numpy())
+            hi = prices_from_log_returns(close, g["model_upper"].to_numpy())
             row["coverage"] = m.interval_coverage(actual, lo, hi)
             width = m.interval_width(lo, hi, close)
             row["width_dollars"], row["width_relative"] = width.dollars, width.relative

@@ -1,4 +1,4 @@
-"""Forward-return targets and sliding feature windows: one sample per forecast origin."""
+"""Forward-return targets, their inverse back to prices, and sliding feature windows."""
 
 from __future__ import annotations
 
@@ -22,6 +22,25 @@ def forward_log_returns(adj_close: np.ndarray, horizon: int) -> np.ndarray:
     for h in range(1, min(horizon, t - 1) + 1):
         targets[: t - h, h - 1] = log_price[h:] - log_price[: t - h]
     return targets
+
+
+def prices_from_log_returns(close, log_returns) -> np.ndarray:
+    """Prices P = close · exp(r): each origin's close carried by its log returns (any trailing axes).
+
+    `close` holds one price per origin, shape (N,) (or a scalar); `log_returns` has shape (N, ...)
+    such as (N,), (N, H) or (N, H, Q), and close broadcasts over its trailing axes. The one place
+    the model's, the baselines' and the realized log returns become dollars (predictor, backtest,
+    plots), so what the API serves and what the backtest scores are the same numbers.
+    """
+    close = np.asarray(close, dtype=np.float64)
+    returns = np.asarray(log_returns, dtype=np.float64)
+    if returns.shape[: close.ndim] != close.shape:
+        raise ValueError(
+            f"close {close.shape} must match the leading axes of log_returns {returns.shape}"
+        )
+    if not (np.isfinite(close) & (close > 0)).all():
+        raise ValueError("close must be finite and positive")
+    return close.reshape(close.shape + (1,) * (returns.ndim - close.ndim)) * np.exp(returns)
 
 
 def make_windows(

@@ -18,7 +18,7 @@ from service.errors import InsufficientHistory, ManifestMismatch
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import build_features, min_bars
 from service.forecasting.manifest import Manifest
-from service.forecasting.windows import make_windows
+from service.forecasting.windows import make_windows, prices_from_log_returns
 from service.inference.onnx_model import OnnxModel
 
 
@@ -122,14 +122,15 @@ class Predictor:
         """(H, Q) log returns of one ticker -> dated prices: close x exp(cumulative log return)."""
         dates = next_trading_days(item.as_of, horizon)
         q = quantiles[:horizon].astype(np.float64)
+        prices = prices_from_log_returns(item.last_close, q)  # (H, Q)
         steps = tuple(
             ForecastStep(
                 step=h + 1,
                 date=dates[h],
                 predicted_return=float(np.expm1(q[h, self._median])),
-                close=float(item.last_close * np.exp(q[h, self._median])),
-                lower=float(item.last_close * np.exp(q[h, self._lower])),
-                upper=float(item.last_close * np.exp(q[h, self._upper])),
+                close=float(prices[h, self._median]),
+                lower=float(prices[h, self._lower]),
+                upper=float(prices[h, self._upper]),
             )
             for h in range(horizon)
         )

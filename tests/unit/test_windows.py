@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from service.forecasting.windows import forward_log_returns, last_window, make_windows
+from service.forecasting.windows import (
+    forward_log_returns,
+    last_window,
+    make_windows,
+    prices_from_log_returns,
+)
 
 
 def test_forward_log_returns_are_cumulative_from_the_origin():
@@ -93,3 +98,29 @@ def test_windows_refuse_mismatched_targets_and_nan_features():
     features[0, 0] = np.nan
     with pytest.raises(ValueError, match="^features must be finite; drop warm-up rows first$"):
         make_windows(features, None, window=2)
+
+
+def test_prices_from_log_returns_carry_each_origins_close_over_trailing_axes():
+    close = np.array([100.0, 50.0])
+    returns = np.log(np.array([[[1.1, 0.9], [1.0, 2.0]], [[0.5, 1.0], [4.0, 1.5]]]))  # (2, 2, 2)
+    expected = np.array([[[110.0, 90.0], [100.0, 200.0]], [[25.0, 50.0], [200.0, 75.0]]])
+    np.testing.assert_allclose(prices_from_log_returns(close, returns), expected, rtol=1e-12)
+    np.testing.assert_allclose(prices_from_log_returns(close, returns[:, 0, 0]), [110.0, 25.0],
+                               rtol=1e-12)
+    # A scalar close (one origin, the serving path) scales a whole (H, Q) forecast.
+    np.testing.assert_allclose(prices_from_log_returns(100.0, returns[0]), expected[0] * 1.0,
+                               rtol=1e-12)
+    # It is the inverse of the targets: prices come back from forward_log_returns.
+    prices = np.array([10.0, 11.0, 9.0, 12.0])
+    targets = forward_log_returns(prices, horizon=2)
+    np.testing.assert_allclose(prices_from_log_returns(prices[:2], targets[:2]),
+                               [[11.0, 9.0], [9.0, 12.0]], rtol=1e-12)
+
+
+def test_prices_from_log_returns_refuse_mismatched_shapes_and_bad_closes():
+    with pytest.raises(ValueError) as exc:
+        prices_from_log_returns(np.ones(3), np.zeros((2, 5)))
+    assert str(exc.value) == "close (3,) must match the leading axes of log_returns (2, 5)"
+    with pytest.raises(ValueError) as exc:
+        prices_from_log_returns(np.array([1.0, 0.0]), np.zeros(2))
+    assert str(exc.value) == "close must be finite and positive"
