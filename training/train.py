@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
+from service.forecasting import metrics as m
 from training.config import TrainConfig
 from training.dataset import PreparedData, WindowDataset, batches, prepare_data
 from training.model import QuantileLSTM, pinball_loss
@@ -266,40 +267,51 @@ def predict_log_returns(model: QuantileLSTM, prepared: PreparedData,
     dataset = WindowDataset(getattr(prepared, which))
     outputs = [model(w, t).numpy() for w, _, t in batches(dataset, None, EVAL_BATCH)]
     scaled = np.concatenate(outputs).astype(np.float64)  # (N, H, Q)
-    scaler = prepared.target_scaler
-    return scaled * scaler.std[None, :, None] + scaler.mean[None, :, None]
+    # The scaler works over the last axis (H); quantiles share their horizon's mean and std.
+    unscaled = prepared.target_scaler.inverse_transform(scaled.transpose(0, 2, 1))  # (N, Q, H)
+    return unscaled.transpose(0, 2, 1)
 
 
 def validation_metrics(model: QuantileLSTM, prepared: PreparedData) -> dict:
-    """Validation pinball loss, and per reported horizon h the median's MAE vs naive zero return.
-
-    pinball_q(y, y_q) = max(q (y - y_q), (q - 1)(y - y_q)); MAE = mean |y_h - median_h| over
-    origins, in log-return units; naive = the random walk, predicting a zero return (MAE = mean
-    |y_h|); rel = MAE / naive MAE (< 1 beats naive); coverage = share of y_h inside [q_lo, q_hi].
-    """
-    spec = prepared.spec
+    """The model's validation forecasts scored by score_log_returns, in log-return units."""
     pred = predict_log_returns(model, prepared, "val")  # (N, H, Q)
-    scaler = prepared.target_scaler
-    actual = prepared.val.targets.astype(np.float64) * scaler.std + scaler.mean  # (N, H)
-    q = np.asarray(spec.quantiles)
+    actual = prepared.target_scaler.inverse_transform(
+        prepared.val.targets.astype(np.float64))  # (N, H)
+    return score_log_returns(actual, pred, prepared.spec.quantiles)
+
+
+def _finite_or_none(value: float) -> float | None:
+    # meta.json is strict JSON: an undefined metric is null, not NaN.
+    return value if np.isfinite(value) else None
+
+
+def score_log_returns(actual: np.ndarray, pred: np.ndarray, quantiles) -> dict:
+    """Pinball loss, and per reported horizon h the median vs the naive zero return.
+
+    actual (N, H) realized log returns, pred (N, H, Q) quantile forecasts of them.
+    pinball_q(y, y_q) = max(q (y - y_q), (q - 1)(y - y_q)), averaged over everything; per h,
+    with the metrics module's definitions: MAE = mean |y_h - median_h|; naive = the random walk,
+    predicting a zero return (MAE = mean |y_h|); rel = MAE / naive MAE (< 1 beats naive);
+    DirAcc = share of sign(median) == sign(y) over pairs where neither is 0; coverage = share of
+    y_h inside [q_lo, q_hi]; width = mean(q_hi - q_lo).
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
     error = actual[:, :, None] - pred
     pinball = np.maximum(q * error, (q - 1.0) * error).mean()
-    mid, lo, hi = spec.quantiles.index(0.5), 0, len(q) - 1
+    mid, lo, hi = list(quantiles).index(0.5), 0, len(q) - 1
     out: dict = {"val_samples": len(actual), "val_pinball_log_return": float(pinball),
                  "horizons": {}}
     for h in REPORTED_HORIZONS:
-        if h > spec.horizon:
+        if h > actual.shape[1]:
             continue
         y, p = actual[:, h - 1], pred[:, h - 1, :]
-        mae = float(np.abs(y - p[:, mid]).mean())
-        naive = float(np.abs(y).mean())
-        moved = y != 0
+        zero = np.zeros_like(y)
         out["horizons"][str(h)] = {
-            "mae_median": mae,
-            "mae_naive_zero": naive,
-            "rel_mae_vs_naive": mae / naive if naive > 0 else None,
-            "directional_accuracy": float((np.sign(p[moved, mid]) == np.sign(y[moved])).mean()),
-            "coverage": float(((y >= p[:, lo]) & (y <= p[:, hi])).mean()),
+            "mae_median": m.mae(y, p[:, mid]),
+            "mae_naive_zero": m.mae(y, zero),
+            "rel_mae_vs_naive": _finite_or_none(m.relative_mae(y, p[:, mid], zero)),
+            "directional_accuracy": _finite_or_none(m.directional_accuracy(y, p[:, mid])),
+            "coverage": m.interval_coverage(y, p[:, lo], p[:, hi]),
             "mean_interval_width": float((p[:, hi] - p[:, lo]).mean()),
         }
     one_day = out["horizons"]["1"]

@@ -9,13 +9,20 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from service.forecasting import metrics as m
 from service.forecasting.features import build_features
 from service.forecasting.manifest import CURRENT_FILE, load_manifest
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.windows import forward_log_returns
 from tests.tiny_model import TINY_TICKERS, synthetic_bars_multi, tiny_config, write_bars_db
 from training.dataset import prepare_data
-from training.train import TrainingDiverged, fit, read_training_bars
+from training.train import (
+    TrainingDiverged,
+    fit,
+    predict_log_returns,
+    read_training_bars,
+    score_log_returns,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +130,40 @@ def test_validation_metrics_compare_the_median_with_the_naive_zero_return(tiny_a
     assert metrics["beats_naive_1d"] == (one_day["mae_median"] < one_day["mae_naive_zero"])
     assert 0.0 <= one_day["coverage"] <= 1.0
     assert set(metrics["horizons"]) == {"1", "5"}  # 30 is beyond the tiny horizon of 5
+
+
+def test_validation_scores_follow_the_metrics_module_zero_calls_excluded():
+    # One horizon, four origins; the medians include a zero forecast (no call).
+    actual = np.array([[0.02], [-0.01], [0.0], [0.03]])
+    median = np.array([0.01, 0.0, 0.02, -0.01])
+    pred = np.stack([median - 0.02, median, median + 0.02], axis=-1)[:, None, :]  # (4, 1, 3)
+    scores = score_log_returns(actual, pred, (0.1, 0.5, 0.9))
+    one_day = scores["horizons"]["1"]
+    assert one_day["mae_median"] == pytest.approx(0.02)  # (0.01 + 0.01 + 0.02 + 0.04) / 4
+    assert one_day["mae_naive_zero"] == pytest.approx(0.015)
+    assert one_day["rel_mae_vs_naive"] == pytest.approx(0.02 / 0.015)
+    # Calls where both moves are non-zero: (0.02, 0.01) right, (0.03, -0.01) wrong. The zero
+    # forecast at -0.01 is no call (counting it a miss would give 1/3), as in the backtest.
+    assert one_day["directional_accuracy"] == 0.5
+    assert one_day["directional_accuracy"] == m.directional_accuracy(actual[:, 0], median)
+    assert one_day["coverage"] == 0.75  # 0.03 lies outside [-0.03, 0.01]
+    assert one_day["mean_interval_width"] == pytest.approx(0.04)
+    assert scores["val_mae_1d"] == one_day["mae_median"] and not scores["beats_naive_1d"]
+    # No call at all: undefined, stored as null (meta.json is strict JSON), not a fake 0.
+    flat = score_log_returns(actual, np.zeros_like(pred), (0.1, 0.5, 0.9))
+    assert flat["horizons"]["1"]["directional_accuracy"] is None
+
+
+def test_validation_metrics_are_the_scores_of_the_unscaled_forecasts(tiny_artifact):
+    result = tiny_artifact.result
+    prepared = result.prepared
+    pred = predict_log_returns(result.model, prepared, "val")
+    actual = prepared.target_scaler.inverse_transform(prepared.val.targets.astype(np.float64))
+    expected = score_log_returns(actual, pred, prepared.spec.quantiles)
+    assert {k: v for k, v in result.metrics.items() if k != "val_pinball_scaled"} == expected
+    # The scaler's inverse, per horizon, undoes training's target scaling.
+    scaler = prepared.target_scaler
+    np.testing.assert_allclose(actual, prepared.val.targets * scaler.std + scaler.mean, rtol=1e-6)
 
 
 def test_diverging_loss_raises_and_names_the_epoch(bars_multi):
