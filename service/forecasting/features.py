@@ -17,28 +17,27 @@ from ta.trend import MACD, SMAIndicator
 from ta.volatility import BollingerBands
 
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
+from service.forecasting.spec import INDICATOR_PARAMS as P
 
 BARS_COLUMNS = ("date", "open", "high", "low", "close", "adj_close", "volume")
-
-VOLUME_Z_WINDOW = 20
 
 # FeatureSpec is frozen, so one shared default instance is safe.
 DEFAULT_SPEC = FeatureSpec()
 
-# Leading bars without a defined value, per feature, for the parameters used below; the test
-# suite checks each against what `ta` actually returns. RSI is defined from bar 13 because `ta`
-# treats the undefined first change as 0; the MACD signal needs 25 + 8 bars.
+# Leading bars without a defined value, per feature, for the parameters in INDICATOR_PARAMS; the
+# test suite checks each against what `ta` actually returns. RSI(14) is defined from bar 13
+# because `ta` treats the undefined first change as 0; the MACD signal needs 25 + 8 bars.
 FEATURE_WARMUP: dict[str, int] = {
     "log_return": 1,
-    "rsi14": 13,
-    "sma20_ratio": 19,
-    "sma50_ratio": 49,
-    "macd": 25,
-    "macd_signal": 33,
-    "macd_hist": 33,
-    "bb_pctb": 19,
-    "bb_width": 19,
-    "volume_z": VOLUME_Z_WINDOW - 1,
+    "rsi14": P.rsi_window - 1,
+    "sma20_ratio": P.sma_short - 1,
+    "sma50_ratio": P.sma_long - 1,
+    "macd": P.macd_slow - 1,
+    "macd_signal": P.macd_slow - 1 + P.macd_signal - 1,
+    "macd_hist": P.macd_slow - 1 + P.macd_signal - 1,
+    "bb_pctb": P.bollinger_window - 1,
+    "bb_width": P.bollinger_window - 1,
+    "volume_z": P.volume_z_window - 1,
 }
 
 
@@ -134,8 +133,10 @@ def _indicators(adj: pd.Series, volume: pd.Series) -> dict[str, np.ndarray]:
     # Arithmetic on the `ta` outputs is done in numpy: per-op pandas overhead dominates here,
     # and the serving path calls this on cold requests.
     price = adj.to_numpy()
-    macd = MACD(adj, window_slow=26, window_fast=12, window_sign=9, fillna=False)
-    bands = BollingerBands(adj, window=20, window_dev=2, fillna=False)
+    macd = MACD(adj, window_slow=P.macd_slow, window_fast=P.macd_fast,
+                window_sign=P.macd_signal, fillna=False)
+    bands = BollingerBands(adj, window=P.bollinger_window, window_dev=P.bollinger_dev,
+                           fillna=False)
     # pband is undefined on a flat 20-day window (upper == lower); the price then sits on the
     # middle band, which is %B 0.5. Rows still in the band's own warm-up stay NaN.
     pctb = bands.bollinger_pband().to_numpy()
@@ -143,22 +144,24 @@ def _indicators(adj: pd.Series, volume: pd.Series) -> dict[str, np.ndarray]:
     pctb = np.where(flat, 0.5, pctb)
 
     log_volume = np.log1p(volume)
-    rolling = log_volume.rolling(VOLUME_Z_WINDOW, min_periods=VOLUME_Z_WINDOW)
+    rolling = log_volume.rolling(P.volume_z_window, min_periods=P.volume_z_window)
     vol_mean, vol_std = rolling.mean().to_numpy(), rolling.std(ddof=0).to_numpy()
     # A flat volume window has no spread: call today's volume typical (z = 0).
     with np.errstate(divide="ignore", invalid="ignore"):
         volume_z = np.where(vol_std > 0, (log_volume.to_numpy() - vol_mean) / vol_std, 0.0)
     volume_z[np.isnan(vol_std)] = np.nan
 
+    sma_short = SMAIndicator(adj, window=P.sma_short).sma_indicator().to_numpy()
+    sma_long = SMAIndicator(adj, window=P.sma_long).sma_indicator().to_numpy()
     log_price = np.log(price)
     log_return = np.empty_like(log_price)
     log_return[0] = np.nan
     log_return[1:] = np.diff(log_price)
     return {
         "log_return": log_return,
-        "rsi14": RSIIndicator(adj, window=14, fillna=False).rsi().to_numpy() / 100.0,
-        "sma20_ratio": SMAIndicator(adj, window=20).sma_indicator().to_numpy() / price - 1.0,
-        "sma50_ratio": SMAIndicator(adj, window=50).sma_indicator().to_numpy() / price - 1.0,
+        "rsi14": RSIIndicator(adj, window=P.rsi_window, fillna=False).rsi().to_numpy() / 100.0,
+        "sma20_ratio": sma_short / price - 1.0,
+        "sma50_ratio": sma_long / price - 1.0,
         "macd": macd.macd().to_numpy() / price,
         "macd_signal": macd.macd_signal().to_numpy() / price,
         "macd_hist": macd.macd_diff().to_numpy() / price,

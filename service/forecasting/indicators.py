@@ -2,7 +2,8 @@
 
 The model's features (features.py) are the same indicators made scale-free (divided by the
 price) on adj_close; a chart overlays them on the traded close, so here they stay in price units
-on `close`. Same `ta` classes, same parameters: no second implementation of any indicator.
+on `close`. Same `ta` classes, same parameters (spec.INDICATOR_PARAMS): no second
+implementation of any indicator.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from ta.momentum import RSIIndicator
 from ta.trend import MACD, SMAIndicator
 from ta.volatility import BollingerBands
 
+from service.forecasting.spec import INDICATOR_PARAMS as P
+
 INDICATOR_NAMES = ("sma20", "sma50", "bb_upper", "bb_lower", "rsi14", "macd", "macd_signal",
                    "macd_hist")
 
@@ -19,14 +22,16 @@ INDICATOR_NAMES = ("sma20", "sma50", "bb_upper", "bb_lower", "rsi14", "macd", "m
 def chart_indicators(bars: pd.DataFrame, price: str = "close") -> pd.DataFrame:
     """Frame (index `date`, INDICATOR_NAMES columns) of one ticker's bars; NaN in warm-up."""
     series = pd.Series(bars[price].to_numpy(dtype="float64"))
-    macd = MACD(series, window_slow=26, window_fast=12, window_sign=9, fillna=False)
-    bands = BollingerBands(series, window=20, window_dev=2, fillna=False)
+    macd = MACD(series, window_slow=P.macd_slow, window_fast=P.macd_fast,
+                window_sign=P.macd_signal, fillna=False)
+    bands = BollingerBands(series, window=P.bollinger_window, window_dev=P.bollinger_dev,
+                           fillna=False)
     columns = {
-        "sma20": SMAIndicator(series, window=20).sma_indicator(),
-        "sma50": SMAIndicator(series, window=50).sma_indicator(),
+        "sma20": SMAIndicator(series, window=P.sma_short).sma_indicator(),
+        "sma50": SMAIndicator(series, window=P.sma_long).sma_indicator(),
         "bb_upper": bands.bollinger_hband(),
         "bb_lower": bands.bollinger_lband(),
-        "rsi14": RSIIndicator(series, window=14, fillna=False).rsi(),
+        "rsi14": RSIIndicator(series, window=P.rsi_window, fillna=False).rsi(),
         "macd": macd.macd(),
         "macd_signal": macd.macd_signal(),
         "macd_hist": macd.macd_diff(),

@@ -21,6 +21,27 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class IndicatorParams:
+    """Parameters of the `ta` indicators behind the features and the chart overlays."""
+
+    rsi_window: int = 14
+    sma_short: int = 20
+    sma_long: int = 50
+    macd_fast: int = 12
+    macd_slow: int = 26
+    macd_signal: int = 9
+    bollinger_window: int = 20
+    bollinger_dev: int = 2
+    volume_z_window: int = 20
+
+
+# The one table: features.py (scale-free, on adj_close) and indicators.py (price units, on close)
+# both read it, so a chart's SMA20 is the model's sma20_ratio in dollars. Changing a value changes
+# what a feature means: bump FEATURES_VERSION with it (the names above carry the defaults).
+INDICATOR_PARAMS = IndicatorParams()
+
+
 # Named ticker universes. "top24": large, liquid tickers with bars for the whole shared dataset
 # (2012-12-06..2017-12-06, 1260 sessions each), the default training and backtest set.
 UNIVERSES: dict[str, tuple[str, ...]] = {

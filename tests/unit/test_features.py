@@ -17,7 +17,8 @@ from service.forecasting.features import (
     build_features_many,
     min_bars,
 )
-from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
+from service.forecasting.indicators import chart_indicators
+from service.forecasting.spec import FEATURE_NAMES, INDICATOR_PARAMS, FeatureSpec
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,36 @@ def test_warmup_per_feature_is_where_ta_first_defines_it(aapl_bars):
         assert defined[FEATURE_WARMUP[name] :].all(), name
     assert WARMUP_BARS == 49
     assert min_bars(FeatureSpec()) == 49 + 60
+
+
+def test_features_and_chart_read_one_parameter_table():
+    from service.forecasting import features, indicators
+
+    assert features.P is INDICATOR_PARAMS and indicators.P is INDICATOR_PARAMS
+    p = INDICATOR_PARAMS
+    assert (p.rsi_window, p.sma_short, p.sma_long) == (14, 20, 50)
+    assert (p.macd_fast, p.macd_slow, p.macd_signal) == (12, 26, 9)
+    assert (p.bollinger_window, p.bollinger_dev, p.volume_z_window) == (20, 2, 20)
+    # Warm-ups follow from the table (checked against `ta` itself in the test above).
+    assert FEATURE_WARMUP["macd_signal"] == p.macd_slow + p.macd_signal - 2
+    assert FEATURE_WARMUP["sma50_ratio"] == p.sma_long - 1
+
+
+def test_chart_overlays_on_adj_close_are_every_price_feature_in_dollars():
+    bars = synthetic_bars(n=200)
+    features = build_features(bars)
+    chart = chart_indicators(bars, price="adj_close").loc[features.index]
+    adj = bars.set_index("date")["adj_close"].loc[features.index]
+    for name, dollars in (("sma20_ratio", chart["sma20"] / adj - 1),
+                          ("sma50_ratio", chart["sma50"] / adj - 1),
+                          ("macd", chart["macd"] / adj),
+                          ("macd_signal", chart["macd_signal"] / adj),
+                          ("macd_hist", chart["macd_hist"] / adj),
+                          ("rsi14", chart["rsi14"] / 100),
+                          ("bb_pctb", (adj - chart["bb_lower"])
+                           / (chart["bb_upper"] - chart["bb_lower"]))):
+        np.testing.assert_allclose(dollars.to_numpy(), features[name].to_numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
 
 
 def test_warmup_rows_are_dropped_not_backfilled():
