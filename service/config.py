@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # After the source fails (offline, rate-limited), it is not asked again for this long, for
     # any ticker: requests answer from the cache at once instead of each waiting on retries.
     source_cooldown_seconds: float = Field(default=300.0, ge=0)
+    # Each worker checks models/current this often (one stat) and loads the artifact it names
+    # when it changed: POST /admin/reload reaches one worker only. 0 disables the check.
+    model_check_interval_seconds: float = Field(default=2.0, ge=0)
 
 
 @lru_cache

@@ -47,12 +47,13 @@ def store_bars(url: str, bars_multi: pd.DataFrame) -> None:
 def api_settings(url: str, model_dir: Path, **changes) -> Settings:
     """Settings of a test app: its own DB and models, an admin key, CPU onnxruntime.
 
-    Every request checks the DB for new bars (no shared check) and a source failure does not
-    silence the source for later requests (no cool-down), unless a test asks for them.
+    Every request checks the DB for new bars (no shared check), a source failure does not
+    silence the source for later requests (no cool-down), and models/current is not watched
+    (a test's reload sees the change first), unless a test asks for them.
     """
     values = {"database_url": url, "model_dir": model_dir, "api_key": API_KEY, "source": "none",
               "ort_provider": "cpu", "ort_intra_op_threads": 1, "bar_check_ttl_seconds": 0.0,
-              "source_cooldown_seconds": 0.0}
+              "source_cooldown_seconds": 0.0, "model_check_interval_seconds": 0.0}
     values.update(changes)
     return Settings(**values)
 

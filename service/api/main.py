@@ -1,5 +1,6 @@
 """The FastAPI app: create_app() wires routes, problem handlers and metrics; the lifespan loads
-the settings' database engine, bar cache and current model once per worker.
+the settings' database engine, bar cache and current model once per worker, and each worker
+follows `models/current` from then on.
 
 `uvicorn --factory service.api.main:create_app` (what `stockcast serve` runs). Nothing here
 imports torch.
@@ -11,7 +12,6 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -19,9 +19,10 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from service import package_version
 from service.api.forecasts import ForecastService
 from service.api.metrics import ServiceMetrics
-from service.api.model_slot import ModelSlot
+from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
 from service.api.routes import admin, backtest, bars, health, models, page, predict
 from service.bar_cache import BarCache
@@ -48,13 +49,6 @@ TAGS = [
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
     {"name": "admin", "description": "Operations that need the X-API-Key header."},
 ]
-
-
-def _package_version() -> str:
-    try:
-        return version("stockcast")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _problem_openapi(app: FastAPI) -> Callable[[], dict]:
@@ -107,28 +101,37 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             engine, breaker,
             refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
             **cache_options)
-        slot = ModelSlot(settings.model_dir, settings.ort_provider,
-                         settings.ort_intra_op_threads)
-        try:
-            loaded = slot.load()
+        forecasts = ForecastService(
+            bar_cache, cache_size=settings.forecast_cache_size,
+            bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup)
+
+        def on_load(previous: LoadedModel | None, loaded: LoadedModel) -> None:
+            if previous is None or previous.version != loaded.version:
+                forecasts.clear()  # old entries are keyed by the old version anyway; free them
             metrics.set_model(loaded.version, loaded.predictor.model.active_providers)
+
+        slot = ModelSlot(settings.model_dir, settings.ort_provider,
+                         settings.ort_intra_op_threads, on_load=on_load)
+        try:
+            slot.load()
         except (ModelNotLoaded, ManifestMismatch) as exc:
-            # Still serve: /healthz answers, /readyz and /predict say 503 until a reload works.
+            # Still serve: /healthz answers, /readyz and /predict say 503 until a load works.
             log.warning("starting without a model: %s", exc)
         # Building the exchange calendar takes seconds; do it before the first forecast needs it.
         next_trading_days(dt.date.today(), 1)
         app.state.engine = engine
         app.state.bar_cache = bar_cache
         app.state.models = slot
-        app.state.forecasts = ForecastService(
-            bar_cache, cache_size=settings.forecast_cache_size,
-            bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup)
+        app.state.forecasts = forecasts
+        # Every worker follows models/current by itself: a reload reaches only one of them.
+        slot.watch(settings.model_check_interval_seconds)
         try:
             yield
         finally:
+            slot.stop_watching()
             engine.dispose()
 
-    app = FastAPI(title="stockcast", version=_package_version(), description=DESCRIPTION,
+    app = FastAPI(title="stockcast", version=package_version(), description=DESCRIPTION,
                   openapi_tags=TAGS, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics

@@ -1,19 +1,31 @@
-"""The served model: loaded once in the lifespan, swapped atomically by POST /admin/reload."""
+"""The served model: loaded once in the lifespan, swapped atomically by POST /admin/reload or
+when `models/current` changes.
+
+Each uvicorn worker holds its own slot, and POST /admin/reload reaches only the worker that
+answers it; so every slot also watches `models/current` itself (one stat every few seconds, in
+a background thread) and loads the artifact it names once it changes.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import ManifestMismatch, ModelNotLoaded
-from service.forecasting.manifest import load_manifest, resolve_current
+from service.forecasting.manifest import CURRENT_FILE, load_manifest, resolve_current
 from service.inference.onnx_model import OnnxModel, Provider
 from service.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
+
+# What identifies one write of models/current: inode, mtime (ns), size. set_current replaces the
+# file (a new inode), and an in-place edit changes mtime or size.
+PointerStamp = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -30,15 +42,30 @@ class LoadedModel:
 
 
 class ModelSlot:
-    """Holds the current LoadedModel; a request reads `current` once and keeps that object."""
+    """Holds the current LoadedModel; a request reads `current` once and keeps that object.
 
-    def __init__(self, model_dir: Path, provider: Provider = "auto", intra_op_threads: int = 1):
+    `on_load(previous, loaded)` runs after every swap (the app clears its forecast cache and
+    updates its metrics there), whichever way the load came.
+    """
+
+    def __init__(self, model_dir: Path, provider: Provider = "auto", intra_op_threads: int = 1,
+                 on_load: Callable[[LoadedModel | None, LoadedModel], None] | None = None):
         self.model_dir = Path(model_dir)
         self.provider = provider
         self.intra_op_threads = intra_op_threads
+        self.on_load = on_load
         self.current: LoadedModel | None = None
+        # Why the last load failed (None after a success); while a model serves, the failed
+        # newer one is reported next to it in /readyz.
         self.error: str | None = "no model loaded yet"
         self._reload_lock = threading.Lock()
+        self._seen: PointerStamp | None = None  # models/current as of the last load attempt
+        self._stop_watching: threading.Event | None = None
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def pointer(self) -> Path:
+        return self.model_dir / CURRENT_FILE
 
     def load(self) -> LoadedModel:
         """Load the artifact named by model_dir/current and swap it in.
@@ -47,32 +74,100 @@ class ModelSlot:
         (ModelNotLoaded, ManifestMismatch).
         """
         with self._reload_lock:  # two reloads at once would load twice; swaps stay ordered
+            return self._load()
+
+    def refresh(self) -> LoadedModel | None:
+        """Load models/current again if it changed since the last load; None if nothing new.
+
+        One stat when it has not changed. A failed load keeps the old model, is logged and
+        shown in /readyz, and is not retried until models/current changes again (or a reload).
+        """
+        if self._stamp() == self._seen:
+            return None
+        with self._reload_lock:
+            stamp = self._stamp()
+            if stamp == self._seen:  # another thread (POST /admin/reload) got here first
+                return None
+            loaded = self.current
             try:
-                artifact_dir = resolve_current(self.model_dir)
-                manifest = load_manifest(artifact_dir)
-                model = OnnxModel.load(artifact_dir, self.provider, self.intra_op_threads)
-                loaded = LoadedModel(Predictor(model, manifest), artifact_dir,
-                                     dt.datetime.now(dt.UTC))
+                named = self.pointer.read_text().strip()
+            except OSError:
+                named = None
+            if loaded is not None and named == loaded.artifact_dir.name:
+                # Rewritten with the name already served (touched, or a failed change undone).
+                self._seen, self.error = stamp, None
+                return None
+            try:
+                return self._load()
             except (ModelNotLoaded, ManifestMismatch) as exc:
-                if self.current is None:
-                    self.error = str(exc)
-                raise
-            except Exception as exc:  # a corrupt ONNX file, an ORT provider failure
-                message = f"cannot load the model in {self.model_dir}: {type(exc).__name__}: {exc}"
-                if self.current is None:
-                    self.error = message
-                raise ManifestMismatch(message) from exc
-            # One reference assignment: requests already holding the old LoadedModel finish
-            # with it; new requests see the new one.
-            self.current = loaded
-            self.error = None
-            log.info("serving model %s from %s (providers %s)", loaded.version, artifact_dir,
-                     loaded.predictor.model.active_providers)
-            return loaded
+                log.warning("%s changed but cannot be loaded (still serving %s): %s",
+                            self.pointer, loaded.version if loaded else "no model", exc)
+                return None
 
     def require(self) -> LoadedModel:
         """The current model, or ModelNotLoaded saying why there is none."""
         loaded = self.current
         if loaded is None:
             raise ModelNotLoaded(f"no model loaded: {self.error}")
+        return loaded
+
+    def watch(self, interval: float) -> None:
+        """Check models/current every `interval` seconds in a daemon thread (0: never)."""
+        if interval <= 0 or self._watcher is not None:
+            return
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.refresh()
+                except Exception:  # the watcher must outlive any surprise; keep serving
+                    log.exception("checking %s failed", self.pointer)
+
+        self._stop_watching = stop
+        self._watcher = threading.Thread(target=run, name="model-watch", daemon=True)
+        self._watcher.start()
+
+    def stop_watching(self) -> None:
+        """Stop the watcher thread (the lifespan's shutdown)."""
+        if self._watcher is None or self._stop_watching is None:
+            return
+        self._stop_watching.set()
+        self._watcher.join(timeout=10)
+        self._watcher = self._stop_watching = None
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _stamp(self) -> PointerStamp | None:
+        try:
+            st = os.stat(self.pointer)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _load(self) -> LoadedModel:
+        # Stamped before reading: a write that lands in between is seen by the next check.
+        self._seen = self._stamp()
+        previous = self.current
+        try:
+            artifact_dir = resolve_current(self.model_dir)
+            manifest = load_manifest(artifact_dir)
+            model = OnnxModel.load(artifact_dir, self.provider, self.intra_op_threads)
+            loaded = LoadedModel(Predictor(model, manifest), artifact_dir,
+                                 dt.datetime.now(dt.UTC))
+        except (ModelNotLoaded, ManifestMismatch) as exc:
+            self.error = str(exc)
+            raise
+        except Exception as exc:  # a corrupt ONNX file, an ORT provider failure
+            message = f"cannot load the model in {self.model_dir}: {type(exc).__name__}: {exc}"
+            self.error = message
+            raise ManifestMismatch(message) from exc
+        # One reference assignment: requests already holding the old LoadedModel finish
+        # with it; new requests see the new one.
+        self.current = loaded
+        self.error = None
+        log.info("serving model %s from %s (providers %s)", loaded.version, artifact_dir,
+                 loaded.predictor.model.active_providers)
+        if self.on_load is not None:
+            self.on_load(previous, loaded)
         return loaded

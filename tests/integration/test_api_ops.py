@@ -95,6 +95,91 @@ def test_reload_swaps_the_model_and_in_flight_requests_keep_theirs(seeded_url, t
     assert slow[0].status_code == 200 and slow[0].json()["model_version"] == "model-one"
 
 
+# Seconds between two checks of models/current in the watch tests (2 s in production).
+WATCH_INTERVAL = 0.1
+
+
+def wait_until(condition, timeout: float = 10.0) -> float:
+    """Poll `condition` until it holds; the seconds it took (fails the test after timeout)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+@SQLITE_ONLY
+def test_a_reload_on_one_worker_reaches_the_others_through_models_current(
+        seeded_url, tiny_artifact, tmp_path):
+    # Two apps on one models folder stand in for two uvicorn workers (separate processes, each
+    # with its own slot): the reload request lands on one of them only.
+    models = tmp_path / "models"
+    first = copy_models(tiny_artifact.artifact_dir, models, version="model-one")
+    settings = api_settings(seeded_url, models, model_check_interval_seconds=WATCH_INTERVAL)
+    with TestClient(create_app(settings, source=ScriptedSource(), clock=Clock())) as one, \
+            TestClient(create_app(settings, source=ScriptedSource(), clock=Clock())) as two:
+        assert two.post("/predict/AAA").json()["model_version"] == "model-one"
+        copy_models(first, models, version="model-two")  # training promoted a new model
+        reload = one.post("/admin/reload", headers={"X-API-Key": API_KEY})
+        took = wait_until(lambda: two.get("/models/current").json()["version"] == "model-two")
+        after = two.post("/predict/AAA").json()
+        metrics = two.get("/metrics").text
+    assert reload.status_code == 200 and reload.json()["version"] == "model-two"
+    # One check interval, then loading the tiny model (milliseconds).
+    assert took < WATCH_INTERVAL + 1.0
+    assert after["model_version"] == "model-two"
+    assert 'stockcast_model_info{providers="CPUExecutionProvider",version="model-two"} 1.0' \
+        in metrics
+    assert 'version="model-one"' not in metrics
+
+
+@SQLITE_ONLY
+def test_a_watched_models_current_that_cannot_load_keeps_the_old_model(seeded_url,
+                                                                       tiny_artifact, tmp_path):
+    models = tmp_path / "models"
+    good = copy_models(tiny_artifact.artifact_dir, models, version="good")
+    settings = api_settings(seeded_url, models, model_check_interval_seconds=WATCH_INTERVAL)
+    with TestClient(create_app(settings, source=ScriptedSource(), clock=Clock())) as client:
+        loaded_at = client.get("/models/current").json()["loaded_at"]
+        (models / "current").write_text("good\n")  # rewritten, same artifact: nothing to load
+        time.sleep(3 * WATCH_INTERVAL)
+        assert client.get("/models/current").json()["loaded_at"] == loaded_at
+
+        shutil.copytree(good, models / "broken")
+        (models / "broken" / "model.onnx").write_bytes(b"not a model")
+        (models / "current").write_text("broken\n")
+        wait_until(lambda: client.get("/readyz").json()["checks"]["model"]["detail"] != "good")
+        ready = client.get("/readyz")
+        predict = client.post("/predict/AAA").json()
+        current = client.get("/models/current").json()
+
+        (models / "current").write_text("good\n")  # the bad promotion undone
+        wait_until(lambda: client.get("/readyz").json()["checks"]["model"]["detail"] == "good")
+        assert client.get("/models/current").json()["loaded_at"] == loaded_at
+    assert ready.status_code == 200
+    model_check = ready.json()["checks"]["model"]
+    assert model_check["ok"] is True
+    assert model_check["detail"].startswith("good; the last load failed: ")
+    assert "sha256" in model_check["detail"]
+    assert predict["model_version"] == "good"
+    assert current["version"] == "good" and current["loaded_at"] == loaded_at
+
+
+@SQLITE_ONLY
+def test_a_model_promoted_after_startup_is_loaded_without_a_reload(seeded_url, tiny_artifact,
+                                                                   tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    settings = api_settings(seeded_url, models, model_check_interval_seconds=WATCH_INTERVAL)
+    with TestClient(create_app(settings, source=ScriptedSource(), clock=Clock())) as client:
+        assert client.post("/predict/AAA").status_code == 503
+        copy_models(tiny_artifact.artifact_dir, models)
+        wait_until(lambda: client.get("/readyz").status_code == 200)
+        assert client.post("/predict/AAA").json()["model_version"] == \
+            tiny_artifact.artifact_dir.name
+
+
 @SQLITE_ONLY
 def test_reload_needs_the_api_key(seeded_url, tiny_artifact):
     app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource())

@@ -27,7 +27,8 @@ async def get_health() -> HealthPublic:
     summary="Readiness",
     description=("200 when a model is loaded, the database answers `select 1`, and (with "
                  "STOCKCAST_ORT_PROVIDER=cuda) onnxruntime actually runs on CUDA; otherwise "
-                 "503 with the failed checks in `checks`."),
+                 "503 with the failed checks in `checks`. A newer `models/current` that "
+                 "failed to load is named in the model check while the old model serves."),
     response_model=ReadinessPublic,
     responses=problem_responses(503),
 )
@@ -36,8 +37,13 @@ def get_readiness(request: Request, settings: SettingsDep, engine: EngineDep,
     """Run every readiness check; 503 problem+json naming the failed ones."""
     checks: dict[str, CheckPublic] = {}
     loaded = models.current
-    checks["model"] = (CheckPublic(ok=True, detail=loaded.version) if loaded is not None
-                       else CheckPublic(ok=False, detail=models.error or "no model loaded"))
+    if loaded is None:
+        checks["model"] = CheckPublic(ok=False, detail=models.error or "no model loaded")
+    elif models.error:  # a newer models/current failed to load; this one keeps serving
+        checks["model"] = CheckPublic(
+            ok=True, detail=f"{loaded.version}; the last load failed: {models.error}")
+    else:
+        checks["model"] = CheckPublic(ok=True, detail=loaded.version)
     try:
         ping(engine)
         checks["database"] = CheckPublic(ok=True, detail="select 1 answered")
