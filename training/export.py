@@ -9,8 +9,6 @@ import logging
 import shutil
 import tempfile
 import warnings
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from service import package_version
 from service.forecasting.manifest import (
     HISTORY_FILE,
     META_FILE,
@@ -116,20 +115,13 @@ def plot_history(history: list[dict], path: Path, best_epoch: int | None = None)
     plt.close(fig)
 
 
-def _package_version() -> str:
-    try:
-        return package_version("stockcast")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
     """meta.json contents; `version` is the content hash and `run` holds what varies per run."""
     import hashlib
 
     prepared, spec = result.prepared, result.prepared.spec
     meta = {
-        "package_version": _package_version(),
+        "package_version": package_version(),
         "spec": spec.to_dict(),
         "feature_scaler": prepared.feature_scaler.to_dict(),
         "target_scaler": prepared.target_scaler.to_dict(),
