@@ -19,7 +19,8 @@ from ta.volatility import BollingerBands
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
 from service.forecasting.spec import INDICATOR_PARAMS as P
 
-BARS_COLUMNS = ("date", "open", "high", "low", "close", "adj_close", "volume")
+# Bars reach the features only through the validator: its columns are the canonical ones.
+from service.sources.validate import BAR_COLUMNS as BARS_COLUMNS
 
 # FeatureSpec is frozen, so one shared default instance is safe.
 DEFAULT_SPEC = FeatureSpec()

@@ -271,6 +271,13 @@ def test_two_for_one_split_in_close_leaves_features_unchanged():
 # ---- bad input -------------------------------------------------------------------------------
 
 
+def test_bars_columns_are_the_validators_canonical_tuple():
+    from service.sources import validate
+
+    assert BARS_COLUMNS is validate.BAR_COLUMNS
+    assert BARS_COLUMNS == ("date", "open", "high", "low", "close", "adj_close", "volume")
+
+
 def test_missing_columns_are_named():
     bars = synthetic_bars().drop(columns=["adj_close", "volume"])
     with pytest.raises(ValueError) as err:
