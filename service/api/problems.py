@@ -1,8 +1,9 @@
 """RFC 9457 problem details for every error response; never a stack trace.
 
 FastAPI answers errors with {"detail": ...} as application/json by itself; the handlers here
-replace that for HTTPException, request validation and each typed StockcastError, plus a
-catch-all 500 that logs the traceback server-side only.
+replace that for HTTPException, request validation and each typed StockcastError, a lost
+database connection wherever it surfaces (503, like DatabaseUnavailable), plus a catch-all 500
+that logs the traceback server-side only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import FieldError, Problem
@@ -127,6 +129,14 @@ async def _stockcast_handler(request: Request, exc: StockcastError) -> ProblemRe
     return problem_response(problem, headers)
 
 
+async def _database_handler(request: Request,
+                            exc: OperationalError | InterfaceError) -> ProblemResponse:
+    # A route that reads the DB without going through the bar cache (which raises
+    # DatabaseUnavailable itself) still answers the database outage, not a 500.
+    unavailable = DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}")
+    return await _stockcast_handler(request, unavailable)
+
+
 async def _unexpected_handler(request: Request, exc: Exception) -> ProblemResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(Problem(
@@ -139,6 +149,8 @@ def register_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(StockcastError, _stockcast_handler)
+    for connection_error in (OperationalError, InterfaceError):
+        app.add_exception_handler(connection_error, _database_handler)
     app.add_exception_handler(Exception, _unexpected_handler)
 
 

@@ -316,6 +316,40 @@ def test_database_down_is_503(tiny_artifact):
         assert client.get("/healthz").json() == {"status": "ok"}
 
 
+def test_every_route_answers_a_database_outage_with_503_never_500(tiny_artifact):
+    # Routes reach the DB through the bar cache, their own SQL, or a plain engine.connect();
+    # one handler maps a connection failure anywhere to the same problem.
+    app = create_app(api_settings("postgresql+psycopg://postgres@127.0.0.1:1/none",
+                                  tiny_artifact.model_dir), source=ScriptedSource())
+    outage = {"type": "urn:stockcast:problem:database-unavailable",
+              "title": "Database unavailable", "status": 503}
+    answers = {}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for route, operations in client.get("/openapi.json").json()["paths"].items():
+            if "get" in operations:  # every documented GET route
+                path = route.format(ticker="AAA")
+                answers[path] = client.get(path)
+        answers["POST /predict/AAA"] = client.post("/predict/AAA")
+        answers["POST /predict"] = client.post("/predict", json={"tickers": ["AAA", "BBB"]})
+    assert {"/tickers", "/bars/AAA", "/metrics/backtest", "/readyz"} <= set(answers)
+    for path, response in answers.items():
+        assert response.status_code != 500, f"{path}: {response.text}"
+        if response.status_code >= 500:
+            assert response.headers["content-type"] == PROBLEM, path
+            assert response.json()["type"] in (outage["type"], "urn:stockcast:problem:not-ready")
+    detail = "bar database unavailable: OperationalError"
+    for path in ("/tickers", "/bars/AAA"):
+        assert_problem(answers[path], 503, {**outage, "detail": detail, "instance": path})
+    assert_problem(answers["POST /predict"], 503,
+                   {**outage, "detail": detail, "instance": "/predict"})
+    backtest = answers["/metrics/backtest"].json()
+    assert answers["/metrics/backtest"].status_code == 503
+    assert {k: backtest[k] for k in outage} == outage
+    assert backtest["detail"].startswith("cannot read backtests (OperationalError)")
+    assert answers["/readyz"].status_code == 503
+    assert answers["/healthz"].status_code == 200 and answers["/models/current"].status_code == 200
+
+
 def test_a_corrupt_stored_bar_is_a_500_without_a_stack_trace(sqlite_url, tiny_artifact,
                                                               bars_multi):
     from service.db.session import upgrade
