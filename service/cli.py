@@ -146,9 +146,10 @@ def serve(
     if workers < 1:
         _fail(f"--workers must be >= 1, got {workers}")
     if workers > 1 and "STOCKCAST_ORT_INTRA_OP_THREADS" not in os.environ:
-        # Workers share the CPUs: each session gets its slice, not the whole machine.
-        cpus = len(os.sched_getaffinity(0))
-        os.environ["STOCKCAST_ORT_INTRA_OP_THREADS"] = str(max(1, cpus // workers))
+        # Workers share the CPUs (the container's limit, if any): each session gets its slice.
+        from service.config import available_cpus
+
+        os.environ["STOCKCAST_ORT_INTRA_OP_THREADS"] = str(max(1, available_cpus() // workers))
     # A factory: each worker process builds its own app (engine, model session) from the env.
     uvicorn.run("service.api.main:create_app", factory=True, host=host, port=port,
                 workers=workers, access_log=access_log,

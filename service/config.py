@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +12,44 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_cpu_limit(cgroup_root: Path) -> int | None:
+    """CPUs allowed by a cgroup CPU quota, rounded up; None when there is no quota."""
+    try:
+        # cgroup v2: "max 100000" (no limit) or "<quota> <period>" in microseconds.
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        # cgroup v1: the cpu controller's own folder; a quota of -1 means no limit.
+        for controller in ("cpu", "cpu,cpuacct"):
+            folder = cgroup_root / controller
+            try:
+                quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+                period = (folder / "cpu.cfs_period_us").read_text().strip()
+                break
+            except OSError:
+                continue
+        else:
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max"
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return max(1, math.ceil(quota_us / period_us))
+
+
+def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may use: min(its CPU affinity, ceil(cgroup CPU quota / period)).
+
+    A container limited with `--cpus 2` on a 16-core host still sees 16 CPUs in its affinity;
+    only the cgroup quota says 2.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    limit = _cgroup_cpu_limit(cgroup_root)
+    return max(1, min(cpus, limit) if limit is not None else cpus)
 
 
 class Settings(BaseSettings):
@@ -28,7 +67,7 @@ class Settings(BaseSettings):
     # Bars older than this many calendar days trigger an incremental refresh.
     refresh_after_days: int = Field(default=1, ge=0)
     ort_provider: Literal["auto", "cpu", "cuda"] = "auto"
-    ort_intra_op_threads: int = Field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
+    ort_intra_op_threads: int = Field(default_factory=available_cpus)
     api_key: str | None = None
     # Computed forecasts kept in memory (LRU); 0 disables the cache (the serve bench's cold run).
     forecast_cache_size: int = Field(default=4096, ge=0)
