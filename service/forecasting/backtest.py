@@ -74,7 +74,8 @@ METRICS: dict[str, str] = {
     "width_dollars": "mean width of the 10-90% band, dollars",
     "width_relative": "mean width of the 10-90% band / origin close",
     **{
-        f"{kind}_{name}": f"{kind} strategy on every h-th origin: {what}"
+        f"{kind}_{name}": f"{kind} strategy on every h-th session, equal weight over the "
+                          f"tickers with a forecast: {what}"
         for kind in (*TRADED, BUY_AND_HOLD)
         for name, what in (
             ("cum_return", "compounded return"),
@@ -312,8 +313,10 @@ def _strategy(predicted: np.ndarray, realized: np.ndarray, h: int, kinds) -> dic
 
 
 def _book(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    """(origin x ticker) pivot of one column; origins where some ticker lacks a forecast dropped."""
-    return frame.pivot(index="origin", columns="ticker", values=column).dropna()
+    """(origin x ticker) pivot of one column: a row per session, NaN where a ticker has none."""
+    # Every origin date any ticker has, so the strategy's every-h-th row is every h-th session;
+    # a ticker that starts late (or lacks a bar) sits those periods out instead of erasing them.
+    return frame.pivot(index="origin", columns="ticker", values=column)
 
 
 def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],

@@ -278,21 +278,31 @@ class StrategyResult:
 
 
 def strategy_returns(predicted, realized, horizon: int, kind: StrategyKind) -> np.ndarray:
-    """Simple period returns s_k = mean_i pos_ki · (exp(r_ki) - 1) over origins 0, h, 2h, …
+    """Simple period returns s_k = mean_{i present} pos_ki · (exp(r_ki) - 1) at rows 0, h, 2h, …
 
-    `predicted` and `realized` are h-day log returns at consecutive origins, shape (n_origins,) for
-    one ticker or (n_origins, n_tickers) for an equal-weight book. Positions: long_flat 1 if r̂ > 0
-    else 0; long_short sign(r̂); buy_and_hold 1. Only every h-th origin is traded so holding
-    periods never overlap and each day's return is counted once; no costs, no interest.
+    `predicted` and `realized` are h-day log returns at consecutive origins (trading sessions),
+    shape (n_origins,) for one ticker or (n_origins, n_tickers) for an equal-weight book. In a
+    book, NaN (at the same places in both) marks a ticker without a forecast at that origin: it
+    sits the period out and the weights are equal over the tickers present. Positions: long_flat
+    1 if r̂ > 0 else 0; long_short sign(r̂); buy_and_hold 1. Only every h-th origin row is traded
+    so holding periods never overlap and each day's return is counted once; no costs, no interest.
     """
     if kind not in STRATEGY_KINDS:
         raise ValueError(f"kind must be one of {', '.join(STRATEGY_KINDS)}; got {kind!r}")
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
-    rhat, r = _arrays(predicted=predicted, realized=realized)
+    rhat, r = np.asarray(predicted, dtype=float), np.asarray(realized, dtype=float)
+    absent = np.zeros(rhat.shape, dtype=bool)
+    if rhat.ndim == 2 and rhat.shape == r.shape:
+        absent = np.isnan(rhat)
+        if not np.array_equal(absent, np.isnan(r)):
+            raise ValueError("predicted and realized must be NaN at the same places "
+                             "(a ticker absent from the book at an origin)")
+        rhat, r = np.where(absent, 0.0, rhat), np.where(absent, 0.0, r)
+    rhat, r = _arrays(predicted=rhat, realized=r)
     if rhat.ndim not in (1, 2):
         raise ValueError(f"predicted must be 1-D or 2-D, got shape {rhat.shape}")
-    rhat, r = rhat[::horizon], r[::horizon]
+    rhat, r, absent = rhat[::horizon], r[::horizon], absent[::horizon]
     if kind == "long_flat":
         position = (rhat > 0).astype(float)
     elif kind == "long_short":
@@ -300,7 +310,14 @@ def strategy_returns(predicted, realized, horizon: int, kind: StrategyKind) -> n
     else:
         position = np.ones_like(rhat)
     period = position * np.expm1(r)
-    return period.mean(axis=1) if period.ndim == 2 else period
+    if period.ndim == 1:
+        return period
+    present = (~absent).sum(axis=1)
+    if not present.all():
+        row = int(np.argmin(present)) * horizon
+        raise ValueError(f"no ticker in the book at traded origin row {row}")
+    period[absent] = 0.0  # an absent ticker adds nothing and is not counted
+    return period.sum(axis=1) / present
 
 
 def cumulative_return(period_returns) -> float:

@@ -23,6 +23,7 @@ from service.forecasting.backtest import (
 )
 
 DATES = pd.bdate_range("2021-01-04", periods=4)
+BDAY = pd.offsets.BDay(1)
 LN = np.log
 # Ticker A in round dollars: close 10, actual 11, 9, 10, 12; model 10.5, 9.5, 11, 11.
 A_REALIZED = LN([1.1, 0.9, 1.0, 1.2])
@@ -159,6 +160,42 @@ def test_pooled_strategy_is_an_equal_weight_book(frame, metrics):
     np.testing.assert_allclose(equity.to_numpy(), np.cumprod(np.r_[1.0, 1 + period]))
     # indexed by the start, then each holding period's end date
     assert list(equity.index) == [DATES[0], *(DATES + pd.offsets.BDay(1))]
+
+
+def test_pooled_strategy_steps_by_session_and_lets_a_late_ticker_join():
+    # Six sessions, h = 2 (periods start at sessions 0, 2, 4). A and B trade from the start; L
+    # has forecasts only from session 3 on, so it joins the book at session 4.
+    dates = pd.bdate_range("2021-01-04", periods=6)
+
+    def ticker(name, realized, model, first=0):
+        return pd.DataFrame({
+            "ticker": name, "origin": dates[first:], "target_date": dates[first:] + 2 * BDAY,
+            "origin_close": 10.0, "realized": realized[first:], "model_lower": -1.0,
+            "model_upper": 1.0, MODEL: model[first:], NAIVE: 0.0,
+        })
+
+    a_real, a_model = LN([1.1, 9, 0.9, 9, 1.2, 9]), np.array([1, 1, 1, 1, 1, 1]) * 0.01
+    b_real, b_model = LN([1.3, 9, 1.1, 9, 0.8, 9]), np.array([-1, 1, 1, 1, 1, 1]) * 0.01
+    l_real, l_model = LN([9, 9, 9, 2.0, 1.5, 9]), np.array([1, 1, 1, 1, -1, 1]) * 0.01
+    frame = pd.concat([ticker("A", a_real, a_model), ticker("B", b_real, b_model),
+                       ticker("L", l_real, l_model, first=3)], ignore_index=True)
+    metrics = compute_metrics({2: frame}, (MODEL, NAIVE))
+
+    def pooled(metric, method=MODEL):
+        return metric_value(metrics, metric, method, 2, POOLED)
+
+    # long/short: session 0 (+0.1 - 0.3) / 2, session 2 (-0.1 + 0.1) / 2, session 4
+    # (+0.2 - 0.2 - 0.5, L short) / 3. Dropping every session before L's first one would have
+    # traded sessions 3 and 5 only (x9 moves everywhere).
+    long_short = np.array([-0.1, 0.0, -0.5 / 3])
+    assert pooled("long_short_cum_return") == pytest.approx(np.prod(1 + long_short) - 1)
+    assert pooled("long_short_cum_return") == pytest.approx(-0.25)
+    hold = np.array([(0.1 + 0.3) / 2, (-0.1 + 0.1) / 2, (0.2 - 0.2 + 0.5) / 3])
+    assert pooled("buy_and_hold_cum_return", BUY_AND_HOLD) == pytest.approx(np.prod(1 + hold) - 1)
+    equity = pooled_equity(frame, None, 2, BUY_AND_HOLD)
+    np.testing.assert_allclose(equity.to_numpy(), np.cumprod(np.r_[1.0, 1 + hold]))
+    assert list(equity.index) == [dates[0], dates[0] + 2 * BDAY, dates[2] + 2 * BDAY,
+                                  dates[4] + 2 * BDAY]
 
 
 def test_every_stored_metric_is_documented(metrics):

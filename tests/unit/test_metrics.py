@@ -252,6 +252,33 @@ def test_strategy_on_several_tickers_is_equal_weight():
     np.testing.assert_allclose(m.strategy_returns(pred, real, 1, "long_flat"), [0.05, 0.1])
 
 
+def test_book_weights_equally_over_the_tickers_present_each_traded_session():
+    nan = np.nan
+    # Ticker 2 has no forecast at rows 0-2 (it starts late); h = 2 trades rows 0, 2, 4.
+    pred = np.array([[0.1, -0.1, nan], [9.0, 9.0, nan], [0.1, 0.1, nan],
+                     [9.0, 9.0, 9.0], [0.1, -0.1, 0.1]])
+    real = np.log([[1.1, 1.2, nan], [50.0, 50.0, nan], [0.9, 1.3, nan],
+                   [50.0, 50.0, 50.0], [1.2, 1.0, 1.4]])
+    # row 0: (0.1 + 0) / 2; row 2: (-0.1 + 0.3) / 2; row 4: (0.2 + 0 + 0.4) / 3
+    np.testing.assert_allclose(m.strategy_returns(pred, real, 2, "long_flat"), [0.05, 0.1, 0.2])
+    np.testing.assert_allclose(m.strategy_returns(pred, real, 2, "buy_and_hold"),
+                               [0.15, 0.1, 0.2])
+
+
+def test_book_absences_must_agree_and_every_traded_row_needs_a_ticker():
+    nan = np.nan
+    with pytest.raises(ValueError) as exc:
+        m.strategy_returns([[0.1, nan]], [[0.1, 0.2]], 1, "long_flat")
+    assert str(exc.value) == ("predicted and realized must be NaN at the same places "
+                              "(a ticker absent from the book at an origin)")
+    with pytest.raises(ValueError) as exc:
+        m.strategy_returns([[0.1], [0.2], [nan]], [[0.1], [0.2], [nan]], 2, "long_flat")
+    assert str(exc.value) == "no ticker in the book at traded origin row 2"
+    # A single ticker's series has no absences: NaN there is still bad input.
+    with pytest.raises(ValueError, match="predicted contains NaN or inf"):
+        m.strategy_returns([0.1, nan], [0.1, 0.2], 1, "long_flat")
+
+
 def test_drawdown_counts_a_loss_from_the_start_and_sharpe_needs_two_periods():
     assert m.max_drawdown([-0.5, 0.2]) == pytest.approx(0.5)
     assert m.max_drawdown([0.1, 0.2]) == 0.0
