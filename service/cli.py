@@ -5,12 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from service.config import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 app = typer.Typer(help="stockcast: stock forecasts from an ONNX model over a bar cache.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -23,10 +28,16 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
-def _engine():
+@contextmanager
+def _engine() -> Iterator[Engine]:
+    """The configured database's engine, disposed (its pool closed) when the command ends."""
     from service.db.session import make_engine
 
-    return make_engine(get_settings().database_url)
+    engine = make_engine(get_settings().database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _parse_tickers(raw: str | None) -> list[str]:
@@ -73,25 +84,26 @@ def ingest(
     from service.errors import StockcastError
     from service.ingest import ingest_file, ingest_from_source
 
-    engine = _engine()
-    try:
-        if source == "csv":
-            if path is None:
-                _fail("--path is required with --source csv")
-            if not path.exists():
-                _fail(f"no such file: {path}")
-            report = ingest_file(engine, path, ticker=ticker, progress=progress)
-        elif source == "yfinance":
-            from service.sources.base import make_source
+    with _engine() as engine:
+        try:
+            if source == "csv":
+                if path is None:
+                    _fail("--path is required with --source csv")
+                if not path.exists():
+                    _fail(f"no such file: {path}")
+                report = ingest_file(engine, path, ticker=ticker, progress=progress)
+            elif source == "yfinance":
+                from service.sources.base import make_source
 
-            settings = get_settings().model_copy(update={"source": "yfinance"})
-            report = ingest_from_source(
-                engine, make_source(settings), _parse_tickers(tickers or ticker),
-                start.date() if start else None, end.date() if end else None, progress=progress)
-        else:
-            _fail(f"unknown source {source!r}: use csv or yfinance")
-    except StockcastError as exc:
-        _fail(str(exc))
+                settings = get_settings().model_copy(update={"source": "yfinance"})
+                report = ingest_from_source(
+                    engine, make_source(settings), _parse_tickers(tickers or ticker),
+                    start.date() if start else None, end.date() if end else None,
+                    progress=progress)
+            else:
+                _fail(f"unknown source {source!r}: use csv or yfinance")
+        except StockcastError as exc:
+            _fail(str(exc))
     typer.echo(report.summary())
 
 
@@ -118,17 +130,18 @@ def seed(force: bool = typer.Option(False, help="Ingest even if bars are already
     from service.db.bars import count_bars
     from service.ingest import ingest_file
 
-    engine = _engine()
-    existing = count_bars(engine)
-    if existing and not force:
-        typer.echo(f"cache already holds {existing} bars; nothing to seed")
-        return
-    path = seed_dataset_path()
-    if path is None:
-        _fail(f"no offline bars found: expected {get_settings().data_dir / SHARED_DATASET_NAME} "
-              "or the bokeh-sampledata package (pip install bokeh-sampledata)")
-    typer.echo(f"seeding the bar cache from {path}")
-    typer.echo(ingest_file(engine, path, progress=True).summary())
+    with _engine() as engine:
+        existing = count_bars(engine)
+        if existing and not force:
+            typer.echo(f"cache already holds {existing} bars; nothing to seed")
+            return
+        path = seed_dataset_path()
+        if path is None:
+            _fail(f"no offline bars found: expected "
+                  f"{get_settings().data_dir / SHARED_DATASET_NAME} "
+                  "or the bokeh-sampledata package (pip install bokeh-sampledata)")
+        typer.echo(f"seeding the bar cache from {path}")
+        typer.echo(ingest_file(engine, path, progress=True).summary())
 
 
 @app.command()
@@ -161,7 +174,7 @@ def list_cached_tickers():
     """List cached tickers with their stored date range and last refresh outcome."""
     from service.db.bars import list_tickers
 
-    with _engine().connect() as conn:
+    with _engine() as engine, engine.connect() as conn:
         for t in list_tickers(conn):
             typer.echo(f"{t.symbol:<10} {t.first_bar_date} .. {t.last_bar_date}  "
                        f"{t.last_refresh_status or '-'}")
@@ -280,8 +293,8 @@ def backtest(
             names = _parse_tickers(tickers)
         else:
             names = list(UNIVERSES[universe] if universe else manifest.tickers)
-        engine = _engine()
-        bars = read_bars_many(engine, names)
+        with _engine() as engine:
+            bars = read_bars_many(engine, names)
         missing = sorted(set(names) - set(bars["ticker"].unique()))
         if missing:
             _fail(f"no cached bars for {missing}: load them first (stockcast ingest / seed)")
@@ -294,12 +307,13 @@ def backtest(
         _fail(str(exc))
     result.config["seconds"]["load"] = round(loaded - started, 3)
     try:
-        with engine.begin() as conn:
-            run_id = store_run(conn, model_version=result.model_version, start=result.start,
-                               end=result.end, tickers=result.tickers, config=result.config,
-                               metrics=result.metrics.itertuples(index=False, name=None))
-        with engine.connect() as conn:
-            stored = get_metrics(conn, run_id)  # print what was stored, not what was computed
+        with _engine() as engine:
+            with engine.begin() as conn:
+                run_id = store_run(conn, model_version=result.model_version, start=result.start,
+                                   end=result.end, tickers=result.tickers, config=result.config,
+                                   metrics=result.metrics.itertuples(index=False, name=None))
+            with engine.connect() as conn:
+                stored = get_metrics(conn, run_id)  # print what was stored, not computed
     except DBAPIError as exc:
         _fail(f"cannot store the backtest ({exc.__class__.__name__}); "
               "is the database migrated? run `stockcast db upgrade`")
@@ -339,8 +353,9 @@ def promote(
     from service.promotion import promote as promote_version
 
     try:
-        verdict = promote_version(_engine(), model_dir or get_settings().model_dir, version,
-                                  max_rel_mae)
+        with _engine() as engine:
+            verdict = promote_version(engine, model_dir or get_settings().model_dir, version,
+                                      max_rel_mae)
     except (StockcastError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"promoted {verdict.describe()}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import nullcontext
@@ -106,9 +107,13 @@ class ForecastService:
         self._count_lock = threading.Lock()
         # Bar checks being renewed: when one expires under load, one request renews it from
         # the DB while concurrent requests keep answering from it (no stampede on the DB).
-        self._renewing: dict[Hashable, float] = {}  # key -> when a request took it on
+        # key -> (when, by whom) a request took it on; only that request gives it back.
+        self._renewing: dict[Hashable, tuple[float, Hashable]] = {}
         self._renewing_lock = threading.Lock()
-        self._ticker_locks: dict[str, threading.Lock] = {}
+        # A ticker's turn lock lives while a request holds or waits for it, then drops out:
+        # one entry per ticker ever asked for would grow without bound.
+        self._ticker_locks: weakref.WeakValueDictionary[str, threading.Lock] = \
+            weakref.WeakValueDictionary()
         self.hits = 0
         self.misses = 0
         self.computed = 0  # forecasts that went through features + onnxruntime
@@ -116,27 +121,32 @@ class ForecastService:
     # -- public --------------------------------------------------------------------------------
 
     def forecast(self, predictor: Predictor, ticker: str, horizon: int = 1,
-                 as_of: dt.date | None = None) -> ServedForecast:
+                 as_of: dt.date | None = None, claimant: Hashable = None) -> ServedForecast:
         """One ticker's forecast from its bars up to as_of (default: the latest bar).
 
         Requests for one ticker take turns here: when a new bar lands, the concurrent requests
         that all miss wait for the first one's forecast instead of each computing it.
+        `claimant`: the request, as passed to `cached` before (see there).
         """
         # Without a forecast cache there is nothing to wait for: no turns.
         ticker = normalize_ticker(ticker)
         turn = self._ticker_lock(ticker) if self.forecasts.size else nullcontext()
         with turn:
-            result = self.forecast_many(predictor, [ticker], horizon, as_of)[0]
+            result = self.forecast_many(predictor, [ticker], horizon, as_of, claimant)[0]
         if isinstance(result, StockcastError):
             raise result
         return result
 
     def cached(self, predictor: Predictor, ticker: str, horizon: int = 1,
-               as_of: dt.date | None = None) -> ServedForecast | None:
+               as_of: dt.date | None = None, claimant: Hashable = None) -> ServedForecast | None:
         """The forecast from memory alone (no DB, no features), or None.
 
         Found only while the ticker's shared bar check is fresh and its forecast is cached;
-        never blocks, so an async route can answer warm requests on the event loop.
+        never blocks, so an async route can answer warm requests on the event loop. When the
+        check has expired, the first caller gets None and takes on renewing it (the others
+        keep being answered from it): it passes the same `claimant` (one object per request;
+        callers that pass none share one) to `forecast`/`forecast_many`, which give the claim
+        back.
         """
         try:
             ticker = normalize_ticker(ticker)
@@ -146,7 +156,8 @@ class ForecastService:
         check = self.checks.get(key)
         if check is None:
             return None
-        if self.monotonic() - check.checked_at >= self.bar_check_ttl and self._claim(key):
+        if (self.monotonic() - check.checked_at >= self.bar_check_ttl
+                and self._claim(key, claimant)):
             return None  # this request renews the check; the others keep using it meanwhile
         forecast = self.forecasts.get(
             (ticker, check.last_bar_date, predictor.model_version, horizon))
@@ -156,10 +167,12 @@ class ForecastService:
         return ServedForecast(forecast, check.stale, check.warnings, True)
 
     def forecast_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
-                      as_of: dt.date | None = None) -> list[ServedForecast | StockcastError]:
+                      as_of: dt.date | None = None,
+                      claimant: Hashable = None) -> list[ServedForecast | StockcastError]:
         """Per ticker a ServedForecast or the error that stopped it; misses share one ORT call.
 
         DatabaseUnavailable is not per ticker: it is raised for the whole request.
+        `claimant`: the request, as passed to `cached` before.
         """
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
@@ -167,7 +180,7 @@ class ForecastService:
         for i, ticker in enumerate(tickers):
             try:
                 ticker = normalize_ticker(ticker)
-                check, bars = self._check(predictor, ticker, end)
+                check, bars = self._check(predictor, ticker, end, claimant)
                 key = (ticker, check.last_bar_date, predictor.model_version, horizon)
                 cached = self.forecasts.get(key)
                 self._count(hit=cached is not None)
@@ -217,30 +230,44 @@ class ForecastService:
 
     def _ticker_lock(self, ticker: str) -> threading.Lock:
         with self._renewing_lock:
-            return self._ticker_locks.setdefault(ticker, threading.Lock())
+            lock = self._ticker_locks.get(ticker)
+            if lock is None:
+                lock = self._ticker_locks[ticker] = threading.Lock()
+            return lock
 
-    def _claim(self, key: Hashable) -> bool:
+    def _claim(self, key: Hashable, claimant: Hashable) -> bool:
         """True for the one caller that should renew an expired check (until it has)."""
         now = self.monotonic()
         with self._renewing_lock:
+            taken = self._renewing.get(key)
             # A renewal that never finished (a request lost on the way) is retried after a while.
-            if now - self._renewing.get(key, -RENEWAL_TIMEOUT) < RENEWAL_TIMEOUT:
+            if taken is not None and now - taken[0] < RENEWAL_TIMEOUT:
                 return False
-            self._renewing[key] = now
+            self._renewing[key] = (now, claimant)
             return True
 
-    def _check(self, predictor: Predictor, ticker: str,
-               end: dt.date | None) -> tuple[BarCheck, CachedBars | None]:
+    def _release(self, key: Hashable, claimant: Hashable) -> None:
+        """Give back the claim on renewing key's check, if this claimant holds it."""
+        with self._renewing_lock:
+            taken = self._renewing.get(key)
+            if taken is not None and taken[1] is claimant:
+                del self._renewing[key]
+
+    def _check(self, predictor: Predictor, ticker: str, end: dt.date | None,
+               claimant: Hashable = None) -> tuple[BarCheck, CachedBars | None]:
         """The ticker's last bar date up to end: shared for bar_check_ttl, else asked now.
 
         Asking goes through the BarCache, which refreshes from the source when due. Renewing
         an expired check reads the last bar only (its forecast is most likely cached); a
         ticker seen for the first time reads the bars a forecast needs, returned for reuse.
+        A claim the claimant took in `cached` is given back here, whether or not it renewed
+        (another request may have been first); a request that took none leaves others' alone.
         """
         now = self.monotonic()
         key = (ticker, end)
         check = self.checks.get(key)
         if check is not None and now - check.checked_at < self.bar_check_ttl:
+            self._release(key, claimant)
             return check, None
         try:
             read = (self.bar_cache.get_bars(ticker, end=end, last=1) if check is not None
@@ -251,8 +278,7 @@ class ForecastService:
                              read.warnings, now)
             self.checks.put(key, check)
         finally:
-            with self._renewing_lock:
-                self._renewing.pop(key, None)
+            self._release(key, claimant)
         return check, (read if len(read.bars) > 1 else None)
 
     def _count(self, hit: bool) -> None:

@@ -94,41 +94,46 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine = make_engine(settings.database_url)
-        cache_options = {"clock": clock} if clock is not None else {}
-        upstream = source if source is not None else make_source(settings)
-        breaker = CircuitBreaker(upstream, dt.timedelta(seconds=settings.source_cooldown_seconds))
-        bar_cache = BarCache(
-            engine, breaker,
-            refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
-            **cache_options)
-        forecasts = ForecastService(
-            bar_cache, cache_size=settings.forecast_cache_size,
-            bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup)
-
-        def on_load(previous: LoadedModel | None, loaded: LoadedModel) -> None:
-            if previous is None or previous.version != loaded.version:
-                forecasts.clear()  # old entries are keyed by the old version anyway; free them
-            metrics.set_model(loaded.version, loaded.predictor.model.active_providers)
-
-        slot = ModelSlot(settings.model_dir, settings.ort_provider,
-                         settings.ort_intra_op_threads, on_load=on_load)
+        slot: ModelSlot | None = None
+        # Opened at once: whatever fails from here on (an unwritable source cache folder, say)
+        # must not leave the engine's pool behind.
         try:
-            slot.load()
-        except (ModelNotLoaded, ManifestMismatch) as exc:
-            # Still serve: /healthz answers, /readyz and /predict say 503 until a load works.
-            log.warning("starting without a model: %s", exc)
-        # Building the exchange calendar takes seconds; do it before the first forecast needs it.
-        next_trading_days(dt.date.today(), 1)
-        app.state.engine = engine
-        app.state.bar_cache = bar_cache
-        app.state.models = slot
-        app.state.forecasts = forecasts
-        # Every worker follows models/current by itself: a reload reaches only one of them.
-        slot.watch(settings.model_check_interval_seconds)
-        try:
+            cache_options = {"clock": clock} if clock is not None else {}
+            upstream = source if source is not None else make_source(settings)
+            breaker = CircuitBreaker(upstream,
+                                     dt.timedelta(seconds=settings.source_cooldown_seconds))
+            bar_cache = BarCache(
+                engine, breaker,
+                refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
+                **cache_options)
+            forecasts = ForecastService(
+                bar_cache, cache_size=settings.forecast_cache_size,
+                bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup)
+
+            def on_load(previous: LoadedModel | None, loaded: LoadedModel) -> None:
+                if previous is None or previous.version != loaded.version:
+                    forecasts.clear()  # old entries are keyed by the old version; free them
+                metrics.set_model(loaded.version, loaded.predictor.model.active_providers)
+
+            slot = ModelSlot(settings.model_dir, settings.ort_provider,
+                             settings.ort_intra_op_threads, on_load=on_load)
+            try:
+                slot.load()
+            except (ModelNotLoaded, ManifestMismatch) as exc:
+                # Still serve: /healthz answers, /readyz and /predict say 503 until a load works.
+                log.warning("starting without a model: %s", exc)
+            # Building the exchange calendar takes seconds; do it before a forecast needs it.
+            next_trading_days(dt.date.today(), 1)
+            app.state.engine = engine
+            app.state.bar_cache = bar_cache
+            app.state.models = slot
+            app.state.forecasts = forecasts
+            # Every worker follows models/current by itself: a reload reaches only one of them.
+            slot.watch(settings.model_check_interval_seconds)
             yield
         finally:
-            slot.stop_watching()
+            if slot is not None:
+                slot.stop_watching()
             engine.dispose()
 
     app = FastAPI(title="stockcast", version=package_version(), description=DESCRIPTION,

@@ -398,6 +398,58 @@ def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(
     engine.dispose()
 
 
+def test_only_the_request_that_took_on_a_bar_check_renewal_gives_it_back(
+        sqlite_url, tiny_artifact, bars_multi):
+    from service.api.forecasts import ForecastService
+    from service.bar_cache import BarCache
+    from service.db.session import upgrade
+    from service.errors import DatabaseUnavailable
+
+    upgrade(sqlite_url)
+    store_bars(sqlite_url, bars_multi)
+    engine = make_engine(sqlite_url)
+    now = [100.0]
+    service = ForecastService(BarCache(engine, ScriptedSource(), clock=Clock()),
+                              bar_check_ttl=1.0, monotonic=lambda: now[0])
+    predictor = tiny_predictor(tiny_artifact)
+    first = service.forecast(predictor, "AAA")
+    now[0] += 1.5  # the shared check has expired
+    renewer, other, third = object(), object(), object()
+    assert service.cached(predictor, "AAA", claimant=renewer) is None  # renewer takes it on
+    # Meanwhile another request wants a horizon nobody asked for, so it reads the last bar
+    # itself, and the database fails under it: it must not drop the renewer's claim.
+    with engine.begin() as conn:
+        conn.execute(text("alter table bars rename to bars_away"))
+    with pytest.raises(DatabaseUnavailable):
+        service.forecast(predictor, "AAA", horizon=2, claimant=other)
+    with engine.begin() as conn:
+        conn.execute(text("alter table bars_away rename to bars"))
+    assert service.cached(predictor, "AAA", claimant=third).forecast == first.forecast
+    renewed = service.forecast(predictor, "AAA", claimant=renewer)  # renews, gives it back
+    assert renewed.cached and renewed.forecast == first.forecast
+    now[0] += 1.5  # expired again, and nobody holds a claim: the next request takes it on
+    assert service.cached(predictor, "AAA", claimant=third) is None
+    engine.dispose()
+
+
+def test_a_tickers_turn_lock_lives_only_while_requests_use_it(sqlite_url, tiny_artifact,
+                                                               bars_multi):
+    from service.api.forecasts import ForecastService
+    from service.bar_cache import BarCache
+    from service.db.session import upgrade
+
+    upgrade(sqlite_url)
+    store_bars(sqlite_url, bars_multi)
+    engine = make_engine(sqlite_url)
+    service = ForecastService(BarCache(engine, ScriptedSource(), clock=Clock()))
+    predictor = tiny_predictor(tiny_artifact)
+    for ticker in ("AAA", "BBB", "CCC", "aaa"):
+        assert service.forecast(predictor, ticker).forecast.ticker == ticker.upper()
+    # One lock per ticker ever asked for would grow without bound on a public API.
+    assert len(service._ticker_locks) == 0
+    engine.dispose()
+
+
 def test_offline_only_the_first_ticker_waits_for_the_failing_source(db_url, tiny_artifact,
                                                                      bars_multi):
     store_bars(db_url, bars_multi)

@@ -87,10 +87,12 @@ async def predict_ticker(
 ) -> ForecastPublic:
     """Forecast `horizon` trading days of one ticker."""
     _check_horizon(loaded, request.horizon)
-    served = forecasts.cached(loaded.predictor, ticker, request.horizon, request.as_of)
+    claimant = object()  # this request, should its lookup take on renewing the bar check
+    served = forecasts.cached(loaded.predictor, ticker, request.horizon, request.as_of,
+                              claimant)
     if served is None:  # DB, maybe the source, features, onnxruntime: off the event loop
         served = await run_in_threadpool(forecasts.forecast, loaded.predictor, ticker,
-                                         request.horizon, request.as_of)
+                                         request.horizon, request.as_of, claimant)
     return forecast_public(served, request.horizon)
 
 
@@ -112,12 +114,14 @@ async def predict_batch(
     """Forecast `horizon` trading days of each ticker."""
     _check_horizon(loaded, request.horizon)
     predictor, horizon, as_of = loaded.predictor, request.horizon, request.as_of
-    results = [forecasts.cached(predictor, t, horizon, as_of) for t in request.tickers]
+    claimant = object()  # this request, should a lookup take on renewing a bar check
+    results = [forecasts.cached(predictor, t, horizon, as_of, claimant)
+               for t in request.tickers]
     missing = [i for i, result in enumerate(results) if result is None]
     if missing:  # computed together (one onnxruntime call) in the threadpool
         computed = await run_in_threadpool(
             forecasts.forecast_many, predictor, [request.tickers[i] for i in missing], horizon,
-            as_of)
+            as_of, claimant)
         for i, result in zip(missing, computed):
             results[i] = result
     out = ForecastListPublic(forecasts=[], errors=[])
