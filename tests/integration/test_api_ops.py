@@ -3,6 +3,7 @@ and the packaging checks (no torch in the serving import, a valid compose file).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -379,13 +380,59 @@ def test_chart_indicators_are_the_features_in_price_units():
 # -- packaging ----------------------------------------------------------------------------------
 
 
-def test_serving_imports_no_torch():
-    code = ("import sys; import service.api.main, service.cli; "
-            "service.api.main.create_app(); "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=PROJECT_ROOT, check=True)
-    assert out.stdout.strip() == "False"
+# Run in a fresh interpreter: serve the shipped model end to end (lifespan, a forecast, bars
+# with indicators, a stored backtest), then report whether anything loaded torch on the way.
+SERVE_WITHOUT_TORCH = """
+import datetime as dt
+import json
+import sys
+
+import service.cli  # noqa: F401 - the CLI module imports too
+from fastapi.testclient import TestClient
+from service.api.main import create_app
+from service.config import PROJECT_ROOT
+from service.db.backtests import store_run
+from service.db.session import make_engine, reset_database
+from tests.api_factories import Clock, api_settings, store_bars
+from tests.bar_factories import ScriptedSource, make_bars
+
+url = sys.argv[1]
+reset_database(url)
+store_bars(url, make_bars(360, seed=3, price=150.0, ticker="AAPL"))
+engine = make_engine(url)
+with engine.begin() as conn:
+    store_run(conn, model_version="381c7b89db93", start=dt.date(2021, 3, 1),
+              end=dt.date(2021, 5, 18), tickers=["AAPL"], config={},
+              metrics=[("AAPL", 1, "model", "mae", 1.0), ("AAPL", 1, "naive", "mae", 1.1)])
+engine.dispose()
+app = create_app(api_settings(url, PROJECT_ROOT / "models"), source=ScriptedSource(),
+                 clock=Clock())
+with TestClient(app) as client:
+    forecast = client.post("/predict/AAPL")
+    bars = client.get("/bars/AAPL")
+    backtest = client.get("/metrics/backtest")
+print(json.dumps({
+    "status": [forecast.status_code, bars.status_code, backtest.status_code],
+    "version": forecast.json()["model_version"],
+    "n_bars": len(bars.json()["dates"]),
+    "mae": [m["mae"] for m in backtest.json()["metrics"]],
+    "torch": "torch" in sys.modules,
+}))
+"""
+
+
+def test_serving_the_shipped_model_never_imports_torch(tmp_path):
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    out = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_TORCH, url], capture_output=True,
+                         text=True, cwd=PROJECT_ROOT, check=False, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    shipped = (PROJECT_ROOT / "models" / "current").read_text().strip()
+    assert result["status"] == [200, 200, 200]
+    assert result["version"] == shipped
+    assert result["n_bars"] > 200  # the default chart year
+    assert result["mae"] == [1.0, 1.1]  # the stored run: model, then naive
+    assert result["torch"] is False
 
 
 def _compose_command() -> list[str] | None:
