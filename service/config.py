@@ -64,8 +64,6 @@ class Settings(BaseSettings):
     data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
     yfinance_cache_dir: Path = PROJECT_ROOT / "var" / "yfinance-cache"
     log_level: str = "INFO"
-    # Bars older than this many calendar days trigger an incremental refresh.
-    refresh_after_days: int = Field(default=1, ge=0)
     ort_provider: Literal["auto", "cpu", "cuda"] = "auto"
     ort_intra_op_threads: int = Field(default_factory=available_cpus)
     api_key: str | None = None

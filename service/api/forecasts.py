@@ -31,7 +31,7 @@ from service.tickers import normalize_ticker
 
 # Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
-# full-history features the backtest uses (tests/integration/test_api_forecasts.py checks it).
+# full-history features the backtest uses (tests/integration/test_api_predict.py checks it).
 SERVING_EXTRA_BARS = 300
 # Seconds after which an expired bar check that one request took on to renew may be taken on by
 # another (the first never finished).
