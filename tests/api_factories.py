@@ -15,7 +15,7 @@ import uvicorn
 
 from service.config import Settings
 from service.db.bars import upsert_bars
-from service.db.session import make_engine
+from service.db.session import make_engine, reset_database
 
 # The tiny model's synthetic bars (tests.tiny_model) end on Wednesday 2021-05-19; on Thursday
 # evening the cache expects nothing newer, so cached tickers are served without a fetch.
@@ -34,8 +34,11 @@ class Clock:
         return self.now
 
 
-def store_bars(url: str, bars_multi: pd.DataFrame) -> None:
-    """Upsert a multi-ticker bars frame into a migrated database."""
+def store_bars(url: str, bars_multi: pd.DataFrame, *, reset: bool = False) -> None:
+    """Upsert a multi-ticker bars frame into the database at url (migrated, or reset=True to
+    drop every table and migrate it first)."""
+    if reset:
+        reset_database(url)
     engine = make_engine(url)
     try:
         with engine.begin() as conn:

@@ -50,16 +50,3 @@ def train_tiny_artifact(model_dir: Path) -> TinyArtifact:
     artifact_dir = export_artifact(result, model_dir)
     return TinyArtifact(model_dir, artifact_dir, result, bars)
 
-
-def write_bars_db(url: str, bars_multi: pd.DataFrame) -> None:
-    """A migrated database at url holding bars_multi."""
-    from service.db.bars import upsert_bars
-    from service.db.session import make_engine, reset_database
-
-    reset_database(url)
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            upsert_bars(conn, bars_multi, source="test")
-    finally:
-        engine.dispose()

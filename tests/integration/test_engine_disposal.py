@@ -71,8 +71,7 @@ def test_a_normal_shutdown_disposes_the_engine(sqlite_url, tiny_artifact, engine
 def cli_env(monkeypatch, tmp_path, tiny_artifact):
     """A migrated SQLite DB with the tiny bars, the tiny model; settings from the environment."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    reset_database(url)
-    store_bars(url, tiny_artifact.bars)
+    store_bars(url, tiny_artifact.bars, reset=True)
     model_dir = tmp_path / "models"
     copy_models(tiny_artifact.artifact_dir, model_dir)
     for name, value in (("DATABASE_URL", url), ("MODEL_DIR", str(model_dir)),

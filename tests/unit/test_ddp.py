@@ -12,13 +12,14 @@ import pytest
 
 from service.config import PROJECT_ROOT
 from service.forecasting.manifest import CURRENT_FILE, load_manifest
-from tests.tiny_model import synthetic_bars_multi, tiny_config, write_bars_db
+from tests.api_factories import store_bars
+from tests.tiny_model import synthetic_bars_multi, tiny_config
 
 
 @pytest.mark.slow
 def test_two_cpu_ranks_end_with_identical_weights(tmp_path):
     url = f"sqlite:///{tmp_path / 'bars.db'}"
-    write_bars_db(url, synthetic_bars_multi())
+    store_bars(url, synthetic_bars_multi(), reset=True)
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_config(epochs=2, threads=None).to_dict()))
     models = tmp_path / "models"

@@ -14,7 +14,8 @@ from service.forecasting.features import build_features
 from service.forecasting.manifest import CURRENT_FILE, load_manifest
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.windows import forward_log_returns
-from tests.tiny_model import TINY_TICKERS, synthetic_bars_multi, tiny_config, write_bars_db
+from tests.api_factories import store_bars
+from tests.tiny_model import TINY_TICKERS, synthetic_bars_multi, tiny_config
 from training.dataset import prepare_data
 from training.train import (
     TrainingDiverged,
@@ -173,7 +174,7 @@ def test_diverging_loss_raises_and_names_the_epoch(bars_multi):
 
 
 def test_missing_tickers_in_the_cache_are_named(sqlite_url, bars_multi):
-    write_bars_db(sqlite_url, bars_multi)
+    store_bars(sqlite_url, bars_multi, reset=True)
     with pytest.raises(ValueError) as err:
         read_training_bars(sqlite_url, tiny_config(tickers=("AAA", "ZZZ", "YYY")))
     assert str(err.value) == (
@@ -207,7 +208,7 @@ def _cli(tmp_path, sqlite_url, monkeypatch, config):
 
 def test_cli_train_reads_the_cache_and_writes_the_artifact(tmp_path, sqlite_url, bars_multi,
                                                            monkeypatch):
-    write_bars_db(sqlite_url, bars_multi)
+    store_bars(sqlite_url, bars_multi, reset=True)
     result, models = _cli(tmp_path, sqlite_url, monkeypatch, tiny_config(epochs=2))
     assert result.exit_code == 0, result.output
     version = (models / CURRENT_FILE).read_text().strip()
@@ -219,7 +220,7 @@ def test_cli_train_reads_the_cache_and_writes_the_artifact(tmp_path, sqlite_url,
 
 
 def test_cli_train_that_diverges_exports_nothing(tmp_path, sqlite_url, bars_multi, monkeypatch):
-    write_bars_db(sqlite_url, bars_multi)
+    store_bars(sqlite_url, bars_multi, reset=True)
     config = tiny_config(learning_rate=1e30, grad_clip=1e30)
     result, models = _cli(tmp_path, sqlite_url, monkeypatch, config)
     assert result.exit_code == 1
