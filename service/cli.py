@@ -194,12 +194,22 @@ def train(
     seed: Annotated[Optional[int], typer.Option()] = None,
     config: Annotated[Optional[Path], typer.Option(help="TrainConfig JSON; options win.")] = None,
     model_dir: Annotated[Optional[Path], typer.Option(help="Artifacts folder.")] = None,
-    promote: Annotated[bool, typer.Option(help="Point models/current at it.")] = True,
+    gate: Annotated[bool, typer.Option(
+        "--promote/--no-promote",
+        help="Backtest the new version on its test segment (stored, as `stockcast backtest`) "
+             "and let the gate point models/current at it (as `stockcast promote`).")] = True,
+    max_rel_mae: Annotated[float, typer.Option(
+        help="The gate: highest pooled 1-day MAE relative to naive that may be promoted.")] = 1.0,
+    plots_dir: Annotated[Optional[Path], typer.Option(
+        help="Where the gate backtest's PNGs go (default: var/backtests/run-<id>).")] = None,
     progress: bool = True,
 ):
     """Train the LSTM + ticker-embedding model on cached bars and export models/<version>/.
 
-    Runs under `torchrun --nproc_per_node=K` too (DistributedDataParallel; rank 0 exports).
+    Then (--promote, the default) backtest the new version on its test segment, store the run
+    and call the gate: models/current moves to it only if it passes; a refusal says by how much
+    it lost and exits 1. --no-promote exports only. Runs under `torchrun --nproc_per_node=K` too
+    (DistributedDataParallel; rank 0 exports and gates).
     """
     import json
 
@@ -227,8 +237,7 @@ def train(
     try:
         train_config = base.with_(**changes)
         settings = get_settings()
-        artifact = run(train_config, settings.database_url, model_dir or settings.model_dir,
-                       promote=promote)
+        artifact = run(train_config, settings.database_url, model_dir or settings.model_dir)
     except (ValueError, TrainingDiverged) as exc:
         _fail(str(exc))
     if artifact is not None:  # rank 0
@@ -240,6 +249,19 @@ def train(
                    f"vs naive {one_day['mae_naive_zero']:.5f} "
                    f"(rel {one_day['rel_mae_vs_naive']:.3f}), "
                    f"10-90% coverage {one_day['coverage']:.2f}")
+        if not gate:
+            typer.echo(f"not promoted (--no-promote): models/current unchanged; gate it with "
+                       f"`stockcast backtest --version {artifact.name}`, then "
+                       f"`stockcast promote {artifact.name}`")
+            return
+        # Exactly `stockcast backtest --version V` then `stockcast promote V`: stored, gated.
+        from service.forecasting.backtest import DEFAULT_HORIZONS
+
+        typer.echo("")
+        horizons = ",".join(str(h) for h in DEFAULT_HORIZONS if h <= meta["spec"]["horizon"])
+        backtest(version=artifact.name, model_dir=artifact.parent, horizons=horizons,
+                 plots_dir=plots_dir)
+        promote(artifact.name, max_rel_mae=max_rel_mae, model_dir=artifact.parent)
 
 
 @app.command()

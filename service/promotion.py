@@ -2,7 +2,11 @@
 
 The gate reads the version's latest STORED backtest (run `stockcast backtest --version V` first)
 and compares the pooled 1-day MAE relative to naive with a threshold (default 1.0: at least as
-good as tomorrow = today). Training can call `promote` at the end instead of promoting blindly.
+good as tomorrow = today). Only an out-of-sample run over every training ticker counts: a run
+with origins before the artifact's test segment scores forecasts of dates the model was fitted
+on, and a run over a subset of tickers can pick the ones it does well on; both are refused.
+`stockcast train` backtests the new version and calls `promote` at the end; nothing else
+points models/current at a new artifact.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from sqlalchemy import Engine
 from service.db.backtests import get_metrics, latest_run
 from service.errors import StockcastError
 from service.forecasting.backtest import MODEL, NAIVE, POOLED
-from service.forecasting.manifest import CURRENT_FILE, load_manifest, set_current
+from service.forecasting.manifest import CURRENT_FILE, Manifest, load_manifest, set_current
 
 GATE_HORIZON = 1
 DEFAULT_MAX_REL_MAE = 1.0
@@ -52,11 +56,18 @@ class PromotionVerdict:
         )
 
 
-def evaluate_gate(engine: Engine, version: str,
+def evaluate_gate(engine: Engine, manifest: Manifest,
                   max_rel_mae: float = DEFAULT_MAX_REL_MAE) -> PromotionVerdict:
-    """The verdict from the version's latest stored backtest; PromotionRefused if there is none."""
+    """The verdict from the version's latest stored backtest; PromotionRefused if it is unusable.
+
+    Unusable: none stored, in-sample (origins before the manifest's test segment), missing some
+    of the manifest's training tickers, or without a pooled 1-day MAE for the model and naive.
+    """
     if not max_rel_mae > 0:
         raise ValueError(f"max_rel_mae must be positive, got {max_rel_mae}")
+    version = manifest.version
+    rerun = (f"run `stockcast backtest --version {version}` (by default: the test segment, "
+             "every training ticker)")
     with engine.connect() as conn:
         run = latest_run(conn, version)
         if run is None:
@@ -65,6 +76,18 @@ def evaluate_gate(engine: Engine, version: str,
                 f"`stockcast backtest --version {version}` first"
             )
         rows = get_metrics(conn, run.id, ticker=POOLED, horizon=GATE_HORIZON, metric="mae")
+    test_first = manifest.split.test[0]
+    if run.config.get("in_sample_origins") or run.start < test_first:
+        raise PromotionRefused(
+            f"backtest run {run.id} of {version} is in-sample: its origins start {run.start}, "
+            f"before the test segment ({test_first}), on dates the model was fitted on; {rerun}"
+        )
+    missing = sorted(set(manifest.tickers) - set(run.tickers))
+    if missing:
+        raise PromotionRefused(
+            f"backtest run {run.id} of {version} scores {len(run.tickers)} of the model's "
+            f"{len(manifest.tickers)} training tickers (missing {missing}); {rerun}"
+        )
     mae = dict(zip(rows["method"], rows["value"]))
     if MODEL not in mae or NAIVE not in mae:
         raise PromotionRefused(
@@ -82,8 +105,8 @@ def promote(engine: Engine, model_dir: Path | str, version: str,
             max_rel_mae: float = DEFAULT_MAX_REL_MAE) -> PromotionVerdict:
     """Point model_dir/current at `version` if it passes the gate; PromotionRefused otherwise."""
     model_dir = Path(model_dir)
-    load_manifest(model_dir / version)  # a broken or missing artifact is never promoted
-    verdict = evaluate_gate(engine, version, max_rel_mae)
+    manifest = load_manifest(model_dir / version)  # a broken or missing artifact is never promoted
+    verdict = evaluate_gate(engine, manifest, max_rel_mae)
     if not verdict.passed:
         pointer = model_dir / CURRENT_FILE
         current = pointer.read_text().strip() if pointer.is_file() else "nothing"

@@ -83,6 +83,11 @@ def db_url(request, tmp_path) -> str:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory):
     """A tiny LSTM trained once per session on synthetic bars, exported to a models folder."""
+    from service.forecasting.manifest import set_current
     from tests.tiny_model import train_tiny_artifact
 
-    return train_tiny_artifact(tmp_path_factory.mktemp("models"))
+    tiny = train_tiny_artifact(tmp_path_factory.mktemp("models"))
+    # Export leaves models/current alone (only the promotion gate sets it); the API tests serve
+    # the tiny model as current.
+    set_current(tiny.model_dir, tiny.artifact_dir.name)
+    return tiny

@@ -22,7 +22,6 @@ from service.forecasting.manifest import (
     META_FILE,
     ONNX_FILE,
     artifact_version,
-    set_current,
 )
 from training.model import ExportedForecaster, QuantileLSTM
 from training.train import TrainResult
@@ -158,8 +157,12 @@ def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
     return meta
 
 
-def export_artifact(result: TrainResult, model_dir: Path, promote: bool = True) -> Path:
-    """Write models/<version>/{model.onnx, meta.json, history.png}; point `current` at it."""
+def export_artifact(result: TrainResult, model_dir: Path) -> Path:
+    """Write models/<version>/{model.onnx, meta.json, history.png}; `current` is left alone.
+
+    Only the promotion gate (service.promotion.promote, which `stockcast train` calls after a
+    backtest of the new version) points models/current at an artifact.
+    """
     model, prepared = result.model.cpu().eval(), result.prepared
     target = prepared.target_scaler
     val = prepared.val
@@ -186,7 +189,5 @@ def export_artifact(result: TrainResult, model_dir: Path, promote: bool = True) 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if promote:
-        set_current(model_dir, meta["version"])
     log.info("exported %s (%d KB onnx)", final, len(onnx_bytes) // 1024)
     return final

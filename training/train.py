@@ -340,9 +340,12 @@ def read_training_bars(database_url: str, config: TrainConfig) -> pd.DataFrame:
     return bars
 
 
-def run(config: TrainConfig, database_url: str, model_dir: Path,
-        promote: bool = True) -> Path | None:
-    """Read bars, train, and (rank 0) export models/<version>/; returns that folder on rank 0."""
+def run(config: TrainConfig, database_url: str, model_dir: Path) -> Path | None:
+    """Read bars, train, and (rank 0) export models/<version>/; returns that folder on rank 0.
+
+    models/current is not touched: promotion goes through the backtest gate (`stockcast train`
+    runs it after this, unless --no-promote).
+    """
     from training.export import export_artifact
 
     bars = read_training_bars(database_url, config)
@@ -350,7 +353,7 @@ def run(config: TrainConfig, database_url: str, model_dir: Path,
         result = fit(config, bars)
         artifact_dir = None
         if result.rank == 0:
-            artifact_dir = export_artifact(result, Path(model_dir), promote=promote)
+            artifact_dir = export_artifact(result, Path(model_dir))
         if result.world_size > 1:
             dist.barrier()
         return artifact_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import contextmanager
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +13,7 @@ from service.config import get_settings
 from service.db.backtests import get_metrics, latest_run, store_run
 from service.db.session import make_engine
 from service.forecasting.backtest import MODEL, NAIVE, POOLED
+from service.forecasting.manifest import load_manifest
 from service.promotion import PromotionRefused, evaluate_gate, promote
 from tests.api_factories import copy_models, store_bars
 
@@ -36,14 +38,19 @@ def env(monkeypatch, tmp_path, tiny_artifact):
     get_settings.cache_clear()
 
 
-def store_gate_metrics(url, version, model_mae, naive_mae=1.0) -> int:
+def store_gate_metrics(url, manifest, model_mae, naive_mae=1.0, *, start=None,
+                       tickers=None, config=None) -> int:
+    """A stored run with pooled 1-day MAEs; by default what `stockcast backtest` would store:
+    the test segment, every training ticker, out of sample."""
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
-            return store_run(conn, model_version=version, start=dt.date(2021, 3, 31),
-                             end=dt.date(2021, 5, 18), tickers=["AAA"], config={},
-                             metrics=[(POOLED, 1, MODEL, "mae", model_mae),
-                                      (POOLED, 1, NAIVE, "mae", naive_mae)])
+            return store_run(
+                conn, model_version=manifest.version, start=start or manifest.split.test[0],
+                end=dt.date(2021, 5, 18), tickers=manifest.tickers if tickers is None else tickers,
+                config={"in_sample_origins": False} if config is None else config,
+                metrics=[(POOLED, 1, MODEL, "mae", model_mae),
+                         (POOLED, 1, NAIVE, "mae", naive_mae)])
     finally:
         engine.dispose()
 
@@ -90,7 +97,7 @@ def test_promote_refuses_a_model_worse_than_naive_and_says_by_how_much(env, tiny
     url, model_dir = env
     version = tiny_artifact.artifact_dir.name
     (model_dir / "current").write_text("previous\n")
-    run_id = store_gate_metrics(url, version, model_mae=1.05)
+    run_id = store_gate_metrics(url, load_manifest(model_dir / version), model_mae=1.05)
     out = CliRunner().invoke(app, ["promote", version])
     assert out.exit_code == 1
     assert out.output.strip() == (
@@ -109,8 +116,9 @@ def test_promote_accepts_a_model_that_beats_naive_using_the_latest_run(env, tiny
     url, model_dir = env
     version = tiny_artifact.artifact_dir.name
     (model_dir / "current").write_text("previous\n")
-    store_gate_metrics(url, version, model_mae=1.2)
-    later = store_gate_metrics(url, version, model_mae=0.9)
+    manifest = load_manifest(model_dir / version)
+    store_gate_metrics(url, manifest, model_mae=1.2)
+    later = store_gate_metrics(url, manifest, model_mae=0.9)
     engine = make_engine(url)
     verdict = promote(engine, model_dir, version)
     engine.dispose()
@@ -125,13 +133,82 @@ def test_promote_refuses_without_a_stored_backtest_or_an_artifact(env, tiny_arti
     url, model_dir = env
     version = tiny_artifact.artifact_dir.name
     engine = make_engine(url)
+    manifest = load_manifest(model_dir / version)
     with pytest.raises(PromotionRefused) as exc:
-        evaluate_gate(engine, version)
+        evaluate_gate(engine, manifest)
     assert str(exc.value) == (f"no stored backtest for model {version}: run "
                               f"`stockcast backtest --version {version}` first")
     out = CliRunner().invoke(app, ["promote", "missing"])
     assert out.exit_code == 1
     assert f"error: no model artifact at {model_dir / 'missing'}" in out.output
     with pytest.raises(ValueError, match="max_rel_mae must be positive, got 0"):
-        evaluate_gate(engine, version, max_rel_mae=0)
+        evaluate_gate(engine, manifest, max_rel_mae=0)
     engine.dispose()
+
+
+def backtest_then_promote(version, *backtest_args):
+    """`stockcast backtest --version V ARGS` (stored), then `stockcast promote V` with a gate
+    every model passes on MAE (so only the run's coverage can refuse it)."""
+    out = CliRunner().invoke(app, ["backtest", "--version", version, "--horizons", "1",
+                                   *backtest_args])
+    assert out.exit_code == 0, out.output
+    return CliRunner().invoke(app, ["promote", version, "--max-rel-mae", "100"])
+
+
+def test_promote_refuses_an_in_sample_backtest(env, tiny_artifact, tmp_path):
+    url, model_dir = env
+    version = tiny_artifact.artifact_dir.name
+    (model_dir / "current").write_text("previous\n")
+    test_first = load_manifest(model_dir / version).split.test[0]  # 2021-03-31
+    out = backtest_then_promote(version, "--start", "2021-01-04", "--plots-dir",
+                                str(tmp_path / "plots"))
+    run_id = latest_run_id(url, version)
+    assert out.exit_code == 1
+    assert out.output.strip() == (
+        f"error: backtest run {run_id} of {version} is in-sample: its origins start 2021-01-04, "
+        f"before the test segment ({test_first}), on dates the model was fitted on; run "
+        f"`stockcast backtest --version {version}` (by default: the test segment, every "
+        "training ticker)")
+    assert (model_dir / "current").read_text() == "previous\n"
+    # A stored run that starts early is in-sample even if its config does not say so.
+    manifest = load_manifest(model_dir / version)
+    early = store_gate_metrics(url, manifest, model_mae=0.5, start=dt.date(2021, 3, 30),
+                               config={})
+    with make_engine_disposed(url) as engine, pytest.raises(PromotionRefused) as exc:
+        promote(engine, model_dir, version, max_rel_mae=100)
+    assert str(exc.value).startswith(f"backtest run {early} of {version} is in-sample: its "
+                                     "origins start 2021-03-30, before the test segment")
+    # The default backtest (the test segment) is then accepted.
+    out = backtest_then_promote(version, "--plots-dir", str(tmp_path / "plots2"))
+    assert out.exit_code == 0, out.output
+    assert (model_dir / "current").read_text().strip() == version
+
+
+def test_promote_refuses_a_backtest_over_part_of_the_training_tickers(env, tiny_artifact,
+                                                                      tmp_path):
+    url, model_dir = env
+    version = tiny_artifact.artifact_dir.name
+    (model_dir / "current").write_text("previous\n")
+    out = backtest_then_promote(version, "--tickers", "AAA", "--plots-dir",
+                                str(tmp_path / "plots"))
+    run_id = latest_run_id(url, version)
+    assert out.exit_code == 1
+    assert out.output.strip() == (
+        f"error: backtest run {run_id} of {version} scores 1 of the model's 3 training tickers "
+        f"(missing ['BBB', 'CCC']); run `stockcast backtest --version {version}` (by default: "
+        "the test segment, every training ticker)")
+    assert (model_dir / "current").read_text() == "previous\n"
+
+
+def latest_run_id(url, version) -> int:
+    with make_engine_disposed(url) as engine, engine.connect() as conn:
+        return latest_run(conn, version).id
+
+
+@contextmanager
+def make_engine_disposed(url):
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

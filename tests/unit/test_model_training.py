@@ -189,7 +189,7 @@ def test_too_short_history_for_any_window_is_a_clear_error():
         prepare_data(short, tiny_config().spec)
 
 
-def _cli(tmp_path, sqlite_url, monkeypatch, config):
+def _cli(tmp_path, sqlite_url, monkeypatch, config, *args):
     from service.cli import app
     from service.config import get_settings
 
@@ -200,16 +200,31 @@ def _cli(tmp_path, sqlite_url, monkeypatch, config):
     models = tmp_path / "models"
     try:
         result = CliRunner().invoke(
-            app, ["train", "--config", str(cfg), "--model-dir", str(models), "--no-progress"])
+            app, ["train", "--config", str(cfg), "--model-dir", str(models), "--no-progress",
+                  "--plots-dir", str(tmp_path / "plots"), *args])
     finally:
         get_settings.cache_clear()
     return result, models
 
 
+def _stored_runs(url, version):
+    from service.db.backtests import list_runs
+    from service.db.session import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list_runs(conn, version)
+    finally:
+        engine.dispose()
+
+
 def test_cli_train_reads_the_cache_and_writes_the_artifact(tmp_path, sqlite_url, bars_multi,
                                                            monkeypatch):
     store_bars(sqlite_url, bars_multi, reset=True)
-    result, models = _cli(tmp_path, sqlite_url, monkeypatch, tiny_config(epochs=2))
+    # A gate every model passes on MAE: this test is about training and export.
+    result, models = _cli(tmp_path, sqlite_url, monkeypatch, tiny_config(epochs=2),
+                          "--max-rel-mae", "100")
     assert result.exit_code == 0, result.output
     version = (models / CURRENT_FILE).read_text().strip()
     manifest = load_manifest(models / version)
@@ -217,6 +232,46 @@ def test_cli_train_reads_the_cache_and_writes_the_artifact(tmp_path, sqlite_url,
     assert (models / version / "history.png").read_bytes()[:4] == b"\x89PNG"
     assert f"artifact {models / version}" in result.output
     assert "val 1-day MAE" in result.output
+    # Promoted through the gate, on a stored backtest of the test segment over every ticker.
+    [run] = _stored_runs(sqlite_url, version)
+    assert run.start == manifest.split.test[0] and run.tickers == list(TINY_TICKERS)
+    assert f"backtest run {run.id}: model {version}, 3 tickers" in result.output
+    assert f"promoted {version}: 1-day MAE $" in result.output
+    assert f"threshold 100.0000, backtest run {run.id})" in result.output
+
+
+def test_cli_train_leaves_current_alone_when_the_gate_refuses(tmp_path, sqlite_url, bars_multi,
+                                                              monkeypatch):
+    store_bars(sqlite_url, bars_multi, reset=True)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / CURRENT_FILE).write_text("previous\n")
+    # No model is 100x better than naive: the gate refuses.
+    result, _ = _cli(tmp_path, sqlite_url, monkeypatch, tiny_config(epochs=2),
+                     "--max-rel-mae", "0.01")
+    assert result.exit_code == 1
+    assert (models / CURRENT_FILE).read_text() == "previous\n"
+    [artifact] = [p for p in models.iterdir() if p.is_dir()]
+    [run] = _stored_runs(sqlite_url, artifact.name)
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"error: refused: {artifact.name}: 1-day MAE $")
+    assert f"threshold 0.0100, backtest run {run.id}); it exceeds the threshold by " in last
+    assert last.endswith(". current still names previous")
+
+
+def test_cli_train_no_promote_exports_without_a_backtest(tmp_path, sqlite_url, bars_multi,
+                                                         monkeypatch):
+    store_bars(sqlite_url, bars_multi, reset=True)
+    result, models = _cli(tmp_path, sqlite_url, monkeypatch, tiny_config(epochs=2),
+                          "--no-promote")
+    assert result.exit_code == 0, result.output
+    [artifact] = [p for p in models.iterdir() if p.is_dir()]
+    assert not (models / CURRENT_FILE).exists()
+    assert _stored_runs(sqlite_url, artifact.name) == []
+    assert result.output.strip().splitlines()[-1] == (
+        "not promoted (--no-promote): models/current unchanged; gate it with "
+        f"`stockcast backtest --version {artifact.name}`, then "
+        f"`stockcast promote {artifact.name}`")
 
 
 def test_cli_train_that_diverges_exports_nothing(tmp_path, sqlite_url, bars_multi, monkeypatch):
