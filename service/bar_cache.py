@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections import defaultdict
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,12 +56,17 @@ class BarCache:
         self.refresh_interval = refresh_interval
         self.clock = clock
         self.history_days = history_days
-        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        # A ticker's lock lives only while some request holds a reference to it (bounded).
+        self._locks: weakref.WeakValueDictionary[str, threading.Lock] = (
+            weakref.WeakValueDictionary())
         self._locks_guard = threading.Lock()
 
     def _lock(self, ticker: str) -> threading.Lock:
         with self._locks_guard:
-            return self._locks[ticker]
+            lock = self._locks.get(ticker)
+            if lock is None:
+                lock = self._locks[ticker] = threading.Lock()
+            return lock
 
     def get_bars(self, ticker: str, start: dt.date | None = None, end: dt.date | None = None,
                  last: int | None = None) -> CachedBars:

@@ -130,6 +130,7 @@ def test_concurrent_refreshes_make_one_upstream_call(engine):
     assert len(source.calls) == 1
     assert all(len(r.bars) == 130 for r in results)
     assert bars_db.count_bars(engine, "AAPL") == 130  # no duplicates, nothing lost
+    assert len(cache._locks) == 0  # per-ticker locks do not outlive the requests
 
 
 def test_source_failure_with_cache_returns_stale_and_keeps_bars(engine):
