@@ -18,15 +18,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import sqlalchemy as sa  # noqa: E402
-from sqlalchemy.dialects import postgresql, sqlite  # noqa: E402
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
-from service.db.bars import BAR_VALUE_COLUMNS, _prepare  # noqa: E402
-from service.db.models import Bar  # noqa: E402
-from service.db.session import make_engine, reset_database  # noqa: E402
-from service.ingest import ingest_frame  # noqa: E402
-from service.sources.csv import read_bars_file  # noqa: E402
-from service.sources.validate import validate_bars  # noqa: E402
+from service.db.bars import BAR_VALUE_COLUMNS, _prepare
+from service.db.models import Bar
+from service.db.session import make_engine, reset_database
+from service.ingest import ingest_frame
+from service.sources.csv import read_bars_file
+from service.sources.validate import validate_bars
 
 DATASET = ROOT.parent / "shared" / "data" / "sp500_daily_2012_2017.csv.gz"
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -100,7 +100,7 @@ def main() -> int:
             with admin.connect() as conn:
                 conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
     print(f"\nIngest of {DATASET.name}: {len(frame):,} rows read\n")
-    print(f"| backend  | step | seconds | rows/s |\n|---|---|---:|---:|")
+    print("| backend  | step | seconds | rows/s |\n|---|---|---:|---:|")
     for backend, step, secs, rate in rows:
         print(f"| {backend} | {step} | {secs:.2f} | {rate:,.0f} |")
     return 0

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -47,7 +47,7 @@ def _parse_tickers(raw: str | None) -> list[str]:
 
 
 @app.callback()
-def main(log_level: Annotated[Optional[str], typer.Option(help="Logging level.")] = None):
+def main(log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None):
     logging.basicConfig(level=(log_level or get_settings().log_level).upper(),
                         format="%(levelname)s %(name)s: %(message)s")
 
@@ -73,11 +73,11 @@ def db_downgrade(revision: str):
 @app.command()
 def ingest(
     source: Annotated[str, typer.Option(help="csv (a file) or yfinance (the network).")] = "csv",
-    path: Annotated[Optional[Path], typer.Option(help="CSV/Parquet file (gzip ok).")] = None,
-    ticker: Annotated[Optional[str], typer.Option(help="Ticker of a single-ticker file.")] = None,
-    tickers: Annotated[Optional[str], typer.Option(help="Comma list, for yfinance.")] = None,
-    start: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
-    end: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
+    path: Annotated[Path | None, typer.Option(help="CSV/Parquet file (gzip ok).")] = None,
+    ticker: Annotated[str | None, typer.Option(help="Ticker of a single-ticker file.")] = None,
+    tickers: Annotated[str | None, typer.Option(help="Comma list, for yfinance.")] = None,
+    start: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
+    end: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
     progress: bool = True,
 ):
     """Load bars into the cache and print `read N, stored M, rejected K (reasons)`."""
@@ -182,25 +182,25 @@ def list_cached_tickers():
 
 @app.command()
 def train(
-    tickers: Annotated[Optional[str], typer.Option(help="Comma list (beats --universe).")] = None,
+    tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
     universe: Annotated[str, typer.Option(help="Named ticker universe.")] = "top24",
-    start: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
-    end: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Max epochs (early stopping).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    train_stride: Annotated[Optional[int], typer.Option(help="Every k-th train origin.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TrainConfig JSON; options win.")] = None,
-    model_dir: Annotated[Optional[Path], typer.Option(help="Artifacts folder.")] = None,
+    start: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
+    end: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
+    epochs: Annotated[int | None, typer.Option(help="Max epochs (early stopping).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    train_stride: Annotated[int | None, typer.Option(help="Every k-th train origin.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; options win.")] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
     gate: Annotated[bool, typer.Option(
         "--promote/--no-promote",
         help="Backtest the new version on its test segment (stored, as `stockcast backtest`) "
              "and let the gate point models/current at it (as `stockcast promote`).")] = True,
     max_rel_mae: Annotated[float, typer.Option(
         help="The gate: highest pooled 1-day MAE relative to naive that may be promoted.")] = 1.0,
-    plots_dir: Annotated[Optional[Path], typer.Option(
+    plots_dir: Annotated[Path | None, typer.Option(
         help="Where the gate backtest's PNGs go (default: var/backtests/run-<id>).")] = None,
     progress: bool = True,
 ):
@@ -266,17 +266,17 @@ def train(
 
 @app.command()
 def backtest(
-    tickers: Annotated[Optional[str], typer.Option(help="Comma list (beats --universe).")] = None,
-    universe: Annotated[Optional[str], typer.Option(
+    tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
+    universe: Annotated[str | None, typer.Option(
         help="Named ticker universe, e.g. top24 (default: the model's training tickers).")] = None,
-    start: Annotated[Optional[dt.datetime], typer.Option(
+    start: Annotated[dt.datetime | None, typer.Option(
         formats=["%Y-%m-%d"], help="First origin (default: the model's test segment).")] = None,
-    end: Annotated[Optional[dt.datetime], typer.Option(formats=["%Y-%m-%d"])] = None,
+    end: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
     horizons: Annotated[str, typer.Option(help="Comma list, in trading days.")] = "1,5,30",
-    baselines: Annotated[Optional[str], typer.Option(help="Comma list (default: all).")] = None,
-    version: Annotated[Optional[str], typer.Option(help="Model version (default current).")] = None,
-    model_dir: Annotated[Optional[Path], typer.Option(help="Artifacts folder.")] = None,
-    plots_dir: Annotated[Optional[Path], typer.Option(
+    baselines: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version (default current).")] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
+    plots_dir: Annotated[Path | None, typer.Option(
         help="Where the PNGs go (default: var/backtests/run-<id>).")] = None,
 ):
     """Walk-forward backtest of the model vs baselines: store it, print the table, write plots."""
@@ -368,7 +368,7 @@ def promote(
     version: str,
     max_rel_mae: Annotated[float, typer.Option(
         help="Highest pooled 1-day MAE relative to naive that may be promoted.")] = 1.0,
-    model_dir: Annotated[Optional[Path], typer.Option(help="Artifacts folder.")] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
 ):
     """Point models/current at VERSION only if its stored backtest passes the naive gate."""
     from service.errors import StockcastError

@@ -92,15 +92,15 @@ def _upsert_copy(conn: Connection, frame: pd.DataFrame,
     raw = conn.connection.driver_connection  # psycopg 3 connection
     step = 100_000
     # Binary COPY fed row tuples: ~5x faster than rendering the frame to CSV text first.
-    with raw.cursor() as cur:
-        with cur.copy(f"COPY bars_incoming ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as cp:
-            cp.set_types(COPY_TYPES)
-            for i in range(0, len(frame), step):
-                part = frame.iloc[i : i + step]
-                for row in zip(*(part[c].tolist() for c in cols)):
-                    cp.write_row(row)
-                if progress:
-                    progress(len(part))
+    copy_sql = f"COPY bars_incoming ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
+    with raw.cursor() as cur, cur.copy(copy_sql) as cp:
+        cp.set_types(COPY_TYPES)
+        for i in range(0, len(frame), step):
+            part = frame.iloc[i : i + step]
+            for row in zip(*(part[c].tolist() for c in cols)):
+                cp.write_row(row)
+            if progress:
+                progress(len(part))
     changed = " OR ".join(f"bars.{c} IS DISTINCT FROM excluded.{c}" for c in BAR_VALUE_COLUMNS)
     sets = ", ".join(f"{c} = excluded.{c}" for c in (*BAR_VALUE_COLUMNS, "source"))
     result = conn.execute(text(
@@ -151,7 +151,7 @@ def record_refresh(conn: Connection, ticker: str, status: str, error: str | None
                    at: dt.datetime | None = None) -> None:
     """Store the outcome of a refresh attempt (ok, unknown, error) for one ticker."""
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    at = at or dt.datetime.now(dt.timezone.utc)
+    at = at or dt.datetime.now(dt.UTC)
     values = {"last_refresh_at": at, "last_refresh_status": status, "last_refresh_error": error}
     stmt = insert(Ticker.__table__).values(symbol=ticker, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=["symbol"], set_=values))
@@ -172,7 +172,7 @@ class TickerState:
 def _state(row) -> TickerState:
     at = row.last_refresh_at
     if at is not None and at.tzinfo is None:  # SQLite drops the offset; we always store UTC
-        at = at.replace(tzinfo=dt.timezone.utc)
+        at = at.replace(tzinfo=dt.UTC)
     return TickerState(row.symbol, row.first_bar_date, row.last_bar_date, at,
                        row.last_refresh_status, row.last_refresh_error)
 

@@ -15,7 +15,7 @@ from service.db.session import make_engine
 from service.errors import DatabaseUnavailable, InvalidTicker, SourceUnavailable, UnknownTicker
 from tests.bar_factories import ScriptedSource, make_bars, timeout_error
 
-NOW = dt.datetime(2020, 7, 1, 21, 0, tzinfo=dt.timezone.utc)  # a Wednesday evening
+NOW = dt.datetime(2020, 7, 1, 21, 0, tzinfo=dt.UTC)  # a Wednesday evening
 
 
 class Clock:
@@ -143,8 +143,8 @@ def test_source_failure_with_cache_returns_stale_and_keeps_bars(engine):
     source.fail_with = timeout_error()
     got = cache.get_bars("AAPL")
     assert got.stale is True
-    assert got.warnings == ("bars for AAPL may be out of date: yfinance unavailable for AAPL "
-                            "after 3 attempts: timed out",)
+    assert got.warnings == (("bars for AAPL may be out of date: yfinance unavailable for AAPL "
+                             "after 3 attempts: timed out"),)
     assert len(got.bars) == 100
     # Within the refresh interval the failure is not retried, but still reported as stale.
     again = cache.get_bars("AAPL")

@@ -70,5 +70,5 @@ def test_read_bars_range_and_last(db_url):
     assert tail["date"].dt.date.tolist() == [d.date() for d in bars["date"].iloc[7:10]]
     assert list(tail.columns) == ["date", "open", "high", "low", "close", "adj_close", "volume"]
     many = bars_db.read_bars_many(engine, ["BBB"], start=dt.date(2000, 1, 1))
-    assert list(many.columns)[0] == "ticker" and len(many) == 30
+    assert many.columns[0] == "ticker" and len(many) == 30
     engine.dispose()
