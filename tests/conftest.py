@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,30 @@ def tiny_artifact(tmp_path_factory):
     # the tiny model as current.
     set_current(tiny.model_dir, tiny.artifact_dir.name)
     return tiny
+
+
+@dataclass(frozen=True)
+class CliEnv:
+    """Where a CLI test's settings point: a migrated SQLite DB and a models folder."""
+
+    url: str
+    model_dir: Path
+    root: Path
+
+
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path, tiny_artifact) -> CliEnv:
+    """A migrated SQLite DB with the tiny bars, the tiny model; settings from the environment."""
+    from service.config import get_settings
+    from tests.api_factories import copy_models, store_bars
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    store_bars(url, tiny_artifact.bars, reset=True)
+    model_dir = tmp_path / "models"
+    copy_models(tiny_artifact.artifact_dir, model_dir)
+    for name, value in (("DATABASE_URL", url), ("MODEL_DIR", str(model_dir)),
+                        ("ORT_PROVIDER", "cpu"), ("ORT_INTRA_OP_THREADS", "1")):
+        monkeypatch.setenv(f"STOCKCAST_{name}", value)
+    get_settings.cache_clear()
+    yield CliEnv(url, model_dir, tmp_path)
+    get_settings.cache_clear()

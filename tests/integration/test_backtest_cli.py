@@ -9,33 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.config import get_settings
 from service.db.backtests import get_metrics, latest_run, store_run
 from service.db.session import make_engine
 from service.forecasting.backtest import MODEL, NAIVE, POOLED
 from service.forecasting.manifest import load_manifest
 from service.promotion import PromotionRefused, evaluate_gate, promote
-from tests.api_factories import copy_models, store_bars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def env(monkeypatch, tmp_path, tiny_artifact):
-    """CLI settings: a fresh SQLite DB with the tiny bars, a models folder with the tiny model."""
-    from service.db.session import reset_database
-
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    reset_database(url)
-    store_bars(url, tiny_artifact.bars)
-    model_dir = tmp_path / "models"
-    copy_models(tiny_artifact.artifact_dir, model_dir)
-    for name, value in (("DATABASE_URL", url), ("MODEL_DIR", str(model_dir)),
-                        ("ORT_PROVIDER", "cpu"), ("ORT_INTRA_OP_THREADS", "1")):
-        monkeypatch.setenv(f"STOCKCAST_{name}", value)
-    get_settings.cache_clear()
-    yield url, model_dir
-    get_settings.cache_clear()
 
 
 def store_gate_metrics(url, manifest, model_mae, naive_mae=1.0, *, start=None,
@@ -55,8 +35,8 @@ def store_gate_metrics(url, manifest, model_mae, naive_mae=1.0, *, start=None,
         engine.dispose()
 
 
-def test_backtest_command_stores_prints_and_plots(env, tmp_path, tiny_artifact):
-    url, _ = env
+def test_backtest_command_stores_prints_and_plots(cli_env, tmp_path, tiny_artifact):
+    url = cli_env.url
     plots = tmp_path / "plots"
     out = CliRunner().invoke(app, ["backtest", "--tickers", "AAA,BBB,CCC", "--horizons", "1,5",
                                    "--plots-dir", str(plots)])
@@ -87,14 +67,14 @@ def test_backtest_command_stores_prints_and_plots(env, tmp_path, tiny_artifact):
         (["--version", "nope"], "error: no model artifact at"),
     ],
 )
-def test_backtest_command_refuses_bad_input(env, args, message):
+def test_backtest_command_refuses_bad_input(cli_env, args, message):
     out = CliRunner().invoke(app, ["backtest", *args])
     assert out.exit_code == 1
     assert message in out.output
 
 
-def test_promote_refuses_a_model_worse_than_naive_and_says_by_how_much(env, tiny_artifact):
-    url, model_dir = env
+def test_promote_refuses_a_model_worse_than_naive_and_says_by_how_much(cli_env, tiny_artifact):
+    url, model_dir = cli_env.url, cli_env.model_dir
     version = tiny_artifact.artifact_dir.name
     (model_dir / "current").write_text("previous\n")
     run_id = store_gate_metrics(url, load_manifest(model_dir / version), model_mae=1.05)
@@ -112,8 +92,8 @@ def test_promote_refuses_a_model_worse_than_naive_and_says_by_how_much(env, tiny
     assert (model_dir / "current").read_text().strip() == version
 
 
-def test_promote_accepts_a_model_that_beats_naive_using_the_latest_run(env, tiny_artifact):
-    url, model_dir = env
+def test_promote_accepts_a_model_that_beats_naive_using_the_latest_run(cli_env, tiny_artifact):
+    url, model_dir = cli_env.url, cli_env.model_dir
     version = tiny_artifact.artifact_dir.name
     (model_dir / "current").write_text("previous\n")
     manifest = load_manifest(model_dir / version)
@@ -129,8 +109,8 @@ def test_promote_accepts_a_model_that_beats_naive_using_the_latest_run(env, tiny
     assert "beats naive by 10.00%" in verdict.describe()
 
 
-def test_promote_refuses_without_a_stored_backtest_or_an_artifact(env, tiny_artifact):
-    url, model_dir = env
+def test_promote_refuses_without_a_stored_backtest_or_an_artifact(cli_env, tiny_artifact):
+    url, model_dir = cli_env.url, cli_env.model_dir
     version = tiny_artifact.artifact_dir.name
     engine = make_engine(url)
     manifest = load_manifest(model_dir / version)
@@ -155,8 +135,8 @@ def backtest_then_promote(version, *backtest_args):
     return CliRunner().invoke(app, ["promote", version, "--max-rel-mae", "100"])
 
 
-def test_promote_refuses_an_in_sample_backtest(env, tiny_artifact, tmp_path):
-    url, model_dir = env
+def test_promote_refuses_an_in_sample_backtest(cli_env, tiny_artifact, tmp_path):
+    url, model_dir = cli_env.url, cli_env.model_dir
     version = tiny_artifact.artifact_dir.name
     (model_dir / "current").write_text("previous\n")
     test_first = load_manifest(model_dir / version).split.test[0]  # 2021-03-31
@@ -184,9 +164,9 @@ def test_promote_refuses_an_in_sample_backtest(env, tiny_artifact, tmp_path):
     assert (model_dir / "current").read_text().strip() == version
 
 
-def test_promote_refuses_a_backtest_over_part_of_the_training_tickers(env, tiny_artifact,
+def test_promote_refuses_a_backtest_over_part_of_the_training_tickers(cli_env, tiny_artifact,
                                                                       tmp_path):
-    url, model_dir = env
+    url, model_dir = cli_env.url, cli_env.model_dir
     version = tiny_artifact.artifact_dir.name
     (model_dir / "current").write_text("previous\n")
     out = backtest_then_promote(version, "--tickers", "AAA", "--plots-dir",

@@ -10,9 +10,8 @@ from typer.testing import CliRunner
 
 from service.api.main import create_app
 from service.cli import app as cli
-from service.config import get_settings
 from service.db.session import reset_database
-from tests.api_factories import api_settings, copy_models, store_bars
+from tests.api_factories import api_settings
 from tests.bar_factories import ScriptedSource
 
 
@@ -67,30 +66,15 @@ def test_a_normal_shutdown_disposes_the_engine(sqlite_url, tiny_artifact, engine
     assert engines.left_open() == []
 
 
-@pytest.fixture
-def cli_env(monkeypatch, tmp_path, tiny_artifact):
-    """A migrated SQLite DB with the tiny bars, the tiny model; settings from the environment."""
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    store_bars(url, tiny_artifact.bars, reset=True)
-    model_dir = tmp_path / "models"
-    copy_models(tiny_artifact.artifact_dir, model_dir)
-    for name, value in (("DATABASE_URL", url), ("MODEL_DIR", str(model_dir)),
-                        ("ORT_PROVIDER", "cpu"), ("ORT_INTRA_OP_THREADS", "1")):
-        monkeypatch.setenv(f"STOCKCAST_{name}", value)
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
-
-
 def test_every_cli_command_disposes_the_engines_it_opens(cli_env, tiny_artifact, engines):
-    csv = cli_env / "bars.csv"
+    csv = cli_env.root / "bars.csv"
     tiny_artifact.bars[tiny_artifact.bars["ticker"] == "AAA"].to_csv(csv, index=False)
     runs = {
         "tickers": (["tickers"], 0),
         "seed": (["seed"], 0),  # the cache already holds bars: nothing to seed
         "ingest": (["ingest", "--path", str(csv), "--no-progress"], 0),
         "backtest": (["backtest", "--tickers", "AAA", "--horizons", "1", "--baselines", "naive",
-                      "--plots-dir", str(cli_env / "plots")], 0),
+                      "--plots-dir", str(cli_env.root / "plots")], 0),
         "promote (refused)": (["promote", "missing"], 1),
     }
     for name, (args, code) in runs.items():
