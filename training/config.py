@@ -18,9 +18,10 @@ class TrainConfig:
     tickers: tuple[str, ...] = UNIVERSES[DEFAULT_UNIVERSE]
     start: dt.date | None = None  # first bar date read from the cache (None: all)
     end: dt.date | None = None  # last bar date read from the cache (None: all)
-    window: int = 60
-    horizon: int = 30
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    # The feature spec's defaults (60-day window, 30 horizons, 0.1/0.5/0.9), stated once there.
+    window: int = FeatureSpec.window
+    horizon: int = FeatureSpec.horizon
+    quantiles: tuple[float, ...] = FeatureSpec.quantiles
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     train_stride: int = 1  # keep every k-th training origin (1 = all); val is never strided
     # model
