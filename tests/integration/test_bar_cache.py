@@ -37,6 +37,15 @@ def full_history(ticker="AAPL", n=130):
     return make_bars(n, start="2020-01-01", ticker=ticker)  # business days up to 2020-07-01
 
 
+def cached_40_days_ago(engine, first_bars):
+    """A cache that stored `first_bars` 40 days before NOW; its clock is returned to move on."""
+    source = ScriptedSource({"AAPL": first_bars})
+    clock = Clock(NOW - dt.timedelta(days=40))
+    cache = BarCache(engine, source, clock=clock)
+    cache.get_bars("AAPL", end=first_bars["date"].iloc[-1].date())
+    return source, clock, cache
+
+
 def test_first_request_fetches_then_serves_from_db(engine):
     source = ScriptedSource({"AAPL": full_history()})
     cache = BarCache(engine, source, clock=Clock())
@@ -50,10 +59,7 @@ def test_first_request_fetches_then_serves_from_db(engine):
 
 def test_refresh_fetches_only_missing_dates(engine):
     history = full_history()
-    source = ScriptedSource({"AAPL": history.iloc[:100]})
-    clock = Clock(NOW - dt.timedelta(days=40))
-    cache = BarCache(engine, source, clock=clock)
-    cache.get_bars("AAPL", end=history["date"].iloc[99].date())
+    source, clock, cache = cached_40_days_ago(engine, history.iloc[:100])
     source.frames["AAPL"] = history
     clock.now = NOW
     got = cache.get_bars("AAPL")
@@ -66,10 +72,7 @@ def test_refresh_fetches_only_missing_dates(engine):
 
 def test_a_split_upstream_refetches_and_rebases_the_stored_history(engine):
     history = full_history()
-    source = ScriptedSource({"AAPL": history.iloc[:100]})
-    clock = Clock(NOW - dt.timedelta(days=40))
-    cache = BarCache(engine, source, clock=clock)
-    cache.get_bars("AAPL", end=history["date"].iloc[99].date())
+    source, clock, cache = cached_40_days_ago(engine, history.iloc[:100])
     # A 2:1 split after bar 100: Yahoo now serves every past price halved.
     rebased = history.copy()
     for c in ("open", "high", "low", "close", "adj_close"):
@@ -90,10 +93,7 @@ def test_a_corrected_partial_last_day_is_not_a_rebase(engine):
     history = full_history()
     partial = history.iloc[:100].copy()
     partial.loc[99, "close"] = partial.loc[99, "low"]  # stored mid-session
-    source = ScriptedSource({"AAPL": partial})
-    clock = Clock(NOW - dt.timedelta(days=40))
-    cache = BarCache(engine, source, clock=clock)
-    cache.get_bars("AAPL", end=history["date"].iloc[99].date())
+    source, clock, cache = cached_40_days_ago(engine, partial)
     source.frames["AAPL"] = history
     clock.now = NOW
     got = cache.get_bars("AAPL")
@@ -135,10 +135,7 @@ def test_concurrent_refreshes_make_one_upstream_call(engine):
 
 def test_source_failure_with_cache_returns_stale_and_keeps_bars(engine):
     history = full_history()
-    source = ScriptedSource({"AAPL": history.iloc[:100]})
-    clock = Clock(NOW - dt.timedelta(days=40))
-    cache = BarCache(engine, source, clock=clock)
-    cache.get_bars("AAPL", end=history["date"].iloc[99].date())
+    source, clock, cache = cached_40_days_ago(engine, history.iloc[:100])
     clock.now = NOW
     source.fail_with = timeout_error()
     got = cache.get_bars("AAPL")
