@@ -370,8 +370,13 @@ def test_a_corrupt_stored_bar_is_a_500_without_a_stack_trace(sqlite_url, tiny_ar
             "instance": "/predict/AAA"})
 
 
-def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(
-        sqlite_url, tiny_artifact, bars_multi):
+@pytest.fixture
+def direct_forecasts(sqlite_url, tiny_artifact, bars_multi):
+    """A ForecastService over a migrated SQLite cache of bars_multi, with a settable clock.
+
+    Yields (service, predictor, engine, now): `now[0]` is the service's monotonic time and the
+    bar check lives 1 s.
+    """
     from service.api.forecasts import ForecastService
     from service.bar_cache import BarCache
     from service.db.session import upgrade
@@ -382,7 +387,12 @@ def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(
     now = [100.0]
     service = ForecastService(BarCache(engine, ScriptedSource(), clock=Clock()),
                               bar_check_ttl=1.0, monotonic=lambda: now[0])
-    predictor = tiny_predictor(tiny_artifact)
+    yield service, tiny_predictor(tiny_artifact), engine, now
+    engine.dispose()
+
+
+def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(direct_forecasts):
+    service, predictor, _, now = direct_forecasts
     assert service.cached(predictor, "AAA") is None  # nothing known yet
     first = service.forecast(predictor, "AAA")
     assert service.cached(predictor, "AAA").forecast == first.forecast
@@ -395,23 +405,12 @@ def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(
     assert service.cached(predictor, "AAA") is not None  # fresh again, and nobody renewing
     now[0] += 1.0
     assert service.cached(predictor, "AAA") is None
-    engine.dispose()
 
 
-def test_only_the_request_that_took_on_a_bar_check_renewal_gives_it_back(
-        sqlite_url, tiny_artifact, bars_multi):
-    from service.api.forecasts import ForecastService
-    from service.bar_cache import BarCache
-    from service.db.session import upgrade
+def test_only_the_request_that_took_on_a_bar_check_renewal_gives_it_back(direct_forecasts):
     from service.errors import DatabaseUnavailable
 
-    upgrade(sqlite_url)
-    store_bars(sqlite_url, bars_multi)
-    engine = make_engine(sqlite_url)
-    now = [100.0]
-    service = ForecastService(BarCache(engine, ScriptedSource(), clock=Clock()),
-                              bar_check_ttl=1.0, monotonic=lambda: now[0])
-    predictor = tiny_predictor(tiny_artifact)
+    service, predictor, engine, now = direct_forecasts
     first = service.forecast(predictor, "AAA")
     now[0] += 1.5  # the shared check has expired
     renewer, other, third = object(), object(), object()
@@ -429,25 +428,14 @@ def test_only_the_request_that_took_on_a_bar_check_renewal_gives_it_back(
     assert renewed.cached and renewed.forecast == first.forecast
     now[0] += 1.5  # expired again, and nobody holds a claim: the next request takes it on
     assert service.cached(predictor, "AAA", claimant=third) is None
-    engine.dispose()
 
 
-def test_a_tickers_turn_lock_lives_only_while_requests_use_it(sqlite_url, tiny_artifact,
-                                                               bars_multi):
-    from service.api.forecasts import ForecastService
-    from service.bar_cache import BarCache
-    from service.db.session import upgrade
-
-    upgrade(sqlite_url)
-    store_bars(sqlite_url, bars_multi)
-    engine = make_engine(sqlite_url)
-    service = ForecastService(BarCache(engine, ScriptedSource(), clock=Clock()))
-    predictor = tiny_predictor(tiny_artifact)
+def test_a_tickers_turn_lock_lives_only_while_requests_use_it(direct_forecasts):
+    service, predictor, _, _ = direct_forecasts
     for ticker in ("AAA", "BBB", "CCC", "aaa"):
         assert service.forecast(predictor, ticker).forecast.ticker == ticker.upper()
     # One lock per ticker ever asked for would grow without bound on a public API.
     assert len(service._ticker_locks) == 0
-    engine.dispose()
 
 
 def test_offline_only_the_first_ticker_waits_for_the_failing_source(db_url, tiny_artifact,
