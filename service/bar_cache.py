@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import threading
 import weakref
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,25 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class KeyedLocks:
+    """One lock per key, kept only while some caller holds it: bounded by requests in flight."""
+
+    def __init__(self):
+        self._locks: weakref.WeakValueDictionary[Hashable, threading.Lock] = (
+            weakref.WeakValueDictionary())
+        self._guard = threading.Lock()
+
+    def __call__(self, key: Hashable) -> threading.Lock:
+        with self._guard:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = threading.Lock()
+            return lock
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class BarCache:
     """get_bars() reads through the DB to a BarSource, one upstream call per ticker at a time."""
 
@@ -56,17 +76,7 @@ class BarCache:
         self.refresh_interval = refresh_interval
         self.clock = clock
         self.history_days = history_days
-        # A ticker's lock lives only while some request holds a reference to it (bounded).
-        self._locks: weakref.WeakValueDictionary[str, threading.Lock] = (
-            weakref.WeakValueDictionary())
-        self._locks_guard = threading.Lock()
-
-    def _lock(self, ticker: str) -> threading.Lock:
-        with self._locks_guard:
-            lock = self._locks.get(ticker)
-            if lock is None:
-                lock = self._locks[ticker] = threading.Lock()
-            return lock
+        self._locks = KeyedLocks()
 
     def get_bars(self, ticker: str, start: dt.date | None = None, end: dt.date | None = None,
                  last: int | None = None) -> CachedBars:
@@ -80,7 +90,7 @@ class BarCache:
             state = self._state(ticker)
             fetched, stale, warnings = 0, False, []
             if self._needs_refresh(state, end):
-                with self._lock(ticker):
+                with self._locks(ticker):
                     state = self._state(ticker)  # another thread may have refreshed meanwhile
                     if self._needs_refresh(state, end):
                         fetched, stale, warnings = self._refresh(ticker, state, start, end)

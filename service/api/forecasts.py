@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import nullcontext
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from service.bar_cache import BarCache, CachedBars
+from service.bar_cache import BarCache, CachedBars, KeyedLocks
 from service.errors import (
     DatabaseUnavailable,
     InsufficientHistory,
@@ -112,8 +111,7 @@ class ForecastService:
         self._renewing_lock = threading.Lock()
         # A ticker's turn lock lives while a request holds or waits for it, then drops out:
         # one entry per ticker ever asked for would grow without bound.
-        self._ticker_locks: weakref.WeakValueDictionary[str, threading.Lock] = \
-            weakref.WeakValueDictionary()
+        self._ticker_locks = KeyedLocks()
         self.hits = 0
         self.misses = 0
         self.computed = 0  # forecasts that went through features + onnxruntime
@@ -130,7 +128,7 @@ class ForecastService:
         """
         # Without a forecast cache there is nothing to wait for: no turns.
         ticker = normalize_ticker(ticker)
-        turn = self._ticker_lock(ticker) if self.forecasts.size else nullcontext()
+        turn = self._ticker_locks(ticker) if self.forecasts.size else nullcontext()
         with turn:
             result = self.forecast_many(predictor, [ticker], horizon, as_of, claimant)[0]
         if isinstance(result, StockcastError):
@@ -227,13 +225,6 @@ class ForecastService:
     def _read(self, predictor: Predictor, ticker: str, end: dt.date | None) -> CachedBars:
         return self.bar_cache.get_bars(ticker, end=end,
                                        last=predictor.min_bars + SERVING_EXTRA_BARS)
-
-    def _ticker_lock(self, ticker: str) -> threading.Lock:
-        with self._renewing_lock:
-            lock = self._ticker_locks.get(ticker)
-            if lock is None:
-                lock = self._ticker_locks[ticker] = threading.Lock()
-            return lock
 
     def _claim(self, key: Hashable, claimant: Hashable) -> bool:
         """True for the one caller that should renew an expired check (until it has)."""
