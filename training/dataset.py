@@ -18,8 +18,9 @@ from torch.utils.data import BatchSampler, Dataset, Sampler
 from service.forecasting.features import build_features_many
 from service.forecasting.manifest import ticker_vocabulary
 from service.forecasting.scaling import StandardScaler
-from service.forecasting.spec import FeatureSpec
+from service.forecasting.spec import SCALE_FEATURE, FeatureSpec
 from service.forecasting.split import Split, chronological_split
+from service.forecasting.volatility import origin_scale
 from service.forecasting.windows import forward_log_returns, make_windows
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ class WindowSet:
     """Samples of one segment: one per (ticker, origin)."""
 
     windows: np.ndarray  # (N, W, F) float32, feature-scaled
-    targets: np.ndarray  # (N, H) float32, target-scaled
+    targets: np.ndarray  # (N, H) float32: scale-free returns (below), then target-scaled
+    returns: np.ndarray  # (N, H) float64, the realized h-day log returns themselves
     ticker_ids: np.ndarray  # (N,) int64, ids into the vocabulary
     origin_dates: np.ndarray  # (N,) datetime64[D]
 
@@ -57,8 +59,16 @@ def prepare_data(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     train_stride: int = 1,
 ) -> PreparedData:
-    """Features, split (gap = window + horizon), training-only scalers, and windowed segments."""
+    """Features, split (gap = window + horizon), training-only scalers, and windowed segments.
+
+    The network learns scale-free targets: the h-day log return over the origin's volatility,
+    r_{t,h} / (max(σ_t, VOL_FLOOR) · √h) with σ_t the SCALE_FEATURE (EWMA volatility) at t, so
+    its quantiles widen the day volatility jumps. The exported graph multiplies back (the one
+    place: training.model.ExportedForecaster).
+    """
     window, horizon = spec.window, spec.horizon
+    if SCALE_FEATURE not in spec.features:
+        raise ValueError(f"the spec must include {SCALE_FEATURE!r}, the target's scale")
     long = build_features_many(bars_multi, spec, keep=("adj_close",))
     features_by_ticker: dict[str, pd.DataFrame] = {}
     for ticker, part in long.groupby("ticker", sort=True):
@@ -92,28 +102,30 @@ def prepare_data(
     per_ticker = []
     for ticker, part in features_by_ticker.items():
         scaled = feature_scaler.transform(part[names].to_numpy(dtype=np.float64))
-        targets = forward_log_returns(part["adj_close"].to_numpy(), horizon)
-        x, y, origins = make_windows(scaled, targets, window)
+        returns = forward_log_returns(part["adj_close"].to_numpy(), horizon)
+        scale = origin_scale(part[SCALE_FEATURE].to_numpy(), np.arange(1, horizon + 1))
+        x, y, origins = make_windows(scaled, returns / scale, window)
         dates = part["date"].to_numpy().astype("datetime64[D]")[origins]
-        per_ticker.append((ticker, x, y, dates, split.segment_of(dates)))
+        per_ticker.append((ticker, x, y, returns[origins], dates, split.segment_of(dates)))
 
     vocab = ticker_vocabulary(t for t, *_, seg in per_ticker if (seg == "train").any())
     ids = {t: i for i, t in enumerate(vocab)}
-    train_y = np.concatenate([y[seg == "train"] for _, _, y, _, seg in per_ticker])
+    train_y = np.concatenate([y[seg == "train"] for _, _, y, _, _, seg in per_ticker])
     if len(train_y) == 0:
         raise ValueError("no training samples: the bars are too short for this window and split")
     target_scaler = StandardScaler.fit(train_y)
 
     def collect(segment: str, stride: int) -> WindowSet:
-        xs, ys, tids, ds = [], [], [], []
-        for ticker, x, y, dates, seg in per_ticker:
+        xs, ys, rs, tids, ds = [], [], [], [], []
+        for ticker, x, y, r, dates, seg in per_ticker:
             keep = np.flatnonzero(seg == segment)[::stride]
             xs.append(x[keep])
             ys.append(target_scaler.transform(y[keep].astype(np.float64)).astype(np.float32))
+            rs.append(r[keep])
             tids.append(np.full(len(keep), ids.get(ticker, 0), dtype=np.int64))
             ds.append(dates[keep])
-        return WindowSet(np.concatenate(xs), np.concatenate(ys), np.concatenate(tids),
-                         np.concatenate(ds))
+        return WindowSet(np.concatenate(xs), np.concatenate(ys), np.concatenate(rs),
+                         np.concatenate(tids), np.concatenate(ds))
 
     train, val = collect("train", train_stride), collect("val", 1)
     if len(val) == 0:

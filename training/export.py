@@ -23,7 +23,7 @@ from service.forecasting.manifest import (
     ONNX_FILE,
     artifact_version,
 )
-from training.model import ExportedForecaster, QuantileLSTM
+from training.model import ExportedForecaster
 from training.train import TrainResult
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,11 @@ INPUT_NAMES = ("window", "ticker_id")
 OUTPUT_NAME = "quantiles"
 
 
-def export_onnx(model: QuantileLSTM, target_mean, target_std, example_window: torch.Tensor,
+def export_onnx(wrapper: ExportedForecaster, example_window: torch.Tensor,
                 example_ticker_ids: torch.Tensor) -> bytes:
     """ONNX bytes of ExportedForecaster: (B, W, F) float32 + (B,) int64 -> (B, H, Q) log returns."""
-    wrapper = ExportedForecaster(model, target_mean, target_std).cpu().eval()
+    wrapper = wrapper.cpu().eval()
+    model = wrapper.model
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The legacy exporter is chosen on purpose (see DYNAMO); its deprecation notice and the
@@ -68,15 +69,17 @@ def export_onnx(model: QuantileLSTM, target_mean, target_std, example_window: to
         "stockcast.n_tickers": str(wrapper.n_tickers),
         "stockcast.quantiles": json.dumps(list(model.quantiles)),
         "stockcast.output_units": "log_return",
+        "stockcast.target": "log return / (max(sigma_t, VOL_FLOOR) sqrt(h)); multiplied back "
+                            "inside this graph",
     })
     onnx.checker.check_model(graph)
     return graph.SerializeToString()
 
 
-def check_parity(onnx_bytes: bytes, model: QuantileLSTM, target_mean, target_std,
+def check_parity(onnx_bytes: bytes, wrapper: ExportedForecaster,
                  window: np.ndarray, ticker_ids: np.ndarray) -> float:
     """Max |torch - onnxruntime| on a batch; raises if above PARITY_TOLERANCE."""
-    wrapper = ExportedForecaster(model, target_mean, target_std).cpu().eval()
+    wrapper = wrapper.cpu().eval()
     with torch.no_grad():
         expected = wrapper(torch.from_numpy(window), torch.from_numpy(ticker_ids)).numpy()
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -133,7 +136,8 @@ def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
             "opset": OPSET,
             "inputs": {"window": ["batch", spec.window, spec.n_features], "ticker_id": ["batch"]},
             "outputs": {OUTPUT_NAME: ["batch", spec.horizon, len(spec.quantiles)]},
-            "output_units": "log_return (target scaling is inside the graph)",
+            "output_units": "log_return (target scaling and the volatility scale are inside "
+                            "the graph)",
             "input_scaling": "windows are scaled with feature_scaler before the call",
             "parity_max_abs_diff": parity,
         },
@@ -164,14 +168,13 @@ def export_artifact(result: TrainResult, model_dir: Path) -> Path:
     backtest of the new version) points models/current at an artifact.
     """
     model, prepared = result.model.cpu().eval(), result.prepared
-    target = prepared.target_scaler
+    wrapper = ExportedForecaster.of(model, prepared)
     val = prepared.val
     example_window = torch.from_numpy(val.windows[:EXAMPLE_BATCH].copy())
     example_ids = torch.from_numpy(val.ticker_ids[:EXAMPLE_BATCH].copy())
-    onnx_bytes = export_onnx(model, target.mean, target.std, example_window, example_ids)
+    onnx_bytes = export_onnx(wrapper, example_window, example_ids)
     check = min(len(val), 64)
-    parity = check_parity(onnx_bytes, model, target.mean, target.std,
-                          val.windows[:check], val.ticker_ids[:check])
+    parity = check_parity(onnx_bytes, wrapper, val.windows[:check], val.ticker_ids[:check])
     meta = build_meta(result, onnx_bytes, parity)
 
     model_dir = Path(model_dir)

@@ -9,6 +9,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from service.forecasting.spec import SCALE_FEATURE
+from service.forecasting.volatility import VOL_FLOOR
+
 
 class QuantileLSTM(nn.Module):
     """LSTM(window) ++ Embedding(ticker) -> MLP -> monotone quantiles of the scaled targets."""
@@ -91,18 +94,35 @@ def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tens
 
 
 class ExportedForecaster(nn.Module):
-    """What goes into ONNX: id clamping, the network, and the target scaler's inverse.
+    """What goes into ONNX: id clamping, the network, and every step back to log returns.
 
     Out-of-vocabulary ids become 0 inside the graph (ONNX providers differ on out-of-range
-    Gather), and the output is in log-return units, so serving never touches target scaling.
+    Gather). The network predicts scale-free returns; the graph undoes the target scaler and
+    then multiplies by the origin's volatility scale max(σ_t, VOL_FLOOR) · √h, where σ_t is the
+    scale feature in the window's last row (unscaled with the feature scaler). This is the one
+    place that multiplication happens: serving, the backtest and the validation metrics all get
+    log returns from here, never touching either scaling.
     """
 
-    def __init__(self, model: QuantileLSTM, target_mean, target_std):
+    def __init__(self, model: QuantileLSTM, target_mean, target_std, scale_index: int,
+                 scale_mean: float, scale_std: float):
         super().__init__()
         self.model = model
         self.n_tickers = model.ticker_embedding.num_embeddings
+        self.scale_index = int(scale_index)
         self.register_buffer("target_mean", torch.as_tensor(target_mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.as_tensor(target_std, dtype=torch.float32))
+        self.register_buffer("scale_mean", torch.tensor(float(scale_mean), dtype=torch.float32))
+        self.register_buffer("scale_std", torch.tensor(float(scale_std), dtype=torch.float32))
+        sqrt_h = torch.sqrt(torch.arange(1, model.horizon + 1, dtype=torch.float32))
+        self.register_buffer("sqrt_horizon", sqrt_h)
+
+    @classmethod
+    def of(cls, model: QuantileLSTM, prepared) -> ExportedForecaster:
+        """The wrapper for a model trained on `prepared` (training.dataset.PreparedData)."""
+        k = list(prepared.spec.features).index(SCALE_FEATURE)
+        features, target = prepared.feature_scaler, prepared.target_scaler
+        return cls(model, target.mean, target.std, k, features.mean[k], features.std[k])
 
     def forward(self, window: torch.Tensor, ticker_id: torch.Tensor) -> torch.Tensor:
         """(B, W, F) scaled features, (B,) int64 -> (B, H, Q) log returns."""
@@ -110,4 +130,7 @@ class ExportedForecaster(nn.Module):
         ticker_id = torch.where(known, ticker_id, torch.zeros_like(ticker_id))
         scaled = self.model(window, ticker_id)  # (B, H, Q)
         # A positive per-horizon std keeps the quantiles sorted.
-        return scaled * self.target_std[None, :, None] + self.target_mean[None, :, None]
+        free = scaled * self.target_std[None, :, None] + self.target_mean[None, :, None]
+        sigma = window[:, -1, self.scale_index] * self.scale_std + self.scale_mean  # (B,)
+        scale = torch.clamp(sigma, min=VOL_FLOOR)[:, None] * self.sqrt_horizon[None, :]  # (B, H)
+        return free * scale[:, :, None]  # (B, H, Q), still sorted: scale > 0

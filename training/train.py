@@ -25,9 +25,10 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from service.forecasting import metrics as m
+from service.forecasting.spec import DEFAULT_LEVEL, band_indices
 from training.config import TrainConfig
 from training.dataset import PreparedData, WindowDataset, batches, prepare_data
-from training.model import QuantileLSTM, pinball_loss
+from training.model import ExportedForecaster, QuantileLSTM, pinball_loss
 
 log = logging.getLogger(__name__)
 
@@ -262,22 +263,17 @@ def evaluate(model: QuantileLSTM, dataset: WindowDataset, quantiles: torch.Tenso
 @torch.no_grad()
 def predict_log_returns(model: QuantileLSTM, prepared: PreparedData,
                         which: str = "val") -> np.ndarray:
-    """(N, H, Q) quantile log returns of a segment, target scaling undone."""
-    model.eval()
+    """(N, H, Q) quantile log returns of a segment, through the exported graph's own module."""
+    wrapper = ExportedForecaster.of(model.cpu(), prepared).eval()
     dataset = WindowDataset(getattr(prepared, which))
-    outputs = [model(w, t).numpy() for w, _, t in batches(dataset, None, EVAL_BATCH)]
-    scaled = np.concatenate(outputs).astype(np.float64)  # (N, H, Q)
-    # The scaler works over the last axis (H); quantiles share their horizon's mean and std.
-    unscaled = prepared.target_scaler.inverse_transform(scaled.transpose(0, 2, 1))  # (N, Q, H)
-    return unscaled.transpose(0, 2, 1)
+    outputs = [wrapper(w, t).numpy() for w, _, t in batches(dataset, None, EVAL_BATCH)]
+    return np.concatenate(outputs).astype(np.float64)  # (N, H, Q)
 
 
 def validation_metrics(model: QuantileLSTM, prepared: PreparedData) -> dict:
     """The model's validation forecasts scored by score_log_returns, in log-return units."""
     pred = predict_log_returns(model, prepared, "val")  # (N, H, Q)
-    actual = prepared.target_scaler.inverse_transform(
-        prepared.val.targets.astype(np.float64))  # (N, H)
-    return score_log_returns(actual, pred, prepared.spec.quantiles)
+    return score_log_returns(prepared.val.returns, pred, prepared.spec.quantiles)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -293,12 +289,13 @@ def score_log_returns(actual: np.ndarray, pred: np.ndarray, quantiles) -> dict:
     with the metrics module's definitions: MAE = mean |y_h - median_h|; naive = the random walk,
     predicting a zero return (MAE = mean |y_h|); rel = MAE / naive MAE (< 1 beats naive);
     DirAcc = share of sign(median) == sign(y) over pairs where neither is 0; coverage = share of
-    y_h inside [q_lo, q_hi]; width = mean(q_hi - q_lo).
+    y_h inside the 10-90% band [q_lo, q_hi]; width = mean(q_hi - q_lo).
     """
     q = np.asarray(quantiles, dtype=np.float64)
     error = actual[:, :, None] - pred
     pinball = np.maximum(q * error, (q - 1.0) * error).mean()
-    mid, lo, hi = list(quantiles).index(0.5), 0, len(q) - 1
+    mid = list(quantiles).index(0.5)
+    lo, hi = band_indices(tuple(quantiles), DEFAULT_LEVEL)
     out: dict = {"val_samples": len(actual), "val_pinball_log_return": float(pinball),
                  "horizons": {}}
     for h in REPORTED_HORIZONS:

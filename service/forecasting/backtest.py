@@ -36,6 +36,7 @@ import pandas as pd
 from service.errors import InsufficientHistory
 from service.forecasting import metrics as m
 from service.forecasting.baselines import BASELINES
+from service.forecasting.spec import DEFAULT_LEVEL, band_indices
 from service.forecasting.windows import prices_from_log_returns
 
 if TYPE_CHECKING:  # the serving predictor; imported for types only (forecasting stays ORT-free)
@@ -181,7 +182,8 @@ def run_backtest(
         raise ValueError("no tickers to backtest")
     fit_end = min(manifest.split.train[1], start)
     quantiles = list(spec.quantiles)
-    median, lower, upper = quantiles.index(0.5), 0, len(quantiles) - 1
+    median = quantiles.index(0.5)
+    lower, upper = band_indices(spec.quantiles, DEFAULT_LEVEL)
     max_h = max(horizons)
 
     rows: dict[int, list[pd.DataFrame]] = {h: [] for h in horizons}

@@ -14,10 +14,17 @@ import numpy as np
 import pandas as pd
 from ta.momentum import RSIIndicator
 from ta.trend import MACD, SMAIndicator
-from ta.volatility import BollingerBands
+from ta.volatility import AverageTrueRange, BollingerBands
 
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
 from service.forecasting.spec import INDICATOR_PARAMS as P
+from service.forecasting.volatility import (
+    EWMA_MIN_PERIODS,
+    ewma_volatility,
+    garman_klass_volatility,
+    log_returns,
+    rms_volatility,
+)
 
 # Bars reach the features only through the validator: its columns are the canonical ones.
 from service.sources.validate import BAR_COLUMNS as BARS_COLUMNS
@@ -39,6 +46,10 @@ FEATURE_WARMUP: dict[str, int] = {
     "bb_pctb": P.bollinger_window - 1,
     "bb_width": P.bollinger_window - 1,
     "volume_z": P.volume_z_window - 1,
+    "ewma_vol": EWMA_MIN_PERIODS,  # min_periods returns, the first of them at bar 1
+    "gk_vol": P.gk_window - 1,
+    "atr_ratio": P.atr_window - 1,
+    "vol_ratio": P.vol_long,  # vol_long returns, the first at bar 1
 }
 
 
@@ -80,14 +91,20 @@ def build_features(bars: pd.DataFrame, spec: FeatureSpec = DEFAULT_SPEC) -> pd.D
 
     price = bars["adj_close"].to_numpy(dtype=np.float64)
     shares = bars["volume"].to_numpy(dtype=np.float64)
+    ohlc = bars[["open", "high", "low", "close"]].to_numpy(dtype=np.float64)
     bad = ~(np.isfinite(price) & (price > 0) & np.isfinite(shares) & (shares >= 0))
     if bad.any():
         raise ValueError(
             f"bars on {dates[np.argmax(bad)].date()} need a positive adj_close "
             "and a non-negative volume"
         )
+    bad = ~(np.isfinite(ohlc) & (ohlc > 0)).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"bars on {dates[np.argmax(bad)].date()} need a positive open, high, low and close"
+        )
     # A RangeIndex keeps the `ta` series aligned with each other whatever index bars carries.
-    all_features = _indicators(pd.Series(price), pd.Series(shares))
+    all_features = _indicators(pd.Series(price), pd.Series(shares), ohlc)
     values = np.column_stack([all_features[name][warmup:] for name in spec.features])
     # Valid bars give finite features past the warm-up; anything else is a bug here, not bad input.
     if not np.isfinite(values).all():
@@ -129,8 +146,11 @@ def build_features_many(
     return pd.concat(parts, ignore_index=True)[columns]
 
 
-def _indicators(adj: pd.Series, volume: pd.Series) -> dict[str, np.ndarray]:
-    """Every known feature over the whole series, NaN during each one's warm-up."""
+def _indicators(adj: pd.Series, volume: pd.Series, ohlc: np.ndarray) -> dict[str, np.ndarray]:
+    """Every known feature over the whole series, NaN during each one's warm-up.
+
+    `ohlc` is (T, 4) open, high, low, close as quoted (unadjusted).
+    """
     # Arithmetic on the `ta` outputs is done in numpy: per-op pandas overhead dominates here,
     # and the serving path calls this on cold requests.
     price = adj.to_numpy()
@@ -154,10 +174,7 @@ def _indicators(adj: pd.Series, volume: pd.Series) -> dict[str, np.ndarray]:
 
     sma_short = SMAIndicator(adj, window=P.sma_short).sma_indicator().to_numpy()
     sma_long = SMAIndicator(adj, window=P.sma_long).sma_indicator().to_numpy()
-    log_price = np.log(price)
-    log_return = np.empty_like(log_price)
-    log_return[0] = np.nan
-    log_return[1:] = np.diff(log_price)
+    log_return = log_returns(np.log(price))
     return {
         "log_return": log_return,
         "rsi14": RSIIndicator(adj, window=P.rsi_window, fillna=False).rsi().to_numpy() / 100.0,
@@ -170,6 +187,33 @@ def _indicators(adj: pd.Series, volume: pd.Series) -> dict[str, np.ndarray]:
         # ta's wband is in percent: (upper - lower) / middle * 100.
         "bb_width": bands.bollinger_wband().to_numpy() / 100.0,
         "volume_z": volume_z,
+        **_volatility(price, log_return, ohlc),
+    }
+
+
+def _volatility(price: np.ndarray, log_return: np.ndarray,
+                ohlc: np.ndarray) -> dict[str, np.ndarray]:
+    """The volatility features (see spec.FEATURE_NAMES), NaN during each one's warm-up."""
+    open_, high, low, close = ohlc.T
+    ewma = ewma_volatility(log_return)
+    # True range reads the previous close: on quoted prices a split is a huge fake range, so
+    # high/low/close are put on the adjusted basis first (factor adj_close / close per bar).
+    factor = price / close
+    atr = AverageTrueRange(pd.Series(high * factor), pd.Series(low * factor),
+                           pd.Series(price), window=P.atr_window,
+                           fillna=False).average_true_range().to_numpy().copy()
+    atr[: P.atr_window - 1] = np.nan  # `ta` leaves zeros before its first average
+    short = rms_volatility(log_return, P.vol_short)
+    long = rms_volatility(log_return, P.vol_long)
+    # A flat stretch has no volatility in either window: call the regime unchanged (ratio 1).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(long > 0, short / long, 1.0)
+    ratio[np.isnan(long)] = np.nan
+    return {
+        "ewma_vol": ewma,
+        "gk_vol": garman_klass_volatility(open_, high, low, close, P.gk_window),
+        "atr_ratio": atr / price,
+        "vol_ratio": ratio,
     }
 
 

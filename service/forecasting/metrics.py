@@ -262,6 +262,45 @@ def interval_width(lower, upper, origin_price) -> IntervalWidth:
     return IntervalWidth(dollars=float(width.mean()), relative=float((width / p).mean()))
 
 
+def interval_scores(actual, lower, upper, coverage: float) -> np.ndarray:
+    """Per forecast interval (Winkler) score at nominal coverage 1 - α (lower is better):
+
+    IS = (u - l) + (2/α)(l - y)·1{y < l} + (2/α)(y - u)·1{y > u},
+
+    which is (2/α) times the pinball loss of l at α/2 plus that of u at 1 - α/2 (Gneiting &
+    Raftery 2007): a wide band pays its width, a narrow one pays 2/α per unit it misses by.
+    """
+    y, lo, hi = _arrays(actual=actual, lower=lower, upper=upper)
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+    if np.any(lo > hi):
+        raise ValueError("lower exceeds upper for some forecasts (crossed quantiles)")
+    alpha = 1.0 - coverage
+    return (hi - lo) + (2.0 / alpha) * (np.maximum(lo - y, 0.0) + np.maximum(y - hi, 0.0))
+
+
+def interval_score(actual, lower, upper, coverage: float) -> float:
+    """Mean interval score (see interval_scores)."""
+    return float(np.mean(interval_scores(actual, lower, upper, coverage)))
+
+
+TERCILES = ("calm", "middle", "turbulent")
+
+
+def coverage_by_tercile(actual, lower, upper, volatility) -> dict[str, float]:
+    """Coverage within the terciles of an ex-ante volatility: {calm, middle, turbulent}.
+
+    Cut at the 1/3 and 2/3 quantiles of `volatility` (known at each origin); a tercile with no
+    forecast (all volatilities equal, say) is NaN.
+    """
+    y, lo, hi, vol = _arrays(actual=actual, lower=lower, upper=upper, volatility=volatility)
+    inside = (y >= lo) & (y <= hi)
+    cuts = np.quantile(vol, [1 / 3, 2 / 3])
+    groups = (vol <= cuts[0], (vol > cuts[0]) & (vol <= cuts[1]), vol > cuts[1])
+    return {name: float(inside[g].mean()) if g.any() else float("nan")
+            for name, g in zip(TERCILES, groups)}
+
+
 # --- trading strategy ---------------------------------------------------------------------------
 
 

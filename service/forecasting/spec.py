@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 # Bump when the meaning of any feature changes; artifacts carry it and are refused on mismatch.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_return",  # log(adj_close_t / adj_close_{t-1})
@@ -18,7 +18,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "bb_pctb",  # Bollinger %B (20, 2)
     "bb_width",  # Bollinger band width (upper - lower) / middle
     "volume_z",  # z-score of log volume over 20 days
+    # Volatility (daily, of log returns; service/forecasting/volatility.py), added in version 2:
+    "ewma_vol",  # EWMA(λ 0.94) close-to-close volatility; the scale of the training target
+    "gk_vol",  # Garman–Klass range volatility over 20 sessions (high/low/open/close)
+    "atr_ratio",  # ATR(14) on split-adjusted high/low/close / adj_close
+    "vol_ratio",  # regime: RMS volatility over 10 sessions / over 60 sessions
 )
+# The feature whose value at the origin scales the target: returns / (σ_t · √h).
+SCALE_FEATURE = "ewma_vol"
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,10 @@ class IndicatorParams:
     bollinger_window: int = 20
     bollinger_dev: int = 2
     volume_z_window: int = 20
+    gk_window: int = 20
+    atr_window: int = 14
+    vol_short: int = 10
+    vol_long: int = 60
 
 
 # The one table: features.py (scale-free, on adj_close) and indicators.py (price units, on close)
@@ -52,6 +63,21 @@ UNIVERSES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Central band levels served (`level` 50/80/90 in the API); 0.8 is the lower/upper default.
+BAND_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9)
+DEFAULT_LEVEL = 0.8
+
+
+def band_indices(quantiles: tuple[float, ...], level: float) -> tuple[int, int]:
+    """Indices of the (1 - level)/2 and (1 + level)/2 quantiles; ValueError if either is absent."""
+    want = ((1.0 - level) / 2.0, (1.0 + level) / 2.0)
+    found = [next((i for i, q in enumerate(quantiles) if abs(q - w) < 1e-9), None) for w in want]
+    if None in found:
+        raise ValueError(f"quantiles {list(quantiles)} lack the {level:.0%} band's "
+                         f"{want[0]:g}/{want[1]:g} pair")
+    return found[0], found[1]
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """What a model consumes and produces; saved inside every artifact."""
@@ -59,7 +85,9 @@ class FeatureSpec:
     features: tuple[str, ...] = FEATURE_NAMES
     window: int = 60
     horizon: int = 30
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    # The 10-90% pair is the served band; the others give the 50/90% bands and a reliability
+    # diagram (and let online conformal recalibration move between levels).
+    quantiles: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
     version: int = FEATURES_VERSION
     extra: dict = field(default_factory=dict, compare=False)
 

@@ -18,6 +18,7 @@ from service.errors import InsufficientHistory, ManifestMismatch
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import build_features, min_bars
 from service.forecasting.manifest import Manifest
+from service.forecasting.spec import DEFAULT_LEVEL, band_indices
 from service.forecasting.windows import make_windows, prices_from_log_returns
 from service.inference.onnx_model import OnnxModel
 
@@ -77,7 +78,7 @@ class Predictor:
         self.min_bars = min_bars(spec)
         quantiles = list(spec.quantiles)
         self._median = quantiles.index(0.5)
-        self._lower, self._upper = 0, len(quantiles) - 1
+        self._lower, self._upper = band_indices(spec.quantiles, DEFAULT_LEVEL)
 
     @property
     def model_version(self) -> str:

@@ -272,7 +272,7 @@ def test_models_current_reports_the_manifest_and_active_providers(seeded_url, ti
     assert body["version"] == manifest.version
     assert (body["window"], body["horizon"]) == (20, 5)
     assert body["features"] == list(manifest.spec.features)
-    assert body["quantiles"] == [0.1, 0.5, 0.9]
+    assert body["quantiles"] == [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]
     assert body["vocab_size"] == 4 and body["tickers"] == ["AAA", "BBB", "CCC"]
     assert body["split"] == manifest.split.to_dict()
     assert body["metrics"] == manifest.metrics

@@ -146,10 +146,10 @@ def test_a_ticker_without_enough_history_is_skipped_with_the_reason(predictor, b
 
 
 def test_an_explicit_range_before_the_test_segment_is_flagged_in_sample(predictor, bars):
-    result = run_backtest(predictor, bars, start=dt.date(2020, 12, 1),
-                          end=dt.date(2020, 12, 31), horizons=(1,), baselines=("drift",))
-    assert result.start == dt.date(2020, 12, 1)
-    assert result.end == dt.date(2020, 12, 31)
+    result = run_backtest(predictor, bars, start=dt.date(2020, 12, 15),
+                          end=dt.date(2021, 1, 14), horizons=(1,), baselines=("drift",))
+    assert result.start == dt.date(2020, 12, 15)
+    assert result.end == dt.date(2021, 1, 14)
     assert result.methods == (MODEL, NAIVE, "drift")
     assert result.config["in_sample_origins"] is True
     assert result.config["baseline_fit_end"] == predictor.manifest.split.train[1].isoformat()

@@ -23,8 +23,7 @@ from training.model import ExportedForecaster
 
 def _torch_reference(tiny_artifact, windows: np.ndarray, ids: np.ndarray) -> np.ndarray:
     result = tiny_artifact.result
-    scaler = result.prepared.target_scaler
-    wrapper = ExportedForecaster(result.model, scaler.mean, scaler.std).eval()
+    wrapper = ExportedForecaster.of(result.model, result.prepared).eval()
     with torch.no_grad():
         return wrapper(torch.from_numpy(windows), torch.from_numpy(ids)).numpy()
 
@@ -38,7 +37,7 @@ def test_onnxruntime_matches_torch_for_batches_of_1_2_17(tiny_artifact, batch):
     model = OnnxModel.load(tiny_artifact.artifact_dir, provider="cpu")
     got = model.run(windows, ids)
     expected = _torch_reference(tiny_artifact, windows, ids)
-    assert got.shape == (batch, 5, 3)
+    assert got.shape == (batch, 5, 7)
     assert np.abs(got - expected).max() < 1e-5
 
 
@@ -47,7 +46,7 @@ def test_output_is_log_returns_sorted_along_quantiles(tiny_artifact):
     out = OnnxModel.load(tiny_artifact.artifact_dir, provider="cpu").run(val.windows, val.ticker_ids)
     assert (np.diff(out, axis=-1) >= 0).all()
     # Unscaled: medians are daily-return sized, not unit-variance sized.
-    assert np.abs(out[:, 0, 1]).max() < 0.05
+    assert np.abs(out[:, 0, 3]).max() < 0.05
 
 
 def test_ticker_ids_outside_the_vocabulary_use_the_unknown_row(tiny_artifact):
@@ -72,10 +71,10 @@ def test_graph_maps_out_of_range_ids_itself(tiny_artifact):
 
 def test_wrong_window_shape_is_a_clear_error(tiny_artifact):
     model = OnnxModel.load(tiny_artifact.artifact_dir, provider="cpu")
-    with pytest.raises(ValueError, match=r"windows must have shape \(B, 20, 10\), got \(2, 60, 10\)"):
-        model.run(np.zeros((2, 60, 10), dtype=np.float32), np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"windows must have shape \(B, 20, 14\), got \(2, 60, 14\)"):
+        model.run(np.zeros((2, 60, 14), dtype=np.float32), np.array([1, 2]))
     with pytest.raises(ValueError, match="3 windows but 2 ticker ids"):
-        model.run(np.zeros((3, 20, 10), dtype=np.float32), np.array([1, 2]))
+        model.run(np.zeros((3, 20, 14), dtype=np.float32), np.array([1, 2]))
 
 
 def test_session_options_and_active_provider(tiny_artifact):
@@ -95,7 +94,7 @@ def test_graph_has_pinned_opset_and_dynamic_batch(tiny_artifact):
     assert {o.domain: o.version for o in graph.opset_import}[""] == OPSET
     window = graph.graph.input[0].type.tensor_type.shape.dim
     assert window[0].dim_param == "batch"
-    assert [d.dim_value for d in window[1:]] == [20, 10]
+    assert [d.dim_value for d in window[1:]] == [20, 14]
     assert any(node.op_type == "LSTM" for node in graph.graph.node)
 
 

@@ -33,10 +33,12 @@ def synthetic_bars(n: int = 90, seed: int = 7) -> pd.DataFrame:
     """A random-walk ticker with a volume that varies, on business days."""
     rng = np.random.default_rng(seed)
     adj = 50.0 * np.exp(np.cumsum(rng.normal(0.0, 0.02, n)))
+    # The open wanders inside [low, high] so the range estimator sees a close-to-open move.
+    opens = adj * (1.0 + rng.uniform(-0.008, 0.008, n))
     return pd.DataFrame(
         {
             "date": pd.bdate_range("2015-01-02", periods=n),
-            "open": adj,
+            "open": opens,
             "high": adj * 1.01,
             "low": adj * 0.99,
             "close": adj,
@@ -102,6 +104,47 @@ def test_features_match_hand_formulas(at):
         "bb_pctb": (p[at] - lower) / (upper - lower),
         "bb_width": (upper - lower) / mid,
         "volume_z": (log_vol[at] - vol_mean) / vol_sd,
+    }
+    for name, value in expected.items():
+        assert features[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
+def wilder_atr(high: list[float], low: list[float], close: list[float], at: int,
+               n: int = 14) -> float:
+    """ATR at `at`: the mean true range of bars 0..n-1, then avg = (avg (n-1) + TR) / n.
+
+    TR_i = max(H - L, |H - C_{i-1}|, |L - C_{i-1}|); bar 0 has no previous close: TR_0 = H - L.
+    """
+    tr = [high[0] - low[0]] + [
+        max(high[i] - low[i], abs(high[i] - close[i - 1]), abs(low[i] - close[i - 1]))
+        for i in range(1, at + 1)
+    ]
+    avg = sum(tr[:n]) / n
+    for i in range(n, at + 1):
+        avg = (avg * (n - 1) + tr[i]) / n
+    return avg
+
+
+@pytest.mark.parametrize("at", [60, 89])
+def test_volatility_features_match_hand_formulas(at):
+    bars = synthetic_bars()
+    p = bars["adj_close"].tolist()
+    o, h, lo, c = (bars[col].tolist() for col in ("open", "high", "low", "close"))
+    features = build_features(bars).loc[bars["date"][at]]
+    r = [math.log(p[i] / p[i - 1]) for i in range(1, at + 1)]  # r[i - 1] = return into bar i
+
+    lam = 0.94
+    weights = [lam**k for k in range(len(r))]  # newest return first
+    ewma_var = sum(w * x * x for w, x in zip(weights, reversed(r))) / sum(weights)
+    gk = [0.5 * math.log(h[i] / lo[i]) ** 2
+          - (2 * math.log(2) - 1) * math.log(c[i] / o[i]) ** 2 for i in range(at - 19, at + 1)]
+    rms = lambda xs: math.sqrt(sum(x * x for x in xs) / len(xs))
+    expected = {
+        "ewma_vol": math.sqrt(ewma_var),
+        "gk_vol": math.sqrt(sum(gk) / 20),
+        # close == adj_close in these bars, so the split adjustment is the identity here.
+        "atr_ratio": wilder_atr(h, lo, c, at) / p[at],
+        "vol_ratio": rms(r[-10:]) / rms(r[-60:]),
     }
     for name, value in expected.items():
         assert features[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
@@ -173,13 +216,14 @@ def test_warmup_per_feature_is_where_ta_first_defines_it(aapl_bars):
     raw = _indicators(
         pd.Series(aapl_bars["adj_close"].to_numpy()),
         pd.Series(aapl_bars["volume"].to_numpy(dtype=float)),
+        aapl_bars[["open", "high", "low", "close"]].to_numpy(dtype=float),
     )
     for name in FEATURE_NAMES:
         defined = ~np.isnan(raw[name])
         assert int(np.argmax(defined)) == FEATURE_WARMUP[name], name
         assert defined[FEATURE_WARMUP[name] :].all(), name
-    assert WARMUP_BARS == 49
-    assert min_bars(FeatureSpec()) == 49 + 60
+    assert WARMUP_BARS == 60  # vol_ratio's 60-session window (49, SMA50's, before version 2)
+    assert min_bars(FeatureSpec()) == 60 + 60
 
 
 def test_features_and_chart_read_one_parameter_table():
@@ -250,6 +294,13 @@ def test_flat_prices_and_volume_stay_finite():
     assert (flat["bb_width"] == 0.0).all()
     assert (flat["volume_z"] == 0.0).all()
     assert (flat["log_return"] == 0.0).all()
+    # No movement within sessions: no range volatility; close-to-close volatility decays.
+    assert (flat["gk_vol"] == 0.0).all()
+    assert (np.diff(flat["ewma_vol"]) < 0).all() and (np.diff(flat["atr_ratio"]) < 0).all()
+    long_flat = synthetic_bars(n=150)
+    long_flat.loc[30:, ["open", "high", "low", "close", "adj_close"]] = 42.0
+    regime = build_features(long_flat)["vol_ratio"].loc[long_flat["date"][91] :]
+    assert (regime == 1.0).all()  # both windows flat: the regime is called unchanged
 
 
 # ---- splits use adjusted prices --------------------------------------------------------------
@@ -264,8 +315,11 @@ def test_two_for_one_split_in_close_leaves_features_unchanged():
     close = split_bars["close"].to_numpy()
     assert math.log(close[70] / close[69]) < -0.6  # what a close-based return would show
     features = build_features(split_bars)
-    np.testing.assert_array_equal(features.to_numpy(), build_features(bars).to_numpy())
+    # ATR puts high/low/close on adj_close's basis (x adj/close): equal up to that rounding.
+    np.testing.assert_allclose(features.to_numpy(), build_features(bars).to_numpy(),
+                               rtol=1e-12, atol=1e-15)
     assert features["log_return"].abs().max() < 0.1
+    assert features["atr_ratio"].max() < 0.1  # quoted prices would show a 50 % true range
 
 
 # ---- bad input -------------------------------------------------------------------------------

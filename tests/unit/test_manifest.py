@@ -72,7 +72,7 @@ def test_feature_version_mismatch_is_refused(artifact):
         load_manifest(artifact)
     assert str(err.value) == (
         f"artifact {artifact.name} was built with feature version 99 "
-        "but this code computes feature version 1"
+        "but this code computes feature version 2"
     )
 
 
@@ -103,8 +103,8 @@ def test_predictor_refuses_a_graph_that_disagrees_with_meta(artifact):
     with pytest.raises(ManifestMismatch) as err:
         Predictor(model, manifest)
     assert str(err.value) == (
-        "model.onnx (window, features, horizon, quantiles, tickers) = (20, 10, 5, 3, 4) "
-        f"but artifact {artifact.name}'s meta says (20, 10, 5, 3, 2)"
+        "model.onnx (window, features, horizon, quantiles, tickers) = (20, 14, 5, 7, 4) "
+        f"but artifact {artifact.name}'s meta says (20, 14, 5, 7, 2)"
     )
 
 

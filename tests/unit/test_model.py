@@ -57,13 +57,31 @@ def test_pinball_loss_hand_values():
 def test_exported_forecaster_maps_out_of_vocabulary_ids_to_unknown_and_unscales():
     model = small_model(n_tickers=5)
     mean, std = np.linspace(-0.01, 0.01, 7), np.linspace(0.01, 0.05, 7)
-    wrapper = ExportedForecaster(model, mean, std).eval()
+    # Feature 3 is the volatility scale: scaled value z means σ = 0.02 + 0.005 z.
+    wrapper = ExportedForecaster(model, mean, std, scale_index=3, scale_mean=0.02,
+                                 scale_std=0.005).eval()
     window = torch.randn(1, 15, 10).repeat(4, 1, 1)
     with torch.no_grad():
         out = wrapper(window, torch.tensor([0, -1, 5, 999]))
         scaled = model(window[:1], torch.tensor([0]))
     for row in range(1, 4):
         torch.testing.assert_close(out[row], out[0])
-    expected = scaled[0] * torch.tensor(std, dtype=torch.float32)[:, None] + torch.tensor(
+    free = scaled[0] * torch.tensor(std, dtype=torch.float32)[:, None] + torch.tensor(
         mean, dtype=torch.float32)[:, None]
-    torch.testing.assert_close(out[0], expected)
+    sigma = max(0.02 + 0.005 * float(window[0, -1, 3]), 1e-4)
+    scale = sigma * torch.sqrt(torch.arange(1, 8, dtype=torch.float32))[:, None]
+    torch.testing.assert_close(out[0], free * scale)
+
+
+def test_volatility_scale_is_floored_so_a_flat_window_keeps_a_sorted_band():
+    model = small_model(n_tickers=2)
+    wrapper = ExportedForecaster(model, np.zeros(7), np.ones(7), scale_index=0,
+                                 scale_mean=0.0, scale_std=1.0).eval()
+    window = torch.zeros(1, 15, 10)
+    window[0, -1, 0] = -5.0  # an unscaled volatility below zero (impossible, but not NaN)
+    with torch.no_grad():
+        out = wrapper(window, torch.tensor([1]))
+        scaled = model(window, torch.tensor([1]))
+    expected = scaled * 1e-4 * torch.sqrt(torch.arange(1, 8, dtype=torch.float32))[None, :, None]
+    torch.testing.assert_close(out, expected)
+    assert (torch.diff(out, dim=-1) >= 0).all()

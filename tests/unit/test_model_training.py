@@ -59,7 +59,9 @@ def test_target_scaler_is_fit_on_training_origins_only(bars_multi):
     for _, bars in bars_multi.groupby("ticker"):
         features = build_features(bars.drop(columns="ticker").reset_index(drop=True), spec)
         adj = bars.set_index("date")["adj_close"].reindex(features.index).to_numpy()
-        y = forward_log_returns(adj, spec.horizon)
+        # Scale-free: the h-day log return over the origin's EWMA volatility x sqrt(h).
+        sigma = features["ewma_vol"].to_numpy()[:, None]
+        y = forward_log_returns(adj, spec.horizon) / (sigma * np.sqrt(np.arange(1, spec.horizon + 1)))
         origin = np.arange(len(features)) >= spec.window - 1
         first_train = pd.Timestamp(prepared.split.train[0])
         in_train = origin & (features.index >= first_train) & (features.index <= last_train)
@@ -124,8 +126,15 @@ def test_validation_metrics_compare_the_median_with_the_naive_zero_return(tiny_a
     one_day = metrics["horizons"]["1"]
     val = tiny_artifact.result.prepared.val
     scaler = tiny_artifact.result.prepared.target_scaler
-    y1 = val.targets[:, 0] * scaler.std[0] + scaler.mean[0]
-    assert one_day["mae_naive_zero"] == pytest.approx(np.abs(y1).mean(), rel=1e-5)
+    y1 = val.returns[:, 0]  # the realized 1-day log returns, not the scale-free targets
+    assert one_day["mae_naive_zero"] == pytest.approx(np.abs(y1).mean(), rel=1e-12)
+    # The targets are those returns over each origin's volatility, then target-scaled.
+    k = list(val_spec := tiny_artifact.result.prepared.spec.features).index("ewma_vol")
+    features = tiny_artifact.result.prepared.feature_scaler
+    sigma = val.windows[:, -1, k] * features.std[k] + features.mean[k]
+    free = val.targets[:, 0] * scaler.std[0] + scaler.mean[0]
+    np.testing.assert_allclose(free * sigma, y1, rtol=1e-4, atol=1e-7)
+    assert len(val_spec) == 14
     assert one_day["rel_mae_vs_naive"] == pytest.approx(
         one_day["mae_median"] / one_day["mae_naive_zero"])
     assert metrics["beats_naive_1d"] == (one_day["mae_median"] < one_day["mae_naive_zero"])
@@ -159,12 +168,13 @@ def test_validation_metrics_are_the_scores_of_the_unscaled_forecasts(tiny_artifa
     result = tiny_artifact.result
     prepared = result.prepared
     pred = predict_log_returns(result.model, prepared, "val")
-    actual = prepared.target_scaler.inverse_transform(prepared.val.targets.astype(np.float64))
-    expected = score_log_returns(actual, pred, prepared.spec.quantiles)
+    expected = score_log_returns(prepared.val.returns, pred, prepared.spec.quantiles)
     assert {k: v for k, v in result.metrics.items() if k != "val_pinball_scaled"} == expected
-    # The scaler's inverse, per horizon, undoes training's target scaling.
-    scaler = prepared.target_scaler
-    np.testing.assert_allclose(actual, prepared.val.targets * scaler.std + scaler.mean, rtol=1e-6)
+    # Log returns, not scale-free units: the graph's module multiplied the volatility back.
+    # A 10-90% band of a unit-variance-trained network would be ~2.6 wide; in log returns it is
+    # the returns' own size (a few times their std).
+    width = (pred[:, 0, 5] - pred[:, 0, 1]).mean()
+    assert 0.3 < width / prepared.val.returns[:, 0].std() < 10
 
 
 def test_diverging_loss_raises_and_names_the_epoch(bars_multi):

@@ -51,9 +51,10 @@ def test_forecast_prices_are_close_times_exp_of_the_models_log_returns(predictor
     forecast = predictor.forecast("AAA", aaa, horizon=3)
     close = aaa["close"].iloc[-1]
     for h, step in enumerate(forecast.steps):
-        assert step.close == pytest.approx(close * np.exp(q[h, 1]), rel=1e-6)
-        assert step.lower == pytest.approx(close * np.exp(q[h, 0]), rel=1e-6)
-        assert step.upper == pytest.approx(close * np.exp(q[h, 2]), rel=1e-6)
+        # quantiles 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95: the median, the 10-90% band
+        assert step.close == pytest.approx(close * np.exp(q[h, 3]), rel=1e-6)
+        assert step.lower == pytest.approx(close * np.exp(q[h, 1]), rel=1e-6)
+        assert step.upper == pytest.approx(close * np.exp(q[h, 5]), rel=1e-6)
 
 
 def test_as_of_drops_later_bars(predictor, bars):
@@ -80,7 +81,7 @@ def test_as_of_on_a_non_trading_day_uses_the_last_bar_before_it(predictor, bars)
 
 def test_too_few_bars_names_the_ticker_and_the_counts(predictor, bars):
     needed = min_bars(predictor.spec)
-    assert needed == 49 + 20  # SMA50 warm-up + window
+    assert needed == 60 + 20  # vol_ratio's 60-session warm-up + window
     with pytest.raises(InsufficientHistory) as err:
         predictor.forecast("AAA", bars["AAA"].iloc[: needed - 1], horizon=1)
     assert str(err.value) == f"AAA has {needed - 1} usable bars; at least {needed} are needed for one window"
@@ -120,14 +121,14 @@ def test_predict_origins_matches_forecasts_made_at_each_origin(predictor, bars):
     dates, quantiles, closes = predictor.predict_origins("AAA", aaa)
     # Every date with a full window: warm-up + window - 1 bars come first.
     assert len(dates) == len(aaa) - min_bars(predictor.spec) + 1
-    assert quantiles.shape == (len(dates), 5, 3)
+    assert quantiles.shape == (len(dates), 5, 7)
     for i in (0, 100, len(dates) - 1):
         origin = dates[i].date()
         one = predictor.forecast("AAA", aaa, horizon=5, as_of=origin)
         assert one.as_of == origin
         assert closes[i] == pytest.approx(one.last_close)
         np.testing.assert_allclose(
-            [s.close for s in one.steps], closes[i] * np.exp(quantiles[i, :, 1]), rtol=1e-5)
+            [s.close for s in one.steps], closes[i] * np.exp(quantiles[i, :, 3]), rtol=1e-5)
 
 
 def test_predict_origins_with_chosen_dates_and_causal_under_future_scrambling(predictor, bars):

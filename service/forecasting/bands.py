@@ -1,0 +1,250 @@
+"""Prediction bands: any central level from a few quantiles, online conformal recalibration (ACI),
+and the quantiles of the two band baselines. Pure numpy; one implementation for the backtest
+and for serving.
+
+Quantiles. A forecaster gives the h-day log-return quantiles at fixed probability levels (the
+model: 0.05 … 0.95). A band at any other level is read off them piecewise-linearly in normal
+scores z = Φ⁻¹(p) and extrapolated linearly beyond the outermost pair, so a Gaussian forecaster's
+band is exact at every level and ACI can move between and past the trained levels.
+
+ACI (Gibbs & Candès 2021, "Adaptive conformal inference under distribution shift"). A base band
+(a forecaster's own band at level 1 - α) is recalibrated by conformal scores: the normalized
+distance of an outcome from the median, S = (y - m) / (u - m) above it and (m - y) / (m - l)
+below, so S <= 1 inside the base band. At origin t the band is m ± Q̂ × the base half-widths, with
+Q̂ the ⌈(1 - α_t)(n + 1)⌉-th smallest of the last n known scores (split-conformal over a rolling
+window, which fixes a forecaster's persistent over- or under-coverage), and the level moves as
+
+    α_{t+1} = α_t + γ (α - err_t),   err_t = 1 if the outcome fell outside the band used at t,
+
+so misses widen the next bands and hits narrow them (the local adaptivity). An h-day outcome is
+known only h sessions later, so scores and errors of origin s enter from origin s + h (delayed
+feedback). The state at origin t is rebuilt from the `lookback` origins before it, starting at
+α: a pure function of the bars up to t, so the server (from the cached bars at request time) and
+the backtest (walking origins) compute the same band for the same origin, and nothing after t is
+read (a test scrambles the future).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.special import ndtri
+
+# ACI's step, the origins its α state is rebuilt from, and the scores its quantile is taken over.
+ACI_GAMMA = 0.005
+ACI_LOOKBACK = 250
+ACI_CALIBRATION = 250
+# Sessions of h-day returns behind the empirical band baseline (about one trading year).
+EMPIRICAL_WINDOW = 250
+# The widest band read off quantiles (z = 3.09): a forecaster's tails past that are guesswork.
+MAX_COVERAGE = 0.998
+
+
+@dataclass(frozen=True)
+class ACISettings:
+    """ACI's step γ, the α run's length and the calibration window of conformal scores."""
+
+    gamma: float = ACI_GAMMA
+    lookback: int = ACI_LOOKBACK
+    calibration: int = ACI_CALIBRATION
+
+    def __post_init__(self):
+        if not 0 < self.gamma < 1:
+            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
+        if self.lookback < 1 or self.calibration < 1:
+            raise ValueError(f"lookback and calibration must be >= 1, got "
+                             f"{self.lookback}, {self.calibration}")
+
+    @property
+    def history(self) -> int:
+        """Origins before a target that its band can depend on, plus the horizon."""
+        return self.lookback + self.calibration
+
+    def to_dict(self) -> dict:
+        return {"gamma": self.gamma, "lookback": self.lookback, "calibration": self.calibration}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ACISettings:
+        return cls(gamma=float(d["gamma"]), lookback=int(d["lookback"]),
+                   calibration=int(d["calibration"]))
+
+
+def _levels(levels) -> np.ndarray:
+    p = np.asarray(levels, dtype=np.float64)
+    if p.ndim != 1 or p.size < 2 or not (np.all(p > 0) and np.all(p < 1)):
+        raise ValueError(f"levels must be at least two probabilities in (0, 1), got {levels}")
+    if not np.all(np.diff(p) > 0):
+        raise ValueError(f"levels must be strictly increasing, got {levels}")
+    return p
+
+
+def quantile_at(quantiles: np.ndarray, levels, p: np.ndarray) -> np.ndarray:
+    """Values at probabilities p from quantiles (..., Q) at `levels` (Q,), p of shape (..., L).
+
+    Piecewise linear in z = Φ⁻¹(p) between the knots, linear beyond the first and last pair;
+    p = 0.5 between sorted knots is the median exactly when 0.5 is a level.
+    """
+    z_knots = ndtri(_levels(levels))  # (Q,)
+    q = np.asarray(quantiles, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    lead = np.broadcast_shapes(q.shape[:-1], p.shape[:-1])
+    q = np.broadcast_to(q, lead + q.shape[-1:])
+    z = ndtri(np.clip(np.broadcast_to(p, lead + p.shape[-1:]), 1e-12, 1 - 1e-12))
+    # Segment index per query: 0 .. Q-2, the outer segments extended beyond the ends.
+    seg = np.clip(np.searchsorted(z_knots, z, side="right") - 1, 0, len(z_knots) - 2)
+    z0, z1 = z_knots[seg], z_knots[seg + 1]
+    q0 = np.take_along_axis(q, seg, axis=-1)
+    q1 = np.take_along_axis(q, seg + 1, axis=-1)
+    return q0 + (q1 - q0) * (z - z0) / (z1 - z0)
+
+
+def band(quantiles: np.ndarray, levels, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The central band [Q((1-c)/2), Q((1+c)/2)] at coverage c (..., L) from quantiles (..., Q)."""
+    c = np.clip(np.asarray(coverage, dtype=np.float64), 0.0, MAX_COVERAGE)
+    lower = quantile_at(quantiles, levels, (1.0 - c) / 2.0)
+    upper = quantile_at(quantiles, levels, (1.0 + c) / 2.0)
+    return lower, upper
+
+
+@dataclass(frozen=True)
+class Bands:
+    """Bands at target origins: lower/upper (n, K, L) log returns, and ACI's level 1 - α_t."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    coverage: np.ndarray  # (n, K, L) the level ACI asked for (the nominal one without ACI)
+
+
+def base_bands(quantiles: np.ndarray, levels, coverages) -> Bands:
+    """A forecaster's own bands at each nominal coverage (no recalibration), (N, K, L)."""
+    nominal = np.asarray(coverages, dtype=np.float64)
+    lo, hi = band(quantiles, levels, nominal)
+    return Bands(lo, hi, np.broadcast_to(nominal, lo.shape))
+
+
+def _scores(median, lo, hi, y) -> np.ndarray:
+    """S = (y - m)/(u - m) above the median, (m - y)/(m - l) below; NaN where y is NaN."""
+    tiny = 1e-12
+    above = (y - median) / np.maximum(hi - median, tiny)
+    below = (median - y) / np.maximum(median - lo, tiny)
+    return np.where(y >= median, above, below)
+
+
+def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.ndarray,
+              delays, coverages, settings: ACISettings = ACISettings()) -> Bands:
+    """ACI-recalibrated bands at each target origin, (n, K, L).
+
+    One series of consecutive origins 0..N-1 (one ticker's sessions): quantiles (N, K, Q) the
+    forecaster's log-return quantiles per origin and horizon slot at `levels`; realized (N, K)
+    the outcome of origin s in slot k (NaN where unknown); delays (K,) the sessions until it is
+    known (the horizon h); coverages (L,) nominal levels. The band at target t reads
+    realized[s, k] only for s + delays[k] <= t. A target without any known score yet gets the
+    base band; ACI asking for more than every past score (α_t <= 0, an infinite band) gets the
+    largest one.
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
+    y = np.asarray(realized, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.intp)
+    d = np.asarray(delays, dtype=np.intp)
+    nominal = np.asarray(coverages, dtype=np.float64)
+    if q.ndim != 3 or y.shape != q.shape[:2] or d.shape != (q.shape[1],):
+        raise ValueError(f"quantiles (N, K, Q) {q.shape}, realized (N, K) {y.shape} and "
+                         f"delays (K,) {d.shape} do not fit together")
+    if t.size and (t.min() < 0 or t.max() >= len(q)):
+        raise ValueError(f"targets must lie in [0, {len(q) - 1}]")
+    if np.any(d < 1):
+        raise ValueError("delays must be >= 1 (an outcome is known after its origin)")
+    n_origins, k_slots = q.shape[:2]
+    lookback, cal, gamma = settings.lookback, settings.calibration, settings.gamma
+
+    median = quantile_at(q, levels, np.full(q.shape[:2] + (1,), 0.5))  # (N, K, 1)
+    base = base_bands(q, levels, nominal)  # (N, K, L)
+    scores = _scores(median, base.lower, base.upper, y[..., None])  # (N, K, L)
+
+    # Per origin s and slot k, its calibration window: the scores of origins s-d-cal+1 .. s-d,
+    # all known by s. n_known[s] of them are defined; below[s] of those are < scores[s].
+    below = np.zeros(scores.shape)
+    n_known = np.zeros(scores.shape)
+    windows = []  # per slot (N, L, cal): the window behind each origin, NaN-padded
+    for k in range(k_slots):
+        # With `shift` NaNs in front, padded[s .. s+cal-1] = scores[s-d-cal+1 .. s-d].
+        shift = d[k] + cal - 1
+        padded = np.concatenate([np.full((shift, nominal.size), np.nan), scores[:, k, :]])
+        win = sliding_window_view(padded, cal, axis=0)[:n_origins]  # (N, L, cal)
+        windows.append(win)
+        known = np.isfinite(win)
+        n_known[:, k, :] = known.sum(axis=-1)
+        below[:, k, :] = (known & (win < scores[:, k, :, None])).sum(axis=-1)
+
+    alpha = np.broadcast_to(1.0 - nominal, (t.size, k_slots, nominal.size)).copy()
+    steps = np.zeros((lookback, t.size, k_slots, nominal.size))  # γ (α - err) of each run step
+    slots = np.arange(k_slots)
+    for k in range(lookback + 1):
+        # Feedback: the error of step j = k - d arrives at step k (its outcome is then known).
+        j = k - d  # (K,)
+        arrived = j >= 0
+        if arrived.any():
+            alpha[:, arrived, :] += steps[j[arrived], :, slots[arrived], :].transpose(1, 0, 2)
+        if k == lookback:
+            break  # the target origin itself: its band uses α as it now stands
+        s = t - lookback + k  # (n,) this step's origin in each run
+        present = s >= 0
+        # Read only what is known at the target: origin s's outcome needs s + d <= t.
+        known = (k + d <= lookback)[None, :] & present[:, None]  # (n, K)
+        rows = np.where(present, s, 0)
+        score, n = scores[rows], n_known[rows]  # (n, K, L)
+        scored = known[..., None] & np.isfinite(score) & (n > 0)
+        # Outside ⟺ S_s above the ⌈(1-α)(n+1)⌉-th smallest past score ⟺ below_s >= that rank.
+        rank = np.ceil((1.0 - alpha) * (n + 1))
+        err = below[rows] >= rank
+        steps[k] = np.where(scored, gamma * ((1.0 - nominal) - err), 0.0)
+
+    # The band at each target: Q̂ = the ⌈(1-α_t)(n+1)⌉-th smallest score of its window.
+    lower = np.empty(alpha.shape)
+    upper = np.empty(alpha.shape)
+    for k in range(k_slots):
+        win = np.sort(windows[k][t], axis=-1)  # (n, L, cal), NaN (unknown) sorted last
+        n = n_known[t, k, :]
+        rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, L)
+        pick = np.take_along_axis(win, np.maximum(rank - 1, 0).astype(np.intp)[..., None],
+                                  axis=-1)[..., 0]
+        qhat = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick))
+        m = median[t, k, :]
+        lower[:, k, :] = m - qhat * (m - base.lower[t, k, :])
+        upper[:, k, :] = m + qhat * (base.upper[t, k, :] - m)
+    return Bands(lower, upper, np.clip(1.0 - alpha, 0.0, 1.0))
+
+
+# --- the band baselines' quantiles --------------------------------------------------------------
+
+
+def gaussian_quantiles(sigma: np.ndarray, horizons, levels) -> np.ndarray:
+    """Random walk + Gaussian band: Q_p(r_{t,h}) = σ_t √h Φ⁻¹(p), shape (N, K, Q)."""
+    s = np.asarray(sigma, dtype=np.float64)
+    h = np.sqrt(np.asarray(horizons, dtype=np.float64))
+    z = ndtri(_levels(levels))
+    return s[:, None, None] * h[None, :, None] * z[None, None, :]
+
+
+def empirical_quantiles(log_close: np.ndarray, origins: np.ndarray, horizons, levels,
+                        window: int = EMPIRICAL_WINDOW) -> np.ndarray:
+    """Rolling empirical band: quantiles of the last `window` h-day log returns ending at t.
+
+    Q_p(r_{t,h}) = quantile_p {y_s - y_{s-h} : t - window < s <= t} (numpy's linear
+    interpolation), shape (N, K, Q); NaN for an origin with fewer than window + h bars behind it.
+    """
+    y = np.asarray(log_close, dtype=np.float64)
+    t = np.asarray(origins, dtype=np.intp)
+    p = _levels(levels)
+    out = np.full((t.size, len(horizons), p.size), np.nan)
+    for k, h in enumerate(horizons):
+        if y.size < window + h:
+            continue
+        moves = y[h:] - y[:-h]  # moves[i] = y[i + h] - y[i]: the h-day return ending at i + h
+        windows = sliding_window_view(moves, window)  # windows[i] ends at move i + window - 1
+        ok = t - h - window + 1 >= 0
+        rows = t[ok] - h - window + 1
+        out[ok, k, :] = np.quantile(windows[rows], p, axis=-1).T
+    return out

@@ -1,0 +1,177 @@
+"""Bands: levels read off quantiles, ACI (recovery after a volatility jump, no look-ahead), and
+the band baselines' quantiles on series whose quantiles are known."""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from service.forecasting.bands import (
+    ACISettings,
+    aci_bands,
+    band,
+    base_bands,
+    empirical_quantiles,
+    gaussian_quantiles,
+    quantile_at,
+)
+from service.forecasting.volatility import ewma_volatility, log_returns
+
+LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+COVERAGES = (0.5, 0.8, 0.9)
+Z = NormalDist().inv_cdf
+
+
+# ---- reading levels off quantiles --------------------------------------------------------------
+
+
+def test_a_gaussian_forecasters_band_is_exact_at_any_level_inside_and_beyond_its_quantiles():
+    q = gaussian_quantiles(np.array([0.01, 0.03]), [1, 4], LEVELS)  # (2, 2, 7)
+    p = np.array([0.01, 0.05, 0.3, 0.5, 0.85, 0.99])
+    got = quantile_at(q, LEVELS, np.broadcast_to(p, (2, 2, p.size)))
+    for i, sigma in enumerate((0.01, 0.03)):
+        for k, h in enumerate((1, 4)):
+            expected = [sigma * np.sqrt(h) * Z(x) for x in p]
+            np.testing.assert_allclose(got[i, k], expected, rtol=1e-12, atol=1e-15)
+
+
+def test_the_trained_levels_give_back_their_own_quantiles():
+    q = np.array([[-3.0, -2.0, -0.5, 0.1, 0.4, 1.5, 4.0]])  # skewed, not Gaussian
+    got = quantile_at(q, LEVELS, np.array([LEVELS]))
+    np.testing.assert_allclose(got, q, rtol=0, atol=1e-12)
+    lo, hi = band(q, LEVELS, np.array([0.8]))
+    assert (lo[0, 0], hi[0, 0]) == pytest.approx((-2.0, 1.5))
+    # Between 0.25 and 0.5 the value moves linearly in normal scores.
+    p = NormalDist().cdf(0.5 * Z(0.25))
+    assert quantile_at(q, LEVELS, np.array([[p]]))[0, 0] == pytest.approx((-0.5 + 0.1) / 2)
+
+
+def test_base_bands_are_the_quantile_pairs_of_each_level():
+    q = gaussian_quantiles(np.array([0.02]), [1], LEVELS)
+    b = base_bands(q, LEVELS, COVERAGES)
+    np.testing.assert_allclose(b.lower[0, 0], q[0, 0, [2, 1, 0]])
+    np.testing.assert_allclose(b.upper[0, 0], q[0, 0, [4, 5, 6]])
+    np.testing.assert_array_equal(b.coverage[0, 0], COVERAGES)
+
+
+# ---- ACI ---------------------------------------------------------------------------------------
+
+
+def _jump_series(n: int = 2000, jump: int = 1000, seed: int = 3):
+    """Daily returns with σ 0.01, then 0.02 from `jump` on; a forecaster that keeps saying 0.01."""
+    rng = np.random.default_rng(seed)
+    sigma = np.where(np.arange(n + 1) < jump, 0.01, 0.02)
+    r = rng.normal(0.0, sigma)
+    quantiles = gaussian_quantiles(np.full(n, 0.01), [1], LEVELS)  # (n, 1, Q)
+    realized = r[1:, None]  # origin s's outcome is the next session's return
+    return quantiles, realized
+
+
+def _inside(bands, realized, targets, level: int) -> np.ndarray:
+    y = realized[targets, 0]
+    return (y >= bands.lower[:, 0, level]) & (y <= bands.upper[:, 0, level])
+
+
+def test_aci_recovers_nominal_coverage_after_a_volatility_jump():
+    quantiles, realized = _jump_series()
+    settings = ACISettings(gamma=0.005, lookback=250, calibration=250)
+    targets = np.arange(600, len(quantiles))
+    aci = aci_bands(quantiles, LEVELS, realized, targets, [1], COVERAGES, settings)
+    base = base_bands(quantiles[targets], LEVELS, COVERAGES)
+    inside, base_inside = _inside(aci, realized, targets, 1), _inside(base, realized, targets, 1)
+    before, after = targets < 1000, targets >= 1000
+    # The fixed band: right before the jump (400 draws, sd 0.02), 45 % after it
+    # (P(|Z| < 1.2816 / 2)).
+    assert base_inside[before].mean() == pytest.approx(0.80, abs=0.05)
+    assert base_inside[after].mean() == pytest.approx(2 * NormalDist().cdf(Z(0.9) / 2) - 1,
+                                                      abs=0.03)
+    assert inside[before].mean() == pytest.approx(0.80, abs=0.05)
+    # Expected steps: once the calibration window holds only post-jump scores (250 sessions +
+    # the 1-day delay) the band is calibrated again; ACI's level gets most of the way sooner.
+    settled = targets >= 1000 + settings.calibration + 1
+    assert inside[settled].mean() == pytest.approx(0.80, abs=0.03)
+    first_100 = after & (targets < 1100)
+    assert inside[first_100].mean() > base_inside[first_100].mean() + 0.15
+    # The misses widen the band: ACI asks for more than 80 % right after the jump.
+    assert aci.coverage[(targets >= 1050) & (targets < 1150), 0, 1].mean() > 0.85
+
+
+@pytest.mark.parametrize("target", [400, 777, 1500])
+def test_aci_reads_no_outcome_after_the_origin(target):
+    quantiles, realized = _jump_series()
+    quantiles = np.concatenate([quantiles, 1.5 * quantiles], axis=1)  # slots: h=1, h=5
+    realized = np.concatenate([realized, realized * 2], axis=1)
+    delays = [1, 5]
+    settings = ACISettings(gamma=0.02, lookback=120, calibration=100)
+    targets = np.array([target - 1, target])
+    before = aci_bands(quantiles, LEVELS, realized, targets, delays, COVERAGES, settings)
+    rng = np.random.default_rng(target)
+    scrambled = realized.copy()
+    for k, d in enumerate(delays):
+        future = np.arange(len(realized)) + d > target - 1  # unknown at the first target
+        scrambled[future, k] = rng.permutation(scrambled[future, k]) * 3.0
+        scrambled[np.flatnonzero(future)[::3], k] = np.nan  # and some outcomes missing
+    after = aci_bands(quantiles, LEVELS, scrambled, targets, delays, COVERAGES, settings)
+    # Bands at or before the cut are unchanged to the bit; the one after it reads a new outcome.
+    np.testing.assert_array_equal(after.lower[0], before.lower[0])
+    np.testing.assert_array_equal(after.upper[0], before.upper[0])
+    assert not np.array_equal(after.lower[1], before.lower[1])
+
+
+def test_a_target_without_known_outcomes_gets_the_base_band():
+    quantiles, realized = _jump_series(n=50)
+    aci = aci_bands(quantiles, LEVELS, realized, np.array([0]), [1], COVERAGES)
+    base = base_bands(quantiles[:1], LEVELS, COVERAGES)
+    np.testing.assert_allclose(aci.lower, base.lower)
+    np.testing.assert_allclose(aci.upper, base.upper)
+
+
+def test_aci_rejects_inputs_that_do_not_fit():
+    quantiles, realized = _jump_series(n=50)
+    with pytest.raises(ValueError, match="do not fit together"):
+        aci_bands(quantiles, LEVELS, realized[:, 0], np.array([1]), [1], COVERAGES)
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 49\]"):
+        aci_bands(quantiles, LEVELS, realized, np.array([50]), [1], COVERAGES)
+    with pytest.raises(ValueError, match="gamma must be in"):
+        ACISettings(gamma=0.0)
+
+
+# ---- band baselines ----------------------------------------------------------------------------
+
+
+def test_gaussian_band_is_sigma_root_h_times_normal_scores():
+    q = gaussian_quantiles(np.array([0.02]), [1, 9], (0.1, 0.5, 0.9))
+    np.testing.assert_allclose(q[0, 1], [0.06 * Z(0.1), 0.0, 0.06 * Z(0.9)], rtol=1e-12)
+
+
+def test_ewma_volatility_follows_its_recursion():
+    rng = np.random.default_rng(1)
+    y = np.cumsum(rng.normal(0.0, 0.01, 80))
+    sigma = ewma_volatility(log_returns(y))
+    r = np.diff(y)
+    weights = 0.94 ** np.arange(len(r))[::-1]  # newest return weight 1
+    assert sigma[-1] == pytest.approx(np.sqrt(np.sum(weights * r**2) / weights.sum()), rel=1e-12)
+    assert np.isnan(sigma[19]) and np.isfinite(sigma[20])
+
+
+def test_empirical_band_has_the_known_quantiles_of_its_window():
+    # The last 250 daily moves are a shuffled grid (i - 124.5) / 1000, i = 0..249: numpy's linear
+    # quantile at p is (249 p - 124.5) / 1000 whatever the order.
+    rng = np.random.default_rng(0)
+    moves = np.concatenate([rng.normal(0.0, 0.05, 100), rng.permutation(np.arange(250)) - 124.5])
+    y = np.concatenate([[0.0], np.cumsum(moves / 1000.0)])
+    t = len(y) - 1
+    q = empirical_quantiles(y, np.array([t, 260, 200]), [1], (0.1, 0.5, 0.9), window=250)
+    np.testing.assert_allclose(q[0, 0], [(249 * p - 124.5) / 1000 for p in (0.1, 0.5, 0.9)],
+                               rtol=0, atol=1e-15)
+    assert np.isfinite(q[1]).all()  # 260 >= 250 + 1 bars behind it
+    assert np.isnan(q[2]).all()  # 200 has fewer than 250 moves behind it
+
+
+def test_empirical_band_of_h_day_moves_on_a_steady_trend_is_that_trend():
+    y = 0.003 * np.arange(400.0)
+    q = empirical_quantiles(y, np.array([399, 300]), [1, 5, 30], LEVELS)
+    for k, h in enumerate((1, 5, 30)):
+        np.testing.assert_allclose(q[:, k, :], 0.003 * h, rtol=1e-9)
