@@ -22,11 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.config import get_settings
+from service.artifacts.manifest import load_manifest, resolve_current
+from service.core.config import get_settings
+from service.core.errors import ModelNotLoaded
 from service.db.bars import read_bars_many
 from service.db.session import make_engine
-from service.errors import ModelNotLoaded
-from service.forecasting.backtest import (
+from service.evaluation.backtest import (
     DEFAULT_HORIZONS,
     MODEL,
     NAIVE,
@@ -35,7 +36,6 @@ from service.forecasting.backtest import (
     run_backtest,
 )
 from service.forecasting.baselines import BASELINES
-from service.forecasting.manifest import load_manifest, resolve_current
 from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import PROJECT_ROOT
+from service.core.config import PROJECT_ROOT
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get(
@@ -84,7 +84,7 @@ def db_url(request, tmp_path) -> str:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory):
     """A tiny LSTM trained once per session on synthetic bars, exported to a models folder."""
-    from service.forecasting.manifest import set_current
+    from service.artifacts.manifest import set_current
     from tests.tiny_model import train_tiny_artifact
 
     tiny = train_tiny_artifact(tmp_path_factory.mktemp("models"))
@@ -106,7 +106,7 @@ class CliEnv:
 @pytest.fixture
 def cli_env(monkeypatch, tmp_path, tiny_artifact) -> CliEnv:
     """A migrated SQLite DB with the tiny bars, the tiny model; settings from the environment."""
-    from service.config import get_settings
+    from service.core.config import get_settings
     from tests.api_factories import copy_models, store_bars
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 
 from service import package_version
-from service.forecasting.manifest import (
+from service.artifacts.manifest import (
     HISTORY_FILE,
     META_FILE,
     ONNX_FILE,
@@ -160,7 +160,7 @@ def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
 def export_artifact(result: TrainResult, model_dir: Path) -> Path:
     """Write models/<version>/{model.onnx, meta.json, history.png}; `current` is left alone.
 
-    Only the promotion gate (service.promotion.promote, which `stockcast train` calls after a
+    Only the promotion gate (service.evaluation.promotion.promote, which `stockcast train` calls after a
     backtest of the new version) points models/current at an artifact.
     """
     model, prepared = result.model.cpu().eval(), result.prepared

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import ManifestMismatch, ModelNotLoaded
-from service.forecasting.manifest import CURRENT_FILE, load_manifest, resolve_current
+from service.artifacts.manifest import CURRENT_FILE, load_manifest, resolve_current
+from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.inference.onnx_model import OnnxModel, Provider
 from service.inference.predictor import Predictor
 

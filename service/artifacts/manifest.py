@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import ManifestMismatch, ModelNotLoaded
+from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.spec import FEATURE_NAMES, FEATURES_VERSION, FeatureSpec
 from service.forecasting.split import Split

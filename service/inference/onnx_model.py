@@ -8,8 +8,8 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import ManifestMismatch
-from service.forecasting.manifest import ONNX_FILE, UNKNOWN_TICKER_ID
+from service.artifacts.manifest import ONNX_FILE, UNKNOWN_TICKER_ID
+from service.core.errors import ManifestMismatch
 
 Provider = Literal["auto", "cpu", "cuda"]
 CUDA = "CUDAExecutionProvider"

@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, text
 
 from service.api.main import create_app
+from service.artifacts.manifest import load_manifest
 from service.db.session import make_engine
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import build_features, min_bars
-from service.forecasting.manifest import load_manifest
 from service.forecasting.spec import FeatureSpec
 from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor
@@ -378,8 +378,8 @@ def direct_forecasts(sqlite_url, tiny_artifact, bars_multi):
     bar check lives 1 s.
     """
     from service.api.forecasts import ForecastService
-    from service.bar_cache import BarCache
     from service.db.session import upgrade
+    from service.sources.cache import BarCache
 
     upgrade(sqlite_url)
     store_bars(sqlite_url, bars_multi)
@@ -408,7 +408,7 @@ def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(dire
 
 
 def test_only_the_request_that_took_on_a_bar_check_renewal_gives_it_back(direct_forecasts):
-    from service.errors import DatabaseUnavailable
+    from service.core.errors import DatabaseUnavailable
 
     service, predictor, engine, now = direct_forecasts
     first = service.forecast(predictor, "AAA")

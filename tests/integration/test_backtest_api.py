@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.main import create_app
+from service.artifacts.manifest import load_manifest
 from service.db.backtests import store_run
 from service.db.session import make_engine
-from service.forecasting.backtest import METRICS, MODEL, NAIVE, POOLED, bars_by_ticker, run_backtest
-from service.forecasting.manifest import load_manifest
+from service.evaluation.backtest import METRICS, MODEL, NAIVE, POOLED, bars_by_ticker, run_backtest
 from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor
 from tests.api_factories import api_settings

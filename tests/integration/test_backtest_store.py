@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import inspect
 
+from service.artifacts.manifest import load_manifest
 from service.db import backtests as store
 from service.db.session import downgrade, make_engine, upgrade
-from service.forecasting.backtest import MODEL, NAIVE, POOLED, bars_by_ticker, run_backtest
-from service.forecasting.manifest import load_manifest
+from service.evaluation.backtest import MODEL, NAIVE, POOLED, bars_by_ticker, run_backtest
 from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor
 

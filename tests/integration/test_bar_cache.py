@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.bar_cache import REBASE_OVERLAP_DAYS, BarCache
+from service.core.errors import DatabaseUnavailable, InvalidTicker, SourceUnavailable, UnknownTicker
 from service.db import bars as bars_db
 from service.db.session import make_engine
-from service.errors import DatabaseUnavailable, InvalidTicker, SourceUnavailable, UnknownTicker
+from service.sources.cache import REBASE_OVERLAP_DAYS, BarCache
 from tests.bar_factories import ScriptedSource, make_bars, timeout_error
 
 NOW = dt.datetime(2020, 7, 1, 21, 0, tzinfo=dt.UTC)  # a Wednesday evening

@@ -7,10 +7,10 @@ import gzip
 import pytest
 from typer.testing import CliRunner
 
+from service.core.errors import InvalidBars
 from service.db import bars as bars_db
 from service.db.session import make_engine
-from service.errors import InvalidBars
-from service.ingest import ingest_file
+from service.sources.ingest import ingest_file
 
 SHARED_READ, SHARED_STORED = 608_160, 607_592
 SHARED_REJECTED = {"missing_field": 538, "open_outside_range": 28, "duplicate_date": 2}
@@ -91,7 +91,7 @@ def test_a_file_missing_a_column_is_refused_and_loses_nothing(engine, tmp_path):
 
 def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
     from service.cli import app
-    from service.config import get_settings
+    from service.core.config import get_settings
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("STOCKCAST_DATABASE_URL", url)

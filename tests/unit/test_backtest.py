@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.forecasting.backtest import (
+from service.artifacts.manifest import load_manifest
+from service.evaluation.backtest import (
     MODEL,
     NAIVE,
     POOLED,
@@ -17,7 +18,6 @@ from service.forecasting.backtest import (
     run_backtest,
 )
 from service.forecasting.baselines import BASELINES
-from service.forecasting.manifest import load_manifest
 from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor
 

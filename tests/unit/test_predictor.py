@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.errors import InsufficientHistory
+from service.artifacts.manifest import load_manifest
+from service.core.errors import InsufficientHistory
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import min_bars
-from service.forecasting.manifest import load_manifest
 from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor
 
