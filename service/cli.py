@@ -285,7 +285,7 @@ def backtest(
 
     from sqlalchemy.exc import DBAPIError
 
-    from service.artifacts.manifest import load_manifest, resolve_current
+    from service.artifacts.manifest import resolve_current
     from service.core.config import PROJECT_ROOT
     from service.core.errors import StockcastError
     from service.db.backtests import get_metrics, store_run
@@ -294,7 +294,6 @@ def backtest(
     from service.evaluation.plots import write_backtest_plots
     from service.forecasting.baselines import BASELINES
     from service.forecasting.spec import UNIVERSES
-    from service.inference.onnx_model import OnnxModel
     from service.inference.predictor import Predictor
 
     started = time.perf_counter()
@@ -309,9 +308,9 @@ def backtest(
     wanted_b = [b for b in (baselines or ",".join(BASELINES)).replace(" ", "").split(",") if b]
     try:
         artifact_dir = model_dir / version if version else resolve_current(model_dir)
-        manifest = load_manifest(artifact_dir)
-        model = OnnxModel.load(artifact_dir, settings.ort_provider, settings.ort_intra_op_threads)
-        predictor = Predictor(model, manifest)
+        predictor = Predictor.load(artifact_dir, settings.ort_provider,
+                                   settings.ort_intra_op_threads)
+        manifest = predictor.manifest
         if tickers:
             names = _parse_tickers(tickers)
         else:

@@ -81,6 +81,16 @@ def db_url(request, tmp_path) -> str:
     return url
 
 
+@pytest.fixture
+def engine(db_url):
+    """An engine on `db_url` (each backend in turn, migrated and empty), disposed after."""
+    from service.db.session import make_engine
+
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory):
     """A tiny LSTM trained once per session on synthetic bars, exported to a models folder."""
@@ -92,6 +102,22 @@ def tiny_artifact(tmp_path_factory):
     # the tiny model as current.
     set_current(tiny.model_dir, tiny.artifact_dir.name)
     return tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_artifact):
+    """The serving Predictor over the tiny artifact (CPU onnxruntime)."""
+    from service.inference.predictor import Predictor
+
+    return Predictor.load(tiny_artifact.artifact_dir, "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_backtest(tiny_artifact, tiny_predictor):
+    """The walk-forward backtest of the tiny model over its own bars, horizons 1 and 5."""
+    from service.evaluation.backtest import bars_by_ticker, run_backtest
+
+    return run_backtest(tiny_predictor, bars_by_ticker(tiny_artifact.bars), horizons=(1, 5))
 
 
 @dataclass(frozen=True)

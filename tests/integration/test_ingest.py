@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 
 from service.core.errors import InvalidBars
 from service.db import bars as bars_db
-from service.db.session import make_engine
 from service.sources.ingest import ingest_file
 
 SHARED_READ, SHARED_STORED = 608_160, 607_592
@@ -20,11 +19,6 @@ GOOD = ("AAA,2020-01-02,10,11,9,10.5,10.4,1000\n"
         "AAA,2020-01-03,10.5,11.5,10,11,10.9,1200\n")
 
 
-@pytest.fixture
-def engine(db_url):
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
 
 
 def test_shared_dataset_reconciles_and_reingest_changes_nothing(engine, shared_dataset):
