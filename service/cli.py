@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from service.config import get_settings
+from service.core.config import get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -41,7 +41,7 @@ def _engine() -> Iterator[Engine]:
 
 
 def _parse_tickers(raw: str | None) -> list[str]:
-    from service.tickers import normalize_ticker
+    from service.core.tickers import normalize_ticker
 
     return [normalize_ticker(t) for t in (raw or "").replace(" ", ",").split(",") if t]
 
@@ -81,8 +81,8 @@ def ingest(
     progress: bool = True,
 ):
     """Load bars into the cache and print `read N, stored M, rejected K (reasons)`."""
-    from service.errors import StockcastError
-    from service.ingest import ingest_file, ingest_from_source
+    from service.core.errors import StockcastError
+    from service.sources.ingest import ingest_file, ingest_from_source
 
     with _engine() as engine:
         try:
@@ -128,7 +128,7 @@ def seed_dataset_path() -> Path | None:
 def seed(force: bool = typer.Option(False, help="Ingest even if bars are already cached.")):
     """Fill an empty cache from offline real bars (shared dataset or bokeh-sampledata)."""
     from service.db.bars import count_bars
-    from service.ingest import ingest_file
+    from service.sources.ingest import ingest_file
 
     with _engine() as engine:
         existing = count_bars(engine)
@@ -160,7 +160,7 @@ def serve(
         _fail(f"--workers must be >= 1, got {workers}")
     if workers > 1 and "STOCKCAST_ORT_INTRA_OP_THREADS" not in os.environ:
         # Workers share the CPUs (the container's limit, if any): each session gets its slice.
-        from service.config import available_cpus
+        from service.core.config import available_cpus
 
         os.environ["STOCKCAST_ORT_INTRA_OP_THREADS"] = str(max(1, available_cpus() // workers))
     # A factory: each worker process builds its own app (engine, model session) from the env.
@@ -216,7 +216,8 @@ def train(
     # torch is imported here only: `import service.cli` must not load it.
     from service.forecasting.spec import UNIVERSES
     from training.config import TrainConfig
-    from training.train import TrainingDiverged, run
+    from training.pipeline import run
+    from training.train import TrainingDiverged
 
     base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
     changes: dict = {"progress": progress}
@@ -255,7 +256,7 @@ def train(
                        f"`stockcast promote {artifact.name}`")
             return
         # Exactly `stockcast backtest --version V` then `stockcast promote V`: stored, gated.
-        from service.forecasting.backtest import DEFAULT_HORIZONS
+        from service.evaluation.backtest import DEFAULT_HORIZONS
 
         typer.echo("")
         horizons = ",".join(str(h) for h in DEFAULT_HORIZONS if h <= meta["spec"]["horizon"])
@@ -284,16 +285,15 @@ def backtest(
 
     from sqlalchemy.exc import DBAPIError
 
-    from service.backtest_plots import write_backtest_plots
-    from service.config import PROJECT_ROOT
+    from service.artifacts.manifest import resolve_current
+    from service.core.config import PROJECT_ROOT
+    from service.core.errors import StockcastError
     from service.db.backtests import get_metrics, store_run
     from service.db.bars import read_bars_many
-    from service.errors import StockcastError
-    from service.forecasting.backtest import bars_by_ticker, run_backtest, summary_table
+    from service.evaluation.backtest import bars_by_ticker, run_backtest, summary_table
+    from service.evaluation.plots import write_backtest_plots
     from service.forecasting.baselines import BASELINES
-    from service.forecasting.manifest import load_manifest, resolve_current
     from service.forecasting.spec import UNIVERSES
-    from service.inference.onnx_model import OnnxModel
     from service.inference.predictor import Predictor
 
     started = time.perf_counter()
@@ -308,9 +308,9 @@ def backtest(
     wanted_b = [b for b in (baselines or ",".join(BASELINES)).replace(" ", "").split(",") if b]
     try:
         artifact_dir = model_dir / version if version else resolve_current(model_dir)
-        manifest = load_manifest(artifact_dir)
-        model = OnnxModel.load(artifact_dir, settings.ort_provider, settings.ort_intra_op_threads)
-        predictor = Predictor(model, manifest)
+        predictor = Predictor.load(artifact_dir, settings.ort_provider,
+                                   settings.ort_intra_op_threads)
+        manifest = predictor.manifest
         if tickers:
             names = _parse_tickers(tickers)
         else:
@@ -371,8 +371,8 @@ def promote(
     model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
 ):
     """Point models/current at VERSION only if its stored backtest passes the naive gate."""
-    from service.errors import StockcastError
-    from service.promotion import promote as promote_version
+    from service.core.errors import StockcastError
+    from service.evaluation.promotion import promote as promote_version
 
     try:
         with _engine() as engine:

@@ -16,6 +16,7 @@ from ta.momentum import RSIIndicator
 from ta.trend import MACD, SMAIndicator
 from ta.volatility import AverageTrueRange, BollingerBands
 
+from service.core.bars import BAR_COLUMNS as BARS_COLUMNS
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
 from service.forecasting.spec import INDICATOR_PARAMS as P
 from service.forecasting.volatility import (
@@ -25,9 +26,6 @@ from service.forecasting.volatility import (
     log_returns,
     rms_volatility,
 )
-
-# Bars reach the features only through the validator: its columns are the canonical ones.
-from service.sources.validate import BAR_COLUMNS as BARS_COLUMNS
 
 # FeatureSpec is frozen, so one shared default instance is safe.
 DEFAULT_SPEC = FeatureSpec()

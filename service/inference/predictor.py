@@ -10,17 +10,18 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from service.errors import InsufficientHistory, ManifestMismatch
+from service.artifacts.manifest import Manifest, load_manifest
+from service.core.errors import InsufficientHistory, ManifestMismatch
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import build_features, min_bars
-from service.forecasting.manifest import Manifest
 from service.forecasting.spec import DEFAULT_LEVEL, band_indices
 from service.forecasting.windows import make_windows, prices_from_log_returns
-from service.inference.onnx_model import OnnxModel
+from service.inference.onnx_model import OnnxModel, Provider
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ class Predictor:
         quantiles = list(spec.quantiles)
         self._median = quantiles.index(0.5)
         self._lower, self._upper = band_indices(spec.quantiles, DEFAULT_LEVEL)
+
+    @classmethod
+    def load(cls, artifact_dir: Path | str, provider: Provider = "auto",
+             intra_op_threads: int = 1) -> Predictor:
+        """The one way from an artifact folder to a predictor: manifest, checked graph, session."""
+        manifest = load_manifest(artifact_dir)
+        return cls(OnnxModel.load(artifact_dir, provider, intra_op_threads), manifest)
 
     @property
     def model_version(self) -> str:

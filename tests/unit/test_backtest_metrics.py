@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from service.forecasting import metrics as m
-from service.forecasting.backtest import (
+from service.evaluation.backtest import (
     BUY_AND_HOLD,
     METRICS,
     MODEL,
@@ -21,6 +20,7 @@ from service.forecasting.backtest import (
     pooled_equity,
     summary_table,
 )
+from service.forecasting import metrics as m
 
 DATES = pd.bdate_range("2021-01-04", periods=4)
 BDAY = pd.offsets.BDay(1)

@@ -1,7 +1,7 @@
 """GET /metrics/backtest: the stored walk-forward backtest of the model against every baseline.
 
 All backtest response schemas live in this file. The metric fields are generated from
-`service.forecasting.backtest.METRICS`, so the API documents exactly what the backtest stores.
+`service.evaluation.backtest.METRICS`, so the API documents exactly what the backtest stores.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from sqlalchemy.exc import DBAPIError
 
 from service.api.deps import EngineDep
 from service.api.problems import problem_responses
+from service.core.errors import DatabaseUnavailable
+from service.core.tickers import normalize_ticker
 from service.db.backtests import RunInfo, get_metrics, get_run, latest_run
-from service.errors import DatabaseUnavailable
-from service.forecasting.backtest import BUY_AND_HOLD, METRICS, MODEL, POOLED
+from service.evaluation.backtest import BUY_AND_HOLD, METRICS, MODEL, POOLED
 from service.forecasting.baselines import BASELINES
-from service.tickers import normalize_ticker
 
 router = APIRouter(prefix="/metrics", tags=["backtest"])
 

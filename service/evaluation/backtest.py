@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from service.errors import InsufficientHistory
+from service.core.errors import InsufficientHistory
 from service.forecasting import metrics as m
 from service.forecasting.baselines import BASELINES
 from service.forecasting.spec import DEFAULT_LEVEL, band_indices
