@@ -290,8 +290,9 @@ def backtest(
     from service.core.errors import StockcastError
     from service.db.backtests import get_metrics, store_run
     from service.db.bars import read_bars_many
-    from service.evaluation.backtest import bars_by_ticker, run_backtest, summary_table
+    from service.evaluation.backtest import bars_by_ticker, run_backtest
     from service.evaluation.plots import write_backtest_plots
+    from service.evaluation.report import summary_table
     from service.forecasting.baselines import BASELINES
     from service.forecasting.spec import UNIVERSES
     from service.inference.predictor import Predictor

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from service.api.main import create_app
 from service.db.backtests import store_run
 from service.db.session import make_engine
-from service.evaluation.backtest import METRICS, MODEL, NAIVE, POOLED
+from service.evaluation.scoring import METRICS, MODEL, NAIVE, POOLED
 from tests.api_factories import api_settings
 
 PROBLEM = "application/problem+json"
@@ -119,7 +119,7 @@ def test_openapi_documents_every_metric_and_an_example(client):
     schema = client.get("/openapi.json").json()
     fields = schema["components"]["schemas"]["BacktestMetricsPublic"]["properties"]
     assert set(METRICS) <= set(fields)
-    assert fields["rel_mae"]["description"] == METRICS["rel_mae"]
+    assert fields["rel_mae"]["description"] == METRICS["rel_mae"].meaning
     public = schema["components"]["schemas"]["BacktestPublic"]
     assert public["examples"][0]["metrics"][0]["method"] == MODEL
     responses = schema["paths"]["/metrics/backtest"]["get"]["responses"]

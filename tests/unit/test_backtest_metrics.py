@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from service.evaluation.backtest import (
+from service.evaluation.report import pooled_equity, summary_table
+from service.evaluation.scoring import (
     BUY_AND_HOLD,
     METRICS,
     MODEL,
@@ -17,8 +18,6 @@ from service.evaluation.backtest import (
     POOLED,
     compute_metrics,
     metric_value,
-    pooled_equity,
-    summary_table,
 )
 from service.forecasting import metrics as m
 

@@ -1,7 +1,7 @@
 """GET /metrics/backtest: the stored walk-forward backtest of the model against every baseline.
 
 All backtest response schemas live in this file. The metric fields are generated from
-`service.evaluation.backtest.METRICS`, so the API documents exactly what the backtest stores.
+`service.evaluation.scoring.METRICS`, so the API documents exactly what the backtest stores.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from service.api.problems import problem_responses
 from service.core.errors import DatabaseUnavailable
 from service.core.tickers import normalize_ticker
 from service.db.backtests import RunInfo, get_metrics, get_run, latest_run
-from service.evaluation.backtest import BUY_AND_HOLD, METRICS, MODEL, POOLED
+from service.evaluation.scoring import BUY_AND_HOLD, METRICS, MODEL, POOLED
 from service.forecasting.baselines import BASELINES
 
 router = APIRouter(prefix="/metrics", tags=["backtest"])
@@ -44,8 +44,8 @@ class BacktestRunPublic(BaseModel):
 
 
 _metric_fields = {
-    name: (float | None, Field(default=None, description=description))
-    for name, description in METRICS.items()
+    name: (float | None, Field(default=None, description=metric.meaning))
+    for name, metric in METRICS.items()
 }
 
 BacktestMetricsPublic = create_model(
