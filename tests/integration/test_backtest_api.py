@@ -124,3 +124,17 @@ def test_openapi_documents_every_metric_and_an_example(client):
     assert public["examples"][0]["metrics"][0]["method"] == MODEL
     responses = schema["paths"]["/metrics/backtest"]["get"]["responses"]
     assert "application/problem+json" in responses["404"]["content"]
+
+
+def test_the_metric_catalogue_is_served_in_display_order(client):
+    response = client.get("/metrics/backtest/catalogue")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [m["name"] for m in body] == list(METRICS)
+    by_name = {m["name"]: m for m in body}
+    assert by_name["rel_mae"] == {
+        "name": "rel_mae", "label": "rel MAE", "title": "MAE relative to naive",
+        "meaning": "MAE / MAE of naive on the same forecasts (< 1 beats naive)",
+        "unit": "ratio", "better": "lower"}
+    assert by_name["directional_accuracy"]["title"] == "Direction right"
+    assert by_name["coverage"]["better"] is None
