@@ -279,6 +279,8 @@ def backtest(
     model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
     plots_dir: Annotated[Path | None, typer.Option(
         help="Where the PNGs go (default: var/backtests/run-<id>).")] = None,
+    readme: Annotated[bool, typer.Option(
+        help="Print the README's form of the table (fewer columns, methods by title).")] = False,
 ):
     """Walk-forward backtest of the model vs baselines: store it, print the table, write plots."""
     import time
@@ -290,8 +292,9 @@ def backtest(
     from service.core.errors import StockcastError
     from service.db.backtests import get_metrics, store_run
     from service.db.bars import read_bars_many
-    from service.evaluation.backtest import bars_by_ticker, run_backtest, summary_table
+    from service.evaluation.backtest import bars_by_ticker, run_backtest
     from service.evaluation.plots import write_backtest_plots
+    from service.evaluation.report import README_COLUMNS, summary_table
     from service.forecasting.baselines import BASELINES
     from service.forecasting.spec import UNIVERSES
     from service.inference.predictor import Predictor
@@ -352,7 +355,8 @@ def backtest(
     for ticker, why in result.skipped.items():
         typer.echo(f"skipped {ticker}: {why}")
     typer.echo("")
-    typer.echo(summary_table(stored))
+    typer.echo(summary_table(stored, columns=README_COLUMNS, readme=True) if readme
+               else summary_table(stored))
     typer.echo("")
     if 1 in result.horizons:
         typer.echo(f"naive next-day $ deviation (mean |close_t+1 - close_t|, adjusted moves): "

@@ -19,6 +19,12 @@ from service.artifacts.manifest import Manifest, load_manifest
 from service.core.errors import InsufficientHistory, ManifestMismatch
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import build_features, min_bars
+from service.forecasting.forecaster import (
+    MODEL,
+    Forecaster,
+    HistoricalForecasts,
+    TickerSeries,
+)
 from service.forecasting.spec import DEFAULT_LEVEL, band_indices
 from service.forecasting.windows import make_windows, prices_from_log_returns
 from service.inference.onnx_model import OnnxModel, Provider
@@ -60,8 +66,14 @@ class ModelInput:
     seen_in_training: bool
 
 
-class Predictor:
-    """An OnnxModel with its manifest: pre-process, predict, post-process."""
+class Predictor(Forecaster):
+    """An OnnxModel with its manifest: pre-process, predict, post-process.
+
+    Also the model's Forecaster (the interface the baselines share): fitted offline, its
+    `historical_forecasts` are `predict_origins` over a TickerSeries.
+    """
+
+    name = MODEL
 
     def __init__(self, model: OnnxModel, manifest: Manifest):
         spec = manifest.spec
@@ -77,6 +89,7 @@ class Predictor:
         self.manifest = manifest
         self.spec = spec
         self.min_bars = min_bars(spec)
+        self.quantiles = tuple(spec.quantiles)
         quantiles = list(spec.quantiles)
         self._median = quantiles.index(0.5)
         self._lower, self._upper = band_indices(spec.quantiles, DEFAULT_LEVEL)
@@ -189,3 +202,16 @@ class Predictor:
         quantiles = self.predict(windows, ids)
         closes = bars.set_index("date")["close"].reindex(dates).to_numpy(dtype=np.float64)
         return pd.DatetimeIndex(dates, name="date"), quantiles, closes
+
+    # -- the Forecaster interface --------------------------------------------------------------
+
+    def fit(self, history) -> Predictor:
+        """Nothing to fit: the artifact carries the trained weights and scalers."""
+        return self
+
+    def historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
+                             horizon: int) -> HistoricalForecasts:
+        """Forecasts (all H horizons) at those origins with a full feature window."""
+        dates, quantiles, _ = self.predict_origins(series.ticker, series.bars,
+                                                   list(series.dates[origins]))
+        return HistoricalForecasts(series.dates.get_indexer(dates), quantiles, self.quantiles)

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from service.api.main import create_app
 from service.db.backtests import store_run
 from service.db.session import make_engine
-from service.evaluation.backtest import METRICS, MODEL, NAIVE, POOLED
+from service.evaluation.scoring import METRICS, MODEL, NAIVE, POOLED
 from tests.api_factories import api_settings
 
 PROBLEM = "application/problem+json"
@@ -119,8 +119,22 @@ def test_openapi_documents_every_metric_and_an_example(client):
     schema = client.get("/openapi.json").json()
     fields = schema["components"]["schemas"]["BacktestMetricsPublic"]["properties"]
     assert set(METRICS) <= set(fields)
-    assert fields["rel_mae"]["description"] == METRICS["rel_mae"]
+    assert fields["rel_mae"]["description"] == METRICS["rel_mae"].meaning
     public = schema["components"]["schemas"]["BacktestPublic"]
     assert public["examples"][0]["metrics"][0]["method"] == MODEL
     responses = schema["paths"]["/metrics/backtest"]["get"]["responses"]
     assert "application/problem+json" in responses["404"]["content"]
+
+
+def test_the_metric_catalogue_is_served_in_display_order(client):
+    response = client.get("/metrics/backtest/catalogue")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [m["name"] for m in body] == list(METRICS)
+    by_name = {m["name"]: m for m in body}
+    assert by_name["rel_mae"] == {
+        "name": "rel_mae", "label": "rel MAE", "title": "MAE relative to naive",
+        "meaning": "MAE / MAE of naive on the same forecasts (< 1 beats naive)",
+        "unit": "ratio", "better": "lower"}
+    assert by_name["directional_accuracy"]["title"] == "Direction right"
+    assert by_name["coverage"]["better"] is None

@@ -12,7 +12,7 @@ from sqlalchemy import inspect
 
 from service.db import backtests as store
 from service.db.session import downgrade, upgrade
-from service.evaluation.backtest import MODEL, NAIVE, POOLED
+from service.evaluation.scoring import MODEL, NAIVE, POOLED
 
 
 def save(engine, run, version=None) -> int:

@@ -9,13 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.evaluation.backtest import (
-    MODEL,
-    NAIVE,
-    POOLED,
-    bars_by_ticker,
-    run_backtest,
-)
+from service.evaluation.backtest import bars_by_ticker, run_backtest
+from service.evaluation.scoring import MODEL, NAIVE, POOLED
 from service.forecasting.baselines import BASELINES
 
 PREDICTED_COLUMNS = ["origin_close", "model_lower", "model_upper", MODEL, *BASELINES]
