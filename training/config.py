@@ -45,6 +45,10 @@ class TrainConfig:
     early_stopping_patience: int = 10
     lr_patience: int = 5
     lr_factor: float = 0.5
+    # The band served with the median, recalibrated online by ACI: the model's own quantiles
+    # ("model") or the random-walk EWMA-volatility band ("ewma", the fallback when the model's
+    # band does not beat it on the validation segment).
+    band_source: str = "model"
     # run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -56,6 +60,8 @@ class TrainConfig:
             raise ValueError("tickers must not be empty")
         if len(set(self.tickers)) != len(self.tickers):
             raise ValueError("tickers must be unique")
+        if self.band_source not in ("model", "ewma"):
+            raise ValueError(f"band_source must be model or ewma, got {self.band_source!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.train_stride < 1:

@@ -27,6 +27,7 @@ from service.artifacts.manifest import (
     WINDOW_INPUT,
     artifact_version,
 )
+from service.forecasting.bands import ACI_SUFFIX, ACISettings
 from training.model import ExportedForecaster
 from training.train import TrainResult
 
@@ -145,6 +146,9 @@ def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
             "parity_max_abs_diff": parity,
         },
         "metrics": result.metrics,
+        # What the server puts around the median (service.inference.Predictor.band_forecaster).
+        "band": {"served": f"{result.config.band_source}{ACI_SUFFIX}",
+                 "aci": ACISettings().to_dict()},
         "training": {
             "config": result.config.to_dict(),
             "best_epoch": result.best_epoch,

@@ -31,6 +31,8 @@ from service.sources.cache import BarCache, CachedBars, KeyedLocks
 # Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
 # full-history features the backtest uses (tests/integration/test_api_predict.py checks it).
+# The served band also needs the model's forecasts at the origins ACI rebuilds its state from
+# (Predictor.band_history), each with those 300 bars behind it.
 SERVING_EXTRA_BARS = 300
 # Seconds after which an expired bar check that one request took on to renew may be taken on by
 # another (the first never finished).
@@ -224,7 +226,8 @@ class ForecastService:
 
     def _read(self, predictor: Predictor, ticker: str, end: dt.date | None) -> CachedBars:
         return self.bar_cache.get_bars(ticker, end=end,
-                                       last=predictor.min_bars + SERVING_EXTRA_BARS)
+                                       last=predictor.min_bars + SERVING_EXTRA_BARS
+                                       + predictor.band_history)
 
     def _claim(self, key: Hashable, claimant: Hashable) -> bool:
         """True for the one caller that should renew an expired check (until it has)."""

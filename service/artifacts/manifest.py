@@ -74,6 +74,8 @@ class Manifest:
     created_at: str | None = None
     package_version: str | None = None
     training: dict = field(default_factory=dict)
+    # The served band: {"served": "model_aci" | "ewma_aci", "aci": ACISettings.to_dict()}.
+    band: dict = field(default_factory=dict)
 
     @property
     def onnx_path(self) -> Path:
@@ -113,6 +115,7 @@ class Manifest:
             "tickers": list(self.tickers),
             "split": self.split.to_dict(),
             "metrics": self.metrics,
+            "band": self.band,
             "onnx_sha256": self.onnx_sha256,
         }
 
@@ -199,6 +202,7 @@ def load_manifest(artifact_dir: Path | str, expected: FeatureSpec | None = None)
         created_at=meta.get("created_at"),
         package_version=meta.get("package_version"),
         training=meta.get("training", {}),
+        band=meta.get("band", {}),
     )
 
 

@@ -38,6 +38,10 @@ from service.core.errors import InsufficientHistory
 from service.evaluation.scoring import MODEL, NAIVE, POOLED, compute_metrics, metric_value
 from service.forecasting.baselines import BASELINES
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
+from service.forecasting.bands import ACIForecaster, ACISettings
+from service.forecasting.baselines import BAND_BASELINES
+from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
+from service.forecasting.volatility import ewma_volatility, log_returns
 from service.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -179,6 +183,7 @@ def historical_forecasts(
             continue
         idx = next(iter(made.values())).origins  # bar index of each origin, shared by all
         log_adj = series.log_close
+        vol = ewma_volatility(log_returns(log_adj))
         for h in horizons:
             ok = idx + h < len(series.bars)
             if not ok.any():
@@ -191,11 +196,16 @@ def historical_forecasts(
                 "origin_close": series.bars["close"].to_numpy(dtype=np.float64)[t],
                 "realized": log_adj[t + h] - log_adj[t],
             })
+            # The origin's EWMA volatility: what the band metrics' volatility terciles cut.
+            frame["origin_vol"] = vol[t]
             for name, forecast in made.items():
-                if forecast.band is not None:
-                    lower, upper = forecast.band
-                    frame[f"{name}_lower"] = lower[ok, h - 1]
-                    frame[f"{name}_upper"] = upper[ok, h - 1]
+                if forecast.band is None:
+                    continue
+                for level in BAND_LEVELS:
+                    lower, upper = forecast.band_at(level)
+                    suffix = "" if level == DEFAULT_LEVEL else f"_{round(level * 100)}"
+                    frame[f"{name}_lower{suffix}"] = lower[ok, h - 1]
+                    frame[f"{name}_upper{suffix}"] = upper[ok, h - 1]
             for name, forecast in made.items():
                 frame[name] = forecast.median[ok, h - 1]
             rows[h].append(frame)
@@ -211,6 +221,8 @@ def run_backtest(
     end: dt.date | None = None,
     horizons: Sequence[int] | None = None,
     baselines: Sequence[str] = tuple(BASELINES),
+    band_baselines: Sequence[str] = tuple(BAND_BASELINES),
+    aci_settings: ACISettings | None = None,
 ) -> BacktestResult:
     """Forecast every origin in [start, end] (default: the model's test segment) and score it.
 
@@ -237,8 +249,15 @@ def run_backtest(
     fit_end = min(manifest.split.train[1], start)
     quantiles = list(spec.quantiles)
 
-    # One list of methods, one interface: the model first, then every baseline.
-    forecasters: list[Forecaster] = [predictor, *(BASELINES[b]() for b in baseline_names)]
+    # One list of methods, one interface: the model first, then every baseline; each band
+    # method (the model, the band baselines) also recalibrated by ACI, scored at `horizons`.
+    aci = predictor.band_settings if aci_settings is None else aci_settings
+    band_methods = [predictor, *(BAND_BASELINES[b]() for b in band_baselines)]
+    forecasters: list[Forecaster] = [
+        predictor, *(BASELINES[b]() for b in baseline_names),
+        ACIForecaster(predictor, aci, slots=horizons),
+        *(f for base in band_methods[1:] for f in (base, ACIForecaster(base, aci, slots=horizons))),
+    ]
     run = historical_forecasts(forecasters, bars, start=start, end=end, fit_end=fit_end,
                                horizons=horizons)
     forecasts, skipped, seconds = run.forecasts, run.skipped, run.seconds
@@ -266,7 +285,11 @@ def run_backtest(
         "baseline_fit_end": fit_end.isoformat(),
         "prices": "close_t * exp(log return of adj_close); actual uses the realized adj return",
         "point_forecast": "median (q=0.5)",
-        "interval": [quantiles[0], quantiles[-1]],
+        "interval": [quantiles[i] for i in band_indices(spec.quantiles, DEFAULT_LEVEL)],
+        "band_levels": list(BAND_LEVELS),
+        "band_baselines": list(band_baselines),
+        "aci": aci.to_dict(),
+        "served_band": predictor.served_band,
         "skipped": skipped,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }

@@ -18,6 +18,7 @@ import pandas as pd
 
 from service.forecasting import metrics as m
 from service.forecasting.forecaster import MODEL
+from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL
 from service.forecasting.windows import prices_from_log_returns
 
 NAIVE = "naive"  # the yardstick of rel_mae and DM
@@ -25,8 +26,8 @@ BUY_AND_HOLD = "buy_and_hold"  # a benchmark strategy, stored as a method with s
 # Pooled rows (every ticker at once). Not "ALL": that is Allstate's ticker, in the shared data.
 POOLED = "*"
 TRADED = ("long_flat", "long_short")
-__all__ = ["BUY_AND_HOLD", "METRICS", "MODEL", "NAIVE", "POOLED", "Metric", "compute_metrics",
-           "metric_value"]
+__all__ = ["BUY_AND_HOLD", "METRICS", "MODEL", "NAIVE", "POOLED", "REFERENCE_BAND", "Metric",
+           "compute_metrics", "metric_value"]
 
 Unit = Literal["count", "dollars", "percent", "ratio", "share", "statistic", "p-value", "return"]
 
@@ -48,6 +49,10 @@ class Metric:
 
 _STRATEGY = {"long_flat": ("L/F", "long/flat"), "long_short": ("L/S", "long/short"),
              BUY_AND_HOLD: ("B&H", "buy & hold")}
+
+# The band every band's interval score is tested against (Diebold–Mariano): the random walk with
+# an EWMA-volatility Gaussian band, recalibrated by ACI — the one-line baseline to beat.
+REFERENCE_BAND = "ewma_aci"
 
 # Every metric the backtest stores, in display order. Rows store only the metrics that apply
 # (DM is vs naive, so naive has none; IC is cross-sectional, so pooled rows only; intervals are
@@ -89,7 +94,25 @@ METRICS: dict[str, Metric] = {x.name: x for x in (
     Metric("rank_ic_icir", "rank ICIR", "Rank IC information ratio",
            "rank_ic_mean / std of the daily rank IC", "ratio", "higher"),
     Metric("coverage", "coverage", "Inside 10–90% band",
-           "share of actual closes inside the model's 10-90% band", "share", None),
+           "share of actual closes inside the method's 10-90% (80 %) band", "share", None),
+    Metric("coverage_50", "cov 50%", "Inside 25–75% band",
+           "share of actual closes inside the method's 25-75% (50 %) band", "share", None),
+    Metric("coverage_90", "cov 90%", "Inside 5–95% band",
+           "share of actual closes inside the method's 5-95% (90 %) band", "share", None),
+    Metric("interval_score", "IS 80%", "Interval score, 80% band",
+           "mean Winkler score of the 80 % band per unit of origin close: (u - l) + (2/0.2) x "
+           "the distance by which the close falls outside [l, u]", "ratio", "lower"),
+    Metric("dm_interval_stat", "DM IS", "Diebold–Mariano statistic, interval score",
+           f"Diebold-Mariano statistic of the 80 % interval score vs the {REFERENCE_BAND} band "
+           "(< 0: lower score)", "statistic", "lower"),
+    Metric("dm_interval_pvalue", "DM p IS", "Diebold–Mariano p, interval score",
+           "two-sided HLN-corrected p-value of dm_interval_stat", "p-value", None),
+    *(
+        Metric(f"coverage_{name}", f"cov {name}", f"Inside 10–90% band, {name} days",
+               f"coverage of the 80 % band over the {name} third of origins by the ticker's "
+               "EWMA volatility on the origin day (terciles within each ticker)", "share", None)
+        for name in m.TERCILES
+    ),
     Metric("width_dollars", "width ($)", "10–90% band width ($)",
            "mean width of the 10-90% band, dollars", "dollars", None),
     Metric("width_relative", "width (rel)", "10–90% band width / close",
@@ -163,6 +186,41 @@ def book(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     return frame.pivot(index="origin", columns="ticker", values=column)
 
 
+def _interval_scores(g: pd.DataFrame, method: str, close, actual) -> np.ndarray:
+    """Per forecast 80 % interval score, per unit of origin close."""
+    lo = prices_from_log_returns(close, g[f"{method}_lower"].to_numpy())
+    hi = prices_from_log_returns(close, g[f"{method}_upper"].to_numpy())
+    return m.interval_scores(actual / close, lo / close, hi / close, DEFAULT_LEVEL)
+
+
+def _band_metrics(g: pd.DataFrame, method: str, close, actual, h: int,
+                  pooled: bool) -> dict[str, float]:
+    """Coverage (each level, each volatility tercile), width, interval score, DM vs the reference."""
+    lo = prices_from_log_returns(close, g[f"{method}_lower"].to_numpy())
+    hi = prices_from_log_returns(close, g[f"{method}_upper"].to_numpy())
+    row = {"coverage": m.interval_coverage(actual, lo, hi)}
+    for level in BAND_LEVELS:
+        suffix = f"_{round(level * 100)}"
+        if f"{method}_lower{suffix}" in g.columns:
+            row[f"coverage{suffix}"] = m.interval_coverage(
+                actual, prices_from_log_returns(close, g[f"{method}_lower{suffix}"].to_numpy()),
+                prices_from_log_returns(close, g[f"{method}_upper{suffix}"].to_numpy()))
+    width = m.interval_width(lo, hi, close)
+    row["width_dollars"], row["width_relative"] = width.dollars, width.relative
+    scores = _interval_scores(g, method, close, actual)
+    row["interval_score"] = float(scores.mean())
+    if "vol_rank" in g.columns:
+        by = m.coverage_by_tercile(actual, lo, hi, g["vol_rank"].to_numpy())
+        row |= {f"coverage_{name}": value for name, value in by.items()}
+    if method != REFERENCE_BAND and f"{REFERENCE_BAND}_lower" in g.columns:
+        d = scores - _interval_scores(g, REFERENCE_BAND, close, actual)
+        if pooled:  # one differential per origin date: the mean over the tickers
+            d = pd.Series(d).groupby(g["origin"].to_numpy()).mean().to_numpy()
+        row["dm_interval_stat"], row["dm_interval_pvalue"] = _dm_or_nan(
+            m.diebold_mariano_differential, d, h)
+    return row
+
+
 def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
                    pooled: bool) -> dict[str, dict[str, float]]:
     """{method: {metric: value}} for one ticker's (or the pooled) forecasts at horizon h."""
@@ -189,12 +247,8 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
             for prefix, how in (("ic", "pearson"), ("rank_ic", "spearman")):
                 ic = m.ic_summary(g["origin"].to_numpy(), r_hat, realized, how)
                 row[f"{prefix}_mean"], row[f"{prefix}_icir"] = ic.mean, ic.icir
-        if f"{method}_lower" in g.columns:  # a method with a band (the model's quantiles)
-            lo = prices_from_log_returns(close, g[f"{method}_lower"].to_numpy())
-            hi = prices_from_log_returns(close, g[f"{method}_upper"].to_numpy())
-            row["coverage"] = m.interval_coverage(actual, lo, hi)
-            width = m.interval_width(lo, hi, close)
-            row["width_dollars"], row["width_relative"] = width.dollars, width.relative
+        if f"{method}_lower" in g.columns:  # a method with a band
+            row |= _band_metrics(g, method, close, actual, h, pooled)
         if pooled:
             book_pred, book_real = book(g, method), book(g, "realized")
             row |= _strategy(book_pred.to_numpy(), book_real.to_numpy(), h, TRADED)
@@ -215,6 +269,9 @@ def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str
     records = []
     for h, frame in sorted(forecasts.items()):
         frame = frame.sort_values(["ticker", "origin"], kind="stable")
+        if "origin_vol" in frame.columns:
+            # Within each ticker: a calm day for a volatile stock is still a calm day.
+            frame = frame.assign(vol_rank=frame.groupby("ticker")["origin_vol"].rank(pct=True))
         groups = [(t, g, False) for t, g in frame.groupby("ticker", sort=True)]
         groups.append((POOLED, frame, True))
         for ticker, g, pooled in groups:

@@ -16,7 +16,10 @@ from typing import ClassVar, Self
 
 import numpy as np
 
+from service.forecasting.bands import EMPIRICAL_WINDOW, empirical_quantiles, gaussian_quantiles
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
+from service.forecasting.spec import FeatureSpec
+from service.forecasting.volatility import VOL_FLOOR, ewma_volatility, log_returns
 
 
 class Baseline(Forecaster):
@@ -223,6 +226,63 @@ class ArimaBaseline(Baseline):
             out[:, k] = total
             lags = np.concatenate([dev[:, None], lags[:, :-1]], axis=1)
         return out
+
+
+# --- band baselines: quantile forecasters of the log close alone -------------------------------
+
+
+class EwmaBandBaseline(Forecaster):
+    """Random walk + Gaussian band: median 0, Q_p(r_{t,h}) = σ_t √h Φ⁻¹(p), σ_t the EWMA
+    (λ 0.94) volatility of daily log returns up to t — the one the model's target is scaled by."""
+
+    name: ClassVar[str] = "ewma"
+    title: ClassVar[str] = "RW + EWMA σ band"
+
+    def __init__(self, quantiles: tuple[float, ...] = FeatureSpec.quantiles):
+        self.quantiles = tuple(quantiles)
+
+    def fit(self, history) -> Self:
+        return self  # nothing to estimate: σ_t is recomputed at every origin
+
+    def historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
+                             horizon: int) -> HistoricalForecasts:
+        y = _series(series, "log_close")
+        t = np.asarray(origins, dtype=np.intp)
+        sigma = ewma_volatility(log_returns(y))[t]
+        keep = np.isfinite(sigma)  # the EWMA's warm-up: no band yet
+        q = gaussian_quantiles(np.maximum(sigma[keep], VOL_FLOOR), _steps(horizon),
+                               self.quantiles)
+        return HistoricalForecasts(t[keep], q, self.quantiles)
+
+
+class EmpiricalBandBaseline(Forecaster):
+    """Rolling empirical band: the quantiles of the last 250 sessions' h-day log returns."""
+
+    name: ClassVar[str] = "empirical"
+    title: ClassVar[str] = "empirical 250-session band"
+
+    def __init__(self, quantiles: tuple[float, ...] = FeatureSpec.quantiles,
+                 window: int = EMPIRICAL_WINDOW):
+        self.quantiles = tuple(quantiles)
+        self.window = window
+
+    def fit(self, history) -> Self:
+        return self
+
+    def historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
+                             horizon: int) -> HistoricalForecasts:
+        y = _series(series, "log_close")
+        t = np.asarray(origins, dtype=np.intp)
+        q = empirical_quantiles(y, t, range(1, horizon + 1), self.quantiles, self.window)
+        keep = np.isfinite(q).all(axis=(1, 2))  # origins with a full window for every h
+        return HistoricalForecasts(t[keep], q[keep], self.quantiles)
+
+
+# Band baselines, scored with and without ACI (service/forecasting/bands.ACIForecaster).
+BAND_BASELINES: dict[str, Callable[[], Forecaster]] = {
+    "ewma": EwmaBandBaseline,
+    "empirical": EmpiricalBandBaseline,
+}
 
 
 # Factories, not instances: fitted baselines hold one ticker's parameters.

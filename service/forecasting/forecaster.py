@@ -17,6 +17,8 @@ from typing import ClassVar, Self
 import numpy as np
 import pandas as pd
 
+from service.forecasting.spec import DEFAULT_LEVEL, band_indices
+
 MODEL = "model"  # the method name of the served model in every backtest table
 
 
@@ -56,11 +58,16 @@ class HistoricalForecasts:
 
     @property
     def band(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(lower, upper) (N, H) float64: the outermost quantiles; None for a point forecaster."""
+        """(lower, upper) (N, H) float64: the 10-90% band; None for a point forecaster."""
+        return self.band_at(DEFAULT_LEVEL)
+
+    def band_at(self, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """(lower, upper) (N, H) float64 of the central band at `level`; None without one."""
         if len(self.quantiles) < 2:
             return None
-        return (self.log_returns[:, :, 0].astype(np.float64),
-                self.log_returns[:, :, -1].astype(np.float64))
+        lo, hi = band_indices(self.quantiles, level)
+        return (self.log_returns[:, :, lo].astype(np.float64),
+                self.log_returns[:, :, hi].astype(np.float64))
 
     def at(self, origins: np.ndarray) -> HistoricalForecasts:
         """Only the forecasts made at `origins` (a subset of self.origins, in its order)."""

@@ -25,21 +25,28 @@ from service.forecasting.forecaster import (
     HistoricalForecasts,
     TickerSeries,
 )
-from service.forecasting.spec import DEFAULT_LEVEL, band_indices
+from service.forecasting.bands import ACI_SUFFIX, ACIForecaster, ACISettings
+from service.forecasting.baselines import BAND_BASELINES
+from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
 from service.forecasting.windows import make_windows, prices_from_log_returns
 from service.inference.onnx_model import OnnxModel, Provider
 
 
+# Sessions behind "recent coverage": how often the served 80 % band held the next close lately.
+RECENT_SESSIONS = 60
+
+
 @dataclass(frozen=True)
 class ForecastStep:
-    """One future trading day: the median close and its 10-90% interval."""
+    """One future trading day: the median close and its bands (the served, recalibrated ones)."""
 
     step: int
     date: dt.date
     predicted_return: float  # simple return to the median close: exp(median log return) - 1
     close: float
-    lower: float
+    lower: float  # the 10-90% band
     upper: float
+    bands: dict[int, tuple[float, float]]  # level in percent (50, 80, 90) -> (lower, upper)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,11 @@ class Forecast:
     model_version: str
     seen_in_training: bool
     steps: tuple[ForecastStep, ...]
+    band_method: str = ""  # which band is served (model_aci, or ewma_aci as the fallback)
+    # Share of the last `recent_sessions` next-day closes inside the served 80 % band as it was
+    # served at each of those origins (NaN without any known outcome).
+    recent_coverage: float = float("nan")
+    recent_sessions: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,24 +152,48 @@ class Predictor(Forecaster):
 
     # -- post-process --------------------------------------------------------------------------
 
-    def postprocess(self, item: ModelInput, quantiles: np.ndarray, horizon: int) -> Forecast:
-        """(H, Q) log returns of one ticker -> dated prices: close x exp(cumulative log return)."""
+    def postprocess(self, item: ModelInput, median: np.ndarray, band: np.ndarray,
+                    band_levels: tuple[float, ...], horizon: int,
+                    recent: tuple[float, int] = (float("nan"), 0)) -> Forecast:
+        """Median (H,) and band quantiles (H, Q') log returns -> dated prices: close x exp(r)."""
         dates = next_trading_days(item.as_of, horizon)
-        q = quantiles[:horizon].astype(np.float64)
-        prices = prices_from_log_returns(item.last_close, q)  # (H, Q)
-        steps = tuple(
-            ForecastStep(
-                step=h + 1,
-                date=dates[h],
-                predicted_return=float(np.expm1(q[h, self._median])),
-                close=float(prices[h, self._median]),
-                lower=float(prices[h, self._lower]),
-                upper=float(prices[h, self._upper]),
-            )
-            for h in range(horizon)
-        )
+        close = prices_from_log_returns(item.last_close, np.asarray(median[:horizon], float))
+        prices = prices_from_log_returns(item.last_close, np.asarray(band[:horizon], float))
+        pairs = {round(level * 100): band_indices(band_levels, level) for level in BAND_LEVELS}
+        steps = []
+        for h in range(horizon):
+            bands = {pct: (float(prices[h, lo]), float(prices[h, hi]))
+                     for pct, (lo, hi) in pairs.items()}
+            lower, upper = bands[round(DEFAULT_LEVEL * 100)]
+            steps.append(ForecastStep(
+                step=h + 1, date=dates[h], predicted_return=float(np.expm1(median[h])),
+                close=float(close[h]), lower=lower, upper=upper, bands=bands))
         return Forecast(item.ticker, item.as_of, item.last_close, self.model_version,
-                        item.seen_in_training, steps)
+                        item.seen_in_training, tuple(steps), self.served_band, *recent)
+
+    # -- the served band -----------------------------------------------------------------------
+
+    @property
+    def served_band(self) -> str:
+        """The band served with the median: the model's recalibrated by ACI, or a fallback's."""
+        return self.manifest.band.get("served", f"{MODEL}{ACI_SUFFIX}")
+
+    @property
+    def band_settings(self) -> ACISettings:
+        """ACI's settings for this artifact (its meta's, else the defaults)."""
+        aci = self.manifest.band.get("aci")
+        return ACISettings.from_dict(aci) if aci else ACISettings()
+
+    @property
+    def band_history(self) -> int:
+        """Origins before the last one that the served band and its recent coverage read."""
+        return self.band_settings.history + self.spec.horizon + RECENT_SESSIONS
+
+    def band_forecaster(self, slots: tuple[int, ...] | None = None) -> ACIForecaster:
+        """The served band's forecaster: ACI around the model or around a band baseline."""
+        base_name = self.served_band.removesuffix(ACI_SUFFIX)
+        base = self if base_name == MODEL else BAND_BASELINES[base_name](self.quantiles)
+        return ACIForecaster(base, self.band_settings, slots=slots)
 
     # -- the three steps together --------------------------------------------------------------
 
@@ -172,15 +208,51 @@ class Predictor(Forecaster):
 
     def forecast_many(self, items: Sequence[tuple[str, pd.DataFrame]], horizon: int = 1,
                       as_of: dt.date | None = None) -> list[Forecast]:
-        """Forecasts for several tickers through one onnxruntime call."""
+        """Forecasts for several tickers, with the served band and its recent coverage.
+
+        Per ticker one onnxruntime call over the latest origins: the last one is the forecast,
+        the ones before feed ACI (the band at the last origin, and the bands the last
+        RECENT_SESSIONS origins were served with, scored against the closes that followed) —
+        the same ACIForecaster the backtest walks, so the served band equals the backtest's.
+        """
         self._check_horizon(horizon)
-        inputs = [self.preprocess(ticker, bars, as_of) for ticker, bars in items]
-        if not inputs:
-            return []
-        windows = np.stack([i.window for i in inputs])  # (B, W, F)
-        ids = np.array([i.ticker_id for i in inputs], dtype=np.int64)
-        quantiles = self.predict(windows, ids)  # (B, H, Q)
-        return [self.postprocess(item, q, horizon) for item, q in zip(inputs, quantiles)]
+        served = self.band_forecaster()
+        out = []
+        for ticker, bars in items:
+            if as_of is not None:
+                bars = bars.loc[bars["date"] <= pd.Timestamp(as_of)]
+            if len(bars) < self.min_bars:
+                raise InsufficientHistory(ticker, len(bars), self.min_bars)
+            series = TickerSeries(ticker, bars)
+            last = len(series.bars) - 1
+            origins = np.arange(max(0, last - self.band_history), last + 1)
+            model = self.historical_forecasts(series, origins, self.spec.horizon)
+            base = (model if served.base is self
+                    else served.base.historical_forecasts(series, origins, self.spec.horizon))
+            band = served.recalibrate(base, series, np.array([last]), horizon)
+            recent = self._recent_coverage(served, base, series, last)
+            row = series.bars.iloc[last]
+            item = ModelInput(ticker=ticker, window=np.empty(0), ticker_id=self.manifest.ticker_id(
+                ticker), as_of=pd.Timestamp(row["date"]).date(), last_close=float(row["close"]),
+                seen_in_training=self.manifest.seen_in_training(ticker))
+            median = model.median[-1]  # the model's own median, whichever band is served
+            out.append(self.postprocess(item, median, band.log_returns[0], served.quantiles,
+                                        horizon, recent))
+        return out
+
+    @staticmethod
+    def _recent_coverage(served: ACIForecaster, base: HistoricalForecasts,
+                         series: TickerSeries, last: int) -> tuple[float, int]:
+        """(share, sessions): next closes inside the 80 % band served at the origins before."""
+        past = np.arange(max(0, last - RECENT_SESSIONS), last)  # outcomes known by `last`
+        bands = served.recalibrate(base, series, past, 1)
+        if len(bands.origins) == 0:
+            return float("nan"), 0
+        lower, upper = bands.band_at(DEFAULT_LEVEL)
+        y = series.log_close
+        realized = y[bands.origins + 1] - y[bands.origins]
+        inside = (realized >= lower[:, 0]) & (realized <= upper[:, 0])
+        return float(inside.mean()), int(inside.size)
 
     def predict_origins(
         self, ticker: str, bars: pd.DataFrame, origins: Sequence[dt.date] | None = None

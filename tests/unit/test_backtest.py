@@ -39,7 +39,8 @@ def path_bars(prices: np.ndarray, start: str = "2020-01-02") -> pd.DataFrame:
 def test_scores_the_test_segment_of_the_manifest_by_default(tiny_predictor, bars, result):
     first, last = tiny_predictor.manifest.split.test
     assert result.model_version == tiny_predictor.manifest.version
-    assert result.methods == (MODEL, NAIVE, "drift", "sma20", "mean", "arima")
+    assert result.methods == (MODEL, NAIVE, "drift", "sma20", "mean", "arima",
+                              "model_aci", "ewma", "ewma_aci", "empirical", "empirical_aci")
     assert result.tickers == ("AAA", "BBB", "CCC")
     one_day, five_day = result.forecasts[1], result.forecasts[5]
     assert one_day["origin"].min().date() == first == result.start
@@ -62,7 +63,18 @@ def test_model_forecasts_are_the_predictors_own(tiny_predictor, bars, result):
     assert served.as_of == row["origin"].date()
     step = served.steps[4]
     assert step.close == pytest.approx(row["origin_close"] * math.exp(row[MODEL]), rel=1e-6)
-    assert step.lower == pytest.approx(row["origin_close"] * math.exp(row["model_lower"]),
+    # The served band is the model's recalibrated by ACI: the backtest's model_aci columns,
+    # walked over every origin, equal the server's from the bars up to this one, at each level.
+    assert served.band_method == "model_aci"
+    for pct, suffix in ((50, "_50"), (80, ""), (90, "_90")):
+        lower, upper = step.bands[pct]
+        assert lower == pytest.approx(
+            row["origin_close"] * math.exp(row[f"model_aci_lower{suffix}"]), rel=1e-6)
+        assert upper == pytest.approx(
+            row["origin_close"] * math.exp(row[f"model_aci_upper{suffix}"]), rel=1e-6)
+    assert (step.lower, step.upper) == step.bands[80]
+    # ... and differs from the network's raw band (ACI moved it).
+    assert step.lower != pytest.approx(row["origin_close"] * math.exp(row["model_lower"]),
                                        rel=1e-6)
     # and the realized outcome is the adjusted move to the bar 5 sessions later
     adj = bars[row["ticker"]].set_index("date")["adj_close"]
@@ -136,14 +148,15 @@ def test_a_ticker_without_enough_history_is_skipped_with_the_reason(tiny_predict
 
 def test_an_explicit_range_before_the_test_segment_is_flagged_in_sample(tiny_predictor, bars):
     result = run_backtest(tiny_predictor, bars, start=dt.date(2020, 12, 15),
-                          end=dt.date(2021, 1, 14), horizons=(1,), baselines=("drift",))
+                          end=dt.date(2021, 1, 14), horizons=(1,), baselines=("drift",),
+                          band_baselines=("ewma",))  # the empirical band needs 250 bars first
     assert result.start == dt.date(2020, 12, 15)
     assert result.end == dt.date(2021, 1, 14)
-    assert result.methods == (MODEL, NAIVE, "drift")
+    assert result.methods == (MODEL, NAIVE, "drift", "model_aci", "ewma", "ewma_aci")
     assert result.config["in_sample_origins"] is True
     assert result.config["baseline_fit_end"] == tiny_predictor.manifest.split.train[1].isoformat()
     early = run_backtest(tiny_predictor, bars, start=dt.date(2020, 6, 1), end=dt.date(2020, 6, 30),
-                         horizons=(1,), baselines=("mean",))
+                         horizons=(1,), baselines=("mean",), band_baselines=("ewma",))
     # baselines never fit on data past the first origin they forecast
     assert early.config["baseline_fit_end"] == "2020-06-01"
 

@@ -11,6 +11,7 @@ import pytest
 from service.core.errors import InsufficientHistory
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import min_bars
+from service.forecasting.forecaster import TickerSeries
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,13 @@ def test_forecast_prices_are_close_times_exp_of_the_models_log_returns(tiny_pred
     for h, step in enumerate(forecast.steps):
         # quantiles 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95: the median, the 10-90% band
         assert step.close == pytest.approx(close * np.exp(q[h, 3]), rel=1e-6)
-        assert step.lower == pytest.approx(close * np.exp(q[h, 1]), rel=1e-6)
-        assert step.upper == pytest.approx(close * np.exp(q[h, 5]), rel=1e-6)
+        # The band is the served one: the model's quantiles recalibrated by ACI.
+        served = tiny_predictor.band_forecaster().historical_forecasts(
+            TickerSeries("AAA", aaa), np.array([len(aaa) - 1]), 3).log_returns[0]
+        assert step.lower == pytest.approx(close * np.exp(served[h, 1]), rel=1e-6)
+        assert step.upper == pytest.approx(close * np.exp(served[h, 5]), rel=1e-6)
+        assert step.bands[90] == pytest.approx((close * np.exp(served[h, 0]),
+                                                close * np.exp(served[h, 6])), rel=1e-6)
 
 
 def test_as_of_drops_later_bars(tiny_predictor, bars):
