@@ -208,7 +208,8 @@ def train(
 
     Then (--promote, the default) backtest the new version on its test segment, store the run
     and call the gate: models/current moves to it only if it passes; a refusal says by how much
-    it lost and exits 1. --no-promote exports only. Runs under `torchrun --nproc_per_node=K` too
+    it lost and exits 1. --no-promote exports only. Runs under `torchrun --nproc_per_node=K -m
+    service.cli train ...` too
     (DistributedDataParallel; rank 0 exports and gates).
     """
     import json
@@ -216,7 +217,7 @@ def train(
     # torch is imported here only: `import service.cli` must not load it.
     from service.forecasting.spec import UNIVERSES
     from training.config import TrainConfig
-    from training.pipeline import run
+    from training.pipeline import train_and_gate
     from training.train import TrainingDiverged
 
     base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
@@ -238,31 +239,33 @@ def train(
     try:
         train_config = base.with_(**changes)
         settings = get_settings()
-        artifact = run(train_config, settings.database_url, model_dir or settings.model_dir)
+        outcome = train_and_gate(
+            train_config, settings.database_url, model_dir or settings.model_dir, gate=gate,
+            max_rel_mae=max_rel_mae, plots_dir=plots_dir, provider=settings.ort_provider,
+            intra_op_threads=settings.ort_intra_op_threads)
     except (ValueError, TrainingDiverged) as exc:
         _fail(str(exc))
-    if artifact is not None:  # rank 0
-        meta = json.loads((artifact / "meta.json").read_text())
-        one_day = meta["metrics"]["horizons"]["1"]
-        typer.echo(f"artifact {artifact}  (best epoch {meta['training']['best_epoch']} "
-                   f"of {meta['training']['epochs_run']})")
-        typer.echo(f"val 1-day MAE {one_day['mae_median']:.5f} "
-                   f"vs naive {one_day['mae_naive_zero']:.5f} "
-                   f"(rel {one_day['rel_mae_vs_naive']:.3f}), "
-                   f"10-90% coverage {one_day['coverage']:.2f}")
-        if not gate:
-            typer.echo(f"not promoted (--no-promote): models/current unchanged; gate it with "
-                       f"`stockcast backtest --version {artifact.name}`, then "
-                       f"`stockcast promote {artifact.name}`")
-            return
-        # Exactly `stockcast backtest --version V` then `stockcast promote V`: stored, gated.
-        from service.evaluation.backtest import DEFAULT_HORIZONS
-
-        typer.echo("")
-        horizons = ",".join(str(h) for h in DEFAULT_HORIZONS if h <= meta["spec"]["horizon"])
-        backtest(version=artifact.name, model_dir=artifact.parent, horizons=horizons,
-                 plots_dir=plots_dir)
-        promote(artifact.name, max_rel_mae=max_rel_mae, model_dir=artifact.parent)
+    if outcome is None:  # a rank other than 0
+        return
+    artifact, meta = outcome.artifact, outcome.meta
+    one_day = meta["metrics"]["horizons"]["1"]
+    typer.echo(f"artifact {artifact}  (best epoch {meta['training']['best_epoch']} "
+               f"of {meta['training']['epochs_run']})")
+    typer.echo(f"val 1-day MAE {one_day['mae_median']:.5f} "
+               f"vs naive {one_day['mae_naive_zero']:.5f} "
+               f"(rel {one_day['rel_mae_vs_naive']:.3f}), "
+               f"10-90% coverage {one_day['coverage']:.2f}")
+    if not gate:
+        typer.echo(f"not promoted (--no-promote): models/current unchanged; gate it with "
+                   f"`stockcast backtest --version {artifact.name}`, then "
+                   f"`stockcast promote {artifact.name}`")
+        return
+    typer.echo("")
+    if outcome.backtest is not None:
+        _echo_backtest(outcome.backtest)
+    if outcome.refused is not None:
+        _fail(str(outcome.refused))
+    typer.echo(f"promoted {outcome.verdict.describe()}")
 
 
 @app.command()
@@ -283,23 +286,12 @@ def backtest(
         help="Print the README's form of the table (fewer columns, methods by title).")] = False,
 ):
     """Walk-forward backtest of the model vs baselines: store it, print the table, write plots."""
-    import time
-
-    from sqlalchemy.exc import DBAPIError
-
     from service.artifacts.manifest import resolve_current
-    from service.core.config import PROJECT_ROOT
     from service.core.errors import StockcastError
-    from service.db.backtests import get_metrics, store_run
-    from service.db.bars import read_bars_many
-    from service.evaluation.backtest import bars_by_ticker, run_backtest
-    from service.evaluation.plots import write_backtest_plots
-    from service.evaluation.report import README_COLUMNS, summary_table
+    from service.evaluation.runs import backtest_and_store
     from service.forecasting.baselines import BASELINES
     from service.forecasting.spec import UNIVERSES
-    from service.inference.predictor import Predictor
 
-    started = time.perf_counter()
     settings = get_settings()
     model_dir = model_dir or settings.model_dir
     if universe is not None and universe not in UNIVERSES:
@@ -309,62 +301,45 @@ def backtest(
     except ValueError:
         _fail(f"--horizons must be a comma list of integers, got {horizons!r}")
     wanted_b = [b for b in (baselines or ",".join(BASELINES)).replace(" ", "").split(",") if b]
+    names = _parse_tickers(tickers) if tickers else list(UNIVERSES[universe]) if universe else None
     try:
         artifact_dir = model_dir / version if version else resolve_current(model_dir)
-        predictor = Predictor.load(artifact_dir, settings.ort_provider,
-                                   settings.ort_intra_op_threads)
-        manifest = predictor.manifest
-        if tickers:
-            names = _parse_tickers(tickers)
-        else:
-            names = list(UNIVERSES[universe] if universe else manifest.tickers)
         with _engine() as engine:
-            bars = read_bars_many(engine, names)
-        missing = sorted(set(names) - set(bars["ticker"].unique()))
-        if missing:
-            _fail(f"no cached bars for {missing}: load them first (stockcast ingest / seed)")
-        loaded = time.perf_counter()
-        result = run_backtest(predictor, bars_by_ticker(bars),
-                              start=start.date() if start else None,
-                              end=end.date() if end else None,
-                              horizons=wanted_h, baselines=wanted_b)
+            run = backtest_and_store(
+                engine, artifact_dir, tickers=names, start=start.date() if start else None,
+                end=end.date() if end else None, horizons=wanted_h, baselines=wanted_b,
+                plots_dir=plots_dir, provider=settings.ort_provider,
+                intra_op_threads=settings.ort_intra_op_threads)
     except (StockcastError, ValueError) as exc:
         _fail(str(exc))
-    result.config["seconds"]["load"] = round(loaded - started, 3)
-    try:
-        with _engine() as engine:
-            with engine.begin() as conn:
-                run_id = store_run(conn, model_version=result.model_version, start=result.start,
-                                   end=result.end, tickers=result.tickers, config=result.config,
-                                   metrics=result.metrics.itertuples(index=False, name=None))
-            with engine.connect() as conn:
-                stored = get_metrics(conn, run_id)  # print what was stored, not computed
-    except DBAPIError as exc:
-        _fail(f"cannot store the backtest ({exc.__class__.__name__}); "
-              "is the database migrated? run `stockcast db upgrade`")
-    plots = write_backtest_plots(
-        result, plots_dir or PROJECT_ROOT / "var" / "backtests" / f"run-{run_id}")
-    wall = time.perf_counter() - started
+    _echo_backtest(run, readme=readme)
 
+
+def _echo_backtest(run, readme: bool = False) -> None:
+    """What `stockcast backtest` prints about a stored run (evaluation.runs.StoredBacktest)."""
+    from service.evaluation.report import README_COLUMNS, summary_table
+
+    result = run.result
     if result.config["in_sample_origins"]:
         typer.echo(f"warning: origins before {result.config['test_segment'][0]} were seen in "
                    "training; those forecasts are in-sample", err=True)
-    typer.echo(f"backtest run {run_id}: model {result.model_version}, {len(result.tickers)} "
-               f"tickers, origins {result.start} .. {result.end}, horizons "
+    typer.echo(f"backtest run {run.run_id}: model {result.model_version}, "
+               f"{len(result.tickers)} tickers, origins {result.start} .. {result.end}, horizons "
                f"{','.join(map(str, result.horizons))}")
     for ticker, why in result.skipped.items():
         typer.echo(f"skipped {ticker}: {why}")
     typer.echo("")
-    typer.echo(summary_table(stored, columns=README_COLUMNS, readme=True) if readme
-               else summary_table(stored))
+    typer.echo(summary_table(run.stored, columns=README_COLUMNS, readme=True) if readme
+               else summary_table(run.stored))
     typer.echo("")
     if 1 in result.horizons:
         typer.echo(f"naive next-day $ deviation (mean |close_t+1 - close_t|, adjusted moves): "
                    f"${result.value('mae', 'naive', 1):.3f}; model ${result.value('mae'):.3f}")
     sec = result.seconds
-    typer.echo(f"wall time {wall:.2f}s (load {loaded - started:.2f}s, model {sec['model']:.2f}s, "
-               f"baselines {sec['baselines']:.2f}s, metrics {sec['metrics']:.2f}s)")
-    typer.echo("plots: " + ", ".join(str(p) for p in plots))
+    typer.echo(f"wall time {run.seconds['wall']:.2f}s (load {run.seconds['load']:.2f}s, "
+               f"model {sec['model']:.2f}s, baselines {sec['baselines']:.2f}s, "
+               f"metrics {sec['metrics']:.2f}s)")
+    typer.echo("plots: " + ", ".join(str(p) for p in run.plots))
 
 
 @app.command()

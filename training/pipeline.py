@@ -1,17 +1,26 @@
-"""Training as one pipeline: read bars from the cache -> fit -> export (rank 0).
+"""Training as one pipeline: read bars -> prepare -> fit -> export -> backtest -> gate.
 
-`stockcast train` calls `run`; under `torchrun` every rank runs it and rank 0 alone exports.
+`stockcast train` calls `train_and_gate`; under `torchrun` every rank runs it, rank 0 alone
+exports, backtests the new version on its test segment (stored, as `stockcast backtest`) and
+asks the promotion gate (as `stockcast promote`).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch.distributed as dist
 
+from service.artifacts.manifest import META_FILE
+from service.core.errors import StockcastError
 from service.db.bars import read_bars_many
 from service.db.session import make_engine
+from service.evaluation.promotion import DEFAULT_MAX_REL_MAE, PromotionVerdict, promote
+from service.evaluation.runs import StoredBacktest, backtest_and_store
+from service.inference.onnx_model import Provider
 from training.config import TrainConfig
 from training.export import export_artifact
 from training.train import fit
@@ -51,3 +60,41 @@ def run(config: TrainConfig, database_url: str, model_dir: Path) -> Path | None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclass
+class TrainOutcome:
+    """What one training run produced: the artifact, and (gated) its backtest and verdict."""
+
+    artifact: Path
+    meta: dict  # the artifact's meta.json
+    backtest: StoredBacktest | None = None  # None when not gated
+    verdict: PromotionVerdict | None = None  # set when the gate promoted it
+    refused: StockcastError | ValueError | None = None  # why it was not promoted, if gated
+
+
+def train_and_gate(config: TrainConfig, database_url: str, model_dir: Path, *,
+                   gate: bool = True, max_rel_mae: float = DEFAULT_MAX_REL_MAE,
+                   plots_dir: Path | None = None, provider: Provider = "auto",
+                   intra_op_threads: int = 1) -> TrainOutcome | None:
+    """Train and export; then (gate) backtest the new version and let the gate promote it.
+
+    Returns None on ranks other than 0. models/current moves only through the gate.
+    """
+    artifact = run(config, database_url, model_dir)
+    if artifact is None:
+        return None
+    outcome = TrainOutcome(artifact, json.loads((artifact / META_FILE).read_text()))
+    if not gate:
+        return outcome
+    engine = make_engine(database_url)
+    try:
+        outcome.backtest = backtest_and_store(
+            engine, artifact, plots_dir=plots_dir, provider=provider,
+            intra_op_threads=intra_op_threads)
+        outcome.verdict = promote(engine, artifact.parent, artifact.name, max_rel_mae)
+    except (StockcastError, ValueError) as exc:
+        outcome.refused = exc
+    finally:
+        engine.dispose()
+    return outcome
