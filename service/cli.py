@@ -200,6 +200,12 @@ def train(
              "and let the gate point models/current at it (as `stockcast promote`).")] = True,
     max_rel_mae: Annotated[float, typer.Option(
         help="The gate: highest pooled 1-day MAE relative to naive that may be promoted.")] = 1.0,
+    coverage_tolerance: Annotated[float, typer.Option(
+        help="The gate: largest |80% band coverage - 0.80| at h=1 and h=5.")] = 0.05,
+    max_interval_ratio: Annotated[float, typer.Option(
+        help="The gate: highest 1-day interval score / the EWMA+ACI band's.")] = 1.0,
+    band_source: Annotated[str | None, typer.Option(
+        help="Band served around the median: model (its quantiles + ACI) or ewma.")] = None,
     plots_dir: Annotated[Path | None, typer.Option(
         help="Where the gate backtest's PNGs go (default: var/backtests/run-<id>).")] = None,
     progress: bool = True,
@@ -229,7 +235,8 @@ def train(
             _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
         changes["tickers"] = UNIVERSES[universe]
     for name, value in (("epochs", epochs), ("device", device), ("batch_size", batch_size),
-                        ("train_stride", train_stride), ("threads", threads), ("seed", seed)):
+                        ("train_stride", train_stride), ("threads", threads), ("seed", seed),
+                        ("band_source", band_source)):
         if value is not None:
             changes[name] = value
     if start:
@@ -239,9 +246,12 @@ def train(
     try:
         train_config = base.with_(**changes)
         settings = get_settings()
+        from service.evaluation.promotion import GateThresholds
+
+        thresholds = GateThresholds(max_rel_mae, coverage_tolerance, max_interval_ratio)
         outcome = train_and_gate(
             train_config, settings.database_url, model_dir or settings.model_dir, gate=gate,
-            max_rel_mae=max_rel_mae, plots_dir=plots_dir, provider=settings.ort_provider,
+            thresholds=thresholds, plots_dir=plots_dir, provider=settings.ort_provider,
             intra_op_threads=settings.ort_intra_op_threads)
     except (ValueError, TrainingDiverged) as exc:
         _fail(str(exc))
@@ -317,7 +327,7 @@ def backtest(
 
 def _echo_backtest(run, readme: bool = False) -> None:
     """What `stockcast backtest` prints about a stored run (evaluation.runs.StoredBacktest)."""
-    from service.evaluation.report import README_COLUMNS, summary_table
+    from service.evaluation.report import README_COLUMNS, band_table, summary_table
 
     result = run.result
     if result.config["in_sample_origins"]:
@@ -331,6 +341,10 @@ def _echo_backtest(run, readme: bool = False) -> None:
     typer.echo("")
     typer.echo(summary_table(run.stored, columns=README_COLUMNS, readme=True) if readme
                else summary_table(run.stored))
+    typer.echo("")
+    typer.echo(f"bands (served: {result.config['served_band']}; DM p IS = Diebold-Mariano of "
+               "the 80% interval score vs ewma_aci):")
+    typer.echo(band_table(run.stored, readme=readme))
     typer.echo("")
     if 1 in result.horizons:
         typer.echo(f"naive next-day $ deviation (mean |close_t+1 - close_t|, adjusted moves): "
@@ -347,16 +361,22 @@ def promote(
     version: str,
     max_rel_mae: Annotated[float, typer.Option(
         help="Highest pooled 1-day MAE relative to naive that may be promoted.")] = 1.0,
+    coverage_tolerance: Annotated[float, typer.Option(
+        help="Largest |80% band coverage - 0.80| allowed at h=1 and h=5.")] = 0.05,
+    max_interval_ratio: Annotated[float, typer.Option(
+        help="Highest 1-day interval score of the served band / the EWMA+ACI band's.")] = 1.0,
     model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
 ):
-    """Point models/current at VERSION only if its stored backtest passes the naive gate."""
+    """Point models/current at VERSION only if its stored backtest passes the gate."""
     from service.core.errors import StockcastError
+    from service.evaluation.promotion import GateThresholds
     from service.evaluation.promotion import promote as promote_version
 
     try:
+        thresholds = GateThresholds(max_rel_mae, coverage_tolerance, max_interval_ratio)
         with _engine() as engine:
             verdict = promote_version(engine, model_dir or get_settings().model_dir, version,
-                                      max_rel_mae)
+                                      max_rel_mae, thresholds)
     except (StockcastError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"promoted {verdict.describe()}")

@@ -18,7 +18,7 @@ from service.artifacts.manifest import META_FILE
 from service.core.errors import StockcastError
 from service.db.bars import read_bars_many
 from service.db.session import make_engine
-from service.evaluation.promotion import DEFAULT_MAX_REL_MAE, PromotionVerdict, promote
+from service.evaluation.promotion import GateThresholds, PromotionVerdict, promote
 from service.evaluation.runs import StoredBacktest, backtest_and_store
 from service.inference.onnx_model import Provider
 from training.config import TrainConfig
@@ -74,7 +74,7 @@ class TrainOutcome:
 
 
 def train_and_gate(config: TrainConfig, database_url: str, model_dir: Path, *,
-                   gate: bool = True, max_rel_mae: float = DEFAULT_MAX_REL_MAE,
+                   gate: bool = True, thresholds: GateThresholds | None = None,
                    plots_dir: Path | None = None, provider: Provider = "auto",
                    intra_op_threads: int = 1) -> TrainOutcome | None:
     """Train and export; then (gate) backtest the new version and let the gate promote it.
@@ -92,7 +92,9 @@ def train_and_gate(config: TrainConfig, database_url: str, model_dir: Path, *,
         outcome.backtest = backtest_and_store(
             engine, artifact, plots_dir=plots_dir, provider=provider,
             intra_op_threads=intra_op_threads)
-        outcome.verdict = promote(engine, artifact.parent, artifact.name, max_rel_mae)
+        thresholds = thresholds or GateThresholds()
+        outcome.verdict = promote(engine, artifact.parent, artifact.name,
+                                  thresholds.max_rel_mae, thresholds)
     except (StockcastError, ValueError) as exc:
         outcome.refused = exc
     finally:

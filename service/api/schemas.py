@@ -26,6 +26,9 @@ Horizon = Annotated[int, Field(ge=1, le=MAX_HORIZON, description=(
     f"Trading days to forecast, 1..{MAX_HORIZON} (at most the served model's horizon)."))]
 AsOf = Annotated[dt.date | None, Field(description=(
     "Forecast as of this date: only bars on or before it are used (default: the latest bar)."))]
+Level = Annotated[Literal[50, 80, 90], Field(description=(
+    "Nominal coverage of lower/upper in percent: 50 (25-75%), 80 (10-90%, the default) or 90 "
+    "(5-95%). The band is recalibrated online (ACI) from the ticker's past forecasts."))]
 
 
 class ForecastRequest(BaseModel):
@@ -36,6 +39,7 @@ class ForecastRequest(BaseModel):
 
     horizon: Horizon = 1
     as_of: AsOf = None
+    level: Level = 80
 
 
 class BatchForecastRequest(BaseModel):
@@ -47,6 +51,7 @@ class BatchForecastRequest(BaseModel):
     tickers: list[Ticker] = Field(min_length=1, max_length=100)
     horizon: Horizon = 1
     as_of: AsOf = None
+    level: Level = 80
 
 
 class ForecastStepPublic(BaseModel):
@@ -55,8 +60,9 @@ class ForecastStepPublic(BaseModel):
     step: int = Field(description="Trading days after as_of (1 = the next session).")
     date: dt.date
     close: float = Field(description="Predicted close (the median forecast).")
-    lower: float = Field(description="10% quantile of the close.")
-    upper: float = Field(description="90% quantile of the close.")
+    lower: float = Field(description="Lower end of the band at the requested level (default "
+                                     "80: the 10% quantile of the close).")
+    upper: float = Field(description="Upper end of that band (default: the 90% quantile).")
     predicted_return: float = Field(description="close / last_close - 1.")
 
 
@@ -67,6 +73,8 @@ FORECAST_EXAMPLE = {
     "model_version": "3f9a1c2b7d4e",
     "seen_in_training": True,
     "horizon": 2,
+    "band": {"method": "model_aci", "level": 80, "nominal_coverage": 0.8,
+             "recent_coverage": 0.7833, "recent_sessions": 60},
     "forecasts": [
         {"step": 1, "date": "2017-12-07", "close": 169.2, "lower": 166.1, "upper": 172.0,
          "predicted_return": 0.0011},
@@ -77,6 +85,20 @@ FORECAST_EXAMPLE = {
     "warnings": [("bars for AAPL may be out of date: yfinance unavailable for AAPL after 4 "
                   "attempts: ConnectionError: could not resolve host")],
 }
+
+
+class BandPublic(BaseModel):
+    """How the band is made and how it has done lately for this ticker."""
+
+    method: str = Field(description=(
+        "model_aci: the network's quantiles recalibrated online by adaptive conformal inference "
+        "(Gibbs & Candès 2021); ewma_aci: a random-walk EWMA-volatility band, likewise."))
+    level: int = Field(description="Nominal coverage of lower/upper, percent.")
+    nominal_coverage: float = Field(description="The same as a share (0.5, 0.8 or 0.9).")
+    recent_coverage: float | None = Field(description=(
+        "Share of the last `recent_sessions` next-day closes that fell inside the 80% band as "
+        "it was served the day before (null without any known outcome)."))
+    recent_sessions: int
 
 
 class ForecastPublic(BaseModel):
@@ -92,6 +114,7 @@ class ForecastPublic(BaseModel):
         "Whether the model has this ticker's own embedding; otherwise it uses the trained "
         "'unknown ticker' embedding."))
     horizon: int
+    band: BandPublic
     forecasts: list[ForecastStepPublic]
     stale: bool = Field(description="True when refreshing the bars failed and cached bars "
                                     "were used; see warnings.")

@@ -36,10 +36,9 @@ import pandas as pd
 
 from service.core.errors import InsufficientHistory
 from service.evaluation.scoring import MODEL, NAIVE, POOLED, compute_metrics, metric_value
-from service.forecasting.baselines import BASELINES
-from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.bands import ACIForecaster, ACISettings
-from service.forecasting.baselines import BAND_BASELINES
+from service.forecasting.baselines import BAND_BASELINES, BASELINES
+from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
 from service.forecasting.volatility import ewma_volatility, log_returns
 from service.inference.predictor import Predictor

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from service.evaluation.backtest import BacktestResult
 from service.evaluation.report import pooled_equity
-from service.evaluation.scoring import BUY_AND_HOLD, MODEL, NAIVE
+from service.evaluation.scoring import BUY_AND_HOLD, MODEL, NAIVE, REFERENCE_BAND
+from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL
 from service.forecasting.windows import prices_from_log_returns
 
 
@@ -82,12 +83,75 @@ def plot_equity(result: BacktestResult, path: Path, horizon: int) -> Path:
     return path
 
 
+# The bands the coverage plots compare: the network's own, recalibrated, and the reference.
+PLOTTED_BANDS = (MODEL, f"{MODEL}_aci", REFERENCE_BAND)
+ROLLING_SESSIONS = 60
+
+
+def _inside(frame, method: str, suffix: str = ""):
+    lower, upper = frame[f"{method}_lower{suffix}"], frame[f"{method}_upper{suffix}"]
+    return (frame["realized"] >= lower) & (frame["realized"] <= upper)
+
+
+def plot_rolling_coverage(result: BacktestResult, path: Path, horizon: int) -> Path:
+    """Share of closes inside each 80 % band, pooled per session, over the last 60 sessions."""
+    plt = _pyplot()
+    frame = result.forecasts[horizon]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for method in PLOTTED_BANDS:
+        if f"{method}_lower" not in frame.columns:
+            continue
+        daily = _inside(frame, method).groupby(frame["origin"]).mean()
+        rolled = daily.rolling(ROLLING_SESSIONS, min_periods=ROLLING_SESSIONS).mean()
+        ax.plot(rolled.index, rolled.to_numpy(), label=method)
+    ax.axhline(DEFAULT_LEVEL, color="grey", linestyle=":", label="nominal 0.80")
+    ax.set_ylabel(f"coverage, last {ROLLING_SESSIONS} sessions")
+    ax.set_title(f"80% band coverage, h={horizon}, pooled over tickers")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(result: BacktestResult, path: Path) -> Path:
+    """Reliability diagram: nominal vs realized coverage of each band at 50/80/90 %, per h."""
+    plt = _pyplot()
+    horizons = sorted(result.forecasts)
+    fig, axes = plt.subplots(1, len(horizons), figsize=(3.4 * len(horizons), 3.4),
+                             squeeze=False)
+    for ax, h in zip(axes[0], horizons):
+        frame = result.forecasts[h]
+        for method in PLOTTED_BANDS:
+            if f"{method}_lower" not in frame.columns:
+                continue
+            realized = [_inside(frame, method, "" if level == DEFAULT_LEVEL
+                                else f"_{round(level * 100)}").mean() for level in BAND_LEVELS]
+            ax.plot(BAND_LEVELS, realized, marker="o", label=method)
+        ax.plot([0.4, 1.0], [0.4, 1.0], color="grey", linestyle=":")
+        ax.set_title(f"h={h}")
+        ax.set_xlabel("nominal coverage")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("realized coverage")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def write_backtest_plots(result: BacktestResult, out_dir: Path | str) -> list[Path]:
-    """predicted_vs_actual_h{H}.png (the shortest horizon) and equity_h{h}.png per horizon."""
+    """predicted_vs_actual_h{H}.png (the shortest horizon), equity_h{h}.png per horizon, the
+    rolling 60-session coverage of the bands (shortest horizon) and their reliability diagram."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = min(result.forecasts)
     paths = [plot_predicted_vs_actual(result, out_dir / f"predicted_vs_actual_h{first}.png", first)]
     for h in sorted(result.forecasts):
         paths.append(plot_equity(result, out_dir / f"equity_h{h}.png", h))
+    if f"{MODEL}_aci_lower" in result.forecasts[first].columns:
+        paths.append(plot_rolling_coverage(result, out_dir / f"band_coverage_h{first}.png",
+                                           first))
+        paths.append(plot_reliability(result, out_dir / "band_reliability.png"))
     return paths

@@ -7,7 +7,8 @@ import pandas as pd
 
 from service.evaluation.scoring import BUY_AND_HOLD, METRICS, MODEL, POOLED, book
 from service.forecasting import metrics as m
-from service.forecasting.baselines import BASELINES
+from service.forecasting.bands import ACI_SUFFIX
+from service.forecasting.baselines import BAND_BASELINES, BASELINES
 
 # (metric, format) of the CLI's table; the headers are the catalogue's labels.
 SUMMARY_COLUMNS = tuple((METRICS[name].label, name, fmt) for name, fmt in (
@@ -32,10 +33,52 @@ README_COLUMNS = tuple(c for c in SUMMARY_COLUMNS if c[1] in (
 BUY_AND_HOLD_CELL = ("long_flat_sharpe", "buy_and_hold_sharpe")
 
 
+# Methods that exist for their bands (ACI versions, band baselines): the band table shows them,
+# the point table does not (their medians repeat the model's or naive's).
+BAND_METHODS = (MODEL, f"{MODEL}{ACI_SUFFIX}",
+                *(f"{name}{suffix}" for name in BAND_BASELINES for suffix in ("", ACI_SUFFIX)))
+BAND_COLUMNS = tuple((METRICS[name].label, name, fmt) for name, fmt in (
+    ("coverage", "{:.3f}"),
+    ("coverage_calm", "{:.3f}"),
+    ("coverage_turbulent", "{:.3f}"),
+    ("coverage_50", "{:.3f}"),
+    ("coverage_90", "{:.3f}"),
+    ("width_relative", "{:.4f}"),
+    ("interval_score", "{:.5f}"),
+    ("dm_interval_pvalue", "{:.3g}"),
+))
+
+
 def _title(method: str) -> str:
     if method == MODEL:
         return f"**{MODEL}**"
+    if method.endswith(ACI_SUFFIX):
+        return f"{_title(method.removesuffix(ACI_SUFFIX))} + ACI"
+    if method in BAND_BASELINES:
+        return BAND_BASELINES[method].title
     return BASELINES[method].title if method in BASELINES else method
+
+
+def band_table(metrics: pd.DataFrame, ticker: str = POOLED, *, readme: bool = False) -> str:
+    """Markdown table of every band method per horizon: coverage (80 % overall, calm and
+    turbulent thirds, 50 % and 90 %), width, interval score and its DM p vs ewma_aci."""
+    part = metrics[(metrics["ticker"] == ticker) & metrics["method"].isin(BAND_METHODS)]
+    if part.empty:
+        raise KeyError(f"no band metrics for ticker {ticker}")
+    lookup = {(int(r.horizon), r.method, r.metric): r.value for r in part.itertuples()}
+    methods = [x for x in BAND_METHODS if x in set(part["method"])]
+    header = ["h", "band", *[c[0] for c in BAND_COLUMNS]]
+    rule = ["---", "---", *(["---:"] if readme else ["---"]) * len(BAND_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    for h in sorted({int(x) for x in part["horizon"]}):
+        for method in methods:
+            cells = []
+            for _, metric, fmt in BAND_COLUMNS:
+                v = lookup.get((h, method, metric))
+                cells.append("" if v is None else "n/a" if not np.isfinite(v) else fmt.format(v))
+            name = _title(method) if readme else method
+            lines.append(f"| {h} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summary_table(metrics: pd.DataFrame, ticker: str = POOLED,
@@ -48,7 +91,7 @@ def summary_table(metrics: pd.DataFrame, ticker: str = POOLED,
     if part.empty:
         raise KeyError(f"no metrics for ticker {ticker}")
     lookup = {(int(r.horizon), r.method, r.metric): r.value for r in part.itertuples()}
-    present = set(part["method"]) - {BUY_AND_HOLD}
+    present = set(part["method"]) - {BUY_AND_HOLD} - (set(BAND_METHODS) - {MODEL})
     # The model first, then the baselines in registry order (naive, the yardstick, leads).
     methods = [x for x in (MODEL, *BASELINES) if x in present]
     methods += sorted(present - set(methods))

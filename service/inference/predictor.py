@@ -17,6 +17,8 @@ import pandas as pd
 
 from service.artifacts.manifest import Manifest, load_manifest
 from service.core.errors import InsufficientHistory, ManifestMismatch
+from service.forecasting.bands import ACI_SUFFIX, ACIForecaster, ACISettings
+from service.forecasting.baselines import BAND_BASELINES
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import build_features, min_bars
 from service.forecasting.forecaster import (
@@ -25,12 +27,9 @@ from service.forecasting.forecaster import (
     HistoricalForecasts,
     TickerSeries,
 )
-from service.forecasting.bands import ACI_SUFFIX, ACIForecaster, ACISettings
-from service.forecasting.baselines import BAND_BASELINES
 from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
 from service.forecasting.windows import make_windows, prices_from_log_returns
 from service.inference.onnx_model import OnnxModel, Provider
-
 
 # Sessions behind "recent coverage": how often the served 80 % band held the next close lately.
 RECENT_SESSIONS = 60

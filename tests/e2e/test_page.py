@@ -135,6 +135,11 @@ def test_forecast_draws_the_requested_days_with_band_and_indicator_panels(page, 
     assert upper["y"] == pytest.approx([s["upper"] for s in api["forecasts"]])
     assert all(lo <= mid <= hi for lo, mid, hi in zip(lower["y"], forecast["y"], upper["y"]))
     assert forecast["x"][0] > end
+    # The band's record beside it: the served 80% band's hits over the last 60 sessions.
+    band = api["band"]
+    assert band["method"] == "model_aci" and band["recent_sessions"] == 60
+    assert (f"Last 60 sessions: {round(100 * band['recent_coverage'])}% of closes inside the "
+            "80% band.") in page.text_content("#forecast-summary")
 
     bars = stored_bars(live_app, "MSFT", start, end)
     price = traces["price"]

@@ -90,6 +90,33 @@ def test_predict_cached_ticker_matches_the_predictor(app_parts, tiny_artifact, t
         assert got["predicted_return"] == pytest.approx(got["close"] / body["last_close"] - 1,
                                                         abs=1e-9)
     assert source.calls == []  # cached and current: no upstream call
+    # The band: the model's recalibrated by ACI, 80 % by default, with its recent coverage.
+    band = body["band"]
+    assert (band["method"], band["level"], band["nominal_coverage"]) == ("model_aci", 80, 0.8)
+    assert band["recent_sessions"] == 60
+    assert band["recent_coverage"] == pytest.approx(expected.recent_coverage, abs=1e-12)
+    assert band["recent_coverage"] * 60 == pytest.approx(round(band["recent_coverage"] * 60))
+
+
+def test_level_picks_the_50_80_or_90_percent_band(app_parts, tiny_predictor, bars_multi):
+    client = app_parts[0]
+    bars = ticker_bars(bars_multi, "AAA")
+    expected = tiny_predictor.forecast("AAA", bars, horizon=2)
+    widths = []
+    for level in (50, 80, 90):
+        body = client.post("/predict/AAA", json={"horizon": 2, "level": level}).json()
+        assert body["band"]["level"] == level
+        assert body["band"]["nominal_coverage"] == level / 100
+        for got, want in zip(body["forecasts"], expected.steps):
+            assert (got["lower"], got["upper"]) == pytest.approx(want.bands[level], rel=1e-9)
+        widths.append(body["forecasts"][1]["upper"] - body["forecasts"][1]["lower"])
+    assert widths[0] < widths[1] < widths[2]  # nested bands
+    # The same cached forecast answers every level; the default is 80.
+    default = client.post("/predict/AAA", json={"horizon": 2}).json()
+    assert default["forecasts"][1]["lower"] == pytest.approx(expected.steps[1].lower, rel=1e-9)
+    batch = client.post("/predict", json={"tickers": ["AAA"], "horizon": 2, "level": 50}).json()
+    assert batch["forecasts"][0]["forecasts"][1]["upper"] == pytest.approx(
+        expected.steps[1].bands[50][1], rel=1e-9)
 
 
 def test_predict_fetches_an_uncached_ticker_through_the_source(app_parts):
@@ -278,6 +305,7 @@ def test_invalid_ticker_is_422_naming_the_field(client):
     ({"as_of": "yesterday"}, "as_of",
      "Input should be a valid date or datetime, input is too short"),
     ({"horizon": 1, "model": "x"}, "model", "Extra inputs are not permitted"),
+    ({"horizon": 1, "level": 70}, "level", "Input should be 50, 80 or 90"),
 ])
 def test_invalid_body_is_422_naming_the_field(client, body, field, message):
     assert_problem(client.post("/predict/AAA", json=body), 422, {

@@ -19,9 +19,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def store_gate_metrics(url, manifest, model_mae, naive_mae=1.0, *, start=None,
-                       tickers=None, config=None) -> int:
-    """A stored run with pooled 1-day MAEs; by default what `stockcast backtest` would store:
-    the test segment, every training ticker, out of sample."""
+                       tickers=None, config=None, coverage=(0.8, 0.8),
+                       interval_scores=(0.04, 0.04)) -> int:
+    """A stored run with pooled 1-day MAEs and the band metrics the gate reads (the served
+    band's 80 % coverage at h = 1, 5; its and ewma_aci's 1-day interval score); by default what
+    `stockcast backtest` would store: the test segment, every training ticker, out of sample."""
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
@@ -30,7 +32,11 @@ def store_gate_metrics(url, manifest, model_mae, naive_mae=1.0, *, start=None,
                 end=dt.date(2021, 5, 18), tickers=manifest.tickers if tickers is None else tickers,
                 config={"in_sample_origins": False} if config is None else config,
                 metrics=[(POOLED, 1, MODEL, "mae", model_mae),
-                         (POOLED, 1, NAIVE, "mae", naive_mae)])
+                         (POOLED, 1, NAIVE, "mae", naive_mae),
+                         (POOLED, 1, "model_aci", "coverage", coverage[0]),
+                         (POOLED, 5, "model_aci", "coverage", coverage[1]),
+                         (POOLED, 1, "model_aci", "interval_score", interval_scores[0]),
+                         (POOLED, 1, "ewma_aci", "interval_score", interval_scores[1])])
     finally:
         engine.dispose()
 
@@ -53,7 +59,8 @@ def test_backtest_command_stores_prints_and_plots(cli_env, tmp_path, tiny_artifa
     assert f"| 1 | model | {model_mae:.3f} |" in out.output
     assert "wall time" in out.output
     written = sorted(p.name for p in plots.iterdir())
-    assert written == ["equity_h1.png", "equity_h5.png", "predicted_vs_actual_h1.png"]
+    assert written == ["band_coverage_h1.png", "band_reliability.png", "equity_h1.png",
+                       "equity_h5.png", "predicted_vs_actual_h1.png"]
     assert all((plots / name).read_bytes()[:8] == PNG_MAGIC for name in written)
 
 
@@ -82,7 +89,9 @@ def test_promote_refuses_a_model_worse_than_naive_and_says_by_how_much(cli_env, 
     assert out.exit_code == 1
     assert out.output.strip() == (
         f"error: refused: {version}: 1-day MAE $1.0500 vs naive $1.0000 (rel MAE 1.0500, "
-        f"loses to naive by 5.00%; threshold 1.0000, backtest run {run_id}); it exceeds the "
+        f"loses to naive by 5.00%; threshold 1.0000, backtest run {run_id}); model_aci band: "
+        "80% coverage 0.800 at h=1, 0.800 at h=5 (allowed 0.80 ± 0.05), 1-day interval score "
+        "0.04000 vs ewma_aci 0.04000 (ratio 1.0000, allowed 1.0000); rel MAE exceeds the "
         "threshold by 0.0500. current still names previous"
     )
     assert (model_dir / "current").read_text() == "previous\n"
@@ -128,11 +137,56 @@ def test_promote_refuses_without_a_stored_backtest_or_an_artifact(cli_env, tiny_
 
 def backtest_then_promote(version, *backtest_args):
     """`stockcast backtest --version V ARGS` (stored), then `stockcast promote V` with a gate
-    every model passes on MAE (so only the run's coverage can refuse it)."""
-    out = CliRunner().invoke(app, ["backtest", "--version", version, "--horizons", "1",
+    every model passes on MAE and bands (so only the run's origins and tickers can refuse it)."""
+    out = CliRunner().invoke(app, ["backtest", "--version", version, "--horizons", "1,5",
                                    *backtest_args])
     assert out.exit_code == 0, out.output
-    return CliRunner().invoke(app, ["promote", version, "--max-rel-mae", "100"])
+    return CliRunner().invoke(app, ["promote", version, "--max-rel-mae", "100",
+                                    "--coverage-tolerance", "1", "--max-interval-ratio", "100"])
+
+
+def test_promote_refuses_a_miscalibrated_band_and_names_each_condition(cli_env, tiny_artifact):
+    url, model_dir = cli_env.url, cli_env.model_dir
+    version = tiny_artifact.artifact_dir.name
+    (model_dir / "current").write_text("previous\n")
+    manifest = load_manifest(model_dir / version)
+    # Beats naive, but its band covers 0.70 next day and 0.86 at a week, and scores 8 % worse.
+    run_id = store_gate_metrics(url, manifest, model_mae=0.99, coverage=(0.70, 0.86),
+                                interval_scores=(0.054, 0.05))
+    with make_engine_disposed(url) as engine, pytest.raises(PromotionRefused) as exc:
+        promote(engine, model_dir, version)
+    message = str(exc.value)
+    assert message.startswith(f"refused: {version}: 1-day MAE $0.9900 vs naive $1.0000")
+    assert f"backtest run {run_id}" in message
+    assert message.endswith(
+        "; 1-day coverage 0.700 is 0.050 outside 0.80 ± 0.05; 5-day coverage 0.860 is 0.010 "
+        "outside 0.80 ± 0.05; 1-day interval score is 1.0800x ewma_aci's, 0.0800 above the "
+        "allowed 1.0000x. current still names previous")
+    assert (model_dir / "current").read_text() == "previous\n"
+    # Each threshold is configurable: looser ones let the same run through.
+    out = CliRunner().invoke(app, ["promote", version, "--coverage-tolerance", "0.11",
+                                   "--max-interval-ratio", "1.1"])
+    assert out.exit_code == 0, out.output
+    assert (model_dir / "current").read_text().strip() == version
+
+
+def test_promote_refuses_a_run_without_band_metrics(cli_env, tiny_artifact):
+    url, model_dir = cli_env.url, cli_env.model_dir
+    version = tiny_artifact.artifact_dir.name
+    manifest = load_manifest(model_dir / version)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        run_id = store_run(conn, model_version=version, start=manifest.split.test[0],
+                           end=dt.date(2021, 5, 18), tickers=manifest.tickers,
+                           config={"in_sample_origins": False},
+                           metrics=[(POOLED, 1, MODEL, "mae", 0.9), (POOLED, 1, NAIVE, "mae", 1.0)])
+    with pytest.raises(PromotionRefused) as exc:
+        promote(engine, model_dir, version)
+    engine.dispose()
+    assert str(exc.value).startswith(
+        f"backtest run {run_id} of {version} lacks the band metrics the gate reads "
+        "(coverage of model_aci at h=1, coverage of model_aci at h=5, interval_score of "
+        "model_aci at h=1, interval_score of ewma_aci at h=1)")
 
 
 def test_promote_refuses_an_in_sample_backtest(cli_env, tiny_artifact, tmp_path):

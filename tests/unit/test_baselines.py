@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from statsmodels.tsa.arima.model import ARIMA
 
@@ -198,3 +199,30 @@ def test_nan_bars_and_short_training_slices_are_refused():
     with pytest.raises(ValueError) as exc:
         ArimaBaseline().fit(random_walk()[:20])
     assert str(exc.value) == "train_log_close has 20 bars; at least 31 are needed"
+
+
+# ---- band baselines ----------------------------------------------------------------------------
+
+
+def test_ewma_band_baseline_is_the_gaussian_band_of_the_ewma_volatility():
+    from statistics import NormalDist
+
+    from service.forecasting.baselines import EwmaBandBaseline
+    from service.forecasting.forecaster import TickerSeries
+
+    rng = np.random.default_rng(4)
+    adj = 30.0 * np.exp(np.cumsum(rng.normal(0.0, 0.015, 120)))
+    bars = pd.DataFrame({"date": pd.bdate_range("2016-01-04", periods=120), "adj_close": adj})
+    made = EwmaBandBaseline((0.1, 0.5, 0.9)).fit(None).historical_forecasts(
+        TickerSeries("X", bars), np.array([5, 60, 119]), 4)
+    np.testing.assert_array_equal(made.origins, [60, 119])  # 5 is in the EWMA's warm-up
+    r = np.diff(np.log(adj))
+    for row, t in enumerate((60, 119)):
+        w = 0.94 ** np.arange(t)[::-1]
+        sigma = np.sqrt(np.sum(w * r[:t] ** 2) / w.sum())
+        for h in (1, 4):
+            z = NormalDist().inv_cdf(0.9)
+            np.testing.assert_allclose(made.log_returns[row, h - 1],
+                                       [-sigma * np.sqrt(h) * z, 0.0, sigma * np.sqrt(h) * z],
+                                       rtol=1e-10, atol=1e-15)
+    assert made.band is not None and (made.median == 0).all()

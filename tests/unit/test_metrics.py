@@ -292,3 +292,42 @@ def test_unknown_strategy_kind_is_refused():
     assert str(exc.value) == (
         "kind must be one of long_flat, long_short, buy_and_hold; got 'momentum'"
     )
+
+
+# ---- band metrics ------------------------------------------------------------------------------
+
+
+def test_interval_score_by_hand_and_as_two_pinball_losses():
+    # 80 % band [1, 3]: inside costs the width 2; 1 below costs 2 + 10 x 1; 1.5 above 2 + 10 x 1.5.
+    y, lo, hi = np.array([2.0, 0.0, 4.5]), np.ones(3), np.full(3, 3.0)
+    np.testing.assert_allclose(m.interval_scores(y, lo, hi, 0.8), [2.0, 12.0, 17.0])
+    assert m.interval_score(y, lo, hi, 0.8) == pytest.approx(31.0 / 3)
+
+    def pinball(q, pred):
+        return np.maximum(q * (y - pred), (q - 1) * (y - pred))
+
+    # IS_α = (2/α) (pinball_{α/2}(l) + pinball_{1-α/2}(u)) (Gneiting & Raftery 2007).
+    np.testing.assert_allclose(m.interval_scores(y, lo, hi, 0.8),
+                               (2 / 0.2) * (pinball(0.1, lo) + pinball(0.9, hi)))
+    with pytest.raises(ValueError, match="coverage must be in"):
+        m.interval_score(y, lo, hi, 1.0)
+    with pytest.raises(ValueError, match="crossed quantiles"):
+        m.interval_score(y, hi, lo, 0.8)
+
+
+def test_dm_on_interval_score_differentials_by_hand():
+    # d = IS_model - IS_reference per origin: mean 0.5, γ0 = 1.25, T = 4, h = 1:
+    # DM = 0.5 / sqrt(1.25 / 4) = 0.8944; HLN x sqrt((4 + 1 - 2) / 4) -> 0.7746; p from t(3).
+    d = np.array([1.0, -1.0, 2.0, 0.0])
+    res = m.diebold_mariano_differential(d, 1)
+    assert res.statistic == pytest.approx(0.5 / np.sqrt(1.25 / 4) * np.sqrt(0.75), rel=1e-9)
+
+    assert res.pvalue == pytest.approx(2 * stats.t.sf(res.statistic, df=3), rel=1e-9)
+
+
+def test_coverage_by_volatility_tercile():
+    vol = np.arange(1.0, 10.0)  # three calm, three middle, three turbulent origins
+    y = np.array([0, 0, 5, 0, 5, 5, 5, 5, 5], dtype=float)
+    lo, hi = np.full(9, -1.0), np.full(9, 1.0)
+    assert m.coverage_by_tercile(y, lo, hi, vol) == pytest.approx(
+        {"calm": 2 / 3, "middle": 1 / 3, "turbulent": 0.0})

@@ -10,6 +10,7 @@ threadpool round trips (endpoint and response validation), which halved warm thr
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
@@ -21,6 +22,7 @@ from service.api.model_slot import LoadedModel
 from service.api.problems import InvalidField, error_problem, problem_responses
 from service.api.schemas import (
     TICKER_DOC_PATTERN,
+    BandPublic,
     BatchForecastRequest,
     ForecastListPublic,
     ForecastPublic,
@@ -43,14 +45,18 @@ TickerPath = Annotated[Ticker, Path(
 )]
 
 
-def forecast_public(served: ServedForecast, horizon: int) -> ForecastPublic:
-    """The response body of one served forecast."""
+def forecast_public(served: ServedForecast, horizon: int, level: int = 80) -> ForecastPublic:
+    """The response body of one served forecast, its band at `level` percent."""
     f = served.forecast
+    recent = f.recent_coverage if math.isfinite(f.recent_coverage) else None
     return ForecastPublic(
         ticker=f.ticker, as_of=f.as_of, last_close=f.last_close, model_version=f.model_version,
         seen_in_training=f.seen_in_training, horizon=horizon,
-        forecasts=[ForecastStepPublic(step=s.step, date=s.date, close=s.close, lower=s.lower,
-                                      upper=s.upper, predicted_return=s.predicted_return)
+        band=BandPublic(method=f.band_method, level=level, nominal_coverage=level / 100,
+                        recent_coverage=recent, recent_sessions=f.recent_sessions),
+        forecasts=[ForecastStepPublic(step=s.step, date=s.date, close=s.close,
+                                      lower=s.bands[level][0], upper=s.bands[level][1],
+                                      predicted_return=s.predicted_return)
                    for s in f.steps],
         stale=served.stale, warnings=list(served.warnings),
     )
@@ -67,7 +73,9 @@ def _check_horizon(loaded: LoadedModel, horizon: int) -> None:
     "/{ticker}",
     summary="Forecast one ticker",
     description=(
-        "Next trading days' closes (median) with a 10-90% interval from the bars up to `as_of` "
+        "Next trading days' closes (median) with a band (`level` 50/80/90, default the 10-90% "
+        "band, recalibrated online by ACI; `band` says how and its recent coverage) from the "
+        "bars up to `as_of` "
         "(default: the latest cached bar). A ticker not in the cache is fetched from the "
         "source; if a refresh fails but bars are cached, the answer has `stale: true` and a "
         "warning. Dates follow the NYSE calendar."),
@@ -83,6 +91,7 @@ async def predict_ticker(
         "a week": {"value": {"horizon": 5}},
         "in the past": {"summary": "What the model said on a past date",
                         "value": {"horizon": 5, "as_of": "2017-06-30"}},
+        "90% band": {"value": {"horizon": 5, "level": 90}},
     })] = DEFAULT_REQUEST,
 ) -> ForecastPublic:
     """Forecast `horizon` trading days of one ticker."""
@@ -93,7 +102,7 @@ async def predict_ticker(
     if served is None:  # DB, maybe the source, features, onnxruntime: off the event loop
         served = await run_in_threadpool(forecasts.forecast, loaded.predictor, ticker,
                                          request.horizon, request.as_of, claimant)
-    return forecast_public(served, request.horizon)
+    return forecast_public(served, request.horizon, request.level)
 
 
 @router.post(
@@ -127,7 +136,7 @@ async def predict_batch(
     out = ForecastListPublic(forecasts=[], errors=[])
     for ticker, result in zip(request.tickers, results):
         if isinstance(result, ServedForecast):
-            out.forecasts.append(forecast_public(result, request.horizon))
+            out.forecasts.append(forecast_public(result, request.horizon, request.level))
         else:
             problem = error_problem(result)
             out.errors.append(TickerErrorPublic(ticker=ticker, status=problem.status,

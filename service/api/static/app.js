@@ -315,7 +315,17 @@
     return `${f.ticker} closed at $${f.last_close.toFixed(2)} on ${f.as_of}. Median forecast ` +
       `for ${lastStep.date} (${lastStep.step} trading day${lastStep.step === 1 ? "" : "s"} ` +
       `ahead): $${lastStep.close.toFixed(2)} (${pct}%), 10–90% band ` +
-      `$${lastStep.lower.toFixed(2)} – $${lastStep.upper.toFixed(2)}.`;
+      `$${lastStep.lower.toFixed(2)} – $${lastStep.upper.toFixed(2)}. ` + bandRecord(f.band);
+  }
+
+  // How the served band has held lately: the share of next-day closes inside the 80% band
+  // as it was served the session before (recalibrated online, ACI).
+  function bandRecord(band) {
+    if (!band || band.recent_coverage === null || !band.recent_sessions) {
+      return "No past sessions yet to check the band against.";
+    }
+    const pct = Math.round(100 * band.recent_coverage);
+    return `Last ${band.recent_sessions} sessions: ${pct}% of closes inside the 80% band.`;
   }
 
   // -- chart -----------------------------------------------------------------------------
