@@ -229,6 +229,8 @@ def run_backtest(
     bars after `end` supply the realized outcomes). Baselines are fitted on bars up to the end
     of the model's training segment, or up to `start` if that is earlier, so neither sees an
     outcome it is scored on. Tickers without enough history are skipped, with the reason.
+    Every method with a band (the model, `band_baselines`) is also scored recalibrated by ACI
+    (`aci_settings`, default the artifact's): `model_aci`, `ewma_aci`, ... on the same origins.
     `horizons=None` means those of DEFAULT_HORIZONS (1, 5, 30) the model forecasts.
     """
     started = time.perf_counter()
@@ -251,7 +253,11 @@ def run_backtest(
     # One list of methods, one interface: the model first, then every baseline; each band
     # method (the model, the band baselines) also recalibrated by ACI, scored at `horizons`.
     aci = predictor.band_settings if aci_settings is None else aci_settings
-    band_methods = [predictor, *(BAND_BASELINES[b]() for b in band_baselines)]
+    unknown = [b for b in band_baselines if b not in BAND_BASELINES]
+    if unknown:
+        raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
+    # A band baseline computes only the scored horizons (the empirical one's cost is per h).
+    band_methods = [predictor, *(BAND_BASELINES[b](slots=horizons) for b in band_baselines)]
     forecasters: list[Forecaster] = [
         predictor, *(BASELINES[b]() for b in baseline_names),
         ACIForecaster(predictor, aci, slots=horizons),

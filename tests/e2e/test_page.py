@@ -139,7 +139,7 @@ def test_forecast_draws_the_requested_days_with_band_and_indicator_panels(page, 
     band = api["band"]
     assert band["method"] == "model_aci" and band["recent_sessions"] == 60
     assert (f"Last 60 sessions: {round(100 * band['recent_coverage'])}% of closes inside the "
-            "80% band.") in page.text_content("#forecast-summary")
+            "80% band.") == page.text_content("#band-record")
 
     bars = stored_bars(live_app, "MSFT", start, end)
     price = traces["price"]

@@ -54,7 +54,10 @@ def test_serves_the_latest_runs_stored_numbers(client, db_url, tiny_backtest):
     assert body["run"]["model_version"] == tiny_backtest.model_version
     assert body["run"]["start"] == tiny_backtest.start.isoformat()
     assert body["run"]["horizons"] == [1, 5]
-    assert body["run"]["baselines"] == list(tiny_backtest.methods[1:])
+    # The point baselines; the band methods (model_aci, ewma, ...) have rows of their own.
+    assert body["run"]["baselines"] == tiny_backtest.config["baselines"]
+    assert {"model_aci", "ewma", "ewma_aci", "empirical", "empirical_aci"} <= {
+        r["method"] for r in body["metrics"]}
     rows = {(r["ticker"], r["horizon"], r["method"]): r for r in body["metrics"]}
     # one object per (ticker or pooled, horizon, method incl. buy-and-hold)
     assert len(rows) == len(body["metrics"]) == 4 * 2 * (len(tiny_backtest.methods) + 1)

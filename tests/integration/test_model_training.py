@@ -227,9 +227,10 @@ def _stored_runs(url, version):
 def test_cli_train_reads_the_cache_and_writes_the_artifact(tmp_path, sqlite_url, bars_multi,
                                                            monkeypatch):
     store_bars(sqlite_url, bars_multi, reset=True)
-    # A gate every model passes on MAE: this test is about training and export.
+    # A gate every model passes (MAE and bands): this test is about training and export.
     result, models = _cli(tmp_path, sqlite_url, monkeypatch, tiny_config(epochs=2),
-                          "--max-rel-mae", "100")
+                          "--max-rel-mae", "100", "--coverage-tolerance", "1",
+                          "--max-interval-ratio", "100")
     assert result.exit_code == 0, result.output
     version = (models / CURRENT_FILE).read_text().strip()
     manifest = load_manifest(models / version)
@@ -260,7 +261,8 @@ def test_cli_train_leaves_current_alone_when_the_gate_refuses(tmp_path, sqlite_u
     [run] = _stored_runs(sqlite_url, artifact.name)
     last = result.output.strip().splitlines()[-1]
     assert last.startswith(f"error: refused: {artifact.name}: 1-day MAE $")
-    assert f"threshold 0.0100, backtest run {run.id}); it exceeds the threshold by " in last
+    assert f"threshold 0.0100, backtest run {run.id}); model_aci band: " in last
+    assert "; rel MAE exceeds the threshold by " in last
     assert last.endswith(". current still names previous")
 
 

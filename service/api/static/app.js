@@ -235,6 +235,7 @@
       showApiError(`No chart for ${ticker}`, bars.reason);
       showPlaceholder(`No chart for ${ticker}: ${bars.reason.problem?.title || "error"}.`);
       $("forecast-summary").textContent = "";
+      $("band-record").textContent = "";
       finish("error");
       return;
     }
@@ -245,6 +246,7 @@
                 "Widen the range or move it inside the ticker's history.");
       showPlaceholder(`No bars for ${ticker} between ${start} and ${end}.`);
       $("forecast-summary").textContent = "";
+      $("band-record").textContent = "";
       finish("error");
       return;
     }
@@ -254,6 +256,7 @@
     if (forecast.status === "rejected") {
       showApiError(`No forecast for ${ticker}`, forecast.reason);
       $("forecast-summary").textContent = `History of ${ticker} shown without a forecast.`;
+      $("band-record").textContent = "";
       finish("error");
       return;
     }
@@ -261,6 +264,7 @@
     showInfo(`${ticker}: ${bars.value.dates.length} bars, ${bars.value.dates[0]} to ` +
              `${f.as_of}, and the ${days}-day forecast from there.`);
     $("forecast-summary").textContent = forecastSummary(f);
+    $("band-record").textContent = bandRecord(f.band);
     finish("ready");
   }
 
@@ -315,7 +319,7 @@
     return `${f.ticker} closed at $${f.last_close.toFixed(2)} on ${f.as_of}. Median forecast ` +
       `for ${lastStep.date} (${lastStep.step} trading day${lastStep.step === 1 ? "" : "s"} ` +
       `ahead): $${lastStep.close.toFixed(2)} (${pct}%), 10–90% band ` +
-      `$${lastStep.lower.toFixed(2)} – $${lastStep.upper.toFixed(2)}. ` + bandRecord(f.band);
+      `$${lastStep.lower.toFixed(2)} – $${lastStep.upper.toFixed(2)}.`;
   }
 
   // How the served band has held lately: the share of next-day closes inside the 80% band
