@@ -43,8 +43,9 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest
 
 # One CPU thread: the shipped artifact was trained so, and float sums then run in one order.
+# --no-progress: the run's settings are part of meta.json (the content hash), progress included.
 train: $(VENV)/.dev seed
-	$(BIN)/stockcast train --universe top24 --threads 1
+	$(BIN)/stockcast train --universe top24 --threads 1 --no-progress
 
 backtest: $(VENV)/.runtime seed
 	$(BIN)/stockcast backtest
