@@ -172,19 +172,26 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     scores = _scores(median, base.lower, base.upper, y[..., None])  # (N, K, L)
 
     # Per origin s and slot k, its calibration window: the scores of origins s-d-cal+1 .. s-d,
-    # all known by s. n_known[s] of them are defined; below[s] of those are < scores[s].
-    below = np.zeros(scores.shape)
-    n_known = np.zeros(scores.shape)
-    windows = []  # per slot (N, L, cal): the window behind each origin, NaN-padded
+    # all known by s. n_known[s] of them are defined; below[s] of those are < scores[s]. Only
+    # the origins some run steps through are counted (`at`: their row in below / n_known).
+    steps_at = (t[:, None] - lookback + np.arange(lookback)[None, :]).ravel()
+    needed = np.unique(steps_at[steps_at >= 0])
+    at = np.zeros(n_origins, dtype=np.intp)
+    at[needed] = np.arange(needed.size)
+    # (At least one row: a run with no origin behind it still indexes row 0, unscored.)
+    below = np.zeros((max(needed.size, 1), k_slots, nominal.size))
+    n_known = np.zeros((max(needed.size, 1), k_slots, nominal.size))
+    windows = []  # per slot (N, L, cal): the window behind each origin, NaN-padded (a view)
     for k in range(k_slots):
         # With `shift` NaNs in front, padded[s .. s+cal-1] = scores[s-d-cal+1 .. s-d].
         shift = d[k] + cal - 1
         padded = np.concatenate([np.full((shift, nominal.size), np.nan), scores[:, k, :]])
         win = sliding_window_view(padded, cal, axis=0)[:n_origins]  # (N, L, cal)
         windows.append(win)
-        known = np.isfinite(win)
-        n_known[:, k, :] = known.sum(axis=-1)
-        below[:, k, :] = (known & (win < scores[:, k, :, None])).sum(axis=-1)
+        part = win[needed]  # (R, L, cal)
+        known = np.isfinite(part)
+        n_known[: needed.size, k, :] = known.sum(axis=-1)
+        below[: needed.size, k, :] = (known & (part < scores[needed, k, :, None])).sum(axis=-1)
 
     alpha = np.broadcast_to(1.0 - nominal, (t.size, k_slots, nominal.size)).copy()
     steps = np.zeros((lookback, t.size, k_slots, nominal.size))  # γ (α - err) of each run step
@@ -202,11 +209,11 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
         # Read only what is known at the target: origin s's outcome needs s + d <= t.
         known = (k + d <= lookback)[None, :] & present[:, None]  # (n, K)
         rows = np.where(present, s, 0)
-        score, n = scores[rows], n_known[rows]  # (n, K, L)
-        scored = known[..., None] & np.isfinite(score) & (n > 0)
+        score, n = scores[rows], n_known[at[rows]]  # (n, K, L)
+        scored = known[..., None] & present[:, None, None] & np.isfinite(score) & (n > 0)
         # Outside ⟺ S_s above the ⌈(1-α)(n+1)⌉-th smallest past score ⟺ below_s >= that rank.
         rank = np.ceil((1.0 - alpha) * (n + 1))
-        err = below[rows] >= rank
+        err = below[at[rows]] >= rank
         steps[k] = np.where(scored, gamma * ((1.0 - nominal) - err), 0.0)
 
     # The band at each target: Q̂ = the ⌈(1-α_t)(n+1)⌉-th smallest score of its window.
@@ -214,7 +221,7 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     upper = np.empty(alpha.shape)
     for k in range(k_slots):
         win = np.sort(windows[k][t], axis=-1)  # (n, L, cal), NaN (unknown) sorted last
-        n = n_known[t, k, :]
+        n = np.isfinite(win).sum(axis=-1)
         rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, L)
         pick = np.take_along_axis(win, np.maximum(rank - 1, 0).astype(np.intp)[..., None],
                                   axis=-1)[..., 0]
