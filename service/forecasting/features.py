@@ -8,7 +8,9 @@ dropped rather than filled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -30,29 +32,173 @@ from service.forecasting.volatility import (
 # FeatureSpec is frozen, so one shared default instance is safe.
 DEFAULT_SPEC = FeatureSpec()
 
+
+class _Series:
+    """One ticker's adj close and volume (RangeIndex), the shared `ta` indicators made once.
+
+    `ohlc` is (T, 4) open, high, low, close as quoted (unadjusted), for the range features.
+    """
+
+    def __init__(self, adj: pd.Series, volume: pd.Series, ohlc: np.ndarray):
+        self.adj, self.volume, self.ohlc = adj, volume, ohlc
+        self.price = adj.to_numpy()
+
+    @cached_property
+    def log_return(self) -> np.ndarray:
+        return log_returns(np.log(self.price))
+
+    @cached_property
+    def macd(self) -> MACD:
+        return MACD(self.adj, window_slow=P.macd_slow, window_fast=P.macd_fast,
+                    window_sign=P.macd_signal, fillna=False)
+
+    @cached_property
+    def bands(self) -> BollingerBands:
+        return BollingerBands(self.adj, window=P.bollinger_window, window_dev=P.bollinger_dev,
+                              fillna=False)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One registered feature: its name, its warm-up (leading bars it leaves NaN), its formula."""
+
+    name: str
+    warmup: int
+    compute: Callable[[_Series], np.ndarray]  # the whole series' values, NaN in the warm-up
+
+
+# Every feature a model may use, by name (a spec picks and orders them: FeatureSpec.features).
+# Adding one: a function below with @feature(name, warmup), plus its test; listing it in
+# spec.FEATURE_NAMES makes it a default input (bump FEATURES_VERSION when meanings change).
+FEATURES: dict[str, Feature] = {}
+
+
+def feature(name: str, warmup: int):
+    """Register `compute(series) -> values` as the feature `name`."""
+    def register(compute: Callable[[_Series], np.ndarray]):
+        FEATURES[name] = Feature(name, warmup, compute)
+        return compute
+    return register
+
+
 # Leading bars without a defined value, per feature, for the parameters in INDICATOR_PARAMS; the
 # test suite checks each against what `ta` actually returns. RSI(14) is defined from bar 13
 # because `ta` treats the undefined first change as 0; the MACD signal needs 25 + 8 bars.
-FEATURE_WARMUP: dict[str, int] = {
-    "log_return": 1,
-    "rsi14": P.rsi_window - 1,
-    "sma20_ratio": P.sma_short - 1,
-    "sma50_ratio": P.sma_long - 1,
-    "macd": P.macd_slow - 1,
-    "macd_signal": P.macd_slow - 1 + P.macd_signal - 1,
-    "macd_hist": P.macd_slow - 1 + P.macd_signal - 1,
-    "bb_pctb": P.bollinger_window - 1,
-    "bb_width": P.bollinger_window - 1,
-    "volume_z": P.volume_z_window - 1,
-    "ewma_vol": EWMA_MIN_PERIODS,  # min_periods returns, the first of them at bar 1
-    "gk_vol": P.gk_window - 1,
-    "atr_ratio": P.atr_window - 1,
-    "vol_ratio": P.vol_long,  # vol_long returns, the first at bar 1
-}
+# Arithmetic on the `ta` outputs is done in numpy: per-op pandas overhead dominates here, and the
+# serving path computes features on cold requests.
+
+
+@feature("log_return", warmup=1)
+def _log_return(s: _Series) -> np.ndarray:
+    return s.log_return
+
+
+@feature("rsi14", warmup=P.rsi_window - 1)
+def _rsi(s: _Series) -> np.ndarray:
+    return RSIIndicator(s.adj, window=P.rsi_window, fillna=False).rsi().to_numpy() / 100.0
+
+
+@feature("sma20_ratio", warmup=P.sma_short - 1)
+def _sma_short_ratio(s: _Series) -> np.ndarray:
+    return SMAIndicator(s.adj, window=P.sma_short).sma_indicator().to_numpy() / s.price - 1.0
+
+
+@feature("sma50_ratio", warmup=P.sma_long - 1)
+def _sma_long_ratio(s: _Series) -> np.ndarray:
+    return SMAIndicator(s.adj, window=P.sma_long).sma_indicator().to_numpy() / s.price - 1.0
+
+
+@feature("macd", warmup=P.macd_slow - 1)
+def _macd(s: _Series) -> np.ndarray:
+    return s.macd.macd().to_numpy() / s.price
+
+
+@feature("macd_signal", warmup=P.macd_slow - 1 + P.macd_signal - 1)
+def _macd_signal(s: _Series) -> np.ndarray:
+    return s.macd.macd_signal().to_numpy() / s.price
+
+
+@feature("macd_hist", warmup=P.macd_slow - 1 + P.macd_signal - 1)
+def _macd_hist(s: _Series) -> np.ndarray:
+    return s.macd.macd_diff().to_numpy() / s.price
+
+
+@feature("bb_pctb", warmup=P.bollinger_window - 1)
+def _bollinger_pctb(s: _Series) -> np.ndarray:
+    # pband is undefined on a flat 20-day window (upper == lower); the price then sits on the
+    # middle band, which is %B 0.5. Rows still in the band's own warm-up stay NaN.
+    pctb = s.bands.bollinger_pband().to_numpy()
+    flat = np.isnan(pctb) & ~np.isnan(s.bands.bollinger_mavg().to_numpy())
+    return np.where(flat, 0.5, pctb)
+
+
+@feature("bb_width", warmup=P.bollinger_window - 1)
+def _bollinger_width(s: _Series) -> np.ndarray:
+    # ta's wband is in percent: (upper - lower) / middle * 100.
+    return s.bands.bollinger_wband().to_numpy() / 100.0
+
+
+@feature("volume_z", warmup=P.volume_z_window - 1)
+def _volume_z(s: _Series) -> np.ndarray:
+    log_volume = np.log1p(s.volume)
+    rolling = log_volume.rolling(P.volume_z_window, min_periods=P.volume_z_window)
+    vol_mean, vol_std = rolling.mean().to_numpy(), rolling.std(ddof=0).to_numpy()
+    # A flat volume window has no spread: call today's volume typical (z = 0).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        volume_z = np.where(vol_std > 0, (log_volume.to_numpy() - vol_mean) / vol_std, 0.0)
+    volume_z[np.isnan(vol_std)] = np.nan
+    return volume_z
+
+
+# Volatility (daily, of log returns; service/forecasting/volatility.py), feature version 2.
+
+
+@feature("ewma_vol", warmup=EWMA_MIN_PERIODS)  # min_periods returns, the first at bar 1
+def _ewma_vol(s: _Series) -> np.ndarray:
+    return ewma_volatility(s.log_return)
+
+
+@feature("gk_vol", warmup=P.gk_window - 1)
+def _garman_klass_vol(s: _Series) -> np.ndarray:
+    open_, high, low, close = s.ohlc.T
+    return garman_klass_volatility(open_, high, low, close, P.gk_window)
+
+
+@feature("atr_ratio", warmup=P.atr_window - 1)
+def _atr_ratio(s: _Series) -> np.ndarray:
+    # True range reads the previous close: on quoted prices a split is a huge fake range, so
+    # high/low/close are put on the adjusted basis first (factor adj_close / close per bar).
+    _, high, low, close = s.ohlc.T
+    factor = s.price / close
+    atr = AverageTrueRange(pd.Series(high * factor), pd.Series(low * factor),
+                           pd.Series(s.price), window=P.atr_window,
+                           fillna=False).average_true_range().to_numpy().copy()
+    atr[: P.atr_window - 1] = np.nan  # `ta` leaves zeros before its first average
+    return atr / s.price
+
+
+@feature("vol_ratio", warmup=P.vol_long)  # vol_long returns, the first at bar 1
+def _vol_ratio(s: _Series) -> np.ndarray:
+    short = rms_volatility(s.log_return, P.vol_short)
+    long = rms_volatility(s.log_return, P.vol_long)
+    # A flat stretch has no volatility in either window: call the regime unchanged (ratio 1).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(long > 0, short / long, 1.0)
+    ratio[np.isnan(long)] = np.nan
+    return ratio
+
+
+FEATURE_WARMUP: dict[str, int] = {name: f.warmup for name, f in FEATURES.items()}
+
+
+def _indicators(adj: pd.Series, volume: pd.Series, ohlc: np.ndarray) -> dict[str, np.ndarray]:
+    """Every registered feature over the whole series, NaN during each one's warm-up."""
+    series = _Series(adj, volume, ohlc)
+    return {name: f.compute(series) for name, f in FEATURES.items()}
 
 
 def _check_feature_names(names: Sequence[str]) -> None:
-    unknown = [n for n in names if n not in FEATURE_WARMUP]
+    unknown = [n for n in names if n not in FEATURES]
     if unknown:
         raise ValueError(f"unknown features {unknown}; known: {list(FEATURE_NAMES)}")
 
@@ -60,7 +206,7 @@ def _check_feature_names(names: Sequence[str]) -> None:
 def warmup_bars(spec: FeatureSpec = DEFAULT_SPEC) -> int:
     """Leading bars dropped by build_features for this spec (the slowest feature's warm-up)."""
     _check_feature_names(spec.features)
-    return max(FEATURE_WARMUP[name] for name in spec.features)
+    return max(FEATURES[name].warmup for name in spec.features)
 
 
 WARMUP_BARS = warmup_bars(DEFAULT_SPEC)
@@ -102,8 +248,8 @@ def build_features(bars: pd.DataFrame, spec: FeatureSpec = DEFAULT_SPEC) -> pd.D
             f"bars on {dates[np.argmax(bad)].date()} need a positive open, high, low and close"
         )
     # A RangeIndex keeps the `ta` series aligned with each other whatever index bars carries.
-    all_features = _indicators(pd.Series(price), pd.Series(shares), ohlc)
-    values = np.column_stack([all_features[name][warmup:] for name in spec.features])
+    series = _Series(pd.Series(price), pd.Series(shares), ohlc)
+    values = np.column_stack([FEATURES[name].compute(series)[warmup:] for name in spec.features])
     # Valid bars give finite features past the warm-up; anything else is a bug here, not bad input.
     if not np.isfinite(values).all():
         raise RuntimeError("non-finite feature after the warm-up from valid bars")
@@ -142,77 +288,6 @@ def build_features_many(
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=_empty_dtype(c)) for c in columns})
     return pd.concat(parts, ignore_index=True)[columns]
-
-
-def _indicators(adj: pd.Series, volume: pd.Series, ohlc: np.ndarray) -> dict[str, np.ndarray]:
-    """Every known feature over the whole series, NaN during each one's warm-up.
-
-    `ohlc` is (T, 4) open, high, low, close as quoted (unadjusted).
-    """
-    # Arithmetic on the `ta` outputs is done in numpy: per-op pandas overhead dominates here,
-    # and the serving path calls this on cold requests.
-    price = adj.to_numpy()
-    macd = MACD(adj, window_slow=P.macd_slow, window_fast=P.macd_fast,
-                window_sign=P.macd_signal, fillna=False)
-    bands = BollingerBands(adj, window=P.bollinger_window, window_dev=P.bollinger_dev,
-                           fillna=False)
-    # pband is undefined on a flat 20-day window (upper == lower); the price then sits on the
-    # middle band, which is %B 0.5. Rows still in the band's own warm-up stay NaN.
-    pctb = bands.bollinger_pband().to_numpy()
-    flat = np.isnan(pctb) & ~np.isnan(bands.bollinger_mavg().to_numpy())
-    pctb = np.where(flat, 0.5, pctb)
-
-    log_volume = np.log1p(volume)
-    rolling = log_volume.rolling(P.volume_z_window, min_periods=P.volume_z_window)
-    vol_mean, vol_std = rolling.mean().to_numpy(), rolling.std(ddof=0).to_numpy()
-    # A flat volume window has no spread: call today's volume typical (z = 0).
-    with np.errstate(divide="ignore", invalid="ignore"):
-        volume_z = np.where(vol_std > 0, (log_volume.to_numpy() - vol_mean) / vol_std, 0.0)
-    volume_z[np.isnan(vol_std)] = np.nan
-
-    sma_short = SMAIndicator(adj, window=P.sma_short).sma_indicator().to_numpy()
-    sma_long = SMAIndicator(adj, window=P.sma_long).sma_indicator().to_numpy()
-    log_return = log_returns(np.log(price))
-    return {
-        "log_return": log_return,
-        "rsi14": RSIIndicator(adj, window=P.rsi_window, fillna=False).rsi().to_numpy() / 100.0,
-        "sma20_ratio": sma_short / price - 1.0,
-        "sma50_ratio": sma_long / price - 1.0,
-        "macd": macd.macd().to_numpy() / price,
-        "macd_signal": macd.macd_signal().to_numpy() / price,
-        "macd_hist": macd.macd_diff().to_numpy() / price,
-        "bb_pctb": pctb,
-        # ta's wband is in percent: (upper - lower) / middle * 100.
-        "bb_width": bands.bollinger_wband().to_numpy() / 100.0,
-        "volume_z": volume_z,
-        **_volatility(price, log_return, ohlc),
-    }
-
-
-def _volatility(price: np.ndarray, log_return: np.ndarray,
-                ohlc: np.ndarray) -> dict[str, np.ndarray]:
-    """The volatility features (see spec.FEATURE_NAMES), NaN during each one's warm-up."""
-    open_, high, low, close = ohlc.T
-    ewma = ewma_volatility(log_return)
-    # True range reads the previous close: on quoted prices a split is a huge fake range, so
-    # high/low/close are put on the adjusted basis first (factor adj_close / close per bar).
-    factor = price / close
-    atr = AverageTrueRange(pd.Series(high * factor), pd.Series(low * factor),
-                           pd.Series(price), window=P.atr_window,
-                           fillna=False).average_true_range().to_numpy().copy()
-    atr[: P.atr_window - 1] = np.nan  # `ta` leaves zeros before its first average
-    short = rms_volatility(log_return, P.vol_short)
-    long = rms_volatility(log_return, P.vol_long)
-    # A flat stretch has no volatility in either window: call the regime unchanged (ratio 1).
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(long > 0, short / long, 1.0)
-    ratio[np.isnan(long)] = np.nan
-    return {
-        "ewma_vol": ewma,
-        "gk_vol": garman_klass_volatility(open_, high, low, close, P.gk_window),
-        "atr_ratio": atr / price,
-        "vol_ratio": ratio,
-    }
 
 
 def _empty_dtype(column: str):
