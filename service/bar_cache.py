@@ -6,13 +6,13 @@ import datetime as dt
 import logging
 import threading
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from service.db import bars as bars_db
 from service.errors import DatabaseUnavailable, SourceUnavailable, UnknownTicker
@@ -29,6 +29,22 @@ REBASE_OVERLAP_DAYS = 7
 # Relative price change on an already-stored date that counts as a re-base (rounding is ~1e-6;
 # the smallest dividend adjustments are ~1e-3).
 REBASE_RTOL = 1e-4
+
+# Called with (connection, tickers) after bars of those tickers were written (the forecast
+# ledger scores what became due); its failure never undoes the bars.
+AfterWrite = Callable[[Connection, Sequence[str]], object]
+
+
+def run_after_write(engine: Engine, after_write: AfterWrite | None,
+                    tickers: Sequence[str]) -> None:
+    """Run the after-write hook in its own transaction; log, do not raise, if it fails."""
+    if after_write is None or not tickers:
+        return
+    try:
+        with engine.begin() as conn:
+            after_write(conn, list(tickers))
+    except SQLAlchemyError as exc:
+        log.warning("bars stored, but the after-write step failed: %s", exc)
 
 
 @dataclass(frozen=True)
@@ -70,8 +86,10 @@ class BarCache:
 
     def __init__(self, engine: Engine, source: BarSource, *,
                  refresh_interval: dt.timedelta = dt.timedelta(hours=1),
-                 clock=_utcnow, history_days: int = DEFAULT_HISTORY_DAYS):
+                 clock=_utcnow, history_days: int = DEFAULT_HISTORY_DAYS,
+                 after_write: AfterWrite | None = None):
         self.engine = engine
+        self.after_write = after_write
         self.source = source
         self.refresh_interval = refresh_interval
         self.clock = clock
@@ -179,6 +197,8 @@ class BarCache:
         with self.engine.begin() as conn:
             count = bars_db.upsert_bars(conn, result.bars, source=self.source.name)
             bars_db.record_refresh(conn, ticker, "ok", None, at=self.clock())
+        if count.written:
+            run_after_write(self.engine, self.after_write, [ticker])
         if not have_bars and count.offered == 0:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "unknown", "no valid bars", at=self.clock())

@@ -10,6 +10,7 @@ import pandas as pd
 from sqlalchemy import Engine
 from tqdm import tqdm
 
+from service.bar_cache import AfterWrite, run_after_write
 from service.db.bars import upsert_bars
 from service.sources.validate import validate_bars
 
@@ -36,8 +37,11 @@ class IngestReport:
 
 
 def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
-                 progress: bool = False) -> IngestReport:
-    """Validate a multi-ticker frame and upsert every valid row in one transaction."""
+                 progress: bool = False, after_write: AfterWrite | None = None) -> IngestReport:
+    """Validate a multi-ticker frame and upsert every valid row in one transaction.
+
+    `after_write(conn, tickers)` then runs in its own transaction (the ledger's scoring).
+    """
     result = validate_bars(frame)
     bars = result.bars
     with tqdm(total=len(bars), unit="bars", desc="ingest", disable=not progress,
@@ -48,21 +52,25 @@ def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
                           rejected=dict(result.rejected),
                           tickers=int(bars["ticker"].nunique()) if len(bars) else 0)
     assert report.read == report.stored + report.n_rejected, report  # reconciliation invariant
+    if count.written:
+        run_after_write(engine, after_write, sorted(bars["ticker"].unique()))
     return report
 
 
 def ingest_file(engine: Engine, path: Path, ticker: str | None = None,
-                progress: bool = False) -> IngestReport:
+                progress: bool = False, after_write: AfterWrite | None = None) -> IngestReport:
     """Ingest a CSV/Parquet file of bars (see service.sources.csv for accepted layouts)."""
     from service.sources.csv import read_bars_file
 
     return ingest_frame(engine, read_bars_file(path, ticker=ticker), source="csv",
-                        progress=progress)
+                        progress=progress, after_write=after_write)
 
 
 def ingest_from_source(engine: Engine, source, tickers: list[str], start: dt.date | None,
-                       end: dt.date | None, progress: bool = False) -> IngestReport:
+                       end: dt.date | None, progress: bool = False,
+                       after_write: AfterWrite | None = None) -> IngestReport:
     """Fetch each ticker from a BarSource and ingest the lot."""
     frames = [source.fetch(t, start, end).assign(ticker=t) for t in tickers]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return ingest_frame(engine, frame, source=source.name, progress=progress)
+    return ingest_frame(engine, frame, source=source.name, progress=progress,
+                        after_write=after_write)

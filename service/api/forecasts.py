@@ -9,6 +9,7 @@ nor the features: two dict lookups (`cached`). A new bar reaches forecasts withi
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -17,16 +18,21 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.bar_cache import BarCache, CachedBars, KeyedLocks
+from service.db.ledger import record_forecasts
 from service.errors import (
     DatabaseUnavailable,
     InsufficientHistory,
     InvalidTicker,
     StockcastError,
 )
+from service.evaluation.ledger import ledger_rows
 from service.inference.predictor import Forecast, Predictor
 from service.tickers import normalize_ticker
+
+log = logging.getLogger(__name__)
 
 # Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
@@ -35,6 +41,9 @@ SERVING_EXTRA_BARS = 300
 # Seconds after which an expired bar check that one request took on to renew may be taken on by
 # another (the first never finished).
 RENEWAL_TIMEOUT = 10.0
+# Live forecasts known to be in the ledger (kept apart from the forecast cache, whose size may be
+# 0): a forecast served again is not written again; one forgotten is re-offered, harmlessly.
+RECORDED_KEYS = 65_536
 
 
 class LruCache:
@@ -96,8 +105,10 @@ class ForecastService:
 
     def __init__(self, bar_cache: BarCache, *, cache_size: int = 4096,
                  bar_check_ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic,
-                 on_lookup: Callable[[bool], None] | None = None):
+                 on_lookup: Callable[[bool], None] | None = None, record_live: bool = True):
         self.bar_cache = bar_cache
+        self.record_live = record_live
+        self.recorded = LruCache(RECORDED_KEYS)
         self.forecasts = LruCache(cache_size)
         self.checks = LruCache(cache_size)
         self.bar_check_ttl = bar_check_ttl
@@ -157,10 +168,12 @@ class ForecastService:
         if (self.monotonic() - check.checked_at >= self.bar_check_ttl
                 and self._claim(key, claimant)):
             return None  # this request renews the check; the others keep using it meanwhile
-        forecast = self.forecasts.get(
-            (ticker, check.last_bar_date, predictor.model_version, horizon))
+        key = (ticker, check.last_bar_date, predictor.model_version, horizon)
+        forecast = self.forecasts.get(key)
         if forecast is None:
             return None
+        if self._unrecorded(key, as_of):
+            return None  # first served live (it was computed as a what-if): record it
         self._count(hit=True)
         return ServedForecast(forecast, check.stale, check.warnings, True)
 
@@ -171,6 +184,7 @@ class ForecastService:
 
         DatabaseUnavailable is not per ticker: it is raised for the whole request.
         `claimant`: the request, as passed to `cached` before.
+        Live forecasts (as of the latest bar) enter the ledger here, once each.
         """
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
@@ -207,6 +221,9 @@ class ForecastService:
                 stale, warnings = ((check.stale, check.warnings) if check.stale
                                    else (bars.stale, bars.warnings))
                 results[i] = ServedForecast(forecast, stale, warnings, False)
+        if end is None:
+            self._record(predictor, [r.forecast for r in results if isinstance(r, ServedForecast)],
+                         horizon)
         return results  # type: ignore[return-value]
 
     def clear(self) -> None:
@@ -271,6 +288,31 @@ class ForecastService:
         finally:
             self._release(key, claimant)
         return check, (read if len(read.bars) > 1 else None)
+
+    def _unrecorded(self, key: tuple, as_of: dt.date | None) -> bool:
+        """True for a live forecast not yet known to be in the ledger."""
+        return (self.record_live and self._end(as_of) is None
+                and self.recorded.get(key) is None)
+
+    def _record(self, predictor: Predictor, forecasts: Sequence[Forecast], horizon: int) -> None:
+        """Put live forecasts into the ledger once; a database error only skips the record."""
+        if not self.record_live:
+            return
+        keys = [(f.ticker, f.as_of, f.model_version, horizon) for f in forecasts]
+        todo = [(k, f) for k, f in zip(keys, forecasts) if self.recorded.get(k) is None]
+        if not todo:
+            return
+        quantiles = predictor.spec.quantiles
+        rows = [row for _, f in todo for row in ledger_rows(f, quantiles[0], quantiles[-1])]
+        try:
+            with self.bar_cache.engine.begin() as conn:
+                record_forecasts(conn, rows)
+        except SQLAlchemyError as exc:
+            log.warning("forecasts served but not recorded in the ledger: %s",
+                        exc.__class__.__name__)
+            return
+        for key, _ in todo:
+            self.recorded.put(key, True)
 
     def _count(self, hit: bool) -> None:
         with self._count_lock:

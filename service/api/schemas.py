@@ -290,3 +290,34 @@ class BarsPublic(BaseModel):
     adj_close: list[float]
     volume: list[int]
     indicators: IndicatorsPublic
+
+
+class LiveMetricsRowPublic(BaseModel):
+    """How one model's live forecasts at one horizon did, for one ticker or all pooled."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    ticker: str = Field(description="A ticker, or '*' for all tickers pooled.")
+    horizon: int = Field(description="Trading days from as_of to the target bar.")
+    model_version: str
+    n_forecasts: int = Field(description="Live forecasts recorded.")
+    n_scored: int = Field(description="Of those, scored: their target bar has arrived.")
+    mae: float | None = Field(description="Mean |median - realized close|, dollars.")
+    naive_mae: float | None = Field(
+        description="Mean |last close - realized close| on the same forecasts.")
+    rel_mae: float | None = Field(description="mae / naive_mae (< 1 beats naive).")
+    coverage: float | None = Field(
+        description="Share of scored forecasts whose realized close fell inside the band.")
+
+
+class LiveMetricsPublic(BaseModel):
+    """The forecast ledger's scores: every live forecast served, scored as its bar arrived."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"metrics": [
+        {"ticker": "*", "horizon": 1, "model_version": "381c7b89db93", "n_forecasts": 48,
+         "n_scored": 24, "mae": 1.31, "naive_mae": 1.29, "rel_mae": 1.0155, "coverage": 0.875},
+        {"ticker": "AAPL", "horizon": 1, "model_version": "381c7b89db93", "n_forecasts": 2,
+         "n_scored": 1, "mae": 0.84, "naive_mae": 1.02, "rel_mae": 0.8235, "coverage": 1.0},
+    ]}]})
+
+    metrics: list[LiveMetricsRowPublic]
