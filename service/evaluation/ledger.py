@@ -40,7 +40,7 @@ def score_ledger(conn: Connection, tickers: Sequence[str] | None = None,
         return 0
     bars = read_bars_many(conn, sorted(due["ticker"].unique()),
                           start=min(due["as_of"]))
-    return ledger_db.store_scores(conn, score_forecasts(due, bars[["ticker", "date", "close"]]),
+    return ledger_db.store_scores(conn, score_forecasts(due, bars[["ticker", "date", "close", "adj_close"]]),
                                   at)
 
 

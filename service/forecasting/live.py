@@ -1,9 +1,8 @@
 """Scoring live forecasts once their outcome is known: pure numpy/pandas, no database.
 
 A forecast made from the bars up to `as_of` for `horizon` trading days is due when the ticker's
-`horizon`-th stored bar after `as_of` exists; that bar's close is the realized close. Counting
-stored bars (not calendar days) is how the backtest defines t+h too, so the two agree, whatever
-exchange the ticker trades on.
+`horizon`-th stored bar after `as_of` exists. Counting stored bars (not calendar days) is how the
+backtest defines t+h too, so the two agree, whatever exchange the ticker trades on.
 """
 
 from __future__ import annotations
@@ -19,12 +18,15 @@ def score_forecasts(forecasts: pd.DataFrame, bars: pd.DataFrame) -> pd.DataFrame
     """The due forecasts among `forecasts`, with their scores.
 
     forecasts: ticker, as_of, horizon, last_close, lower, median, upper (one row per forecast).
-    bars: ticker, date, close of the stored bars (at least from the earliest as_of on).
+    bars: ticker, date, close, adj_close of the stored bars (at least from the earliest as_of).
     Returns the due rows with realized_date, realized_close, error (median - realized),
-    naive_error (last_close - realized) and inside (lower <= realized <= upper). When the
-    stored close at as_of differs from the recorded last_close, the source re-based past prices
-    (a split, a dividend) after the forecast: the forecast's prices are put on the stored bars'
-    base by that ratio before scoring, so a 2:1 split is not scored as a 50% miss.
+    naive_error (last_close - realized) and inside (lower <= realized <= upper).
+
+    As in the backtest (service.forecasting.backtest), the realized close is the origin's
+    stored close carried forward by the adjusted move, close_t * adj_{t+h} / adj_t: the quoted
+    close_{t+h} unless a split or dividend falls in between, and then not a fake 50% miss.
+    When the stored close at as_of differs from the recorded last_close, the source re-based
+    past prices after the forecast: its prices are put on the stored base by that ratio.
     """
     out = []
     by_ticker = {t: g.sort_values("date") for t, g in bars.groupby("ticker", sort=False)}
@@ -34,6 +36,7 @@ def score_forecasts(forecasts: pd.DataFrame, bars: pd.DataFrame) -> pd.DataFrame
             continue
         dates = pd.to_datetime(stored["date"]).to_numpy(dtype="datetime64[ns]")
         closes = stored["close"].to_numpy(dtype=np.float64)
+        adjusted = stored["adj_close"].to_numpy(dtype=np.float64)
         as_of = pd.to_datetime(group["as_of"]).to_numpy(dtype="datetime64[ns]")
         after = np.searchsorted(dates, as_of, side="right")  # first bar after as_of
         target = after + group["horizon"].to_numpy(dtype=np.int64) - 1
@@ -41,12 +44,12 @@ def score_forecasts(forecasts: pd.DataFrame, bars: pd.DataFrame) -> pd.DataFrame
         if not due.any():
             continue
         rows = group.loc[due].copy()
-        target, after = target[due], after[due]
-        at_as_of = after - 1
-        has_base = (at_as_of >= 0) & (dates[np.maximum(at_as_of, 0)] == as_of[due])
+        target, origin, as_of = target[due], np.maximum(after[due] - 1, 0), as_of[due]
+        has_origin = (after[due] >= 1) & (dates[origin] == as_of)
         last_close = rows["last_close"].to_numpy(dtype=np.float64)
-        base = np.where(has_base, closes[np.maximum(at_as_of, 0)] / last_close, 1.0)
-        realized = closes[target]
+        base = np.where(has_origin, closes[origin] / last_close, 1.0)
+        realized = np.where(has_origin, closes[origin] * adjusted[target] / adjusted[origin],
+                            closes[target])
         rows["realized_date"] = pd.to_datetime(dates[target]).date
         rows["realized_close"] = realized
         rows["error"] = rows["median"].to_numpy(dtype=np.float64) * base - realized

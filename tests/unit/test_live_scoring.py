@@ -11,9 +11,10 @@ import pytest
 from service.forecasting.live import relative_mae, score_forecasts
 
 
-def bars(ticker: str, closes: list[float], start: str = "2024-03-04") -> pd.DataFrame:
+def bars(ticker: str, closes: list[float], start: str = "2024-03-04",
+         adjusted: list[float] | None = None) -> pd.DataFrame:
     return pd.DataFrame({"ticker": ticker, "date": pd.bdate_range(start, periods=len(closes)),
-                         "close": closes})
+                         "close": closes, "adj_close": adjusted or [c * 0.9 for c in closes]})
 
 
 def forecast(ticker="AAA", as_of="2024-03-05", horizon=1, last_close=100.0, lower=95.0,
@@ -43,6 +44,14 @@ def test_prices_re_based_after_the_forecast_are_scored_on_the_new_base():
     assert row["error"] == pytest.approx(101.0 / 2 - 52.0)
     assert row["naive_error"] == pytest.approx(50.0 - 52.0)
     assert row["inside"]  # 47.5 <= 52 <= 52.5
+
+
+def test_a_dividend_in_between_counts_as_part_of_the_move_as_in_the_backtest():
+    # Ex-dividend on Wednesday: the quoted close drops by $2, the adjusted series does not.
+    stored = bars("AAA", [99.0, 100.0, 100.0], adjusted=[97.02, 98.0, 100.0])
+    row = score_forecasts(pd.DataFrame([forecast()]), stored).iloc[0]
+    assert row["realized_close"] == pytest.approx(100.0 * 100.0 / 98.0)
+    assert row["error"] == pytest.approx(101.0 - 100.0 * 100.0 / 98.0)
 
 
 def test_tickers_are_scored_against_their_own_bars_only():
