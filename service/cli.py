@@ -82,6 +82,7 @@ def ingest(
 ):
     """Load bars into the cache and print `read N, stored M, rejected K (reasons)`."""
     from service.errors import StockcastError
+    from service.evaluation.ledger import score_ledger
     from service.ingest import ingest_file, ingest_from_source
 
     with _engine() as engine:
@@ -91,7 +92,8 @@ def ingest(
                     _fail("--path is required with --source csv")
                 if not path.exists():
                     _fail(f"no such file: {path}")
-                report = ingest_file(engine, path, ticker=ticker, progress=progress)
+                report = ingest_file(engine, path, ticker=ticker, progress=progress,
+                                     after_write=score_ledger)
             elif source == "yfinance":
                 from service.sources.base import make_source
 
@@ -99,7 +101,7 @@ def ingest(
                 report = ingest_from_source(
                     engine, make_source(settings), _parse_tickers(tickers or ticker),
                     start.date() if start else None, end.date() if end else None,
-                    progress=progress)
+                    progress=progress, after_write=score_ledger)
             else:
                 _fail(f"unknown source {source!r}: use csv or yfinance")
         except StockcastError as exc:
@@ -126,22 +128,47 @@ def seed_dataset_path() -> Path | None:
 
 @app.command()
 def seed(force: bool = typer.Option(False, help="Ingest even if bars are already cached.")):
-    """Fill an empty cache from offline real bars (shared dataset or bokeh-sampledata)."""
+    """Fill an empty cache from offline real bars (shared dataset or bokeh-sampledata), and
+    store the served model's own backtest (models/<version>/backtest.json) if none is stored."""
     from service.db.bars import count_bars
+    from service.evaluation.ledger import score_ledger
     from service.ingest import ingest_file
 
     with _engine() as engine:
         existing = count_bars(engine)
         if existing and not force:
             typer.echo(f"cache already holds {existing} bars; nothing to seed")
-            return
-        path = seed_dataset_path()
-        if path is None:
-            _fail(f"no offline bars found: expected "
-                  f"{get_settings().data_dir / SHARED_DATASET_NAME} "
-                  "or the bokeh-sampledata package (pip install bokeh-sampledata)")
-        typer.echo(f"seeding the bar cache from {path}")
-        typer.echo(ingest_file(engine, path, progress=True).summary())
+        else:
+            path = seed_dataset_path()
+            if path is None:
+                _fail(f"no offline bars found: expected "
+                      f"{get_settings().data_dir / SHARED_DATASET_NAME} "
+                      "or the bokeh-sampledata package (pip install bokeh-sampledata)")
+            typer.echo(f"seeding the bar cache from {path}")
+            typer.echo(ingest_file(engine, path, progress=True,
+                                   after_write=score_ledger).summary())
+        typer.echo(_store_shipped_backtest(engine))
+
+
+def _store_shipped_backtest(engine: Engine) -> str:
+    """Store models/current's backtest report unless its version has a run; what happened."""
+    from service.errors import StockcastError
+    from service.evaluation.artifact_backtest import REPORT_FILE, store_report
+    from service.forecasting.manifest import load_manifest, resolve_current
+
+    try:
+        manifest = load_manifest(resolve_current(get_settings().model_dir))
+        with engine.begin() as conn:
+            stored = store_report(conn, manifest)
+    except (StockcastError, ValueError) as exc:
+        return f"no shipped backtest stored: {exc}"
+    if stored is None:
+        return (f"model {manifest.version} carries no {REPORT_FILE}: "
+                "run `stockcast backtest` to measure it")
+    run_id, new = stored
+    if new:
+        return f"stored the backtest model {manifest.version} ships with as run {run_id}"
+    return f"model {manifest.version} already has a stored backtest (run {run_id})"
 
 
 @app.command()
@@ -286,9 +313,10 @@ def backtest(
 
     from service.backtest_plots import write_backtest_plots
     from service.config import PROJECT_ROOT
-    from service.db.backtests import get_metrics, store_run
+    from service.db.backtests import get_metrics, get_run, store_run
     from service.db.bars import read_bars_many
     from service.errors import StockcastError
+    from service.evaluation.artifact_backtest import out_of_sample_problem, write_report
     from service.forecasting.backtest import bars_by_ticker, run_backtest, summary_table
     from service.forecasting.baselines import BASELINES
     from service.forecasting.manifest import load_manifest, resolve_current
@@ -336,6 +364,7 @@ def backtest(
                                    metrics=result.metrics.itertuples(index=False, name=None))
             with engine.connect() as conn:
                 stored = get_metrics(conn, run_id)  # print what was stored, not computed
+                run_info = get_run(conn, run_id)
     except DBAPIError as exc:
         _fail(f"cannot store the backtest ({exc.__class__.__name__}); "
               "is the database migrated? run `stockcast db upgrade`")
@@ -361,6 +390,9 @@ def backtest(
     typer.echo(f"wall time {wall:.2f}s (load {loaded - started:.2f}s, model {sec['model']:.2f}s, "
                f"baselines {sec['baselines']:.2f}s, metrics {sec['metrics']:.2f}s)")
     typer.echo("plots: " + ", ".join(str(p) for p in plots))
+    # The gate's kind of run (out of sample, every training ticker) is what the artifact carries.
+    if out_of_sample_problem(run_info, manifest) is None:
+        typer.echo(f"report: {write_report(manifest, run_info, stored)}")
 
 
 @app.command()
