@@ -56,6 +56,7 @@ class CachedBars:
     stale: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
     fetched: int = 0  # rows written by a refresh made for this request
+    latest: dt.date | None = None  # the ticker's last stored bar, whatever the end asked for
 
 
 def _utcnow() -> dt.datetime:
@@ -122,16 +123,17 @@ class BarCache:
             bars = bars_db.read_bars(self.engine, ticker, start, end, last=last)
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
+        latest = state.last_bar_date if state is not None else None
         if bars.empty:
-            if state is not None and state.last_bar_date is not None:
-                return CachedBars(ticker, bars, stale, tuple(warnings), fetched)
+            if latest is not None:
+                return CachedBars(ticker, bars, stale, tuple(warnings), fetched, latest)
             # Nothing cached: repeat the last refresh outcome (throttled, not retried yet).
             if state is not None and state.last_refresh_status == "error":
                 raise SourceUnavailable(state.last_refresh_error or f"source failed for {ticker}")
             if state is not None and state.last_refresh_error:
                 raise UnknownTicker(state.last_refresh_error)
             raise UnknownTicker(f"no bars stored for {ticker}")
-        return CachedBars(ticker, bars, stale, tuple(warnings), fetched)
+        return CachedBars(ticker, bars, stale, tuple(warnings), fetched, latest)
 
     # -- internals ---------------------------------------------------------------------------
 

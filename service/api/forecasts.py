@@ -88,6 +88,12 @@ class BarCheck:
     stale: bool
     warnings: tuple[str, ...]
     checked_at: float  # monotonic seconds
+    latest: dt.date | None = None  # the ticker's last stored bar (beyond end, for an as_of)
+
+    @property
+    def live(self) -> bool:
+        """Whether a forecast from these bars is the live one: as of the latest cached bar."""
+        return self.latest is None or self.last_bar_date >= self.latest
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,7 @@ class ForecastService:
         forecast = self.forecasts.get(key)
         if forecast is None:
             return None
-        if self._unrecorded(key, as_of):
+        if self.record_live and check.live and self.recorded.get(key) is None:
             return None  # first served live (it was computed as a what-if): record it
         self._count(hit=True)
         return ServedForecast(forecast, check.stale, check.warnings, True)
@@ -184,15 +190,19 @@ class ForecastService:
 
         DatabaseUnavailable is not per ticker: it is raised for the whole request.
         `claimant`: the request, as passed to `cached` before.
-        Live forecasts (as of the latest bar) enter the ledger here, once each.
+        Live forecasts (as of the ticker's latest cached bar, asked with or without an as_of)
+        enter the ledger here, once each; what-ifs as of an earlier day never do.
         """
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
         misses: list[tuple[int, CachedBars, BarCheck]] = []
+        live: set[int] = set()  # results as of their ticker's latest cached bar
         for i, ticker in enumerate(tickers):
             try:
                 ticker = normalize_ticker(ticker)
                 check, bars = self._check(predictor, ticker, end, claimant)
+                if check.live:
+                    live.add(i)
                 key = (ticker, check.last_bar_date, predictor.model_version, horizon)
                 cached = self.forecasts.get(key)
                 self._count(hit=cached is not None)
@@ -221,9 +231,8 @@ class ForecastService:
                 stale, warnings = ((check.stale, check.warnings) if check.stale
                                    else (bars.stale, bars.warnings))
                 results[i] = ServedForecast(forecast, stale, warnings, False)
-        if end is None:
-            self._record(predictor, [r.forecast for r in results if isinstance(r, ServedForecast)],
-                         horizon)
+        self._record(predictor, [r.forecast for i, r in enumerate(results)
+                                 if i in live and isinstance(r, ServedForecast)], horizon)
         return results  # type: ignore[return-value]
 
     def clear(self) -> None:
@@ -283,16 +292,11 @@ class ForecastService:
             if read.bars.empty:  # bars exist, but none on or before `end`
                 raise InsufficientHistory(ticker, 0, predictor.min_bars)
             check = BarCheck(pd.Timestamp(read.bars["date"].iloc[-1]).date(), read.stale,
-                             read.warnings, now)
+                             read.warnings, now, read.latest)
             self.checks.put(key, check)
         finally:
             self._release(key, claimant)
         return check, (read if len(read.bars) > 1 else None)
-
-    def _unrecorded(self, key: tuple, as_of: dt.date | None) -> bool:
-        """True for a live forecast not yet known to be in the ledger."""
-        return (self.record_live and self._end(as_of) is None
-                and self.recorded.get(key) is None)
 
     def _record(self, predictor: Predictor, forecasts: Sequence[Forecast], horizon: int) -> None:
         """Put live forecasts into the ledger once; a database error only skips the record."""

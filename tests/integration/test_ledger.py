@@ -144,18 +144,28 @@ def test_live_forecasts_are_scored_when_their_bars_arrive(travel):
 def test_as_of_what_ifs_never_enter_the_ledger(travel):
     client, _, url, per_ticker = travel
     days = per_ticker["AAA"]["date"]
-    # An earlier day, and the latest bar's own day asked as a what-if: neither is live.
-    for as_of in (days.iloc[CUT - 6], days.iloc[CUT - 1]):
+    for as_of in (days.iloc[CUT - 6], days.iloc[CUT - 2]):
         body = client.post("/predict/AAA", json={"horizon": 2,
                                                  "as_of": as_of.date().isoformat()}).json()
         assert body["as_of"] == as_of.date().isoformat()
     client.post("/predict", json={"tickers": ["AAA", "CCC"], "horizon": 2,
                                   "as_of": days.iloc[CUT - 3].date().isoformat()})
     assert ledger(url).empty
-    # The same forecast asked live afterwards (a warm cache hit) is recorded, once.
-    client.post("/predict/AAA", json={"horizon": 2})
-    client.post("/predict/AAA", json={"horizon": 2})
-    assert sorted(ledger(url)["horizon"]) == [1, 2]
+    # CCC asked live afterwards: only that forecast, as of the latest bar, is recorded.
+    client.post("/predict", json={"tickers": ["CCC"], "horizon": 2})
+    rows = ledger(url)
+    assert set(rows["as_of"]) == {days.iloc[CUT - 1].date()} and set(rows["ticker"]) == {"CCC"}
+
+
+def test_a_forecast_asked_as_of_the_latest_bar_is_the_live_one_and_recorded_once(travel):
+    client, _, url, per_ticker = travel
+    latest = per_ticker["AAA"]["date"].iloc[CUT - 1].date().isoformat()
+    # What the web page asks: as of the range's end, which is the latest cached bar.
+    what_if = client.post("/predict/AAA", json={"horizon": 2, "as_of": latest}).json()
+    live = client.post("/predict/AAA", json={"horizon": 2}).json()
+    assert what_if["forecasts"] == live["forecasts"]
+    rows = ledger(url)
+    assert list(zip(rows["as_of"].map(str), rows["horizon"])) == [(latest, 1), (latest, 2)]
 
 
 def test_metrics_live_is_empty_before_anything_is_served_and_checks_its_input(travel):
