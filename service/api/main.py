@@ -24,7 +24,17 @@ from service.api.forecasts import ForecastService
 from service.api.metrics import ServiceMetrics, live_metric_families
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
-from service.api.routes import admin, backtest, bars, health, live, models, page, predict
+from service.api.routes import (
+    admin,
+    backtest,
+    bars,
+    data_source,
+    health,
+    live,
+    models,
+    page,
+    predict,
+)
 from service.bar_cache import BarCache
 from service.config import Settings, get_settings
 from service.db.session import make_engine
@@ -150,7 +160,7 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     # instrument() adds a middleware, which Starlette only allows before the app starts.
     instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics"])
     instrumentator.instrument(app)
-    for module in (predict, bars, models, backtest, live, health, admin, page):
+    for module in (predict, bars, data_source, models, backtest, live, health, admin, page):
         app.include_router(module.router)
     # After the routers: /metrics/backtest is its own route and must stay reachable.
     instrumentator.expose(app, endpoint="/metrics", tags=["health"],

@@ -321,3 +321,17 @@ class LiveMetricsPublic(BaseModel):
     ]}]})
 
     metrics: list[LiveMetricsRowPublic]
+
+
+class SourcePublic(BaseModel):
+    """The market-data source as this worker last saw it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "yfinance", "reachable": False, "last_answer_at": "2026-12-01T07:40:00Z",
+         "detail": "yfinance unavailable for AAPL after 4 attempts: ConnectionError"}]})
+
+    name: str = Field(description="yfinance, or none (cache only).")
+    reachable: bool | None = Field(description=(
+        "Whether its last answer came through (null: not asked since this worker started)."))
+    last_answer_at: dt.datetime | None
+    detail: str | None = Field(description="The last failure, when it failed.")

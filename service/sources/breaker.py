@@ -31,6 +31,10 @@ class CircuitBreaker:
         self._failed_at: float | None = None
         self._failure = ""
         self._lock = threading.Lock()
+        # The last answer's outcome, for the page's freshness line: None = never asked yet.
+        self.reachable: bool | None = None
+        self.last_error: str | None = None
+        self.last_answer_at: dt.datetime | None = None
 
     def fetch(self, ticker: str, start: dt.date | None = None,
               end: dt.date | None = None) -> pd.DataFrame:
@@ -48,6 +52,8 @@ class CircuitBreaker:
         except SourceUnavailable as exc:
             with self._lock:
                 self._failed_at, self._failure = self.monotonic(), str(exc)
+                self.reachable, self.last_error = False, str(exc)
+                self.last_answer_at = dt.datetime.now(dt.UTC)
             raise
         except UnknownTicker:
             self._reachable()  # an answer, if not the hoped-for one
@@ -58,3 +64,5 @@ class CircuitBreaker:
     def _reachable(self) -> None:
         with self._lock:
             self._failed_at = None
+            self.reachable, self.last_error = True, None
+            self.last_answer_at = dt.datetime.now(dt.UTC)
