@@ -109,6 +109,41 @@ def ingest(
     typer.echo(report.summary())
 
 
+@app.command()
+def refresh(
+    universe: Annotated[str | None, typer.Option(help="A named universe, e.g. top24.")] = None,
+    all_tickers: Annotated[bool, typer.Option("--all", help="Every cached ticker.")] = False,
+    tickers: Annotated[str | None, typer.Option(help="Comma list.")] = None,
+    chunk: Annotated[int, typer.Option(help="Tickers per upstream call.", min=1)] = 50,
+    progress: bool = True,
+):
+    """Fetch newer bars for many tickers, batched upstream; prints the per-outcome counts."""
+    from service.db.bars import list_tickers
+    from service.evaluation.ledger import score_ledger
+    from service.forecasting.spec import UNIVERSES
+    from service.ingest import refresh_tickers
+    from service.sources.base import make_source
+
+    if sum((universe is not None, all_tickers, tickers is not None)) != 1:
+        _fail("give exactly one of --universe NAME, --all or --tickers LIST")
+    if universe is not None and universe not in UNIVERSES:
+        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    settings = get_settings()
+    with _engine() as engine:
+        if all_tickers:
+            with engine.connect() as conn:
+                names = [t.symbol for t in list_tickers(conn)]
+        else:
+            names = list(UNIVERSES[universe]) if universe else _parse_tickers(tickers)
+        report = refresh_tickers(
+            engine, make_source(settings), names, chunk=chunk, progress=progress,
+            refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
+            after_write=score_ledger)
+    typer.echo(report.summary())
+    if report.counts()["failed"]:
+        raise typer.Exit(1)
+
+
 SHARED_DATASET_NAME = "sp500_daily_2012_2017.csv.gz"
 
 

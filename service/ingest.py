@@ -74,3 +74,17 @@ def ingest_from_source(engine: Engine, source, tickers: list[str], start: dt.dat
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return ingest_frame(engine, frame, source=source.name, progress=progress,
                         after_write=after_write)
+
+
+def refresh_tickers(engine: Engine, source, tickers: list[str], *, chunk: int = 50,
+                    refresh_interval: dt.timedelta = dt.timedelta(hours=1),
+                    progress: bool = False, after_write: AfterWrite | None = None):
+    """Refresh cached (or new) tickers from a BarSource in batches; a RefreshReport."""
+    from service.bar_cache import BarCache
+    from service.sources.breaker import CircuitBreaker
+
+    cache = BarCache(engine, CircuitBreaker(source), refresh_interval=refresh_interval,
+                     after_write=after_write)
+    with tqdm(total=len(tickers), unit="tickers", desc="refresh", disable=not progress,
+              mininterval=0.5) as bar:
+        return cache.refresh_many(tickers, chunk=chunk, progress=bar.update)
