@@ -21,7 +21,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from service import package_version
 from service.api.forecasts import ForecastService
-from service.api.metrics import ServiceMetrics, live_metric_families
+from service.api.metrics import ServiceMetrics, live_metric_families, psi_families
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
 from service.api.routes import (
@@ -39,6 +39,7 @@ from service.bar_cache import BarCache
 from service.config import Settings, get_settings
 from service.db.session import make_engine
 from service.errors import ManifestMismatch, ModelNotLoaded
+from service.evaluation.drift import DriftCache
 from service.evaluation.ledger import live_report, score_ledger
 from service.forecasting.calendar import next_trading_days
 from service.sources.base import BarSource, make_source
@@ -144,6 +145,17 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
                     return live_metric_families(live_report(conn, per_ticker=False))
 
             metrics.database.add(live_families)
+            drift = DriftCache(engine)
+
+            def drift_families():
+                loaded = slot.current
+                if loaded is None:
+                    return []
+                return psi_families(loaded.version,
+                                    drift.get(loaded.predictor.manifest)["psi"])
+
+            metrics.database.add(drift_families)
+            app.state.drift = drift
             # Every worker follows models/current by itself: a reload reaches only one of them.
             slot.watch(settings.model_check_interval_seconds)
             yield

@@ -111,3 +111,14 @@ def live_metric_families(report) -> list[Metric]:
             if math.isfinite(value):
                 family.add_metric(values, value)
     return list(families.values())
+
+
+def psi_families(model_version: str, psi: dict[str, float]) -> list[Metric]:
+    """Per-feature PSI of the served model's recent inputs against training, as a gauge."""
+    family = GaugeMetricFamily("stockcast_feature_psi",
+                               "Population stability index of a feature's recent sessions vs "
+                               "training.", labels=["feature", "model_version"])
+    for feature, value in psi.items():
+        if math.isfinite(value):
+            family.add_metric([feature, model_version], value)
+    return [family]

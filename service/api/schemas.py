@@ -220,6 +220,10 @@ class ModelPublic(BaseModel):
     requested_provider: Literal["auto", "cpu", "cuda"]
     active_providers: list[str] = Field(
         description="onnxruntime's session.get_providers(): what actually runs.")
+    drift: dict | None = Field(default=None, description=(
+        "Input drift: `psi` per feature, the population stability index of the latest "
+        "`recent_sessions` feature rows of the training tickers (cached bars, up to "
+        "`recent_end`) against their training segment's (< 0.1 stable, > 0.25 a large shift)."))
 
 
 class ReloadPublic(BaseModel):

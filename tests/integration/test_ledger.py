@@ -175,3 +175,14 @@ def test_metrics_live_is_empty_before_anything_is_served_and_checks_its_input(tr
     assert bad.status_code == 422 and bad.headers["content-type"].startswith(
         "application/problem+json")
     assert client.get("/metrics/live", params={"horizon": 0}).status_code == 422
+
+
+def test_models_current_and_metrics_show_input_drift(travel, tiny_artifact):
+    client = travel[0]
+    drift = client.get("/models/current").json()["drift"]
+    features = client.get("/models/current").json()["features"]
+    assert sorted(drift["psi"]) == sorted(features)
+    assert drift["recent_sessions"] == 60
+    assert all(value >= 0 for value in drift["psi"].values())
+    exposition = client.get("/metrics").text
+    assert 'stockcast_feature_psi{feature="log_return",model_version=' in exposition
