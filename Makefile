@@ -65,6 +65,7 @@ bench-backtest: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service training tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache stockcast.db stockcast.db-wal stockcast.db-shm var

@@ -20,17 +20,17 @@ from dataclasses import dataclass
 import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.bar_cache import BarCache, CachedBars, KeyedLocks
-from service.db.ledger import record_forecasts
-from service.errors import (
+from service.core.errors import (
     DatabaseUnavailable,
     InsufficientHistory,
     InvalidTicker,
     StockcastError,
 )
+from service.core.tickers import normalize_ticker
+from service.db.ledger import record_forecasts
 from service.evaluation.ledger import ledger_rows
 from service.inference.predictor import Forecast, Predictor
-from service.tickers import normalize_ticker
+from service.sources.cache import BarCache, CachedBars, KeyedLocks
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,11 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
+from service.artifacts.manifest import Manifest, load_manifest, resolve_current
+from service.core.errors import StockcastError
 from service.db.backtests import METRIC_COLUMNS, RunInfo, latest_run, store_run
-from service.forecasting.manifest import Manifest
 
 REPORT_FILE = "backtest.json"
 REPORT_FORMAT = 1
@@ -100,3 +101,20 @@ def store_report(conn: Connection, manifest: Manifest) -> tuple[int, bool] | Non
         config={**run["config"], "from_artifact": True, "measured_at": run["created_at"]},
         metrics=(tuple(row) for row in report["metrics"]))
     return run_id, True
+
+
+def store_current_report(engine: Engine, model_dir: Path) -> str:
+    """Store models/current's report unless its version has a run; says what happened."""
+    try:
+        manifest = load_manifest(resolve_current(model_dir))
+        with engine.begin() as conn:
+            stored = store_report(conn, manifest)
+    except (StockcastError, ValueError) as exc:
+        return f"no shipped backtest stored: {exc}"
+    if stored is None:
+        return (f"model {manifest.version} carries no {REPORT_FILE}: "
+                "run `stockcast backtest` to measure it")
+    run_id, new = stored
+    if new:
+        return f"stored the backtest model {manifest.version} ships with as run {run_id}"
+    return f"model {manifest.version} already has a stored backtest (run {run_id})"

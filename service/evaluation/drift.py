@@ -10,10 +10,10 @@ from collections.abc import Callable
 import pandas as pd
 from sqlalchemy import Engine
 
+from service.artifacts.manifest import Manifest
 from service.db.bars import read_bars_many
 from service.forecasting.drift import RECENT_SESSIONS, feature_psi
 from service.forecasting.features import build_features_many
-from service.forecasting.manifest import Manifest
 
 
 def model_drift(engine: Engine, manifest: Manifest,

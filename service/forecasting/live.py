@@ -22,7 +22,7 @@ def score_forecasts(forecasts: pd.DataFrame, bars: pd.DataFrame) -> pd.DataFrame
     Returns the due rows with realized_date, realized_close, error (median - realized),
     naive_error (last_close - realized) and inside (lower <= realized <= upper).
 
-    As in the backtest (service.forecasting.backtest), the realized close is the origin's
+    As in the backtest (service.evaluation.backtest), the realized close is the origin's
     stored close carried forward by the adjusted move, close_t * adj_{t+h} / adj_t: the quoted
     close_{t+h} unless a split or dividend falls in between, and then not a fake 50% miss.
     When the stored close at as_of differs from the recorded last_close, the source re-based

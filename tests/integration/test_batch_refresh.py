@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from yfinance.exceptions import YFTickerMissingError
 
-from service.bar_cache import BarCache
 from service.db.bars import read_bars, ticker_state
 from service.db.session import make_engine
 from service.sources.breaker import CircuitBreaker
+from service.sources.cache import BarCache
 from service.sources.yfinance import YFinanceSource
 from tests.api_factories import store_bars
 
@@ -177,7 +177,7 @@ def test_refresh_command_with_no_source_reports_every_ticker_failed(cli_env, mon
     from typer.testing import CliRunner
 
     from service.cli import app
-    from service.config import get_settings
+    from service.core.config import get_settings
 
     monkeypatch.setenv("STOCKCAST_SOURCE", "none")
     get_settings.cache_clear()

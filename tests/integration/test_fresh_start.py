@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from service.api.main import create_app
+from service.artifacts.manifest import artifact_version, load_manifest, resolve_current
 from service.cli import app
 from service.db.backtests import latest_run
 from service.db.session import make_engine
 from service.evaluation.artifact_backtest import REPORT_FILE, read_report, store_report
-from service.forecasting.manifest import artifact_version, load_manifest, resolve_current
 from tests.api_factories import api_settings, copy_models
 from tests.e2e.conftest import SHIPPED_MODELS
 
@@ -27,7 +27,7 @@ from tests.e2e.conftest import SHIPPED_MODELS
 def seed_env(monkeypatch, tmp_path, shared_dataset):
     """Settings pointing at an empty SQLite file, the shipped models and a data folder holding
     three tickers of the shared dataset (a fresh clone's `make run`, in seconds)."""
-    from service.config import get_settings
+    from service.core.config import get_settings
 
     if not (SHIPPED_MODELS / "current").is_file():
         pytest.skip("no shipped model")

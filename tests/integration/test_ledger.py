@@ -13,7 +13,7 @@ from service.api.main import create_app
 from service.db.ledger import read_ledger
 from service.db.session import make_engine
 from service.evaluation.ledger import score_ledger
-from service.ingest import ingest_frame
+from service.sources.ingest import ingest_frame
 from tests.api_factories import Clock, api_settings, store_bars
 from tests.bar_factories import ScriptedSource
 from tests.tiny_model import synthetic_bars_multi

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import BarCacheDep
 from service.api.schemas import SourcePublic, Ticker
-from service.errors import StockcastError
+from service.core.errors import StockcastError
 
 router = APIRouter(tags=["bars"])
 

@@ -11,10 +11,10 @@ from sqlalchemy.exc import DBAPIError
 from service.api.deps import EngineDep
 from service.api.problems import problem_responses
 from service.api.schemas import LiveMetricsPublic, LiveMetricsRowPublic
-from service.errors import DatabaseUnavailable
+from service.core.errors import DatabaseUnavailable
+from service.core.tickers import normalize_ticker
 from service.evaluation.ledger import live_report
 from service.forecasting.live import POOLED
-from service.tickers import normalize_ticker
 
 router = APIRouter(prefix="/metrics", tags=["backtest"])
 

@@ -14,11 +14,11 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from service.core.errors import DatabaseUnavailable, SourceUnavailable, UnknownTicker
+from service.core.tickers import normalize_ticker
 from service.db import bars as bars_db
-from service.errors import DatabaseUnavailable, SourceUnavailable, UnknownTicker
 from service.sources.base import BarSource
 from service.sources.validate import validate_bars
-from service.tickers import normalize_ticker
 
 log = logging.getLogger(__name__)
 

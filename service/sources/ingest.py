@@ -10,8 +10,8 @@ import pandas as pd
 from sqlalchemy import Engine
 from tqdm import tqdm
 
-from service.bar_cache import AfterWrite, run_after_write
 from service.db.bars import upsert_bars
+from service.sources.cache import AfterWrite, run_after_write
 from service.sources.validate import validate_bars
 
 
@@ -76,14 +76,20 @@ def ingest_from_source(engine: Engine, source, tickers: list[str], start: dt.dat
                         after_write=after_write)
 
 
-def refresh_tickers(engine: Engine, source, tickers: list[str], *, chunk: int = 50,
-                    refresh_interval: dt.timedelta = dt.timedelta(hours=1),
+def refresh_tickers(engine: Engine, settings, tickers: list[str] | None, *, chunk: int = 50,
                     progress: bool = False, after_write: AfterWrite | None = None):
-    """Refresh cached (or new) tickers from a BarSource in batches; a RefreshReport."""
-    from service.bar_cache import BarCache
+    """Refresh `tickers` (None: every cached one) from the settings' source in batches of
+    `chunk`, throttled by its refresh interval; a RefreshReport."""
+    from service.db.bars import list_tickers
+    from service.sources.base import make_source
     from service.sources.breaker import CircuitBreaker
+    from service.sources.cache import BarCache
 
-    cache = BarCache(engine, CircuitBreaker(source), refresh_interval=refresh_interval,
+    if tickers is None:
+        with engine.connect() as conn:
+            tickers = [t.symbol for t in list_tickers(conn)]
+    cache = BarCache(engine, CircuitBreaker(make_source(settings)),
+                     refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
                      after_write=after_write)
     with tqdm(total=len(tickers), unit="tickers", desc="refresh", disable=not progress,
               mininterval=0.5) as bar:
