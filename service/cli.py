@@ -136,6 +136,41 @@ def refresh(
         raise typer.Exit(1)
 
 
+@app.command()
+def schedule(
+    universe: Annotated[str, typer.Option(help="The universe the daily cycle covers.")] = "top24",
+    once: Annotated[bool, typer.Option(help="Run what is due now, then exit.")] = False,
+    poll_seconds: Annotated[float, typer.Option(help="Seconds between checks.", min=1)] = 300,
+    retrain_every_days: Annotated[int, typer.Option(
+        help="Retrain -> backtest -> gate once per this many days; 0 = never.", min=0)] = 30,
+):
+    """Run the daily cycle after each NYSE close (refresh, score the ledger, record the
+    universe's forecasts) and the periodic retrain; each job once per key, one scheduler at a
+    time (advisory lock)."""
+    from service.evaluation.schedule import run_due, run_forever
+    from service.forecasting.spec import UNIVERSES
+
+    if universe not in UNIVERSES:
+        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    settings = get_settings()
+    tickers = list(UNIVERSES[universe])
+
+    def retrain() -> str:
+        from training.retrain import retrain as retrain_universe  # torch: only when due
+
+        return retrain_universe(settings, tickers)
+
+    job = retrain if retrain_every_days else None
+    with _engine() as engine:
+        if once:
+            for o in run_due(engine, settings, tickers, job, dt.datetime.now(dt.UTC),
+                             max(1, retrain_every_days)):
+                typer.echo(f"{o.job} {o.key}: {o.status} {o.detail}")
+            return
+        run_forever(engine, settings, tickers, job, poll_seconds=poll_seconds,
+                    retrain_every_days=max(1, retrain_every_days))
+
+
 SHARED_DATASET_NAME = "sp500_daily_2012_2017.csv.gz"
 
 

@@ -29,14 +29,21 @@ from service.api.routes import (
     bars,
     data_source,
     health,
+    jobs,
     live,
     models,
     page,
     predict,
 )
-from service.api.telemetry import ServiceMetrics, live_metric_families, psi_families
+from service.api.telemetry import (
+    ServiceMetrics,
+    job_metric_families,
+    live_metric_families,
+    psi_families,
+)
 from service.core.config import Settings, get_settings
 from service.core.errors import ManifestMismatch, ModelNotLoaded
+from service.db.jobs import last_runs
 from service.db.session import make_engine
 from service.evaluation.drift import DriftCache
 from service.evaluation.ledger import live_report, score_ledger
@@ -155,6 +162,12 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
                                     drift.get(loaded.predictor.manifest)["psi"])
 
             metrics.database.add(drift_families)
+
+            def job_families():
+                with engine.connect() as conn:
+                    return job_metric_families(last_runs(conn))
+
+            metrics.database.add(job_families)
             app.state.drift = drift
             # Every worker follows models/current by itself: a reload reaches only one of them.
             slot.watch(settings.model_check_interval_seconds)
@@ -172,7 +185,8 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     # instrument() adds a middleware, which Starlette only allows before the app starts.
     instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics"])
     instrumentator.instrument(app)
-    for module in (predict, bars, data_source, models, backtest, live, health, admin, page):
+    for module in (predict, bars, data_source, models, backtest, live, health, jobs, admin,
+                   page):
         app.include_router(module.router)
     # After the routers: /metrics/backtest is its own route and must stay reachable.
     instrumentator.expose(app, endpoint="/metrics", tags=["health"],

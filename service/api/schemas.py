@@ -339,3 +339,22 @@ class SourcePublic(BaseModel):
         "Whether its last answer came through (null: not asked since this worker started)."))
     last_answer_at: dt.datetime | None
     detail: str | None = Field(description="The last failure, when it failed.")
+
+
+class JobPublic(BaseModel):
+    """A scheduled job's latest run, and when it last came to an answer (ok or refused)."""
+
+    job: str = Field(description="daily (refresh, score, record forecasts) or retrain.")
+    run_key: str = Field(description="What the run covered: a session date, a retrain period.")
+    status: str = Field(description="running, ok, refused (by the gate) or failed.")
+    detail: str | None
+    runner: str | None = Field(description="host:pid of the scheduler that ran it.")
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    last_ok_at: dt.datetime | None = Field(description="When its latest ok run finished.")
+
+
+class JobListPublic(BaseModel):
+    """The scheduler's jobs (empty until a scheduler ran)."""
+
+    jobs: list[JobPublic]

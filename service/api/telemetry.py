@@ -122,3 +122,19 @@ def psi_families(model_version: str, psi: dict[str, float]) -> list[Metric]:
         if math.isfinite(value):
             family.add_metric([feature, model_version], value)
     return [family]
+
+
+def job_metric_families(runs: dict) -> list[Metric]:
+    """The scheduler's jobs (service.db.jobs.last_runs) as gauges."""
+    last = GaugeMetricFamily("stockcast_job_last_run_timestamp_seconds",
+                             "When a scheduled job's latest run started, by its status.",
+                             labels=["job", "status"])
+    ok = GaugeMetricFamily("stockcast_job_last_ok_timestamp_seconds",
+                           "When a scheduled job last finished ok.", labels=["job"])
+    for name, run in runs.items():
+        if name.endswith(":ok"):
+            if run.finished_at is not None:
+                ok.add_metric([run.job], run.finished_at.timestamp())
+        else:
+            last.add_metric([run.job, run.status], run.started_at.timestamp())
+    return [last, ok]
