@@ -181,7 +181,7 @@ class ForecastService:
         if self.record_live and check.live and self.recorded.get(key) is None:
             return None  # first served live (it was computed as a what-if): record it
         self._count(hit=True)
-        return ServedForecast(forecast, check.stale, check.warnings, True)
+        return ServedForecast(forecast, check.stale, check.warnings + forecast.warnings, True)
 
     def forecast_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
                       as_of: dt.date | None = None,
@@ -207,7 +207,8 @@ class ForecastService:
                 cached = self.forecasts.get(key)
                 self._count(hit=cached is not None)
                 if cached is not None:
-                    results[i] = ServedForecast(cached, check.stale, check.warnings, True)
+                    results[i] = ServedForecast(cached, check.stale,
+                                                check.warnings + cached.warnings, True)
                     continue
                 if bars is None:
                     bars = self._read(predictor, ticker, end)
@@ -230,7 +231,7 @@ class ForecastService:
                 # The check holds the outcome of any refresh attempted for this request.
                 stale, warnings = ((check.stale, check.warnings) if check.stale
                                    else (bars.stale, bars.warnings))
-                results[i] = ServedForecast(forecast, stale, warnings, False)
+                results[i] = ServedForecast(forecast, stale, warnings + forecast.warnings, False)
         self._record(predictor, [r.forecast for i, r in enumerate(results)
                                  if i in live and isinstance(r, ServedForecast)], horizon)
         return results  # type: ignore[return-value]

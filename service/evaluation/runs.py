@@ -22,6 +22,7 @@ from service.db.backtests import get_metrics, get_run, store_run
 from service.db.bars import read_bars_many
 from service.evaluation.artifact_backtest import out_of_sample_problem, write_report
 from service.evaluation.backtest import BacktestResult, bars_by_ticker, run_backtest
+from service.evaluation.drift import write_training_profile
 from service.evaluation.plots import write_backtest_plots
 from service.forecasting.baselines import BASELINES
 from service.inference.onnx_model import Provider
@@ -85,7 +86,9 @@ def backtest_and_store(
         result, plots_dir or PROJECT_ROOT / "var" / "backtests" / f"run-{run_id}")
     # The gate's kind of run (out of sample, every training ticker) is what the artifact carries.
     manifest = predictor.manifest
-    report = (write_report(manifest, run_info, stored)
-              if out_of_sample_problem(run_info, manifest) is None else None)
+    report = None
+    if out_of_sample_problem(run_info, manifest) is None:
+        report = write_report(manifest, run_info, stored)
+        write_training_profile(bars, manifest)  # the same cached bars the model was fitted on
     seconds = {"load": loaded - started, "wall": time.perf_counter() - started}
     return StoredBacktest(run_id, result, stored, plots, seconds, report)

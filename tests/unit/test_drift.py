@@ -34,3 +34,17 @@ def test_feature_psi_names_each_feature_and_only_the_shifted_one_drifts():
     drift = feature_psi(reference, recent)
     assert list(drift) == ["a", "b"]
     assert drift["a"] < 0.1 and drift["b"] > 1.0
+
+
+def test_a_stored_profile_gives_the_same_psi_and_flags_values_outside_its_range():
+    from service.forecasting.drift import feature_profile, outside_training_range, profile_psi
+
+    rng = np.random.default_rng(3)
+    reference = pd.DataFrame({"a": rng.normal(0, 1, 5_000), "b": rng.uniform(0, 1, 5_000)})
+    recent = pd.DataFrame({"a": rng.normal(0.5, 1, 300), "b": rng.uniform(0, 1, 300)})
+    profile = feature_profile(reference)
+    assert profile_psi(profile, recent) == pytest.approx(feature_psi(reference, recent))
+    assert outside_training_range(profile, recent.clip(-3, 0.99).assign(a=0.0)) == []
+    window = pd.DataFrame({"a": [0.0, 99.0], "b": [0.5, -1.0]})
+    assert outside_training_range(profile, window) == [
+        f"a 99 > {profile['a']['max']:.4g}", f"b -1 < {profile['b']['min']:.4g}"]
