@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.core.errors import DatabaseUnavailable, SourceUnavailable, UnknownTicker
 from service.core.tickers import normalize_ticker
 from service.db import bars as bars_db
 from service.sources.base import BarSource
-from service.sources.validate import validate_bars
+from service.sources.store import AfterWrite, validate, write_bars
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +29,6 @@ REBASE_OVERLAP_DAYS = 7
 # Relative price change on an already-stored date that counts as a re-base (rounding is ~1e-6;
 # the smallest dividend adjustments are ~1e-3).
 REBASE_RTOL = 1e-4
-
-# Called with (connection, tickers) after bars of those tickers were written (the forecast
-# ledger scores what became due); its failure never undoes the bars.
-AfterWrite = Callable[[Connection, Sequence[str]], object]
-
-
-def run_after_write(engine: Engine, after_write: AfterWrite | None,
-                    tickers: Sequence[str]) -> None:
-    """Run the after-write hook in its own transaction; log, do not raise, if it fails."""
-    if after_write is None or not tickers:
-        return
-    try:
-        with engine.begin() as conn:
-            after_write(conn, list(tickers))
-    except SQLAlchemyError as exc:
-        log.warning("bars stored, but the after-write step failed: %s", exc)
-
 
 @dataclass(frozen=True)
 class CachedBars:
@@ -250,13 +233,12 @@ class BarCache:
         try:
             if fetched is None:
                 fetched = self.source.fetch(ticker, fetch_start, end)
-            result = validate_bars(fetched.assign(ticker=ticker))
+            result = validate(fetched, ticker)
             if have_bars and self._rebased(ticker, result.bars, fetch_start, state.last_bar_date):
                 # Mixing bases would put a fake -69% return into the features at a 2:1 split.
                 log.info("%s: source re-based past prices; fetching its whole history again",
                          ticker)
-                result = validate_bars(
-                    self.source.fetch(ticker, state.first_bar_date, end).assign(ticker=ticker))
+                result = validate(self.source.fetch(ticker, state.first_bar_date, end), ticker)
         except UnknownTicker as exc:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "ok" if have_bars else "unknown", str(exc),
@@ -275,11 +257,8 @@ class BarCache:
         if result.n_rejected:
             warnings.append(f"{ticker}: source returned {result.read} rows, "
                             f"{result.summary()}")
-        with self.engine.begin() as conn:
-            count = bars_db.upsert_bars(conn, result.bars, source=self.source.name)
-            bars_db.record_refresh(conn, ticker, "ok", None, at=self.clock())
-        if count.written:
-            run_after_write(self.engine, self.after_write, [ticker])
+        count = write_bars(self.engine, result, self.source.name,
+                           refreshed=(ticker, self.clock()), after_write=self.after_write)
         if not have_bars and count.offered == 0:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "unknown", "no valid bars", at=self.clock())

@@ -10,9 +10,7 @@ import pandas as pd
 from sqlalchemy import Engine
 from tqdm import tqdm
 
-from service.db.bars import upsert_bars
-from service.sources.cache import AfterWrite, run_after_write
-from service.sources.validate import validate_bars
+from service.sources.store import AfterWrite, validate, write_bars
 
 
 @dataclass(frozen=True)
@@ -42,18 +40,16 @@ def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
 
     `after_write(conn, tickers)` then runs in its own transaction (the ledger's scoring).
     """
-    result = validate_bars(frame)
+    result = validate(frame)
     bars = result.bars
     with tqdm(total=len(bars), unit="bars", desc="ingest", disable=not progress,
-              mininterval=0.5) as bar, engine.begin() as conn:
-        count = upsert_bars(conn, bars, source=source, progress=bar.update)
+              mininterval=0.5) as bar:
+        count = write_bars(engine, result, source, progress=bar.update, after_write=after_write)
     stored = count.offered
     report = IngestReport(read=result.read, stored=stored, written=count.written,
                           rejected=dict(result.rejected),
                           tickers=int(bars["ticker"].nunique()) if len(bars) else 0)
     assert report.read == report.stored + report.n_rejected, report  # reconciliation invariant
-    if count.written:
-        run_after_write(engine, after_write, sorted(bars["ticker"].unique()))
     return report
 
 
