@@ -66,6 +66,13 @@ def message(page) -> str:
     return page.inner_text("#message")
 
 
+def fresh_text(page) -> str:
+    """The freshness line once the page has heard from the source (it does not wait for it)."""
+    page.wait_for_function(
+        "!document.getElementById('data-fresh').textContent.includes('checking')")
+    return page.inner_text("#data-fresh")
+
+
 def freshness(last_bar: dt.date, source: str) -> str:
     """The freshness line the page should show for bars ending on last_bar (UTC today)."""
     today = dt.datetime.now(dt.UTC).date()
@@ -162,7 +169,7 @@ def test_forecast_draws_the_requested_days_with_band_and_indicator_panels(page, 
     assert page.inner_text("#data-as-of") == end
     assert page.inner_text("#model-version") == live_app.model_version
     # The shared data ends in 2017: stale by its age, whatever the last refresh said.
-    assert page.inner_text("#data-fresh") == freshness(LAST_BAR, "source scripted: reachable")
+    assert fresh_text(page) == freshness(LAST_BAR, "source scripted: reachable")
     assert page.get_attribute("#data-fresh", "class") == "fresh-stale"
     assert page.locator("#in-sample").is_hidden() == (LAST_BAR > live_app.validated_until)
     assert page.js_errors == []
@@ -270,7 +277,7 @@ def test_stale_bars_are_flagged_with_the_refresh_warning(page, live_app, artifac
         assert submit(page, "JPM", days=1, end="2017-12-29") == "ready"
     finally:
         live_app.source.fail_with = None
-    assert page.inner_text("#data-fresh") == freshness(LAST_BAR, "source scripted: unreachable")
+    assert fresh_text(page) == freshness(LAST_BAR, "source scripted: unreachable")
     assert page.inner_text("#data-as-of") == LAST_BAR.isoformat()
     assert page.inner_text("#stale-warning strong") == (
         "Refreshing JPM failed: the bars shown may be out of date.")

@@ -186,3 +186,24 @@ def test_models_current_and_metrics_show_input_drift(travel, tiny_artifact):
     assert all(value >= 0 for value in drift["psi"].values())
     exposition = client.get("/metrics").text
     assert 'stockcast_feature_psi{feature="log_return",model_version=' in exposition
+
+
+def test_source_status_says_what_the_last_answer_was(db_url, tiny_artifact):
+    from tests.bar_factories import timeout_error
+
+    bars = synthetic_bars_multi()
+    store_bars(db_url, bars)
+    later = Clock(evening_after(pd.Timestamp("2021-05-24")))  # AAA's bars are now due
+    source = ScriptedSource({})
+    source.fail_with = timeout_error("AAA")
+    settings = api_settings(db_url, tiny_artifact.model_dir)
+    with TestClient(create_app(settings, source=source, clock=later)) as client:
+        down = client.get("/source", params={"ticker": "AAA"}).json()
+        assert (down["name"], down["reachable"]) == ("scripted", False)
+        assert down["detail"] == str(timeout_error("AAA"))
+    # Another worker (a restart): the refresh is throttled, the stored outcome still says so.
+    with TestClient(create_app(settings, source=ScriptedSource({}), clock=later)) as client:
+        again = client.get("/source", params={"ticker": "AAA"}).json()
+        assert again["reachable"] is False
+        assert again["detail"] == f"the last refresh of AAA failed: {timeout_error('AAA')}"
+        assert client.get("/source").json()["reachable"] is None  # no ticker: not asked

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import BarCacheDep
 from service.api.schemas import SourcePublic, Ticker
 from service.core.errors import StockcastError
+from service.db.bars import TickerState, ticker_state
 
 router = APIRouter(tags=["bars"])
 
@@ -35,6 +37,24 @@ async def get_source(
             await run_in_threadpool(bar_cache.get_bars, ticker, last=1)
         except StockcastError:
             pass  # the outcome is what the source recorded
+        if getattr(source, "reachable", None) is None:
+            # Not asked: the ticker's refresh is throttled after an earlier attempt (by another
+            # worker, or before a restart), whose outcome the database kept.
+            state = await run_in_threadpool(_state, bar_cache, ticker)
+            if state is not None and state.last_refresh_at is not None:
+                failed = state.last_refresh_status == "error"
+                return SourcePublic(
+                    name=name, reachable=not failed, last_answer_at=state.last_refresh_at,
+                    detail=(f"the last refresh of {ticker} failed: {state.last_refresh_error}"
+                            if failed else None))
     return SourcePublic(name=name, reachable=getattr(source, "reachable", None),
                         last_answer_at=getattr(source, "last_answer_at", None),
                         detail=getattr(source, "last_error", None))
+
+
+def _state(bar_cache, ticker: str) -> TickerState | None:
+    try:
+        with bar_cache.engine.connect() as conn:
+            return ticker_state(conn, ticker)
+    except SQLAlchemyError:
+        return None

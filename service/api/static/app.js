@@ -224,16 +224,21 @@
         api(`predict/${enc(ticker)}`, { method: "POST", body: { horizon: days, as_of: end } })])
       : [{ status: "rejected", reason: bars.reason }];
     // After the bars and the forecast: the bars' refresh (if any) says whether the source
-    // answers, and a live forecast is in the ledger by then.
-    const [backtest, live, source] = await Promise.allSettled(
-      [backtestAnswer, loadLive(ticker), api(`source?ticker=${enc(ticker)}`)]);
+    // answers, and a live forecast is in the ledger by then. Asking a source that never
+    // answered can take seconds (offline: its retries), so the page does not wait for it.
+    const sourceAnswer = api(`source?ticker=${enc(ticker)}`).then(
+      (value) => ({ status: "fulfilled", value }), () => ({ status: "rejected" }));
+    const [backtest, live] = await Promise.allSettled([backtestAnswer, loadLive(ticker)]);
     let actual = null;
     if (forecast.status === "fulfilled") actual = await realizedAfter(ticker, forecast.value);
     if (id !== state.request) return; // a newer run started meanwhile
 
     renderBacktest(backtest, ticker, days);
     renderLive(live, ticker);
-    renderFacts(ticker, bars, forecast, source);
+    renderFacts(ticker, bars, forecast, undefined);
+    sourceAnswer.then((source) => {
+      if (id === state.request) renderFacts(ticker, bars, forecast, source);
+    });
     if (bars.status === "rejected") {
       state.view = null;
       showApiError(`No chart for ${ticker}`, bars.reason);
@@ -513,7 +518,9 @@
       `trained and validated on (origins up to ${fitted}): this forecast is in-sample and ` +
       "looks better than a real one would.";
     const lastBar = info ? info.last_bar_date : b && b.dates.length ? b.dates.at(-1) : null;
-    const src = source && source.status === "fulfilled" ? source.value : null;
+    // undefined: still asking; null: the answer failed.
+    const src = source === undefined ? undefined
+      : source.status === "fulfilled" ? source.value : null;
     const behind = lastBar ? sessionsBehind(lastBar) : 0;
     const stale = Boolean((f && f.stale) || (b && b.stale));  // a refresh failed
     const warnings = [...new Set([...(b ? b.warnings : []), ...(f ? f.warnings : [])])];
@@ -565,7 +572,8 @@
     parts[0] += behind > 0
       ? ` (STALE: ${behind.toLocaleString("en-US")} session${behind === 1 ? "" : "s"} behind)`
       : " (up to date)";
-    if (!src) parts.push("source: status unknown");
+    if (src === undefined) parts.push("source: checking…");
+    else if (!src) parts.push("source: status unknown");
     else if (src.name === "none") parts.push("no source configured (cache only)");
     else if (src.reachable === null) parts.push(`source ${src.name}: not asked yet`);
     else parts.push(`source ${src.name}: ${src.reachable ? "reachable" : "unreachable"}`);
