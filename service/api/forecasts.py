@@ -26,10 +26,11 @@ from service.core.errors import (
     InsufficientHistory,
     StockcastError,
 )
+from service.core.locks import KeyedLocks
 from service.db.ledger import record_forecasts
 from service.evaluation.ledger import ledger_rows
 from service.inference.predictor import Forecast, Predictor
-from service.sources.cache import BarCache, CachedBars, KeyedLocks
+from service.sources.cache import BarCache, CachedBars
 
 log = logging.getLogger(__name__)
 
