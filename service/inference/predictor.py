@@ -7,6 +7,7 @@ this class, so what the backtest measures is what the API serves.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ import numpy as np
 import pandas as pd
 
 from service.artifacts.manifest import Manifest, load_manifest
+from service.artifacts.profile import read_profile
 from service.core.errors import InsufficientHistory, ManifestMismatch
 from service.forecasting.bands import ACI_SUFFIX, ACIForecaster, ACISettings
 from service.forecasting.baselines import BAND_BASELINES
 from service.forecasting.calendar import next_trading_days
+from service.forecasting.drift import outside_training_range
 from service.forecasting.features import build_features, min_bars
 from service.forecasting.forecaster import (
     MODEL,
@@ -58,6 +61,7 @@ class Forecast:
     model_version: str
     seen_in_training: bool
     steps: tuple[ForecastStep, ...]
+    warnings: tuple[str, ...] = ()  # e.g. an input window outside the training range
     band_method: str = ""  # which band is served (model_aci, or ewma_aci as the fallback)
     # Share of the last `recent_sessions` next-day closes inside the served 80 % band as it was
     # served at each of those origins (NaN without any known outcome).
@@ -100,6 +104,8 @@ class Predictor(Forecaster):
         self.manifest = manifest
         self.spec = spec
         self.min_bars = min_bars(spec)
+        # Per feature the training range and bins (artifacts.profile); None: no range checks.
+        self.training_profile: dict[str, dict] | None = None
         self.quantiles = tuple(spec.quantiles)
         quantiles = list(spec.quantiles)
         self._median = quantiles.index(0.5)
@@ -110,7 +116,9 @@ class Predictor(Forecaster):
              intra_op_threads: int = 1) -> Predictor:
         """The one way from an artifact folder to a predictor: manifest, checked graph, session."""
         manifest = load_manifest(artifact_dir)
-        return cls(OnnxModel.load(artifact_dir, provider, intra_op_threads), manifest)
+        predictor = cls(OnnxModel.load(artifact_dir, provider, intra_op_threads), manifest)
+        predictor.training_profile = read_profile(manifest)
+        return predictor
 
     @property
     def model_version(self) -> str:
@@ -168,7 +176,8 @@ class Predictor(Forecaster):
                 step=h + 1, date=dates[h], predicted_return=float(np.expm1(median[h])),
                 close=float(close[h]), lower=lower, upper=upper, bands=bands))
         return Forecast(item.ticker, item.as_of, item.last_close, self.model_version,
-                        item.seen_in_training, tuple(steps), self.served_band, *recent)
+                        item.seen_in_training, tuple(steps), band_method=self.served_band,
+                        recent_coverage=recent[0], recent_sessions=recent[1])
 
     # -- the served band -----------------------------------------------------------------------
 
@@ -220,8 +229,7 @@ class Predictor(Forecaster):
         for ticker, bars in items:
             if as_of is not None:
                 bars = bars.loc[bars["date"] <= pd.Timestamp(as_of)]
-            if len(bars) < self.min_bars:
-                raise InsufficientHistory(ticker, len(bars), self.min_bars)
+            item = self.preprocess(ticker, bars)  # the latest window (range check) and its facts
             series = TickerSeries(ticker, bars)
             last = len(series.bars) - 1
             origins = np.arange(max(0, last - self.band_history), last + 1)
@@ -230,13 +238,12 @@ class Predictor(Forecaster):
                     else served.base.historical_forecasts(series, origins, self.spec.horizon))
             band = served.recalibrate(base, series, np.array([last]), horizon)
             recent = self._recent_coverage(served, base, series, last)
-            row = series.bars.iloc[last]
-            item = ModelInput(ticker=ticker, window=np.empty(0), ticker_id=self.manifest.ticker_id(
-                ticker), as_of=pd.Timestamp(row["date"]).date(), last_close=float(row["close"]),
-                seen_in_training=self.manifest.seen_in_training(ticker))
             median = model.median[-1]  # the model's own median, whichever band is served
-            out.append(self.postprocess(item, median, band.log_returns[0], served.quantiles,
-                                        horizon, recent))
+            forecast = self.postprocess(item, median, band.log_returns[0], served.quantiles,
+                                        horizon, recent)
+            if self.training_profile is not None:
+                forecast = dataclasses.replace(forecast, warnings=self._range_warnings(item))
+            out.append(forecast)
         return out
 
     @staticmethod
@@ -252,6 +259,19 @@ class Predictor(Forecaster):
         realized = y[bands.origins + 1] - y[bands.origins]
         inside = (realized >= lower[:, 0]) & (realized <= upper[:, 0])
         return float(inside.mean()), int(inside.size)
+
+    def _range_warnings(self, item: ModelInput) -> tuple[str, ...]:
+        """A warning when the input window leaves the range the model saw in training."""
+        scaler = self.manifest.feature_scaler
+        window = pd.DataFrame(scaler.inverse_transform(item.window.astype(np.float64)),
+                              columns=list(self.spec.features))
+        outside = outside_training_range(self.training_profile, window)
+        if not outside:
+            return ()
+        warning = (f"the input window of {item.ticker} lies outside the training range "
+                   f"(value > or < the training max or min): {', '.join(outside)}; the "
+                   "forecast extrapolates")
+        return (warning,)
 
     def predict_origins(
         self, ticker: str, bars: pd.DataFrame, origins: Sequence[dt.date] | None = None
