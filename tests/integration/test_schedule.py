@@ -121,7 +121,12 @@ def test_a_retrain_the_gate_refuses_leaves_models_current_alone(sqlite_url, tiny
                 store_run(conn, model_version=manifest.version,
                           start=manifest.split.test[0], end=dt.date(2021, 5, 18),
                           tickers=manifest.tickers, config={"in_sample_origins": False},
-                          metrics=[(POOLED, 1, MODEL, "mae", 1.05), (POOLED, 1, NAIVE, "mae", 1.0)])
+                          metrics=[(POOLED, 1, MODEL, "mae", 1.05), (POOLED, 1, NAIVE, "mae", 1.0),
+                                   # a calibrated band, level with the EWMA + ACI band's
+                                   (POOLED, 1, "model_aci", "coverage", 0.8),
+                                   (POOLED, 5, "model_aci", "coverage", 0.8),
+                                   (POOLED, 1, "model_aci", "interval_score", 0.04),
+                                   (POOLED, 1, "ewma_aci", "interval_score", 0.04)])
             return promote(engine, models, manifest.version).describe()
 
         settings = api_settings(sqlite_url, models)
