@@ -281,6 +281,12 @@ def backtest(
 ):
     """Walk-forward backtest of the model vs baselines: store it, print the table, write plots."""
     import time
+    from importlib.util import find_spec
+
+    # The runtime image leaves the backtest extra out; say so instead of a ModuleNotFoundError.
+    if not all(find_spec(name) for name in ("statsmodels", "matplotlib")):
+        _fail("stockcast backtest needs the backtest extra (statsmodels, matplotlib): "
+              "pip install 'stockcast[backtest]'; in Docker, the train image has it")
 
     from sqlalchemy.exc import DBAPIError
 
