@@ -76,6 +76,7 @@ compose-smoke:
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service training tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache stockcast.db stockcast.db-wal stockcast.db-shm var

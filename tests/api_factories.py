@@ -13,7 +13,7 @@ from typing import Self
 import pandas as pd
 import uvicorn
 
-from service.config import Settings
+from service.core.config import Settings
 from service.db.bars import upsert_bars
 from service.db.session import make_engine, reset_database
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import FieldError, Problem
-from service.errors import (
+from service.core.errors import (
     DatabaseUnavailable,
     InsufficientHistory,
     InvalidTicker,

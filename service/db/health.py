@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from service.errors import DatabaseUnavailable
+from service.core.errors import DatabaseUnavailable
 
 
 def ping(engine: Engine) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 
-from service.config import PROJECT_ROOT
+from service.core.config import PROJECT_ROOT
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

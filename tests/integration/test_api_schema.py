@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.api.main import create_app
-from service.config import Settings
+from service.core.config import Settings
 from service.db.session import upgrade
 from tests.api_factories import Clock, api_settings, store_bars
 from tests.bar_factories import ScriptedSource, make_bars

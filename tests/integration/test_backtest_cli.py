@@ -8,12 +8,12 @@ from contextlib import contextmanager
 import pytest
 from typer.testing import CliRunner
 
+from service.artifacts.manifest import load_manifest
 from service.cli import app
 from service.db.backtests import get_metrics, latest_run, store_run
 from service.db.session import make_engine
-from service.forecasting.backtest import MODEL, NAIVE, POOLED
-from service.forecasting.manifest import load_manifest
-from service.promotion import PromotionRefused, evaluate_gate, promote
+from service.evaluation.promotion import PromotionRefused, evaluate_gate, promote
+from service.evaluation.scoring import MODEL, NAIVE, POOLED
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

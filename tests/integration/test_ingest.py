@@ -7,10 +7,9 @@ import gzip
 import pytest
 from typer.testing import CliRunner
 
+from service.core.errors import InvalidBars
 from service.db import bars as bars_db
-from service.db.session import make_engine
-from service.errors import InvalidBars
-from service.ingest import ingest_file
+from service.sources.ingest import ingest_file
 
 SHARED_READ, SHARED_STORED = 608_160, 607_592
 SHARED_REJECTED = {"missing_field": 538, "open_outside_range": 28, "duplicate_date": 2}
@@ -20,11 +19,6 @@ GOOD = ("AAA,2020-01-02,10,11,9,10.5,10.4,1000\n"
         "AAA,2020-01-03,10.5,11.5,10,11,10.9,1200\n")
 
 
-@pytest.fixture
-def engine(db_url):
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
 
 
 def test_shared_dataset_reconciles_and_reingest_changes_nothing(engine, shared_dataset):
@@ -91,7 +85,7 @@ def test_a_file_missing_a_column_is_refused_and_loses_nothing(engine, tmp_path):
 
 def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
     from service.cli import app
-    from service.config import get_settings
+    from service.core.config import get_settings
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("STOCKCAST_DATABASE_URL", url)
@@ -108,3 +102,24 @@ def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
         assert missing.exit_code == 1 and "error: no such file" in missing.output
     finally:
         get_settings.cache_clear()
+
+
+def test_the_one_write_path_stores_valid_rows_updates_ranges_and_records_a_refresh(engine):
+    import datetime as dt
+
+    from service.sources.store import validate, write_bars
+    from tests.bar_factories import make_bars
+
+    frame = make_bars(10, start="2020-01-02")
+    frame.loc[3, "high"] = frame.loc[3, "low"] / 2  # high below low: rejected
+    validated = validate(frame, "AAA")
+    at = dt.datetime(2020, 1, 20, 21, 0, tzinfo=dt.UTC)
+    count = write_bars(engine, validated, "test", refreshed=("AAA", at))
+    assert (count.offered, count.written) == (9, 9)
+    assert validated.n_rejected == 1
+    with engine.connect() as conn:
+        state = bars_db.ticker_state(conn, "AAA")
+    assert state.first_bar_date == dt.date(2020, 1, 2)
+    assert state.last_bar_date == dt.date(2020, 1, 15)
+    assert (state.last_refresh_status, state.last_refresh_at) == ("ok", at)
+    assert len(bars_db.read_bars(engine, "AAA")) == 9

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from service.errors import ManifestMismatch, ModelNotLoaded
-from service.forecasting.manifest import load_manifest, resolve_current, set_current
+from service.artifacts.manifest import load_manifest, resolve_current, set_current
+from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
 from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor

@@ -1,13 +1,13 @@
 """GET /metrics/backtest: the stored walk-forward backtest of the model against every baseline.
 
 All backtest response schemas live in this file. The metric fields are generated from
-`service.forecasting.backtest.METRICS`, so the API documents exactly what the backtest stores.
+`service.evaluation.scoring.METRICS`, so the API documents exactly what the backtest stores.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pandas as pd
 from fastapi import APIRouter, HTTPException, Query
@@ -16,11 +16,11 @@ from sqlalchemy.exc import DBAPIError
 
 from service.api.deps import EngineDep
 from service.api.problems import problem_responses
+from service.core.errors import DatabaseUnavailable
+from service.core.tickers import normalize_ticker
 from service.db.backtests import RunInfo, get_metrics, get_run, latest_run
-from service.errors import DatabaseUnavailable
-from service.forecasting.backtest import BUY_AND_HOLD, METRICS, MODEL, POOLED
+from service.evaluation.scoring import BUY_AND_HOLD, METRICS, MODEL, POOLED
 from service.forecasting.baselines import BASELINES
-from service.tickers import normalize_ticker
 
 router = APIRouter(prefix="/metrics", tags=["backtest"])
 
@@ -44,8 +44,8 @@ class BacktestRunPublic(BaseModel):
 
 
 _metric_fields = {
-    name: (float | None, Field(default=None, description=description))
-    for name, description in METRICS.items()
+    name: (float | None, Field(default=None, description=metric.meaning))
+    for name, metric in METRICS.items()
 }
 
 BacktestMetricsPublic = create_model(
@@ -54,7 +54,7 @@ BacktestMetricsPublic = create_model(
             "a metric does not apply to this row or is undefined (e.g. naive's direction).",
     ticker=(str, Field(description=f"A ticker, or {POOLED!r} for all tickers pooled.")),
     horizon=(int, Field(description="Trading days from origin to target.")),
-    method=(str, Field(description="model, a baseline (naive, drift, sma20, mean, arima), or "
+    method=(str, Field(description=f"model, a baseline ({', '.join(BASELINES)}), or "
                                    "buy_and_hold (strategy metrics only).")),
     **_metric_fields,
 )
@@ -86,6 +86,34 @@ class BacktestPublic(BaseModel):
 
     run: BacktestRunPublic
     metrics: list[BacktestMetricsPublic]  # type: ignore[valid-type]
+
+
+class MetricPublic(BaseModel):
+    """One metric of the backtest's catalogue: what it is called, means, and which way wins."""
+
+    name: str = Field(description="The field name in `GET /metrics/backtest` rows.")
+    label: str = Field(description="Short column header (the CLI and README tables).")
+    title: str = Field(description="A few words naming it (the page's rows).")
+    meaning: str = Field(description="How it is computed.")
+    unit: str = Field(description="count, dollars, percent, ratio, share, statistic, p-value "
+                                  "or return.")
+    better: Literal["lower", "higher"] | None = Field(
+        description="Which way beats the other method; null when neither does.")
+
+
+CATALOGUE = [MetricPublic(**metric.public()) for metric in METRICS.values()]
+
+
+@router.get(
+    "/backtest/catalogue",
+    summary="Backtest metric catalogue",
+    response_model=list[MetricPublic],
+    description="Every metric `GET /metrics/backtest` can return, in display order: its label, "
+                "meaning, unit and which direction is better. The page reads its labels here.",
+)
+def get_catalogue() -> list[MetricPublic]:
+    """The one catalogue of backtest metrics."""
+    return CATALOGUE
 
 
 def run_public(run: RunInfo) -> BacktestRunPublic:
@@ -120,8 +148,9 @@ def metrics_public(frame: pd.DataFrame) -> list:
     response_model=BacktestPublic,
     response_model_exclude_none=False,
     description=(
-        "Metrics of the model and every baseline (naive, drift, SMA20, historical mean, "
-        "ARIMA) from the latest stored walk-forward backtest, or the run chosen by `run_id` or "
+        "Metrics of the model and every baseline ("
+        + ", ".join(BASELINES[b].title for b in BASELINES)
+        + ") from the latest stored walk-forward backtest, or the run chosen by `run_id` or "
         "`model_version`: MAE/RMSE in dollars, MAPE, MAE relative to naive (< 1 beats naive), "
         "R² of returns, directional accuracy, Diebold–Mariano vs naive, cross-sectional IC "
         "(pooled rows, ticker `*`), 10-90% interval coverage (model), and long/flat, "

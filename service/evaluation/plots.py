@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from service.forecasting.backtest import BUY_AND_HOLD, MODEL, NAIVE, BacktestResult, pooled_equity
+from service.evaluation.backtest import BacktestResult
+from service.evaluation.report import pooled_equity
+from service.evaluation.scoring import BUY_AND_HOLD, MODEL, NAIVE
 from service.forecasting.windows import prices_from_log_returns
 
 

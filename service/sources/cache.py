@@ -14,11 +14,11 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from service.core.errors import DatabaseUnavailable, SourceUnavailable, UnknownTicker
+from service.core.tickers import normalize_ticker
 from service.db import bars as bars_db
-from service.errors import DatabaseUnavailable, SourceUnavailable, UnknownTicker
 from service.sources.base import BarSource
-from service.sources.validate import validate_bars
-from service.tickers import normalize_ticker
+from service.sources.store import validate, write_bars
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,12 @@ class BarCache:
         else:
             fetch_start = start or (self.clock().date() - dt.timedelta(days=self.history_days))
         try:
-            result = validate_bars(self.source.fetch(ticker, fetch_start, end).assign(ticker=ticker))
+            result = validate(self.source.fetch(ticker, fetch_start, end), ticker)
             if have_bars and self._rebased(ticker, result.bars, fetch_start, state.last_bar_date):
                 # Mixing bases would put a fake -69% return into the features at a 2:1 split.
                 log.info("%s: source re-based past prices; fetching its whole history again",
                          ticker)
-                result = validate_bars(
-                    self.source.fetch(ticker, state.first_bar_date, end).assign(ticker=ticker))
+                result = validate(self.source.fetch(ticker, state.first_bar_date, end), ticker)
         except UnknownTicker as exc:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "ok" if have_bars else "unknown", str(exc),
@@ -176,9 +175,8 @@ class BarCache:
         if result.n_rejected:
             warnings.append(f"{ticker}: source returned {result.read} rows, "
                             f"{result.summary()}")
-        with self.engine.begin() as conn:
-            count = bars_db.upsert_bars(conn, result.bars, source=self.source.name)
-            bars_db.record_refresh(conn, ticker, "ok", None, at=self.clock())
+        count = write_bars(self.engine, result, self.source.name,
+                           refreshed=(ticker, self.clock()))
         if not have_bars and count.offered == 0:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "unknown", "no valid bars", at=self.clock())
