@@ -9,19 +9,20 @@
 ARG PYTHON_VERSION=3.11
 
 # ---- requirements: the dependency lists, read from pyproject.toml -------------------------------
-# Only pyproject.toml reaches the dependency layers: editing code or docs never reinstalls them.
+# Each stage copies only the lists it installs: editing code, docs, tool settings or another
+# extra never reinstalls its dependencies.
 FROM python:${PYTHON_VERSION}-slim AS requirements
-WORKDIR /requirements
-COPY pyproject.toml ./
-RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+COPY pyproject.toml /src/
+RUN mkdir /requirements && python -c "import tomllib; \
+project = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
 lists = {'runtime': project['dependencies'], **project['optional-dependencies']}; \
-[open(name + '.txt', 'w').write('\n'.join(reqs) + '\n') for name, reqs in lists.items()]"
+[open(f'/requirements/{name}.txt', 'w').write('\n'.join(reqs) + '\n') for name, reqs in lists.items()]"
 
 # ---- builder: the runtime dependencies in a virtualenv, then its pip and setuptools removed -------
 FROM python:${PYTHON_VERSION}-slim AS builder
 RUN python -m venv /opt/stockcast \
  && /opt/stockcast/bin/pip install --no-cache-dir --upgrade pip
-COPY --from=requirements /requirements /requirements
+COPY --from=requirements /requirements/runtime.txt /requirements/
 RUN /opt/stockcast/bin/pip install --no-cache-dir -r /requirements/runtime.txt \
  && /opt/stockcast/bin/pip uninstall -y pip setuptools
 
@@ -64,7 +65,7 @@ USER root
 # PyPI's Linux torch wheel brings CUDA; pass --build-arg TORCH_INDEX_URL=.../whl/cpu for CPU only.
 ARG TORCH_INDEX_URL=""
 # (COPY, not RUN --mount=from=requirements: under Debian's podman 4.3 that mount came up empty.)
-COPY --from=requirements /requirements /requirements
+COPY --from=requirements /requirements/train.txt /requirements/backtest.txt /requirements/
 RUN python -m ensurepip \
  && python -m pip install --no-cache-dir \
       ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple} \
