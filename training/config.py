@@ -24,6 +24,9 @@ class TrainConfig:
     quantiles: tuple[float, ...] = FeatureSpec.quantiles
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     train_stride: int = 1  # keep every k-th training origin (1 = all); val is never strided
+    # A test segment given from outside (a rolling block, first..last origin): the bars end
+    # before it, train/val share the origins before its gap (see chronological_split).
+    holdout: tuple[dt.date, dt.date] | None = None
     # model
     hidden_size: int = 64
     num_layers: int = 2
@@ -79,7 +82,7 @@ class TrainConfig:
             if isinstance(value, dt.date):
                 out[key] = value.isoformat()
             elif isinstance(value, tuple):
-                out[key] = list(value)
+                out[key] = [v.isoformat() if isinstance(v, dt.date) else v for v in value]
         return out
 
     @classmethod
@@ -96,6 +99,8 @@ class TrainConfig:
         for key in ("tickers", "quantiles", "split_fractions"):
             if key in values:
                 values[key] = tuple(values[key])
+        if values.get("holdout") is not None:
+            values["holdout"] = tuple(dt.date.fromisoformat(d) for d in values["holdout"])
         return cls(**values)
 
     def with_(self, **changes) -> TrainConfig:

@@ -114,7 +114,8 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
 
-    prepared = prepare_data(bars_multi, config.spec, config.split_fractions, config.train_stride)
+    prepared = prepare_data(bars_multi, config.spec, config.split_fractions, config.train_stride,
+                            config.holdout)
     spec = prepared.spec
     model = QuantileLSTM(
         n_features=spec.n_features,
