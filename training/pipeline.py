@@ -57,7 +57,8 @@ def train_and_export(config: TrainConfig, bars: pd.DataFrame, model_dir: Path) -
         result = fit(config, bars)
         artifact_dir = None
         if result.rank == 0:
-            artifact_dir = export_artifact(result, Path(model_dir))
+            artifact_dir = export_artifact(result.model, result.prepared, result.record,
+                                           Path(model_dir))
         if result.world_size > 1:
             dist.barrier()
         return artifact_dir

@@ -24,8 +24,9 @@ from service.core.errors import (
     InsufficientHistory,
     StockcastError,
 )
+from service.core.locks import KeyedLocks
 from service.inference.predictor import Forecast, Predictor
-from service.sources.cache import BarCache, CachedBars, KeyedLocks
+from service.sources.cache import BarCache, CachedBars
 
 # Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
-import weakref
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.core.errors import DatabaseUnavailable, SourceUnavailable, UnknownTicker
+from service.core.locks import KeyedLocks
 from service.core.tickers import normalize_ticker
 from service.db import bars as bars_db
 from service.sources.base import BarSource
@@ -44,25 +42,6 @@ class CachedBars:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-class KeyedLocks:
-    """One lock per key, kept only while some caller holds it: bounded by requests in flight."""
-
-    def __init__(self):
-        self._locks: weakref.WeakValueDictionary[Hashable, threading.Lock] = (
-            weakref.WeakValueDictionary())
-        self._guard = threading.Lock()
-
-    def __call__(self, key: Hashable) -> threading.Lock:
-        with self._guard:
-            lock = self._locks.get(key)
-            if lock is None:
-                lock = self._locks[key] = threading.Lock()
-            return lock
-
-    def __len__(self) -> int:
-        return len(self._locks)
 
 
 class BarCache:
