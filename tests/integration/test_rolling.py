@@ -123,6 +123,27 @@ def test_the_stitched_run_is_stored_with_hac_statistics_and_books(clean_run):
     assert json.dumps(info.config)  # strict JSON (no NaN)
 
 
+def test_get_metrics_backtest_serves_the_rolling_run_with_its_blocks(clean_run, tiny_artifact):
+    from fastapi.testclient import TestClient
+
+    from service.api.main import create_app
+    from tests.api_factories import api_settings
+
+    root, run = clean_run
+    app = create_app(api_settings(f"sqlite:///{root / 'r.db'}", tiny_artifact.model_dir))
+    with TestClient(app) as client:
+        body = client.get("/metrics/backtest", params={"ticker": POOLED, "horizon": 1}).json()
+    assert body["run"]["model_version"] == run.result.model_version
+    blocks = body["run"]["config"]["blocks"]
+    assert [b["model_version"] for b in blocks] == _versions(run)
+    assert blocks[0]["train"][1] < blocks[0]["first"]
+    rows = {r["method"]: r for r in body["metrics"]}
+    assert rows[MODEL]["rank_ic_t_hac"] == pytest.approx(
+        run.result.value("rank_ic_t_hac"), rel=1e-9)
+    assert rows[REVERSAL]["topk_sharpe"] == pytest.approx(
+        run.result.value("topk_sharpe", REVERSAL), rel=1e-9)
+
+
 def test_the_cli_runs_six_tickers_two_blocks_two_epochs_quickly(tmp_path, monkeypatch):
     from service.cli import app
     from service.core.config import get_settings
