@@ -168,15 +168,15 @@ def evaluate_rolling(config: TrainConfig, spec: RollingSpec, database_url: str,
         if missing:
             raise ValueError(f"no bars in the cache for {missing}: load them first "
                              "(stockcast ingest / seed)")
-        if spec.workers > 1 and config.threads is None:
-            config = config.with_(threads=1)  # the workers share the cores
+        progress = config.progress
         if spec.workers > 1:
-            config = config.with_(progress=False)  # one bar per block, not interleaved epochs
+            # The workers share the cores; one bar per block, not interleaved epoch bars.
+            config = config.with_(threads=config.threads or 1, progress=False)
         jobs = plan_jobs(config, bars, spec)
-        trained = train_blocks(jobs, model_dir, spec.workers, config.progress or spec.workers > 1)
+        trained = train_blocks(jobs, model_dir, spec.workers, progress)
         series = bars_by_ticker(bars)
         runs = []
-        for job in tqdm(jobs, desc="blocks forecast", disable=not config.progress):
+        for job in tqdm(jobs, desc="blocks forecast", disable=not progress):
             artifact, cached = trained[job.block.number]
             made = forecast_block(job.block, artifact, series, horizons=spec.horizons,
                                   baselines=spec.baselines, provider=provider,
