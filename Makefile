@@ -51,9 +51,9 @@ backtest: $(VENV)/.runtime seed
 
 # Rolling walk-forward with retraining (issue 13): one model per block of EVAL_EVERY sessions,
 # each trained on bars before its block; block models are cached in var/rolling, so a rerun
-# resumes. `make evaluate EVAL_START=2017-01-03 EVAL_EVERY=63 EVAL_EPOCHS=4` is the README run.
+# resumes. The data begin 2012-12-06: the first block needs ~2 years before it (README).
 EVAL_UNIVERSE ?= top24
-EVAL_START ?= 2014-01-02
+EVAL_START ?= 2015-01-02
 EVAL_END ?= 2017-12-05
 EVAL_EVERY ?= 126
 EVAL_EPOCHS ?= 40

@@ -346,7 +346,7 @@ def evaluate(
     tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
     universe: Annotated[str, typer.Option(help="Named ticker universe.")] = "top24",
     start: Annotated[dt.datetime, typer.Option(
-        formats=["%Y-%m-%d"], help="First origin of the rolling period.")] = "2014-01-02",
+        formats=["%Y-%m-%d"], help="First origin of the rolling period.")] = "2015-01-02",
     end: Annotated[dt.datetime, typer.Option(
         formats=["%Y-%m-%d"], help="Last origin of the rolling period.")] = "2017-12-05",
     retrain_every: Annotated[int, typer.Option(help="Sessions per block (one model each).")] = 126,
