@@ -12,11 +12,19 @@ from typer.testing import CliRunner
 
 from service.db.backtests import get_metrics, latest_run
 from service.db.session import make_engine
+from service.evaluation.backtest import bars_by_ticker
+from service.evaluation.rolling import forecast_block
 from service.evaluation.scoring import METRICS, MODEL, POOLED
 from service.forecasting.signals import REVERSAL
 from tests.api_factories import store_bars
 from tests.tiny_model import synthetic_bars_multi, tiny_config
-from training.rolling import RollingSpec, block_key, evaluate_rolling, plan_jobs
+from training.rolling import (
+    RollingSpec,
+    block_key,
+    evaluate_rolling,
+    plan_jobs,
+    train_blocks,
+)
 
 TICKERS = ("AAA", "BBB", "CCC", "DDD", "EEE", "FFF")
 # 330 business days from 2020-01-02; the last 80 origins (two blocks of 40) are evaluated.
@@ -58,26 +66,35 @@ def _versions(run):
     return [b["model_version"] for b in run.result.config["blocks"]]
 
 
+def _block_models(bars, model_dir):
+    """{block: artifact} trained for SPEC on these bars (no forecasting, scoring or storing)."""
+    trained = train_blocks(plan_jobs(_config(), bars, SPEC), model_dir, progress=False)
+    return {number: artifact for number, (artifact, _) in trained.items()}
+
+
 def test_blocks_never_train_on_an_origin_they_score(clean_run, tmp_path):
     _, run = clean_run
     blocks = run.result.config["blocks"]
     assert [b["block"] for b in blocks] == [1, 2]
     for b in blocks:
         assert b["train"][1] < b["first"]  # bars strictly before the block
-    # Scramble everything from block 2's first origin on: neither block's model may change.
-    poisoned = _evaluate(f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "models",
-                         _poisoned(blocks[1]["first"]))
-    assert _versions(poisoned) == _versions(run)
-    assert not any(b["cached"] for b in poisoned.result.config["blocks"])
-    h1, h1p = run.result.forecasts[1], poisoned.result.forecasts[1]
-    first = h1[h1["block"] == 1][MODEL].to_numpy()
-    np.testing.assert_array_equal(first, h1p[h1p["block"] == 1][MODEL].to_numpy())
+    # Scramble every price from block 2's first origin on: neither block's model may change.
+    poisoned = _poisoned(blocks[1]["first"])
+    models = _block_models(poisoned, tmp_path / "models")
+    assert [models[1].name, models[2].name] == _versions(run)
+    # ...and block 1's forecasts (each from bars <= its origin) are those of the clean run.
+    block1 = plan_jobs(_config(), poisoned, SPEC)[0].block
+    made = forecast_block(block1, models[1], bars_by_ticker(poisoned), horizons=(1,),
+                          baselines=("naive",), provider="cpu")
+    h1 = run.result.forecasts[1]
+    np.testing.assert_array_equal(made.forecasts[1][MODEL].to_numpy(),
+                                  h1[h1["block"] == 1][MODEL].to_numpy())
     # Scrambling from one session after block 1 starts changes block 2's model (it does learn
     # from the bars up to its block), not block 1's.
     later = DATES[DATES.get_loc(pd.Timestamp(blocks[0]["first"])) + 1].date()
-    moved = _evaluate(f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "models2", _poisoned(later))
-    assert _versions(moved)[0] == _versions(run)[0]
-    assert _versions(moved)[1] != _versions(run)[1]
+    moved = _block_models(_poisoned(later), tmp_path / "models2")
+    assert moved[1].name == _versions(run)[0]
+    assert moved[2].name != _versions(run)[1]
 
 
 def test_a_rerun_reuses_the_cached_block_models(clean_run):
