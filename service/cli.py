@@ -354,6 +354,8 @@ def evaluate(
         "expanding"),
     sliding_sessions: Annotated[int, typer.Option(help="Sessions of a sliding window.")] = 756,
     epochs: Annotated[int | None, typer.Option(help="Max epochs per block model.")] = None,
+    features: Annotated[str | None, typer.Option(
+        help="Feature set (ablation): returns or indicators (default: the config's).")] = None,
     horizons: Annotated[str, typer.Option(help="Comma list, in trading days.")] = "1,5,30",
     baselines: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
     top_k: Annotated[int, typer.Option(help="Long the top k, short the bottom k, daily.")] = 5,
@@ -379,7 +381,7 @@ def evaluate(
     from service.core.config import PROJECT_ROOT
     from service.core.errors import StockcastError
     from service.forecasting.baselines import BASELINES
-    from service.forecasting.spec import UNIVERSES
+    from service.forecasting.spec import FEATURE_SETS, UNIVERSES
     from training.config import TrainConfig
     from training.rolling import RollingSpec, evaluate_rolling
     from training.train import TrainingDiverged
@@ -392,6 +394,10 @@ def evaluate(
     else:
         _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
     changes: dict = {"tickers": names, "progress": progress}
+    if features is not None:
+        if features not in FEATURE_SETS:
+            _fail(f"unknown feature set {features!r}; known: {sorted(FEATURE_SETS)}")
+        changes["features"] = FEATURE_SETS[features]
     for name, value in (("epochs", epochs), ("threads", threads)):
         if value is not None:
             changes[name] = value

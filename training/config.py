@@ -37,6 +37,7 @@ class TrainConfig:
     start: dt.date | None = None  # first bar date read from the cache (None: all)
     end: dt.date | None = None  # last bar date read from the cache (None: all)
     # The feature spec's defaults (60-day window, 30 horizons, 0.1/0.5/0.9), stated once there.
+    features: tuple[str, ...] = FeatureSpec.features  # spec.FEATURE_SETS names ablation sets
     window: int = FeatureSpec.window
     horizon: int = FeatureSpec.horizon
     quantiles: tuple[float, ...] = FeatureSpec.quantiles
@@ -99,7 +100,8 @@ class TrainConfig:
     @property
     def spec(self) -> FeatureSpec:
         """The feature spec (window, horizon, quantiles) this run trains for."""
-        return FeatureSpec(window=self.window, horizon=self.horizon, quantiles=self.quantiles)
+        return FeatureSpec(features=self.features, window=self.window, horizon=self.horizon,
+                           quantiles=self.quantiles)
 
     def to_dict(self) -> dict:
         """JSON-able form (dates as ISO strings, tuples as lists)."""
@@ -122,7 +124,7 @@ class TrainConfig:
         for key in ("start", "end"):
             if values.get(key) is not None:
                 values[key] = dt.date.fromisoformat(values[key])
-        for key in ("tickers", "quantiles", "split_fractions"):
+        for key in ("tickers", "features", "quantiles", "split_fractions"):
             if key in values:
                 values[key] = tuple(values[key])
         if values.get("holdout") is not None:

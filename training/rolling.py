@@ -180,7 +180,7 @@ def evaluate_rolling(config: TrainConfig, spec: RollingSpec, database_url: str,
             artifact, cached = trained[job.block.number]
             made = forecast_block(job.block, artifact, series, horizons=spec.horizons,
                                   baselines=spec.baselines, provider=provider,
-                                  intra_op_threads=intra_op_threads)
+                                  intra_op_threads=intra_op_threads, expected=config.spec)
             runs.append(BlockRun(job.block, artifact.name, (job.config.start, job.config.end),
                                  cached, made))
         run_config = {

@@ -51,6 +51,7 @@ from service.forecasting import portfolio
 from service.forecasting import significance as sig
 from service.forecasting.baselines import BASELINES
 from service.forecasting.signals import REVERSAL, ReversalSignal
+from service.forecasting.spec import FeatureSpec
 from service.inference.onnx_model import Provider
 from service.inference.predictor import Predictor
 
@@ -116,13 +117,15 @@ def bars_digest(bars: pd.DataFrame) -> str:
 
 def forecast_block(block: Block, artifact_dir: Path, bars: Mapping[str, pd.DataFrame], *,
                    horizons: Sequence[int], baselines: Sequence[str],
-                   provider: Provider = "auto", intra_op_threads: int = 1) -> HistoricalRun:
+                   provider: Provider = "auto", intra_op_threads: int = 1,
+                   expected: FeatureSpec | None = None) -> HistoricalRun:
     """Every origin of the block forecast out of sample: the block's model, baselines, reversal.
 
     Each method forecasts origin t from bars <= t; baselines are fitted on the bars up to the end
-    of the block model's training segment, i.e. before the block too.
+    of the block model's training segment, i.e. before the block too. `expected`: the spec the
+    block was trained for (an ablation's features); the artifact is refused if it differs.
     """
-    predictor = Predictor.load(artifact_dir, provider, intra_op_threads)
+    predictor = Predictor.load(artifact_dir, provider, intra_op_threads, expected)
     manifest = predictor.manifest
     if manifest.split.test[0] > block.first:
         raise ValueError(f"model {manifest.version}'s test segment starts "

@@ -191,3 +191,31 @@ def test_the_cli_runs_six_tickers_two_blocks_two_epochs_quickly(tmp_path, monkey
                                    "--start", START.isoformat(), "--end", END.isoformat()])
     assert bad.exit_code == 1
     assert "window must be one of ('expanding', 'sliding')" in bad.output
+
+
+def test_ablation_feature_sets_train_distinct_artifacts_that_refuse_other_features(clean_run,
+                                                                                   tmp_path):
+    from service.artifacts.manifest import load_manifest
+    from service.core.errors import ManifestMismatch
+    from service.forecasting.spec import FEATURE_NAMES, FEATURE_SETS
+    from service.inference.predictor import Predictor
+    from training.pipeline import train_and_export
+
+    root, run = clean_run
+    base = _config(features=FEATURE_SETS["returns"])
+    job = plan_jobs(base, BARS, SPEC)[0]
+    full = plan_jobs(_config(), BARS, SPEC)[0]
+    assert job.config.spec.features == ("log_return",) != full.config.spec.features
+    assert job.key != full.key
+    artifact = train_and_export(job.config, job.bars, tmp_path)
+    # Serving takes the shipped features only; the evaluation asks for the set it trained.
+    with pytest.raises(ManifestMismatch, match=r"was built for features \['log_return'\]"):
+        load_manifest(artifact)
+    assert Predictor.load(artifact, "cpu", expected=job.config.spec).spec.n_features == 1
+    indicators = root / "models" / _versions(run)[0]
+    assert load_manifest(indicators).spec.features == FEATURE_NAMES
+    with pytest.raises(ManifestMismatch, match="was built for features"):
+        Predictor.load(indicators, "cpu", expected=job.config.spec)
+    made = forecast_block(job.block, artifact, bars_by_ticker(BARS), horizons=(1,),
+                          baselines=("naive",), provider="cpu", expected=job.config.spec)
+    assert len(made.forecasts[1]) == len(TICKERS) * 40

@@ -108,3 +108,15 @@ def test_a_holdout_split_keeps_train_and_val_a_gap_before_the_holdout():
     assert split.val == (days[158].date(), days[189].date())
     with pytest.raises(ValueError, match="reach the holdout"):
         chronological_split(days, gap=10, holdout=(days[150].date(), days[160].date()))
+
+
+def test_a_training_config_with_a_holdout_and_features_survives_json():
+    import datetime as dt
+    import json
+
+    from training.config import TrainConfig
+
+    config = TrainConfig(features=("log_return",),
+                         holdout=(dt.date(2017, 1, 3), dt.date(2017, 4, 3)))
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert config.spec.features == ("log_return",)
