@@ -28,6 +28,16 @@ FEATURE_NAMES: tuple[str, ...] = (
 SCALE_FEATURE = "ewma_vol"
 
 
+# Named feature sets for ablations (`stockcast evaluate --features`): each a subset of the
+# registered features, in FEATURE_NAMES order. Serving takes FEATURE_NAMES only.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    # The base: returns, and the volatility the scale-free target is divided by (the graph
+    # multiplies it back from the window, so every set carries SCALE_FEATURE).
+    "returns": ("log_return", SCALE_FEATURE),
+    "indicators": FEATURE_NAMES,  # + RSI, SMA, MACD, Bollinger, volume (the shipped set)
+}
+
+
 @dataclass(frozen=True)
 class IndicatorParams:
     """Parameters of the `ta` indicators behind the features and the chart overlays."""
