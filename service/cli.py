@@ -201,7 +201,8 @@ def train(
     max_rel_mae: Annotated[float, typer.Option(
         help="The gate: highest pooled 1-day MAE relative to naive that may be promoted.")] = 1.0,
     plots_dir: Annotated[Path | None, typer.Option(
-        help="Where the gate backtest's PNGs go (default: var/backtests/run-<id>).")] = None,
+        help="Where the gate backtest's PNGs go "
+             "(default: <model dir>/runs/<database key>/run-<id>).")] = None,
     progress: bool = True,
 ):
     """Train the LSTM + ticker-embedding model on cached bars and export models/<version>/.
@@ -277,21 +278,20 @@ def backtest(
     version: Annotated[str | None, typer.Option(help="Model version (default current).")] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
     plots_dir: Annotated[Path | None, typer.Option(
-        help="Where the PNGs go (default: var/backtests/run-<id>).")] = None,
+        help="Where the PNGs go (default: <model dir>/runs/<database key>/run-<id>).")] = None,
 ):
     """Walk-forward backtest of the model vs baselines: store it, print the table, write plots."""
     import time
 
     from sqlalchemy.exc import DBAPIError
 
-    from service.backtest_plots import write_backtest_plots
-    from service.config import PROJECT_ROOT
+    from service.backtest_plots import default_plots_dir, write_backtest_plots
     from service.db.backtests import get_metrics, store_run
     from service.db.bars import read_bars_many
     from service.errors import StockcastError
     from service.forecasting.backtest import bars_by_ticker, run_backtest, summary_table
     from service.forecasting.baselines import BASELINES
-    from service.forecasting.manifest import load_manifest, resolve_current
+    from service.forecasting.manifest import artifact_path, load_manifest, resolve_current
     from service.forecasting.spec import UNIVERSES
     from service.inference.onnx_model import OnnxModel
     from service.inference.predictor import Predictor
@@ -307,7 +307,8 @@ def backtest(
         _fail(f"--horizons must be a comma list of integers, got {horizons!r}")
     wanted_b = [b for b in (baselines or ",".join(BASELINES)).replace(" ", "").split(",") if b]
     try:
-        artifact_dir = model_dir / version if version else resolve_current(model_dir)
+        artifact_dir = (artifact_path(model_dir, version) if version
+                        else resolve_current(model_dir))
         manifest = load_manifest(artifact_dir)
         model = OnnxModel.load(artifact_dir, settings.ort_provider, settings.ort_intra_op_threads)
         predictor = Predictor(model, manifest)
@@ -340,7 +341,7 @@ def backtest(
         _fail(f"cannot store the backtest ({exc.__class__.__name__}); "
               "is the database migrated? run `stockcast db upgrade`")
     plots = write_backtest_plots(
-        result, plots_dir or PROJECT_ROOT / "var" / "backtests" / f"run-{run_id}")
+        result, plots_dir or default_plots_dir(model_dir, settings.database_url, run_id))
     wall = time.perf_counter() - started
 
     if result.config["in_sample_origins"]:

@@ -43,3 +43,12 @@ class ManifestMismatch(StockcastError):
 
 class DatabaseUnavailable(StockcastError):
     """The bar database cannot be reached."""
+
+
+class DatabaseNotMigrated(StockcastError):
+    """The database answers but its schema is not at this code's Alembic head."""
+
+    def __init__(self, current: str | None, head: str):
+        self.current, self.head = current, head
+        super().__init__(f"database not migrated (at {current or 'no revision'}, need {head}): "
+                         "run `stockcast db upgrade`")

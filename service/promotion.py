@@ -20,7 +20,13 @@ from sqlalchemy import Engine
 from service.db.backtests import get_metrics, latest_run
 from service.errors import StockcastError
 from service.forecasting.backtest import MODEL, NAIVE, POOLED
-from service.forecasting.manifest import CURRENT_FILE, Manifest, load_manifest, set_current
+from service.forecasting.manifest import (
+    CURRENT_FILE,
+    Manifest,
+    artifact_path,
+    load_manifest,
+    set_current,
+)
 
 GATE_HORIZON = 1
 DEFAULT_MAX_REL_MAE = 1.0
@@ -105,7 +111,8 @@ def promote(engine: Engine, model_dir: Path | str, version: str,
             max_rel_mae: float = DEFAULT_MAX_REL_MAE) -> PromotionVerdict:
     """Point model_dir/current at `version` if it passes the gate; PromotionRefused otherwise."""
     model_dir = Path(model_dir)
-    manifest = load_manifest(model_dir / version)  # a broken or missing artifact is never promoted
+    # A broken, tampered or missing artifact (or a name outside model_dir) is never promoted.
+    manifest = load_manifest(artifact_path(model_dir, version))
     verdict = evaluate_gate(engine, manifest, max_rel_mae)
     if not verdict.passed:
         pointer = model_dir / CURRENT_FILE

@@ -22,11 +22,14 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from service import package_version
 from service.api.forecasts import ForecastService
 from service.api.metrics import ServiceMetrics
+from service.api.middleware import CatchAll, ContentLengthLimit
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
 from service.api.routes import admin, backtest, bars, health, models, page, predict
 from service.bar_cache import BarCache
 from service.config import Settings, get_settings
+from service.db.guard import DbBounds
+from service.db.health import SchemaCheck, head_revision
 from service.db.session import make_engine
 from service.errors import ManifestMismatch, ModelNotLoaded
 from service.forecasting.calendar import next_trading_days
@@ -82,6 +85,15 @@ def _problem_openapi(app: FastAPI) -> Callable[[], dict]:
     return openapi
 
 
+def db_bounds(settings: Settings) -> DbBounds:
+    """The API engine's time bounds, from the settings."""
+    return DbBounds(connect_seconds=settings.db_connect_timeout_seconds,
+                    ping_seconds=settings.db_ping_timeout_seconds,
+                    statement_seconds=settings.db_statement_timeout_seconds,
+                    pool_timeout_seconds=settings.db_pool_timeout_seconds,
+                    retry_seconds=settings.db_retry_seconds)
+
+
 def create_app(settings: Settings | None = None, *, source: BarSource | None = None,
                clock: Callable[[], dt.datetime] | None = None) -> FastAPI:
     """The app for `settings` (default: the environment's); `source`/`clock` replace the
@@ -93,7 +105,7 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, db_bounds(settings))
         slot: ModelSlot | None = None
         # Opened at once: whatever fails from here on (an unwritable source cache folder, say)
         # must not leave the engine's pool behind.
@@ -125,6 +137,8 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             # Building the exchange calendar takes seconds; do it before a forecast needs it.
             next_trading_days(dt.date.today(), 1)
             app.state.engine = engine
+            app.state.schema = SchemaCheck(engine, head_revision(),
+                                           settings.schema_check_interval_seconds)
             app.state.bar_cache = bar_cache
             app.state.models = slot
             app.state.forecasts = forecasts
@@ -136,11 +150,16 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
                 slot.stop_watching()
             engine.dispose()
 
+    # No redirect from /predict/ to /predict: a bare 307 is no answer; 404 problem+json is.
     app = FastAPI(title="stockcast", version=package_version(), description=DESCRIPTION,
-                  openapi_tags=TAGS, lifespan=lifespan)
+                  openapi_tags=TAGS, lifespan=lifespan, redirect_slashes=False,
+                  max_body_size=settings.max_body_bytes)
     app.state.settings = settings
     app.state.metrics = metrics
     register_problem_handlers(app)
+    # Added before the instrumentator, so it wraps them and counts their 413s and 500s.
+    app.add_middleware(CatchAll)
+    app.add_middleware(ContentLengthLimit, max_body_bytes=settings.max_body_bytes)
     # instrument() adds a middleware, which Starlette only allows before the app starts.
     instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics"])
     instrumentator.instrument(app)
