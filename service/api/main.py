@@ -22,7 +22,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from service import package_version
 from service.api.forecasts import ForecastService
 from service.api.metrics import ServiceMetrics
-from service.api.middleware import CatchAll, ContentLengthLimit
+from service.api.middleware import BodyLimit, CatchAll
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
 from service.api.routes import admin, backtest, bars, health, models, page, predict
@@ -152,14 +152,13 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
 
     # No redirect from /predict/ to /predict: a bare 307 is no answer; 404 problem+json is.
     app = FastAPI(title="stockcast", version=package_version(), description=DESCRIPTION,
-                  openapi_tags=TAGS, lifespan=lifespan, redirect_slashes=False,
-                  max_body_size=settings.max_body_bytes)
+                  openapi_tags=TAGS, lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     app.state.metrics = metrics
     register_problem_handlers(app)
     # Added before the instrumentator, so it wraps them and counts their 413s and 500s.
     app.add_middleware(CatchAll)
-    app.add_middleware(ContentLengthLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     # instrument() adds a middleware, which Starlette only allows before the app starts.
     instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics"])
     instrumentator.instrument(app)

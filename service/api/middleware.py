@@ -11,18 +11,27 @@ from __future__ import annotations
 import logging
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.problems import body_too_large_problem, internal_problem, problem_response
 
 log = logging.getLogger(__name__)
 
 
-class ContentLengthLimit:
-    """413 at once for a declared Content-Length over the limit, whatever the route.
+class BodyTooLarge(HTTPException):
+    """Raised while reading a body past the limit (the problem handlers answer 413)."""
 
-    A body sent without a length (chunked) is counted while it is read, by FastAPI's own
-    `max_body_size` (its 413 goes through the problem handlers).
+    def __init__(self):
+        super().__init__(413, "request body too large")
+
+
+class BodyLimit:
+    """413 problem+json for a body over `max_body_bytes`, before it is read in full.
+
+    A declared Content-Length over the limit is answered at once, whatever the route, without
+    reading a byte; a body without one (chunked) is counted as it is read and refused at the
+    first chunk past the limit. (FastAPI's own `max_body_size` answers text/plain.)
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int):
@@ -30,14 +39,41 @@ class ContentLengthLimit:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                response = problem_response(
-                    body_too_large_problem(self.max_body_bytes, scope.get("path")))
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:  # read outside FastAPI's body parsing (its handlers answer there)
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = body_too_large_problem(self.max_body_bytes, scope.get("path"))
+        await problem_response(problem)(scope, receive, send)
 
 
 class CatchAll:

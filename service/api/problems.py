@@ -139,7 +139,7 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
 
 
 async def _http_handler(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
-    if exc.status_code == 413:  # FastAPI's max_body_size, counted while a chunked body is read
+    if exc.status_code == 413:  # middleware.BodyLimit, counting a chunked body as it is read
         limit = request.app.state.settings.max_body_bytes
         return problem_response(body_too_large_problem(limit, request.url.path))
     title = HTTPStatus(exc.status_code).phrase

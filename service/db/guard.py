@@ -15,7 +15,7 @@ client side:
 - the pool: waiting for a free connection is bounded by `pool_timeout_seconds`;
 - after the database failed to connect or to answer in time, every checkout fails at once for
   `retry_seconds` (a circuit breaker), so requests queued behind the first ones do not each
-  wait for their own timeout.
+  wait for their own timeout; a new connection or an answered statement closes it again.
 
 Each failure raises DatabaseUnavailable (503 database-unavailable), saying which bound it hit.
 """
@@ -38,6 +38,7 @@ from service.errors import DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 TIMED_OUT = "stockcast_timed_out"  # connection-record info key set by the watchdog
+QUERY_CANCELED = "57014"  # Postgres SQLSTATE of a statement ended by statement_timeout
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,10 @@ class DatabaseBreaker:
         with self._lock:
             self._opened_at, self._reason = self.monotonic(), reason
 
+    @property
+    def is_open(self) -> bool:
+        return self._opened_at is not None
+
     def reset(self) -> None:
         with self._lock:
             self._opened_at = None
@@ -158,14 +163,12 @@ class GuardedQueuePool(QueuePool):
             raise DatabaseUnavailable(
                 f"bar database unavailable: no connection free within {self._timeout:g} s "
                 f"(pool of {self.size() + self._max_overflow})") from exc
-        except DatabaseUnavailable:
-            raise
-        except Exception as exc:  # a failed connect (refused, timed out)
-            if breaker is not None:
-                breaker.trip(f"connect failed ({type(exc).__name__})")
-            raise
         if breaker is not None:
-            breaker.reset()
+            try:  # it may have opened while this request waited for a free connection
+                breaker.check()
+            except DatabaseUnavailable:
+                conn.close()
+                raise
         return conn
 
     def recreate(self) -> GuardedQueuePool:
@@ -200,9 +203,26 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
             _interrupt(record.dbapi_connection)
         return kill
 
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, conn_rec, cargs, cparams):
+        # Inside the pool's slot: the breaker opens before the slot goes to the next waiter,
+        # which then fails at once instead of connecting (and timing out) again itself.
+        breaker.check()
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:  # refused, timed out
+            breaker.trip(f"connect failed ({type(exc).__name__})")
+            raise
+
     @event.listens_for(engine, "connect")
     def _fresh(dbapi_conn, record):
         record.info["stockcast_fresh"] = True  # just connected: no need to ping it
+        breaker.reset()  # the database answers again
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _answered(conn, cursor, statement, parameters, context, executemany):
+        if breaker.is_open:  # a ping alone does not close it: a locked table answers pings
+            breaker.reset()
 
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_conn, record, proxy):
@@ -236,10 +256,14 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
         seconds = None
         if conn is not None and not conn.invalidated:
             seconds = conn.info.get(TIMED_OUT)
+        if seconds is None and getattr(ctx.original_exception, "sqlstate", None) == QUERY_CANCELED:
+            seconds = bounds.statement_seconds  # the server's statement_timeout
         if seconds is not None:
             reason = f"no answer within {seconds:g} s"
             breaker.trip(reason)
-            ctx.is_disconnect = True  # a shut-down socket; SQLite's connection stays usable
+            # A shut-down socket must be discarded; an interrupted SQLite connection or a
+            # cancelled Postgres statement could be kept, but a new connection is cheap.
+            ctx.is_disconnect = True
             raise DatabaseUnavailable(
                 f"bar database unavailable: {reason}") from ctx.original_exception
 
