@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export STOCKCAST_DATABASE_URL ?= sqlite:///./stockcast.db
 
-.PHONY: run test train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest backtest lint clean
+.PHONY: run test fuzz train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest bench-load backtest lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ serve: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
 
+# Schemathesis, every check, 300 generated requests per operation on SQLite and PostgreSQL
+# (`make test` runs the same with 12).
+FUZZ_EXAMPLES ?= 300
+fuzz: $(VENV)/.dev
+	STOCKCAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider \
+		tests/integration/test_api_schema.py
+
 # One CPU thread: the shipped artifact was trained so, and float sums then run in one order.
 train: $(VENV)/.dev seed
 	$(BIN)/stockcast train --universe top24 --threads 1
@@ -49,7 +56,7 @@ train: $(VENV)/.dev seed
 backtest: $(VENV)/.runtime seed
 	$(BIN)/stockcast backtest
 
-bench: bench-ingest bench-train bench-serve bench-backtest
+bench: bench-ingest bench-train bench-serve bench-backtest bench-load
 
 bench-ingest: $(VENV)/.dev
 	$(BIN)/python bench/ingest.py
@@ -62,6 +69,9 @@ bench-serve: $(VENV)/.dev
 
 bench-backtest: $(VENV)/.dev
 	$(BIN)/python bench/backtest.py
+
+bench-load: $(VENV)/.dev
+	$(BIN)/python bench/load.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service training tests bench

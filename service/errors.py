@@ -19,6 +19,11 @@ class SourceUnavailable(StockcastError):
     """The upstream source failed (timeouts, rate limits) after retries."""
 
 
+class SourceNotConfigured(SourceUnavailable):
+    """There is no upstream at all (STOCKCAST_SOURCE=none): a ticker not cached is unknown here,
+    not temporarily unavailable; cached ones are served stale."""
+
+
 class InvalidBars(StockcastError, ValueError):
     """An input file or frame that cannot be read as OHLCV bars at all."""
 

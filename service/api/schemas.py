@@ -23,9 +23,21 @@ Ticker = Annotated[
     Field(description="A Yahoo symbol, case-insensitive; upper-cased.",
           json_schema_extra={"pattern": TICKER_DOC_PATTERN, "examples": TICKER_EXAMPLES}),
 ]
-# A JSON integer only: "5", true and 2.0 are refused, not coerced.
-Horizon = Annotated[int, Strict(), Field(ge=1, le=MAX_HORIZON, description=(
-    f"Trading days to forecast, 1..{MAX_HORIZON} (at most the served model's horizon)."))]
+
+
+def _json_integer(value):
+    """5.0 is the JSON number 5 (JSON Schema's "integer" says so too); "5", true, 5.5 are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A JSON integer only: "5" and true are refused, not coerced.
+# (The bounds come before the validator: so they stay minimum/maximum in the JSON schema.)
+Horizon = Annotated[int, Strict(), Field(
+    ge=1, le=MAX_HORIZON,
+    description=f"Trading days to forecast, 1..{MAX_HORIZON} (at most the served model's "
+                "horizon); a JSON integer."), BeforeValidator(_json_integer)]
 
 # Dates the API takes: ISO strings within the range the stored data and the calendar support
 # (0001-01-01 minus a lead would overflow; a bare 0 must not become 1970-01-01).

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
 
-from service.errors import SourceUnavailable
+from service.errors import SourceNotConfigured
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -39,8 +39,8 @@ class NullSource:
 
     def fetch(self, ticker: str, start: dt.date | None = None,
               end: dt.date | None = None) -> pd.DataFrame:
-        """Always raises SourceUnavailable."""
-        raise SourceUnavailable("no bar source configured (STOCKCAST_SOURCE=none)")
+        """Always raises SourceNotConfigured (a SourceUnavailable)."""
+        raise SourceNotConfigured("no bar source configured (STOCKCAST_SOURCE=none)")
 
 
 def make_source(settings: Settings) -> BarSource:

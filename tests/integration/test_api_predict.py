@@ -281,7 +281,7 @@ def test_invalid_ticker_is_422_naming_the_field(client):
     ({"horizon": "soon"}, "horizon", "Input should be a valid integer"),
     ({"horizon": "5"}, "horizon", "Input should be a valid integer"),
     ({"horizon": True}, "horizon", "Input should be a valid integer"),
-    ({"horizon": 2.0}, "horizon", "Input should be a valid integer"),
+    ({"horizon": 2.5}, "horizon", "Input should be a valid integer"),
     ({"horizon": 10**30}, "horizon", "Input should be less than or equal to 30"),
     ({"horizon": 6}, "horizon", "must be at most 5, the served model's horizon"),
     ({"as_of": "yesterday"}, "as_of", "must be a date string YYYY-MM-DD"),

@@ -305,6 +305,28 @@ def test_out_of_range_inputs_are_4xx_on_every_backend(seeded_client, method, pat
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_integral_float_horizon_is_the_integer_json_schema_says_it_is(seeded_client):
+    # JSON Schema's "integer" includes 2.0; a string or a boolean is not coerced (above).
+    as_float = seeded_client.post("/predict/AAA", json={"horizon": 2.0})
+    as_int = seeded_client.post("/predict/AAA", json={"horizon": 2})
+    assert as_float.status_code == 200 and as_float.json() == as_int.json()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_without_a_source_an_uncached_ticker_is_404_not_503(db_url, tiny_artifact, bars):
+    store_bars(db_url, bars)
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir), clock=Clock())  # source none
+    with TestClient(app) as client:
+        answers = [client.post("/predict/ZZZ") for _ in range(2)]  # fetched once, then throttled
+        cached = client.post("/predict/AAA")
+    for response in answers:
+        body = assert_problem(response, 404, "urn:stockcast:problem:unknown-ticker")
+        assert body["detail"] == ("no bars cached for ZZZ, and no bar source configured "
+                                  "(STOCKCAST_SOURCE=none)")
+    assert cached.status_code == 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_malformed_json_is_the_documented_400_and_a_trailing_slash_is_404(seeded_client):
     bad = seeded_client.post("/predict/AAA", content=b'{"horizon": 1',
                              headers={"content-type": "application/json"})
