@@ -46,7 +46,7 @@ test: $(VENV)/.dev
 # (`make test` runs the same with 12).
 FUZZ_EXAMPLES ?= 300
 fuzz: $(VENV)/.dev
-	STOCKCAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider \
+	STOCKCAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider -s \
 		tests/integration/test_api_schema.py
 
 # One CPU thread: the shipped artifact was trained so, and float sums then run in one order.
