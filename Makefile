@@ -75,6 +75,7 @@ bench-load: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service training tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache stockcast.db stockcast.db-wal stockcast.db-shm var

@@ -6,7 +6,7 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from service.config import get_settings
+from service.core.config import get_settings
 from service.db.models import Base
 from service.db.session import make_engine, normalize_url
 

@@ -22,11 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.config import get_settings
+from service.artifacts.manifest import resolve_current
+from service.core.config import get_settings
+from service.core.errors import ModelNotLoaded
 from service.db.bars import read_bars_many
 from service.db.session import make_engine
-from service.errors import ModelNotLoaded
-from service.forecasting.backtest import (
+from service.evaluation.backtest import (
     DEFAULT_HORIZONS,
     MODEL,
     NAIVE,
@@ -35,8 +36,6 @@ from service.forecasting.backtest import (
     run_backtest,
 )
 from service.forecasting.baselines import BASELINES
-from service.forecasting.manifest import load_manifest, resolve_current
-from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor
 
 
@@ -69,9 +68,9 @@ def main() -> int:
     except ModelNotLoaded as exc:
         print(f"skipped: {exc}")
         return 0
-    manifest = load_manifest(artifact)
     threads = settings.ort_intra_op_threads
-    predictor = Predictor(OnnxModel.load(artifact, "cpu", threads), manifest)
+    predictor = Predictor.load(artifact, "cpu", threads)
+    manifest = predictor.manifest
     engine = make_engine(settings.database_url)
     bars = bars_by_ticker(read_bars_many(engine, list(manifest.tickers)))
     engine.dispose()

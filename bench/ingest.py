@@ -24,8 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from service.db.bars import BAR_VALUE_COLUMNS, _prepare
 from service.db.models import Bar
 from service.db.session import make_engine, reset_database
-from service.ingest import ingest_frame
 from service.sources.csv import read_bars_file
+from service.sources.ingest import ingest_frame
 from service.sources.validate import validate_bars
 
 DATASET = ROOT.parent / "shared" / "data" / "sp500_daily_2012_2017.csv.gz"

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from service.cli import seed_dataset_path
 from service.db.session import make_engine, upgrade
-from service.ingest import ingest_frame
 from service.sources.csv import read_bars_file
+from service.sources.ingest import ingest_frame
 
 TICKERS = ("AAPL", "MSFT", "AMZN", "JPM", "XOM", "GE", "KO", "WMT")
 CONCURRENCY = 16

@@ -24,12 +24,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import torch
 
-from service.config import get_settings
+from service.core.config import get_settings
 from service.inference.onnx_model import OnnxModel
 from training.config import TrainConfig
 from training.export import export_artifact
 from training.model import ExportedForecaster
-from training.train import fit, read_training_bars
+from training.pipeline import read_training_bars
+from training.train import fit
 
 
 def median_ms(fn, repeat: int, warmup: int = 5) -> float:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from service.config import get_settings
+from service.core.config import get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -41,7 +41,7 @@ def _engine() -> Iterator[Engine]:
 
 
 def _parse_tickers(raw: str | None) -> list[str]:
-    from service.tickers import normalize_ticker
+    from service.core.tickers import normalize_ticker
 
     return [normalize_ticker(t) for t in (raw or "").replace(" ", ",").split(",") if t]
 
@@ -81,8 +81,8 @@ def ingest(
     progress: bool = True,
 ):
     """Load bars into the cache and print `read N, stored M, rejected K (reasons)`."""
-    from service.errors import StockcastError
-    from service.ingest import ingest_file, ingest_from_source
+    from service.core.errors import StockcastError
+    from service.sources.ingest import ingest_file, ingest_from_source
 
     with _engine() as engine:
         try:
@@ -128,7 +128,7 @@ def seed_dataset_path() -> Path | None:
 def seed(force: bool = typer.Option(False, help="Ingest even if bars are already cached.")):
     """Fill an empty cache from offline real bars (shared dataset or bokeh-sampledata)."""
     from service.db.bars import count_bars
-    from service.ingest import ingest_file
+    from service.sources.ingest import ingest_file
 
     with _engine() as engine:
         existing = count_bars(engine)
@@ -160,7 +160,7 @@ def serve(
         _fail(f"--workers must be >= 1, got {workers}")
     if workers > 1 and "STOCKCAST_ORT_INTRA_OP_THREADS" not in os.environ:
         # Workers share the CPUs (the container's limit, if any): each session gets its slice.
-        from service.config import available_cpus
+        from service.core.config import available_cpus
 
         os.environ["STOCKCAST_ORT_INTRA_OP_THREADS"] = str(max(1, available_cpus() // workers))
     # A factory: each worker process builds its own app (engine, model session) from the env.
@@ -209,7 +209,8 @@ def train(
 
     Then (--promote, the default) backtest the new version on its test segment, store the run
     and call the gate: models/current moves to it only if it passes; a refusal says by how much
-    it lost and exits 1. --no-promote exports only. Runs under `torchrun --nproc_per_node=K` too
+    it lost and exits 1. --no-promote exports only. Runs under `torchrun --nproc_per_node=K -m
+    service.cli train ...` too
     (DistributedDataParallel; rank 0 exports and gates).
     """
     import json
@@ -217,7 +218,8 @@ def train(
     # torch is imported here only: `import service.cli` must not load it.
     from service.forecasting.spec import UNIVERSES
     from training.config import TrainConfig
-    from training.train import TrainingDiverged, run
+    from training.pipeline import train_and_gate
+    from training.train import TrainingDiverged
 
     base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
     changes: dict = {"progress": progress}
@@ -238,31 +240,33 @@ def train(
     try:
         train_config = base.with_(**changes)
         settings = get_settings()
-        artifact = run(train_config, settings.database_url, model_dir or settings.model_dir)
+        outcome = train_and_gate(
+            train_config, settings.database_url, model_dir or settings.model_dir, gate=gate,
+            max_rel_mae=max_rel_mae, plots_dir=plots_dir, provider=settings.ort_provider,
+            intra_op_threads=settings.ort_intra_op_threads)
     except (ValueError, TrainingDiverged) as exc:
         _fail(str(exc))
-    if artifact is not None:  # rank 0
-        meta = json.loads((artifact / "meta.json").read_text())
-        one_day = meta["metrics"]["horizons"]["1"]
-        typer.echo(f"artifact {artifact}  (best epoch {meta['training']['best_epoch']} "
-                   f"of {meta['training']['epochs_run']})")
-        typer.echo(f"val 1-day MAE {one_day['mae_median']:.5f} "
-                   f"vs naive {one_day['mae_naive_zero']:.5f} "
-                   f"(rel {one_day['rel_mae_vs_naive']:.3f}), "
-                   f"10-90% coverage {one_day['coverage']:.2f}")
-        if not gate:
-            typer.echo(f"not promoted (--no-promote): models/current unchanged; gate it with "
-                       f"`stockcast backtest --version {artifact.name}`, then "
-                       f"`stockcast promote {artifact.name}`")
-            return
-        # Exactly `stockcast backtest --version V` then `stockcast promote V`: stored, gated.
-        from service.forecasting.backtest import DEFAULT_HORIZONS
-
-        typer.echo("")
-        horizons = ",".join(str(h) for h in DEFAULT_HORIZONS if h <= meta["spec"]["horizon"])
-        backtest(version=artifact.name, model_dir=artifact.parent, horizons=horizons,
-                 plots_dir=plots_dir)
-        promote(artifact.name, max_rel_mae=max_rel_mae, model_dir=artifact.parent)
+    if outcome is None:  # a rank other than 0
+        return
+    artifact, meta = outcome.artifact, outcome.meta
+    one_day = meta["metrics"]["horizons"]["1"]
+    typer.echo(f"artifact {artifact}  (best epoch {meta['training']['best_epoch']} "
+               f"of {meta['training']['epochs_run']})")
+    typer.echo(f"val 1-day MAE {one_day['mae_median']:.5f} "
+               f"vs naive {one_day['mae_naive_zero']:.5f} "
+               f"(rel {one_day['rel_mae_vs_naive']:.3f}), "
+               f"10-90% coverage {one_day['coverage']:.2f}")
+    if not gate:
+        typer.echo(f"not promoted (--no-promote): models/current unchanged; gate it with "
+                   f"`stockcast backtest --version {artifact.name}`, then "
+                   f"`stockcast promote {artifact.name}`")
+        return
+    typer.echo("")
+    if outcome.backtest is not None:
+        _echo_backtest(outcome.backtest)
+    if outcome.refused is not None:
+        _fail(str(outcome.refused))
+    typer.echo(f"promoted {outcome.verdict.describe()}")
 
 
 @app.command()
@@ -279,24 +283,16 @@ def backtest(
     model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
     plots_dir: Annotated[Path | None, typer.Option(
         help="Where the PNGs go (default: <model dir>/runs/<database key>/run-<id>).")] = None,
+    readme: Annotated[bool, typer.Option(
+        help="Print the README's form of the table (fewer columns, methods by title).")] = False,
 ):
     """Walk-forward backtest of the model vs baselines: store it, print the table, write plots."""
-    import time
-
-    from sqlalchemy.exc import DBAPIError
-
-    from service.backtest_plots import default_plots_dir, write_backtest_plots
-    from service.db.backtests import get_metrics, store_run
-    from service.db.bars import read_bars_many
-    from service.errors import StockcastError
-    from service.forecasting.backtest import bars_by_ticker, run_backtest, summary_table
+    from service.artifacts.manifest import artifact_path, resolve_current
+    from service.core.errors import StockcastError
+    from service.evaluation.runs import backtest_and_store
     from service.forecasting.baselines import BASELINES
-    from service.forecasting.manifest import artifact_path, load_manifest, resolve_current
     from service.forecasting.spec import UNIVERSES
-    from service.inference.onnx_model import OnnxModel
-    from service.inference.predictor import Predictor
 
-    started = time.perf_counter()
     settings = get_settings()
     model_dir = model_dir or settings.model_dir
     if universe is not None and universe not in UNIVERSES:
@@ -306,62 +302,46 @@ def backtest(
     except ValueError:
         _fail(f"--horizons must be a comma list of integers, got {horizons!r}")
     wanted_b = [b for b in (baselines or ",".join(BASELINES)).replace(" ", "").split(",") if b]
+    names = _parse_tickers(tickers) if tickers else list(UNIVERSES[universe]) if universe else None
     try:
         artifact_dir = (artifact_path(model_dir, version) if version
                         else resolve_current(model_dir))
-        manifest = load_manifest(artifact_dir)
-        model = OnnxModel.load(artifact_dir, settings.ort_provider, settings.ort_intra_op_threads)
-        predictor = Predictor(model, manifest)
-        if tickers:
-            names = _parse_tickers(tickers)
-        else:
-            names = list(UNIVERSES[universe] if universe else manifest.tickers)
         with _engine() as engine:
-            bars = read_bars_many(engine, names)
-        missing = sorted(set(names) - set(bars["ticker"].unique()))
-        if missing:
-            _fail(f"no cached bars for {missing}: load them first (stockcast ingest / seed)")
-        loaded = time.perf_counter()
-        result = run_backtest(predictor, bars_by_ticker(bars),
-                              start=start.date() if start else None,
-                              end=end.date() if end else None,
-                              horizons=wanted_h, baselines=wanted_b)
+            run = backtest_and_store(
+                engine, artifact_dir, tickers=names, start=start.date() if start else None,
+                end=end.date() if end else None, horizons=wanted_h, baselines=wanted_b,
+                plots_dir=plots_dir, provider=settings.ort_provider,
+                intra_op_threads=settings.ort_intra_op_threads)
     except (StockcastError, ValueError) as exc:
         _fail(str(exc))
-    result.config["seconds"]["load"] = round(loaded - started, 3)
-    try:
-        with _engine() as engine:
-            with engine.begin() as conn:
-                run_id = store_run(conn, model_version=result.model_version, start=result.start,
-                                   end=result.end, tickers=result.tickers, config=result.config,
-                                   metrics=result.metrics.itertuples(index=False, name=None))
-            with engine.connect() as conn:
-                stored = get_metrics(conn, run_id)  # print what was stored, not computed
-    except DBAPIError as exc:
-        _fail(f"cannot store the backtest ({exc.__class__.__name__}); "
-              "is the database migrated? run `stockcast db upgrade`")
-    plots = write_backtest_plots(
-        result, plots_dir or default_plots_dir(model_dir, settings.database_url, run_id))
-    wall = time.perf_counter() - started
+    _echo_backtest(run, readme=readme)
 
+
+def _echo_backtest(run, readme: bool = False) -> None:
+    """What `stockcast backtest` prints about a stored run (evaluation.runs.StoredBacktest)."""
+    from service.evaluation.report import README_COLUMNS, summary_table
+
+    result = run.result
     if result.config["in_sample_origins"]:
         typer.echo(f"warning: origins before {result.config['test_segment'][0]} were seen in "
                    "training; those forecasts are in-sample", err=True)
-    typer.echo(f"backtest run {run_id}: model {result.model_version}, {len(result.tickers)} "
-               f"tickers, origins {result.start} .. {result.end}, horizons "
+    typer.echo(f"backtest run {run.run_id}: model {result.model_version}, "
+               f"{len(result.tickers)} tickers, origins {result.start} .. {result.end}, horizons "
                f"{','.join(map(str, result.horizons))}")
     for ticker, why in result.skipped.items():
         typer.echo(f"skipped {ticker}: {why}")
     typer.echo("")
-    typer.echo(summary_table(stored))
+    typer.echo(summary_table(run.stored, columns=README_COLUMNS, readme=True) if readme
+               else summary_table(run.stored))
     typer.echo("")
     if 1 in result.horizons:
         typer.echo(f"naive next-day $ deviation (mean |close_t+1 - close_t|, adjusted moves): "
                    f"${result.value('mae', 'naive', 1):.3f}; model ${result.value('mae'):.3f}")
     sec = result.seconds
-    typer.echo(f"wall time {wall:.2f}s (load {loaded - started:.2f}s, model {sec['model']:.2f}s, "
-               f"baselines {sec['baselines']:.2f}s, metrics {sec['metrics']:.2f}s)")
-    typer.echo("plots: " + ", ".join(str(p) for p in plots))
+    typer.echo(f"wall time {run.seconds['wall']:.2f}s (load {run.seconds['load']:.2f}s, "
+               f"model {sec['model']:.2f}s, baselines {sec['baselines']:.2f}s, "
+               f"metrics {sec['metrics']:.2f}s)")
+    typer.echo("plots: " + ", ".join(str(p) for p in run.plots))
 
 
 @app.command()
@@ -372,8 +352,8 @@ def promote(
     model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
 ):
     """Point models/current at VERSION only if its stored backtest passes the naive gate."""
-    from service.errors import StockcastError
-    from service.promotion import promote as promote_version
+    from service.core.errors import StockcastError
+    from service.evaluation.promotion import promote as promote_version
 
     try:
         with _engine() as engine:

@@ -13,7 +13,7 @@ from typing import Self
 import pandas as pd
 import uvicorn
 
-from service.config import Settings
+from service.core.config import Settings
 from service.db.bars import upsert_bars
 from service.db.session import make_engine, reset_database
 
@@ -70,7 +70,7 @@ def copy_models(artifact_dir: Path, into: Path, variant: str | None = None) -> P
     """
     import json
 
-    from service.forecasting.manifest import artifact_version
+    from service.artifacts.manifest import artifact_version
 
     into.mkdir(parents=True, exist_ok=True)
     name = artifact_dir.name

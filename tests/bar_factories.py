@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from service.errors import SourceUnavailable, UnknownTicker
+from service.core.errors import SourceUnavailable, UnknownTicker
 
 
 def make_bars(n: int = 120, start: str = "2020-01-02", seed: int = 0, price: float = 100.0,

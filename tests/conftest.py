@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import PROJECT_ROOT
+from service.core.config import PROJECT_ROOT
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get(
@@ -81,10 +81,20 @@ def db_url(request, tmp_path) -> str:
     return url
 
 
+@pytest.fixture
+def engine(db_url):
+    """An engine on `db_url` (each backend in turn, migrated and empty), disposed after."""
+    from service.db.session import make_engine
+
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory):
     """A tiny LSTM trained once per session on synthetic bars, exported to a models folder."""
-    from service.forecasting.manifest import set_current
+    from service.artifacts.manifest import set_current
     from tests.tiny_model import train_tiny_artifact
 
     tiny = train_tiny_artifact(tmp_path_factory.mktemp("models"))
@@ -92,6 +102,22 @@ def tiny_artifact(tmp_path_factory):
     # the tiny model as current.
     set_current(tiny.model_dir, tiny.artifact_dir.name)
     return tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_artifact):
+    """The serving Predictor over the tiny artifact (CPU onnxruntime)."""
+    from service.inference.predictor import Predictor
+
+    return Predictor.load(tiny_artifact.artifact_dir, "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_backtest(tiny_artifact, tiny_predictor):
+    """The walk-forward backtest of the tiny model over its own bars, horizons 1 and 5."""
+    from service.evaluation.backtest import bars_by_ticker, run_backtest
+
+    return run_backtest(tiny_predictor, bars_by_ticker(tiny_artifact.bars), horizons=(1, 5))
 
 
 @dataclass(frozen=True)
@@ -106,7 +132,7 @@ class CliEnv:
 @pytest.fixture
 def cli_env(monkeypatch, tmp_path, tiny_artifact) -> CliEnv:
     """A migrated SQLite DB with the tiny bars, the tiny model; settings from the environment."""
-    from service.config import get_settings
+    from service.core.config import get_settings
     from tests.api_factories import copy_models, store_bars
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"

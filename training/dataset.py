@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
+from service.artifacts.manifest import ticker_vocabulary
 from service.forecasting.features import build_features_many
-from service.forecasting.manifest import ticker_vocabulary
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.spec import FeatureSpec
 from service.forecasting.split import Split, chronological_split

@@ -17,10 +17,14 @@ import onnxruntime as ort
 import torch
 
 from service import package_version
-from service.forecasting.manifest import (
+from service.artifacts.manifest import (
     HISTORY_FILE,
     META_FILE,
+    N_TICKERS_PROPERTY,
     ONNX_FILE,
+    QUANTILES_OUTPUT,
+    TICKER_INPUT,
+    WINDOW_INPUT,
     artifact_version,
 )
 from training.model import ExportedForecaster, QuantileLSTM
@@ -36,8 +40,6 @@ DYNAMO = False
 # axis) keeps batch truly dynamic, which the parity test checks with batches of 1, 2 and 17.
 EXAMPLE_BATCH = 4
 PARITY_TOLERANCE = 1e-5
-INPUT_NAMES = ("window", "ticker_id")
-OUTPUT_NAME = "quantiles"
 
 
 def export_onnx(model: QuantileLSTM, target_mean, target_std, example_window: torch.Tensor,
@@ -57,15 +59,15 @@ def export_onnx(model: QuantileLSTM, target_mean, target_std, example_window: to
             buffer,
             dynamo=DYNAMO,
             opset_version=OPSET,
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={"window": {0: "batch"}, "ticker_id": {0: "batch"},
-                          OUTPUT_NAME: {0: "batch"}},
+            input_names=[WINDOW_INPUT, TICKER_INPUT],
+            output_names=[QUANTILES_OUTPUT],
+            dynamic_axes={WINDOW_INPUT: {0: "batch"}, TICKER_INPUT: {0: "batch"},
+                          QUANTILES_OUTPUT: {0: "batch"}},
         )
     graph = onnx.load_from_string(buffer.getvalue())
     # The vocabulary size travels with the graph so OnnxModel can map unknown ids without meta.
     onnx.helper.set_model_props(graph, {
-        "stockcast.n_tickers": str(wrapper.n_tickers),
+        N_TICKERS_PROPERTY: str(wrapper.n_tickers),
         "stockcast.quantiles": json.dumps(list(model.quantiles)),
         "stockcast.output_units": "log_return",
     })
@@ -80,7 +82,7 @@ def check_parity(onnx_bytes: bytes, model: QuantileLSTM, target_mean, target_std
     with torch.no_grad():
         expected = wrapper(torch.from_numpy(window), torch.from_numpy(ticker_ids)).numpy()
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = session.run(None, {"window": window, "ticker_id": ticker_ids})[0]
+    got = session.run(None, {WINDOW_INPUT: window, TICKER_INPUT: ticker_ids})[0]
     diff = float(np.abs(expected - got).max())
     if not diff < PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> {PARITY_TOLERANCE})")
@@ -131,8 +133,9 @@ def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
             "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
             "exporter": f"torch.onnx.export(dynamo={DYNAMO})",
             "opset": OPSET,
-            "inputs": {"window": ["batch", spec.window, spec.n_features], "ticker_id": ["batch"]},
-            "outputs": {OUTPUT_NAME: ["batch", spec.horizon, len(spec.quantiles)]},
+            "inputs": {WINDOW_INPUT: ["batch", spec.window, spec.n_features],
+                       TICKER_INPUT: ["batch"]},
+            "outputs": {QUANTILES_OUTPUT: ["batch", spec.horizon, len(spec.quantiles)]},
             "output_units": "log_return (target scaling is inside the graph)",
             "input_scaling": "windows are scaled with feature_scaler before the call",
             "parity_max_abs_diff": parity,
@@ -160,7 +163,7 @@ def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
 def export_artifact(result: TrainResult, model_dir: Path) -> Path:
     """Write models/<version>/{model.onnx, meta.json, history.png}; `current` is left alone.
 
-    Only the promotion gate (service.promotion.promote, which `stockcast train` calls after a
+    Only the promotion gate (service.evaluation.promotion.promote, which `stockcast train` calls after a
     backtest of the new version) points models/current at an artifact.
     """
     model, prepared = result.model.cpu().eval(), result.prepared

@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -319,44 +318,3 @@ def score_log_returns(actual: np.ndarray, pred: np.ndarray, quantiles) -> dict:
     out["val_mae_1d_naive"] = one_day["mae_naive_zero"]
     out["beats_naive_1d"] = one_day["mae_median"] < one_day["mae_naive_zero"]
     return out
-
-
-def read_training_bars(database_url: str, config: TrainConfig) -> pd.DataFrame:
-    """The configured tickers' bars from the cache; a clear error names tickers with none."""
-    from service.db.bars import read_bars_many
-    from service.db.session import make_engine
-
-    engine = make_engine(database_url)
-    try:
-        bars = read_bars_many(engine, list(config.tickers), config.start, config.end)
-    finally:
-        engine.dispose()
-    missing = sorted(set(config.tickers) - set(bars["ticker"].unique()))
-    if missing:
-        raise ValueError(
-            f"no bars in the cache at {database_url} for {missing}: "
-            "load them first (stockcast ingest)"
-        )
-    return bars
-
-
-def run(config: TrainConfig, database_url: str, model_dir: Path) -> Path | None:
-    """Read bars, train, and (rank 0) export models/<version>/; returns that folder on rank 0.
-
-    models/current is not touched: promotion goes through the backtest gate (`stockcast train`
-    runs it after this, unless --no-promote).
-    """
-    from training.export import export_artifact
-
-    bars = read_training_bars(database_url, config)
-    try:
-        result = fit(config, bars)
-        artifact_dir = None
-        if result.rank == 0:
-            artifact_dir = export_artifact(result, Path(model_dir))
-        if result.world_size > 1:
-            dist.barrier()
-        return artifact_dir
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()

@@ -1,0 +1,1 @@
+"""The HTTP API: app factory and lifespan, dependencies, schemas, routes, the forecast service."""

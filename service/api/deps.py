@@ -14,10 +14,10 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from service.api.forecasts import ForecastService
-from service.api.metrics import ServiceMetrics
 from service.api.model_slot import LoadedModel, ModelSlot
-from service.bar_cache import BarCache
-from service.config import Settings
+from service.api.telemetry import ServiceMetrics
+from service.core.config import Settings
+from service.sources.cache import BarCache
 
 
 async def get_settings(request: Request) -> Settings:

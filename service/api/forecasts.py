@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from service.bar_cache import BarCache, CachedBars, KeyedLocks
-from service.errors import (
+from service.core.errors import (
     DatabaseUnavailable,
     InsufficientHistory,
     InvalidTicker,
     StockcastError,
 )
+from service.core.tickers import normalize_ticker
 from service.inference.predictor import Forecast, Predictor
-from service.tickers import normalize_ticker
+from service.sources.cache import BarCache, CachedBars, KeyedLocks
 
 # Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the

@@ -21,20 +21,20 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from service import package_version
 from service.api.forecasts import ForecastService
-from service.api.metrics import ServiceMetrics
 from service.api.middleware import BodyLimit, CatchAll
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
 from service.api.routes import admin, backtest, bars, health, models, page, predict
-from service.bar_cache import BarCache
-from service.config import Settings, get_settings
+from service.api.telemetry import ServiceMetrics
+from service.core.config import Settings, get_settings
+from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.db.guard import DbBounds
 from service.db.health import SchemaCheck, head_revision
 from service.db.session import make_engine
-from service.errors import ManifestMismatch, ModelNotLoaded
 from service.forecasting.calendar import next_trading_days
 from service.sources.base import BarSource, make_source
 from service.sources.breaker import CircuitBreaker
+from service.sources.cache import BarCache
 
 log = logging.getLogger(__name__)
 

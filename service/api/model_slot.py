@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import ManifestMismatch, ModelNotLoaded
-from service.forecasting.manifest import CURRENT_FILE, is_version, load_manifest, resolve_current
-from service.inference.onnx_model import OnnxModel, Provider
+from service.artifacts.manifest import CURRENT_FILE, is_version, resolve_current
+from service.core.errors import ManifestMismatch, ModelNotLoaded
+from service.inference.onnx_model import Provider
 from service.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,8 @@ class ModelSlot:
         previous = self.current
         try:
             artifact_dir = resolve_current(self.model_dir)
-            manifest = load_manifest(artifact_dir)
-            model = OnnxModel.load(artifact_dir, self.provider, self.intra_op_threads)
-            loaded = LoadedModel(Predictor(model, manifest), artifact_dir,
-                                 dt.datetime.now(dt.UTC))
+            predictor = Predictor.load(artifact_dir, self.provider, self.intra_op_threads)
+            loaded = LoadedModel(predictor, artifact_dir, dt.datetime.now(dt.UTC))
         except (ModelNotLoaded, ManifestMismatch) as exc:
             self._failed(exc)
             raise

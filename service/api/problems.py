@@ -20,8 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import FieldError, Problem
-from service.db.health import is_missing_schema
-from service.errors import (
+from service.core.errors import (
     DatabaseNotMigrated,
     DatabaseUnavailable,
     InsufficientHistory,
@@ -32,6 +31,7 @@ from service.errors import (
     StockcastError,
     UnknownTicker,
 )
+from service.db.health import is_missing_schema
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
+from service.core.tickers import normalize_ticker
 from service.forecasting.spec import FeatureSpec
-from service.tickers import normalize_ticker
 
 # The schema's horizon bound; a loaded model with a shorter horizon is checked per request.
 MAX_HORIZON = FeatureSpec().horizon
-# Case-insensitive form of service.tickers.TICKER_PATTERN, for the docs (the validator decides).
+# Case-insensitive form of service.core.tickers.TICKER_PATTERN, for the docs (the validator decides).
 TICKER_DOC_PATTERN = r"^[A-Za-z0-9.\-\^=]{1,15}$"
 TICKER_EXAMPLES = ["AAPL", "^GSPC", "BRK-B", "EURUSD=X"]
 

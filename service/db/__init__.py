@@ -1,0 +1,1 @@
+"""The database: SQLAlchemy models, engine and sessions, and all SQL (bars, backtests)."""

@@ -11,10 +11,9 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, and_, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.core.bars import NUMERIC_COLUMNS, PRICE_COLUMNS, TICKER_BAR_COLUMNS
 from service.db.models import Bar, Ticker
 
-BAR_VALUE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
-BAR_COLUMNS = ("ticker", "date", *BAR_VALUE_COLUMNS)
 COPY_TYPES = ["varchar", "date", "float8", "float8", "float8", "float8", "float8", "int8",
               "varchar"]
 SQLITE_CHUNK_ROWS = 20_000  # rows per executemany call (progress granularity)
@@ -34,10 +33,10 @@ class UpsertCount:
 
 def _prepare(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """Dedupe on (ticker, date) keeping the last row: a key twice in one statement fails."""
-    missing = [c for c in BAR_COLUMNS if c not in frame.columns]
+    missing = [c for c in TICKER_BAR_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"bars frame lacks columns {missing}")
-    out = frame.loc[:, list(BAR_COLUMNS)].copy()
+    out = frame.loc[:, list(TICKER_BAR_COLUMNS)].copy()
     out["date"] = pd.to_datetime(out["date"]).dt.date
     out = out.drop_duplicates(subset=["ticker", "date"], keep="last")
     out["volume"] = out["volume"].astype(np.int64)
@@ -47,7 +46,7 @@ def _prepare(frame: pd.DataFrame, source: str) -> pd.DataFrame:
 
 def _changed_clause(table, excluded):
     """Only rewrite a row whose values differ, so a re-ingest writes nothing."""
-    return or_(*[table.c[c].is_distinct_from(excluded[c]) for c in BAR_VALUE_COLUMNS])
+    return or_(*[table.c[c].is_distinct_from(excluded[c]) for c in NUMERIC_COLUMNS])
 
 
 def _upsert_sqlite(conn: Connection, frame: pd.DataFrame,
@@ -57,9 +56,9 @@ def _upsert_sqlite(conn: Connection, frame: pd.DataFrame,
     Re-using one prepared statement is SQLite's fast path; compiling multi-row VALUES lists
     through the ORM costs more than the inserts themselves (measured in bench/ingest.py).
     """
-    cols = [*BAR_COLUMNS, "source"]
-    changed = " OR ".join(f"{c} IS NOT excluded.{c}" for c in BAR_VALUE_COLUMNS)
-    sets = ", ".join(f"{c} = excluded.{c}" for c in (*BAR_VALUE_COLUMNS, "source"))
+    cols = [*TICKER_BAR_COLUMNS, "source"]
+    changed = " OR ".join(f"{c} IS NOT excluded.{c}" for c in NUMERIC_COLUMNS)
+    sets = ", ".join(f"{c} = excluded.{c}" for c in (*NUMERIC_COLUMNS, "source"))
     sql = (f"INSERT INTO bars ({', '.join(cols)}, ingested_at) "
            f"VALUES ({', '.join('?' for _ in cols)}, CURRENT_TIMESTAMP) "
            f"ON CONFLICT (ticker, date) DO UPDATE SET {sets}, ingested_at = CURRENT_TIMESTAMP "
@@ -88,7 +87,7 @@ def _upsert_copy(conn: Connection, frame: pd.DataFrame,
     conn.execute(text(
         "CREATE TEMP TABLE bars_incoming (LIKE bars INCLUDING DEFAULTS) ON COMMIT DROP"
     ))
-    cols = [*BAR_COLUMNS, "source"]
+    cols = [*TICKER_BAR_COLUMNS, "source"]
     raw = conn.connection.driver_connection  # psycopg 3 connection
     step = 100_000
     # Binary COPY fed row tuples: ~5x faster than rendering the frame to CSV text first.
@@ -101,8 +100,8 @@ def _upsert_copy(conn: Connection, frame: pd.DataFrame,
                 cp.write_row(row)
             if progress:
                 progress(len(part))
-    changed = " OR ".join(f"bars.{c} IS DISTINCT FROM excluded.{c}" for c in BAR_VALUE_COLUMNS)
-    sets = ", ".join(f"{c} = excluded.{c}" for c in (*BAR_VALUE_COLUMNS, "source"))
+    changed = " OR ".join(f"bars.{c} IS DISTINCT FROM excluded.{c}" for c in NUMERIC_COLUMNS)
+    sets = ", ".join(f"{c} = excluded.{c}" for c in (*NUMERIC_COLUMNS, "source"))
     result = conn.execute(text(
         f"INSERT INTO bars ({', '.join(cols)}) SELECT {', '.join(cols)} FROM bars_incoming "
         f"ON CONFLICT (ticker, date) DO UPDATE SET {sets}, ingested_at = now() WHERE {changed}"
@@ -193,10 +192,10 @@ def list_tickers(conn: Connection) -> list[TickerState]:
 
 
 def _frame(rows: Iterable[tuple], with_ticker: bool) -> pd.DataFrame:
-    cols = list(BAR_COLUMNS if with_ticker else BAR_COLUMNS[1:])
+    cols = list(TICKER_BAR_COLUMNS if with_ticker else TICKER_BAR_COLUMNS[1:])
     df = pd.DataFrame.from_records(list(rows), columns=cols)
     df["date"] = pd.to_datetime(df["date"])
-    for c in ("open", "high", "low", "close", "adj_close"):
+    for c in PRICE_COLUMNS:
         df[c] = df[c].astype(np.float64)
     df["volume"] = df["volume"].astype(np.int64)
     return df

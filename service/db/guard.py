@@ -33,7 +33,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
-from service.errors import DatabaseUnavailable
+from service.core.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 

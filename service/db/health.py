@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from service.errors import DatabaseNotMigrated, DatabaseUnavailable
+from service.core.errors import DatabaseNotMigrated, DatabaseUnavailable
 
 # SQLSTATEs of a missing table / column (Postgres) and SQLite's words for the same.
 _MISSING_SQLSTATES = {"42P01", "42703"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 
-from service.config import PROJECT_ROOT
+from service.core.config import PROJECT_ROOT
 from service.db.guard import DbBounds, engine_options, guard_engine
 
 # Commands (ingest, backtest) wait this long for a SQLite lock; a bounded engine its statement

@@ -1,0 +1,1 @@
+"""Pure numpy/pandas numerics: features, scaling, windows, split, calendar, metrics, baselines."""

@@ -1,33 +1,47 @@
-"""Baseline forecasters with one call shape, so every backtest scores the model against them.
+"""Baseline forecasters: the same Forecaster interface as the model, so every backtest has them.
 
-A baseline sees one ticker's log close series y (log of adj_close, say) and, for origin indices
-t and horizons h = 1..H, returns predicted cumulative log returns ŷ[t, h] ≈ y[t+h] - y[t] as an
-array (N, H), using y[:t+1] only. The caller turns them into prices with P̂ = P_t · exp(ŷ).
-`fit` gets the training slice only; baselines without parameters accept and ignore it.
+A baseline sees one ticker's log close series y (log of adj_close; a TickerSeries or the bare
+array) and, for origin indices t and horizons h = 1..H, returns predicted cumulative log returns
+ŷ[t, h] ≈ y[t+h] - y[t] as an array (N, H), using y[:t+1] only. The caller turns them into
+prices with P̂ = P_t · exp(ŷ). `fit` gets the training slice only; baselines without parameters
+accept and ignore it. Adding one: a class here plus its entry in BASELINES (and its test).
 """
 
 from __future__ import annotations
 
 import warnings
+from abc import abstractmethod
 from collections.abc import Callable
-from typing import ClassVar, Protocol, Self, runtime_checkable
+from typing import ClassVar, Self
 
 import numpy as np
 
+from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 
-@runtime_checkable
-class Baseline(Protocol):
-    """fit on the training slice, then forecast cumulative log returns from any origins."""
 
-    name: str
-    min_origin: int  # the earliest origin index with enough history to forecast from
+class Baseline(Forecaster):
+    """A point forecaster of the log close alone: fit on the training slice, then `predict`."""
 
-    def fit(self, train_log_close: np.ndarray) -> Self: ...
+    title: ClassVar[str]  # how tables name it
+    min_origin: int = 0  # the earliest origin index with enough history to forecast from
 
-    def predict(self, log_close: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray: ...
+    @abstractmethod
+    def fit(self, train_log_close) -> Self:
+        """Estimate from the training slice (a TickerSeries or log closes) only."""
+
+    @abstractmethod
+    def predict(self, log_close, origins, horizon: int) -> np.ndarray:
+        """(N,) origin indices -> (N, horizon) cumulative log returns, from y[:t+1] only."""
+
+    def historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
+                             horizon: int) -> HistoricalForecasts:
+        point = self.predict(series, origins, horizon)  # (N, H)
+        return HistoricalForecasts(np.asarray(origins), point[:, :, None], self.quantiles)
 
 
 def _series(log_close, name: str, min_len: int = 1) -> np.ndarray:
+    if isinstance(log_close, TickerSeries):
+        log_close = log_close.log_close
     y = np.asarray(log_close, dtype=float)
     if y.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {y.shape}")
@@ -59,10 +73,11 @@ def _steps(horizon: int) -> np.ndarray:
     return np.arange(1, horizon + 1, dtype=float)
 
 
-class NaiveBaseline:
+class NaiveBaseline(Baseline):
     """Random walk: P̂_{t+h} = P_t, so ŷ[t, h] = 0."""
 
     name: ClassVar[str] = "naive"
+    title: ClassVar[str] = "naive"
     min_origin = 0
 
     def fit(self, train_log_close) -> Self:
@@ -75,12 +90,13 @@ class NaiveBaseline:
         return np.zeros((t.size, horizon))
 
 
-class DriftBaseline:
+class DriftBaseline(Baseline):
     """Random walk with drift: ŷ[t, h] = h · (y_t - y_0) / t, the mean daily log return up to t."""
 
     # Re-estimated at every origin from all history the caller passed (y_0 is its first bar),
     # the textbook drift method; HistoricalMeanBaseline is the frozen, training-only variant.
     name: ClassVar[str] = "drift"
+    title: ClassVar[str] = "drift"
     min_origin = 1
 
     def fit(self, train_log_close) -> Self:
@@ -94,10 +110,11 @@ class DriftBaseline:
         return drift[:, None] * _steps(horizon)[None, :]
 
 
-class SMABaseline:
+class SMABaseline(Baseline):
     """SMA level: P̂_{t+h} = mean(P_{t-w+1..t}) for every h, so ŷ[t, h] = log(SMA_w / P_t)."""
 
     name: ClassVar[str] = "sma20"
+    title: ClassVar[str] = "SMA(20)"
 
     def __init__(self, window: int = 20):
         if window < 1:
@@ -119,12 +136,13 @@ class SMABaseline:
         return np.repeat(level[:, None], horizon, axis=1)
 
 
-class HistoricalMeanBaseline:
+class HistoricalMeanBaseline(Baseline):
     """Historical mean return: ŷ[t, h] = h · μ, μ the mean daily log return of the training bars."""
 
     # The notebook design's comparison: a constant expected return estimated in-sample, frozen
     # at fit time (μ = (y_last - y_first) / (n - 1) over the training bars).
     name: ClassVar[str] = "mean"
+    title: ClassVar[str] = "historical mean"
     min_origin = 0
 
     def __init__(self):
@@ -143,7 +161,7 @@ class HistoricalMeanBaseline:
         return np.tile(self.mean_return * _steps(horizon), (t.size, 1))
 
 
-class ArimaBaseline:
+class ArimaBaseline(Baseline):
     """AR(p) on log returns: r̂_{t+k} = μ + Σ φ_i (r_{t+k-i} - μ), ŷ[t, h] = Σ_{k≤h} r̂_{t+k}."""
 
     # statsmodels ARIMA(p, 0, 0) with a constant, fitted once (exact Gaussian MLE) on the training
@@ -152,6 +170,7 @@ class ArimaBaseline:
     # For a pure AR the state is the last p returns, so this recursion equals statsmodels'
     # `results.apply(y[:t+1]).forecast(h)` exactly (tested).
     name: ClassVar[str] = "arima"
+    title: ClassVar[str] = "ARIMA(1,0,0)"
     MIN_TRAIN_RETURNS: ClassVar[int] = 30
 
     def __init__(self, ar_order: int = 1):

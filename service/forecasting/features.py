@@ -16,11 +16,9 @@ from ta.momentum import RSIIndicator
 from ta.trend import MACD, SMAIndicator
 from ta.volatility import BollingerBands
 
+from service.core.bars import BAR_COLUMNS as BARS_COLUMNS
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
 from service.forecasting.spec import INDICATOR_PARAMS as P
-
-# Bars reach the features only through the validator: its columns are the canonical ones.
-from service.sources.validate import BAR_COLUMNS as BARS_COLUMNS
 
 # FeatureSpec is frozen, so one shared default instance is safe.
 DEFAULT_SPEC = FeatureSpec()

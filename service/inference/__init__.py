@@ -1,0 +1,1 @@
+"""Serving a model: one onnxruntime session and the predictor (pre-process, predict, post-process)."""

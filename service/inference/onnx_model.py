@@ -8,8 +8,14 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import ManifestMismatch
-from service.forecasting.manifest import ONNX_FILE, UNKNOWN_TICKER_ID
+from service.artifacts.manifest import (
+    N_TICKERS_PROPERTY,
+    ONNX_FILE,
+    TICKER_INPUT,
+    UNKNOWN_TICKER_ID,
+    WINDOW_INPUT,
+)
+from service.core.errors import ManifestMismatch
 
 Provider = Literal["auto", "cpu", "cuda"]
 CUDA = "CUDAExecutionProvider"
@@ -35,15 +41,15 @@ class OnnxModel:
         self.path = path
         self.requested_provider = requested_provider
         inputs = {i.name: i for i in session.get_inputs()}
-        if set(inputs) != {"window", "ticker_id"}:
+        if set(inputs) != {WINDOW_INPUT, TICKER_INPUT}:
             raise ManifestMismatch(
-                f"{path}: expected inputs window and ticker_id, got {sorted(inputs)}")
-        _, self.window, self.n_features = inputs["window"].shape
+                f"{path}: expected inputs {WINDOW_INPUT} and {TICKER_INPUT}, got {sorted(inputs)}")
+        _, self.window, self.n_features = inputs[WINDOW_INPUT].shape
         _, self.horizon, self.n_quantiles = session.get_outputs()[0].shape
         props = session.get_modelmeta().custom_metadata_map
-        if "stockcast.n_tickers" not in props:
-            raise ManifestMismatch(f"{path}: graph lacks the stockcast.n_tickers property")
-        self.n_tickers = int(props["stockcast.n_tickers"])
+        if N_TICKERS_PROPERTY not in props:
+            raise ManifestMismatch(f"{path}: graph lacks the {N_TICKERS_PROPERTY} property")
+        self.n_tickers = int(props[N_TICKERS_PROPERTY])
 
     @classmethod
     def load(cls, artifact_dir: Path | str, provider: Provider = "auto",
@@ -82,4 +88,4 @@ class OnnxModel:
             return np.empty((0, self.horizon, self.n_quantiles), dtype=np.float32)
         # Providers differ on out-of-range Gather: unknown ids become the trained unknown row.
         ids = np.where((ids >= 0) & (ids < self.n_tickers), ids, UNKNOWN_TICKER_ID)
-        return self.session.run(None, {"window": windows, "ticker_id": ids})[0]
+        return self.session.run(None, {WINDOW_INPUT: windows, TICKER_INPUT: ids})[0]

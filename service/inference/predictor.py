@@ -10,16 +10,23 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from service.errors import InsufficientHistory, ManifestMismatch
+from service.artifacts.manifest import Manifest, load_manifest
+from service.core.errors import InsufficientHistory, ManifestMismatch
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import build_features, min_bars
-from service.forecasting.manifest import Manifest
+from service.forecasting.forecaster import (
+    MODEL,
+    Forecaster,
+    HistoricalForecasts,
+    TickerSeries,
+)
 from service.forecasting.windows import make_windows, prices_from_log_returns
-from service.inference.onnx_model import OnnxModel
+from service.inference.onnx_model import OnnxModel, Provider
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,14 @@ class ModelInput:
     seen_in_training: bool
 
 
-class Predictor:
-    """An OnnxModel with its manifest: pre-process, predict, post-process."""
+class Predictor(Forecaster):
+    """An OnnxModel with its manifest: pre-process, predict, post-process.
+
+    Also the model's Forecaster (the interface the baselines share): fitted offline, its
+    `historical_forecasts` are `predict_origins` over a TickerSeries.
+    """
+
+    name = MODEL
 
     def __init__(self, model: OnnxModel, manifest: Manifest):
         spec = manifest.spec
@@ -75,9 +88,17 @@ class Predictor:
         self.manifest = manifest
         self.spec = spec
         self.min_bars = min_bars(spec)
+        self.quantiles = tuple(spec.quantiles)
         quantiles = list(spec.quantiles)
         self._median = quantiles.index(0.5)
         self._lower, self._upper = 0, len(quantiles) - 1
+
+    @classmethod
+    def load(cls, artifact_dir: Path | str, provider: Provider = "auto",
+             intra_op_threads: int = 1) -> Predictor:
+        """The one way from an artifact folder to a predictor: manifest, checked graph, session."""
+        manifest = load_manifest(artifact_dir)
+        return cls(OnnxModel.load(artifact_dir, provider, intra_op_threads), manifest)
 
     @property
     def model_version(self) -> str:
@@ -180,3 +201,16 @@ class Predictor:
         quantiles = self.predict(windows, ids)
         closes = bars.set_index("date")["close"].reindex(dates).to_numpy(dtype=np.float64)
         return pd.DatetimeIndex(dates, name="date"), quantiles, closes
+
+    # -- the Forecaster interface --------------------------------------------------------------
+
+    def fit(self, history) -> Predictor:
+        """Nothing to fit: the artifact carries the trained weights and scalers."""
+        return self
+
+    def historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
+                             horizon: int) -> HistoricalForecasts:
+        """Forecasts (all H horizons) at those origins with a full feature window."""
+        dates, quantiles, _ = self.predict_origins(series.ticker, series.bars,
+                                                   list(series.dates[origins]))
+        return HistoricalForecasts(series.dates.get_indexer(dates), quantiles, self.quantiles)

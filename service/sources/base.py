@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
 
-from service.errors import SourceNotConfigured
+from service.core.errors import SourceNotConfigured
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from service.core.config import Settings
 
 
 @runtime_checkable
@@ -20,7 +20,7 @@ class BarSource(Protocol):
     `fetch` returns exactly the columns `date, open, high, low, close, adj_close, volume`
     (date: tz-naive datetime64[ns] exchange trading date; `end` inclusive), NOT yet validated:
     every caller passes the frame through service.sources.validate.validate_bars. The ticker
-    arrives normalized (service.tickers.normalize_ticker). Raises UnknownTicker when upstream
+    arrives normalized (service.core.tickers.normalize_ticker). Raises UnknownTicker when upstream
     knows no bars for the symbol, SourceUnavailable when it fails after retries.
     """
 

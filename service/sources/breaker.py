@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from service.errors import SourceNotConfigured, SourceUnavailable, UnknownTicker
+from service.core.errors import SourceNotConfigured, SourceUnavailable, UnknownTicker
 from service.sources.base import BarSource
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from service.errors import InvalidBars, InvalidTicker, UnknownTicker
-from service.sources.validate import BAR_COLUMNS, NUMERIC_COLUMNS
-from service.tickers import normalize_ticker
+from service.core.bars import BAR_COLUMNS, NUMERIC_COLUMNS
+from service.core.errors import InvalidBars, InvalidTicker, UnknownTicker
+from service.core.tickers import normalize_ticker
 
 # Folded header (see _fold) -> canonical column.
 COLUMN_ALIASES = {

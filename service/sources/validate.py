@@ -26,12 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from service.errors import InvalidBars
-from service.tickers import TICKER_PATTERN
-
-BAR_COLUMNS = ("date", "open", "high", "low", "close", "adj_close", "volume")
-PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
-NUMERIC_COLUMNS = (*PRICE_COLUMNS, "volume")
+from service.core.bars import BAR_COLUMNS, NUMERIC_COLUMNS, PRICE_COLUMNS
+from service.core.errors import InvalidBars
+from service.core.tickers import TICKER_PATTERN
 
 REJECT_REASONS = (
     "invalid_ticker",

@@ -42,7 +42,7 @@ from yfinance.exceptions import (
     YFTickerMissingError,
 )
 
-from service.errors import SourceUnavailable, UnknownTicker
+from service.core.errors import SourceUnavailable, UnknownTicker
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 
 from service.api.main import create_app
-from service.config import PROJECT_ROOT
+from service.artifacts.manifest import load_manifest
+from service.core.config import PROJECT_ROOT
 from service.db.backtests import store_run
 from service.db.session import make_engine, reset_database
-from service.forecasting.manifest import load_manifest
-from service.ingest import ingest_frame
 from service.sources.csv import read_bars_file
+from service.sources.ingest import ingest_frame
 from tests.api_factories import ServerThread, api_settings
 from tests.bar_factories import ScriptedSource, make_bars
 from tests.conftest import IN_CI

@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 
 from service.api.main import create_app
 from service.api.routes.page import PLOTLY_JS
+from service.core.errors import InvalidTicker
+from service.core.tickers import normalize_ticker
 from service.db.backtests import delete_run, get_metrics, get_run, store_run
 from service.db.bars import read_bars
 from service.db.session import make_engine
-from service.errors import InvalidTicker
-from service.tickers import normalize_ticker
 from tests.api_factories import api_settings
 from tests.bar_factories import timeout_error
 from tests.e2e.conftest import LAST_BAR

@@ -17,10 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.main import create_app
-from service.config import PROJECT_ROOT
+from service.artifacts.manifest import load_manifest
+from service.core.config import PROJECT_ROOT
 from service.db.health import head_revision
 from service.forecasting.indicators import chart_indicators
-from service.forecasting.manifest import load_manifest
 from tests.api_factories import (
     API_KEY,
     LAST_BAR,
@@ -402,8 +402,7 @@ import sys
 import service.cli  # noqa: F401 - the CLI module imports too
 from fastapi.testclient import TestClient
 from service.api.main import create_app
-from service.db.health import head_revision
-from service.config import PROJECT_ROOT
+from service.core.config import PROJECT_ROOT
 from service.db.backtests import store_run
 from service.db.session import make_engine, reset_database
 from tests.api_factories import Clock, api_settings, store_bars

@@ -13,13 +13,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, text
 
 from service.api.main import create_app
+from service.artifacts.manifest import load_manifest
 from service.db.session import make_engine
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import build_features, min_bars
-from service.forecasting.manifest import load_manifest
 from service.forecasting.spec import FeatureSpec
-from service.inference.onnx_model import OnnxModel
-from service.inference.predictor import Predictor
 from tests.api_factories import LAST_BAR, NOW, Clock, api_settings, store_bars
 from tests.bar_factories import ScriptedSource, make_bars, timeout_error
 from tests.tiny_model import synthetic_bars_multi
@@ -59,10 +57,6 @@ def client(app_parts) -> TestClient:
     return app_parts[0]
 
 
-def tiny_predictor(tiny_artifact) -> Predictor:
-    manifest = load_manifest(tiny_artifact.artifact_dir)
-    return Predictor(OnnxModel.load(tiny_artifact.artifact_dir, "cpu"), manifest)
-
 
 def ticker_bars(bars_multi, ticker):
     return bars_multi[bars_multi["ticker"] == ticker].drop(columns="ticker").reset_index(drop=True)
@@ -71,13 +65,14 @@ def ticker_bars(bars_multi, ticker):
 # -- forecasts --------------------------------------------------------------------------------
 
 
-def test_predict_cached_ticker_matches_the_predictor(app_parts, tiny_artifact, bars_multi):
+def test_predict_cached_ticker_matches_the_predictor(app_parts, tiny_artifact, tiny_predictor,
+                                                      bars_multi):
     client, _, source, _, _ = app_parts
     response = client.post("/predict/aaa", json={"horizon": 3})
     assert response.status_code == 200, response.text
     body = response.json()
     bars = ticker_bars(bars_multi, "AAA")
-    expected = tiny_predictor(tiny_artifact).forecast("AAA", bars, horizon=3)
+    expected = tiny_predictor.forecast("AAA", bars, horizon=3)
     assert body["ticker"] == "AAA"
     assert body["as_of"] == LAST_BAR.isoformat() == expected.as_of.isoformat()
     assert body["last_close"] == pytest.approx(bars["close"].iloc[-1], rel=1e-12)
@@ -117,7 +112,7 @@ def test_yahoo_symbols_in_the_path_are_accepted_and_upper_cased(app_parts, path,
     assert response.json()["ticker"] == ticker
 
 
-def test_batch_predict_answers_each_ticker_in_order(app_parts, tiny_artifact, bars_multi):
+def test_batch_predict_answers_each_ticker_in_order(app_parts, tiny_predictor, bars_multi):
     client, app, _, _, _ = app_parts
     response = client.post("/predict", json={"tickers": ["AAA", "bbb", "DDD", "ZZZZ"],
                                              "horizon": 2})
@@ -128,7 +123,7 @@ def test_batch_predict_answers_each_ticker_in_order(app_parts, tiny_artifact, ba
         "ticker": "ZZZZ", "status": 404, "title": "Unknown ticker",
         "detail": "unknown ticker 'ZZZZ': the source returned no bars"}]
     assert app.state.forecasts.computed == 3  # one predictor call for the three
-    single = tiny_predictor(tiny_artifact).forecast("BBB", ticker_bars(bars_multi, "BBB"), 2)
+    single = tiny_predictor.forecast("BBB", ticker_bars(bars_multi, "BBB"), 2)
     assert [s["close"] for s in body["forecasts"][1]["forecasts"]] == pytest.approx(
         [s.close for s in single.steps], rel=1e-5)
 
@@ -382,15 +377,15 @@ def test_a_corrupt_stored_bar_is_a_500_without_a_stack_trace(sqlite_url, tiny_ar
 
 
 @pytest.fixture
-def direct_forecasts(sqlite_url, tiny_artifact, bars_multi):
+def direct_forecasts(sqlite_url, tiny_predictor, bars_multi):
     """A ForecastService over a migrated SQLite cache of bars_multi, with a settable clock.
 
     Yields (service, predictor, engine, now): `now[0]` is the service's monotonic time and the
     bar check lives 1 s.
     """
     from service.api.forecasts import ForecastService
-    from service.bar_cache import BarCache
     from service.db.session import upgrade
+    from service.sources.cache import BarCache
 
     upgrade(sqlite_url)
     store_bars(sqlite_url, bars_multi)
@@ -398,7 +393,7 @@ def direct_forecasts(sqlite_url, tiny_artifact, bars_multi):
     now = [100.0]
     service = ForecastService(BarCache(engine, ScriptedSource(), clock=Clock()),
                               bar_check_ttl=1.0, monotonic=lambda: now[0])
-    yield service, tiny_predictor(tiny_artifact), engine, now
+    yield service, tiny_predictor, engine, now
     engine.dispose()
 
 
@@ -419,7 +414,7 @@ def test_an_expired_bar_check_is_renewed_by_one_request_while_others_use_it(dire
 
 
 def test_only_the_request_that_took_on_a_bar_check_renewal_gives_it_back(direct_forecasts):
-    from service.errors import DatabaseUnavailable
+    from service.core.errors import DatabaseUnavailable
 
     service, predictor, engine, now = direct_forecasts
     first = service.forecast(predictor, "AAA")

@@ -10,30 +10,22 @@ from fastapi.testclient import TestClient
 from service.api.main import create_app
 from service.db.backtests import store_run
 from service.db.session import make_engine
-from service.forecasting.backtest import METRICS, MODEL, NAIVE, POOLED, bars_by_ticker, run_backtest
-from service.forecasting.manifest import load_manifest
-from service.inference.onnx_model import OnnxModel
-from service.inference.predictor import Predictor
+from service.evaluation.scoring import METRICS, MODEL, NAIVE, POOLED
 from tests.api_factories import api_settings
 
 PROBLEM = "application/problem+json"
 
 
-@pytest.fixture(scope="module")
-def result(tiny_artifact):
-    manifest = load_manifest(tiny_artifact.artifact_dir)
-    predictor = Predictor(OnnxModel.load(tiny_artifact.artifact_dir, "cpu"), manifest)
-    return run_backtest(predictor, bars_by_ticker(tiny_artifact.bars), horizons=(1, 5))
 
 
-def save(url, result, version=None) -> int:
+def save(url, run, version=None) -> int:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
-            return store_run(conn, model_version=version or result.model_version,
-                             start=result.start, end=result.end, tickers=result.tickers,
-                             config=result.config,
-                             metrics=result.metrics.itertuples(index=False, name=None))
+            return store_run(conn, model_version=version or run.model_version,
+                             start=run.start, end=run.end, tickers=run.tickers,
+                             config=run.config,
+                             metrics=run.metrics.itertuples(index=False, name=None))
     finally:
         engine.dispose()
 
@@ -52,22 +44,22 @@ def test_no_stored_run_is_a_404_problem(client):
     assert response.json()["detail"] == "no backtest stored: run `stockcast backtest`"
 
 
-def test_serves_the_latest_runs_stored_numbers(client, db_url, result):
-    save(db_url, result, version="older")
-    run_id = save(db_url, result)
+def test_serves_the_latest_runs_stored_numbers(client, db_url, tiny_backtest):
+    save(db_url, tiny_backtest, version="older")
+    run_id = save(db_url, tiny_backtest)
     response = client.get("/metrics/backtest")
     assert response.status_code == 200
     body = response.json()
     assert body["run"]["id"] == run_id
-    assert body["run"]["model_version"] == result.model_version
-    assert body["run"]["start"] == result.start.isoformat()
+    assert body["run"]["model_version"] == tiny_backtest.model_version
+    assert body["run"]["start"] == tiny_backtest.start.isoformat()
     assert body["run"]["horizons"] == [1, 5]
-    assert body["run"]["baselines"] == list(result.methods[1:])
+    assert body["run"]["baselines"] == list(tiny_backtest.methods[1:])
     rows = {(r["ticker"], r["horizon"], r["method"]): r for r in body["metrics"]}
     # one object per (ticker or pooled, horizon, method incl. buy-and-hold)
-    assert len(rows) == len(body["metrics"]) == 4 * 2 * (len(result.methods) + 1)
+    assert len(rows) == len(body["metrics"]) == 4 * 2 * (len(tiny_backtest.methods) + 1)
     assert body["metrics"][0]["ticker"] == POOLED and body["metrics"][0]["method"] == MODEL
-    for r in result.metrics.itertuples():
+    for r in tiny_backtest.metrics.itertuples():
         served = rows[(r.ticker, r.horizon, r.method)][r.metric]
         if math.isnan(r.value):
             assert served is None
@@ -78,13 +70,13 @@ def test_serves_the_latest_runs_stored_numbers(client, db_url, result):
     assert set(METRICS) <= set(rows[(POOLED, 1, NAIVE)])
 
 
-def test_filters_and_a_chosen_run(client, db_url, result):
-    first = save(db_url, result, version="first")
-    save(db_url, result)
+def test_filters_and_a_chosen_run(client, db_url, tiny_backtest):
+    first = save(db_url, tiny_backtest, version="first")
+    save(db_url, tiny_backtest)
     one = client.get("/metrics/backtest", params={"ticker": "aaa", "horizon": 5,
                                                  "method": "model"}).json()
     assert [(r["ticker"], r["horizon"], r["method"]) for r in one["metrics"]] == [("AAA", 5, MODEL)]
-    assert one["metrics"][0]["mae"] == result.value("mae", MODEL, 5, "AAA")
+    assert one["metrics"][0]["mae"] == tiny_backtest.value("mae", MODEL, 5, "AAA")
     pooled = client.get("/metrics/backtest", params={"ticker": POOLED, "horizon": 1}).json()
     assert {r["ticker"] for r in pooled["metrics"]} == {POOLED}
     by_version = client.get("/metrics/backtest", params={"model_version": "first"}).json()
@@ -114,8 +106,8 @@ BAD_QUERIES = [
 ]
 
 
-def test_bad_or_unmatched_queries_are_problems(client, db_url, result):
-    run_id = save(db_url, result)
+def test_bad_or_unmatched_queries_are_problems(client, db_url, tiny_backtest):
+    run_id = save(db_url, tiny_backtest)
     for params, status, detail in BAD_QUERIES:
         response = client.get("/metrics/backtest", params=params)
         assert response.status_code == status, params
@@ -126,8 +118,8 @@ def test_bad_or_unmatched_queries_are_problems(client, db_url, result):
             assert got == f"backtest run {run_id} {detail}"
 
 
-def test_run_of_another_version_is_a_404(client, db_url, result):
-    run_id = save(db_url, result, version="vvv")
+def test_run_of_another_version_is_a_404(client, db_url, tiny_backtest):
+    run_id = save(db_url, tiny_backtest, version="vvv")
     response = client.get("/metrics/backtest", params={"run_id": run_id, "model_version": "www"})
     assert response.status_code == 404
     assert response.json()["detail"] == f"backtest run {run_id} is of model vvv, not www"
@@ -137,8 +129,22 @@ def test_openapi_documents_every_metric_and_an_example(client):
     schema = client.get("/openapi.json").json()
     fields = schema["components"]["schemas"]["BacktestMetricsPublic"]["properties"]
     assert set(METRICS) <= set(fields)
-    assert fields["rel_mae"]["description"] == METRICS["rel_mae"]
+    assert fields["rel_mae"]["description"] == METRICS["rel_mae"].meaning
     public = schema["components"]["schemas"]["BacktestPublic"]
     assert public["examples"][0]["metrics"][0]["method"] == MODEL
     responses = schema["paths"]["/metrics/backtest"]["get"]["responses"]
     assert "application/problem+json" in responses["404"]["content"]
+
+
+def test_the_metric_catalogue_is_served_in_display_order(client):
+    response = client.get("/metrics/backtest/catalogue")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [m["name"] for m in body] == list(METRICS)
+    by_name = {m["name"]: m for m in body}
+    assert by_name["rel_mae"] == {
+        "name": "rel_mae", "label": "rel MAE", "title": "MAE relative to naive",
+        "meaning": "MAE / MAE of naive on the same forecasts (< 1 beats naive)",
+        "unit": "ratio", "better": "lower"}
+    assert by_name["directional_accuracy"]["title"] == "Direction right"
+    assert by_name["coverage"]["better"] is None

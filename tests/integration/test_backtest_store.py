@@ -11,33 +11,16 @@ import pytest
 from sqlalchemy import inspect
 
 from service.db import backtests as store
-from service.db.session import downgrade, make_engine, upgrade
-from service.forecasting.backtest import MODEL, NAIVE, POOLED, bars_by_ticker, run_backtest
-from service.forecasting.manifest import load_manifest
-from service.inference.onnx_model import OnnxModel
-from service.inference.predictor import Predictor
+from service.db.session import downgrade, upgrade
+from service.evaluation.scoring import MODEL, NAIVE, POOLED
 
 
-@pytest.fixture(scope="module")
-def result(tiny_artifact):
-    manifest = load_manifest(tiny_artifact.artifact_dir)
-    predictor = Predictor(OnnxModel.load(tiny_artifact.artifact_dir, "cpu"), manifest)
-    return run_backtest(predictor, bars_by_ticker(tiny_artifact.bars), horizons=(1, 5))
-
-
-@pytest.fixture
-def engine(db_url):
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-def save(engine, result, version=None) -> int:
+def save(engine, run, version=None) -> int:
     with engine.begin() as conn:
         return store.store_run(
-            conn, model_version=version or result.model_version, start=result.start,
-            end=result.end, tickers=result.tickers, config=result.config,
-            metrics=result.metrics.itertuples(index=False, name=None))
+            conn, model_version=version or run.model_version, start=run.start,
+            end=run.end, tickers=run.tickers, config=run.config,
+            metrics=run.metrics.itertuples(index=False, name=None))
 
 
 def test_migration_adds_and_removes_the_backtest_tables(db_url, engine):
@@ -52,17 +35,17 @@ def test_migration_adds_and_removes_the_backtest_tables(db_url, engine):
     assert {"backtest_runs", "backtest_metrics"} <= set(inspect(engine).get_table_names())
 
 
-def test_a_stored_run_reads_back_exactly(engine, result):
-    run_id = save(engine, result)
+def test_a_stored_run_reads_back_exactly(engine, tiny_backtest):
+    run_id = save(engine, tiny_backtest)
     with engine.connect() as conn:
         run = store.get_run(conn, run_id)
         stored = store.get_metrics(conn, run_id)
-    assert run.model_version == result.model_version
-    assert (run.start, run.end) == (result.start, result.end)
-    assert run.tickers == list(result.tickers)
-    assert run.config == result.config
+    assert run.model_version == tiny_backtest.model_version
+    assert (run.start, run.end) == (tiny_backtest.start, tiny_backtest.end)
+    assert run.tickers == list(tiny_backtest.tickers)
+    assert run.config == tiny_backtest.config
     assert run.created_at.tzinfo is not None
-    want = result.metrics.sort_values(["horizon", "ticker", "method", "metric"])
+    want = tiny_backtest.metrics.sort_values(["horizon", "ticker", "method", "metric"])
     pd.testing.assert_frame_equal(stored.reset_index(drop=True), want.reset_index(drop=True),
                                   check_exact=True)
     # an undefined metric (naive's directional accuracy) round-trips as NaN via NULL
@@ -70,24 +53,24 @@ def test_a_stored_run_reads_back_exactly(engine, result):
     assert naive_diracc["value"].isna().all() and len(naive_diracc) == 4 * 2  # 3 tickers + pooled, 2 h
 
 
-def test_filters_select_ticker_horizon_method_and_metric(engine, result):
-    run_id = save(engine, result)
+def test_filters_select_ticker_horizon_method_and_metric(engine, tiny_backtest):
+    run_id = save(engine, tiny_backtest)
     with engine.connect() as conn:
         pooled = store.get_metrics(conn, run_id, ticker=POOLED, horizon=5)
         one = store.get_metrics(conn, run_id, ticker="AAA", horizon=1, method=MODEL, metric="mae")
         none = store.get_metrics(conn, run_id, ticker="ZZZ")
     assert set(pooled["ticker"]) == {POOLED} and set(pooled["horizon"]) == {5}
-    assert set(pooled["method"]) == {*result.methods, "buy_and_hold"}
-    assert one["value"].tolist() == [result.value("mae", MODEL, 1, "AAA")]
+    assert set(pooled["method"]) == {*tiny_backtest.methods, "buy_and_hold"}
+    assert one["value"].tolist() == [tiny_backtest.value("mae", MODEL, 1, "AAA")]
     assert none.empty and list(none.columns) == list(store.METRIC_COLUMNS)
 
 
-def test_latest_run_is_the_newest_overall_or_of_one_version(engine, result):
+def test_latest_run_is_the_newest_overall_or_of_one_version(engine, tiny_backtest):
     with engine.connect() as conn:
         assert store.latest_run(conn) is None
-    first = save(engine, result, version="aaaa")
-    second = save(engine, result, version="bbbb")
-    third = save(engine, result, version="aaaa")
+    first = save(engine, tiny_backtest, version="aaaa")
+    second = save(engine, tiny_backtest, version="bbbb")
+    third = save(engine, tiny_backtest, version="aaaa")
     with engine.connect() as conn:
         assert store.latest_run(conn).id == third
         assert store.latest_run(conn, "bbbb").id == second

@@ -9,28 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.bar_cache import REBASE_OVERLAP_DAYS, BarCache
+from service.core.errors import DatabaseUnavailable, InvalidTicker, SourceUnavailable, UnknownTicker
 from service.db import bars as bars_db
 from service.db.session import make_engine
-from service.errors import DatabaseUnavailable, InvalidTicker, SourceUnavailable, UnknownTicker
+from service.sources.cache import REBASE_OVERLAP_DAYS, BarCache
+from tests.api_factories import Clock
 from tests.bar_factories import ScriptedSource, make_bars, timeout_error
 
 NOW = dt.datetime(2020, 7, 1, 21, 0, tzinfo=dt.UTC)  # a Wednesday evening
-
-
-class Clock:
-    def __init__(self, now=NOW):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def engine(db_url):
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
 
 
 def full_history(ticker="AAPL", n=130):
@@ -48,7 +34,7 @@ def cached_40_days_ago(engine, first_bars):
 
 def test_first_request_fetches_then_serves_from_db(engine):
     source = ScriptedSource({"AAPL": full_history()})
-    cache = BarCache(engine, source, clock=Clock())
+    cache = BarCache(engine, source, clock=Clock(NOW))
     first = cache.get_bars("aapl")
     assert first.ticker == "AAPL" and not first.stale and len(first.bars) == 130
     assert len(source.calls) == 1
@@ -103,7 +89,7 @@ def test_a_corrected_partial_last_day_is_not_a_rebase(engine):
 
 def test_past_end_inside_stored_range_needs_no_fetch(engine):
     source = ScriptedSource({"AAPL": full_history()})
-    cache = BarCache(engine, source, clock=Clock())
+    cache = BarCache(engine, source, clock=Clock(NOW))
     cache.get_bars("AAPL")
     got = cache.get_bars("AAPL", end=dt.date(2020, 3, 2), last=10)
     assert len(source.calls) == 1
@@ -112,7 +98,7 @@ def test_past_end_inside_stored_range_needs_no_fetch(engine):
 
 def test_concurrent_refreshes_make_one_upstream_call(engine):
     source = ScriptedSource({"AAPL": full_history()}, delay=0.3)
-    cache = BarCache(engine, source, clock=Clock())
+    cache = BarCache(engine, source, clock=Clock(NOW))
     results, errors = [], []
 
     def worker():
@@ -155,7 +141,7 @@ def test_source_failure_with_cache_returns_stale_and_keeps_bars(engine):
 def test_source_failure_without_cache_raises_source_unavailable(engine):
     source = ScriptedSource()
     source.fail_with = timeout_error("MSFT")
-    cache = BarCache(engine, source, clock=Clock())
+    cache = BarCache(engine, source, clock=Clock(NOW))
     with pytest.raises(SourceUnavailable, match="yfinance unavailable for MSFT after 3 attempts"):
         cache.get_bars("MSFT")
     assert bars_db.count_bars(engine) == 0
@@ -164,7 +150,7 @@ def test_source_failure_without_cache_raises_source_unavailable(engine):
 def test_throttled_retry_of_a_failed_first_fetch_still_says_source_unavailable(engine):
     source = ScriptedSource()
     source.fail_with = timeout_error("MSFT")
-    cache = BarCache(engine, source, clock=Clock())
+    cache = BarCache(engine, source, clock=Clock(NOW))
     for _ in range(2):
         with pytest.raises(SourceUnavailable,
                            match="yfinance unavailable for MSFT after 3 attempts: timed out"):
@@ -174,7 +160,7 @@ def test_throttled_retry_of_a_failed_first_fetch_still_says_source_unavailable(e
 
 def test_throttled_retry_of_an_unknown_ticker_still_says_unknown(engine):
     source = ScriptedSource()
-    cache = BarCache(engine, source, clock=Clock())
+    cache = BarCache(engine, source, clock=Clock(NOW))
     for _ in range(2):
         with pytest.raises(UnknownTicker, match="unknown ticker 'ZZZZ': the source returned"):
             cache.get_bars("ZZZZ")
@@ -183,7 +169,7 @@ def test_throttled_retry_of_an_unknown_ticker_still_says_unknown(engine):
 
 def test_unknown_ticker_raises_and_stores_nothing(engine):
     source = ScriptedSource({"AAPL": full_history()})
-    cache = BarCache(engine, source, clock=Clock())
+    cache = BarCache(engine, source, clock=Clock(NOW))
     cache.get_bars("AAPL")
     with pytest.raises(UnknownTicker, match="unknown ticker 'ZZZZ': the source returned no bars"):
         cache.get_bars("ZZZZ")
@@ -195,14 +181,14 @@ def test_bad_rows_from_source_are_dropped_and_counted(engine):
     history.loc[5, "high"] = history.loc[5, "low"] / 2  # high < low
     history.loc[6, "close"] = float("nan")
     source = ScriptedSource({"AAPL": history})
-    got = BarCache(engine, source, clock=Clock()).get_bars("AAPL")
+    got = BarCache(engine, source, clock=Clock(NOW)).get_bars("AAPL")
     assert len(got.bars) == 128
     assert got.warnings and "AAPL: source returned 130 rows, rejected 2" in got.warnings[0]
 
 
 def test_invalid_ticker_is_rejected_before_sql_or_source(engine):
     source = ScriptedSource()
-    cache = BarCache(engine, source, clock=Clock())
+    cache = BarCache(engine, source, clock=Clock(NOW))
     with pytest.raises(InvalidTicker):
         cache.get_bars("AAPL; drop table bars")
     assert source.calls == []
@@ -210,6 +196,6 @@ def test_invalid_ticker_is_rejected_before_sql_or_source(engine):
 
 def test_database_down_is_a_typed_error(tmp_path):
     engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
-    cache = BarCache(engine, ScriptedSource(), clock=Clock())
+    cache = BarCache(engine, ScriptedSource(), clock=Clock(NOW))
     with pytest.raises(DatabaseUnavailable, match="bar database unavailable: OperationalError"):
         cache.get_bars("AAPL")

@@ -69,16 +69,18 @@ def test_a_normal_shutdown_disposes_the_engine(sqlite_url, tiny_artifact, engine
 def test_every_cli_command_disposes_the_engines_it_opens(cli_env, tiny_artifact, engines):
     csv = cli_env.root / "bars.csv"
     tiny_artifact.bars[tiny_artifact.bars["ticker"] == "AAA"].to_csv(csv, index=False)
+    # (arguments, exit code, whether it connects: a missing artifact fails before any query)
     runs = {
-        "tickers": (["tickers"], 0),
-        "seed": (["seed"], 0),  # the cache already holds bars: nothing to seed
-        "ingest": (["ingest", "--path", str(csv), "--no-progress"], 0),
+        "tickers": (["tickers"], 0, True),
+        "seed": (["seed"], 0, True),  # the cache already holds bars: nothing to seed
+        "ingest": (["ingest", "--path", str(csv), "--no-progress"], 0, True),
         "backtest": (["backtest", "--tickers", "AAA", "--horizons", "1", "--baselines", "naive",
-                      "--plots-dir", str(cli_env.root / "plots")], 0),
-        "promote (refused)": (["promote", "missing"], 1),
+                      "--plots-dir", str(cli_env.root / "plots")], 0, True),
+        "promote (refused)": (["promote", "missing"], 1, False),
     }
-    for name, (args, code) in runs.items():
+    for name, (args, code, connects) in runs.items():
+        before = len(engines.connected)
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == code, f"{name}: {result.output}"
         assert engines.left_open() == [], f"{name} left an engine open"
-    assert len(engines.connected) >= len(runs)
+        assert (len(engines.connected) > before) == connects, f"{name} opened no engine"

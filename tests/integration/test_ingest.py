@@ -7,10 +7,9 @@ import gzip
 import pytest
 from typer.testing import CliRunner
 
+from service.core.errors import InvalidBars
 from service.db import bars as bars_db
-from service.db.session import make_engine
-from service.errors import InvalidBars
-from service.ingest import ingest_file
+from service.sources.ingest import ingest_file
 
 SHARED_READ, SHARED_STORED = 608_160, 607_592
 SHARED_REJECTED = {"missing_field": 538, "open_outside_range": 28, "duplicate_date": 2}
@@ -20,11 +19,6 @@ GOOD = ("AAA,2020-01-02,10,11,9,10.5,10.4,1000\n"
         "AAA,2020-01-03,10.5,11.5,10,11,10.9,1200\n")
 
 
-@pytest.fixture
-def engine(db_url):
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
 
 
 def test_shared_dataset_reconciles_and_reingest_changes_nothing(engine, shared_dataset):
@@ -91,7 +85,7 @@ def test_a_file_missing_a_column_is_refused_and_loses_nothing(engine, tmp_path):
 
 def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
     from service.cli import app
-    from service.config import get_settings
+    from service.core.config import get_settings
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("STOCKCAST_DATABASE_URL", url)

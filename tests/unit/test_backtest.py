@@ -9,25 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.forecasting.backtest import (
-    MODEL,
-    NAIVE,
-    POOLED,
-    bars_by_ticker,
-    run_backtest,
-)
+from service.evaluation.backtest import bars_by_ticker, run_backtest
+from service.evaluation.scoring import MODEL, NAIVE, POOLED
 from service.forecasting.baselines import BASELINES
-from service.forecasting.manifest import load_manifest
-from service.inference.onnx_model import OnnxModel
-from service.inference.predictor import Predictor
 
 PREDICTED_COLUMNS = ["origin_close", "model_lower", "model_upper", MODEL, *BASELINES]
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_artifact) -> Predictor:
-    manifest = load_manifest(tiny_artifact.artifact_dir)
-    return Predictor(OnnxModel.load(tiny_artifact.artifact_dir, "cpu"), manifest)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +24,8 @@ def bars(tiny_artifact) -> dict[str, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def result(predictor, bars):
-    return run_backtest(predictor, bars, horizons=(1, 5))
+def result(tiny_predictor, bars):
+    return run_backtest(tiny_predictor, bars, horizons=(1, 5))
 
 
 def path_bars(prices: np.ndarray, start: str = "2020-01-02") -> pd.DataFrame:
@@ -48,9 +36,9 @@ def path_bars(prices: np.ndarray, start: str = "2020-01-02") -> pd.DataFrame:
     })
 
 
-def test_scores_the_test_segment_of_the_manifest_by_default(predictor, bars, result):
-    first, last = predictor.manifest.split.test
-    assert result.model_version == predictor.manifest.version
+def test_scores_the_test_segment_of_the_manifest_by_default(tiny_predictor, bars, result):
+    first, last = tiny_predictor.manifest.split.test
+    assert result.model_version == tiny_predictor.manifest.version
     assert result.methods == (MODEL, NAIVE, "drift", "sma20", "mean", "arima")
     assert result.tickers == ("AAA", "BBB", "CCC")
     one_day, five_day = result.forecasts[1], result.forecasts[5]
@@ -60,16 +48,16 @@ def test_scores_the_test_segment_of_the_manifest_by_default(predictor, bars, res
     assert one_day["target_date"].max() == last_bar
     assert five_day["origin"].max() < one_day["origin"].max()
     assert one_day.groupby("ticker").size().tolist() == [len(one_day) // 3] * 3
-    assert result.config["baseline_fit_end"] == predictor.manifest.split.train[1].isoformat()
+    assert result.config["baseline_fit_end"] == tiny_predictor.manifest.split.train[1].isoformat()
     assert not result.config["in_sample_origins"]
     assert result.value("n_forecasts", ticker=POOLED) == len(one_day)
     assert last >= result.end
 
 
-def test_model_forecasts_are_the_predictors_own(predictor, bars, result):
+def test_model_forecasts_are_the_predictors_own(tiny_predictor, bars, result):
     """What is measured is what is served: the API's forecast at one origin, same numbers."""
     row = result.forecasts[5].iloc[3]
-    served = predictor.forecast(row["ticker"], bars[row["ticker"]], horizon=5,
+    served = tiny_predictor.forecast(row["ticker"], bars[row["ticker"]], horizon=5,
                                 as_of=row["origin"].date())
     assert served.as_of == row["origin"].date()
     step = served.steps[4]
@@ -82,7 +70,7 @@ def test_model_forecasts_are_the_predictors_own(predictor, bars, result):
     assert adj.index.get_loc(row["target_date"]) - adj.index.get_loc(row["origin"]) == 5
 
 
-def test_scrambling_the_future_leaves_earlier_forecasts_unchanged(predictor, bars, result):
+def test_scrambling_the_future_leaves_earlier_forecasts_unchanged(tiny_predictor, bars, result):
     cut = pd.Timestamp("2021-04-20")
     rng = np.random.default_rng(7)
     scrambled = {}
@@ -94,7 +82,7 @@ def test_scrambling_the_future_leaves_earlier_forecasts_unchanged(predictor, bar
         frame.loc[later, ["open", "high", "low", "close", "adj_close", "volume"]] = shuffled
         scrambled[ticker] = frame
     original = result
-    changed = run_backtest(predictor, scrambled, horizons=(1, 5))
+    changed = run_backtest(tiny_predictor, scrambled, horizons=(1, 5))
     for h in (1, 5):
         before = original.forecasts[h]["origin"] <= cut
         pd.testing.assert_frame_equal(
@@ -105,8 +93,8 @@ def test_scrambling_the_future_leaves_earlier_forecasts_unchanged(predictor, bar
                                changed.forecasts[h].loc[~before, MODEL])
 
 
-def test_baselines_are_exact_on_a_constant_series(predictor):
-    result = run_backtest(predictor, {"FLAT": path_bars(np.full(360, 50.0))}, horizons=(1, 5))
+def test_baselines_are_exact_on_a_constant_series(tiny_predictor):
+    result = run_backtest(tiny_predictor, {"FLAT": path_bars(np.full(360, 50.0))}, horizons=(1, 5))
     for h in (1, 5):
         for name in BASELINES:
             assert result.value("mae", name, h, "FLAT") == 0.0
@@ -116,10 +104,10 @@ def test_baselines_are_exact_on_a_constant_series(predictor):
         assert math.isnan(result.value("rel_mae", "drift", h, "FLAT"))
 
 
-def test_drift_mean_and_arima_are_exact_on_a_log_linear_series(predictor):
+def test_drift_mean_and_arima_are_exact_on_a_log_linear_series(tiny_predictor):
     g = 0.002
     prices = 50.0 * np.exp(g * np.arange(360))
-    result = run_backtest(predictor, {"LINE": path_bars(prices)}, horizons=(1, 5))
+    result = run_backtest(tiny_predictor, {"LINE": path_bars(prices)}, horizons=(1, 5))
     for h in (1, 5):
         frame = result.forecasts[h]
         close = frame["origin_close"].to_numpy()
@@ -135,25 +123,26 @@ def test_drift_mean_and_arima_are_exact_on_a_log_linear_series(predictor):
         assert result.value("directional_accuracy", "drift", h, "LINE") == 1.0
 
 
-def test_a_ticker_without_enough_history_is_skipped_with_the_reason(predictor, bars):
+def test_a_ticker_without_enough_history_is_skipped_with_the_reason(tiny_predictor, bars):
     short = bars["AAA"].iloc[-60:].reset_index(drop=True)
-    result = run_backtest(predictor, {"AAA": bars["AAA"], "NEW": short}, horizons=(1,))
+    result = run_backtest(tiny_predictor, {"AAA": bars["AAA"], "NEW": short}, horizons=(1,))
     assert result.tickers == ("AAA",)
     assert result.skipped == {
-        "NEW": f"NEW has 60 usable bars; at least {predictor.min_bars} are needed for one window"
+        "NEW": f"NEW has 60 usable bars; at least {tiny_predictor.min_bars} are needed for one "
+               "window"
     }
     assert set(result.metrics["ticker"]) == {"AAA", POOLED}
 
 
-def test_an_explicit_range_before_the_test_segment_is_flagged_in_sample(predictor, bars):
-    result = run_backtest(predictor, bars, start=dt.date(2020, 12, 1),
+def test_an_explicit_range_before_the_test_segment_is_flagged_in_sample(tiny_predictor, bars):
+    result = run_backtest(tiny_predictor, bars, start=dt.date(2020, 12, 1),
                           end=dt.date(2020, 12, 31), horizons=(1,), baselines=("drift",))
     assert result.start == dt.date(2020, 12, 1)
     assert result.end == dt.date(2020, 12, 31)
     assert result.methods == (MODEL, NAIVE, "drift")
     assert result.config["in_sample_origins"] is True
-    assert result.config["baseline_fit_end"] == predictor.manifest.split.train[1].isoformat()
-    early = run_backtest(predictor, bars, start=dt.date(2020, 6, 1), end=dt.date(2020, 6, 30),
+    assert result.config["baseline_fit_end"] == tiny_predictor.manifest.split.train[1].isoformat()
+    early = run_backtest(tiny_predictor, bars, start=dt.date(2020, 6, 1), end=dt.date(2020, 6, 30),
                          horizons=(1,), baselines=("mean",))
     # baselines never fit on data past the first origin they forecast
     assert early.config["baseline_fit_end"] == "2020-06-01"
@@ -174,7 +163,7 @@ def test_an_explicit_range_before_the_test_segment_is_flagged_in_sample(predicto
           "AAA: no bars between 2030-01-01 and 2030-02-01")),
     ],
 )
-def test_bad_requests_get_a_clear_error(predictor, bars, kwargs, message):
+def test_bad_requests_get_a_clear_error(tiny_predictor, bars, kwargs, message):
     with pytest.raises(ValueError) as exc:
-        run_backtest(predictor, {"AAA": bars["AAA"]}, **kwargs)
+        run_backtest(tiny_predictor, {"AAA": bars["AAA"]}, **kwargs)
     assert str(exc.value) == message

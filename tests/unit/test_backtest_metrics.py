@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from service.forecasting import metrics as m
-from service.forecasting.backtest import (
+from service.evaluation.report import pooled_equity, summary_table
+from service.evaluation.scoring import (
     BUY_AND_HOLD,
     METRICS,
     MODEL,
@@ -18,9 +18,8 @@ from service.forecasting.backtest import (
     POOLED,
     compute_metrics,
     metric_value,
-    pooled_equity,
-    summary_table,
 )
+from service.forecasting import metrics as m
 
 DATES = pd.bdate_range("2021-01-04", periods=4)
 BDAY = pd.offsets.BDay(1)
@@ -212,3 +211,23 @@ def test_summary_table_lists_model_then_baselines_and_buy_and_hold(frame, metric
     assert table[4].startswith("| 1 | buy & hold |")
     with pytest.raises(KeyError):
         summary_table(metrics, ticker="ZZZ")
+
+
+def test_the_readme_table_is_the_report_of_the_catalogue_and_registry(frame, metrics):
+    # The README's Results table has exactly the generated header and methods (by title); its
+    # numbers are `stockcast backtest --readme` on the shipped model (compared in the report).
+    from service.core.config import PROJECT_ROOT
+    from service.evaluation.report import README_COLUMNS
+    from service.forecasting.baselines import BASELINES
+
+    generated = summary_table(metrics, columns=README_COLUMNS, readme=True).splitlines()
+    assert generated[0] == "| h | method | " + " | ".join(
+        METRICS[name].label for _, name, _ in README_COLUMNS) + " |"
+    assert generated[2].startswith("| 1 | **model** | ")
+    assert generated[3].startswith("| 1 | naive | ")
+    readme = (PROJECT_ROOT / "README.md").read_text().splitlines()
+    start = readme.index(generated[0])
+    assert readme[start + 1] == generated[1]
+    rows = readme[start + 2:readme.index("", start)]
+    titles = ["**model**", *(BASELINES[b].title for b in BASELINES), "buy & hold"]
+    assert [r.split(" | ")[1] for r in rows] == [t for _ in (1, 5, 30) for t in titles]

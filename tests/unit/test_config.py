@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings, available_cpus
+from service.core.config import Settings, available_cpus
 
 AFFINITY = len(os.sched_getaffinity(0))
 

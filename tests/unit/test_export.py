@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from service.forecasting.manifest import (
+from service.artifacts.manifest import (
     CURRENT_FILE,
     UNKNOWN_TICKER,
     artifact_version,

@@ -272,9 +272,10 @@ def test_two_for_one_split_in_close_leaves_features_unchanged():
 
 
 def test_bars_columns_are_the_validators_canonical_tuple():
+    from service.core import bars
     from service.sources import validate
 
-    assert BARS_COLUMNS is validate.BAR_COLUMNS
+    assert BARS_COLUMNS is validate.BAR_COLUMNS is bars.BAR_COLUMNS
     assert BARS_COLUMNS == ("date", "open", "high", "low", "close", "adj_close", "volume")
 
 

@@ -8,15 +8,15 @@ import shutil
 import numpy as np
 import pytest
 
-from service.config import PROJECT_ROOT
-from service.errors import ManifestMismatch, ModelNotLoaded
-from service.forecasting.manifest import (
+from service.artifacts.manifest import (
     artifact_path,
     artifact_version,
     load_manifest,
     resolve_current,
     set_current,
 )
+from service.core.config import PROJECT_ROOT
+from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
 from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor

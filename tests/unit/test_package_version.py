@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import version as installed_version
 
 from service import package_version
-from service.config import PROJECT_ROOT
+from service.core.config import PROJECT_ROOT
 
 
 def test_package_version_is_the_installed_distributions():

@@ -1,4 +1,4 @@
-"""The predictor: bars -> forecast with real trading dates, as_of, batching, historical origins."""
+"""The tiny_predictor: bars -> forecast with real trading dates, as_of, batching, historical origins."""
 
 from __future__ import annotations
 
@@ -8,18 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.errors import InsufficientHistory
+from service.core.errors import InsufficientHistory
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import min_bars
-from service.forecasting.manifest import load_manifest
-from service.inference.onnx_model import OnnxModel
-from service.inference.predictor import Predictor
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_artifact) -> Predictor:
-    artifact = tiny_artifact.artifact_dir
-    return Predictor(OnnxModel.load(artifact, provider="cpu"), load_manifest(artifact))
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +19,14 @@ def bars(tiny_artifact) -> dict[str, pd.DataFrame]:
     return {t: g.drop(columns="ticker").reset_index(drop=True) for t, g in multi.groupby("ticker")}
 
 
-def test_forecast_has_one_step_per_trading_day_with_ordered_interval(predictor, bars):
+def test_forecast_has_one_step_per_trading_day_with_ordered_interval(tiny_predictor, bars):
     aaa = bars["AAA"]
-    forecast = predictor.forecast("AAA", aaa, horizon=5)
+    forecast = tiny_predictor.forecast("AAA", aaa, horizon=5)
     last = aaa.iloc[-1]
     assert forecast.ticker == "AAA"
     assert forecast.as_of == last["date"].date()
     assert forecast.last_close == pytest.approx(last["close"])
-    assert forecast.model_version == predictor.manifest.version
+    assert forecast.model_version == tiny_predictor.manifest.version
     assert forecast.seen_in_training is True
     assert [s.step for s in forecast.steps] == [1, 2, 3, 4, 5]
     assert [s.date for s in forecast.steps] == next_trading_days(forecast.as_of, 5)
@@ -44,11 +35,11 @@ def test_forecast_has_one_step_per_trading_day_with_ordered_interval(predictor, 
         assert step.predicted_return == pytest.approx(step.close / forecast.last_close - 1)
 
 
-def test_forecast_prices_are_close_times_exp_of_the_models_log_returns(predictor, bars):
+def test_forecast_prices_are_close_times_exp_of_the_models_log_returns(tiny_predictor, bars):
     aaa = bars["AAA"]
-    item = predictor.preprocess("AAA", aaa)
-    q = predictor.predict(item.window[None], np.array([item.ticker_id]))[0]  # (H, Q)
-    forecast = predictor.forecast("AAA", aaa, horizon=3)
+    item = tiny_predictor.preprocess("AAA", aaa)
+    q = tiny_predictor.predict(item.window[None], np.array([item.ticker_id]))[0]  # (H, Q)
+    forecast = tiny_predictor.forecast("AAA", aaa, horizon=3)
     close = aaa["close"].iloc[-1]
     for h, step in enumerate(forecast.steps):
         assert step.close == pytest.approx(close * np.exp(q[h, 1]), rel=1e-6)
@@ -56,88 +47,88 @@ def test_forecast_prices_are_close_times_exp_of_the_models_log_returns(predictor
         assert step.upper == pytest.approx(close * np.exp(q[h, 2]), rel=1e-6)
 
 
-def test_as_of_drops_later_bars(predictor, bars):
+def test_as_of_drops_later_bars(tiny_predictor, bars):
     aaa = bars["AAA"]
     as_of = aaa["date"].iloc[250].date()
-    past = predictor.forecast("AAA", aaa, horizon=2, as_of=as_of)
-    truncated = predictor.forecast("AAA", aaa.iloc[:251], horizon=2)
+    past = tiny_predictor.forecast("AAA", aaa, horizon=2, as_of=as_of)
+    truncated = tiny_predictor.forecast("AAA", aaa.iloc[:251], horizon=2)
     assert past == truncated
     assert past.as_of == as_of
     # Scrambling bars after as_of changes nothing.
     scrambled = aaa.copy()
     scrambled.loc[251:, ["open", "high", "low", "close", "adj_close"]] *= 3.0
-    assert predictor.forecast("AAA", scrambled, horizon=2, as_of=as_of) == past
+    assert tiny_predictor.forecast("AAA", scrambled, horizon=2, as_of=as_of) == past
 
 
-def test_as_of_on_a_non_trading_day_uses_the_last_bar_before_it(predictor, bars):
+def test_as_of_on_a_non_trading_day_uses_the_last_bar_before_it(tiny_predictor, bars):
     aaa = bars["AAA"]
     friday = aaa.loc[aaa["date"].dt.dayofweek == 4, "date"].iloc[-3]
     sunday = (friday + pd.Timedelta(days=2)).date()
-    forecast = predictor.forecast("AAA", aaa, horizon=1, as_of=sunday)
+    forecast = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=sunday)
     assert forecast.as_of == friday.date()
     assert forecast.steps[0].date == next_trading_days(sunday, 1)[0]
 
 
-def test_too_few_bars_names_the_ticker_and_the_counts(predictor, bars):
-    needed = min_bars(predictor.spec)
+def test_too_few_bars_names_the_ticker_and_the_counts(tiny_predictor, bars):
+    needed = min_bars(tiny_predictor.spec)
     assert needed == 49 + 20  # SMA50 warm-up + window
     with pytest.raises(InsufficientHistory) as err:
-        predictor.forecast("AAA", bars["AAA"].iloc[: needed - 1], horizon=1)
+        tiny_predictor.forecast("AAA", bars["AAA"].iloc[: needed - 1], horizon=1)
     assert str(err.value) == f"AAA has {needed - 1} usable bars; at least {needed} are needed for one window"
     assert (err.value.ticker, err.value.n_bars, err.value.needed) == ("AAA", needed - 1, needed)
-    assert predictor.forecast("AAA", bars["AAA"].iloc[:needed], horizon=1).steps
+    assert tiny_predictor.forecast("AAA", bars["AAA"].iloc[:needed], horizon=1).steps
 
 
-def test_horizon_outside_the_model_is_refused(predictor, bars):
+def test_horizon_outside_the_model_is_refused(tiny_predictor, bars):
     for horizon in (0, 6):
         with pytest.raises(ValueError, match=f"horizon must be between 1 and 5, got {horizon}"):
-            predictor.forecast("AAA", bars["AAA"], horizon=horizon)
+            tiny_predictor.forecast("AAA", bars["AAA"], horizon=horizon)
 
 
-def test_forecast_many_is_one_batch_equal_to_single_forecasts(predictor, bars):
+def test_forecast_many_is_one_batch_equal_to_single_forecasts(tiny_predictor, bars):
     items = [("AAA", bars["AAA"]), ("CCC", bars["CCC"]), ("NEW", bars["BBB"])]
-    many = predictor.forecast_many(items, horizon=4)
-    singles = [predictor.forecast(t, b, horizon=4) for t, b in items]
+    many = tiny_predictor.forecast_many(items, horizon=4)
+    singles = [tiny_predictor.forecast(t, b, horizon=4) for t, b in items]
     for a, b in zip(many, singles):
         assert a.ticker == b.ticker
         for sa, sb in zip(a.steps, b.steps):
             assert sa.close == pytest.approx(sb.close, rel=1e-6)
     assert [f.seen_in_training for f in many] == [True, True, False]
-    assert predictor.forecast_many([], horizon=1) == []
+    assert tiny_predictor.forecast_many([], horizon=1) == []
 
 
-def test_unseen_ticker_uses_the_unknown_embedding(predictor, bars):
-    as_new = predictor.forecast("NEW", bars["BBB"], horizon=3)
-    as_bbb = predictor.forecast("BBB", bars["BBB"], horizon=3)
+def test_unseen_ticker_uses_the_unknown_embedding(tiny_predictor, bars):
+    as_new = tiny_predictor.forecast("NEW", bars["BBB"], horizon=3)
+    as_bbb = tiny_predictor.forecast("BBB", bars["BBB"], horizon=3)
     assert not as_new.seen_in_training
     assert as_new.steps[0].close != as_bbb.steps[0].close
-    item = predictor.preprocess("NEW", bars["BBB"])
+    item = tiny_predictor.preprocess("NEW", bars["BBB"])
     assert item.ticker_id == 0
 
 
-def test_predict_origins_matches_forecasts_made_at_each_origin(predictor, bars):
+def test_predict_origins_matches_forecasts_made_at_each_origin(tiny_predictor, bars):
     aaa = bars["AAA"]
-    dates, quantiles, closes = predictor.predict_origins("AAA", aaa)
+    dates, quantiles, closes = tiny_predictor.predict_origins("AAA", aaa)
     # Every date with a full window: warm-up + window - 1 bars come first.
-    assert len(dates) == len(aaa) - min_bars(predictor.spec) + 1
+    assert len(dates) == len(aaa) - min_bars(tiny_predictor.spec) + 1
     assert quantiles.shape == (len(dates), 5, 3)
     for i in (0, 100, len(dates) - 1):
         origin = dates[i].date()
-        one = predictor.forecast("AAA", aaa, horizon=5, as_of=origin)
+        one = tiny_predictor.forecast("AAA", aaa, horizon=5, as_of=origin)
         assert one.as_of == origin
         assert closes[i] == pytest.approx(one.last_close)
         np.testing.assert_allclose(
             [s.close for s in one.steps], closes[i] * np.exp(quantiles[i, :, 1]), rtol=1e-5)
 
 
-def test_predict_origins_with_chosen_dates_and_causal_under_future_scrambling(predictor, bars):
+def test_predict_origins_with_chosen_dates_and_causal_under_future_scrambling(tiny_predictor, bars):
     aaa = bars["AAA"]
     wanted = [aaa["date"].iloc[k].date() for k in (100, 200, 300)] + [dt.date(1999, 1, 4)]
-    dates, quantiles, closes = predictor.predict_origins("AAA", aaa, origins=wanted)
+    dates, quantiles, closes = tiny_predictor.predict_origins("AAA", aaa, origins=wanted)
     assert [d.date() for d in dates] == wanted[:3]  # no bar on 1999-01-04: left out
     scrambled = aaa.copy()
     scrambled.loc[201:, ["open", "high", "low", "close", "adj_close"]] *= 0.5
-    _, q2, c2 = predictor.predict_origins("AAA", scrambled, origins=wanted)
+    _, q2, c2 = tiny_predictor.predict_origins("AAA", scrambled, origins=wanted)
     np.testing.assert_array_equal(q2[:2], quantiles[:2])  # origins 100 and 200 see no change
     assert not np.allclose(q2[2], quantiles[2])
     np.testing.assert_array_equal(c2[:2], closes[:2])

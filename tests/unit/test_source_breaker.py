@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from service.errors import SourceUnavailable, UnknownTicker
+from service.core.errors import SourceUnavailable, UnknownTicker
 from service.sources.breaker import CircuitBreaker
 from tests.bar_factories import ScriptedSource, make_bars, timeout_error
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.config import Settings
-from service.errors import InvalidBars, SourceNotConfigured, SourceUnavailable, UnknownTicker
+from service.core.config import Settings
+from service.core.errors import InvalidBars, SourceNotConfigured, SourceUnavailable, UnknownTicker
 from service.sources.base import BarSource, NullSource, make_source
 from service.sources.csv import CsvSource, read_bars_file
 from service.sources.validate import validate_bars

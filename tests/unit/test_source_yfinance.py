@@ -20,8 +20,8 @@ from yfinance.exceptions import (
 )
 from yfinance.scrapers.history import PriceHistory
 
-from service.config import Settings
-from service.errors import SourceUnavailable, UnknownTicker
+from service.core.config import Settings
+from service.core.errors import SourceUnavailable, UnknownTicker
 from service.sources.base import BarSource, make_source
 from service.sources.validate import validate_bars
 from service.sources.yfinance import YFinanceSource

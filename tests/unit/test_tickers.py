@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import InvalidTicker
-from service.tickers import normalize_ticker
+from service.core.errors import InvalidTicker
+from service.core.tickers import normalize_ticker
 
 
 @pytest.mark.parametrize(

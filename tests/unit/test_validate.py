@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.errors import InvalidBars
+from service.core.errors import InvalidBars
 from service.sources.csv import read_bars_file
 from service.sources.validate import REJECT_REASONS, validate_bars
 

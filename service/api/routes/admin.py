@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from service.api.deps import ApiKeyDep, ModelSlotDep
 from service.api.problems import error_problem, problem_response, problem_responses
 from service.api.schemas import ReloadPublic
-from service.errors import ManifestMismatch, ModelNotLoaded
+from service.core.errors import ManifestMismatch, ModelNotLoaded
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[ApiKeyDep])
 

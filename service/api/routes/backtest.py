@@ -1,13 +1,13 @@
 """GET /metrics/backtest: the stored walk-forward backtest of the model against every baseline.
 
 All backtest response schemas live in this file. The metric fields are generated from
-`service.forecasting.backtest.METRICS`, so the API documents exactly what the backtest stores.
+`service.evaluation.scoring.METRICS`, so the API documents exactly what the backtest stores.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pandas as pd
 from fastapi import APIRouter, HTTPException, Query
@@ -17,12 +17,12 @@ from sqlalchemy.exc import DBAPIError
 from service.api.deps import EngineDep, MigratedDep
 from service.api.problems import problem_responses
 from service.api.schemas import MAX_HORIZON, MAX_INT32, TICKER_DOC_PATTERN
+from service.artifacts.manifest import VERSION_PATTERN
+from service.core.errors import DatabaseUnavailable
+from service.core.tickers import normalize_ticker
 from service.db.backtests import RunInfo, get_metrics, get_run, latest_run
-from service.errors import DatabaseUnavailable
-from service.forecasting.backtest import BUY_AND_HOLD, METRICS, MODEL, POOLED
+from service.evaluation.scoring import BUY_AND_HOLD, METRICS, MODEL, POOLED
 from service.forecasting.baselines import BASELINES
-from service.forecasting.manifest import VERSION_PATTERN
-from service.tickers import normalize_ticker
 
 router = APIRouter(prefix="/metrics", tags=["backtest"], dependencies=[MigratedDep])
 
@@ -48,8 +48,8 @@ class BacktestRunPublic(BaseModel):
 
 
 _metric_fields = {
-    name: (float | None, Field(default=None, description=description))
-    for name, description in METRICS.items()
+    name: (float | None, Field(default=None, description=metric.meaning))
+    for name, metric in METRICS.items()
 }
 
 BacktestMetricsPublic = create_model(
@@ -90,6 +90,34 @@ class BacktestPublic(BaseModel):
 
     run: BacktestRunPublic
     metrics: list[BacktestMetricsPublic]  # type: ignore[valid-type]
+
+
+class MetricPublic(BaseModel):
+    """One metric of the backtest's catalogue: what it is called, means, and which way wins."""
+
+    name: str = Field(description="The field name in `GET /metrics/backtest` rows.")
+    label: str = Field(description="Short column header (the CLI and README tables).")
+    title: str = Field(description="A few words naming it (the page's rows).")
+    meaning: str = Field(description="How it is computed.")
+    unit: str = Field(description="count, dollars, percent, ratio, share, statistic, p-value "
+                                  "or return.")
+    better: Literal["lower", "higher"] | None = Field(
+        description="Which way beats the other method; null when neither does.")
+
+
+CATALOGUE = [MetricPublic(**metric.public()) for metric in METRICS.values()]
+
+
+@router.get(
+    "/backtest/catalogue",
+    summary="Backtest metric catalogue",
+    response_model=list[MetricPublic],
+    description="Every metric `GET /metrics/backtest` can return, in display order: its label, "
+                "meaning, unit and which direction is better. The page reads its labels here.",
+)
+def get_catalogue() -> list[MetricPublic]:
+    """The one catalogue of backtest metrics."""
+    return CATALOGUE
 
 
 def run_public(run: RunInfo) -> BacktestRunPublic:

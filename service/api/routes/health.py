@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 from service.api.deps import EngineDep, ModelSlotDep, SettingsDep
 from service.api.problems import problem_response, problem_responses
 from service.api.schemas import CheckPublic, HealthPublic, Problem, ReadinessPublic
+from service.core.errors import DatabaseUnavailable
 from service.db.health import ping
-from service.errors import DatabaseUnavailable
 from service.inference.onnx_model import CUDA
 
 router = APIRouter(tags=["health"])

@@ -23,20 +23,22 @@
     "urn:stockcast:problem:model-not-loaded":
       "The service has no model loaded; charts work, forecasts come back once one is loaded.",
   };
-  // Backtest rows shown per horizon: [metric, label, formatter, which is better].
-  const BACKTEST_ROWS = [
-    ["mae", "MAE ($)", (v) => v.toFixed(2), "lower"],
-    ["rmse", "RMSE ($)", (v) => v.toFixed(2), "lower"],
-    ["mape", "MAPE", (v) => `${v.toFixed(2)}%`, "lower"],
-    ["directional_accuracy", "Direction right", (v) => `${(100 * v).toFixed(1)}%`, "higher"],
-    ["coverage", "Inside 10–90% band", (v) => `${(100 * v).toFixed(1)}%`, null],
-    ["n_forecasts", "Forecasts scored", (v) => String(Math.round(v)), null],
-  ];
+  // Backtest rows shown per horizon; their titles and which way is better come from the API's
+  // metric catalogue (GET /metrics/backtest/catalogue), the numbers' format from their unit.
+  const BACKTEST_METRICS = ["mae", "rmse", "mape", "directional_accuracy", "coverage",
+                            "n_forecasts"];
+  const FORMAT_BY_UNIT = {
+    dollars: (v) => v.toFixed(2),
+    percent: (v) => `${v.toFixed(2)}%`,
+    share: (v) => `${(100 * v).toFixed(1)}%`,
+    count: (v) => String(Math.round(v)),
+  };
   const DEFAULT_DAYS = 10;
   const DAY_MS = 86400000;
 
   const state = {
     model: null,            // GET /models/current body, or null
+    catalogue: null,        // metric name -> GET /metrics/backtest/catalogue entry
     tickers: new Map(),     // ticker -> TickerPublic
     datesEdited: false,     // the user changed the range: keep it when the ticker changes
     request: 0,             // id of the latest run; older responses are dropped
@@ -271,6 +273,10 @@
   // The ticker's rows of the latest backtest run; when the run left the ticker out, the pooled
   // rows (ticker "*") instead; {run: null} when no run is stored (the API answers 404 to both).
   async function loadBacktest(ticker) {
+    if (!state.catalogue) {
+      const catalogue = await api("metrics/backtest/catalogue");
+      state.catalogue = new Map(catalogue.map((m) => [m.name, m]));
+    }
     try {
       return { scope: ticker, ...(await api(`metrics/backtest?ticker=${enc(ticker)}`)) };
     } catch (err) {
@@ -605,7 +611,9 @@
       head.append(th);
     }
     const body = table.createTBody();
-    for (const [metric, name, fmt, better] of BACKTEST_ROWS) {
+    for (const metric of BACKTEST_METRICS) {
+      const { title: name, unit, better } = state.catalogue.get(metric);
+      const fmt = FORMAT_BY_UNIT[unit] || ((v) => v.toFixed(3));
       const model = value("model", metric), naive = value("naive", metric);
       if (model === null && naive === null) continue;
       const tr = body.insertRow();

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from service.config import PROJECT_ROOT
-from service.forecasting.manifest import CURRENT_FILE, load_manifest
+from service.artifacts.manifest import CURRENT_FILE, load_manifest
+from service.core.config import PROJECT_ROOT
 from tests.api_factories import store_bars
 from tests.tiny_model import synthetic_bars_multi, tiny_config
 
@@ -27,7 +27,7 @@ def test_two_cpu_ranks_end_with_identical_weights(tmp_path):
            "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "training", "--config", str(config), "--model-dir", str(models), "--no-progress",
+         "-m", "service.cli", "train", "--config", str(config), "--model-dir", str(models), "--no-progress",
          # rank 0 gates the export; a threshold any model passes, so current moves to it
          "--max-rel-mae", "100", "--plots-dir", str(tmp_path / "plots")],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,

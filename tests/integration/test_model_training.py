@@ -9,21 +9,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from service.artifacts.manifest import CURRENT_FILE, load_manifest
 from service.forecasting import metrics as m
 from service.forecasting.features import build_features
-from service.forecasting.manifest import CURRENT_FILE, load_manifest
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.windows import forward_log_returns
 from tests.api_factories import store_bars
 from tests.tiny_model import TINY_TICKERS, synthetic_bars_multi, tiny_config
 from training.dataset import prepare_data
-from training.train import (
-    TrainingDiverged,
-    fit,
-    predict_log_returns,
-    read_training_bars,
-    score_log_returns,
-)
+from training.pipeline import read_training_bars
+from training.train import TrainingDiverged, fit, predict_log_returns, score_log_returns
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +186,7 @@ def test_too_short_history_for_any_window_is_a_clear_error():
 
 def _cli(tmp_path, sqlite_url, monkeypatch, config, *args):
     from service.cli import app
-    from service.config import get_settings
+    from service.core.config import get_settings
 
     monkeypatch.setenv("STOCKCAST_DATABASE_URL", sqlite_url)
     get_settings.cache_clear()

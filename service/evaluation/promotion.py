@@ -17,16 +17,16 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from service.db.backtests import get_metrics, latest_run
-from service.errors import StockcastError
-from service.forecasting.backtest import MODEL, NAIVE, POOLED
-from service.forecasting.manifest import (
+from service.artifacts.manifest import (
     CURRENT_FILE,
     Manifest,
     artifact_path,
     load_manifest,
     set_current,
 )
+from service.core.errors import StockcastError
+from service.db.backtests import get_metrics, latest_run
+from service.evaluation.scoring import MODEL, NAIVE, POOLED
 
 GATE_HORIZON = 1
 DEFAULT_MAX_REL_MAE = 1.0

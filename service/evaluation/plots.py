@@ -9,7 +9,9 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from service.db.session import normalize_url
-from service.forecasting.backtest import BUY_AND_HOLD, MODEL, NAIVE, BacktestResult, pooled_equity
+from service.evaluation.backtest import BacktestResult
+from service.evaluation.report import pooled_equity
+from service.evaluation.scoring import BUY_AND_HOLD, MODEL, NAIVE
 from service.forecasting.windows import prices_from_log_returns
 
 
@@ -94,7 +96,7 @@ def database_key(url: str) -> str:
     parsed = make_url(normalize_url(url))
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         parsed = parsed.set(database=str(Path(parsed.database).resolve()))
-    ident = parsed.set(password=None).render_as_string(hide_password=False)
+    ident = parsed.render_as_string(hide_password=True)  # the password shows as ***
     return f"{parsed.get_backend_name()}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
 

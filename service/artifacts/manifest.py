@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import ManifestMismatch, ModelNotLoaded
+from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.spec import FEATURE_NAMES, FEATURES_VERSION, FeatureSpec
 from service.forecasting.split import Split
@@ -25,6 +25,11 @@ CURRENT_FILE = "current"
 # Id 0 of the embedding: tickers not seen in training (a trained "average stock").
 UNKNOWN_TICKER = "<unknown>"
 UNKNOWN_TICKER_ID = 0
+# The ONNX graph's interface, written by the exporter (training/) and read by the session.
+WINDOW_INPUT = "window"  # (B, W, F) float32 scaled feature windows
+TICKER_INPUT = "ticker_id"  # (B,) int64 embedding ids
+QUANTILES_OUTPUT = "quantiles"  # (B, H, Q) float32 quantile log returns
+N_TICKERS_PROPERTY = "stockcast.n_tickers"  # graph metadata: the embedding's row count
 
 # What may name an artifact (a version, `current`'s content): one plain folder name inside the
 # model directory, never a path (no '/', no '..', not absolute).

@@ -14,16 +14,16 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from service.db import bars as bars_db
-from service.errors import (
+from service.core.errors import (
     DatabaseUnavailable,
     SourceNotConfigured,
     SourceUnavailable,
     UnknownTicker,
 )
+from service.core.tickers import normalize_ticker
+from service.db import bars as bars_db
 from service.sources.base import BarSource
 from service.sources.validate import validate_bars
-from service.tickers import normalize_ticker
 
 log = logging.getLogger(__name__)
 

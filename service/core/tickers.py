@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from service.errors import InvalidTicker
+from service.core.errors import InvalidTicker
 
 # Yahoo's symbol set: letters, digits, '.', '-', '^' (indices), '=' (FX/futures); 1-15 chars.
 TICKER_PATTERN = r"^[A-Z0-9.\-\^=]{1,15}$"

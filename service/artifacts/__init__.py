@@ -1,0 +1,1 @@
+"""A model artifact on disk: its manifest, content hash, ONNX I/O names and the `current` pointer."""

@@ -1,0 +1,1 @@
+"""Evaluation: walk-forward forecasts over many origins, scoring, reports and plots, the gate."""

@@ -1,0 +1,277 @@
+"""Walk-forward backtest: the serving predictor's forecasts at many past origins vs the baselines.
+
+For every origin t (a trading date in the range) and horizon h, the model forecasts from bars ≤ t
+only, through `Predictor.predict_origins` — the class the API serves with: same features, same
+training scaler, same ONNX session, one batched onnxruntime call per ticker. Every baseline
+forecasts the identical origins. The outcome is the bar h trading days after t (counted in bars,
+not the calendar); origins without one are dropped for that h.
+
+Prices. The model and the baselines forecast h-day log returns of ADJUSTED close. The API turns a
+forecast r̂ into a price as close_t · exp(r̂) with the origin's quoted (unadjusted) close, and the
+backtest scores exactly that number: predicted = close_t · exp(r̂), actual = close_t · exp(r) with
+r = log(adj_{t+h} / adj_t) the realized adjusted return. So `actual` is the origin's quoted price
+carried forward by the split- and dividend-adjusted move. It equals close_{t+h} whenever no split
+or dividend falls in (t, t+h]; across a split it avoids the spurious 50 % "error" a raw close_{t+h}
+would show (AAPL's 7:1 split of June 2014 lies in the shared data); across an ex-dividend date it
+counts the dividend as part of the move (a total return, which is what adj_close forecasts). Both
+sides use the same origin close, so each dollar error is close_t · |exp(r) - exp(r̂)|: the return
+error in the origin's dollars. Scoring adj_close levels on both sides would give the same ratios in
+back-adjusted dollars nobody ever quoted (2013 prices shrunk by every later dividend).
+
+Forecasting (`historical_forecasts`, every method through the one Forecaster interface) is
+separate from scoring (service/evaluation/scoring.py) and from showing (report.py). The
+predictor comes in as an argument; the DB stays in db/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from service.core.errors import InsufficientHistory
+from service.evaluation.scoring import MODEL, NAIVE, POOLED, compute_metrics, metric_value
+from service.forecasting.baselines import BASELINES
+from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
+from service.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HORIZONS = (1, 5, 30)
+
+
+@dataclass
+class BacktestResult:
+    """Forecasts per horizon, their metrics (long form) and what the run did."""
+
+    model_version: str
+    start: dt.date  # first origin scored
+    end: dt.date  # last origin scored
+    tickers: tuple[str, ...]
+    horizons: tuple[int, ...]
+    methods: tuple[str, ...]  # MODEL, then the baselines
+    # Per horizon: ticker, origin, target_date, origin_close, realized (log return),
+    # model_lower, model_upper (log returns of the 10-90% band), one column per method.
+    forecasts: dict[int, pd.DataFrame]
+    metrics: pd.DataFrame  # ticker, horizon, method, metric, value (NaN where undefined)
+    config: dict
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def value(self, metric: str, method: str = MODEL, horizon: int = 1,
+              ticker: str = POOLED) -> float:
+        """One stored number; KeyError if the run has no such row."""
+        return metric_value(self.metrics, metric, method, horizon, ticker)
+
+
+def bars_by_ticker(bars_multi: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A multi-ticker bars frame (leading `ticker` column) as one bars frame per ticker."""
+    if "ticker" not in bars_multi.columns:
+        raise ValueError("bars_multi is missing column 'ticker'")
+    return {
+        str(ticker): part.drop(columns="ticker").sort_values("date").reset_index(drop=True)
+        for ticker, part in bars_multi.groupby("ticker", sort=True)
+    }
+
+
+def _check_horizons(horizons: Sequence[int], max_horizon: int) -> tuple[int, ...]:
+    hs = tuple(sorted({int(h) for h in horizons}))
+    if not hs:
+        raise ValueError("horizons must not be empty")
+    bad = [h for h in hs if not 1 <= h <= max_horizon]
+    if bad:
+        raise ValueError(f"horizons must lie in 1..{max_horizon} (the model's horizon), got {bad}")
+    return hs
+
+
+def _check_baselines(baselines: Sequence[str]) -> tuple[str, ...]:
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
+    # Naive is the yardstick of rel_mae and DM, so it is always scored and always first.
+    return (NAIVE, *dict.fromkeys(b for b in baselines if b != NAIVE))
+
+
+@dataclass
+class HistoricalRun:
+    """What `historical_forecasts` made: one frame per horizon, and which tickers it skipped."""
+
+    forecasts: dict[int, pd.DataFrame]
+    skipped: dict[str, str]
+    seconds: dict[str, float]
+
+
+class _CannotFit(Exception):
+    def __init__(self, method: str, exc: ValueError):
+        super().__init__(str(exc))
+        self.method = method
+
+
+def _ticker_forecasts(forecasters: Sequence[Forecaster], series: TickerSeries,
+                      origins: np.ndarray, fit_end: dt.date, max_h: int,
+                      seconds: dict[str, float]) -> dict[str, HistoricalForecasts]:
+    """Each method fitted on bars <= fit_end, then forecasting the origins every method can.
+
+    A method that can forecast fewer origins (the model needs a full feature window) narrows
+    them for all; none left returns {}. InsufficientHistory propagates; a ValueError (a
+    baseline that cannot fit) becomes _CannotFit naming the method.
+    """
+    history = series.until(fit_end)
+    made: dict[str, HistoricalForecasts] = {}
+    for forecaster in forecasters:
+        tick = time.perf_counter()
+        try:
+            made[forecaster.name] = forecaster.fit(history).historical_forecasts(
+                series, origins, max_h)
+        except ValueError as exc:
+            raise _CannotFit(forecaster.name, exc) from exc
+        finally:
+            seconds["model" if forecaster.name == MODEL else "baselines"] += (
+                time.perf_counter() - tick)
+        origins = made[forecaster.name].origins
+        if len(origins) == 0:
+            return {}
+    return {name: f.at(origins) for name, f in made.items()}
+
+
+def historical_forecasts(
+    forecasters: Sequence[Forecaster],
+    bars: Mapping[str, pd.DataFrame],
+    *,
+    start: dt.date,
+    end: dt.date,
+    fit_end: dt.date,
+    horizons: Sequence[int],
+) -> HistoricalRun:
+    """Every method's forecasts at every origin in [start, end], each from bars <= origin.
+
+    Per horizon h a frame: ticker, origin, target_date, origin_close, realized (log return),
+    `<method>_lower`/`<method>_upper` for a method with a band, and one column per method.
+    """
+    max_h = max(horizons)
+    rows: dict[int, list[pd.DataFrame]] = {h: [] for h in horizons}
+    skipped: dict[str, str] = {}
+    seconds = {"model": 0.0, "baselines": 0.0}
+    for ticker, ticker_bars in bars.items():
+        series = TickerSeries(ticker, ticker_bars)
+        dates = series.dates
+        wanted = dates[(dates >= pd.Timestamp(start)) & (dates <= pd.Timestamp(end))]
+        if wanted.empty:
+            skipped[ticker] = f"no bars between {start} and {end}"
+            continue
+        try:
+            made = _ticker_forecasts(forecasters, series, dates.get_indexer(wanted), fit_end,
+                                     max_h, seconds)
+        except InsufficientHistory as exc:
+            skipped[ticker] = str(exc)
+            continue
+        except _CannotFit as exc:
+            skipped[ticker] = (f"cannot fit the {exc.method} baseline on bars up to {fit_end}: "
+                               f"{exc}")
+            continue
+        if not made:
+            skipped[ticker] = f"no origin between {start} and {end} has a full feature window"
+            continue
+        idx = next(iter(made.values())).origins  # bar index of each origin, shared by all
+        log_adj = series.log_close
+        for h in horizons:
+            ok = idx + h < len(series.bars)
+            if not ok.any():
+                continue
+            t = idx[ok]
+            frame = pd.DataFrame({
+                "ticker": ticker,
+                "origin": dates[t],
+                "target_date": dates[t + h],
+                "origin_close": series.bars["close"].to_numpy(dtype=np.float64)[t],
+                "realized": log_adj[t + h] - log_adj[t],
+            })
+            for name, forecast in made.items():
+                if forecast.band is not None:
+                    lower, upper = forecast.band
+                    frame[f"{name}_lower"] = lower[ok, h - 1]
+                    frame[f"{name}_upper"] = upper[ok, h - 1]
+            for name, forecast in made.items():
+                frame[name] = forecast.median[ok, h - 1]
+            rows[h].append(frame)
+    forecasts = {h: pd.concat(parts, ignore_index=True) for h, parts in rows.items() if parts}
+    return HistoricalRun(forecasts, skipped, seconds)
+
+
+def run_backtest(
+    predictor: Predictor,
+    bars: Mapping[str, pd.DataFrame],
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    horizons: Sequence[int] | None = None,
+    baselines: Sequence[str] = tuple(BASELINES),
+) -> BacktestResult:
+    """Forecast every origin in [start, end] (default: the model's test segment) and score it.
+
+    `bars` maps ticker -> that ticker's full bars (history before `start` feeds the features;
+    bars after `end` supply the realized outcomes). Baselines are fitted on bars up to the end
+    of the model's training segment, or up to `start` if that is earlier, so neither sees an
+    outcome it is scored on. Tickers without enough history are skipped, with the reason.
+    `horizons=None` means those of DEFAULT_HORIZONS (1, 5, 30) the model forecasts.
+    """
+    started = time.perf_counter()
+    manifest = predictor.manifest
+    spec = manifest.spec
+    if horizons is None:
+        horizons = [h for h in DEFAULT_HORIZONS if h <= spec.horizon]
+    horizons = _check_horizons(horizons, spec.horizon)
+    baseline_names = _check_baselines(baselines)
+    test_first, test_last = manifest.split.test
+    start = start or test_first
+    end = end or test_last
+    if start > end:
+        raise ValueError(f"start {start} is after end {end}")
+    if not bars:
+        raise ValueError("no tickers to backtest")
+    fit_end = min(manifest.split.train[1], start)
+    quantiles = list(spec.quantiles)
+
+    # One list of methods, one interface: the model first, then every baseline.
+    forecasters: list[Forecaster] = [predictor, *(BASELINES[b]() for b in baseline_names)]
+    run = historical_forecasts(forecasters, bars, start=start, end=end, fit_end=fit_end,
+                               horizons=horizons)
+    forecasts, skipped, seconds = run.forecasts, run.skipped, run.seconds
+    if not forecasts:
+        reasons = "; ".join(f"{t}: {why}" for t, why in skipped.items())
+        raise ValueError(f"nothing to backtest between {start} and {end}: {reasons}")
+    scored = sorted({t for f in forecasts.values() for t in f["ticker"].unique()})
+    methods = tuple(f.name for f in forecasters)
+
+    tick = time.perf_counter()
+    metrics = compute_metrics(forecasts, methods)
+    seconds["metrics"] = time.perf_counter() - tick
+    seconds["total"] = time.perf_counter() - started
+
+    first = min(f["origin"].min() for f in forecasts.values()).date()
+    last = max(f["origin"].max() for f in forecasts.values()).date()
+    config = {
+        "horizons": list(horizons),
+        "baselines": list(baseline_names),
+        "requested_start": start.isoformat(),
+        "requested_end": end.isoformat(),
+        "test_segment": [test_first.isoformat(), test_last.isoformat()],
+        # Origins before the test segment were seen (as inputs or targets) in training.
+        "in_sample_origins": start < test_first,
+        "baseline_fit_end": fit_end.isoformat(),
+        "prices": "close_t * exp(log return of adj_close); actual uses the realized adj return",
+        "point_forecast": "median (q=0.5)",
+        "interval": [quantiles[0], quantiles[-1]],
+        "skipped": skipped,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+    return BacktestResult(
+        model_version=manifest.version, start=first, end=last, tickers=tuple(scored),
+        horizons=tuple(sorted(forecasts)), methods=methods, forecasts=forecasts,
+        metrics=metrics, config=config, skipped=skipped, seconds=seconds,
+    )

@@ -1,0 +1,225 @@
+"""Scoring historical forecasts: the metric catalogue and every number a backtest stores.
+
+`compute_metrics` takes the forecasts `historical_forecasts` made (one frame per horizon, a
+column per method) and scores each method per ticker and pooled, with the formulas of
+service/forecasting/metrics.py. The catalogue `METRICS` is the one list of what is stored, with
+each metric's label, meaning and direction: the CLI and README tables, the API schema and the
+page all read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from service.forecasting import metrics as m
+from service.forecasting.forecaster import MODEL
+from service.forecasting.windows import prices_from_log_returns
+
+NAIVE = "naive"  # the yardstick of rel_mae and DM
+BUY_AND_HOLD = "buy_and_hold"  # a benchmark strategy, stored as a method with strategy metrics
+# Pooled rows (every ticker at once). Not "ALL": that is Allstate's ticker, in the shared data.
+POOLED = "*"
+TRADED = ("long_flat", "long_short")
+__all__ = ["BUY_AND_HOLD", "METRICS", "MODEL", "NAIVE", "POOLED", "Metric", "compute_metrics",
+           "metric_value"]
+
+Unit = Literal["count", "dollars", "percent", "ratio", "share", "statistic", "p-value", "return"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One stored metric: its name, a table label, a page title, what it means, which way wins."""
+
+    name: str
+    label: str  # column header (CLI and README tables)
+    title: str  # row name on the page
+    meaning: str  # the formula, in words
+    unit: Unit
+    better: Literal["lower", "higher"] | None  # None: neither (a count, a p-value, coverage)
+
+    def public(self) -> dict:
+        return asdict(self)
+
+
+_STRATEGY = {"long_flat": ("L/F", "long/flat"), "long_short": ("L/S", "long/short"),
+             BUY_AND_HOLD: ("B&H", "buy & hold")}
+
+# Every metric the backtest stores, in display order. Rows store only the metrics that apply
+# (DM is vs naive, so naive has none; IC is cross-sectional, so pooled rows only; intervals are
+# those of a method with a band, the model's); one that applies but is undefined is NULL.
+METRICS: dict[str, Metric] = {x.name: x for x in (
+    Metric("n_forecasts", "n", "Forecasts scored",
+           "number of (ticker, origin) forecasts scored", "count", None),
+    Metric("mae", "MAE ($)", "MAE ($)", "mean |actual - predicted| close, dollars",
+           "dollars", "lower"),
+    Metric("rmse", "RMSE ($)", "RMSE ($)", "sqrt(mean (actual - predicted)^2), dollars",
+           "dollars", "lower"),
+    Metric("mape", "MAPE", "MAPE", "100 * mean |actual - predicted| / actual, percent",
+           "percent", "lower"),
+    Metric("rel_mae", "rel MAE", "MAE relative to naive",
+           "MAE / MAE of naive on the same forecasts (< 1 beats naive)", "ratio", "lower"),
+    Metric("r2_returns", "R² returns", "R² of returns",
+           "1 - SS_res / SS_tot of h-day log returns (0 = the sample mean return)",
+           "ratio", "higher"),
+    Metric("directional_accuracy", "DirAcc", "Direction right",
+           "share of sign(predicted) == sign(realized), zero moves/calls excluded",
+           "share", "higher"),
+    Metric("dm_squared_stat", "DM (sq)", "Diebold–Mariano statistic, squared loss",
+           "Diebold-Mariano statistic vs naive, squared dollar loss (< 0: beats naive)",
+           "statistic", "lower"),
+    Metric("dm_squared_pvalue", "DM p (sq)", "Diebold–Mariano p, squared loss",
+           "two-sided HLN-corrected p-value of dm_squared_stat", "p-value", None),
+    Metric("dm_absolute_stat", "DM (abs)", "Diebold–Mariano statistic, absolute loss",
+           "Diebold-Mariano statistic vs naive, absolute dollar loss", "statistic", "lower"),
+    Metric("dm_absolute_pvalue", "DM p (abs)", "Diebold–Mariano p, absolute loss",
+           "two-sided HLN-corrected p-value of dm_absolute_stat", "p-value", None),
+    Metric("ic_mean", "IC", "Information coefficient",
+           "mean over origin dates of the cross-sectional Pearson IC (pooled rows)",
+           "ratio", "higher"),
+    Metric("ic_icir", "ICIR", "IC information ratio", "ic_mean / std of the daily IC",
+           "ratio", "higher"),
+    Metric("rank_ic_mean", "rank IC", "Rank information coefficient",
+           "mean over origin dates of the cross-sectional Spearman IC (pooled rows)",
+           "ratio", "higher"),
+    Metric("rank_ic_icir", "rank ICIR", "Rank IC information ratio",
+           "rank_ic_mean / std of the daily rank IC", "ratio", "higher"),
+    Metric("coverage", "coverage", "Inside 10–90% band",
+           "share of actual closes inside the model's 10-90% band", "share", None),
+    Metric("width_dollars", "width ($)", "10–90% band width ($)",
+           "mean width of the 10-90% band, dollars", "dollars", None),
+    Metric("width_relative", "width (rel)", "10–90% band width / close",
+           "mean width of the 10-90% band / origin close", "share", None),
+    *(
+        Metric(f"{kind}_{name}", f"{label} {short}", f"{title} {words}",
+               f"{kind} strategy on every h-th session, equal weight over the tickers with a "
+               f"forecast: {what}", unit, better)
+        for kind in (*TRADED, BUY_AND_HOLD)
+        for (short, words) in [_STRATEGY[kind]]
+        for name, label, title, what, unit, better in (
+            ("cum_return", "cum", "compounded return,", "compounded return", "return",
+             "higher"),
+            ("sharpe", "Sharpe", "Sharpe,", "annualized Sharpe, risk-free 0", "statistic",
+             "higher"),
+            ("max_drawdown", "maxDD", "max drawdown,", "largest peak-to-trough loss of equity",
+             "return", "lower"),
+        )
+    ),
+)}
+
+
+def metric_value(metrics: pd.DataFrame, metric: str, method: str, horizon: int,
+                 ticker: str = POOLED) -> float:
+    """One number out of a long metrics frame; KeyError if absent."""
+    hit = metrics[(metrics["metric"] == metric) & (metrics["method"] == method)
+                  & (metrics["horizon"] == horizon) & (metrics["ticker"] == ticker)]
+    if hit.empty:
+        raise KeyError(f"no {metric} for {method} at h={horizon}, ticker {ticker}")
+    return float(hit["value"].iloc[0])
+
+
+def _dm_or_nan(test, *args) -> tuple[float, float]:
+    """(statistic, p-value) of a DM test, or NaNs where too few forecasts make it undefined."""
+    try:
+        res = test(*args)
+    except ValueError:
+        return float("nan"), float("nan")
+    return res.statistic, res.pvalue
+
+
+def _dm(actual, predicted, naive, h: int, origins=None) -> dict[str, float]:
+    """DM vs naive on dollar losses, per ticker; pooled: d_t averaged across tickers per date."""
+    out = {}
+    err, err_naive = actual - predicted, actual - naive
+    for loss in ("squared", "absolute"):
+        if origins is None:
+            stat, p = _dm_or_nan(m.diebold_mariano, actual, predicted, naive, h, loss)
+        else:
+            d = err**2 - err_naive**2 if loss == "squared" else np.abs(err) - np.abs(err_naive)
+            per_date = pd.Series(d).groupby(np.asarray(origins)).mean()  # sorted by date
+            stat, p = _dm_or_nan(m.diebold_mariano_differential, per_date.to_numpy(), h)
+        out[f"dm_{loss}_stat"], out[f"dm_{loss}_pvalue"] = stat, p
+    return out
+
+
+def _strategy(predicted: np.ndarray, realized: np.ndarray, h: int, kinds) -> dict[str, float]:
+    out = {}
+    for kind in kinds:
+        res = m.evaluate_strategy(predicted, realized, h, kind)
+        out[f"{kind}_cum_return"] = res.cumulative_return
+        out[f"{kind}_sharpe"] = res.sharpe
+        out[f"{kind}_max_drawdown"] = res.max_drawdown
+    return out
+
+
+def book(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """(origin x ticker) pivot of one column: a row per session, NaN where a ticker has none."""
+    # Every origin date any ticker has, so the strategy's every-h-th row is every h-th session;
+    # a ticker that starts late (or lacks a bar) sits those periods out instead of erasing them.
+    return frame.pivot(index="origin", columns="ticker", values=column)
+
+
+def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
+                   pooled: bool) -> dict[str, dict[str, float]]:
+    """{method: {metric: value}} for one ticker's (or the pooled) forecasts at horizon h."""
+    close = g["origin_close"].to_numpy()
+    realized = g["realized"].to_numpy()
+    actual = prices_from_log_returns(close, realized)
+    naive = prices_from_log_returns(close, g[NAIVE].to_numpy())
+    out: dict[str, dict[str, float]] = {}
+    for method in methods:
+        r_hat = g[method].to_numpy()
+        pred = prices_from_log_returns(close, r_hat)
+        row = {
+            "n_forecasts": float(len(g)),
+            "mae": m.mae(actual, pred),
+            "rmse": m.rmse(actual, pred),
+            "mape": m.mape(actual, pred),
+            "rel_mae": m.relative_mae(actual, pred, naive),
+            "r2_returns": m.r2_returns(realized, r_hat),
+            "directional_accuracy": m.directional_accuracy(realized, r_hat),
+        }
+        if method != NAIVE:
+            row |= _dm(actual, pred, naive, h, g["origin"].to_numpy() if pooled else None)
+        if pooled:
+            for prefix, how in (("ic", "pearson"), ("rank_ic", "spearman")):
+                ic = m.ic_summary(g["origin"].to_numpy(), r_hat, realized, how)
+                row[f"{prefix}_mean"], row[f"{prefix}_icir"] = ic.mean, ic.icir
+        if f"{method}_lower" in g.columns:  # a method with a band (the model's quantiles)
+            lo = prices_from_log_returns(close, g[f"{method}_lower"].to_numpy())
+            hi = prices_from_log_returns(close, g[f"{method}_upper"].to_numpy())
+            row["coverage"] = m.interval_coverage(actual, lo, hi)
+            width = m.interval_width(lo, hi, close)
+            row["width_dollars"], row["width_relative"] = width.dollars, width.relative
+        if pooled:
+            book_pred, book_real = book(g, method), book(g, "realized")
+            row |= _strategy(book_pred.to_numpy(), book_real.to_numpy(), h, TRADED)
+        else:
+            row |= _strategy(r_hat, realized, h, TRADED)
+        out[method] = row
+    # Buy-and-hold does not depend on a forecast: one row per group, not per method.
+    if pooled:
+        real = book(g, "realized").to_numpy()
+    else:
+        real = realized
+    out[BUY_AND_HOLD] = _strategy(real, real, h, (BUY_AND_HOLD,))
+    return out
+
+
+def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str]) -> pd.DataFrame:
+    """Long frame (ticker, horizon, method, metric, value): per ticker and pooled (POOLED)."""
+    records = []
+    for h, frame in sorted(forecasts.items()):
+        frame = frame.sort_values(["ticker", "origin"], kind="stable")
+        groups = [(t, g, False) for t, g in frame.groupby("ticker", sort=True)]
+        groups.append((POOLED, frame, True))
+        for ticker, g, pooled in groups:
+            for method, values in _group_metrics(g, h, methods, pooled).items():
+                records.extend((ticker, h, method, name, float(v)) for name, v in values.items())
+    return pd.DataFrame.from_records(
+        records, columns=["ticker", "horizon", "method", "metric", "value"]
+    )

@@ -1,0 +1,100 @@
+"""Training as one pipeline: read bars -> prepare -> fit -> export -> backtest -> gate.
+
+`stockcast train` calls `train_and_gate`; under `torchrun` every rank runs it, rank 0 alone
+exports, backtests the new version on its test segment (stored, as `stockcast backtest`) and
+asks the promotion gate (as `stockcast promote`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch.distributed as dist
+
+from service.artifacts.manifest import META_FILE
+from service.core.errors import StockcastError
+from service.db.bars import read_bars_many
+from service.db.session import make_engine
+from service.evaluation.promotion import DEFAULT_MAX_REL_MAE, PromotionVerdict, promote
+from service.evaluation.runs import StoredBacktest, backtest_and_store
+from service.inference.onnx_model import Provider
+from training.config import TrainConfig
+from training.export import export_artifact
+from training.train import fit
+
+
+def read_training_bars(database_url: str, config: TrainConfig) -> pd.DataFrame:
+    """The configured tickers' bars from the cache; a clear error names tickers with none."""
+    engine = make_engine(database_url)
+    try:
+        bars = read_bars_many(engine, list(config.tickers), config.start, config.end)
+    finally:
+        engine.dispose()
+    missing = sorted(set(config.tickers) - set(bars["ticker"].unique()))
+    if missing:
+        raise ValueError(
+            f"no bars in the cache at {database_url} for {missing}: "
+            "load them first (stockcast ingest)"
+        )
+    return bars
+
+
+def run(config: TrainConfig, database_url: str, model_dir: Path) -> Path | None:
+    """Read bars, train, and (rank 0) export models/<version>/; returns that folder on rank 0.
+
+    models/current is not touched: promotion goes through the backtest gate (`stockcast train`
+    runs it after this, unless --no-promote).
+    """
+    bars = read_training_bars(database_url, config)
+    try:
+        result = fit(config, bars)
+        artifact_dir = None
+        if result.rank == 0:
+            artifact_dir = export_artifact(result, Path(model_dir))
+        if result.world_size > 1:
+            dist.barrier()
+        return artifact_dir
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass
+class TrainOutcome:
+    """What one training run produced: the artifact, and (gated) its backtest and verdict."""
+
+    artifact: Path
+    meta: dict  # the artifact's meta.json
+    backtest: StoredBacktest | None = None  # None when not gated
+    verdict: PromotionVerdict | None = None  # set when the gate promoted it
+    refused: StockcastError | ValueError | None = None  # why it was not promoted, if gated
+
+
+def train_and_gate(config: TrainConfig, database_url: str, model_dir: Path, *,
+                   gate: bool = True, max_rel_mae: float = DEFAULT_MAX_REL_MAE,
+                   plots_dir: Path | None = None, provider: Provider = "auto",
+                   intra_op_threads: int = 1) -> TrainOutcome | None:
+    """Train and export; then (gate) backtest the new version and let the gate promote it.
+
+    Returns None on ranks other than 0. models/current moves only through the gate.
+    """
+    artifact = run(config, database_url, model_dir)
+    if artifact is None:
+        return None
+    outcome = TrainOutcome(artifact, json.loads((artifact / META_FILE).read_text()))
+    if not gate:
+        return outcome
+    engine = make_engine(database_url)
+    try:
+        outcome.backtest = backtest_and_store(
+            engine, artifact, plots_dir=plots_dir, provider=provider,
+            intra_op_threads=intra_op_threads)
+        outcome.verdict = promote(engine, artifact.parent, artifact.name, max_rel_mae)
+    except (StockcastError, ValueError) as exc:
+        outcome.refused = exc
+    finally:
+        engine.dispose()
+    return outcome
