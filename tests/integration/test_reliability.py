@@ -22,10 +22,11 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from service.api.main import create_app
+from service.artifacts.manifest import artifact_version
 from service.db.bars import count_bars
 from service.db.health import head_revision
 from service.db.session import downgrade, make_engine, upgrade
-from tests.api_factories import Clock, ServerThread, api_settings, store_bars
+from tests.api_factories import API_KEY, Clock, ServerThread, api_settings, copy_models, store_bars
 from tests.bar_factories import ScriptedSource
 from tests.blackhole import BlackholeProxy
 from tests.conftest import PG_ADMIN_URL
@@ -449,3 +450,40 @@ def test_a_500_is_problem_json_and_the_connection_stays_usable(sqlite_url, tiny_
         "urn:stockcast:problem:internal"
     assert answers[1].startswith(b"HTTP/1.1 200 ")
     assert answers[2].startswith(b"HTTP/1.1 500 ")
+
+
+# -- a tampered artifact -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_tampered_artifact_is_refused_and_the_old_model_keeps_serving(
+        db_url, tiny_artifact, bars, tmp_path):
+    store_bars(db_url, bars)
+    models = tmp_path / "models"
+    good = copy_models(tiny_artifact.artifact_dir, models, variant="good")
+    app = create_app(api_settings(db_url, models), source=ScriptedSource(), clock=Clock())
+    with TestClient(app) as client:
+        before = client.post("/predict/AAA", json={"horizon": 3}).json()
+        # Another artifact whose scaler was shifted after export, still under its own name.
+        tampered = copy_models(good, models, variant="tampered")
+        meta = json.loads((tampered / "meta.json").read_text())
+        meta["feature_scaler"]["mean"] = [m + 0.5 for m in meta["feature_scaler"]["mean"]]
+        (tampered / "meta.json").write_text(json.dumps(meta))
+        reload, took = timed(lambda: client.post("/admin/reload",
+                                                 headers={"X-API-Key": API_KEY}))
+        ready = client.get("/readyz")
+        during = client.post("/predict/AAA", json={"horizon": 3}).json()
+        (models / "current").write_text(good.name + "\n")  # the bad promotion undone
+        restored = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+    assert reload.status_code == 409 and took < BOUND
+    assert reload.json()["detail"] == (
+        f"artifact {tampered.name}: its content hashes to "
+        f"{artifact_version((tampered / 'model.onnx').read_bytes(), meta)}, not to its version; "
+        f"meta.json or model.onnx was changed after export (refused); still serving model "
+        f"{good.name}")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["model"]["detail"] == (
+        f"{good.name}; the last load failed: model {tampered.name}: artifact refused "
+        "(the reason is in the server log)")
+    assert during == before  # the same model, the same forecast
+    assert restored.status_code == 200 and restored.json()["version"] == good.name

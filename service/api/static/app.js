@@ -214,7 +214,9 @@
     $("chart").setAttribute("aria-busy", "true");
     showInfo(`Loading ${ticker}…`);
 
-    const backtestAnswer = loadBacktest(ticker);
+    // Settled at once: a rejection that lands while the bars are awaited is handled, not an
+    // unhandled rejection.
+    const backtestAnswer = Promise.allSettled([loadBacktest(ticker)]);
     // Bars first: a ticker that is not cached yet is fetched upstream once, by this call, and
     // when that fails the forecast would only fail the same way.
     const [bars] = await Promise.allSettled([
@@ -223,7 +225,7 @@
       ? await Promise.allSettled([
         api(`predict/${enc(ticker)}`, { method: "POST", body: { horizon: days, as_of: end } })])
       : [{ status: "rejected", reason: bars.reason }];
-    const [backtest] = await Promise.allSettled([backtestAnswer]);
+    const [backtest] = await backtestAnswer;
     let actual = null;
     if (forecast.status === "fulfilled") actual = await realizedAfter(ticker, forecast.value);
     if (id !== state.request) return; // a newer run started meanwhile
