@@ -88,7 +88,7 @@ def main() -> None:
         print(f"CUDA / CPU throughput: {rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.1f}x")
 
     with tempfile.TemporaryDirectory() as tmp:
-        artifact = export_artifact(result, Path(tmp))
+        artifact = export_artifact(result.model, result.prepared, result.record, Path(tmp))
         onnx_model = OnnxModel.load(artifact, provider="cpu", intra_op_threads=args.threads)
         scaler = result.prepared.target_scaler
         eager = ExportedForecaster(result.model.cpu(), scaler.mean, scaler.std).eval()

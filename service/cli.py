@@ -82,6 +82,7 @@ def ingest(
 ):
     """Load bars into the cache and print `read N, stored M, rejected K (reasons)`."""
     from service.core.errors import StockcastError
+    from service.sources.base import SOURCES, make_source
     from service.sources.ingest import ingest_file, ingest_from_source
 
     with _engine() as engine:
@@ -92,16 +93,14 @@ def ingest(
                 if not path.exists():
                     _fail(f"no such file: {path}")
                 report = ingest_file(engine, path, ticker=ticker, progress=progress)
-            elif source == "yfinance":
-                from service.sources.base import make_source
-
-                settings = get_settings().model_copy(update={"source": "yfinance"})
+            elif source in SOURCES:
+                settings = get_settings().model_copy(update={"source": source})
                 report = ingest_from_source(
                     engine, make_source(settings), _parse_tickers(tickers or ticker),
                     start.date() if start else None, end.date() if end else None,
                     progress=progress)
             else:
-                _fail(f"unknown source {source!r}: use csv or yfinance")
+                _fail(f"unknown source {source!r}: use csv or one of {', '.join(SOURCES)}")
         except StockcastError as exc:
             _fail(str(exc))
     typer.echo(report.summary())

@@ -47,6 +47,6 @@ def train_tiny_artifact(model_dir: Path) -> TinyArtifact:
 
     bars = synthetic_bars_multi()
     result = fit(tiny_config(), bars)
-    artifact_dir = export_artifact(result, model_dir)
+    artifact_dir = export_artifact(result.model, result.prepared, result.record, model_dir)
     return TinyArtifact(model_dir, artifact_dir, result, bars)
 

@@ -11,6 +11,24 @@ DEFAULT_UNIVERSE = "top24"
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Everything the network's shape depends on: passed whole to QuantileLSTM, saved in meta."""
+
+    n_features: int
+    n_tickers: int  # the vocabulary, row 0 the unknown ticker
+    horizon: int
+    quantiles: tuple[float, ...]
+    hidden_size: int
+    num_layers: int
+    dropout: float
+    embedding_dim: int
+    head_hidden: int
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "quantiles": list(self.quantiles)}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Data, model, optimisation and run settings of one training run."""
 
@@ -66,6 +84,14 @@ class TrainConfig:
         if 0.5 not in self.quantiles or list(self.quantiles) != sorted(set(self.quantiles)):
             raise ValueError(
                 f"quantiles must be sorted, unique and include 0.5, got {self.quantiles}")
+
+    def model_config(self, spec: FeatureSpec, n_tickers: int) -> ModelConfig:
+        """The network's config for data of this spec and vocabulary size."""
+        return ModelConfig(
+            n_features=spec.n_features, n_tickers=n_tickers, horizon=spec.horizon,
+            quantiles=spec.quantiles, hidden_size=self.hidden_size, num_layers=self.num_layers,
+            dropout=self.dropout, embedding_dim=self.embedding_dim, head_hidden=self.head_hidden,
+        )
 
     @property
     def spec(self) -> FeatureSpec:

@@ -9,6 +9,7 @@ import logging
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ from service.artifacts.manifest import (
     WINDOW_INPUT,
     artifact_version,
 )
+from training.dataset import PreparedData
 from training.model import ExportedForecaster, QuantileLSTM
-from training.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,25 @@ def plot_history(history: list[dict], path: Path, best_epoch: int | None = None)
     plt.close(fig)
 
 
-def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What an artifact records about the run that made it (meta.json's metrics and training)."""
+
+    config: dict  # the TrainConfig, to_dict()
+    metrics: dict  # validation metrics
+    best_epoch: int
+    history: list[dict]  # one entry per epoch run
+    weights_sha256: str
+    world_size: int
+    seconds: float
+
+
+def build_meta(model: QuantileLSTM, prepared: PreparedData, record: TrainingRecord,
+               onnx_bytes: bytes, parity: float) -> dict:
     """meta.json contents; `version` is the content hash and `run` holds what varies per run."""
     import hashlib
 
-    prepared, spec = result.prepared, result.prepared.spec
+    spec = prepared.spec
     meta = {
         "package_version": package_version(),
         "spec": spec.to_dict(),
@@ -140,19 +155,20 @@ def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
             "input_scaling": "windows are scaled with feature_scaler before the call",
             "parity_max_abs_diff": parity,
         },
-        "metrics": result.metrics,
+        "model": model.config.to_dict(),
+        "metrics": record.metrics,
         "training": {
-            "config": result.config.to_dict(),
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
+            "config": record.config,
+            "best_epoch": record.best_epoch,
+            "epochs_run": len(record.history),
             "samples": {"train": len(prepared.train), "val": len(prepared.val)},
-            "weights_sha256": result.weights_sha256,
+            "weights_sha256": record.weights_sha256,
             "torch_version": torch.__version__,
-            "world_size": result.world_size,
+            "world_size": record.world_size,
         },
         "run": {
-            "seconds": result.seconds,
-            "history": result.history,
+            "seconds": record.seconds,
+            "history": record.history,
         },
     }
     meta["version"] = artifact_version(onnx_bytes, meta)
@@ -160,13 +176,14 @@ def build_meta(result: TrainResult, onnx_bytes: bytes, parity: float) -> dict:
     return meta
 
 
-def export_artifact(result: TrainResult, model_dir: Path) -> Path:
+def export_artifact(model: QuantileLSTM, prepared: PreparedData, record: TrainingRecord,
+                    model_dir: Path) -> Path:
     """Write models/<version>/{model.onnx, meta.json, history.png}; `current` is left alone.
 
-    Only the promotion gate (service.evaluation.promotion.promote, which `stockcast train` calls after a
-    backtest of the new version) points models/current at an artifact.
+    Only the promotion gate (service.evaluation.promotion.promote, which `stockcast train`
+    calls after a backtest of the new version) points models/current at an artifact.
     """
-    model, prepared = result.model.cpu().eval(), result.prepared
+    model = model.cpu().eval()
     target = prepared.target_scaler
     val = prepared.val
     example_window = torch.from_numpy(val.windows[:EXAMPLE_BATCH].copy())
@@ -175,7 +192,7 @@ def export_artifact(result: TrainResult, model_dir: Path) -> Path:
     check = min(len(val), 64)
     parity = check_parity(onnx_bytes, model, target.mean, target.std,
                           val.windows[:check], val.ticker_ids[:check])
-    meta = build_meta(result, onnx_bytes, parity)
+    meta = build_meta(model, prepared, record, onnx_bytes, parity)
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +201,7 @@ def export_artifact(result: TrainResult, model_dir: Path) -> Path:
     try:
         (staging / ONNX_FILE).write_bytes(onnx_bytes)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        plot_history(result.history, staging / HISTORY_FILE, result.best_epoch)
+        plot_history(record.history, staging / HISTORY_FILE, record.best_epoch)
         final = model_dir / meta["version"]
         if final.exists():  # same content hash: the same model; replace its files
             shutil.rmtree(final)

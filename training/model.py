@@ -9,40 +9,32 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.config import ModelConfig
+
 
 class QuantileLSTM(nn.Module):
     """LSTM(window) ++ Embedding(ticker) -> MLP -> monotone quantiles of the scaled targets."""
 
-    def __init__(
-        self,
-        n_features: int,
-        n_tickers: int,
-        horizon: int,
-        quantiles: tuple[float, ...],
-        hidden_size: int = 64,
-        num_layers: int = 2,
-        dropout: float = 0.2,
-        embedding_dim: int = 8,
-        head_hidden: int = 64,
-    ):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.horizon = horizon
-        self.quantiles = tuple(quantiles)
+        self.config = config
+        self.horizon = config.horizon
+        self.quantiles = tuple(config.quantiles)
         self.median_index = self.quantiles.index(0.5)
         self.lstm = nn.LSTM(
-            n_features,
-            hidden_size,
-            num_layers=num_layers,
+            config.n_features,
+            config.hidden_size,
+            num_layers=config.num_layers,
             batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
         # Row 0 is the unknown ticker; rows 1.. are the training vocabulary.
-        self.ticker_embedding = nn.Embedding(n_tickers, embedding_dim)
+        self.ticker_embedding = nn.Embedding(config.n_tickers, config.embedding_dim)
         self.head = nn.Sequential(
-            nn.Linear(hidden_size + embedding_dim, head_hidden),
+            nn.Linear(config.hidden_size + config.embedding_dim, config.head_hidden),
             nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(head_hidden, horizon * len(self.quantiles)),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.head_hidden, config.horizon * len(self.quantiles)),
         )
         self._init_quantile_spread()
 

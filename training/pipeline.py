@@ -53,7 +53,8 @@ def run(config: TrainConfig, database_url: str, model_dir: Path) -> Path | None:
         result = fit(config, bars)
         artifact_dir = None
         if result.rank == 0:
-            artifact_dir = export_artifact(result, Path(model_dir))
+            artifact_dir = export_artifact(result.model, result.prepared, result.record,
+                                           Path(model_dir))
         if result.world_size > 1:
             dist.barrier()
         return artifact_dir

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from service.forecasting import metrics as m
 from training.config import TrainConfig
 from training.dataset import PreparedData, WindowDataset, batches, prepare_data
+from training.export import TrainingRecord
 from training.model import QuantileLSTM, pinball_loss
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,23 @@ class TrainResult:
     rank: int = 0
     world_size: int = 1
 
+    @property
+    def record(self) -> TrainingRecord:
+        """What the artifact records about this run."""
+        return TrainingRecord(self.config.to_dict(), self.metrics, self.best_epoch, self.history,
+                              self.weights_sha256, self.world_size, self.seconds)
+
 
 @dataclass(frozen=True)
 class _Dist:
     rank: int = 0
     world_size: int = 1
+
+    @property
+    def record(self) -> TrainingRecord:
+        """What the artifact records about this run."""
+        return TrainingRecord(self.config.to_dict(), self.metrics, self.best_epoch, self.history,
+                              self.weights_sha256, self.world_size, self.seconds)
 
     @property
     def is_main(self) -> bool:
@@ -101,9 +114,77 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class _Training:
+    """What one training run holds while it runs (set up once by `_setup`)."""
+
+    config: TrainConfig
+    ctx: _Dist
+    device: torch.device
+    prepared: PreparedData
+    model: QuantileLSTM
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    grad_scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+    quantiles: torch.Tensor
+    train_set: WindowDataset
+    val_set: WindowDataset
+    sampler: DistributedSampler
+    n_batches: int
+
+
+class _EarlyStopping:
+    """Keeps the best validation epoch's weights; says stop after `patience` epochs without."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_loss, self.best_epoch, self.best_state, self.waited = float("inf"), 0, None, 0
+
+    def step(self, val_loss: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Record one epoch; True when training should stop."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.waited = val_loss, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
 def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
     """Train on multi-ticker bars; returns the best-validation model (every rank returns)."""
     started = time.perf_counter()
+    run = _setup(config, bars_multi)
+    stopper = _EarlyStopping(config.early_stopping_patience)
+    history: list[dict] = []
+    for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
+        train_loss = _train_one_epoch(run, epoch)
+        val_loss = evaluate(run.model, run.val_set, run.quantiles, run.device)
+        if not np.isfinite(val_loss):
+            raise TrainingDiverged(f"validation loss became {val_loss} at epoch {epoch}; "
+                                   "nothing was exported")
+        run.scheduler.step(val_loss)
+        lr = run.optimizer.param_groups[0]["lr"]
+        seconds = time.perf_counter() - epoch_started
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                        "lr": lr, "seconds": seconds})
+        if run.ctx.is_main:
+            line = (f"epoch {epoch:3d}/{config.epochs}  train {train_loss:.4f}  "
+                    f"val {val_loss:.4f}  lr {lr:.2e}  {seconds:.1f}s")
+            tqdm.write(line) if config.progress else log.info(line)
+        if stopper.step(val_loss, epoch, run.model):
+            if run.ctx.is_main:
+                log.info("early stop at epoch %d: best val %.5f at epoch %d",
+                         epoch, stopper.best_loss, stopper.best_epoch)
+            break
+    return _finish(run, stopper, history, started)
+
+
+def _setup(config: TrainConfig, bars_multi: pd.DataFrame) -> _Training:
+    """Device, process group, seeds, data, model, optimiser: everything before epoch 1."""
     device = resolve_device(config.device)
     ctx, device = _init_distributed(device)
     if config.threads is not None:
@@ -116,17 +197,7 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
 
     prepared = prepare_data(bars_multi, config.spec, config.split_fractions, config.train_stride)
     spec = prepared.spec
-    model = QuantileLSTM(
-        n_features=spec.n_features,
-        n_tickers=len(prepared.vocab),
-        horizon=spec.horizon,
-        quantiles=spec.quantiles,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        dropout=config.dropout,
-        embedding_dim=config.embedding_dim,
-        head_hidden=config.head_hidden,
-    ).to(device)
+    model = QuantileLSTM(config.model_config(spec, len(prepared.vocab))).to(device)
     net: torch.nn.Module = model
     if ctx.active:
         # DDP broadcasts rank 0's initial weights and averages gradients every step.
@@ -158,76 +229,62 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
             len(train_set), len(prepared.vocab) - 1, len(val_set), n_batches, ctx.world_size,
             device,
         )
+    return _Training(config, ctx, device, prepared, model, net, optimizer, scheduler,
+                     grad_scaler, use_amp, amp_dtype, quantiles, train_set, val_set, sampler,
+                     n_batches)
 
-    history: list[dict] = []
-    best_loss, best_epoch, best_state, waited = float("inf"), 0, None, 0
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        net.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        seen = 0
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   disable=not (config.progress and ctx.is_main))
-        for batch_no, (window, target, ticker_id) in enumerate(
-            batches(train_set, sampler, config.batch_size), start=1
-        ):
-            window = window.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True)
-            ticker_id = ticker_id.to(device, non_blocking=True)
-            if config.unknown_ticker_prob > 0:
-                masked = torch.rand(ticker_id.shape, device=device) < config.unknown_ticker_prob
-                ticker_id = ticker_id.masked_fill(masked, 0)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = net(window, ticker_id)  # (B, H, Q)
-            loss = pinball_loss(pred.float(), target, quantiles)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"training loss became {loss.item()} at epoch {epoch}, batch {batch_no} "
-                    f"(learning_rate={config.learning_rate}); nothing was exported"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            grad_scaler.scale(loss).backward()
-            grad_scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            grad_scaler.step(optimizer)
-            grad_scaler.update()
-            loss_sum += loss.detach().double() * len(window)
-            seen += len(window)
-            bar.update(1)
-            if batch_no % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-        bar.close()
 
-        totals = torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64, device=device)
-        if ctx.active:
-            dist.all_reduce(totals)
-        train_loss = float(totals[0] / totals[1])
-        val_loss = evaluate(model, val_set, quantiles, device)
-        if not np.isfinite(val_loss):
-            raise TrainingDiverged(f"validation loss became {val_loss} at epoch {epoch}; "
-                                   "nothing was exported")
-        scheduler.step(val_loss)
-        lr = optimizer.param_groups[0]["lr"]
-        seconds = time.perf_counter() - epoch_started
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                        "lr": lr, "seconds": seconds})
-        if ctx.is_main:
-            line = (f"epoch {epoch:3d}/{config.epochs}  train {train_loss:.4f}  "
-                    f"val {val_loss:.4f}  lr {lr:.2e}  {seconds:.1f}s")
-            tqdm.write(line) if config.progress else log.info(line)
-        if val_loss < best_loss:
-            best_loss, best_epoch, waited = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            waited += 1
-            if waited >= config.early_stopping_patience:
-                if ctx.is_main:
-                    log.info("early stop at epoch %d: best val %.5f at epoch %d",
-                             epoch, best_loss, best_epoch)
-                break
+def _train_one_epoch(run: _Training, epoch: int) -> float:
+    """One pass over this rank's shard; the mean training loss over every rank."""
+    config, device = run.config, run.device
+    run.sampler.set_epoch(epoch)
+    run.net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    bar = tqdm(total=run.n_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+               disable=not (config.progress and run.ctx.is_main))
+    for batch_no, (window, target, ticker_id) in enumerate(
+        batches(run.train_set, run.sampler, config.batch_size), start=1
+    ):
+        window = window.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        ticker_id = ticker_id.to(device, non_blocking=True)
+        if config.unknown_ticker_prob > 0:
+            masked = torch.rand(ticker_id.shape, device=device) < config.unknown_ticker_prob
+            ticker_id = ticker_id.masked_fill(masked, 0)
+        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+            pred = run.net(window, ticker_id)  # (B, W, F), (B,) -> (B, H, Q)
+        loss = pinball_loss(pred.float(), target, run.quantiles)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"training loss became {loss.item()} at epoch {epoch}, batch {batch_no} "
+                f"(learning_rate={config.learning_rate}); nothing was exported"
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+        run.grad_scaler.scale(loss).backward()
+        run.grad_scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+        run.grad_scaler.step(run.optimizer)
+        run.grad_scaler.update()
+        loss_sum += loss.detach().double() * len(window)
+        seen += len(window)
+        bar.update(1)
+        if batch_no % 10 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+    bar.close()
 
-    model.load_state_dict(best_state)
+    totals = torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64, device=device)
+    if run.ctx.active:
+        dist.all_reduce(totals)
+    return float(totals[0] / totals[1])
+
+
+def _finish(run: _Training, stopper: _EarlyStopping, history: list[dict],
+            started: float) -> TrainResult:
+    """The best epoch's weights on CPU, replicas checked identical, validation metrics."""
+    ctx = run.ctx
+    model = run.model
+    model.load_state_dict(stopper.best_state)
     model = model.cpu().eval()
     digest = weights_sha256(model)
     if ctx.active:
@@ -237,10 +294,10 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
         if len(set(digests)) != 1:
             raise RuntimeError(f"DDP replicas diverged: weight digests {digests}")
         dist.barrier()
-    metrics = validation_metrics(model, prepared)
-    metrics["val_pinball_scaled"] = best_loss
-    return TrainResult(model, prepared, config, history, best_epoch, metrics, digest,
-                       time.perf_counter() - started, ctx.rank, ctx.world_size)
+    metrics = validation_metrics(model, run.prepared)
+    metrics["val_pinball_scaled"] = stopper.best_loss
+    return TrainResult(model, run.prepared, run.config, history, stopper.best_epoch, metrics,
+                       digest, time.perf_counter() - started, ctx.rank, ctx.world_size)
 
 
 @torch.no_grad()

@@ -17,16 +17,16 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pandas as pd
+from starlette.concurrency import run_in_threadpool
 
 from service.core.errors import (
     DatabaseUnavailable,
     InsufficientHistory,
-    InvalidTicker,
     StockcastError,
 )
-from service.core.tickers import normalize_ticker
+from service.core.locks import KeyedLocks
 from service.inference.predictor import Forecast, Predictor
-from service.sources.cache import BarCache, CachedBars, KeyedLocks
+from service.sources.cache import BarCache, CachedBars
 
 # Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
@@ -116,7 +116,37 @@ class ForecastService:
         self.misses = 0
         self.computed = 0  # forecasts that went through features + onnxruntime
 
-    # -- public --------------------------------------------------------------------------------
+    # -- per request: what the routes call -----------------------------------------------------
+
+    async def serve(self, predictor: Predictor, ticker: str, horizon: int = 1,
+                    as_of: dt.date | None = None) -> ServedForecast:
+        """One request's forecast: from memory on the event loop, else computed in the threadpool.
+
+        Tickers arrive normalized (the API's Ticker type). Raises the StockcastError that
+        stopped it.
+        """
+        claimant = object()  # this request, should its lookup take on renewing the bar check
+        served = self.cached(predictor, ticker, horizon, as_of, claimant)
+        if served is None:  # DB, maybe the source, features, onnxruntime: off the event loop
+            served = await run_in_threadpool(self.forecast, predictor, ticker, horizon, as_of,
+                                             claimant)
+        return served
+
+    async def serve_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
+                         as_of: dt.date | None = None) -> list[ServedForecast | StockcastError]:
+        """One request's forecasts of several tickers: the misses computed in one ORT call."""
+        claimant = object()  # this request, should a lookup take on renewing a bar check
+        results = [self.cached(predictor, t, horizon, as_of, claimant) for t in tickers]
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:  # computed together (one onnxruntime call) in the threadpool
+            computed = await run_in_threadpool(
+                self.forecast_many, predictor, [tickers[i] for i in missing], horizon, as_of,
+                claimant)
+            for i, result in zip(missing, computed):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    # -- the steps -----------------------------------------------------------------------------
 
     def forecast(self, predictor: Predictor, ticker: str, horizon: int = 1,
                  as_of: dt.date | None = None, claimant: Hashable = None) -> ServedForecast:
@@ -127,7 +157,6 @@ class ForecastService:
         `claimant`: the request, as passed to `cached` before (see there).
         """
         # Without a forecast cache there is nothing to wait for: no turns.
-        ticker = normalize_ticker(ticker)
         turn = self._ticker_locks(ticker) if self.forecasts.size else nullcontext()
         with turn:
             result = self.forecast_many(predictor, [ticker], horizon, as_of, claimant)[0]
@@ -146,10 +175,6 @@ class ForecastService:
         callers that pass none share one) to `forecast`/`forecast_many`, which give the claim
         back.
         """
-        try:
-            ticker = normalize_ticker(ticker)
-        except InvalidTicker:
-            return None
         key = (ticker, self._end(as_of))
         check = self.checks.get(key)
         if check is None:
@@ -177,7 +202,6 @@ class ForecastService:
         misses: list[tuple[int, CachedBars, BarCheck]] = []
         for i, ticker in enumerate(tickers):
             try:
-                ticker = normalize_ticker(ticker)
                 check, bars = self._check(predictor, ticker, end, claimant)
                 key = (ticker, check.last_bar_date, predictor.model_version, horizon)
                 cached = self.forecasts.get(key)

@@ -6,9 +6,18 @@ import datetime as dt
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    create_model,
+)
 
 from service.core.tickers import normalize_ticker
+from service.forecasting.indicators import INDICATORS
 from service.forecasting.spec import FeatureSpec
 
 # The schema's horizon bound; a loaded model with a shorter horizon is checked per request.
@@ -295,17 +304,12 @@ class TickerListPublic(BaseModel):
     tickers: list[TickerPublic]
 
 
-class IndicatorsPublic(BaseModel):
-    """Chart indicators on the close, aligned with `dates` (null during warm-up)."""
-
-    sma20: list[float | None]
-    sma50: list[float | None]
-    bb_upper: list[float | None] = Field(description="Bollinger upper band (20, 2).")
-    bb_lower: list[float | None] = Field(description="Bollinger lower band (20, 2).")
-    rsi14: list[float | None] = Field(description="RSI(14), 0..100.")
-    macd: list[float | None] = Field(description="MACD line (12, 26).")
-    macd_signal: list[float | None] = Field(description="MACD signal (9).")
-    macd_hist: list[float | None] = Field(description="MACD line - signal.")
+IndicatorsPublic = create_model(
+    "IndicatorsPublic",
+    __doc__="Chart indicators on the close, aligned with `dates` (null during warm-up).",
+    **{name: (list[float | None], Field(description=description))
+       for name, description in INDICATORS.items()},
+)
 
 
 class BarsPublic(BaseModel):
@@ -333,4 +337,4 @@ class BarsPublic(BaseModel):
     close: list[float]
     adj_close: list[float]
     volume: list[int]
-    indicators: IndicatorsPublic
+    indicators: IndicatorsPublic  # type: ignore[valid-type]

@@ -59,7 +59,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///./stockcast.db"
     # Where missing bars come from: yfinance (network) or none (cache only, offline).
-    source: Literal["yfinance", "none"] = "yfinance"
+    # A name in service.sources.base.SOURCES (the registry; checked when the source is made).
+    source: str = "yfinance"
     model_dir: Path = PROJECT_ROOT / "models"
     data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
     yfinance_cache_dir: Path = PROJECT_ROOT / "var" / "yfinance-cache"

@@ -8,7 +8,9 @@ dropped rather than filled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -23,25 +25,132 @@ from service.forecasting.spec import INDICATOR_PARAMS as P
 # FeatureSpec is frozen, so one shared default instance is safe.
 DEFAULT_SPEC = FeatureSpec()
 
+
+class _Series:
+    """One ticker's adj close and volume (RangeIndex), the shared `ta` indicators made once."""
+
+    def __init__(self, adj: pd.Series, volume: pd.Series):
+        self.adj, self.volume = adj, volume
+        self.price = adj.to_numpy()
+
+    @cached_property
+    def macd(self) -> MACD:
+        return MACD(self.adj, window_slow=P.macd_slow, window_fast=P.macd_fast,
+                    window_sign=P.macd_signal, fillna=False)
+
+    @cached_property
+    def bands(self) -> BollingerBands:
+        return BollingerBands(self.adj, window=P.bollinger_window, window_dev=P.bollinger_dev,
+                              fillna=False)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One registered feature: its name, its warm-up (leading bars it leaves NaN), its formula."""
+
+    name: str
+    warmup: int
+    compute: Callable[[_Series], np.ndarray]  # the whole series' values, NaN in the warm-up
+
+
+# Every feature a model may use, by name (a spec picks and orders them: FeatureSpec.features).
+# Adding one: a function below with @feature(name, warmup), plus its test; listing it in
+# spec.FEATURE_NAMES makes it a default input (bump FEATURES_VERSION when meanings change).
+FEATURES: dict[str, Feature] = {}
+
+
+def feature(name: str, warmup: int):
+    """Register `compute(series) -> values` as the feature `name`."""
+    def register(compute: Callable[[_Series], np.ndarray]):
+        FEATURES[name] = Feature(name, warmup, compute)
+        return compute
+    return register
+
+
 # Leading bars without a defined value, per feature, for the parameters in INDICATOR_PARAMS; the
 # test suite checks each against what `ta` actually returns. RSI(14) is defined from bar 13
 # because `ta` treats the undefined first change as 0; the MACD signal needs 25 + 8 bars.
-FEATURE_WARMUP: dict[str, int] = {
-    "log_return": 1,
-    "rsi14": P.rsi_window - 1,
-    "sma20_ratio": P.sma_short - 1,
-    "sma50_ratio": P.sma_long - 1,
-    "macd": P.macd_slow - 1,
-    "macd_signal": P.macd_slow - 1 + P.macd_signal - 1,
-    "macd_hist": P.macd_slow - 1 + P.macd_signal - 1,
-    "bb_pctb": P.bollinger_window - 1,
-    "bb_width": P.bollinger_window - 1,
-    "volume_z": P.volume_z_window - 1,
-}
+# Arithmetic on the `ta` outputs is done in numpy: per-op pandas overhead dominates here, and the
+# serving path computes features on cold requests.
+
+
+@feature("log_return", warmup=1)
+def _log_return(s: _Series) -> np.ndarray:
+    log_price = np.log(s.price)
+    log_return = np.empty_like(log_price)
+    log_return[0] = np.nan
+    log_return[1:] = np.diff(log_price)
+    return log_return
+
+
+@feature("rsi14", warmup=P.rsi_window - 1)
+def _rsi(s: _Series) -> np.ndarray:
+    return RSIIndicator(s.adj, window=P.rsi_window, fillna=False).rsi().to_numpy() / 100.0
+
+
+@feature("sma20_ratio", warmup=P.sma_short - 1)
+def _sma_short_ratio(s: _Series) -> np.ndarray:
+    return SMAIndicator(s.adj, window=P.sma_short).sma_indicator().to_numpy() / s.price - 1.0
+
+
+@feature("sma50_ratio", warmup=P.sma_long - 1)
+def _sma_long_ratio(s: _Series) -> np.ndarray:
+    return SMAIndicator(s.adj, window=P.sma_long).sma_indicator().to_numpy() / s.price - 1.0
+
+
+@feature("macd", warmup=P.macd_slow - 1)
+def _macd(s: _Series) -> np.ndarray:
+    return s.macd.macd().to_numpy() / s.price
+
+
+@feature("macd_signal", warmup=P.macd_slow - 1 + P.macd_signal - 1)
+def _macd_signal(s: _Series) -> np.ndarray:
+    return s.macd.macd_signal().to_numpy() / s.price
+
+
+@feature("macd_hist", warmup=P.macd_slow - 1 + P.macd_signal - 1)
+def _macd_hist(s: _Series) -> np.ndarray:
+    return s.macd.macd_diff().to_numpy() / s.price
+
+
+@feature("bb_pctb", warmup=P.bollinger_window - 1)
+def _bollinger_pctb(s: _Series) -> np.ndarray:
+    # pband is undefined on a flat 20-day window (upper == lower); the price then sits on the
+    # middle band, which is %B 0.5. Rows still in the band's own warm-up stay NaN.
+    pctb = s.bands.bollinger_pband().to_numpy()
+    flat = np.isnan(pctb) & ~np.isnan(s.bands.bollinger_mavg().to_numpy())
+    return np.where(flat, 0.5, pctb)
+
+
+@feature("bb_width", warmup=P.bollinger_window - 1)
+def _bollinger_width(s: _Series) -> np.ndarray:
+    # ta's wband is in percent: (upper - lower) / middle * 100.
+    return s.bands.bollinger_wband().to_numpy() / 100.0
+
+
+@feature("volume_z", warmup=P.volume_z_window - 1)
+def _volume_z(s: _Series) -> np.ndarray:
+    log_volume = np.log1p(s.volume)
+    rolling = log_volume.rolling(P.volume_z_window, min_periods=P.volume_z_window)
+    vol_mean, vol_std = rolling.mean().to_numpy(), rolling.std(ddof=0).to_numpy()
+    # A flat volume window has no spread: call today's volume typical (z = 0).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        volume_z = np.where(vol_std > 0, (log_volume.to_numpy() - vol_mean) / vol_std, 0.0)
+    volume_z[np.isnan(vol_std)] = np.nan
+    return volume_z
+
+
+FEATURE_WARMUP: dict[str, int] = {name: f.warmup for name, f in FEATURES.items()}
+
+
+def _indicators(adj: pd.Series, volume: pd.Series) -> dict[str, np.ndarray]:
+    """Every registered feature over the whole series, NaN during each one's warm-up."""
+    series = _Series(adj, volume)
+    return {name: f.compute(series) for name, f in FEATURES.items()}
 
 
 def _check_feature_names(names: Sequence[str]) -> None:
-    unknown = [n for n in names if n not in FEATURE_WARMUP]
+    unknown = [n for n in names if n not in FEATURES]
     if unknown:
         raise ValueError(f"unknown features {unknown}; known: {list(FEATURE_NAMES)}")
 
@@ -49,7 +158,7 @@ def _check_feature_names(names: Sequence[str]) -> None:
 def warmup_bars(spec: FeatureSpec = DEFAULT_SPEC) -> int:
     """Leading bars dropped by build_features for this spec (the slowest feature's warm-up)."""
     _check_feature_names(spec.features)
-    return max(FEATURE_WARMUP[name] for name in spec.features)
+    return max(FEATURES[name].warmup for name in spec.features)
 
 
 WARMUP_BARS = warmup_bars(DEFAULT_SPEC)
@@ -85,8 +194,8 @@ def build_features(bars: pd.DataFrame, spec: FeatureSpec = DEFAULT_SPEC) -> pd.D
             "and a non-negative volume"
         )
     # A RangeIndex keeps the `ta` series aligned with each other whatever index bars carries.
-    all_features = _indicators(pd.Series(price), pd.Series(shares))
-    values = np.column_stack([all_features[name][warmup:] for name in spec.features])
+    series = _Series(pd.Series(price), pd.Series(shares))
+    values = np.column_stack([FEATURES[name].compute(series)[warmup:] for name in spec.features])
     # Valid bars give finite features past the warm-up; anything else is a bug here, not bad input.
     if not np.isfinite(values).all():
         raise RuntimeError("non-finite feature after the warm-up from valid bars")
@@ -125,50 +234,6 @@ def build_features_many(
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=_empty_dtype(c)) for c in columns})
     return pd.concat(parts, ignore_index=True)[columns]
-
-
-def _indicators(adj: pd.Series, volume: pd.Series) -> dict[str, np.ndarray]:
-    """Every known feature over the whole series, NaN during each one's warm-up."""
-    # Arithmetic on the `ta` outputs is done in numpy: per-op pandas overhead dominates here,
-    # and the serving path calls this on cold requests.
-    price = adj.to_numpy()
-    macd = MACD(adj, window_slow=P.macd_slow, window_fast=P.macd_fast,
-                window_sign=P.macd_signal, fillna=False)
-    bands = BollingerBands(adj, window=P.bollinger_window, window_dev=P.bollinger_dev,
-                           fillna=False)
-    # pband is undefined on a flat 20-day window (upper == lower); the price then sits on the
-    # middle band, which is %B 0.5. Rows still in the band's own warm-up stay NaN.
-    pctb = bands.bollinger_pband().to_numpy()
-    flat = np.isnan(pctb) & ~np.isnan(bands.bollinger_mavg().to_numpy())
-    pctb = np.where(flat, 0.5, pctb)
-
-    log_volume = np.log1p(volume)
-    rolling = log_volume.rolling(P.volume_z_window, min_periods=P.volume_z_window)
-    vol_mean, vol_std = rolling.mean().to_numpy(), rolling.std(ddof=0).to_numpy()
-    # A flat volume window has no spread: call today's volume typical (z = 0).
-    with np.errstate(divide="ignore", invalid="ignore"):
-        volume_z = np.where(vol_std > 0, (log_volume.to_numpy() - vol_mean) / vol_std, 0.0)
-    volume_z[np.isnan(vol_std)] = np.nan
-
-    sma_short = SMAIndicator(adj, window=P.sma_short).sma_indicator().to_numpy()
-    sma_long = SMAIndicator(adj, window=P.sma_long).sma_indicator().to_numpy()
-    log_price = np.log(price)
-    log_return = np.empty_like(log_price)
-    log_return[0] = np.nan
-    log_return[1:] = np.diff(log_price)
-    return {
-        "log_return": log_return,
-        "rsi14": RSIIndicator(adj, window=P.rsi_window, fillna=False).rsi().to_numpy() / 100.0,
-        "sma20_ratio": sma_short / price - 1.0,
-        "sma50_ratio": sma_long / price - 1.0,
-        "macd": macd.macd().to_numpy() / price,
-        "macd_signal": macd.macd_signal().to_numpy() / price,
-        "macd_hist": macd.macd_diff().to_numpy() / price,
-        "bb_pctb": pctb,
-        # ta's wband is in percent: (upper - lower) / middle * 100.
-        "bb_width": bands.bollinger_wband().to_numpy() / 100.0,
-        "volume_z": volume_z,
-    }
 
 
 def _empty_dtype(column: str):

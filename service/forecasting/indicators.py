@@ -15,8 +15,19 @@ from ta.volatility import BollingerBands
 
 from service.forecasting.spec import INDICATOR_PARAMS as P
 
-INDICATOR_NAMES = ("sma20", "sma50", "bb_upper", "bb_lower", "rsi14", "macd", "macd_signal",
-                   "macd_hist")
+# Every chart indicator GET /bars serves, with what it is: the API's schema is generated from
+# this table, so adding one here (and its column below) is all the data side needs.
+INDICATORS: dict[str, str] = {
+    "sma20": f"SMA({P.sma_short}) of the close.",
+    "sma50": f"SMA({P.sma_long}) of the close.",
+    "bb_upper": f"Bollinger upper band ({P.bollinger_window}, {P.bollinger_dev}).",
+    "bb_lower": f"Bollinger lower band ({P.bollinger_window}, {P.bollinger_dev}).",
+    "rsi14": f"RSI({P.rsi_window}), 0..100.",
+    "macd": f"MACD line ({P.macd_fast}, {P.macd_slow}).",
+    "macd_signal": f"MACD signal ({P.macd_signal}).",
+    "macd_hist": "MACD line - signal.",
+}
+INDICATOR_NAMES = tuple(INDICATORS)
 
 
 def chart_indicators(bars: pd.DataFrame, price: str = "close") -> pd.DataFrame:
@@ -36,6 +47,7 @@ def chart_indicators(bars: pd.DataFrame, price: str = "close") -> pd.DataFrame:
         "macd_signal": macd.macd_signal(),
         "macd_hist": macd.macd_diff(),
     }
-    frame = pd.DataFrame({name: col.to_numpy() for name, col in columns.items()})
+    # In the table's order; a documented indicator without a column here is a KeyError.
+    frame = pd.DataFrame({name: columns[name].to_numpy() for name in INDICATORS})
     frame.index = pd.DatetimeIndex(bars["date"], name="date")
     return frame

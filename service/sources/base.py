@@ -1,8 +1,13 @@
-"""The one small protocol every bar source implements, and the factory that picks one."""
+"""The one small protocol every bar source implements, the registry of sources, the factory.
+
+Adding a source: its module in service/sources/ and one entry in SOURCES (plus its test);
+STOCKCAST_SOURCE accepts every name registered here.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
@@ -43,13 +48,24 @@ class NullSource:
         raise SourceNotConfigured("no bar source configured (STOCKCAST_SOURCE=none)")
 
 
-def make_source(settings: Settings) -> BarSource:
-    """The bar source named by settings.source."""
-    if settings.source == "none":
-        return NullSource()
-    if settings.source == "yfinance":
-        # Imported here: yfinance (and curl_cffi) are only loaded when actually used.
-        from service.sources.yfinance import YFinanceSource
+def _yfinance(settings: Settings) -> BarSource:
+    # Imported here: yfinance (and curl_cffi) are only loaded when actually used.
+    from service.sources.yfinance import YFinanceSource
 
-        return YFinanceSource(cache_dir=settings.yfinance_cache_dir)
-    raise ValueError(f"unknown bar source {settings.source!r}: use 'yfinance' or 'none'")
+    return YFinanceSource(cache_dir=settings.yfinance_cache_dir)
+
+
+# Every bar source by its STOCKCAST_SOURCE name: how to build it from the settings.
+SOURCES: dict[str, Callable[[Settings], BarSource]] = {
+    "yfinance": _yfinance,
+    "none": lambda settings: NullSource(),
+}
+
+
+def make_source(settings: Settings) -> BarSource:
+    """The bar source named by settings.source (one of SOURCES)."""
+    factory = SOURCES.get(settings.source)
+    if factory is None:
+        raise ValueError(f"unknown bar source {settings.source!r}: use one of "
+                         + ", ".join(repr(name) for name in SOURCES))
+    return factory(settings)

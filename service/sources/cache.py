@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
-import weakref
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,10 +17,11 @@ from service.core.errors import (
     SourceUnavailable,
     UnknownTicker,
 )
+from service.core.locks import KeyedLocks
 from service.core.tickers import normalize_ticker
 from service.db import bars as bars_db
 from service.sources.base import BarSource
-from service.sources.validate import validate_bars
+from service.sources.store import validate, write_bars
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +47,6 @@ class CachedBars:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-class KeyedLocks:
-    """One lock per key, kept only while some caller holds it: bounded by requests in flight."""
-
-    def __init__(self):
-        self._locks: weakref.WeakValueDictionary[Hashable, threading.Lock] = (
-            weakref.WeakValueDictionary())
-        self._guard = threading.Lock()
-
-    def __call__(self, key: Hashable) -> threading.Lock:
-        with self._guard:
-            lock = self._locks.get(key)
-            if lock is None:
-                lock = self._locks[key] = threading.Lock()
-            return lock
-
-    def __len__(self) -> int:
-        return len(self._locks)
 
 
 class BarCache:
@@ -156,13 +135,12 @@ class BarCache:
         else:
             fetch_start = start or (self.clock().date() - dt.timedelta(days=self.history_days))
         try:
-            result = validate_bars(self.source.fetch(ticker, fetch_start, end).assign(ticker=ticker))
+            result = validate(self.source.fetch(ticker, fetch_start, end), ticker)
             if have_bars and self._rebased(ticker, result.bars, fetch_start, state.last_bar_date):
                 # Mixing bases would put a fake -69% return into the features at a 2:1 split.
                 log.info("%s: source re-based past prices; fetching its whole history again",
                          ticker)
-                result = validate_bars(
-                    self.source.fetch(ticker, state.first_bar_date, end).assign(ticker=ticker))
+                result = validate(self.source.fetch(ticker, state.first_bar_date, end), ticker)
         except UnknownTicker as exc:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "ok" if have_bars else "unknown", str(exc),
@@ -187,9 +165,8 @@ class BarCache:
         if result.n_rejected:
             warnings.append(f"{ticker}: source returned {result.read} rows, "
                             f"{result.summary()}")
-        with self.engine.begin() as conn:
-            count = bars_db.upsert_bars(conn, result.bars, source=self.source.name)
-            bars_db.record_refresh(conn, ticker, "ok", None, at=self.clock())
+        count = write_bars(self.engine, result, self.source.name,
+                           refreshed=(ticker, self.clock()))
         if not have_bars and count.offered == 0:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "unknown", "no valid bars", at=self.clock())

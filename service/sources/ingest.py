@@ -10,8 +10,7 @@ import pandas as pd
 from sqlalchemy import Engine
 from tqdm import tqdm
 
-from service.db.bars import upsert_bars
-from service.sources.validate import validate_bars
+from service.sources.store import validate, write_bars
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,11 @@ class IngestReport:
 def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
                  progress: bool = False) -> IngestReport:
     """Validate a multi-ticker frame and upsert every valid row in one transaction."""
-    result = validate_bars(frame)
+    result = validate(frame)
     bars = result.bars
     with tqdm(total=len(bars), unit="bars", desc="ingest", disable=not progress,
-              mininterval=0.5) as bar, engine.begin() as conn:
-        count = upsert_bars(conn, bars, source=source, progress=bar.update)
+              mininterval=0.5) as bar:
+        count = write_bars(engine, result, source, progress=bar.update)
     stored = count.offered
     report = IngestReport(read=result.read, stored=stored, written=count.written,
                           rejected=dict(result.rejected),

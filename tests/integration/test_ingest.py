@@ -102,3 +102,24 @@ def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
         assert missing.exit_code == 1 and "error: no such file" in missing.output
     finally:
         get_settings.cache_clear()
+
+
+def test_the_one_write_path_stores_valid_rows_updates_ranges_and_records_a_refresh(engine):
+    import datetime as dt
+
+    from service.sources.store import validate, write_bars
+    from tests.bar_factories import make_bars
+
+    frame = make_bars(10, start="2020-01-02")
+    frame.loc[3, "high"] = frame.loc[3, "low"] / 2  # high below low: rejected
+    validated = validate(frame, "AAA")
+    at = dt.datetime(2020, 1, 20, 21, 0, tzinfo=dt.UTC)
+    count = write_bars(engine, validated, "test", refreshed=("AAA", at))
+    assert (count.offered, count.written) == (9, 9)
+    assert validated.n_rejected == 1
+    with engine.connect() as conn:
+        state = bars_db.ticker_state(conn, "AAA")
+    assert state.first_bar_date == dt.date(2020, 1, 2)
+    assert state.last_bar_date == dt.date(2020, 1, 15)
+    assert (state.last_refresh_status, state.last_refresh_at) == ("ok", at)
+    assert len(bars_db.read_bars(engine, "AAA")) == 9

@@ -337,3 +337,11 @@ def test_many_with_only_short_tickers_is_empty_with_columns():
     long = build_features_many(multi)
     assert long.empty
     assert list(long.columns) == ["ticker", "date", *FEATURE_NAMES]
+
+
+def test_the_registry_holds_every_default_feature_with_its_warmup():
+    from service.forecasting.features import FEATURES
+
+    assert set(FEATURE_NAMES) <= set(FEATURES)
+    assert {name: f.warmup for name, f in FEATURES.items()} == FEATURE_WARMUP
+    assert all(f.name == name for name, f in FEATURES.items())

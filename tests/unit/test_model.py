@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from training.config import ModelConfig
 from training.model import ExportedForecaster, QuantileLSTM, monotone_quantiles, pinball_loss
 
 
 def small_model(n_tickers: int = 5, quantiles=(0.1, 0.5, 0.9)) -> QuantileLSTM:
     torch.manual_seed(0)
-    return QuantileLSTM(n_features=10, n_tickers=n_tickers, horizon=7, quantiles=quantiles,
-                        hidden_size=8, num_layers=2, embedding_dim=3, head_hidden=12).eval()
+    return QuantileLSTM(ModelConfig(
+        n_features=10, n_tickers=n_tickers, horizon=7, quantiles=quantiles, hidden_size=8,
+        num_layers=2, dropout=0.2, embedding_dim=3, head_hidden=12)).eval()
 
 
 def test_forward_shape_is_batch_horizon_quantiles():

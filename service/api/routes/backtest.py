@@ -24,7 +24,7 @@ from service.db.backtests import RunInfo, get_metrics, get_run, latest_run
 from service.evaluation.scoring import BUY_AND_HOLD, METRICS, MODEL, POOLED
 from service.forecasting.baselines import BASELINES
 
-router = APIRouter(prefix="/metrics", tags=["backtest"], dependencies=[MigratedDep])
+router = APIRouter(prefix="/metrics", tags=["backtest"])
 
 METHOD_ORDER = (MODEL, *BASELINES, BUY_AND_HOLD)
 METHOD_PATTERN = r"^[a-z0-9_]{1,32}$"
@@ -58,7 +58,7 @@ BacktestMetricsPublic = create_model(
             "a metric does not apply to this row or is undefined (e.g. naive's direction).",
     ticker=(str, Field(description=f"A ticker, or {POOLED!r} for all tickers pooled.")),
     horizon=(int, Field(description="Trading days from origin to target.")),
-    method=(str, Field(description="model, a baseline (naive, drift, sma20, mean, arima), or "
+    method=(str, Field(description=f"model, a baseline ({', '.join(BASELINES)}), or "
                                    "buy_and_hold (strategy metrics only).")),
     **_metric_fields,
 )
@@ -148,12 +148,14 @@ def metrics_public(frame: pd.DataFrame) -> list:
 
 @router.get(
     "/backtest",
+    dependencies=[MigratedDep],  # the catalogue above is static: it needs no database
     summary="Backtest metrics",
     response_model=BacktestPublic,
     response_model_exclude_none=False,
     description=(
-        "Metrics of the model and every baseline (naive, drift, SMA20, historical mean, "
-        "ARIMA) from the latest stored walk-forward backtest, or the run chosen by `run_id` or "
+        "Metrics of the model and every baseline ("
+        + ", ".join(BASELINES[b].title for b in BASELINES)
+        + ") from the latest stored walk-forward backtest, or the run chosen by `run_id` or "
         "`model_version`: MAE/RMSE in dollars, MAPE, MAE relative to naive (< 1 beats naive), "
         "R² of returns, directional accuracy, Diebold–Mariano vs naive, cross-sectional IC "
         "(pooled rows, ticker `*`), 10-90% interval coverage (model), and long/flat, "

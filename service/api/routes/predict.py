@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
-from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ForecastServiceDep, LoadedModelDep, MigratedDep
 from service.api.forecasts import ServedForecast
@@ -87,12 +86,7 @@ async def predict_ticker(
 ) -> ForecastPublic:
     """Forecast `horizon` trading days of one ticker."""
     _check_horizon(loaded, request.horizon)
-    claimant = object()  # this request, should its lookup take on renewing the bar check
-    served = forecasts.cached(loaded.predictor, ticker, request.horizon, request.as_of,
-                              claimant)
-    if served is None:  # DB, maybe the source, features, onnxruntime: off the event loop
-        served = await run_in_threadpool(forecasts.forecast, loaded.predictor, ticker,
-                                         request.horizon, request.as_of, claimant)
+    served = await forecasts.serve(loaded.predictor, ticker, request.horizon, request.as_of)
     return forecast_public(served, request.horizon)
 
 
@@ -113,17 +107,8 @@ async def predict_batch(
 ) -> ForecastListPublic:
     """Forecast `horizon` trading days of each ticker."""
     _check_horizon(loaded, request.horizon)
-    predictor, horizon, as_of = loaded.predictor, request.horizon, request.as_of
-    claimant = object()  # this request, should a lookup take on renewing a bar check
-    results = [forecasts.cached(predictor, t, horizon, as_of, claimant)
-               for t in request.tickers]
-    missing = [i for i, result in enumerate(results) if result is None]
-    if missing:  # computed together (one onnxruntime call) in the threadpool
-        computed = await run_in_threadpool(
-            forecasts.forecast_many, predictor, [request.tickers[i] for i in missing], horizon,
-            as_of, claimant)
-        for i, result in zip(missing, computed):
-            results[i] = result
+    results = await forecasts.serve_many(loaded.predictor, request.tickers, request.horizon,
+                                         request.as_of)
     out = ForecastListPublic(forecasts=[], errors=[])
     for ticker, result in zip(request.tickers, results):
         if isinstance(result, ServedForecast):
