@@ -11,6 +11,7 @@ failure fails the test with schemathesis' report (each with a curl line to repro
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -90,11 +91,34 @@ def test_every_operation_passes_every_schemathesis_check(fuzz_url, tiny_artifact
             [str(st), "--config-file", str(config), "run", f"{server.url}/openapi.json",
              "--checks", "all", "--max-examples", str(EXAMPLES_PER_OPERATION),
              "--seed", str(SEED), "--header", f"X-API-Key: {API_KEY}",
-             "--generation-database", "none", "--request-timeout", "30", "--workers", "1"],
+             "--generation-database", "none", "--request-timeout", "30", "--workers", "1",
+             "--report", "ndjson", "--report-ndjson-path", str(tmp_path / "events.ndjson")],
             check=False, capture_output=True, text=True, timeout=1200,
             env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"})
     report = run.stdout + run.stderr
-    summary = [line for line in report.splitlines() if "generated" in line]
-    print("\n".join(summary))
     assert run.returncode == 0, report[-20000:]
-    assert summary, report  # it ran: "N generated, ..." is its last count
+    cases = cases_per_operation(tmp_path / "events.ndjson")
+    print("\n".join(f"{op}: {by_phase}" for op, by_phase in sorted(cases.items())))
+    # Every operation that takes data got the full count of fuzzed requests (a parameter-free
+    # one has a single possible request), besides the coverage phase's boundary values.
+    for operation in DATA_OPERATIONS:
+        assert cases[operation]["fuzzing"] == EXAMPLES_PER_OPERATION, (operation, cases)
+        assert cases[operation]["coverage"] > 0, (operation, cases)
+
+
+# The operations whose requests carry parameters or a body.
+DATA_OPERATIONS = ("POST /predict", "POST /predict/{ticker}", "GET /bars/{ticker}",
+                   "GET /metrics/backtest")
+
+
+def cases_per_operation(ndjson: Path) -> dict[str, dict[str, int]]:
+    """Generated cases per operation and phase, from schemathesis' ndjson event report."""
+    cases: dict[str, dict[str, int]] = {}
+    for line in ndjson.read_text().splitlines():
+        event = json.loads(line).get("ScenarioFinished")
+        if event and "label" in event.get("recorder", {}):
+            recorder = event["recorder"]
+            by_phase = cases.setdefault(recorder["label"], {})
+            phase = event["phase"]
+            by_phase[phase] = by_phase.get(phase, 0) + len(recorder.get("cases", {}))
+    return cases
