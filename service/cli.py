@@ -82,6 +82,7 @@ def ingest(
 ):
     """Load bars into the cache and print `read N, stored M, rejected K (reasons)`."""
     from service.core.errors import StockcastError
+    from service.evaluation.ledger import score_ledger
     from service.sources.base import SOURCES, make_source
     from service.sources.ingest import ingest_file, ingest_from_source
 
@@ -92,18 +93,81 @@ def ingest(
                     _fail("--path is required with --source csv")
                 if not path.exists():
                     _fail(f"no such file: {path}")
-                report = ingest_file(engine, path, ticker=ticker, progress=progress)
+                report = ingest_file(engine, path, ticker=ticker, progress=progress,
+                                     after_write=score_ledger)
             elif source in SOURCES:
                 settings = get_settings().model_copy(update={"source": source})
                 report = ingest_from_source(
                     engine, make_source(settings), _parse_tickers(tickers or ticker),
                     start.date() if start else None, end.date() if end else None,
-                    progress=progress)
+                    progress=progress, after_write=score_ledger)
             else:
                 _fail(f"unknown source {source!r}: use csv or one of {', '.join(SOURCES)}")
         except StockcastError as exc:
             _fail(str(exc))
     typer.echo(report.summary())
+
+
+@app.command()
+def refresh(
+    universe: Annotated[str | None, typer.Option(help="A named universe, e.g. top24.")] = None,
+    all_tickers: Annotated[bool, typer.Option("--all", help="Every cached ticker.")] = False,
+    tickers: Annotated[str | None, typer.Option(help="Comma list.")] = None,
+    chunk: Annotated[int, typer.Option(help="Tickers per upstream call.", min=1)] = 50,
+    progress: bool = True,
+):
+    """Fetch newer bars for many tickers, batched upstream; prints the per-outcome counts."""
+    from service.evaluation.ledger import score_ledger
+    from service.forecasting.spec import UNIVERSES
+    from service.sources.ingest import refresh_tickers
+
+    if sum((universe is not None, all_tickers, tickers is not None)) != 1:
+        _fail("give exactly one of --universe NAME, --all or --tickers LIST")
+    if universe is not None and universe not in UNIVERSES:
+        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    names = None if all_tickers else (
+        list(UNIVERSES[universe]) if universe else _parse_tickers(tickers))
+    with _engine() as engine:
+        report = refresh_tickers(engine, get_settings(), names, chunk=chunk, progress=progress,
+                                 after_write=score_ledger)
+    typer.echo(report.summary())
+    if report.counts()["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def schedule(
+    universe: Annotated[str, typer.Option(help="The universe the daily cycle covers.")] = "top24",
+    once: Annotated[bool, typer.Option(help="Run what is due now, then exit.")] = False,
+    poll_seconds: Annotated[float, typer.Option(help="Seconds between checks.", min=1)] = 300,
+    retrain_every_days: Annotated[int, typer.Option(
+        help="Retrain -> backtest -> gate once per this many days; 0 = never.", min=0)] = 30,
+):
+    """Run the daily cycle after each NYSE close (refresh, score the ledger, record the
+    universe's forecasts) and the periodic retrain; each job once per key, one scheduler at a
+    time (advisory lock)."""
+    from service.evaluation.schedule import run_due, run_forever
+    from service.forecasting.spec import UNIVERSES
+
+    if universe not in UNIVERSES:
+        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    settings = get_settings()
+    tickers = list(UNIVERSES[universe])
+
+    def retrain() -> str:
+        from training.retrain import retrain as retrain_universe  # torch: only when due
+
+        return retrain_universe(settings, tickers)
+
+    job = retrain if retrain_every_days else None
+    with _engine() as engine:
+        if once:
+            for o in run_due(engine, settings, tickers, job, dt.datetime.now(dt.UTC),
+                             max(1, retrain_every_days)):
+                typer.echo(f"{o.job} {o.key}: {o.status} {o.detail}")
+            return
+        run_forever(engine, settings, tickers, job, poll_seconds=poll_seconds,
+                    retrain_every_days=max(1, retrain_every_days))
 
 
 SHARED_DATASET_NAME = "sp500_daily_2012_2017.csv.gz"
@@ -125,22 +189,27 @@ def seed_dataset_path() -> Path | None:
 
 @app.command()
 def seed(force: bool = typer.Option(False, help="Ingest even if bars are already cached.")):
-    """Fill an empty cache from offline real bars (shared dataset or bokeh-sampledata)."""
+    """Fill an empty cache from offline real bars (shared dataset or bokeh-sampledata), and
+    store the served model's own backtest (models/<version>/backtest.json) if none is stored."""
     from service.db.bars import count_bars
+    from service.evaluation.artifact_backtest import store_current_report
+    from service.evaluation.ledger import score_ledger
     from service.sources.ingest import ingest_file
 
     with _engine() as engine:
         existing = count_bars(engine)
         if existing and not force:
             typer.echo(f"cache already holds {existing} bars; nothing to seed")
-            return
-        path = seed_dataset_path()
-        if path is None:
-            _fail(f"no offline bars found: expected "
-                  f"{get_settings().data_dir / SHARED_DATASET_NAME} "
-                  "or the bokeh-sampledata package (pip install bokeh-sampledata)")
-        typer.echo(f"seeding the bar cache from {path}")
-        typer.echo(ingest_file(engine, path, progress=True).summary())
+        else:
+            path = seed_dataset_path()
+            if path is None:
+                _fail(f"no offline bars found: expected "
+                      f"{get_settings().data_dir / SHARED_DATASET_NAME} "
+                      "or the bokeh-sampledata package (pip install bokeh-sampledata)")
+            typer.echo(f"seeding the bar cache from {path}")
+            typer.echo(ingest_file(engine, path, progress=True,
+                                   after_write=score_ledger).summary())
+        typer.echo(store_current_report(engine, get_settings().model_dir))
 
 
 @app.command()
@@ -341,6 +410,8 @@ def _echo_backtest(run, readme: bool = False) -> None:
                f"model {sec['model']:.2f}s, baselines {sec['baselines']:.2f}s, "
                f"metrics {sec['metrics']:.2f}s)")
     typer.echo("plots: " + ", ".join(str(p) for p in run.plots))
+    if run.report is not None:
+        typer.echo(f"report: {run.report}")
 
 
 @app.command()

@@ -9,6 +9,7 @@ nor the features: two dict lookups (`cached`). A new bar reaches forecasts withi
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.core.errors import (
@@ -25,8 +27,12 @@ from service.core.errors import (
     StockcastError,
 )
 from service.core.locks import KeyedLocks
+from service.db.ledger import record_forecasts
+from service.evaluation.ledger import ledger_rows
 from service.inference.predictor import Forecast, Predictor
 from service.sources.cache import BarCache, CachedBars
+
+log = logging.getLogger(__name__)
 
 # Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
@@ -35,6 +41,9 @@ SERVING_EXTRA_BARS = 300
 # Seconds after which an expired bar check that one request took on to renew may be taken on by
 # another (the first never finished).
 RENEWAL_TIMEOUT = 10.0
+# Live forecasts known to be in the ledger (kept apart from the forecast cache, whose size may be
+# 0): a forecast served again is not written again; one forgotten is re-offered, harmlessly.
+RECORDED_KEYS = 65_536
 
 
 class LruCache:
@@ -79,6 +88,12 @@ class BarCheck:
     stale: bool
     warnings: tuple[str, ...]
     checked_at: float  # monotonic seconds
+    latest: dt.date | None = None  # the ticker's last stored bar (beyond end, for an as_of)
+
+    @property
+    def live(self) -> bool:
+        """Whether a forecast from these bars is the live one: as of the latest cached bar."""
+        return self.latest is None or self.last_bar_date >= self.latest
 
 
 @dataclass(frozen=True)
@@ -96,8 +111,10 @@ class ForecastService:
 
     def __init__(self, bar_cache: BarCache, *, cache_size: int = 4096,
                  bar_check_ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic,
-                 on_lookup: Callable[[bool], None] | None = None):
+                 on_lookup: Callable[[bool], None] | None = None, record_live: bool = True):
         self.bar_cache = bar_cache
+        self.record_live = record_live
+        self.recorded = LruCache(RECORDED_KEYS)
         self.forecasts = LruCache(cache_size)
         self.checks = LruCache(cache_size)
         self.bar_check_ttl = bar_check_ttl
@@ -182,12 +199,14 @@ class ForecastService:
         if (self.monotonic() - check.checked_at >= self.bar_check_ttl
                 and self._claim(key, claimant)):
             return None  # this request renews the check; the others keep using it meanwhile
-        forecast = self.forecasts.get(
-            (ticker, check.last_bar_date, predictor.model_version, horizon))
+        key = (ticker, check.last_bar_date, predictor.model_version, horizon)
+        forecast = self.forecasts.get(key)
         if forecast is None:
             return None
+        if self.record_live and check.live and self.recorded.get(key) is None:
+            return None  # first served live (it was computed as a what-if): record it
         self._count(hit=True)
-        return ServedForecast(forecast, check.stale, check.warnings, True)
+        return ServedForecast(forecast, check.stale, check.warnings + forecast.warnings, True)
 
     def forecast_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
                       as_of: dt.date | None = None,
@@ -196,18 +215,24 @@ class ForecastService:
 
         DatabaseUnavailable is not per ticker: it is raised for the whole request.
         `claimant`: the request, as passed to `cached` before.
+        Live forecasts (as of the ticker's latest cached bar, asked with or without an as_of)
+        enter the ledger here, once each; what-ifs as of an earlier day never do.
         """
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
         misses: list[tuple[int, CachedBars, BarCheck]] = []
+        live: set[int] = set()  # results as of their ticker's latest cached bar
         for i, ticker in enumerate(tickers):
             try:
                 check, bars = self._check(predictor, ticker, end, claimant)
+                if check.live:
+                    live.add(i)
                 key = (ticker, check.last_bar_date, predictor.model_version, horizon)
                 cached = self.forecasts.get(key)
                 self._count(hit=cached is not None)
                 if cached is not None:
-                    results[i] = ServedForecast(cached, check.stale, check.warnings, True)
+                    results[i] = ServedForecast(cached, check.stale,
+                                                check.warnings + cached.warnings, True)
                     continue
                 if bars is None:
                     bars = self._read(predictor, ticker, end)
@@ -230,7 +255,9 @@ class ForecastService:
                 # The check holds the outcome of any refresh attempted for this request.
                 stale, warnings = ((check.stale, check.warnings) if check.stale
                                    else (bars.stale, bars.warnings))
-                results[i] = ServedForecast(forecast, stale, warnings, False)
+                results[i] = ServedForecast(forecast, stale, warnings + forecast.warnings, False)
+        self._record(predictor, [r.forecast for i, r in enumerate(results)
+                                 if i in live and isinstance(r, ServedForecast)], horizon)
         return results  # type: ignore[return-value]
 
     def clear(self) -> None:
@@ -290,11 +317,31 @@ class ForecastService:
             if read.bars.empty:  # bars exist, but none on or before `end`
                 raise InsufficientHistory(ticker, 0, predictor.min_bars)
             check = BarCheck(pd.Timestamp(read.bars["date"].iloc[-1]).date(), read.stale,
-                             read.warnings, now)
+                             read.warnings, now, read.latest)
             self.checks.put(key, check)
         finally:
             self._release(key, claimant)
         return check, (read if len(read.bars) > 1 else None)
+
+    def _record(self, predictor: Predictor, forecasts: Sequence[Forecast], horizon: int) -> None:
+        """Put live forecasts into the ledger once; a database error only skips the record."""
+        if not self.record_live:
+            return
+        keys = [(f.ticker, f.as_of, f.model_version, horizon) for f in forecasts]
+        todo = [(k, f) for k, f in zip(keys, forecasts) if self.recorded.get(k) is None]
+        if not todo:
+            return
+        quantiles = predictor.spec.quantiles
+        rows = [row for _, f in todo for row in ledger_rows(f, quantiles[0], quantiles[-1])]
+        try:
+            with self.bar_cache.engine.begin() as conn:
+                record_forecasts(conn, rows)
+        except (SQLAlchemyError, DatabaseUnavailable) as exc:  # the guard's timeouts too
+            log.warning("forecasts served but not recorded in the ledger: %s",
+                        exc.__class__.__name__)
+            return
+        for key, _ in todo:
+            self.recorded.put(key, True)
 
     def _count(self, hit: bool) -> None:
         with self._count_lock:

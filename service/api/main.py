@@ -24,13 +24,32 @@ from service.api.forecasts import ForecastService
 from service.api.middleware import BodyLimit, CatchAll
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
-from service.api.routes import admin, backtest, bars, health, models, page, predict
-from service.api.telemetry import ServiceMetrics
+from service.api.routes import (
+    admin,
+    backtest,
+    bars,
+    data_source,
+    health,
+    jobs,
+    live,
+    models,
+    page,
+    predict,
+)
+from service.api.telemetry import (
+    ServiceMetrics,
+    job_metric_families,
+    live_metric_families,
+    psi_families,
+)
 from service.core.config import Settings, get_settings
 from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.db.guard import DbBounds
 from service.db.health import SchemaCheck, head_revision
+from service.db.jobs import last_runs
 from service.db.session import make_engine
+from service.evaluation.drift import DriftCache
+from service.evaluation.ledger import live_report, score_ledger
 from service.forecasting.calendar import next_trading_days
 from service.sources.base import BarSource, make_source
 from service.sources.breaker import CircuitBreaker
@@ -117,7 +136,7 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             bar_cache = BarCache(
                 engine, breaker,
                 refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
-                **cache_options)
+                after_write=score_ledger, **cache_options)
             forecasts = ForecastService(
                 bar_cache, cache_size=settings.forecast_cache_size,
                 bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup)
@@ -142,6 +161,28 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             app.state.bar_cache = bar_cache
             app.state.models = slot
             app.state.forecasts = forecasts
+            def live_families():
+                with engine.connect() as conn:
+                    return live_metric_families(live_report(conn, per_ticker=False))
+
+            metrics.database.add(live_families)
+            drift = DriftCache(engine)
+
+            def drift_families():
+                loaded = slot.current
+                if loaded is None:
+                    return []
+                return psi_families(loaded.version,
+                                    drift.get(loaded.predictor.manifest)["psi"])
+
+            metrics.database.add(drift_families)
+
+            def job_families():
+                with engine.connect() as conn:
+                    return job_metric_families(last_runs(conn))
+
+            metrics.database.add(job_families)
+            app.state.drift = drift
             # Every worker follows models/current by itself: a reload reaches only one of them.
             slot.watch(settings.model_check_interval_seconds)
             yield
@@ -162,7 +203,8 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     # instrument() adds a middleware, which Starlette only allows before the app starts.
     instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics"])
     instrumentator.instrument(app)
-    for module in (predict, bars, models, backtest, health, admin, page):
+    for module in (predict, bars, data_source, models, backtest, live, health, jobs, admin,
+                   page):
         app.include_router(module.router)
     # After the routers: /metrics/backtest is its own route and must stay reachable.
     instrumentator.expose(app, endpoint="/metrics", tags=["health"],

@@ -227,7 +227,7 @@ class ReadinessPublic(BaseModel):
         "checks": {
             "model": {"ok": True, "detail": "3f9a1c2b7d4e"},
             "database": {"ok": True, "detail": "select 1 answered"},
-            "schema": {"ok": True, "detail": "at 0002 (head)"},
+            "schema": {"ok": True, "detail": "at 0003 (head)"},
             "provider": {"ok": True, "detail": "requested auto; active CPUExecutionProvider"},
         },
     }]})
@@ -273,6 +273,10 @@ class ModelPublic(BaseModel):
     requested_provider: Literal["auto", "cpu", "cuda"]
     active_providers: list[str] = Field(
         description="onnxruntime's session.get_providers(): what actually runs.")
+    drift: dict | None = Field(default=None, description=(
+        "Input drift: `psi` per feature, the population stability index of the latest "
+        "`recent_sessions` feature rows of the training tickers (cached bars, up to "
+        "`recent_end`) against their training segment's (< 0.1 stable, > 0.25 a large shift)."))
 
 
 class ReloadPublic(BaseModel):
@@ -338,3 +342,67 @@ class BarsPublic(BaseModel):
     adj_close: list[float]
     volume: list[int]
     indicators: IndicatorsPublic  # type: ignore[valid-type]
+
+
+class LiveMetricsRowPublic(BaseModel):
+    """How one model's live forecasts at one horizon did, for one ticker or all pooled."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    ticker: str = Field(description="A ticker, or '*' for all tickers pooled.")
+    horizon: int = Field(description="Trading days from as_of to the target bar.")
+    model_version: str
+    n_forecasts: int = Field(description="Live forecasts recorded.")
+    n_scored: int = Field(description="Of those, scored: their target bar has arrived.")
+    mae: float | None = Field(description="Mean |median - realized close|, dollars.")
+    naive_mae: float | None = Field(
+        description="Mean |last close - realized close| on the same forecasts.")
+    rel_mae: float | None = Field(description="mae / naive_mae (< 1 beats naive).")
+    coverage: float | None = Field(
+        description="Share of scored forecasts whose realized close fell inside the band.")
+
+
+class LiveMetricsPublic(BaseModel):
+    """The forecast ledger's scores: every live forecast served, scored as its bar arrived."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"metrics": [
+        {"ticker": "*", "horizon": 1, "model_version": "381c7b89db93", "n_forecasts": 48,
+         "n_scored": 24, "mae": 1.31, "naive_mae": 1.29, "rel_mae": 1.0155, "coverage": 0.875},
+        {"ticker": "AAPL", "horizon": 1, "model_version": "381c7b89db93", "n_forecasts": 2,
+         "n_scored": 1, "mae": 0.84, "naive_mae": 1.02, "rel_mae": 0.8235, "coverage": 1.0},
+    ]}]})
+
+    metrics: list[LiveMetricsRowPublic]
+
+
+class SourcePublic(BaseModel):
+    """The market-data source as this worker last saw it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "yfinance", "reachable": False, "last_answer_at": "2026-12-01T07:40:00Z",
+         "detail": "yfinance unavailable for AAPL after 4 attempts: ConnectionError"}]})
+
+    name: str = Field(description="yfinance, or none (cache only).")
+    reachable: bool | None = Field(description=(
+        "Whether its last answer came through (null: not asked since this worker started)."))
+    last_answer_at: dt.datetime | None
+    detail: str | None = Field(description="The last failure, when it failed.")
+
+
+class JobPublic(BaseModel):
+    """A scheduled job's latest run, and when it last came to an answer (ok or refused)."""
+
+    job: str = Field(description="daily (refresh, score, record forecasts) or retrain.")
+    run_key: str = Field(description="What the run covered: a session date, a retrain period.")
+    status: str = Field(description="running, ok, refused (by the gate) or failed.")
+    detail: str | None
+    runner: str | None = Field(description="host:pid of the scheduler that ran it.")
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    last_ok_at: dt.datetime | None = Field(description="When its latest ok run finished.")
+
+
+class JobListPublic(BaseModel):
+    """The scheduler's jobs (empty until a scheduler ran)."""
+
+    jobs: list[JobPublic]

@@ -1,8 +1,18 @@
-"""Prometheus metrics of one app beyond request counts/latency: forecast cache, model version."""
+"""Prometheus metrics of one app beyond request counts/latency: forecast cache, model version,
+and gauges read from the database (live forecast metrics, scheduler jobs, drift)."""
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+log = logging.getLogger(__name__)
 
 
 class ServiceMetrics:
@@ -18,6 +28,8 @@ class ServiceMetrics:
             ["version", "providers"], registry=registry)
         for result in ("hit", "miss"):  # both series exist from the start, at 0
             self.forecast_cache.labels(result=result)
+        self.database = DatabaseGauges()
+        registry.register(self.database)
 
     def record_lookup(self, hit: bool) -> None:
         """Count one forecast cache lookup."""
@@ -27,3 +39,102 @@ class ServiceMetrics:
         """Show only the model now served."""
         self.model_info.clear()
         self.model_info.labels(version=version, providers=",".join(providers)).set(1)
+
+
+class DatabaseGauges:
+    """Gauges read from the database at scrape time (at most every `ttl` seconds): the forecast
+    ledger's pooled live metrics, the scheduler's last job runs, and drift of the served model.
+
+    The ledger is written by every worker and scored by ingests, refreshes and the scheduler, so
+    no single process holds these numbers in memory: each scrape asks the database (cached).
+    """
+
+    def __init__(self, ttl: float = 30.0, monotonic: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self.monotonic = monotonic
+        self.sources: list[Callable[[], Iterable[Metric]]] = []
+        self._cached: tuple[float, list[Metric]] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """A function yielding metric families (it may raise: its families are then left out)."""
+        self.sources.append(source)
+
+    def clear(self) -> None:
+        """Forget the cached families (the next scrape reads again)."""
+        with self._lock:
+            self._cached = None
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            now = self.monotonic()
+            if self._cached is None or now - self._cached[0] >= self.ttl:
+                families: list[Metric] = []
+                for source in self.sources:
+                    try:
+                        families.extend(source())
+                    except Exception as exc:  # noqa: BLE001 - a scrape must not fail on one source
+                        log.warning("metrics source %s failed: %s",
+                                    getattr(source, "__name__", source), exc.__class__.__name__)
+                self._cached = (now, families)
+            yield from self._cached[1]
+
+    def describe(self) -> list[Metric]:
+        return []  # names are dynamic; nothing to check at registration
+
+
+def live_metric_families(report) -> list[Metric]:
+    """Pooled live metrics (rows of service.evaluation.ledger.live_report) as gauges."""
+    labels = ["horizon", "model_version"]
+    families = {
+        "n_forecasts": GaugeMetricFamily("stockcast_live_forecasts",
+                                         "Live forecasts recorded in the ledger.", labels=labels),
+        "n_scored": GaugeMetricFamily("stockcast_live_scored_forecasts",
+                                      "Live forecasts scored (their bar arrived).", labels=labels),
+        "mae": GaugeMetricFamily("stockcast_live_mae",
+                                 "Mean |median - realized close| of scored live forecasts, $.",
+                                 labels=labels),
+        "naive_mae": GaugeMetricFamily("stockcast_live_naive_mae",
+                                       "Naive's mean |error| on the same forecasts, $.",
+                                       labels=labels),
+        "rel_mae": GaugeMetricFamily("stockcast_live_rel_mae",
+                                     "Live MAE relative to naive (< 1 beats naive).",
+                                     labels=labels),
+        "coverage": GaugeMetricFamily("stockcast_live_coverage",
+                                      "Share of scored live forecasts inside the band.",
+                                      labels=labels),
+    }
+    for row in report.to_dict("records"):
+        values = [str(int(row["horizon"])), row["model_version"]]
+        for key, family in families.items():
+            value = float(row[key])
+            if math.isfinite(value):
+                family.add_metric(values, value)
+    return list(families.values())
+
+
+def psi_families(model_version: str, psi: dict[str, float]) -> list[Metric]:
+    """Per-feature PSI of the served model's recent inputs against training, as a gauge."""
+    family = GaugeMetricFamily("stockcast_feature_psi",
+                               "Population stability index of a feature's recent sessions vs "
+                               "training.", labels=["feature", "model_version"])
+    for feature, value in psi.items():
+        if math.isfinite(value):
+            family.add_metric([feature, model_version], value)
+    return [family]
+
+
+def job_metric_families(runs: dict) -> list[Metric]:
+    """The scheduler's jobs (service.db.jobs.last_runs) as gauges."""
+    last = GaugeMetricFamily("stockcast_job_last_run_timestamp_seconds",
+                             "When a scheduled job's latest run started, by its status.",
+                             labels=["job", "status"])
+    ok = GaugeMetricFamily("stockcast_job_last_ok_timestamp_seconds",
+                           "When a scheduled job last finished ok.", labels=["job"])
+    for name, run in runs.items():
+        if name.endswith(":ok"):
+            if run.finished_at is not None:
+                ok.add_metric([run.job], run.finished_at.timestamp())
+        else:
+            last.add_metric([run.job, run.status], run.started_at.timestamp())
+    return [last, ok]

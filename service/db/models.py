@@ -1,4 +1,5 @@
-"""SQLAlchemy 2.0 typed models: the bar cache, per-ticker refresh bookkeeping, backtests."""
+"""SQLAlchemy 2.0 typed models: the bar cache, per-ticker refresh bookkeeping, backtests, the
+forecast ledger and scheduler job runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime as dt
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Float,
@@ -93,3 +95,49 @@ class BacktestMetric(Base):
 
 Index("ix_backtest_runs_version_created", BacktestRun.model_version, BacktestRun.created_at)
 Index("ix_backtest_metrics_run_horizon", BacktestMetric.run_id, BacktestMetric.horizon)
+
+
+class LedgerForecast(Base):
+    """One live forecast served (once per ticker, as_of, model version, horizon) and its score."""
+
+    __tablename__ = "ledger_forecasts"
+
+    ticker: Mapped[str] = mapped_column(String(16), primary_key=True)
+    as_of: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    horizon: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target_date: Mapped[dt.date] = mapped_column(Date)
+    last_close: Mapped[float] = mapped_column(Float)
+    lower: Mapped[float] = mapped_column(Float)
+    median: Mapped[float] = mapped_column(Float)
+    upper: Mapped[float] = mapped_column(Float)
+    lower_quantile: Mapped[float] = mapped_column(Float)
+    upper_quantile: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    realized_date: Mapped[dt.date | None] = mapped_column(Date)
+    realized_close: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[float | None] = mapped_column(Float)
+    naive_error: Mapped[float | None] = mapped_column(Float)
+    inside: Mapped[bool | None] = mapped_column(Boolean)
+    scored_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobRun(Base):
+    """One attempt of a scheduled job for one key (a session date, a retrain period)."""
+
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(32))
+    run_key: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    runner: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+Index("ix_ledger_version_horizon", LedgerForecast.model_version, LedgerForecast.horizon)
+Index("ix_job_runs_job_key", JobRun.job, JobRun.run_key)

@@ -26,6 +26,7 @@ from service.artifacts.manifest import (
 )
 from service.core.errors import StockcastError
 from service.db.backtests import get_metrics, latest_run
+from service.evaluation.artifact_backtest import out_of_sample_problem
 from service.evaluation.scoring import MODEL, NAIVE, POOLED
 
 GATE_HORIZON = 1
@@ -82,18 +83,9 @@ def evaluate_gate(engine: Engine, manifest: Manifest,
                 f"`stockcast backtest --version {version}` first"
             )
         rows = get_metrics(conn, run.id, ticker=POOLED, horizon=GATE_HORIZON, metric="mae")
-    test_first = manifest.split.test[0]
-    if run.config.get("in_sample_origins") or run.start < test_first:
-        raise PromotionRefused(
-            f"backtest run {run.id} of {version} is in-sample: its origins start {run.start}, "
-            f"before the test segment ({test_first}), on dates the model was fitted on; {rerun}"
-        )
-    missing = sorted(set(manifest.tickers) - set(run.tickers))
-    if missing:
-        raise PromotionRefused(
-            f"backtest run {run.id} of {version} scores {len(run.tickers)} of the model's "
-            f"{len(manifest.tickers)} training tickers (missing {missing}); {rerun}"
-        )
+    problem = out_of_sample_problem(run, manifest)
+    if problem is not None:
+        raise PromotionRefused(f"{problem}; {rerun}")
     mae = dict(zip(rows["method"], rows["value"]))
     if MODEL not in mae or NAIVE not in mae:
         raise PromotionRefused(

@@ -17,9 +17,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from service.core.errors import DatabaseUnavailable
-from service.db.backtests import get_metrics, store_run
+from service.db.backtests import get_metrics, get_run, store_run
 from service.db.bars import read_bars_many
+from service.evaluation.artifact_backtest import out_of_sample_problem, write_report
 from service.evaluation.backtest import BacktestResult, bars_by_ticker, run_backtest
+from service.evaluation.drift import write_training_profile
 from service.evaluation.plots import default_plots_dir, write_backtest_plots
 from service.forecasting.baselines import BASELINES
 from service.inference.onnx_model import Provider
@@ -35,6 +37,7 @@ class StoredBacktest:
     stored: pd.DataFrame  # what the database holds now (printed, not what was computed)
     plots: list[Path]
     seconds: dict[str, float]  # load (artifact + bars) and wall
+    report: Path | None = None  # the artifact's backtest.json, when this run is the gate's kind
 
 
 def backtest_and_store(
@@ -73,6 +76,7 @@ def backtest_and_store(
                                metrics=result.metrics.itertuples(index=False, name=None))
         with engine.connect() as conn:
             stored = get_metrics(conn, run_id)
+            run_info = get_run(conn, run_id)
     except DBAPIError as exc:
         raise DatabaseUnavailable(
             f"cannot store the backtest ({exc.__class__.__name__}); "
@@ -81,5 +85,11 @@ def backtest_and_store(
     url = engine.url.render_as_string(hide_password=False)
     plots = write_backtest_plots(
         result, plots_dir or default_plots_dir(Path(artifact_dir).parent, url, run_id))
+    # The gate's kind of run (out of sample, every training ticker) is what the artifact carries.
+    manifest = predictor.manifest
+    report = None
+    if out_of_sample_problem(run_info, manifest) is None:
+        report = write_report(manifest, run_info, stored)
+        write_training_profile(bars, manifest)  # the same cached bars the model was fitted on
     seconds = {"load": loaded - started, "wall": time.perf_counter() - started}
-    return StoredBacktest(run_id, result, stored, plots, seconds)
+    return StoredBacktest(run_id, result, stored, plots, seconds, report)

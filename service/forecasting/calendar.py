@@ -32,3 +32,16 @@ def next_trading_days(after: dt.date, n: int) -> list[dt.date]:
         pd.Timestamp(after + dt.timedelta(days=1)), pd.Timestamp(last_needed)
     )
     return [ts.date() for ts in sessions[:n]]
+
+
+def last_closed_session(now: dt.datetime, settle: dt.timedelta = dt.timedelta(hours=2)
+                        ) -> dt.date:
+    """The latest NYSE session whose close lies at least `settle` before `now` (aware)."""
+    calendar = _xnys(min(_FIRST_YEAR, now.year - 1), max(_LAST_YEAR, now.year + 1))
+    day = now.astimezone(dt.UTC).date()
+    sessions = calendar.sessions_in_range(pd.Timestamp(day - dt.timedelta(days=14)),
+                                          pd.Timestamp(day))
+    for session in reversed(sessions):
+        if calendar.session_close(session) + settle <= pd.Timestamp(now):
+            return session.date()
+    raise ValueError(f"no NYSE session closed in the two weeks before {now}")

@@ -7,6 +7,7 @@ this class, so what the backtest measures is what the API serves.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from service.artifacts.manifest import Manifest, load_manifest
+from service.artifacts.profile import read_profile
 from service.core.errors import InsufficientHistory, ManifestMismatch
 from service.forecasting.calendar import next_trading_days
+from service.forecasting.drift import outside_training_range
 from service.forecasting.features import build_features, min_bars
 from service.forecasting.forecaster import (
     MODEL,
@@ -51,6 +54,7 @@ class Forecast:
     model_version: str
     seen_in_training: bool
     steps: tuple[ForecastStep, ...]
+    warnings: tuple[str, ...] = ()  # e.g. an input window outside the training range
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class Predictor(Forecaster):
         self.manifest = manifest
         self.spec = spec
         self.min_bars = min_bars(spec)
+        # Per feature the training range and bins (artifacts.profile); None: no range checks.
+        self.training_profile: dict[str, dict] | None = None
         self.quantiles = tuple(spec.quantiles)
         quantiles = list(spec.quantiles)
         self._median = quantiles.index(0.5)
@@ -98,7 +104,9 @@ class Predictor(Forecaster):
              intra_op_threads: int = 1) -> Predictor:
         """The one way from an artifact folder to a predictor: manifest, checked graph, session."""
         manifest = load_manifest(artifact_dir)
-        return cls(OnnxModel.load(artifact_dir, provider, intra_op_threads), manifest)
+        predictor = cls(OnnxModel.load(artifact_dir, provider, intra_op_threads), manifest)
+        predictor.training_profile = read_profile(manifest)
+        return predictor
 
     @property
     def model_version(self) -> str:
@@ -179,7 +187,24 @@ class Predictor(Forecaster):
         windows = np.stack([i.window for i in inputs])  # (B, W, F)
         ids = np.array([i.ticker_id for i in inputs], dtype=np.int64)
         quantiles = self.predict(windows, ids)  # (B, H, Q)
-        return [self.postprocess(item, q, horizon) for item, q in zip(inputs, quantiles)]
+        forecasts = [self.postprocess(item, q, horizon) for item, q in zip(inputs, quantiles)]
+        if self.training_profile is None:
+            return forecasts
+        return [dataclasses.replace(f, warnings=self._range_warnings(item))
+                for f, item in zip(forecasts, inputs)]
+
+    def _range_warnings(self, item: ModelInput) -> tuple[str, ...]:
+        """A warning when the input window leaves the range the model saw in training."""
+        scaler = self.manifest.feature_scaler
+        window = pd.DataFrame(scaler.inverse_transform(item.window.astype(np.float64)),
+                              columns=list(self.spec.features))
+        outside = outside_training_range(self.training_profile, window)
+        if not outside:
+            return ()
+        warning = (f"the input window of {item.ticker} lies outside the training range "
+                   f"(value > or < the training max or min): {', '.join(outside)}; the "
+                   "forecast extrapolates")
+        return (warning,)
 
     def predict_origins(
         self, ticker: str, bars: pd.DataFrame, origins: Sequence[dt.date] | None = None

@@ -31,10 +31,26 @@ class CircuitBreaker:
         self._failed_at: float | None = None
         self._failure = ""
         self._lock = threading.Lock()
+        # The last answer's outcome, for the page's freshness line: None = never asked yet.
+        self.reachable: bool | None = None
+        self.last_error: str | None = None
+        self.last_answer_at: dt.datetime | None = None
 
     def fetch(self, ticker: str, start: dt.date | None = None,
               end: dt.date | None = None) -> pd.DataFrame:
         """The upstream's fetch, unless it failed less than `cooldown` ago (then at once)."""
+        return self._call(ticker, lambda: self.source.fetch(ticker, start, end))
+
+    def fetch_many(self, tickers, start: dt.date | None = None,
+                   end: dt.date | None = None) -> dict[str, pd.DataFrame]:
+        """The upstream's batched fetch (or nothing, for a source without one): the caller
+        fetches what is left out one by one."""
+        fetch_many = getattr(self.source, "fetch_many", None)
+        if fetch_many is None:
+            return {}
+        return self._call(f"{len(tickers)} tickers", lambda: fetch_many(tickers, start, end))
+
+    def _call(self, ticker: str, call):
         with self._lock:
             failed_at, failure = self._failed_at, self._failure
         if failed_at is not None:
@@ -44,12 +60,14 @@ class CircuitBreaker:
                     f"{self.name} not asked for {ticker}: it failed {age:.0f} s ago "
                     f"(next try after {self.cooldown:.0f} s): {failure}")
         try:
-            bars = self.source.fetch(ticker, start, end)
+            bars = call()
         except SourceNotConfigured:
             raise  # not an outage: nothing to wait for (and it answers at once anyway)
         except SourceUnavailable as exc:
             with self._lock:
                 self._failed_at, self._failure = self.monotonic(), str(exc)
+                self.reachable, self.last_error = False, str(exc)
+                self.last_answer_at = dt.datetime.now(dt.UTC)
             raise
         except UnknownTicker:
             self._reachable()  # an answer, if not the hoped-for one
@@ -60,3 +78,5 @@ class CircuitBreaker:
     def _reachable(self) -> None:
         with self._lock:
             self._failed_at = None
+            self.reachable, self.last_error = True, None
+            self.last_answer_at = dt.datetime.now(dt.UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,7 @@ from service.core.locks import KeyedLocks
 from service.core.tickers import normalize_ticker
 from service.db import bars as bars_db
 from service.sources.base import BarSource
-from service.sources.store import validate, write_bars
+from service.sources.store import AfterWrite, validate, write_bars
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ REBASE_OVERLAP_DAYS = 7
 # the smallest dividend adjustments are ~1e-3).
 REBASE_RTOL = 1e-4
 
-
 @dataclass(frozen=True)
 class CachedBars:
     """Bars served for one request, and whether they may be out of date."""
@@ -43,10 +43,33 @@ class CachedBars:
     stale: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
     fetched: int = 0  # rows written by a refresh made for this request
+    latest: dt.date | None = None  # the ticker's last stored bar, whatever the end asked for
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+REFRESH_OUTCOMES = ("updated", "unchanged", "current", "throttled", "unknown", "failed")
+DEFAULT_CHUNK = 50  # tickers per batched upstream call
+
+
+@dataclass
+class RefreshReport:
+    """Per ticker what a batched refresh did: updated (new or changed bars), unchanged, current
+    (nothing newer due), throttled (tried within the refresh interval), unknown, failed."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)
+    written: int = 0
+    upstream_calls: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {o: sum(1 for v in self.outcomes.values() if v == o) for o in REFRESH_OUTCOMES}
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in self.counts().items() if v)
+        return (f"refreshed {len(self.outcomes)} tickers ({counts or 'none'}): {self.written} "
+                f"bars new or changed, {self.upstream_calls} batches")
 
 
 class BarCache:
@@ -54,8 +77,10 @@ class BarCache:
 
     def __init__(self, engine: Engine, source: BarSource, *,
                  refresh_interval: dt.timedelta = dt.timedelta(hours=1),
-                 clock=_utcnow, history_days: int = DEFAULT_HISTORY_DAYS):
+                 clock=_utcnow, history_days: int = DEFAULT_HISTORY_DAYS,
+                 after_write: AfterWrite | None = None):
         self.engine = engine
+        self.after_write = after_write
         self.source = source
         self.refresh_interval = refresh_interval
         self.clock = clock
@@ -88,16 +113,67 @@ class BarCache:
             bars = bars_db.read_bars(self.engine, ticker, start, end, last=last)
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
+        latest = state.last_bar_date if state is not None else None
         if bars.empty:
-            if state is not None and state.last_bar_date is not None:
-                return CachedBars(ticker, bars, stale, tuple(warnings), fetched)
+            if latest is not None:
+                return CachedBars(ticker, bars, stale, tuple(warnings), fetched, latest)
             # Nothing cached: repeat the last refresh outcome (throttled, not retried yet).
             if state is not None and state.last_refresh_status == "error":
                 raise SourceUnavailable(state.last_refresh_error or f"source failed for {ticker}")
             if state is not None and state.last_refresh_error:
                 raise UnknownTicker(state.last_refresh_error)
             raise UnknownTicker(f"no bars stored for {ticker}")
-        return CachedBars(ticker, bars, stale, tuple(warnings), fetched)
+        return CachedBars(ticker, bars, stale, tuple(warnings), fetched, latest)
+
+    def refresh_many(self, tickers: Sequence[str], chunk: int = DEFAULT_CHUNK,
+                     progress: Callable[[int], object] | None = None) -> RefreshReport:
+        """Refresh many tickers, asking the source for `chunk` of them per call.
+
+        Each ticker then goes the way a single refresh goes (same validator, same re-base
+        check, same bookkeeping); a ticker the batch left out is fetched on its own. Tickers
+        with nothing newer due, or tried within refresh_interval, are not asked for at all.
+        """
+        report = RefreshReport()
+        due: list[tuple[str, bars_db.TickerState | None]] = []
+        for ticker in (normalize_ticker(t) for t in tickers):
+            state = self._state(ticker)
+            if not self._wants_newer(state, None):
+                report.outcomes[ticker] = "current"
+            elif not self._needs_refresh(state, None):
+                report.outcomes[ticker] = "throttled"
+            else:
+                due.append((ticker, state))
+        if progress and len(report.outcomes):
+            progress(len(report.outcomes))
+        for i in range(0, len(due), max(1, chunk)):
+            part = due[i : i + max(1, chunk)]
+            start = min(self._fetch_start(state, None) for _, state in part)
+            try:
+                fetched = self.source.fetch_many([t for t, _ in part], start, None)
+                report.upstream_calls += 1
+            except SourceUnavailable as exc:
+                log.warning("batched fetch of %d tickers failed: %s", len(part), exc)
+                fetched = {}
+            for ticker, _ in part:
+                with self._locks(ticker):
+                    state = self._state(ticker)
+                    frame = fetched.get(ticker)
+                    if frame is not None:  # the ticker's own incremental range of the batch
+                        frame = frame[frame["date"] >= pd.Timestamp(
+                            self._fetch_start(state, None))]
+                    try:
+                        written, stale, _ = self._refresh(ticker, state, None, None, frame)
+                    except UnknownTicker:
+                        report.outcomes[ticker] = "unknown"
+                    except SourceUnavailable:
+                        report.outcomes[ticker] = "failed"
+                    else:
+                        report.written += written
+                        report.outcomes[ticker] = ("failed" if stale else
+                                                   "updated" if written else "unchanged")
+            if progress:
+                progress(len(part))
+        return report
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -125,17 +201,24 @@ class BarCache:
             return self.clock() - state.last_refresh_at >= self.refresh_interval
         return True
 
-    def _refresh(self, ticker: str, state: bars_db.TickerState | None,
-                 start: dt.date | None, end: dt.date | None) -> tuple[int, bool, list[str]]:
-        have_bars = state is not None and state.last_bar_date is not None
-        if have_bars:
+    def _fetch_start(self, state: bars_db.TickerState | None, start: dt.date | None) -> dt.date:
+        if state is not None and state.last_bar_date is not None:
             # Incremental, overlapping the stored tail: Yahoo re-bases past prices at every
             # split (Close and Adj Close) and dividend (Adj Close); the overlap is how we notice.
-            fetch_start = state.last_bar_date - dt.timedelta(days=REBASE_OVERLAP_DAYS)
-        else:
-            fetch_start = start or (self.clock().date() - dt.timedelta(days=self.history_days))
+            return state.last_bar_date - dt.timedelta(days=REBASE_OVERLAP_DAYS)
+        return start or (self.clock().date() - dt.timedelta(days=self.history_days))
+
+    def _refresh(self, ticker: str, state: bars_db.TickerState | None,
+                 start: dt.date | None, end: dt.date | None,
+                 fetched: pd.DataFrame | None = None) -> tuple[int, bool, list[str]]:
+        """Fetch (or take `fetched`, a batch's rows of this ticker), validate, check for a
+        re-base, store; (bars written, stale, warnings)."""
+        have_bars = state is not None and state.last_bar_date is not None
+        fetch_start = self._fetch_start(state, start)
         try:
-            result = validate(self.source.fetch(ticker, fetch_start, end), ticker)
+            if fetched is None:
+                fetched = self.source.fetch(ticker, fetch_start, end)
+            result = validate(fetched, ticker)
             if have_bars and self._rebased(ticker, result.bars, fetch_start, state.last_bar_date):
                 # Mixing bases would put a fake -69% return into the features at a 2:1 split.
                 log.info("%s: source re-based past prices; fetching its whole history again",
@@ -166,7 +249,7 @@ class BarCache:
             warnings.append(f"{ticker}: source returned {result.read} rows, "
                             f"{result.summary()}")
         count = write_bars(self.engine, result, self.source.name,
-                           refreshed=(ticker, self.clock()))
+                           refreshed=(ticker, self.clock()), after_write=self.after_write)
         if not have_bars and count.offered == 0:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "unknown", "no valid bars", at=self.clock())

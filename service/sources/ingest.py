@@ -10,7 +10,7 @@ import pandas as pd
 from sqlalchemy import Engine
 from tqdm import tqdm
 
-from service.sources.store import validate, write_bars
+from service.sources.store import AfterWrite, validate, write_bars
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,16 @@ class IngestReport:
 
 
 def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
-                 progress: bool = False) -> IngestReport:
-    """Validate a multi-ticker frame and upsert every valid row in one transaction."""
+                 progress: bool = False, after_write: AfterWrite | None = None) -> IngestReport:
+    """Validate a multi-ticker frame and upsert every valid row in one transaction.
+
+    `after_write(conn, tickers)` then runs in its own transaction (the ledger's scoring).
+    """
     result = validate(frame)
     bars = result.bars
     with tqdm(total=len(bars), unit="bars", desc="ingest", disable=not progress,
               mininterval=0.5) as bar:
-        count = write_bars(engine, result, source, progress=bar.update)
+        count = write_bars(engine, result, source, progress=bar.update, after_write=after_write)
     stored = count.offered
     report = IngestReport(read=result.read, stored=stored, written=count.written,
                           rejected=dict(result.rejected),
@@ -51,17 +54,39 @@ def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
 
 
 def ingest_file(engine: Engine, path: Path, ticker: str | None = None,
-                progress: bool = False) -> IngestReport:
+                progress: bool = False, after_write: AfterWrite | None = None) -> IngestReport:
     """Ingest a CSV/Parquet file of bars (see service.sources.csv for accepted layouts)."""
     from service.sources.csv import read_bars_file
 
     return ingest_frame(engine, read_bars_file(path, ticker=ticker), source="csv",
-                        progress=progress)
+                        progress=progress, after_write=after_write)
 
 
 def ingest_from_source(engine: Engine, source, tickers: list[str], start: dt.date | None,
-                       end: dt.date | None, progress: bool = False) -> IngestReport:
+                       end: dt.date | None, progress: bool = False,
+                       after_write: AfterWrite | None = None) -> IngestReport:
     """Fetch each ticker from a BarSource and ingest the lot."""
     frames = [source.fetch(t, start, end).assign(ticker=t) for t in tickers]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return ingest_frame(engine, frame, source=source.name, progress=progress)
+    return ingest_frame(engine, frame, source=source.name, progress=progress,
+                        after_write=after_write)
+
+
+def refresh_tickers(engine: Engine, settings, tickers: list[str] | None, *, chunk: int = 50,
+                    progress: bool = False, after_write: AfterWrite | None = None):
+    """Refresh `tickers` (None: every cached one) from the settings' source in batches of
+    `chunk`, throttled by its refresh interval; a RefreshReport."""
+    from service.db.bars import list_tickers
+    from service.sources.base import make_source
+    from service.sources.breaker import CircuitBreaker
+    from service.sources.cache import BarCache
+
+    if tickers is None:
+        with engine.connect() as conn:
+            tickers = [t.symbol for t in list_tickers(conn)]
+    cache = BarCache(engine, CircuitBreaker(make_source(settings)),
+                     refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
+                     after_write=after_write)
+    with tqdm(total=len(tickers), unit="tickers", desc="refresh", disable=not progress,
+              mininterval=0.5) as bar:
+        return cache.refresh_many(tickers, chunk=chunk, progress=bar.update)

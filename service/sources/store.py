@@ -9,13 +9,22 @@ transaction.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
+from service.core.errors import DatabaseUnavailable
 from service.db.bars import UpsertCount, record_refresh, upsert_bars
 from service.sources.validate import ValidationResult, validate_bars
+
+log = logging.getLogger(__name__)
+
+# Called with (connection, tickers) after bars of those tickers were written (the forecast
+# ledger scores what became due); its failure never undoes the bars.
+AfterWrite = Callable[[Connection, Sequence[str]], object]
 
 
 def validate(frame: pd.DataFrame, ticker: str | None = None) -> ValidationResult:
@@ -25,11 +34,23 @@ def validate(frame: pd.DataFrame, ticker: str | None = None) -> ValidationResult
 
 def write_bars(engine: Engine, validated: ValidationResult, source: str, *,
                refreshed: tuple[str, dt.datetime] | None = None,
-               progress: Callable[[int], None] | None = None) -> UpsertCount:
-    """Upsert the valid bars (ranges updated) and, for a refresh of (ticker, at), record it ok."""
+               progress: Callable[[int], None] | None = None,
+               after_write: AfterWrite | None = None) -> UpsertCount:
+    """Upsert the valid bars (ranges updated) and, for a refresh of (ticker, at), record it ok.
+
+    When rows were new or changed, `after_write(conn, tickers)` then runs in its own
+    transaction (the ledger scores what became due); if it fails the bars stay, logged.
+    """
     with engine.begin() as conn:
         count = upsert_bars(conn, validated.bars, source=source, progress=progress)
         if refreshed is not None:
             ticker, at = refreshed
             record_refresh(conn, ticker, "ok", None, at=at)
+    if count.written and after_write is not None:
+        tickers = sorted(validated.bars["ticker"].unique())
+        try:
+            with engine.begin() as conn:
+                after_write(conn, tickers)
+        except (SQLAlchemyError, DatabaseUnavailable) as exc:  # the guard's timeouts too
+            log.warning("bars stored, but the after-write step failed: %s", exc)
     return count

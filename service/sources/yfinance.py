@@ -31,7 +31,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -74,6 +74,7 @@ class YFinanceSource:
         backoff: float = 0.5,
         timeout: float = 10,
         ticker_factory: Callable[[str], object] = yfinance.Ticker,
+        download: Callable[..., pd.DataFrame] = yfinance.download,
         sleep: Callable[[float], None] = time.sleep,
         today: Callable[[], dt.datetime] | None = None,
         rng: random.Random | None = None,
@@ -92,6 +93,7 @@ class YFinanceSource:
         self.backoff = backoff
         self.timeout = timeout
         self.ticker_factory = ticker_factory
+        self.download = download
         self.sleep = sleep
         self.today = today or (lambda: dt.datetime.now(dt.UTC))
         self.rng = rng or random.Random()
@@ -117,12 +119,56 @@ class YFinanceSource:
             bars = bars[bars["date"] <= pd.Timestamp(end)]
         return bars.reset_index(drop=True)
 
+    def fetch_many(self, tickers: Sequence[str], start: dt.date | None = None,
+                   end: dt.date | None = None) -> dict[str, pd.DataFrame]:
+        """Bars of several tickers from one `yf.download` (its threads), not yet validated.
+
+        Tickers it returned no rows for are left out: yfinance logs why (unknown symbol, a
+        failed request) instead of saying so, so the caller asks `fetch` for each of them,
+        which tells an unknown ticker from an outage.
+        """
+        request: dict[str, object] = {
+            "tickers": list(tickers), "interval": "1d", "auto_adjust": False,
+            "actions": False, "group_by": "ticker", "threads": True, "progress": False,
+            "timeout": self.timeout, "multi_level_index": True}
+        if start is None:
+            request["period"] = "max"
+        else:
+            request["start"] = start
+        if end is not None:
+            request["end"] = end + dt.timedelta(days=1)
+        label = f"{len(request['tickers'])} tickers ({', '.join(list(tickers)[:3])}...)"
+        frame = self._retrying(lambda: self.download(**request), label)
+        out = {}
+        if frame is None or frame.empty or not isinstance(frame.columns, pd.MultiIndex):
+            return out
+        symbols = set(frame.columns.get_level_values(0))
+        for ticker in tickers:
+            if ticker not in symbols:
+                continue
+            # One ticker's columns; rows where it had no session (another exchange's) are NaN.
+            history = frame[ticker].dropna(how="all")
+            if history.empty:
+                continue
+            bars = self._to_bars(history, ticker)
+            if start is not None:
+                bars = bars[bars["date"] >= pd.Timestamp(start)]
+            if end is not None:
+                bars = bars[bars["date"] <= pd.Timestamp(end)]
+            if not bars.empty:
+                out[ticker] = bars.reset_index(drop=True)
+        return out
+
     def _history(self, ticker: str, request: dict[str, object]) -> pd.DataFrame:
         """Ticker.history with retries on rate limits and network errors."""
+        return self._retrying(lambda: self.ticker_factory(ticker).history(**request), ticker)
+
+    def _retrying(self, call: Callable[[], pd.DataFrame], ticker: str) -> pd.DataFrame:
+        """call() with retries on rate limits and network errors (ticker: for the messages)."""
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                return self.ticker_factory(ticker).history(**request)
+                return call()
             except YFTickerMissingError as exc:
                 log.debug("yfinance has no bars for %s: %s", ticker, exc)
                 raise UnknownTicker(

@@ -66,6 +66,23 @@ def message(page) -> str:
     return page.inner_text("#message")
 
 
+def fresh_text(page) -> str:
+    """The freshness line once the page has heard from the source (it does not wait for it)."""
+    page.wait_for_function(
+        "!document.getElementById('data-fresh').textContent.includes('checking')")
+    return page.inner_text("#data-fresh")
+
+
+def freshness(last_bar: dt.date, source: str) -> str:
+    """The freshness line the page should show for bars ending on last_bar (UTC today)."""
+    today = dt.datetime.now(dt.UTC).date()
+    age = (today - last_bar).days
+    behind = sum(1 for n in range(1, age) if (last_bar + dt.timedelta(days=n)).weekday() < 5)
+    state = (f"STALE: {behind:,} session{'s' if behind != 1 else ''} behind" if behind
+             else "up to date")
+    return f"Last bar {last_bar}, {age:,} day{'s' if age != 1 else ''} ago ({state}) · {source}"
+
+
 def api_forecast(live_app, ticker: str, horizon: int, as_of: str) -> dict:
     response = httpx.post(f"{live_app.url}predict/{ticker}",
                           json={"horizon": horizon, "as_of": as_of})
@@ -151,7 +168,9 @@ def test_forecast_draws_the_requested_days_with_band_and_indicator_panels(page, 
                              "forecast from there.")
     assert page.inner_text("#data-as-of") == end
     assert page.inner_text("#model-version") == live_app.model_version
-    assert page.inner_text("#data-fresh") == "OK: no failed refresh"
+    # The shared data ends in 2017: stale by its age, whatever the last refresh said.
+    assert fresh_text(page) == freshness(LAST_BAR, "source scripted: reachable")
+    assert page.get_attribute("#data-fresh", "class") == "fresh-stale"
     assert page.locator("#in-sample").is_hidden() == (LAST_BAR > live_app.validated_until)
     assert page.js_errors == []
 
@@ -258,7 +277,7 @@ def test_stale_bars_are_flagged_with_the_refresh_warning(page, live_app, artifac
         assert submit(page, "JPM", days=1, end="2017-12-29") == "ready"
     finally:
         live_app.source.fail_with = None
-    assert page.inner_text("#data-fresh") == "STALE: cached bars shown"
+    assert fresh_text(page) == freshness(LAST_BAR, "source scripted: unreachable")
     assert page.inner_text("#data-as-of") == LAST_BAR.isoformat()
     assert page.inner_text("#stale-warning strong") == (
         "Refreshing JPM failed: the bars shown may be out of date.")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import LoadedModelDep
 from service.api.model_slot import LoadedModel
 from service.api.problems import problem_responses
 from service.api.schemas import ModelPublic
+from service.core.errors import DatabaseUnavailable
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -37,9 +40,16 @@ def model_public(loaded: LoadedModel) -> ModelPublic:
 
 @router.get("/current", summary="The served model", response_model=ModelPublic,
             description="Version, feature spec, training tickers, split date ranges, "
-                        "validation metrics and the active onnxruntime providers "
-                        "(`session.get_providers()`, not merely the available ones).",
+                        "validation metrics, the active onnxruntime providers "
+                        "(`session.get_providers()`, not merely the available ones) and the "
+                        "per-feature drift (PSI) of recent sessions against training.",
             responses=problem_responses(503))
-async def get_current_model(loaded: LoadedModelDep) -> ModelPublic:
+async def get_current_model(loaded: LoadedModelDep, request: Request) -> ModelPublic:
     """Describe the model now served (503 problem+json when none is loaded)."""
-    return model_public(loaded)
+    public = model_public(loaded)
+    try:  # drift is computed from the cached bars (at most every few minutes)
+        public.drift = await run_in_threadpool(request.app.state.drift.get,
+                                               loaded.predictor.manifest)
+    except (SQLAlchemyError, DatabaseUnavailable, ValueError):  # the guard's timeouts too
+        public.drift = None
+    return public

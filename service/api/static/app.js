@@ -225,13 +225,23 @@
       ? await Promise.allSettled([
         api(`predict/${enc(ticker)}`, { method: "POST", body: { horizon: days, as_of: end } })])
       : [{ status: "rejected", reason: bars.reason }];
-    const [backtest] = await backtestAnswer;
+    // After the bars and the forecast: the bars' refresh (if any) says whether the source
+    // answers, and a live forecast is in the ledger by then. Asking a source that never
+    // answered can take seconds (offline: its retries), so the page does not wait for it.
+    const sourceAnswer = api(`source?ticker=${enc(ticker)}`).then(
+      (value) => ({ status: "fulfilled", value }), () => ({ status: "rejected" }));
+    const [[backtest], [live]] = await Promise.all(
+      [backtestAnswer, Promise.allSettled([loadLive(ticker)])]);
     let actual = null;
     if (forecast.status === "fulfilled") actual = await realizedAfter(ticker, forecast.value);
     if (id !== state.request) return; // a newer run started meanwhile
 
     renderBacktest(backtest, ticker, days);
-    renderFacts(ticker, bars, forecast);
+    renderLive(live, ticker);
+    renderFacts(ticker, bars, forecast, undefined);
+    sourceAnswer.then((source) => {
+      if (id === state.request) renderFacts(ticker, bars, forecast, source);
+    });
     if (bars.status === "rejected") {
       state.view = null;
       showApiError(`No chart for ${ticker}`, bars.reason);
@@ -290,6 +300,15 @@
       if (err.status === 404) return { scope: null, run: null, metrics: [] };
       throw err;
     }
+  }
+
+  // The served model's live record: this ticker's rows and all tickers pooled.
+  async function loadLive(ticker) {
+    const version = state.model ? `&model_version=${enc(state.model.version)}` : "";
+    const [own, pooled] = await Promise.all([
+      api(`metrics/live?ticker=${enc(ticker)}${version}`),
+      api(`metrics/live?ticker=${enc("*")}${version}`)]);
+    return { own: own.metrics, pooled: pooled.metrics };
   }
 
   // What actually happened after as_of, when the cache already holds those days: a past range
@@ -486,7 +505,7 @@
     el.className = className || "";
   }
 
-  function renderFacts(ticker, bars, forecast) {
+  function renderFacts(ticker, bars, forecast, source) {
     const info = state.tickers.get(ticker);
     const f = forecast.status === "fulfilled" ? forecast.value : null;
     const b = bars.status === "fulfilled" ? bars.value : null;
@@ -501,15 +520,21 @@
     note.textContent = note.hidden ? "" : `${f.as_of} is inside the period the model was ` +
       `trained and validated on (origins up to ${fitted}): this forecast is in-sample and ` +
       "looks better than a real one would.";
-    const stale = Boolean((f && f.stale) || (b && b.stale));
+    const lastBar = info ? info.last_bar_date : b && b.dates.length ? b.dates.at(-1) : null;
+    // undefined: still asking; null: the answer failed.
+    const src = source === undefined ? undefined
+      : source.status === "fulfilled" ? source.value : null;
+    const behind = lastBar ? sessionsBehind(lastBar) : 0;
+    const stale = Boolean((f && f.stale) || (b && b.stale));  // a refresh failed
     const warnings = [...new Set([...(b ? b.warnings : []), ...(f ? f.warnings : [])])];
     const box = $("stale-warning");
     if (!f && !b) {
       setText("data-fresh", "—");
       box.hidden = true;
     } else {
-      setText("data-fresh", stale ? "STALE: cached bars shown" : "OK: no failed refresh",
-              stale ? "fresh-stale" : "fresh-ok");
+      // Old bars are stale whether or not a refresh failed: never "OK" for them.
+      setText("data-fresh", freshness(lastBar, behind, src),
+              stale || behind > 0 ? "fresh-stale" : "fresh-ok");
       box.replaceChildren();
       if (stale) {
         const strong = document.createElement("strong");
@@ -527,6 +552,107 @@
       }
       box.hidden = !stale && warnings.length === 0;
     }
+  }
+
+  // Weekdays after the last bar up to yesterday (today's session is not over): 0 = up to date.
+  // Exchange holidays are not known here; a holiday can make the line say 1 session behind.
+  function sessionsBehind(lastBar) {
+    let n = 0;
+    const today = isoDay(new Date());
+    for (let d = addDays(lastBar, 1); d < today; d = addDays(d, 1)) {
+      const weekday = parseDay(d).getUTCDay();
+      if (weekday !== 0 && weekday !== 6) n += 1;
+    }
+    return n;
+  }
+
+  // "Last bar 2017-12-06, 3,282 days ago (2,344 sessions behind) · source yfinance: unreachable"
+  function freshness(lastBar, behind, src) {
+    if (!lastBar) return "—";
+    const age = Math.round((parseDay(isoDay(new Date())) - parseDay(lastBar)) / DAY_MS);
+    const parts = [`Last bar ${lastBar}, ${age.toLocaleString("en-US")} ` +
+                   `day${age === 1 ? "" : "s"} ago`];
+    parts[0] += behind > 0
+      ? ` (STALE: ${behind.toLocaleString("en-US")} session${behind === 1 ? "" : "s"} behind)`
+      : " (up to date)";
+    if (src === undefined) parts.push("source: checking…");
+    else if (!src) parts.push("source: status unknown");
+    else if (src.name === "none") parts.push("no source configured (cache only)");
+    else if (src.reachable === null) parts.push(`source ${src.name}: not asked yet`);
+    else parts.push(`source ${src.name}: ${src.reachable ? "reachable" : "unreachable"}`);
+    return parts.join(" · ");
+  }
+
+  function renderLive(result, ticker) {
+    const box = $("live");
+    box.replaceChildren();
+    const para = (text, className = "muted") => {
+      const p = document.createElement("p");
+      p.className = className;
+      p.textContent = text;
+      box.append(p);
+      return p;
+    };
+    if (result.status === "rejected") {
+      const problem = result.reason.problem || {};
+      para(`Live metrics unavailable: ${problem.title || "error"} — ${problem.detail || ""}`);
+      return;
+    }
+    const version = state.model ? state.model.version : "the served model";
+    const { own, pooled } = result.value;
+    const scored = (rows) => rows.some((r) => r.n_scored > 0);
+    const recorded = (rows) => rows.reduce((n, r) => Math.max(n, r.n_forecasts), 0);
+    if (!own.length && !pooled.length) {
+      para(`No live forecast by model ${version} is recorded yet. Every forecast served as of ` +
+           "the latest cached bar is recorded, and scored when its bar arrives.");
+      return;
+    }
+    let rows = own, scope = ticker;
+    if (!scored(own)) {
+      para(own.length
+        ? `${ticker}: ${recorded(own)} live forecast${recorded(own) === 1 ? "" : "s"} ` +
+          "recorded per horizon, none scored yet (each is scored when its target bar arrives)."
+        : `${ticker}: no live forecast recorded yet.`, "notice");
+      rows = pooled;
+      scope = "All tickers";
+    }
+    if (!scored(rows)) return;
+    para(`${scope}: model ${version}, scored live forecasts against naive.`, "live-meta");
+    const table = document.createElement("table");
+    table.className = "metrics-table";
+    table.id = "live-table";
+    const caption = document.createElement("caption");
+    caption.className = "visually-hidden";
+    caption.textContent = `Live forecasts of ${scope} by horizon`;
+    table.append(caption);
+    const head = table.createTHead().insertRow();
+    for (const text of ["Horizon", "Scored", "MAE", "Naive MAE", "Rel MAE", "In band"]) {
+      const th = document.createElement("th");
+      th.scope = "col";
+      th.textContent = text;
+      head.append(th);
+    }
+    const body = table.createTBody();
+    const money = (v) => (v === null ? "—" : `$${v.toFixed(3)}`);
+    for (const r of rows.filter((x) => x.n_scored > 0)) {
+      const tr = body.insertRow();
+      tr.dataset.horizon = String(r.horizon);
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = `${r.horizon} d`;
+      tr.append(th);
+      const cells = [`${r.n_scored} of ${r.n_forecasts}`, money(r.mae), money(r.naive_mae),
+                     r.rel_mae === null ? "—" : r.rel_mae.toFixed(3),
+                     r.coverage === null ? "—" : `${(100 * r.coverage).toFixed(1)}%`];
+      for (const text of cells) tr.insertCell().textContent = text;
+      if (r.rel_mae !== null && r.rel_mae !== 1) {
+        tr.cells[4].className = r.rel_mae < 1 ? "better" : "worse";
+      }
+    }
+    const scroll = document.createElement("div");
+    scroll.className = "table-scroll";  // a phone scrolls the table, never the page
+    scroll.append(table);
+    box.append(scroll);
   }
 
   function renderModel() {

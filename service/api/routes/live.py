@@ -1,0 +1,66 @@
+"""GET /metrics/live: how the served forecasts have done, from the forecast ledger."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy.exc import DBAPIError
+
+from service.api.deps import EngineDep
+from service.api.problems import problem_responses
+from service.api.schemas import LiveMetricsPublic, LiveMetricsRowPublic
+from service.core.errors import DatabaseUnavailable
+from service.core.tickers import normalize_ticker
+from service.evaluation.ledger import live_report
+from service.forecasting.live import POOLED
+
+router = APIRouter(prefix="/metrics", tags=["backtest"])
+
+
+def _number(value) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@router.get(
+    "/live",
+    summary="Live forecast metrics",
+    response_model=LiveMetricsPublic,
+    description=(
+        "Every live forecast the API served (as of the latest cached bar; `as_of` what-ifs are "
+        "not recorded) is kept once per (ticker, as_of, model version, horizon) and scored when "
+        "its target bar arrives. Per (ticker or pooled `*`, horizon, model version): forecasts "
+        "recorded and scored, MAE and naive's MAE on the same forecasts in dollars, their ratio "
+        "and the band's coverage; null until something is scored. An empty list when nothing "
+        "matches."),
+    responses=problem_responses(422, 503),
+)
+def get_live_metrics(
+    engine: EngineDep,
+    ticker: Annotated[str | None, Query(
+        description="One ticker (default: pooled and every ticker).", max_length=15)] = None,
+    horizon: Annotated[int | None, Query(ge=1, le=10_000,
+                                         description="One horizon (default: all).")] = None,
+    model_version: Annotated[str | None, Query(
+        max_length=64, description="One model version (default: all).")] = None,
+) -> LiveMetricsPublic:
+    """The ledger's metrics, filtered."""
+    if ticker is not None and ticker != POOLED:
+        ticker = normalize_ticker(ticker)  # InvalidTicker -> 422 problem
+    try:
+        with engine.connect() as conn:
+            report = live_report(conn, ticker=None if ticker == POOLED else ticker,
+                                 horizon=horizon, model_version=model_version,
+                                 per_ticker=ticker != POOLED)
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(
+            f"cannot read the forecast ledger ({exc.__class__.__name__}); is the database "
+            "migrated?") from exc
+    return LiveMetricsPublic(metrics=[
+        LiveMetricsRowPublic(
+            ticker=r["ticker"], horizon=int(r["horizon"]), model_version=r["model_version"],
+            n_forecasts=int(r["n_forecasts"]), n_scored=int(r["n_scored"]),
+            **{k: _number(r[k]) for k in ("mae", "naive_mae", "rel_mae", "coverage")})
+        for r in report.to_dict("records")
+    ])

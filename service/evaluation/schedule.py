@@ -1,0 +1,142 @@
+"""The scheduler's jobs: the daily cycle after the NYSE close (refresh the universe's bars, score
+the ledger, record the universe's live forecasts) and the periodic retrain -> backtest -> gate.
+
+Each job runs for a key — the session it covers, the retrain period — at most once to `ok`
+(idempotent: a second scheduler, or a restart, skips a key already done) and one at a time
+across processes (service.db.jobs.job_lock: a Postgres advisory lock). Every attempt is recorded
+in job_runs; GET /jobs and Prometheus show the last one of each job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from service.artifacts.manifest import resolve_current
+from service.core.config import Settings
+from service.core.errors import StockcastError
+from service.db import jobs as jobs_db
+from service.db.bars import read_bars
+from service.db.ledger import record_forecasts
+from service.evaluation.ledger import ledger_rows, score_ledger
+from service.forecasting.calendar import last_closed_session
+from service.inference.predictor import Predictor
+from service.sources.ingest import refresh_tickers
+
+log = logging.getLogger(__name__)
+
+DAILY = "daily"
+RETRAIN = "retrain"
+# Bars read per ticker for a forecast beyond the window's minimum (as the API does).
+FORECAST_EXTRA_BARS = 300
+
+
+def runner_name() -> str:
+    """Who ran a job: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What one attempt to run a job for a key did: ran (ok / failed / refused) or skipped."""
+
+    job: str
+    key: str
+    status: str  # ok, failed, refused, skipped-done, skipped-running
+    detail: str = ""
+
+
+def run_job(engine: Engine, job: str, key: str, work: Callable[[], str],
+            runner: str | None = None) -> JobOutcome:
+    """Run `work` for (job, key) unless it is running elsewhere or already done for the key.
+
+    `work` returns a one-line detail; a StockcastError (the gate's PromotionRefused) makes the
+    run `refused` — done for the key, like `ok`: the gate's no is an answer — and any other
+    exception `failed` (recorded and logged; the key is tried again at the next poll).
+    """
+    runner = runner or runner_name()
+    with jobs_db.job_lock(engine, job) as held:
+        if not held:
+            return JobOutcome(job, key, "skipped-running", "another scheduler holds the lock")
+        with engine.begin() as conn:
+            if jobs_db.succeeded(conn, job, key):
+                return JobOutcome(job, key, "skipped-done", f"{job} already done for {key}")
+            run_id = jobs_db.start_run(conn, job, key, runner)
+        try:
+            status, detail = "ok", work()
+        except StockcastError as exc:
+            status, detail = "refused", str(exc)
+        except Exception as exc:  # a job's failure is recorded, not fatal
+            status, detail = "failed", f"{exc.__class__.__name__}: {exc}"
+            log.exception("job %s for %s failed", job, key)
+        with engine.begin() as conn:
+            jobs_db.finish_run(conn, run_id, status, detail)
+    return JobOutcome(job, key, status, detail)
+
+
+def record_universe_forecasts(engine: Engine, settings: Settings, tickers: Sequence[str],
+                              horizon: int | None = None) -> int:
+    """Forecast every ticker as of its latest cached bar and record them in the ledger."""
+    predictor = Predictor.load(resolve_current(settings.model_dir), settings.ort_provider,
+                               settings.ort_intra_op_threads)
+    horizon = horizon or predictor.spec.horizon
+    items = []
+    for ticker in tickers:
+        bars = read_bars(engine, ticker, last=predictor.min_bars + FORECAST_EXTRA_BARS)
+        if len(bars) >= predictor.min_bars:
+            items.append((ticker, bars))
+    forecasts = predictor.forecast_many(items, horizon) if items else []
+    quantiles = predictor.spec.quantiles
+    rows = [row for f in forecasts for row in ledger_rows(f, quantiles[0], quantiles[-1])]
+    with engine.begin() as conn:
+        return record_forecasts(conn, rows)
+
+
+def daily_cycle(engine: Engine, settings: Settings, tickers: Sequence[str]) -> str:
+    """Refresh the tickers' bars (batched), score the ledger, record their live forecasts."""
+    refreshed = refresh_tickers(engine, settings, list(tickers), after_write=score_ledger)
+    with engine.begin() as conn:
+        scored = score_ledger(conn)
+    recorded = record_universe_forecasts(engine, settings, tickers)
+    return f"{refreshed.summary()}; {scored} forecasts scored; {recorded} recorded"
+
+
+def retrain_key(today: dt.date, every_days: int) -> str:
+    """The retrain period holding `today`: periods of `every_days` days from 2000-01-01."""
+    index = (today - dt.date(2000, 1, 1)).days // every_days
+    return (dt.date(2000, 1, 1) + dt.timedelta(days=index * every_days)).isoformat()
+
+
+def run_due(engine: Engine, settings: Settings, tickers: Sequence[str],
+            retrain: Callable[[], str] | None, now: dt.datetime, retrain_every_days: int = 30
+            ) -> list[JobOutcome]:
+    """Run every job that is due at `now`: the daily cycle for the last closed session, and
+    (with `retrain`) the retrain of the current period."""
+    session = last_closed_session(now).isoformat()
+    outcomes = [run_job(engine, DAILY, session, lambda: daily_cycle(engine, settings, tickers))]
+    if retrain is not None:
+        outcomes.append(run_job(engine, RETRAIN, retrain_key(now.date(), retrain_every_days),
+                                retrain))
+    return outcomes
+
+
+def run_forever(engine: Engine, settings: Settings, tickers: Sequence[str],
+                retrain: Callable[[], str] | None, *, poll_seconds: float = 300.0,
+                retrain_every_days: int = 30,
+                clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                sleep: Callable[[float], None] = time.sleep,
+                stop: Callable[[], bool] = lambda: False) -> None:
+    """A plain loop: every poll, run what is due (each job idempotent per key)."""
+    while not stop():
+        for outcome in run_due(engine, settings, tickers, retrain, clock(), retrain_every_days):
+            if not outcome.status.startswith("skipped"):
+                log.info("%s %s: %s %s", outcome.job, outcome.key, outcome.status,
+                         outcome.detail)
+        sleep(poll_seconds)

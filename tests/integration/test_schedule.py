@@ -1,0 +1,241 @@
+"""Scheduled jobs against the real databases: one run per key across two schedulers (the
+Postgres advisory lock), idempotent re-runs, the daily cycle, and a retrain the gate refuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+
+from service.artifacts.manifest import load_manifest
+from service.db import jobs as jobs_db
+from service.db.backtests import store_run
+from service.db.ledger import read_ledger
+from service.db.session import make_engine
+from service.evaluation.promotion import promote
+from service.evaluation.schedule import DAILY, RETRAIN, retrain_key, run_due, run_job
+from service.evaluation.scoring import MODEL, NAIVE, POOLED
+from tests.api_factories import api_settings, copy_models, store_bars
+from tests.tiny_model import TINY_TICKERS, synthetic_bars_multi
+
+
+def test_two_schedulers_never_run_one_job_twice(db_url):
+    """Two scheduler instances (each its own engine, as two replicas) start the same job at
+    once, three times over: the work runs exactly once; the other is told why it skipped."""
+    ran = []
+    engines = [make_engine(db_url), make_engine(db_url)]
+    try:
+        def work():
+            ran.append(threading.current_thread().name)
+            time.sleep(0.5)  # long enough for the other instance to arrive meanwhile
+            return "done"
+
+        def instance(engine, name, start, outcomes):
+            start.wait()
+            outcomes.append(run_job(engine, DAILY, "2021-05-20", work, runner=name))
+
+        for _ in range(3):
+            outcomes = []
+            start = threading.Barrier(2)
+            threads = [threading.Thread(target=instance,
+                                        args=(e, f"replica-{i}", start, outcomes))
+                       for i, e in enumerate(engines)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            assert sorted(o.status for o in outcomes) in (
+                ["ok", "skipped-running"], ["ok", "skipped-done"],
+                ["skipped-done", "skipped-done"], ["skipped-done", "skipped-running"])
+        assert len(ran) == 1
+        with engines[0].connect() as conn:
+            runs = jobs_db.runs_of(conn, DAILY)
+        assert [(r.run_key, r.status, r.detail) for r in runs] == [("2021-05-20", "ok", "done")]
+        # Another key is another run.
+        assert run_job(engines[1], DAILY, "2021-05-21", work).status == "ok"
+        assert len(ran) == 2
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_a_failed_job_is_recorded_and_tried_again(db_url):
+    engine = make_engine(db_url)
+    try:
+        calls = []
+
+        def flaky():
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("upstream hiccup")
+            return "fine"
+
+        first = run_job(engine, DAILY, "2021-05-20", flaky)
+        assert (first.status, first.detail) == ("failed", "RuntimeError: upstream hiccup")
+        assert run_job(engine, DAILY, "2021-05-20", flaky).status == "ok"
+        with engine.connect() as conn:
+            last = jobs_db.last_runs(conn)
+        assert last[DAILY].status == "ok" and last[DAILY].finished_at is not None
+    finally:
+        engine.dispose()
+
+
+def test_the_daily_cycle_records_the_universe_and_runs_once_per_session(sqlite_url,
+                                                                       tiny_artifact):
+    store_bars(sqlite_url, synthetic_bars_multi(), reset=True)
+    settings = api_settings(sqlite_url, tiny_artifact.model_dir)
+    engine = make_engine(sqlite_url)
+    now = dt.datetime(2021, 5, 20, 23, 0, tzinfo=dt.UTC)  # Thursday, after the close
+    try:
+        first = run_due(engine, settings, TINY_TICKERS, None, now)
+        assert [(o.job, o.key, o.status) for o in first] == [(DAILY, "2021-05-20", "ok")]
+        # No source configured: the refresh fails, the ledger still gets the live forecasts.
+        assert "failed=3" in first[0].detail
+        with engine.connect() as conn:
+            ledger = read_ledger(conn)
+        horizon = load_manifest(tiny_artifact.artifact_dir).spec.horizon
+        assert len(ledger) == len(TINY_TICKERS) * horizon
+        assert set(ledger["as_of"]) == {dt.date(2021, 5, 19)}
+        again = run_due(engine, settings, TINY_TICKERS, None, now + dt.timedelta(hours=1))
+        assert [o.status for o in again] == ["skipped-done"]
+    finally:
+        engine.dispose()
+
+
+def test_a_retrain_the_gate_refuses_leaves_models_current_alone(sqlite_url, tiny_artifact,
+                                                                tmp_path):
+    store_bars(sqlite_url, synthetic_bars_multi(), reset=True)
+    models = tmp_path / "models"
+    old = copy_models(tiny_artifact.artifact_dir, models)
+    engine = make_engine(sqlite_url)
+    try:
+        def retrain():
+            # What the training pipeline does after export: a stored out-of-sample backtest
+            # of the new version, then the gate. This version loses to naive by 5%.
+            new = copy_models(tiny_artifact.artifact_dir, models, version="retrained")
+            (models / "current").write_text(old.name + "\n")  # copy_models points current
+            manifest = load_manifest(new)
+            with engine.begin() as conn:
+                store_run(conn, model_version=manifest.version,
+                          start=manifest.split.test[0], end=dt.date(2021, 5, 18),
+                          tickers=manifest.tickers, config={"in_sample_origins": False},
+                          metrics=[(POOLED, 1, MODEL, "mae", 1.05), (POOLED, 1, NAIVE, "mae", 1.0)])
+            return promote(engine, models, manifest.version).describe()
+
+        settings = api_settings(sqlite_url, models)
+        now = dt.datetime(2021, 5, 20, 23, 0, tzinfo=dt.UTC)
+        outcomes = run_due(engine, settings, TINY_TICKERS, retrain, now)
+        retrained = outcomes[1]
+        assert (retrained.job, retrained.key) == (RETRAIN, retrain_key(now.date(), 30))
+        assert retrained.status == "refused"
+        assert "loses to naive by 5.00%" in retrained.detail
+        assert (models / "current").read_text().strip() == old.name
+        # The gate's answer is final for the period: no retrain again until the next one.
+        later = run_due(engine, settings, TINY_TICKERS, retrain, now + dt.timedelta(days=1))
+        assert [o.status for o in later] == ["ok", "skipped-done"]
+    finally:
+        engine.dispose()
+
+
+def test_retrain_periods_are_fixed_windows():
+    assert retrain_key(dt.date(2021, 5, 20), 30) == retrain_key(dt.date(2021, 5, 21), 30)
+    keys = {retrain_key(dt.date(2021, 1, 1) + dt.timedelta(days=d), 30) for d in range(90)}
+    assert len(keys) in (3, 4)
+
+
+@pytest.mark.parametrize("now, session", [
+    (dt.datetime(2021, 5, 20, 19, 0, tzinfo=dt.UTC), "2021-05-19"),  # 15:00 New York: open
+    (dt.datetime(2021, 5, 20, 22, 30, tzinfo=dt.UTC), "2021-05-20"),  # 2.5 h after the close
+    (dt.datetime(2021, 5, 31, 23, 0, tzinfo=dt.UTC), "2021-05-28"),  # Memorial Day
+])
+def test_the_daily_key_is_the_last_closed_nyse_session(now, session):
+    from service.forecasting.calendar import last_closed_session
+
+    assert last_closed_session(now).isoformat() == session
+
+
+def test_jobs_endpoint_and_metrics_show_each_jobs_last_run(sqlite_url, tiny_artifact):
+    from fastapi.testclient import TestClient
+
+    from service.api.main import create_app
+
+    store_bars(sqlite_url, synthetic_bars_multi().head(0), reset=True)
+    engine = make_engine(sqlite_url)
+    try:
+        run_job(engine, DAILY, "2021-05-19", lambda: "first", runner="replica-0")
+
+        def broken():
+            raise RuntimeError("disk full")
+
+        run_job(engine, DAILY, "2021-05-20", broken, runner="replica-1")
+    finally:
+        engine.dispose()
+    with TestClient(create_app(api_settings(sqlite_url, tiny_artifact.model_dir))) as client:
+        jobs = client.get("/jobs").json()["jobs"]
+        exposition = client.get("/metrics").text
+    assert len(jobs) == 1
+    daily = jobs[0]
+    assert (daily["job"], daily["run_key"], daily["status"], daily["detail"],
+            daily["runner"]) == (DAILY, "2021-05-20", "failed", "RuntimeError: disk full",
+                                 "replica-1")
+    assert daily["last_ok_at"] is not None and daily["finished_at"] is not None
+    assert 'stockcast_job_last_run_timestamp_seconds{job="daily",status="failed"}' in exposition
+    assert 'stockcast_job_last_ok_timestamp_seconds{job="daily"}' in exposition
+
+
+def test_schedule_once_runs_the_due_jobs_and_says_what_they_did(cli_env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.core.config import get_settings
+
+    monkeypatch.setenv("STOCKCAST_SOURCE", "none")
+    get_settings.cache_clear()
+    runner = CliRunner()
+    first = runner.invoke(app, ["schedule", "--once", "--retrain-every-days", "0"])
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("daily ") and ": ok refreshed 24 tickers" in first.output
+    again = runner.invoke(app, ["schedule", "--once", "--retrain-every-days", "0"])
+    assert ": skipped-done daily already done for" in again.output
+    bad = runner.invoke(app, ["schedule", "--once", "--universe", "nasdaq"])
+    assert bad.exit_code == 1 and "error: unknown universe 'nasdaq'" in bad.output
+
+
+INSTANCE = """
+import sys, time
+from service.db.session import make_engine
+from service.evaluation.schedule import run_job
+engine = make_engine(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both start together
+outcome = run_job(engine, "daily", "2021-05-20", lambda: time.sleep(1.0) or "slept",
+                  runner=sys.argv[3])
+print(outcome.status)
+engine.dispose()
+"""
+
+
+def test_two_scheduler_processes_on_postgres_run_a_job_once(pg_server_url):
+    """Two OS processes, as two replicas of the scheduler service, on the real Postgres."""
+    import subprocess
+    import sys
+
+    from service.db.session import reset_database
+
+    reset_database(pg_server_url)
+    start_at = str(time.time() + 6.0)  # after both interpreters have imported everything
+    procs = [subprocess.Popen([sys.executable, "-c", INSTANCE, pg_server_url, start_at,
+                               f"replica-{i}"], stdout=subprocess.PIPE, text=True)
+             for i in range(2)]
+    statuses = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    # Normally they overlap (skipped-running); a process slowed past the first one's second
+    # of work finds the key done instead. Either way the work ran once.
+    assert statuses in (["ok", "skipped-running"], ["ok", "skipped-done"])
+    engine = make_engine(pg_server_url)
+    try:
+        with engine.connect() as conn:
+            runs = jobs_db.runs_of(conn, DAILY)
+    finally:
+        engine.dispose()
+    assert [(r.status, r.detail) for r in runs] == [("ok", "slept")]
