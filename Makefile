@@ -7,21 +7,27 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export STOCKCAST_DATABASE_URL ?= sqlite:///./stockcast.db
 
-.PHONY: run test fuzz train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest bench-load backtest lint clean
+.PHONY: run test fuzz train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest bench-load backtest lint clean compose-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Runtime only (no torch): what the service needs.
+# Runtime only (no torch): what the service needs (the runtime image's dependencies).
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# Everything: runtime + training (torch==2.13.0, the CPU wheel on these machines) + test tools.
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[train,dev]"
+# The backtest extra: statsmodels (ARIMA, Diebold-Mariano) and matplotlib (plots).
+$(VENV)/.backtest: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[backtest]"
 	touch $@ $(VENV)/.runtime
+
+# Everything: runtime + training (torch==2.13.0, the CPU wheel on these machines) + the backtest
+# and parquet extras + test tools.
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[train,backtest,parquet,dev]"
+	touch $@ $(VENV)/.runtime $(VENV)/.backtest
 
 migrate: $(VENV)/.runtime
 	$(BIN)/stockcast db upgrade
@@ -53,7 +59,7 @@ fuzz: $(VENV)/.dev
 train: $(VENV)/.dev seed
 	$(BIN)/stockcast train --universe top24 --threads 1
 
-backtest: $(VENV)/.runtime seed
+backtest: $(VENV)/.backtest seed
 	$(BIN)/stockcast backtest
 
 bench: bench-ingest bench-train bench-serve bench-backtest bench-load
@@ -72,6 +78,11 @@ bench-backtest: $(VENV)/.dev
 
 bench-load: $(VENV)/.dev
 	$(BIN)/python bench/load.py
+
+# Builds the images and runs the compose stack with podman, then tears it down (minutes; not
+# part of `make test`). Needs root or a working podman; see .ci/compose-smoke.
+compose-smoke:
+	.ci/compose-smoke
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service training tests bench

@@ -355,6 +355,13 @@ def backtest(
         help="Print the README's form of the table (fewer columns, methods by title).")] = False,
 ):
     """Walk-forward backtest of the model vs baselines: store it, print the table, write plots."""
+    from importlib.util import find_spec
+
+    # The runtime image leaves the backtest extra out; say so instead of a ModuleNotFoundError.
+    if not all(find_spec(name) for name in ("statsmodels", "matplotlib")):
+        _fail("stockcast backtest needs the backtest extra (statsmodels, matplotlib): "
+              "pip install 'stockcast[backtest]'; in Docker, the train image has it")
+
     from service.artifacts.manifest import artifact_path, resolve_current
     from service.core.errors import StockcastError
     from service.evaluation.runs import backtest_and_store

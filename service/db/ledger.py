@@ -33,8 +33,9 @@ def record_forecasts(conn: Connection, rows: Iterable[dict]) -> int:
     new = 0
     for i in range(0, len(rows), CHUNK_ROWS):
         stmt = insert(_LEDGER).values(rows[i : i + CHUNK_ROWS])
-        new += conn.execute(stmt.on_conflict_do_nothing(index_elements=list(KEY_COLUMNS))
-                            ).rowcount
+        # RETURNING counts the rows really inserted: psycopg reports rowcount -1 here.
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(KEY_COLUMNS))
+        new += len(conn.execute(stmt.returning(_LEDGER.c.ticker)).all())
     return new
 
 

@@ -394,7 +394,8 @@ def test_chart_indicators_are_the_features_in_price_units():
 
 
 # Run in a fresh interpreter: serve the shipped model end to end (lifespan, a forecast, bars
-# with indicators, a stored backtest), then report whether anything loaded torch on the way.
+# with indicators, a stored backtest), then report whether anything loaded torch, or what the
+# runtime image leaves out (the backtest extra: statsmodels/scipy, matplotlib), on the way.
 SERVE_WITHOUT_TORCH = """
 import datetime as dt
 import json
@@ -430,11 +431,12 @@ print(json.dumps({
     "n_bars": len(bars.json()["dates"]),
     "mae": [m["mae"] for m in backtest.json()["metrics"]],
     "torch": "torch" in sys.modules,
+    "extras": [m for m in ("statsmodels", "scipy", "matplotlib") if m in sys.modules],
 }))
 """
 
 
-def test_serving_the_shipped_model_never_imports_torch(tmp_path):
+def test_serving_the_shipped_model_never_imports_torch_or_the_backtest_extra(tmp_path):
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     out = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_TORCH, url], capture_output=True,
                          text=True, cwd=PROJECT_ROOT, check=False, timeout=120)
@@ -446,6 +448,7 @@ def test_serving_the_shipped_model_never_imports_torch(tmp_path):
     assert result["n_bars"] > 200  # the default chart year
     assert result["mae"] == [1.0, 1.1]  # the stored run: model, then naive
     assert result["torch"] is False
+    assert result["extras"] == []  # `make compose-smoke` runs the image without them
 
 
 def _compose_command() -> list[str] | None:

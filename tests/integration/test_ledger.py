@@ -207,3 +207,20 @@ def test_source_status_says_what_the_last_answer_was(db_url, tiny_artifact):
         assert again["reachable"] is False
         assert again["detail"] == f"the last refresh of AAA failed: {timeout_error('AAA')}"
         assert client.get("/source").json()["reachable"] is None  # no ticker: not asked
+
+
+def test_recording_counts_only_new_forecasts_on_every_backend(db_url):
+    # psycopg reports rowcount -1 for INSERT .. ON CONFLICT DO NOTHING; the count must be real.
+    from service.db.ledger import FORECAST_COLUMNS, record_forecasts
+
+    row = dict(zip(FORECAST_COLUMNS, ("AAA", dt.date(2017, 1, 3), "v1", 1, dt.date(2017, 1, 4),
+                                      10.0, 9.0, 10.0, 11.0, 0.1, 0.9), strict=True))
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            assert record_forecasts(conn, [row, {**row, "horizon": 2}]) == 2
+        with engine.begin() as conn:
+            assert record_forecasts(conn, [row, {**row, "horizon": 3}]) == 1
+    finally:
+        engine.dispose()
+    assert sorted(ledger(db_url)["horizon"]) == [1, 2, 3]
