@@ -93,7 +93,7 @@ def test_every_operation_passes_every_schemathesis_check(fuzz_url, tiny_artifact
              "--seed", str(SEED), "--header", f"X-API-Key: {API_KEY}",
              "--generation-database", "none", "--request-timeout", "30", "--workers", "1",
              "--report", "ndjson", "--report-ndjson-path", str(tmp_path / "events.ndjson")],
-            check=False, capture_output=True, text=True, timeout=1200,
+            check=False, capture_output=True, text=True, timeout=1200, cwd=tmp_path,  # its cache
             env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"})
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-20000:]
