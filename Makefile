@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export STOCKCAST_DATABASE_URL ?= sqlite:///./stockcast.db
 
-.PHONY: run test fuzz train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest bench-load backtest lint clean compose-smoke
+.PHONY: run test fuzz train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest bench-load backtest evaluate lint clean compose-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,19 @@ train: $(VENV)/.dev seed
 
 backtest: $(VENV)/.backtest seed
 	$(BIN)/stockcast backtest
+
+# Rolling walk-forward with retraining (issue 13): one model per block of EVAL_EVERY sessions,
+# each trained on bars before its block; block models are cached in var/rolling, so a rerun
+# resumes. The data begin 2012-12-06: the first block needs ~2 years before it (README).
+EVAL_UNIVERSE ?= top24
+EVAL_START ?= 2015-01-02
+EVAL_END ?= 2017-12-05
+EVAL_EVERY ?= 126
+EVAL_EPOCHS ?= 40
+EVAL_WORKERS ?= 1
+evaluate: $(VENV)/.dev seed
+	$(BIN)/stockcast evaluate --universe $(EVAL_UNIVERSE) --start $(EVAL_START) --end $(EVAL_END) \
+		--retrain-every $(EVAL_EVERY) --epochs $(EVAL_EPOCHS) --workers $(EVAL_WORKERS) --threads 1
 
 bench: bench-ingest bench-train bench-serve bench-backtest bench-load
 

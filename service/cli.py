@@ -422,6 +422,95 @@ def _echo_backtest(run, readme: bool = False) -> None:
 
 
 @app.command()
+def evaluate(
+    tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
+    universe: Annotated[str, typer.Option(help="Named ticker universe.")] = "top24",
+    start: Annotated[dt.datetime, typer.Option(
+        formats=["%Y-%m-%d"], help="First origin of the rolling period.")] = "2015-01-02",
+    end: Annotated[dt.datetime, typer.Option(
+        formats=["%Y-%m-%d"], help="Last origin of the rolling period.")] = "2017-12-05",
+    retrain_every: Annotated[int, typer.Option(help="Sessions per block (one model each).")] = 126,
+    window: Annotated[str, typer.Option(help="expanding or sliding training window.")] = (
+        "expanding"),
+    sliding_sessions: Annotated[int, typer.Option(help="Sessions of a sliding window.")] = 756,
+    epochs: Annotated[int | None, typer.Option(help="Max epochs per block model.")] = None,
+    features: Annotated[str | None, typer.Option(
+        help="Feature set (ablation): returns or indicators (default: the config's).")] = None,
+    horizons: Annotated[str, typer.Option(help="Comma list, in trading days.")] = "1,5,30",
+    baselines: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
+    top_k: Annotated[int, typer.Option(help="Long the top k, short the bottom k, daily.")] = 5,
+    cost_bp: Annotated[float, typer.Option(help="Trading cost, basis points per side.")] = 5.0,
+    workers: Annotated[int, typer.Option(help="Blocks trained in parallel (processes).")] = 1,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads per block.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; options win.")] = None,
+    model_dir: Annotated[Path | None, typer.Option(
+        help="Where block models and their cache go (default: var/rolling).")] = None,
+    plots_dir: Annotated[Path | None, typer.Option(
+        help="Where the PNGs go (default: var/evaluations/run-<id>).")] = None,
+    progress: bool = True,
+):
+    """Rolling walk-forward: retrain every N sessions, forecast each block out of sample, store.
+
+    Each block's model trains on bars strictly before the block (with the usual gap) and is
+    cached by the content hash of its config and bars, so a rerun resumes. The stitched run is
+    stored as the latest backtest (GET /metrics/backtest), with a per-block breakdown, HAC
+    t-statistics and a costed top-k/bottom-k portfolio beside buy-and-hold and 1-day reversal.
+    """
+    import json
+
+    from service.core.config import PROJECT_ROOT
+    from service.core.errors import StockcastError
+    from service.forecasting.baselines import BASELINES
+    from service.forecasting.spec import FEATURE_SETS, UNIVERSES
+    from training.config import TrainConfig
+    from training.rolling import RollingSpec, evaluate_rolling
+    from training.train import TrainingDiverged
+
+    base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
+    if tickers:
+        names = tuple(_parse_tickers(tickers))
+    elif universe in UNIVERSES:
+        names = UNIVERSES[universe]
+    else:
+        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    changes: dict = {"tickers": names, "progress": progress}
+    if features is not None:
+        if features not in FEATURE_SETS:
+            _fail(f"unknown feature set {features!r}; known: {sorted(FEATURE_SETS)}")
+        changes["features"] = FEATURE_SETS[features]
+    for name, value in (("epochs", epochs), ("threads", threads)):
+        if value is not None:
+            changes[name] = value
+    try:
+        wanted_h = tuple(int(h) for h in horizons.replace(" ", "").split(",") if h)
+    except ValueError:
+        _fail(f"--horizons must be a comma list of integers, got {horizons!r}")
+    wanted_b = tuple(b for b in (baselines or ",".join(BASELINES)).replace(" ", "").split(",")
+                     if b)
+    settings = get_settings()
+    try:
+        spec = RollingSpec(start=start.date(), end=end.date(), retrain_every=retrain_every,
+                           window=window, sliding_sessions=sliding_sessions, horizons=wanted_h,
+                           baselines=wanted_b, top_k=top_k, cost_bp=cost_bp, workers=workers)
+        run = evaluate_rolling(base.with_(**changes), spec, settings.database_url,
+                               model_dir or PROJECT_ROOT / "var" / "rolling",
+                               plots_dir=plots_dir, provider=settings.ort_provider,
+                               intra_op_threads=settings.ort_intra_op_threads)
+    except (StockcastError, ValueError, TrainingDiverged) as exc:
+        _fail(str(exc))
+    _echo_backtest(run)
+    _echo_rolling(run)
+
+
+def _echo_rolling(run) -> None:
+    """The rolling run's blocks and costed books (evaluation.rolling's stored figures)."""
+    from service.evaluation.rolling import rolling_tables
+
+    typer.echo("")
+    typer.echo(rolling_tables(run.stored, run.result.config))
+
+
+@app.command()
 def promote(
     version: str,
     max_rel_mae: Annotated[float, typer.Option(

@@ -37,11 +37,15 @@ class TrainConfig:
     start: dt.date | None = None  # first bar date read from the cache (None: all)
     end: dt.date | None = None  # last bar date read from the cache (None: all)
     # The feature spec's defaults (60-day window, 30 horizons, 0.1/0.5/0.9), stated once there.
+    features: tuple[str, ...] = FeatureSpec.features  # spec.FEATURE_SETS names ablation sets
     window: int = FeatureSpec.window
     horizon: int = FeatureSpec.horizon
     quantiles: tuple[float, ...] = FeatureSpec.quantiles
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     train_stride: int = 1  # keep every k-th training origin (1 = all); val is never strided
+    # A test segment given from outside (a rolling block, first..last origin): the bars end
+    # before it, train/val share the origins before its gap (see chronological_split).
+    holdout: tuple[dt.date, dt.date] | None = None
     # model
     hidden_size: int = 64
     num_layers: int = 2
@@ -96,7 +100,8 @@ class TrainConfig:
     @property
     def spec(self) -> FeatureSpec:
         """The feature spec (window, horizon, quantiles) this run trains for."""
-        return FeatureSpec(window=self.window, horizon=self.horizon, quantiles=self.quantiles)
+        return FeatureSpec(features=self.features, window=self.window, horizon=self.horizon,
+                           quantiles=self.quantiles)
 
     def to_dict(self) -> dict:
         """JSON-able form (dates as ISO strings, tuples as lists)."""
@@ -105,7 +110,7 @@ class TrainConfig:
             if isinstance(value, dt.date):
                 out[key] = value.isoformat()
             elif isinstance(value, tuple):
-                out[key] = list(value)
+                out[key] = [v.isoformat() if isinstance(v, dt.date) else v for v in value]
         return out
 
     @classmethod
@@ -119,9 +124,11 @@ class TrainConfig:
         for key in ("start", "end"):
             if values.get(key) is not None:
                 values[key] = dt.date.fromisoformat(values[key])
-        for key in ("tickers", "quantiles", "split_fractions"):
+        for key in ("tickers", "features", "quantiles", "split_fractions"):
             if key in values:
                 values[key] = tuple(values[key])
+        if values.get("holdout") is not None:
+            values["holdout"] = tuple(dt.date.fromisoformat(d) for d in values["holdout"])
         return cls(**values)
 
     def with_(self, **changes) -> TrainConfig:

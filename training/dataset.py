@@ -56,6 +56,7 @@ def prepare_data(
     spec: FeatureSpec,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     train_stride: int = 1,
+    holdout: tuple | None = None,
 ) -> PreparedData:
     """Features, split (gap = window + horizon), training-only scalers, and windowed segments."""
     window, horizon = spec.window, spec.horizon
@@ -77,7 +78,7 @@ def prepare_data(
     origin_dates = np.unique(np.concatenate([
         part["date"].to_numpy()[window - 1:] for part in features_by_ticker.values()
     ]))
-    split = chronological_split(origin_dates, fractions, gap=window + horizon)
+    split = chronological_split(origin_dates, fractions, gap=window + horizon, holdout=holdout)
     train_end = np.datetime64(split.train[1], "ns")
 
     names = list(spec.features)

@@ -48,7 +48,11 @@ def run(config: TrainConfig, database_url: str, model_dir: Path) -> Path | None:
     models/current is not touched: promotion goes through the backtest gate (`stockcast train`
     runs it after this, unless --no-promote).
     """
-    bars = read_training_bars(database_url, config)
+    return train_and_export(config, read_training_bars(database_url, config), model_dir)
+
+
+def train_and_export(config: TrainConfig, bars: pd.DataFrame, model_dir: Path) -> Path | None:
+    """Fit on these bars and (rank 0) export models/<version>/; returns that folder on rank 0."""
     try:
         result = fit(config, bars)
         artifact_dir = None

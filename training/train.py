@@ -195,7 +195,8 @@ def _setup(config: TrainConfig, bars_multi: pd.DataFrame) -> _Training:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
 
-    prepared = prepare_data(bars_multi, config.spec, config.split_fractions, config.train_stride)
+    prepared = prepare_data(bars_multi, config.spec, config.split_fractions, config.train_stride,
+                            config.holdout)
     spec = prepared.spec
     model = QuantileLSTM(config.model_config(spec, len(prepared.vocab))).to(device)
     net: torch.nn.Module = model

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from service.forecasting import metrics as m
+from service.forecasting import significance as sig
 from service.forecasting.forecaster import MODEL
 from service.forecasting.windows import prices_from_log_returns
 
@@ -63,6 +64,12 @@ METRICS: dict[str, Metric] = {x.name: x for x in (
            "percent", "lower"),
     Metric("rel_mae", "rel MAE", "MAE relative to naive",
            "MAE / MAE of naive on the same forecasts (< 1 beats naive)", "ratio", "lower"),
+    *(
+        Metric(f"rel_mae_{end}", f"rel MAE {end}", f"MAE relative to naive, 95% {word}",
+               f"{word} end of a 95% circular block-bootstrap interval of rel_mae, resampling "
+               "origin dates in blocks of max(h, n^(1/3)) (pooled rows)", "ratio", None)
+        for end, word in (("lo", "lower"), ("hi", "upper"))
+    ),
     Metric("r2_returns", "R² returns", "R² of returns",
            "1 - SS_res / SS_tot of h-day log returns (0 = the sample mean return)",
            "ratio", "higher"),
@@ -74,6 +81,14 @@ METRICS: dict[str, Metric] = {x.name: x for x in (
            "statistic", "lower"),
     Metric("dm_squared_pvalue", "DM p (sq)", "Diebold–Mariano p, squared loss",
            "two-sided HLN-corrected p-value of dm_squared_stat", "p-value", None),
+    Metric("dm_squared_t_hac", "DM t (HAC)", "Diebold–Mariano t, Newey–West",
+           "mean squared-loss differential vs naive / its Newey-West (HAC) standard error, "
+           "lags max(h, 4 (n/100)^(2/9)) (pooled rows; < 0: beats naive)", "statistic", "lower"),
+    Metric("dm_squared_p_hac", "DM p (HAC)", "Diebold–Mariano p, Newey–West",
+           "two-sided normal p-value of dm_squared_t_hac", "p-value", None),
+    Metric("dm_n_eff", "DM n_eff", "Independent forecasts, DM",
+           "effective number of independent loss differentials: n * variance / long-run "
+           "variance (HAC), beside dm_squared_t_hac", "count", None),
     Metric("dm_absolute_stat", "DM (abs)", "Diebold–Mariano statistic, absolute loss",
            "Diebold-Mariano statistic vs naive, absolute dollar loss", "statistic", "lower"),
     Metric("dm_absolute_pvalue", "DM p (abs)", "Diebold–Mariano p, absolute loss",
@@ -88,6 +103,21 @@ METRICS: dict[str, Metric] = {x.name: x for x in (
            "ratio", "higher"),
     Metric("rank_ic_icir", "rank ICIR", "Rank IC information ratio",
            "rank_ic_mean / std of the daily rank IC", "ratio", "higher"),
+    *(
+        Metric(f"{prefix}_{name}", f"{short} {label}", f"{words} {title}", f"{meaning} {what}",
+               unit, better)
+        for prefix, short, words, what in (
+            ("ic", "IC", "IC", "the daily IC"), ("rank_ic", "rank IC", "Rank IC",
+                                                 "the daily rank IC"))
+        for name, label, title, meaning, unit, better in (
+            ("t_hac", "t (HAC)", "t, Newey–West",
+             "mean / Newey-West (HAC) standard error, lags max(h, 4 (n/100)^(2/9)), of",
+             "statistic", "higher"),
+            ("n_eff", "n_eff", "independent dates",
+             "effective number of independent dates: n * variance / long-run variance of",
+             "count", None),
+        )
+    ),
     Metric("coverage", "coverage", "Inside 10–90% band",
            "share of actual closes inside the model's 10-90% band", "share", None),
     Metric("width_dollars", "width ($)", "10–90% band width ($)",
@@ -107,6 +137,28 @@ METRICS: dict[str, Metric] = {x.name: x for x in (
              "higher"),
             ("max_drawdown", "maxDD", "max drawdown,", "largest peak-to-trough loss of equity",
              "return", "lower"),
+        )
+    ),
+    # The rolling evaluation's costed book (forecasting/portfolio.py), h = 1 pooled rows: the
+    # model's and the reversal signal's top-k/bottom-k, and equal-weight buy-and-hold.
+    *(
+        Metric(f"topk_{name}", f"top-k {label}", f"Top-k long-short {title}",
+               f"daily long top-k / short bottom-k by predicted return (buy_and_hold: "
+               f"equal weight, held), costs per side: {what}", unit, better)
+        for name, label, title, what, unit, better in (
+            ("sharpe", "Sharpe", "Sharpe", "annualized Sharpe of net daily returns",
+             "statistic", "higher"),
+            ("gross_sharpe", "gross Sharpe", "Sharpe before costs",
+             "annualized Sharpe of daily returns before costs", "statistic", "higher"),
+            ("cum_return", "cum", "compounded net return", "compounded net return", "return",
+             "higher"),
+            ("max_drawdown", "maxDD", "max drawdown", "largest peak-to-trough loss of net equity",
+             "return", "lower"),
+            ("turnover", "turnover", "daily turnover",
+             "mean daily traded notional / (2 x gross exposure); 1 = whole book each day",
+             "ratio", None),
+            ("cost", "cost", "total cost", "sum of daily costs, in return units", "return",
+             "lower"),
         )
     ),
 )}
@@ -142,8 +194,21 @@ def _dm(actual, predicted, naive, h: int, origins=None) -> dict[str, float]:
             d = err**2 - err_naive**2 if loss == "squared" else np.abs(err) - np.abs(err_naive)
             per_date = pd.Series(d).groupby(np.asarray(origins)).mean()  # sorted by date
             stat, p = _dm_or_nan(m.diebold_mariano_differential, per_date.to_numpy(), h)
+            if loss == "squared":
+                hac = sig.hac_mean_test(per_date.to_numpy(), h)
+                out["dm_squared_t_hac"], out["dm_squared_p_hac"] = hac.t, hac.pvalue
+                out["dm_n_eff"] = hac.n_eff
         out[f"dm_{loss}_stat"], out[f"dm_{loss}_pvalue"] = stat, p
     return out
+
+
+def _rel_mae_interval(origins, actual, predicted, naive, h: int) -> dict[str, float]:
+    """Block-bootstrap 95% interval of pooled rel MAE over origin dates (a date's tickers stay)."""
+    sums = pd.DataFrame({"a": np.abs(actual - predicted), "b": np.abs(actual - naive)}).groupby(
+        np.asarray(origins)).sum()
+    ci = sig.block_bootstrap_ratio(sums["a"].to_numpy(), sums["b"].to_numpy(),
+                                   sig.bootstrap_block_length(len(sums), h))
+    return {"rel_mae_lo": ci.lower, "rel_mae_hi": ci.upper}
 
 
 def _strategy(predicted: np.ndarray, realized: np.ndarray, h: int, kinds) -> dict[str, float]:
@@ -189,6 +254,11 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
             for prefix, how in (("ic", "pearson"), ("rank_ic", "spearman")):
                 ic = m.ic_summary(g["origin"].to_numpy(), r_hat, realized, how)
                 row[f"{prefix}_mean"], row[f"{prefix}_icir"] = ic.mean, ic.icir
+                hac = sig.hac_mean_test(m.daily_ic(g["origin"].to_numpy(), r_hat, realized, how),
+                                        h)
+                row[f"{prefix}_t_hac"], row[f"{prefix}_n_eff"] = hac.t, hac.n_eff
+            if method != NAIVE:
+                row |= _rel_mae_interval(g["origin"].to_numpy(), actual, pred, naive, h)
         if f"{method}_lower" in g.columns:  # a method with a band (the model's quantiles)
             lo = prices_from_log_returns(close, g[f"{method}_lower"].to_numpy())
             hi = prices_from_log_returns(close, g[f"{method}_upper"].to_numpy())

@@ -21,6 +21,14 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+# Named feature sets for ablations (`stockcast evaluate --features`): each a subset of the
+# registered features, in FEATURE_NAMES order. Serving takes FEATURE_NAMES only.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "returns": ("log_return",),  # the base: returns only
+    "indicators": FEATURE_NAMES,  # + RSI, SMA, MACD, Bollinger, volume (the shipped set)
+}
+
+
 @dataclass(frozen=True)
 class IndicatorParams:
     """Parameters of the `ta` indicators behind the features and the chart overlays."""

@@ -48,6 +48,7 @@ def chronological_split(
     trading_dates: Sequence[date | pd.Timestamp],
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     gap: int | None = None,
+    holdout: tuple[date, date] | None = None,
 ) -> Split:
     """Split sorted unique trading dates into train/val/test origin ranges, `gap` dates apart.
 
@@ -56,6 +57,10 @@ def chronological_split(
     the first origin of the later segment (val, then test): if the last train origin is date
     index i, the first val origin is index i + gap + 1. With gap = window + horizon, no train
     target reaches a val input window, and likewise val -> test.
+
+    `holdout` (a rolling block) is a test segment given from outside: the dates passed must all
+    precede it (its bars are not even read), its `gap` dates are the last ones passed, and
+    train/val share the rest in the ratio fractions[0] : fractions[1].
     """
     if gap is None:
         raise ValueError("gap is required: pass window + horizon trading days")
@@ -64,6 +69,8 @@ def chronological_split(
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-9:
         raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
     days = np.unique(_as_days(trading_dates))
+    if holdout is not None:
+        return _split_before(days, fractions, gap, holdout)
     usable = len(days) - 2 * gap
     n_train = round(fractions[0] * usable)
     n_val = round((fractions[0] + fractions[1]) * usable) - n_train
@@ -84,6 +91,26 @@ def chronological_split(
         val=span(val_start, val_start + n_val - 1),
         test=span(test_start, len(days) - 1),
     )
+
+
+def _split_before(days: np.ndarray, fractions, gap: int, holdout: tuple[date, date]) -> Split:
+    """Train/val over the dates before a given test segment, the last `gap` dates left out."""
+    first, last = holdout
+    if first > last:
+        raise ValueError(f"holdout starts {first}, after its end {last}")
+    if days.size and days[-1] >= np.datetime64(first, "D"):
+        raise ValueError(f"dates up to {days[-1]} reach the holdout starting {first}: "
+                         "pass only bars before it")
+    usable = len(days) - 2 * gap
+    n_train = round(fractions[0] / (fractions[0] + fractions[1]) * usable)
+    n_val = usable - n_train
+    if min(n_train, n_val) < 1:
+        raise ValueError(f"{len(days)} trading dates before {first} are too few to split "
+                         f"train/val by {fractions[:2]} with two gaps of {gap}")
+    val_start = n_train + gap
+    return Split(train=(days[0].astype(date), days[n_train - 1].astype(date)),
+                 val=(days[val_start].astype(date), days[val_start + n_val - 1].astype(date)),
+                 test=(first, last))
 
 
 def _as_days(dates) -> np.ndarray:

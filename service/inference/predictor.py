@@ -28,6 +28,7 @@ from service.forecasting.forecaster import (
     HistoricalForecasts,
     TickerSeries,
 )
+from service.forecasting.spec import FeatureSpec
 from service.forecasting.windows import make_windows, prices_from_log_returns
 from service.inference.onnx_model import OnnxModel, Provider
 
@@ -101,9 +102,13 @@ class Predictor(Forecaster):
 
     @classmethod
     def load(cls, artifact_dir: Path | str, provider: Provider = "auto",
-             intra_op_threads: int = 1) -> Predictor:
-        """The one way from an artifact folder to a predictor: manifest, checked graph, session."""
-        manifest = load_manifest(artifact_dir)
+             intra_op_threads: int = 1, expected: FeatureSpec | None = None) -> Predictor:
+        """The one way from an artifact folder to a predictor: manifest, checked graph, session.
+
+        `expected` (an ablation's feature set) replaces the code's default features as what the
+        artifact must have been built for.
+        """
+        manifest = load_manifest(artifact_dir, expected)
         predictor = cls(OnnxModel.load(artifact_dir, provider, intra_op_threads), manifest)
         predictor.training_profile = read_profile(manifest)
         return predictor

@@ -93,3 +93,30 @@ def test_gap_is_required_and_fractions_checked():
         chronological_split(DATES)
     with pytest.raises(ValueError, match="^fractions must be three positive numbers summing to 1"):
         chronological_split(DATES, (0.7, 0.2, 0.2), gap=10)
+
+
+def test_a_holdout_split_keeps_train_and_val_a_gap_before_the_holdout():
+    import datetime as dt
+
+    days = pd.bdate_range("2020-01-01", periods=200)
+    holdout = (dt.date(2020, 10, 20), dt.date(2020, 11, 30))
+    split = chronological_split(days, (0.7, 0.15, 0.15), gap=10, holdout=holdout)
+    assert split.test == holdout
+    assert split.train[0] == days[0].date()
+    # usable 200 - 2*10 = 180 dates shared 0.7 : 0.15, the last 10 dates before the holdout left out
+    assert split.train[1] == days[148 - 1].date()
+    assert split.val == (days[158].date(), days[189].date())
+    with pytest.raises(ValueError, match="reach the holdout"):
+        chronological_split(days, gap=10, holdout=(days[150].date(), days[160].date()))
+
+
+def test_a_training_config_with_a_holdout_and_features_survives_json():
+    import datetime as dt
+    import json
+
+    from training.config import TrainConfig
+
+    config = TrainConfig(features=("log_return",),
+                         holdout=(dt.date(2017, 1, 3), dt.date(2017, 4, 3)))
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert config.spec.features == ("log_return",)

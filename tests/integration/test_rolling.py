@@ -1,0 +1,221 @@
+"""Rolling walk-forward: blocks train only on their past, cached models resume, the CLI run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from service.db.backtests import get_metrics, latest_run
+from service.db.session import make_engine
+from service.evaluation.backtest import bars_by_ticker
+from service.evaluation.rolling import forecast_block
+from service.evaluation.scoring import METRICS, MODEL, POOLED
+from service.forecasting.signals import REVERSAL
+from tests.api_factories import store_bars
+from tests.tiny_model import synthetic_bars_multi, tiny_config
+from training.rolling import (
+    RollingSpec,
+    block_key,
+    evaluate_rolling,
+    plan_jobs,
+    train_blocks,
+)
+
+TICKERS = ("AAA", "BBB", "CCC", "DDD", "EEE", "FFF")
+# 330 business days from 2020-01-02; the last 80 origins (two blocks of 40) are evaluated.
+BARS = synthetic_bars_multi(TICKERS, n=330)
+DATES = pd.DatetimeIndex(sorted(BARS["date"].unique()))
+START, END = DATES[-90].date(), DATES[-11].date()
+SPEC = RollingSpec(start=START, end=END, retrain_every=40, horizons=(1, 5),
+                   baselines=("naive", "drift"), top_k=2, cost_bp=10.0)
+
+
+def _config(**changes):
+    return tiny_config(tickers=TICKERS, epochs=2, **changes)
+
+
+def _evaluate(url, model_dir, bars=BARS, spec=SPEC):
+    store_bars(url, bars, reset=True)
+    return evaluate_rolling(_config(), spec, url, model_dir, plots_dir=model_dir / "plots",
+                            provider="cpu")
+
+
+def _poisoned(from_date) -> pd.DataFrame:
+    """The bars with every price from `from_date` on scrambled (a future nobody may train on)."""
+    bars = BARS.copy()
+    later = bars["date"] >= pd.Timestamp(from_date)
+    rng = np.random.default_rng(7)
+    factor = np.exp(rng.normal(0, 0.3, later.sum()))
+    for col in ("open", "high", "low", "close", "adj_close"):
+        bars.loc[later, col] = bars.loc[later, col] * factor
+    return bars
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rolling")
+    return root, _evaluate(f"sqlite:///{root / 'r.db'}", root / "models")
+
+
+def _versions(run):
+    return [b["model_version"] for b in run.result.config["blocks"]]
+
+
+def _block_models(bars, model_dir):
+    """{block: artifact} trained for SPEC on these bars (no forecasting, scoring or storing)."""
+    trained = train_blocks(plan_jobs(_config(), bars, SPEC), model_dir, progress=False)
+    return {number: artifact for number, (artifact, _) in trained.items()}
+
+
+def test_blocks_never_train_on_an_origin_they_score(clean_run, tmp_path):
+    _, run = clean_run
+    blocks = run.result.config["blocks"]
+    assert [b["block"] for b in blocks] == [1, 2]
+    for b in blocks:
+        assert b["train"][1] < b["first"]  # bars strictly before the block
+    # Scramble every price from block 2's first origin on: neither block's model may change.
+    poisoned = _poisoned(blocks[1]["first"])
+    models = _block_models(poisoned, tmp_path / "models")
+    assert [models[1].name, models[2].name] == _versions(run)
+    # ...and block 1's forecasts (each from bars <= its origin) are those of the clean run.
+    block1 = plan_jobs(_config(), poisoned, SPEC)[0].block
+    made = forecast_block(block1, models[1], bars_by_ticker(poisoned), horizons=(1,),
+                          baselines=("naive",), provider="cpu")
+    h1 = run.result.forecasts[1]
+    np.testing.assert_array_equal(made.forecasts[1][MODEL].to_numpy(),
+                                  h1[h1["block"] == 1][MODEL].to_numpy())
+    # Scrambling from one session after block 1 starts changes block 2's model (it does learn
+    # from the bars up to its block), not block 1's.
+    later = DATES[DATES.get_loc(pd.Timestamp(blocks[0]["first"])) + 1].date()
+    moved = _block_models(_poisoned(later), tmp_path / "models2")
+    assert moved[1].name == _versions(run)[0]
+    assert moved[2].name != _versions(run)[1]
+
+
+def test_a_rerun_reuses_the_cached_block_models(clean_run):
+    root, run = clean_run
+    assert not any(b["cached"] for b in run.result.config["blocks"])
+    again = evaluate_rolling(_config(), SPEC, f"sqlite:///{root / 'r.db'}", root / "models",
+                             plots_dir=root / "plots2", provider="cpu")
+    assert all(b["cached"] for b in again.result.config["blocks"])
+    assert _versions(again) == _versions(run)
+    assert again.run_id == run.run_id + 1
+    pd.testing.assert_frame_equal(again.result.metrics, run.result.metrics)
+    # A changed config (another seed) or other bars make another key: that block trains again.
+    job = plan_jobs(_config(), BARS, SPEC)[0]
+    assert block_key(_config(seed=1).with_(start=job.config.start, end=job.config.end,
+                                           holdout=job.config.holdout), job.bars) != job.key
+    assert block_key(job.config, job.bars.iloc[1:]) != job.key
+    assert block_key(job.config.with_(progress=True), job.bars) == job.key
+
+
+def test_the_stitched_run_is_stored_with_hac_statistics_and_books(clean_run):
+    root, run = clean_run
+    engine = make_engine(f"sqlite:///{root / 'r.db'}")
+    try:
+        with engine.connect() as conn:
+            stored = get_metrics(conn, run.run_id)
+            info = latest_run(conn, run.result.model_version)
+    finally:
+        engine.dispose()
+    assert info.model_version.startswith("rolling-")
+    assert info.start == START or info.start > START
+    assert set(stored["metric"]) <= set(METRICS)
+    pooled = stored[(stored["ticker"] == POOLED) & (stored["horizon"] == 1)]
+    value = pooled.set_index(["method", "metric"])["value"]
+    n = value[(MODEL, "n_forecasts")]
+    assert n == len(TICKERS) * 80  # every origin of both blocks, out of sample
+    for metric in ("ic_t_hac", "rank_ic_t_hac", "rank_ic_n_eff", "dm_squared_t_hac",
+                   "rel_mae_lo", "rel_mae_hi"):
+        assert np.isfinite(value[(MODEL, metric)]), metric
+    assert value[(MODEL, "rel_mae_lo")] <= value[(MODEL, "rel_mae")] <= value[(MODEL, "rel_mae_hi")]
+    for method in (MODEL, REVERSAL, "buy_and_hold"):
+        assert np.isfinite(value[(method, "topk_sharpe")]), method
+    assert value[("buy_and_hold", "topk_turnover")] < value[(MODEL, "topk_turnover")]
+    assert json.dumps(info.config)  # strict JSON (no NaN)
+
+
+def test_get_metrics_backtest_serves_the_rolling_run_with_its_blocks(clean_run, tiny_artifact):
+    from fastapi.testclient import TestClient
+
+    from service.api.main import create_app
+    from tests.api_factories import api_settings
+
+    root, run = clean_run
+    app = create_app(api_settings(f"sqlite:///{root / 'r.db'}", tiny_artifact.model_dir))
+    with TestClient(app) as client:
+        body = client.get("/metrics/backtest", params={"ticker": POOLED, "horizon": 1}).json()
+    assert body["run"]["model_version"] == run.result.model_version
+    blocks = body["run"]["config"]["blocks"]
+    assert [b["model_version"] for b in blocks] == _versions(run)
+    assert blocks[0]["train"][1] < blocks[0]["first"]
+    rows = {r["method"]: r for r in body["metrics"]}
+    assert rows[MODEL]["rank_ic_t_hac"] == pytest.approx(
+        run.result.value("rank_ic_t_hac"), rel=1e-9)
+    assert rows[REVERSAL]["topk_sharpe"] == pytest.approx(
+        run.result.value("topk_sharpe", REVERSAL), rel=1e-9)
+
+
+def test_the_cli_runs_six_tickers_two_blocks_two_epochs_quickly(tmp_path, monkeypatch):
+    from service.cli import app
+    from service.core.config import get_settings
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    store_bars(url, BARS, reset=True)
+    monkeypatch.setenv("STOCKCAST_DATABASE_URL", url)
+    monkeypatch.setenv("STOCKCAST_ORT_PROVIDER", "cpu")
+    get_settings.cache_clear()
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(_config().to_dict()))
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, [
+        "evaluate", "--tickers", ",".join(TICKERS), "--start", START.isoformat(),
+        "--end", END.isoformat(), "--retrain-every", "40", "--epochs", "2", "--config",
+        str(config), "--horizons", "1,5", "--baselines", "naive", "--top-k", "2",
+        "--model-dir", str(tmp_path / "models"), "--plots-dir", str(tmp_path / "plots"),
+        "--no-progress"])
+    elapsed = time.perf_counter() - started
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert elapsed < 120
+    assert "| block | origins |" in result.output
+    assert "rank IC t (HAC)" in result.output
+    assert "| reversal |" in result.output
+    assert (tmp_path / "plots" / "rolling.png").exists()
+    bad = CliRunner().invoke(app, ["evaluate", "--tickers", "AAA", "--window", "rolling",
+                                   "--start", START.isoformat(), "--end", END.isoformat()])
+    assert bad.exit_code == 1
+    assert "window must be one of ('expanding', 'sliding')" in bad.output
+
+
+def test_ablation_feature_sets_train_distinct_artifacts_that_refuse_other_features(clean_run,
+                                                                                   tmp_path):
+    from service.artifacts.manifest import load_manifest
+    from service.core.errors import ManifestMismatch
+    from service.forecasting.spec import FEATURE_NAMES, FEATURE_SETS
+    from service.inference.predictor import Predictor
+    from training.pipeline import train_and_export
+
+    root, run = clean_run
+    base = _config(features=FEATURE_SETS["returns"])
+    job = plan_jobs(base, BARS, SPEC)[0]
+    full = plan_jobs(_config(), BARS, SPEC)[0]
+    assert job.config.spec.features == ("log_return",) != full.config.spec.features
+    assert job.key != full.key
+    artifact = train_and_export(job.config, job.bars, tmp_path)
+    # Serving takes the shipped features only; the evaluation asks for the set it trained.
+    with pytest.raises(ManifestMismatch, match=r"was built for features \['log_return'\]"):
+        load_manifest(artifact)
+    assert Predictor.load(artifact, "cpu", expected=job.config.spec).spec.n_features == 1
+    indicators = root / "models" / _versions(run)[0]
+    assert load_manifest(indicators).spec.features == FEATURE_NAMES
+    with pytest.raises(ManifestMismatch, match="was built for features"):
+        Predictor.load(indicators, "cpu", expected=job.config.spec)
+    made = forecast_block(job.block, artifact, bars_by_ticker(BARS), horizons=(1,),
+                          baselines=("naive",), provider="cpu", expected=job.config.spec)
+    assert len(made.forecasts[1]) == len(TICKERS) * 40

@@ -1,0 +1,200 @@
+"""`stockcast evaluate`: rolling walk-forward with retraining, one model per block.
+
+For each block of `retrain_every` sessions (service/evaluation/rolling.py plans them), the
+training pipeline's `train_and_export` fits the usual model on the bars strictly before the
+block (expanding from the first cached bar, or a sliding window of sessions), with the block as
+the run's held-out test segment (`TrainConfig.holdout`: train/val end `window + horizon`
+sessions before it, the usual gap). Each block's model is cached by the content hash of its
+inputs (the training config and the exact bars it reads), so a rerun trains only what changed.
+Blocks are independent: uncached ones train in a local process pool (`workers`). Then each
+block is forecast out of sample through the serving Predictor and the blocks are stitched,
+scored and stored as one backtest run (service/evaluation/rolling.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from service.artifacts.manifest import META_FILE
+from service.db.bars import read_bars_many
+from service.db.session import make_engine
+from service.evaluation.backtest import DEFAULT_HORIZONS, bars_by_ticker
+from service.evaluation.rolling import (
+    Block,
+    BlockRun,
+    bars_digest,
+    forecast_block,
+    plan_blocks,
+    stitch_and_store,
+    training_range,
+)
+from service.evaluation.runs import StoredBacktest
+from service.forecasting import portfolio
+from service.forecasting.baselines import BASELINES
+from service.inference.onnx_model import Provider
+from training.config import TrainConfig
+from training.pipeline import train_and_export
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = "blocks"  # <model_dir>/blocks/<key>.json names the version trained for that key
+# Config fields that change how a run looks, not what it learns: left out of a block's key.
+_UNKEYED = ("progress",)
+
+
+@dataclass(frozen=True)
+class RollingSpec:
+    """What to evaluate: the period, the retraining rhythm, the window, what to score."""
+
+    start: dt.date
+    end: dt.date
+    retrain_every: int = 126  # sessions per block (half a year)
+    window: str = "expanding"  # expanding | sliding
+    sliding_sessions: int = 756  # bars per sliding training window (three years)
+    horizons: tuple[int, ...] = DEFAULT_HORIZONS
+    baselines: tuple[str, ...] = tuple(BASELINES)
+    top_k: int = portfolio.DEFAULT_TOP_K
+    cost_bp: float = portfolio.DEFAULT_COST_BP
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """One block's training: its config (with the holdout), the bars it reads, its cache key."""
+
+    block: Block
+    config: TrainConfig
+    bars: pd.DataFrame
+    key: str
+
+
+def block_key(config: TrainConfig, bars: pd.DataFrame) -> str:
+    """Content hash of a block's inputs: the training config and the bars slice it trains on."""
+    keyed = {k: v for k, v in config.to_dict().items() if k not in _UNKEYED}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode())
+    digest.update(bars_digest(bars).encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_artifact(model_dir: Path, key: str) -> Path | None:
+    """The artifact trained earlier for this key, if it is still there."""
+    entry = Path(model_dir) / CACHE_DIR / f"{key}.json"
+    if not entry.exists():
+        return None
+    artifact = Path(model_dir) / json.loads(entry.read_text())["version"]
+    return artifact if (artifact / META_FILE).exists() else None
+
+
+def _remember(model_dir: Path, key: str, artifact: Path, job: BlockJob) -> None:
+    entry = Path(model_dir) / CACHE_DIR / f"{key}.json"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_text(json.dumps({"version": artifact.name, **job.block.to_dict(),
+                                 "train": [job.config.start.isoformat(),
+                                           job.config.end.isoformat()]}, indent=1))
+
+
+def plan_jobs(config: TrainConfig, bars: pd.DataFrame, spec: RollingSpec) -> list[BlockJob]:
+    """Each block's training job: bars strictly before it, the block as holdout."""
+    dates = pd.DatetimeIndex(bars["date"])
+    jobs = []
+    for block in plan_blocks(dates, spec.start, spec.end, spec.retrain_every):
+        first, last = training_range(block, dates.min().date(), spec.window,
+                                     spec.sliding_sessions, dates)
+        part = bars[(dates >= pd.Timestamp(first)) & (dates <= pd.Timestamp(last))]
+        job_config = config.with_(start=first, end=last, holdout=(block.first, block.last))
+        jobs.append(BlockJob(block, job_config, part.reset_index(drop=True),
+                             block_key(job_config, part)))
+    return jobs
+
+
+def _train(job: BlockJob, model_dir: Path) -> Path:
+    artifact = train_and_export(job.config, job.bars, model_dir)
+    if artifact is None:  # only rank 0 exports; a pool worker is always rank 0
+        raise RuntimeError(f"block {job.block.number}: no artifact was exported")
+    return artifact
+
+
+def train_blocks(jobs: Sequence[BlockJob], model_dir: Path, workers: int = 1,
+                 progress: bool = True) -> dict[int, tuple[Path, bool]]:
+    """{block number: (artifact, cached)}: cached models reused, the rest trained (in a pool)."""
+    out: dict[int, tuple[Path, bool]] = {}
+    todo = []
+    for job in jobs:
+        hit = cached_artifact(model_dir, job.key)
+        if hit is not None:
+            out[job.block.number] = (hit, True)
+        else:
+            todo.append(job)
+    bar = tqdm(total=len(jobs), initial=len(out), desc="blocks trained", disable=not progress)
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            bar.set_postfix_str(f"block {job.block.number}: {job.block.first}..{job.block.last}")
+            out[job.block.number] = (_train(job, model_dir), False)
+            _remember(model_dir, job.key, out[job.block.number][0], job)
+            bar.update(1)
+    else:
+        # spawn, not fork: torch's thread pools do not survive a fork.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                                 mp_context=context) as pool:
+            futures = {pool.submit(_train, job, model_dir): job for job in todo}
+            for future, job in futures.items():
+                out[job.block.number] = (future.result(), False)
+                _remember(model_dir, job.key, out[job.block.number][0], job)
+                bar.update(1)
+    bar.close()
+    return out
+
+
+def evaluate_rolling(config: TrainConfig, spec: RollingSpec, database_url: str,
+                     model_dir: Path, *, plots_dir: Path | None = None,
+                     provider: Provider = "auto", intra_op_threads: int = 1) -> StoredBacktest:
+    """Train (or reuse) one model per block, forecast each block out of sample, store the run."""
+    engine = make_engine(database_url)
+    try:
+        bars = read_bars_many(engine, list(config.tickers))
+        missing = sorted(set(config.tickers) - set(bars["ticker"].unique()))
+        if missing:
+            raise ValueError(f"no bars in the cache for {missing}: load them first "
+                             "(stockcast ingest / seed)")
+        progress = config.progress
+        if spec.workers > 1:
+            # The workers share the cores; one bar per block, not interleaved epoch bars.
+            config = config.with_(threads=config.threads or 1, progress=False)
+        jobs = plan_jobs(config, bars, spec)
+        trained = train_blocks(jobs, model_dir, spec.workers, progress)
+        series = bars_by_ticker(bars)
+        runs = []
+        for job in tqdm(jobs, desc="blocks forecast", disable=not progress):
+            artifact, cached = trained[job.block.number]
+            made = forecast_block(job.block, artifact, series, horizons=spec.horizons,
+                                  baselines=spec.baselines, provider=provider,
+                                  intra_op_threads=intra_op_threads, expected=config.spec)
+            runs.append(BlockRun(job.block, artifact.name, (job.config.start, job.config.end),
+                                 cached, made))
+        run_config = {
+            "baselines": [b for b in dict.fromkeys(("naive", *spec.baselines))],
+            "requested_start": spec.start.isoformat(), "requested_end": spec.end.isoformat(),
+            "retrain_every": spec.retrain_every, "window": spec.window,
+            "sliding_sessions": spec.sliding_sessions if spec.window == "sliding" else None,
+            "workers": spec.workers,
+            "training": {k: v for k, v in config.to_dict().items()
+                         if k not in ("tickers", "start", "end", "holdout")},
+            "prices": "close_t * exp(log return of adj_close); actual uses the realized adj return",
+            "point_forecast": "median (q=0.5)",
+        }
+        return stitch_and_store(engine, runs, config=run_config, top_k=spec.top_k,
+                                cost_bp=spec.cost_bp, plots_dir=plots_dir)
+    finally:
+        engine.dispose()
