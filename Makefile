@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export STOCKCAST_DATABASE_URL ?= sqlite:///./stockcast.db
 
-.PHONY: run test train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest backtest evaluate lint clean compose-smoke
+.PHONY: run test fuzz train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest bench-load backtest evaluate lint clean compose-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ serve: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
 
+# Schemathesis, every check, 300 generated requests per operation on SQLite and PostgreSQL
+# (`make test` runs the same with 12).
+FUZZ_EXAMPLES ?= 300
+fuzz: $(VENV)/.dev
+	STOCKCAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider -s \
+		tests/integration/test_api_schema.py
+
 # One CPU thread: the shipped artifact was trained so, and float sums then run in one order.
 # --no-progress: the run's settings are part of meta.json (the content hash), progress included.
 train: $(VENV)/.dev seed
@@ -69,7 +76,7 @@ evaluate: $(VENV)/.dev seed
 	$(BIN)/stockcast evaluate --universe $(EVAL_UNIVERSE) --start $(EVAL_START) --end $(EVAL_END) \
 		--retrain-every $(EVAL_EVERY) --epochs $(EVAL_EPOCHS) --workers $(EVAL_WORKERS) --threads 1
 
-bench: bench-ingest bench-train bench-serve bench-backtest
+bench: bench-ingest bench-train bench-serve bench-backtest bench-load
 
 bench-ingest: $(VENV)/.dev
 	$(BIN)/python bench/ingest.py
@@ -82,6 +89,9 @@ bench-serve: $(VENV)/.dev
 
 bench-backtest: $(VENV)/.dev
 	$(BIN)/python bench/backtest.py
+
+bench-load: $(VENV)/.dev
+	$(BIN)/python bench/load.py
 
 # Builds the images and runs the compose stack with podman, then tears it down (minutes; not
 # part of `make test`). Needs root or a working podman; see .ci/compose-smoke.

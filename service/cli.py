@@ -275,7 +275,8 @@ def train(
     band_source: Annotated[str | None, typer.Option(
         help="Band served around the median: model (its quantiles + ACI) or ewma.")] = None,
     plots_dir: Annotated[Path | None, typer.Option(
-        help="Where the gate backtest's PNGs go (default: var/backtests/run-<id>).")] = None,
+        help="Where the gate backtest's PNGs go "
+             "(default: <model dir>/runs/<database key>/run-<id>).")] = None,
     progress: bool = True,
 ):
     """Train the LSTM + ticker-embedding model on cached bars and export models/<version>/.
@@ -359,7 +360,7 @@ def backtest(
     version: Annotated[str | None, typer.Option(help="Model version (default current).")] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
     plots_dir: Annotated[Path | None, typer.Option(
-        help="Where the PNGs go (default: var/backtests/run-<id>).")] = None,
+        help="Where the PNGs go (default: <model dir>/runs/<database key>/run-<id>).")] = None,
     readme: Annotated[bool, typer.Option(
         help="Print the README's form of the table (fewer columns, methods by title).")] = False,
 ):
@@ -371,7 +372,7 @@ def backtest(
         _fail("stockcast backtest needs the backtest extra (statsmodels, matplotlib): "
               "pip install 'stockcast[backtest]'; in Docker, the train image has it")
 
-    from service.artifacts.manifest import resolve_current
+    from service.artifacts.manifest import artifact_path, resolve_current
     from service.core.errors import StockcastError
     from service.evaluation.runs import backtest_and_store
     from service.forecasting.baselines import BASELINES
@@ -388,7 +389,8 @@ def backtest(
     wanted_b = [b for b in (baselines or ",".join(BASELINES)).replace(" ", "").split(",") if b]
     names = _parse_tickers(tickers) if tickers else list(UNIVERSES[universe]) if universe else None
     try:
-        artifact_dir = model_dir / version if version else resolve_current(model_dir)
+        artifact_dir = (artifact_path(model_dir, version) if version
+                        else resolve_current(model_dir))
         with _engine() as engine:
             run = backtest_and_store(
                 engine, artifact_dir, tickers=names, start=start.date() if start else None,

@@ -61,20 +61,26 @@ def api_settings(url: str, model_dir: Path, **changes) -> Settings:
     return Settings(**values)
 
 
-def copy_models(artifact_dir: Path, into: Path, version: str | None = None) -> Path:
-    """A models folder holding a copy of one artifact (renamed to `version`), current -> it."""
+def copy_models(artifact_dir: Path, into: Path, variant: str | None = None) -> Path:
+    """A models folder holding a copy of one artifact, current -> it; returns the copy's folder.
+
+    With `variant`, the copy is another artifact: meta.json gains {"variant": variant} and the
+    version (its content hash, verified on load) and folder name are derived again, so the
+    server sees a different model with the same weights.
+    """
     import json
 
+    from service.artifacts.manifest import artifact_version
+
     into.mkdir(parents=True, exist_ok=True)
-    name = version or artifact_dir.name
+    name = artifact_dir.name
+    meta = json.loads((artifact_dir / "meta.json").read_text())
+    if variant is not None:
+        meta["variant"] = variant
+        name = meta["version"] = artifact_version((artifact_dir / "model.onnx").read_bytes(), meta)
     target = into / name
     shutil.copytree(artifact_dir, target)
-    if version is not None:
-        # Same weights under another name: enough for the server to see a different model.
-        meta_path = target / "meta.json"
-        meta = json.loads(meta_path.read_text())
-        meta["version"] = version
-        meta_path.write_text(json.dumps(meta))
+    (target / "meta.json").write_text(json.dumps(meta))
     (into / "current").write_text(name + "\n")
     return target
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from service.api.forecasts import ForecastService
 from service.api.model_slot import LoadedModel, ModelSlot
@@ -38,6 +39,18 @@ async def get_model_slot(request: Request) -> ModelSlot:
 async def get_loaded_model(request: Request) -> LoadedModel:
     """The model at the start of this request (ModelNotLoaded -> 503); kept to its end."""
     return request.app.state.models.require()
+
+
+async def require_migrated(request: Request) -> None:
+    """Routes that read the database: 503 database-not-migrated unless it is at Alembic's head.
+
+    The revision is re-read once per STOCKCAST_SCHEMA_CHECK_INTERVAL_SECONDS (in the threadpool),
+    and by every request while it was wrong; otherwise this only reads the last answer.
+    """
+    schema = request.app.state.schema
+    if schema.claim():
+        await run_in_threadpool(schema.check)
+    schema.require()
 
 
 async def get_forecast_service(request: Request) -> ForecastService:
@@ -70,3 +83,4 @@ LoadedModelDep = Annotated[LoadedModel, Depends(get_loaded_model)]
 ForecastServiceDep = Annotated[ForecastService, Depends(get_forecast_service)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ApiKeyDep = Depends(require_api_key)
+MigratedDep = Depends(require_migrated)

@@ -339,7 +339,7 @@ class ForecastService:
         try:
             with self.bar_cache.engine.begin() as conn:
                 record_forecasts(conn, rows)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, DatabaseUnavailable) as exc:  # the guard's timeouts too
             log.warning("forecasts served but not recorded in the ledger: %s",
                         exc.__class__.__name__)
             return

@@ -21,6 +21,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from service import package_version
 from service.api.forecasts import ForecastService
+from service.api.middleware import BodyLimit, CatchAll
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
 from service.api.routes import (
@@ -43,6 +44,8 @@ from service.api.telemetry import (
 )
 from service.core.config import Settings, get_settings
 from service.core.errors import ManifestMismatch, ModelNotLoaded
+from service.db.guard import DbBounds
+from service.db.health import SchemaCheck, head_revision
 from service.db.jobs import last_runs
 from service.db.session import make_engine
 from service.evaluation.drift import DriftCache
@@ -101,6 +104,15 @@ def _problem_openapi(app: FastAPI) -> Callable[[], dict]:
     return openapi
 
 
+def db_bounds(settings: Settings) -> DbBounds:
+    """The API engine's time bounds, from the settings."""
+    return DbBounds(connect_seconds=settings.db_connect_timeout_seconds,
+                    ping_seconds=settings.db_ping_timeout_seconds,
+                    statement_seconds=settings.db_statement_timeout_seconds,
+                    pool_timeout_seconds=settings.db_pool_timeout_seconds,
+                    retry_seconds=settings.db_retry_seconds)
+
+
 def create_app(settings: Settings | None = None, *, source: BarSource | None = None,
                clock: Callable[[], dt.datetime] | None = None) -> FastAPI:
     """The app for `settings` (default: the environment's); `source`/`clock` replace the
@@ -112,7 +124,7 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, db_bounds(settings))
         slot: ModelSlot | None = None
         # Opened at once: whatever fails from here on (an unwritable source cache folder, say)
         # must not leave the engine's pool behind.
@@ -144,6 +156,8 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             # Building the exchange calendar takes seconds; do it before a forecast needs it.
             next_trading_days(dt.date.today(), 1)
             app.state.engine = engine
+            app.state.schema = SchemaCheck(engine, head_revision(),
+                                           settings.schema_check_interval_seconds)
             app.state.bar_cache = bar_cache
             app.state.models = slot
             app.state.forecasts = forecasts
@@ -177,11 +191,15 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
                 slot.stop_watching()
             engine.dispose()
 
+    # No redirect from /predict/ to /predict: a bare 307 is no answer; 404 problem+json is.
     app = FastAPI(title="stockcast", version=package_version(), description=DESCRIPTION,
-                  openapi_tags=TAGS, lifespan=lifespan)
+                  openapi_tags=TAGS, lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     app.state.metrics = metrics
     register_problem_handlers(app)
+    # Added before the instrumentator, so it wraps them and counts their 413s and 500s.
+    app.add_middleware(CatchAll)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     # instrument() adds a middleware, which Starlette only allows before the app starts.
     instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics"])
     instrumentator.instrument(app)

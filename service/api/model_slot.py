@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.artifacts.manifest import CURRENT_FILE, resolve_current
+from service.artifacts.manifest import CURRENT_FILE, is_version, resolve_current
 from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.inference.onnx_model import Provider
 from service.inference.predictor import Predictor
@@ -55,9 +55,12 @@ class ModelSlot:
         self.intra_op_threads = intra_op_threads
         self.on_load = on_load
         self.current: LoadedModel | None = None
-        # Why the last load failed (None after a success); while a model serves, the failed
+        # Why the last load failed (None after a success), in full (logged, and in the answer
+        # of the authenticated POST /admin/reload) and in short for the public: /readyz and
+        # 503s show no file paths or onnxruntime internals. While a model serves, the failed
         # newer one is reported next to it in /readyz.
         self.error: str | None = "no model loaded yet"
+        self.public_error: str | None = "no model loaded yet"
         self._reload_lock = threading.Lock()
         self._seen: PointerStamp | None = None  # models/current as of the last load attempt
         self._stop_watching: threading.Event | None = None
@@ -95,20 +98,18 @@ class ModelSlot:
                 named = None
             if loaded is not None and named == loaded.artifact_dir.name:
                 # Rewritten with the name already served (touched, or a failed change undone).
-                self._seen, self.error = stamp, None
+                self._seen, self.error, self.public_error = stamp, None, None
                 return None
             try:
                 return self._load()
-            except (ModelNotLoaded, ManifestMismatch) as exc:
-                log.warning("%s changed but cannot be loaded (still serving %s): %s",
-                            self.pointer, loaded.version if loaded else "no model", exc)
-                return None
+            except (ModelNotLoaded, ManifestMismatch):
+                return None  # logged, and shown in /readyz (_failed)
 
     def require(self) -> LoadedModel:
         """The current model, or ModelNotLoaded saying why there is none."""
         loaded = self.current
         if loaded is None:
-            raise ModelNotLoaded(f"no model loaded: {self.error}")
+            raise ModelNotLoaded(f"no model loaded: {self.public_error}")
         return loaded
 
     def watch(self, interval: float) -> None:
@@ -138,6 +139,20 @@ class ModelSlot:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _failed(self, exc: Exception) -> None:
+        """Remember why a load failed: in full for the log, in short for the public."""
+        self.error = str(exc)
+        log.warning("cannot load the model named by %s (still serving %s): %s", self.pointer,
+                    self.current.version if self.current else "no model", exc)
+        try:
+            named = self.pointer.read_text().strip()
+        except OSError:
+            named = ""
+        what = f"model {named}" if is_version(named) else "models/current"
+        kind = ("artifact refused" if isinstance(exc, ManifestMismatch)
+                else "no loadable artifact")
+        self.public_error = f"{what}: {kind} (the reason is in the server log)"
+
     def _stamp(self) -> PointerStamp | None:
         try:
             st = os.stat(self.pointer)
@@ -154,16 +169,17 @@ class ModelSlot:
             predictor = Predictor.load(artifact_dir, self.provider, self.intra_op_threads)
             loaded = LoadedModel(predictor, artifact_dir, dt.datetime.now(dt.UTC))
         except (ModelNotLoaded, ManifestMismatch) as exc:
-            self.error = str(exc)
+            self._failed(exc)
             raise
         except Exception as exc:  # a corrupt ONNX file, an ORT provider failure
             message = f"cannot load the model in {self.model_dir}: {type(exc).__name__}: {exc}"
-            self.error = message
-            raise ManifestMismatch(message) from exc
+            failure = ManifestMismatch(message)
+            self._failed(failure)
+            raise failure from exc
         # One reference assignment: requests already holding the old LoadedModel finish
         # with it; new requests see the new one.
         self.current = loaded
-        self.error = None
+        self.error = self.public_error = None
         log.info("serving model %s from %s (providers %s)", loaded.version, artifact_dir,
                  loaded.predictor.model.active_providers)
         if self.on_load is not None:

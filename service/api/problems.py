@@ -2,8 +2,9 @@
 
 FastAPI answers errors with {"detail": ...} as application/json by itself; the handlers here
 replace that for HTTPException, request validation and each typed StockcastError, a lost
-database connection wherever it surfaces (503, like DatabaseUnavailable), plus a catch-all 500
-that logs the traceback server-side only.
+database connection wherever it surfaces (503, like DatabaseUnavailable), a missing table (503
+database-not-migrated, after checking the revision); service.api.middleware answers anything
+else with a 500 that logs the traceback server-side only.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import FieldError, Problem
 from service.core.errors import (
+    DatabaseNotMigrated,
     DatabaseUnavailable,
     InsufficientHistory,
     InvalidTicker,
@@ -28,12 +31,14 @@ from service.core.errors import (
     StockcastError,
     UnknownTicker,
 )
+from service.db.health import is_missing_schema
 
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-# Seconds a client should wait before retrying a 503 from a failed upstream source.
+# Seconds a client should wait before retrying a 503 from a failed upstream source / database.
 SOURCE_RETRY_AFTER = 60
+DATABASE_RETRY_AFTER = 1
 
 
 class ProblemResponse(JSONResponse):
@@ -61,6 +66,8 @@ ERROR_PROBLEMS: dict[type[StockcastError], tuple[int, str, str]] = {
                         "Bar source unavailable"),
     DatabaseUnavailable: (503, "urn:stockcast:problem:database-unavailable",
                           "Database unavailable"),
+    DatabaseNotMigrated: (503, "urn:stockcast:problem:database-not-migrated",
+                          "Database not migrated"),
     ModelNotLoaded: (503, "urn:stockcast:problem:model-not-loaded", "No model loaded"),
     ManifestMismatch: (500, "urn:stockcast:problem:model-invalid", "Model artifact invalid"),
 }
@@ -103,7 +110,27 @@ def _field_error(error: dict) -> FieldError:
     return FieldError(field=field, location=location, message=message)
 
 
+def body_too_large_problem(limit: int, instance: str | None = None) -> Problem:
+    """413: the body is over STOCKCAST_MAX_BODY_BYTES (refused before it is read in full)."""
+    return Problem(type="urn:stockcast:problem:body-too-large", title="Content too large",
+                   status=413, detail=f"the request body exceeds {limit} bytes",
+                   instance=instance)
+
+
+def internal_problem(instance: str | None = None) -> Problem:
+    """500 for an unexpected error: the traceback is logged, never returned."""
+    return Problem(type="urn:stockcast:problem:internal", title="Internal server error",
+                   status=500, detail="an unexpected error occurred; it has been logged",
+                   instance=instance)
+
+
 async def _validation_handler(request: Request, exc: RequestValidationError) -> ProblemResponse:
+    malformed = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+    if malformed:  # not JSON at all: the schema documents 400, not a field's 422
+        cause = (malformed[0].get("ctx") or {}).get("error", "JSON decode error")
+        return problem_response(Problem(
+            type="urn:stockcast:problem:malformed-body", title="Bad Request", status=400,
+            detail=f"the body is not valid JSON: {cause}", instance=request.url.path))
     errors = [_field_error(e) for e in exc.errors()]
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
     return problem_response(Problem(
@@ -112,6 +139,9 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
 
 
 async def _http_handler(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
+    if exc.status_code == 413:  # middleware.BodyLimit, counting a chunked body as it is read
+        limit = request.app.state.settings.max_body_bytes
+        return problem_response(body_too_large_problem(limit, request.url.path))
     title = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) else title
     return problem_response(
@@ -120,50 +150,65 @@ async def _http_handler(request: Request, exc: StarletteHTTPException) -> Proble
         headers=getattr(exc, "headers", None))
 
 
+_RETRY_AFTER = {SourceUnavailable: SOURCE_RETRY_AFTER, DatabaseUnavailable: DATABASE_RETRY_AFTER,
+                DatabaseNotMigrated: DATABASE_RETRY_AFTER}
+
+
+async def _not_migrated(request: Request, exc: BaseException) -> DatabaseNotMigrated | None:
+    """For an error that says a table is missing: the revision, read now, if it is not head."""
+    schema = getattr(request.app.state, "schema", None)
+    if schema is None or not is_missing_schema(exc):
+        return None
+    try:
+        await run_in_threadpool(schema.check)
+    except StockcastError:
+        return None
+    return None if schema.migrated else DatabaseNotMigrated(schema.current, schema.head)
+
+
 async def _stockcast_handler(request: Request, exc: StockcastError) -> ProblemResponse:
+    if isinstance(exc, DatabaseUnavailable):
+        exc = await _not_migrated(request, exc) or exc
     problem = error_problem(exc, request.url.path)
     if problem.status >= 500:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, problem.status, exc)
-    headers = {"Retry-After": str(SOURCE_RETRY_AFTER)} if isinstance(exc, SourceUnavailable) \
-        else None
-    return problem_response(problem, headers)
+    retry = next((s for cls, s in _RETRY_AFTER.items() if isinstance(exc, cls)), None)
+    return problem_response(problem, {"Retry-After": str(retry)} if retry else None)
 
 
-async def _database_handler(request: Request,
-                            exc: OperationalError | InterfaceError) -> ProblemResponse:
+async def _database_handler(request: Request, exc: DBAPIError) -> ProblemResponse:
     # A route that reads the DB without going through the bar cache (which raises
-    # DatabaseUnavailable itself) still answers the database outage, not a 500.
+    # DatabaseUnavailable itself) still answers the database outage, not a 500; a missing
+    # table is a database not migrated (dropped and recreated, say), also not a 500.
+    not_migrated = await _not_migrated(request, exc)
+    if not_migrated is not None:
+        return await _stockcast_handler(request, not_migrated)
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        raise exc  # a bug: the catch-all's 500
     unavailable = DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}")
     return await _stockcast_handler(request, unavailable)
 
 
-async def _unexpected_handler(request: Request, exc: Exception) -> ProblemResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(Problem(
-        type="urn:stockcast:problem:internal", title="Internal server error", status=500,
-        detail="an unexpected error occurred; it has been logged", instance=request.url.path))
-
-
 def register_problem_handlers(app: FastAPI) -> None:
-    """Install the problem+json handlers on an app."""
+    """Install the problem+json handlers on an app (unexpected errors: middleware.CatchAll)."""
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(StockcastError, _stockcast_handler)
-    for connection_error in (OperationalError, InterfaceError):
-        app.add_exception_handler(connection_error, _database_handler)
-    app.add_exception_handler(Exception, _unexpected_handler)
+    app.add_exception_handler(DBAPIError, _database_handler)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict]:
     """OpenAPI `responses` entries documenting problem+json bodies for these statuses."""
     descriptions = {
         400: "The body could not be parsed (not JSON, or not UTF-8).",
+        413: "The body is larger than STOCKCAST_MAX_BODY_BYTES (default 1 MiB).",
         401: "Missing or wrong X-API-Key.",
         404: "Unknown ticker (the source has no bars for it) or nothing matches.",
         409: "The new model could not be loaded; the previous one keeps serving.",
         422: "Invalid input (the offending field is named) or too little history.",
         500: "Unexpected error (logged; no stack trace is returned).",
-        503: "No model loaded, database unreachable, or source down with nothing cached.",
+        503: "No model loaded, database unreachable or not migrated, or source down with "
+             "nothing cached.",
     }
     return {
         status: {

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    create_model,
+)
 
 from service.core.tickers import normalize_ticker
 from service.forecasting.indicators import INDICATORS
@@ -23,10 +32,52 @@ Ticker = Annotated[
     Field(description="A Yahoo symbol, case-insensitive; upper-cased.",
           json_schema_extra={"pattern": TICKER_DOC_PATTERN, "examples": TICKER_EXAMPLES}),
 ]
-Horizon = Annotated[int, Field(ge=1, le=MAX_HORIZON, description=(
-    f"Trading days to forecast, 1..{MAX_HORIZON} (at most the served model's horizon)."))]
-AsOf = Annotated[dt.date | None, Field(description=(
-    "Forecast as of this date: only bars on or before it are used (default: the latest bar)."))]
+
+
+def _json_integer(value):
+    """5.0 is the JSON number 5 (JSON Schema's "integer" says so too); "5", true, 5.5 are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A JSON integer only: "5" and true are refused, not coerced.
+# (The bounds come before the validator: so they stay minimum/maximum in the JSON schema.)
+Horizon = Annotated[int, Strict(), Field(
+    ge=1, le=MAX_HORIZON,
+    description=f"Trading days to forecast, 1..{MAX_HORIZON} (at most the served model's "
+                "horizon); a JSON integer."), BeforeValidator(_json_integer)]
+
+# Dates the API takes: ISO strings within the range the stored data and the calendar support
+# (0001-01-01 minus a lead would overflow; a bare 0 must not become 1970-01-01).
+MIN_DATE = dt.date(1900, 1, 1)
+MAX_DATE = dt.date(2100, 12, 31)
+DATE_PATTERN = r"^(19[0-9]{2}|20[0-9]{2}|2100)-[0-9]{2}-[0-9]{2}$"
+_DATE_SHAPE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+# The largest value of an Integer column (int32 on Postgres): ids beyond it are refused as input.
+MAX_INT32 = 2**31 - 1
+
+
+def _date_string(value):
+    """Only a YYYY-MM-DD string (or a date, from Python callers) may become a date."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not _DATE_SHAPE.fullmatch(value):
+        raise ValueError("must be a date string YYYY-MM-DD")
+    return value
+
+
+def _date_in_range(value: dt.date) -> dt.date:
+    if not MIN_DATE <= value <= MAX_DATE:
+        raise ValueError(f"must be within {MIN_DATE.isoformat()}..{MAX_DATE.isoformat()}")
+    return value
+
+
+ApiDate = Annotated[dt.date, BeforeValidator(_date_string), AfterValidator(_date_in_range),
+                    Field(json_schema_extra={"pattern": DATE_PATTERN})]
+AsOf = Annotated[ApiDate | None, Field(description=(
+    "Forecast as of this date (YYYY-MM-DD, 1900-01-01..2100-12-31): only bars on or before it "
+    "are used (default: the latest bar)."))]
 Level = Annotated[Literal[50, 80, 90], Field(description=(
     "Nominal coverage of lower/upper in percent: 50 (25-75%), 80 (10-90%, the default) or 90 "
     "(5-95%). The band is recalibrated online (ACI) from the ticker's past forecasts."))]
@@ -199,6 +250,7 @@ class ReadinessPublic(BaseModel):
         "checks": {
             "model": {"ok": True, "detail": "3f9a1c2b7d4e"},
             "database": {"ok": True, "detail": "select 1 answered"},
+            "schema": {"ok": True, "detail": "at 0003 (head)"},
             "provider": {"ok": True, "detail": "requested auto; active CPUExecutionProvider"},
         },
     }]})

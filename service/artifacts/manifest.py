@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,11 @@ WINDOW_INPUT = "window"  # (B, W, F) float32 scaled feature windows
 TICKER_INPUT = "ticker_id"  # (B,) int64 embedding ids
 QUANTILES_OUTPUT = "quantiles"  # (B, H, Q) float32 quantile log returns
 N_TICKERS_PROPERTY = "stockcast.n_tickers"  # graph metadata: the embedding's row count
+
+# What may name an artifact (a version, `current`'s content): one plain folder name inside the
+# model directory, never a path (no '/', no '..', not absolute).
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_VERSION_RE = re.compile(VERSION_PATTERN)
 
 _REQUIRED_KEYS = (
     "version", "spec", "feature_scaler", "target_scaler", "ticker_vocab", "split", "onnx",
@@ -56,6 +62,24 @@ def artifact_version(onnx_bytes: bytes, meta: dict) -> str:
     digest = hashlib.sha256(onnx_bytes)
     digest.update(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()[:12]
+
+
+def is_version(name: str) -> bool:
+    """Whether `name` can name an artifact folder (VERSION_PATTERN, no '..')."""
+    return isinstance(name, str) and bool(_VERSION_RE.fullmatch(name)) and ".." not in name
+
+
+def artifact_path(model_dir: Path | str, version: str) -> Path:
+    """The folder of `version` inside model_dir; ModelNotLoaded for a name that is a path."""
+    model_dir = Path(model_dir)
+    if not is_version(version):
+        raise ModelNotLoaded(f"{version!r} is not a model version: a version is one folder name "
+                             "in the model directory (letters, digits, '.', '_', '-')")
+    path = model_dir / version
+    # A symlinked folder pointing elsewhere is still outside the model directory.
+    if path.resolve().parent != model_dir.resolve():
+        raise ModelNotLoaded(f"model version {version!r} resolves outside the model directory")
+    return path
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,7 +148,10 @@ def load_manifest(artifact_dir: Path | str, expected: FeatureSpec | None = None)
     """Read and check an artifact's meta.json against this code; ManifestMismatch on any conflict.
 
     The feature list, order and feature version must equal this code's; with `expected`, the
-    window, horizon and quantiles must match it too. The ONNX file's hash must match meta.
+    window, horizon and quantiles must match it too. The ONNX file's hash must match meta, and
+    the version must be the content hash (artifact_version) of model.onnx and meta.json as they
+    are now, and the folder's name: an edited meta.json or model.onnx is refused, never served
+    under the old name.
     """
     artifact_dir = Path(artifact_dir)
     meta_path = artifact_dir / META_FILE
@@ -134,6 +161,8 @@ def load_manifest(artifact_dir: Path | str, expected: FeatureSpec | None = None)
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise ManifestMismatch(f"artifact {artifact_dir.name}: {META_FILE} is not JSON: {exc}")
+    if not isinstance(meta, dict):
+        raise ManifestMismatch(f"artifact {artifact_dir.name}: {META_FILE} is not an object")
     missing = [k for k in _REQUIRED_KEYS if k not in meta]
     if missing:
         raise ManifestMismatch(f"artifact {artifact_dir.name}: {META_FILE} lacks {missing}")
@@ -181,12 +210,24 @@ def load_manifest(artifact_dir: Path | str, expected: FeatureSpec | None = None)
     onnx_path = artifact_dir / ONNX_FILE
     if not onnx_path.is_file():
         raise ModelNotLoaded(f"no model artifact at {artifact_dir}: {ONNX_FILE} is missing")
-    recorded = meta["onnx"].get("sha256")
-    actual = file_sha256(onnx_path)
+    onnx_bytes = onnx_path.read_bytes()
+    recorded = meta["onnx"].get("sha256") if isinstance(meta["onnx"], dict) else None
+    actual = hashlib.sha256(onnx_bytes).hexdigest()
     if recorded != actual:
         raise ManifestMismatch(
             f"artifact {name}: {ONNX_FILE} has sha256 {actual[:12]}… "
             f"but {META_FILE} records {str(recorded)[:12]}…"
+        )
+    content = artifact_version(onnx_bytes, meta)
+    if name != content:
+        raise ManifestMismatch(
+            f"artifact {name}: its content hashes to {content}, not to its version; "
+            f"{META_FILE} or {ONNX_FILE} was changed after export (refused)"
+        )
+    if artifact_dir.name != name:
+        raise ManifestMismatch(
+            f"artifact {name} lies in a folder named {artifact_dir.name!r}; "
+            "a version is served only from its own folder"
         )
 
     return Manifest(
@@ -213,8 +254,8 @@ def resolve_current(model_dir: Path | str) -> Path:
     if not pointer.is_file():
         raise ModelNotLoaded(f"no {pointer}: train a model (stockcast train) or restore one")
     version = pointer.read_text().strip()
-    artifact_dir = model_dir / version
-    if not version or not artifact_dir.is_dir():
+    artifact_dir = artifact_path(model_dir, version)
+    if not artifact_dir.is_dir():
         raise ModelNotLoaded(f"{pointer} names {version!r}, which is not a folder in {model_dir}")
     return artifact_dir
 
@@ -222,7 +263,7 @@ def resolve_current(model_dir: Path | str) -> Path:
 def set_current(model_dir: Path | str, version: str) -> None:
     """Point `model_dir/current` at a version (written atomically)."""
     model_dir = Path(model_dir)
-    if not (model_dir / version).is_dir():
+    if not artifact_path(model_dir, version).is_dir():
         raise ModelNotLoaded(f"no artifact {version!r} in {model_dir}")
     tmp = model_dir / f".{CURRENT_FILE}.tmp"
     tmp.write_text(version + "\n")

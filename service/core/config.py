@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     # Each worker checks models/current this often (one stat) and loads the artifact it names
     # when it changed: POST /admin/reload reaches one worker only. 0 disables the check.
     model_check_interval_seconds: float = Field(default=2.0, ge=0)
+    # Request bodies larger than this are refused with 413 before they are read in full.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=0)
+    # Bounds on the API's database calls (service.db.guard): every failure is a 503 in < 3 s.
+    db_connect_timeout_seconds: int = Field(default=2, ge=2)  # libpq's minimum is 2
+    db_ping_timeout_seconds: float = Field(default=0.5, gt=0)
+    db_statement_timeout_seconds: float = Field(default=2.0, gt=0)
+    db_pool_timeout_seconds: float = Field(default=1.0, gt=0)
+    # After the database failed to connect or answer in time, checkouts fail at once this long.
+    db_retry_seconds: float = Field(default=1.0, ge=0)
+    # How often requests re-read the schema revision (a downgrade or an emptied database).
+    schema_check_interval_seconds: float = Field(default=5.0, ge=0)
 
 
 @lru_cache

@@ -19,6 +19,11 @@ class SourceUnavailable(StockcastError):
     """The upstream source failed (timeouts, rate limits) after retries."""
 
 
+class SourceNotConfigured(SourceUnavailable):
+    """There is no upstream at all (STOCKCAST_SOURCE=none): a ticker not cached is unknown here,
+    not temporarily unavailable; cached ones are served stale."""
+
+
 class InvalidBars(StockcastError, ValueError):
     """An input file or frame that cannot be read as OHLCV bars at all."""
 
@@ -43,3 +48,12 @@ class ManifestMismatch(StockcastError):
 
 class DatabaseUnavailable(StockcastError):
     """The bar database cannot be reached."""
+
+
+class DatabaseNotMigrated(StockcastError):
+    """The database answers but its schema is not at this code's Alembic head."""
+
+    def __init__(self, current: str | None, head: str):
+        self.current, self.head = current, head
+        super().__init__(f"database not migrated (at {current or 'no revision'}, need {head}): "
+                         "run `stockcast db upgrade`")

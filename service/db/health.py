@@ -1,11 +1,19 @@
-"""Database reachability for the readiness probe."""
+"""Database readiness: reachability (`select 1`) and the schema revision against Alembic's head."""
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+import threading
+import time
+from collections.abc import Callable
 
-from service.core.errors import DatabaseUnavailable
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from service.core.errors import DatabaseNotMigrated, DatabaseUnavailable
+
+# SQLSTATEs of a missing table / column (Postgres) and SQLite's words for the same.
+_MISSING_SQLSTATES = {"42P01", "42703"}
+_MISSING_WORDS = ("no such table", "no such column")
 
 
 def ping(engine: Engine) -> None:
@@ -15,3 +23,86 @@ def ping(engine: Engine) -> None:
             conn.execute(text("select 1"))
     except (OperationalError, InterfaceError) as exc:
         raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
+
+
+def head_revision() -> str:
+    """This code's Alembic head revision."""
+    from alembic.script import ScriptDirectory
+
+    from service.db.session import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "no Alembic revisions"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's Alembic revision; None when it has none (never migrated, or emptied)."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("select version_num from alembic_version")).scalar()
+    except DBAPIError as exc:
+        if is_missing_schema(exc):
+            return None
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            raise DatabaseUnavailable(
+                f"bar database unavailable: {exc.__class__.__name__}") from exc
+        raise
+
+
+def is_missing_schema(exc: BaseException | None) -> bool:
+    """Whether an error (or its cause) says a table or column does not exist."""
+    seen = 0
+    while exc is not None and seen < 5:
+        orig = getattr(exc, "orig", None)
+        if getattr(orig, "sqlstate", None) in _MISSING_SQLSTATES:
+            return True
+        if isinstance(exc, DBAPIError) and any(w in str(orig) for w in _MISSING_WORDS):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
+
+
+class SchemaCheck:
+    """Whether the database is at `head`, known from the last check; re-checked every
+    `interval` seconds by a caller that asks `due()`, and at once after a missing-table error."""
+
+    def __init__(self, engine: Engine, head: str, interval: float = 5.0,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.engine = engine
+        self.head = head
+        self.interval = interval
+        self.monotonic = monotonic
+        self.current: str | None = head  # assumed until the first check says otherwise
+        self._checked_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def migrated(self) -> bool:
+        return self.current == self.head
+
+    def claim(self) -> bool:
+        """True for the caller that should re-read the revision now: each one while the schema
+        looked wrong (to see the upgrade at once), else one per interval."""
+        if not self.migrated:
+            return True
+        now = self.monotonic()
+        with self._lock:
+            if self._checked_at is not None and now - self._checked_at < self.interval:
+                return False
+            self._checked_at = now  # a failing database is not asked by every request
+            return True
+
+    def check(self) -> str | None:
+        """Read the revision now (DatabaseUnavailable if the database does not answer)."""
+        with self._lock:
+            self._checked_at = self.monotonic()
+        current = current_revision(self.engine)
+        self.current = current
+        return current
+
+    def require(self) -> None:
+        """DatabaseNotMigrated unless the last check found the head revision."""
+        current = self.current
+        if current != self.head:
+            raise DatabaseNotMigrated(current, self.head)

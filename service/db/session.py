@@ -7,7 +7,10 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect, text
 
 from service.core.config import PROJECT_ROOT
+from service.db.guard import DbBounds, engine_options, guard_engine
 
+# Commands (ingest, backtest) wait this long for a SQLite lock; a bounded engine its statement
+# bound.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -18,17 +21,34 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, **kwargs) -> Engine:
-    """An engine with pool_pre_ping; SQLite files run in WAL mode with a busy timeout."""
+def make_engine(url: str, bounds: DbBounds | None = None, **kwargs) -> Engine:
+    """An engine that pings pooled connections; SQLite files run in WAL mode with a busy timeout.
+
+    With `bounds` (the API's engine) every call is bounded in time (service.db.guard); without
+    (commands: a full ingest may rightly take a minute) only SQLite's busy timeout applies.
+    """
     url = normalize_url(url)
+    if bounds is not None:
+        options = engine_options(url, bounds)
+        connect_args = {**options.pop("connect_args", {}), **kwargs.pop("connect_args", {})}
+        engine = _make_engine(url, connect_args=connect_args, pool_pre_ping=False,
+                              busy_timeout_ms=int(bounds.statement_seconds * 1000),
+                              **options, **kwargs)
+        return guard_engine(engine, bounds)
+    return _make_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+                 connect_args: dict | None = None, **kwargs) -> Engine:
+    connect_args = dict(connect_args or {})
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
-            pool_pre_ping=True,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False,
+                          **connect_args},
             **kwargs,
         )
 
@@ -36,13 +56,15 @@ def make_engine(url: str, **kwargs) -> Engine:
         def _sqlite_pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    if connect_args:
+        kwargs["connect_args"] = connect_args
+    return create_engine(url, **kwargs)
 
 
 def alembic_config(url: str):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
+from service.db.session import normalize_url
 from service.evaluation.backtest import BacktestResult
 from service.evaluation.report import pooled_equity
 from service.evaluation.scoring import BUY_AND_HOLD, MODEL, NAIVE, REFERENCE_BAND
@@ -139,6 +143,25 @@ def plot_reliability(result: BacktestResult, path: Path) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+# Under the model directory: runs/<database key>/run-<id>/.
+RUNS_DIR = "runs"
+
+
+def database_key(url: str) -> str:
+    """A short name of one database (backend + hash of its URL without the password): run ids
+    of two databases must not share a plots folder. A SQLite path counts as its absolute path."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        parsed = parsed.set(database=str(Path(parsed.database).resolve()))
+    ident = parsed.render_as_string(hide_password=True)  # the password shows as ***
+    return f"{parsed.get_backend_name()}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
+
+
+def default_plots_dir(model_dir: Path | str, database_url: str, run_id: int) -> Path:
+    """Where a stored run's plots go by default: <model_dir>/runs/<database key>/run-<id>."""
+    return Path(model_dir) / RUNS_DIR / database_key(database_url) / f"run-{run_id}"
 
 
 def write_backtest_plots(result: BacktestResult, out_dir: Path | str) -> list[Path]:

@@ -20,7 +20,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from service.artifacts.manifest import CURRENT_FILE, Manifest, load_manifest, set_current
+from service.artifacts.manifest import (
+    CURRENT_FILE,
+    Manifest,
+    artifact_path,
+    load_manifest,
+    set_current,
+)
 from service.core.errors import StockcastError
 from service.db.backtests import get_metrics, latest_run
 from service.evaluation.artifact_backtest import out_of_sample_problem
@@ -172,7 +178,8 @@ def promote(engine: Engine, model_dir: Path | str, version: str,
             thresholds: GateThresholds | None = None) -> PromotionVerdict:
     """Point model_dir/current at `version` if it passes the gate; PromotionRefused otherwise."""
     model_dir = Path(model_dir)
-    manifest = load_manifest(model_dir / version)  # a broken or missing artifact is never promoted
+    # A broken, tampered or missing artifact (or a name outside model_dir) is never promoted.
+    manifest = load_manifest(artifact_path(model_dir, version))
     verdict = evaluate_gate(engine, manifest, max_rel_mae, thresholds)
     if not verdict.passed:
         pointer = model_dir / CURRENT_FILE

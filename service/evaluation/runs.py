@@ -16,14 +16,13 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from service.core.config import PROJECT_ROOT
 from service.core.errors import DatabaseUnavailable
 from service.db.backtests import get_metrics, get_run, store_run
 from service.db.bars import read_bars_many
 from service.evaluation.artifact_backtest import out_of_sample_problem, write_report
 from service.evaluation.backtest import BacktestResult, bars_by_ticker, run_backtest
 from service.evaluation.drift import write_training_profile
-from service.evaluation.plots import write_backtest_plots
+from service.evaluation.plots import default_plots_dir, write_backtest_plots
 from service.forecasting.baselines import BASELINES
 from service.inference.onnx_model import Provider
 from service.inference.predictor import Predictor
@@ -82,8 +81,10 @@ def backtest_and_store(
         raise DatabaseUnavailable(
             f"cannot store the backtest ({exc.__class__.__name__}); "
             "is the database migrated? run `stockcast db upgrade`") from exc
+    # Keyed by database: run ids of two databases never share a folder.
+    url = engine.url.render_as_string(hide_password=False)
     plots = write_backtest_plots(
-        result, plots_dir or PROJECT_ROOT / "var" / "backtests" / f"run-{run_id}")
+        result, plots_dir or default_plots_dir(Path(artifact_dir).parent, url, run_id))
     # The gate's kind of run (out of sample, every training ticker) is what the artifact carries.
     manifest = predictor.manifest
     report = None

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
 
-from service.core.errors import SourceUnavailable
+from service.core.errors import SourceNotConfigured
 
 if TYPE_CHECKING:
     from service.core.config import Settings
@@ -44,8 +44,8 @@ class NullSource:
 
     def fetch(self, ticker: str, start: dt.date | None = None,
               end: dt.date | None = None) -> pd.DataFrame:
-        """Always raises SourceUnavailable."""
-        raise SourceUnavailable("no bar source configured (STOCKCAST_SOURCE=none)")
+        """Always raises SourceNotConfigured (a SourceUnavailable)."""
+        raise SourceNotConfigured("no bar source configured (STOCKCAST_SOURCE=none)")
 
 
 def _yfinance(settings: Settings) -> BarSource:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from service.core.errors import SourceUnavailable, UnknownTicker
+from service.core.errors import SourceNotConfigured, SourceUnavailable, UnknownTicker
 from service.sources.base import BarSource
 
 
@@ -61,6 +61,8 @@ class CircuitBreaker:
                     f"(next try after {self.cooldown:.0f} s): {failure}")
         try:
             bars = call()
+        except SourceNotConfigured:
+            raise  # not an outage: nothing to wait for (and it answers at once anyway)
         except SourceUnavailable as exc:
             with self._lock:
                 self._failed_at, self._failure = self.monotonic(), str(exc)

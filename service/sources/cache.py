@@ -12,7 +12,12 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from service.core.errors import DatabaseUnavailable, SourceUnavailable, UnknownTicker
+from service.core.errors import (
+    DatabaseUnavailable,
+    SourceNotConfigured,
+    SourceUnavailable,
+    UnknownTicker,
+)
 from service.core.locks import KeyedLocks
 from service.core.tickers import normalize_ticker
 from service.db import bars as bars_db
@@ -227,6 +232,12 @@ class BarCache:
                 return 0, False, []
             raise
         except SourceUnavailable as exc:
+            if not have_bars and isinstance(exc, SourceNotConfigured):
+                # Cache-only and not cached: nothing will ever fetch it, so a 404, not a 503.
+                message = f"no bars cached for {ticker}, and {exc}"
+                with self.engine.begin() as conn:
+                    bars_db.record_refresh(conn, ticker, "unknown", message, at=self.clock())
+                raise UnknownTicker(message) from exc
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "error", str(exc), at=self.clock())
             if have_bars:

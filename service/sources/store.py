@@ -16,6 +16,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.core.errors import DatabaseUnavailable
 from service.db.bars import UpsertCount, record_refresh, upsert_bars
 from service.sources.validate import ValidationResult, validate_bars
 
@@ -50,6 +51,6 @@ def write_bars(engine: Engine, validated: ValidationResult, source: str, *,
         try:
             with engine.begin() as conn:
                 after_write(conn, tickers)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, DatabaseUnavailable) as exc:  # the guard's timeouts too
             log.warning("bars stored, but the after-write step failed: %s", exc)
     return count

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from service.api.main import create_app
 from service.artifacts.manifest import load_manifest
 from service.core.config import PROJECT_ROOT
+from service.db.health import head_revision
 from service.forecasting.indicators import chart_indicators
 from tests.api_factories import (
     API_KEY,
@@ -75,25 +76,25 @@ def test_healthz_answers_while_forecasts_are_in_flight(seeded_url, tiny_artifact
 def test_reload_swaps_the_model_and_in_flight_requests_keep_theirs(seeded_url, tiny_artifact,
                                                                    tmp_path):
     models = tmp_path / "models"
-    first = copy_models(tiny_artifact.artifact_dir, models, version="model-one")
+    first = copy_models(tiny_artifact.artifact_dir, models, variant="one")
     source = ScriptedSource({"SLOW": make_bars(360, seed=22)}, delay=1.5)
     app = create_app(api_settings(seeded_url, models), source=source, clock=Clock())
     with ServerThread(app) as server:
-        assert httpx.post(f"{server.url}/predict/AAA").json()["model_version"] == "model-one"
+        assert httpx.post(f"{server.url}/predict/AAA").json()["model_version"] == first.name
         slow = []
         worker = threading.Thread(
             target=lambda: slow.append(httpx.post(f"{server.url}/predict/SLOW", timeout=30)))
         worker.start()
         time.sleep(0.4)  # SLOW is in flight on model-one
-        copy_models(first, models, version="model-two")  # training promoted a new model
+        second = copy_models(first, models, variant="two")  # training promoted a new model
         reload = httpx.post(f"{server.url}/admin/reload", headers={"X-API-Key": API_KEY})
         after = httpx.post(f"{server.url}/predict/AAA").json()
         worker.join()
     assert reload.status_code == 200
-    assert reload.json() == {"previous_version": "model-one", "version": "model-two",
+    assert reload.json() == {"previous_version": first.name, "version": second.name,
                              "changed": True}
-    assert after["model_version"] == "model-two"
-    assert slow[0].status_code == 200 and slow[0].json()["model_version"] == "model-one"
+    assert after["model_version"] == second.name
+    assert slow[0].status_code == 200 and slow[0].json()["model_version"] == first.name
 
 
 # Seconds between two checks of models/current in the watch tests (2 s in production).
@@ -116,56 +117,64 @@ def test_a_reload_on_one_worker_reaches_the_others_through_models_current(
     # Two apps on one models folder stand in for two uvicorn workers (separate processes, each
     # with its own slot): the reload request lands on one of them only.
     models = tmp_path / "models"
-    first = copy_models(tiny_artifact.artifact_dir, models, version="model-one")
+    first = copy_models(tiny_artifact.artifact_dir, models, variant="one")
     settings = api_settings(seeded_url, models, model_check_interval_seconds=WATCH_INTERVAL)
     with TestClient(create_app(settings, source=ScriptedSource(), clock=Clock())) as one, \
             TestClient(create_app(settings, source=ScriptedSource(), clock=Clock())) as two:
-        assert two.post("/predict/AAA").json()["model_version"] == "model-one"
-        copy_models(first, models, version="model-two")  # training promoted a new model
+        assert two.post("/predict/AAA").json()["model_version"] == first.name
+        second = copy_models(first, models, variant="two")  # training promoted a new model
         reload = one.post("/admin/reload", headers={"X-API-Key": API_KEY})
-        took = wait_until(lambda: two.get("/models/current").json()["version"] == "model-two")
+        took = wait_until(lambda: two.get("/models/current").json()["version"] == second.name)
         after = two.post("/predict/AAA").json()
         metrics = two.get("/metrics").text
-    assert reload.status_code == 200 and reload.json()["version"] == "model-two"
+    assert reload.status_code == 200 and reload.json()["version"] == second.name
     # One check interval, then loading the tiny model (milliseconds).
     assert took < WATCH_INTERVAL + 1.0
-    assert after["model_version"] == "model-two"
-    assert 'stockcast_model_info{providers="CPUExecutionProvider",version="model-two"} 1.0' \
-        in metrics
+    assert after["model_version"] == second.name
+    assert ('stockcast_model_info{providers="CPUExecutionProvider",'
+            f'version="{second.name}"}} 1.0') in metrics
     # Only the model served now (the ledger's gauges keep both versions' live records).
-    assert ',version="model-one"}' not in metrics
+    assert f',version="{first.name}"}}' not in metrics
 
 
 @SQLITE_ONLY
-def test_a_watched_models_current_that_cannot_load_keeps_the_old_model(seeded_url,
-                                                                       tiny_artifact, tmp_path):
+def test_a_watched_models_current_that_cannot_load_keeps_the_old_model(
+        seeded_url, tiny_artifact, tmp_path, caplog):
     models = tmp_path / "models"
-    good = copy_models(tiny_artifact.artifact_dir, models, version="good")
+    good = copy_models(tiny_artifact.artifact_dir, models, variant="good")
     settings = api_settings(seeded_url, models, model_check_interval_seconds=WATCH_INTERVAL)
+
+    def model_detail() -> str:
+        return client.get("/readyz").json()["checks"]["model"]["detail"]
+
     with TestClient(create_app(settings, source=ScriptedSource(), clock=Clock())) as client:
         loaded_at = client.get("/models/current").json()["loaded_at"]
-        (models / "current").write_text("good\n")  # rewritten, same artifact: nothing to load
+        # Rewritten, same artifact: nothing to load.
+        (models / "current").write_text(good.name + "\n")
         time.sleep(3 * WATCH_INTERVAL)
         assert client.get("/models/current").json()["loaded_at"] == loaded_at
 
-        shutil.copytree(good, models / "broken")
-        (models / "broken" / "model.onnx").write_bytes(b"not a model")
-        (models / "current").write_text("broken\n")
-        wait_until(lambda: client.get("/readyz").json()["checks"]["model"]["detail"] != "good")
+        broken = copy_models(good, models, variant="broken")  # current -> broken
+        (broken / "model.onnx").write_bytes(b"not a model")
+        wait_until(lambda: model_detail() != good.name)
         ready = client.get("/readyz")
         predict = client.post("/predict/AAA").json()
         current = client.get("/models/current").json()
 
-        (models / "current").write_text("good\n")  # the bad promotion undone
-        wait_until(lambda: client.get("/readyz").json()["checks"]["model"]["detail"] == "good")
+        (models / "current").write_text(good.name + "\n")  # the bad promotion undone
+        wait_until(lambda: model_detail() == good.name)
         assert client.get("/models/current").json()["loaded_at"] == loaded_at
     assert ready.status_code == 200
     model_check = ready.json()["checks"]["model"]
-    assert model_check["ok"] is True
-    assert model_check["detail"].startswith("good; the last load failed: ")
-    assert "sha256" in model_check["detail"]
-    assert predict["model_version"] == "good"
-    assert current["version"] == "good" and current["loaded_at"] == loaded_at
+    assert model_check == {"ok": True, "detail": (
+        f"{good.name}; the last load failed: model {broken.name}: artifact refused "
+        "(the reason is in the server log)")}
+    # The public detail is short and path-free; the log has the full reason.
+    assert str(tmp_path) not in ready.text
+    assert any("sha256" in r.getMessage() and broken.name in r.getMessage()
+               for r in caplog.records)
+    assert predict["model_version"] == good.name
+    assert current["version"] == good.name and current["loaded_at"] == loaded_at
 
 
 @SQLITE_ONLY
@@ -218,18 +227,21 @@ def test_readiness_before_and_after_a_model_is_loaded(seeded_url, tiny_artifact,
         assert not_ready.status_code == 503
         assert not_ready.headers["content-type"] == PROBLEM
         reason = (f"no {models / 'current'}: train a model (stockcast train) or restore one")
+        public = "models/current: no loadable artifact (the reason is in the server log)"
         assert not_ready.json() == {
             "type": "urn:stockcast:problem:not-ready", "title": "Not ready", "status": 503,
             "detail": "failed checks: model, provider", "instance": "/readyz",
-            "checks": {"model": {"ok": False, "detail": reason},
+            "checks": {"model": {"ok": False, "detail": public},
                        "database": {"ok": True, "detail": "select 1 answered"},
+                       "schema": {"ok": True, "detail": f"at {head_revision()} (head)"},
                        "provider": {"ok": False, "detail": "requested cpu; no session"}}}
         predict = client.post("/predict/AAA")
         assert predict.status_code == 503 and predict.headers["content-type"] == PROBLEM
         assert predict.json() == {
             "type": "urn:stockcast:problem:model-not-loaded", "title": "No model loaded",
-            "status": 503, "detail": f"no model loaded: {reason}", "instance": "/predict/AAA"}
+            "status": 503, "detail": f"no model loaded: {public}", "instance": "/predict/AAA"}
         assert client.get("/models/current").status_code == 503
+        # The authenticated admin answer carries the full reason.
         failed = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
         assert failed.status_code == 409
         assert failed.json()["detail"] == f"{reason}; still serving model none"
@@ -248,16 +260,16 @@ def test_readiness_before_and_after_a_model_is_loaded(seeded_url, tiny_artifact,
 @SQLITE_ONLY
 def test_a_broken_new_artifact_keeps_the_old_model_serving(seeded_url, tiny_artifact, tmp_path):
     models = tmp_path / "models"
-    good = copy_models(tiny_artifact.artifact_dir, models, version="good")
+    good = copy_models(tiny_artifact.artifact_dir, models, variant="good")
     app = create_app(api_settings(seeded_url, models), source=ScriptedSource(), clock=Clock())
     with TestClient(app) as client:
-        broken = copy_models(good, models, version="broken")
+        broken = copy_models(good, models, variant="broken")
         (broken / "model.onnx").write_bytes(b"not a model")
         response = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
         assert response.status_code == 409
-        assert response.json()["detail"].endswith("; still serving model good")
+        assert response.json()["detail"].endswith(f"; still serving model {good.name}")
         assert "sha256" in response.json()["detail"]
-        assert client.post("/predict/AAA").json()["model_version"] == "good"
+        assert client.post("/predict/AAA").json()["model_version"] == good.name
 
 
 # -- describing the model, metrics --------------------------------------------------------------

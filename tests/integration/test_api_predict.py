@@ -299,11 +299,18 @@ def test_invalid_ticker_is_422_naming_the_field(client):
 @pytest.mark.parametrize("body, field, message", [
     ({"horizon": 0}, "horizon", "Input should be greater than or equal to 1"),
     ({"horizon": 31}, "horizon", "Input should be less than or equal to 30"),
-    ({"horizon": "soon"}, "horizon",
-     "Input should be a valid integer, unable to parse string as an integer"),
+    # Strict types: nothing is coerced into a horizon or a date.
+    ({"horizon": "soon"}, "horizon", "Input should be a valid integer"),
+    ({"horizon": "5"}, "horizon", "Input should be a valid integer"),
+    ({"horizon": True}, "horizon", "Input should be a valid integer"),
+    ({"horizon": 2.5}, "horizon", "Input should be a valid integer"),
+    ({"horizon": 10**30}, "horizon", "Input should be less than or equal to 30"),
     ({"horizon": 6}, "horizon", "must be at most 5, the served model's horizon"),
-    ({"as_of": "yesterday"}, "as_of",
-     "Input should be a valid date or datetime, input is too short"),
+    ({"as_of": "yesterday"}, "as_of", "must be a date string YYYY-MM-DD"),
+    ({"as_of": 0}, "as_of", "must be a date string YYYY-MM-DD"),
+    ({"as_of": "0001-01-01"}, "as_of", "must be within 1900-01-01..2100-12-31"),
+    ({"as_of": "2017-02-30"}, "as_of",
+     "Input should be a valid date or datetime, day value is outside expected range"),
     ({"horizon": 1, "model": "x"}, "model", "Extra inputs are not permitted"),
     ({"horizon": 1, "level": 70}, "level", "Input should be 50, 80 or 90"),
 ])
@@ -334,8 +341,10 @@ def test_database_down_is_503(tiny_artifact):
             "detail": "bar database unavailable: OperationalError", "instance": "/predict/AAA"})
         ready = client.get("/readyz")
         assert ready.status_code == 503
-        assert ready.json()["checks"]["database"] == {
-            "ok": False, "detail": "bar database unavailable: OperationalError"}
+        # Within the breaker's second the database is not asked again.
+        assert ready.json()["checks"]["database"] == {"ok": False, "detail": (
+            "bar database unavailable: connect failed (OperationalError); "
+            "not asked again for 1 s")}
         assert client.get("/healthz").json() == {"status": "ok"}
 
 
@@ -360,15 +369,17 @@ def test_every_route_answers_a_database_outage_with_503_never_500(tiny_artifact)
         if response.status_code >= 500:
             assert response.headers["content-type"] == PROBLEM, path
             assert response.json()["type"] in (outage["type"], "urn:stockcast:problem:not-ready")
-    detail = "bar database unavailable: OperationalError"
-    for path in ("/tickers", "/bars/AAA"):
-        assert_problem(answers[path], 503, {**outage, "detail": detail, "instance": path})
-    assert_problem(answers["POST /predict"], 503,
-                   {**outage, "detail": detail, "instance": "/predict"})
-    backtest = answers["/metrics/backtest"].json()
-    assert answers["/metrics/backtest"].status_code == 503
-    assert {k: backtest[k] for k in outage} == outage
-    assert backtest["detail"].startswith("cannot read backtests (OperationalError)")
+    # The first refused connect opens the breaker: the others are not tried for a second.
+    details = ("bar database unavailable: OperationalError",
+               ("bar database unavailable: connect failed (OperationalError); "
+                "not asked again for 1 s"))
+    for path in ("/tickers", "/bars/AAA", "/metrics/backtest", "POST /predict/AAA",
+                 "POST /predict"):
+        body = answers[path].json()
+        assert answers[path].status_code == 503, path
+        assert {k: body[k] for k in outage} == outage, path
+        assert body["detail"] in details, path
+        assert answers[path].headers["retry-after"] == "1"
     assert answers["/readyz"].status_code == 503
     assert answers["/healthz"].status_code == 200 and answers["/models/current"].status_code == 200
 

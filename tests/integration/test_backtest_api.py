@@ -96,6 +96,16 @@ BAD_QUERIES = [
     ({"ticker": "bad ticker"}, 422,
      "invalid ticker 'bad ticker': use 1-15 letters, digits, '.', '-', '^' or '='"),
     ({"horizon": 0}, 422, "horizon: Input should be greater than or equal to 1"),
+    # Beyond the columns' ranges or with NUL bytes: a client error on every backend, not an
+    # OverflowError (SQLite) or a "database unavailable" (Postgres).
+    ({"run_id": 99999999999999999999}, 422,
+     "run_id: Input should be less than or equal to 2147483647"),
+    ({"horizon": 10**12}, 422, "horizon: Input should be less than or equal to 30"),
+    ({"method": "mo\x00del"}, 422, "method: String should match pattern '^[a-z0-9_]{1,32}$'"),
+    ({"model_version": "v\x00"}, 422,
+     "model_version: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'"),
+    ({"ticker": "AA\x00"}, 422,
+     "invalid ticker 'AA\\x00': use 1-15 letters, digits, '.', '-', '^' or '='"),
 ]
 
 

@@ -246,3 +246,35 @@ def make_engine_disposed(url):
         yield engine
     finally:
         engine.dispose()
+
+
+def test_runs_of_two_databases_plot_into_their_own_folders(cli_env, monkeypatch, tmp_path,
+                                                          tiny_artifact):
+    from service.core.config import get_settings
+    from service.evaluation.plots import database_key
+    from tests.api_factories import store_bars
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    store_bars(other, tiny_artifact.bars, reset=True)
+    args = ["backtest", "--tickers", "AAA", "--horizons", "1"]
+    first = CliRunner().invoke(app, args)
+    monkeypatch.setenv("STOCKCAST_DATABASE_URL", other)
+    get_settings.cache_clear()
+    second = CliRunner().invoke(app, args)
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    runs = cli_env.model_dir / "runs"
+    folders = sorted(str(p.relative_to(runs)) for p in runs.glob("*/run-*"))
+    # Both databases' first run is run 1: two folders, one per database.
+    assert folders == sorted([f"{database_key(cli_env.url)}/run-1",
+                              f"{database_key(other)}/run-1"])
+    assert all(len(list((runs / f).iterdir())) == 2 for f in folders)
+    assert database_key("postgresql://u:secret@h/a") == database_key("postgresql://u:other@h/a")
+    assert database_key("postgresql://u@h/a") != database_key("postgresql://u@h/b")
+
+
+@pytest.mark.parametrize("version", ["../models", "/etc", "a/b"])
+def test_backtest_and_promote_refuse_a_version_outside_the_model_directory(cli_env, version):
+    for command in (["backtest", "--version", version], ["promote", version]):
+        out = CliRunner().invoke(app, command)
+        assert out.exit_code == 1
+        assert "is not a model version" in out.output

@@ -114,7 +114,7 @@ def test_a_retrain_the_gate_refuses_leaves_models_current_alone(sqlite_url, tiny
         def retrain():
             # What the training pipeline does after export: a stored out-of-sample backtest
             # of the new version, then the gate. This version loses to naive by 5%.
-            new = copy_models(tiny_artifact.artifact_dir, models, version="retrained")
+            new = copy_models(tiny_artifact.artifact_dir, models, variant="retrained")
             (models / "current").write_text(old.name + "\n")  # copy_models points current
             manifest = load_manifest(new)
             with engine.begin() as conn:

@@ -8,7 +8,14 @@ import shutil
 import numpy as np
 import pytest
 
-from service.artifacts.manifest import load_manifest, resolve_current, set_current
+from service.artifacts.manifest import (
+    artifact_path,
+    artifact_version,
+    load_manifest,
+    resolve_current,
+    set_current,
+)
+from service.core.config import PROJECT_ROOT
 from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
 from service.inference.onnx_model import OnnxModel
@@ -33,6 +40,14 @@ def _edit_meta(artifact, **changes):
             meta[section] = value
     (artifact / "meta.json").write_text(json.dumps(meta))
     return meta
+
+
+def _rehashed(artifact, **changes):
+    """An edited artifact exported honestly: its version derived again, its folder renamed."""
+    meta = _edit_meta(artifact, **changes)
+    meta["version"] = artifact_version((artifact / "model.onnx").read_bytes(), meta)
+    (artifact / "meta.json").write_text(json.dumps(meta))
+    return artifact.rename(artifact.parent / meta["version"])
 
 
 def test_load_manifest_reads_spec_scalers_vocabulary_and_split(artifact, tiny_artifact):
@@ -97,7 +112,7 @@ def test_missing_artifact_is_model_not_loaded(tmp_path):
 
 
 def test_predictor_refuses_a_graph_that_disagrees_with_meta(artifact):
-    _edit_meta(artifact, ticker_vocab=["<unknown>", "AAA"])
+    artifact = _rehashed(artifact, ticker_vocab=["<unknown>", "AAA"])
     manifest = load_manifest(artifact)
     model = OnnxModel.load(artifact, provider="cpu")
     with pytest.raises(ManifestMismatch) as err:
@@ -117,3 +132,67 @@ def test_resolve_current_follows_the_pointer_file(artifact):
     (models / "current").write_text("nope\n")
     with pytest.raises(ModelNotLoaded, match="names 'nope', which is not a folder"):
         resolve_current(models)
+
+
+# -- the version is the content hash, verified on every load -----------------------------------
+
+
+def test_the_shipped_artifact_verifies_as_its_content_hash():
+    pointer = PROJECT_ROOT / "models" / "current"
+    version = pointer.read_text().strip()
+    meta = json.loads((PROJECT_ROOT / "models" / version / "meta.json").read_text())
+    onnx = (PROJECT_ROOT / "models" / version / "model.onnx").read_bytes()
+    assert artifact_version(onnx, meta) == meta["version"] == version
+    assert load_manifest(resolve_current(PROJECT_ROOT / "models")).version == version
+
+
+def test_a_tampered_meta_is_refused_naming_the_hash_it_has(artifact):
+    meta = json.loads((artifact / "meta.json").read_text())
+    shifted = [m + 0.5 for m in meta["feature_scaler"]["mean"]]
+    meta = _edit_meta(artifact, feature_scaler__mean=shifted)
+    content = artifact_version((artifact / "model.onnx").read_bytes(), meta)
+    with pytest.raises(ManifestMismatch) as err:
+        load_manifest(artifact)
+    assert str(err.value) == (
+        f"artifact {artifact.name}: its content hashes to {content}, not to its version; "
+        "meta.json or model.onnx was changed after export (refused)")
+
+
+def test_a_tampered_onnx_with_its_sha_rewritten_in_meta_is_refused(artifact):
+    import hashlib
+
+    onnx = (artifact / "model.onnx").read_bytes() + b"\0"
+    (artifact / "model.onnx").write_bytes(onnx)
+    _edit_meta(artifact, onnx__sha256=hashlib.sha256(onnx).hexdigest())
+    with pytest.raises(ManifestMismatch, match="its content hashes to [0-9a-f]{12}, not to its "
+                                               "version"):
+        load_manifest(artifact)
+
+
+def test_an_artifact_copied_under_another_name_is_refused(artifact):
+    renamed = artifact.rename(artifact.parent / "latest")
+    with pytest.raises(ManifestMismatch) as err:
+        load_manifest(renamed)
+    assert str(err.value) == (f"artifact {artifact.name} lies in a folder named 'latest'; "
+                              "a version is served only from its own folder")
+
+
+@pytest.mark.parametrize("name", ["../models", "..", "/etc", "a/b", "", ".hidden", "x\0y",
+                                  "v" * 65])
+def test_versions_name_folders_inside_the_model_directory_only(artifact, name):
+    models = artifact.parent
+    with pytest.raises(ModelNotLoaded, match="is not a model version"):
+        artifact_path(models, name)
+    (models / "current").write_text(name + "\n")
+    with pytest.raises(ModelNotLoaded):
+        resolve_current(models)
+    with pytest.raises(ModelNotLoaded):
+        set_current(models, name)
+
+
+def test_a_symlinked_version_leading_outside_is_refused(artifact, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(artifact, outside)
+    (artifact.parent / "linked").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ModelNotLoaded, match="resolves outside the model directory"):
+        artifact_path(artifact.parent, "linked")

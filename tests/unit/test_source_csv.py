@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from service.core.config import Settings
-from service.core.errors import InvalidBars, SourceUnavailable, UnknownTicker
+from service.core.errors import InvalidBars, SourceNotConfigured, SourceUnavailable, UnknownTicker
 from service.sources.base import BarSource, NullSource, make_source
 from service.sources.csv import CsvSource, read_bars_file
 from service.sources.validate import validate_bars
@@ -223,8 +223,9 @@ def test_csv_source_serves_one_ticker_within_an_inclusive_range(tmp_path):
 def test_null_source_always_fails_cleanly():
     source = make_source(Settings(source="none"))
     assert isinstance(source, NullSource) and isinstance(source, BarSource)
-    with pytest.raises(SourceUnavailable) as err:
+    with pytest.raises(SourceNotConfigured) as err:  # a SourceUnavailable: cached bars go stale
         source.fetch("AAPL", dt.date(2024, 3, 4), dt.date(2024, 3, 6))
+    assert isinstance(err.value, SourceUnavailable)
     assert str(err.value) == "no bar source configured (STOCKCAST_SOURCE=none)"
 
 

@@ -14,8 +14,10 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from sqlalchemy.exc import DBAPIError
 
-from service.api.deps import EngineDep
+from service.api.deps import EngineDep, MigratedDep
 from service.api.problems import problem_responses
+from service.api.schemas import MAX_HORIZON, MAX_INT32, TICKER_DOC_PATTERN
+from service.artifacts.manifest import VERSION_PATTERN
 from service.core.errors import DatabaseUnavailable
 from service.core.tickers import normalize_ticker
 from service.db.backtests import RunInfo, get_metrics, get_run, latest_run
@@ -25,6 +27,8 @@ from service.forecasting.baselines import BASELINES
 router = APIRouter(prefix="/metrics", tags=["backtest"])
 
 METHOD_ORDER = (MODEL, *BASELINES, BUY_AND_HOLD)
+METHOD_PATTERN = r"^[a-z0-9_]{1,32}$"
+TICKER_PATTERN_OR_POOLED = rf"^(\*|{TICKER_DOC_PATTERN[1:-1]})$"
 
 
 class BacktestRunPublic(BaseModel):
@@ -144,6 +148,7 @@ def metrics_public(frame: pd.DataFrame) -> list:
 
 @router.get(
     "/backtest",
+    dependencies=[MigratedDep],  # the catalogue above is static: it needs no database
     summary="Backtest metrics",
     response_model=BacktestPublic,
     response_model_exclude_none=False,
@@ -162,13 +167,15 @@ def get_backtest(
     engine: EngineDep,
     ticker: Annotated[str | None, Query(
         description=f"One ticker, or {POOLED!r} for the pooled rows (default: all).",
-        max_length=15)] = None,
-    horizon: Annotated[int | None, Query(ge=1, description="One horizon (default: all).")] = None,
+        json_schema_extra={"pattern": TICKER_PATTERN_OR_POOLED})] = None,
+    horizon: Annotated[int | None, Query(
+        ge=1, le=MAX_HORIZON, description="One horizon (default: all).")] = None,
     model_version: Annotated[str | None, Query(
-        max_length=64, description="The latest run of this model version.")] = None,
-    run_id: Annotated[int | None, Query(ge=1, description="This run.")] = None,
+        pattern=VERSION_PATTERN, description="The latest run of this model version.")] = None,
+    run_id: Annotated[int | None, Query(ge=1, le=MAX_INT32, description="This run.")] = None,
     method: Annotated[str | None, Query(
-        max_length=32, description="model, a baseline or buy_and_hold (default: all).")] = None,
+        pattern=METHOD_PATTERN,
+        description="model, a baseline or buy_and_hold (default: all).")] = None,
 ) -> BacktestPublic:
     """One run's metrics, filtered."""
     if ticker is not None and ticker != POOLED:

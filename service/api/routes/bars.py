@@ -9,14 +9,20 @@ from typing import Annotated
 import pandas as pd
 from fastapi import APIRouter, Query
 
-from service.api.deps import BarCacheDep, EngineDep, ModelSlotDep
+from service.api.deps import BarCacheDep, EngineDep, MigratedDep, ModelSlotDep
 from service.api.problems import InvalidField, problem_responses
 from service.api.routes.predict import TickerPath
-from service.api.schemas import BarsPublic, IndicatorsPublic, TickerListPublic, TickerPublic
+from service.api.schemas import (
+    ApiDate,
+    BarsPublic,
+    IndicatorsPublic,
+    TickerListPublic,
+    TickerPublic,
+)
 from service.db.bars import list_tickers
 from service.forecasting.indicators import INDICATOR_NAMES, chart_indicators
 
-router = APIRouter(tags=["bars"])
+router = APIRouter(tags=["bars"], dependencies=[MigratedDep])
 
 # Default chart range when start is not given.
 DEFAULT_RANGE = dt.timedelta(days=365)
@@ -60,8 +66,10 @@ def _column(values) -> list[float | None]:
 def get_bars(
     ticker: TickerPath,
     bar_cache: BarCacheDep,
-    start: Annotated[dt.date | None, Query(description="First date (inclusive).")] = None,
-    end: Annotated[dt.date | None, Query(description="Last date (inclusive).")] = None,
+    start: Annotated[ApiDate | None, Query(
+        description="First date (inclusive), YYYY-MM-DD, 1900-01-01..2100-12-31.")] = None,
+    end: Annotated[ApiDate | None, Query(
+        description="Last date (inclusive), YYYY-MM-DD, 1900-01-01..2100-12-31.")] = None,
 ) -> BarsPublic:
     """Bars of one ticker in columns, with chart indicators."""
     if start is not None and end is not None and start > end:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import BarCacheDep
 from service.api.schemas import SourcePublic, Ticker
-from service.core.errors import StockcastError
+from service.core.errors import DatabaseUnavailable, StockcastError
 from service.db.bars import TickerState, ticker_state
 
 router = APIRouter(tags=["bars"])
@@ -56,5 +56,5 @@ def _state(bar_cache, ticker: str) -> TickerState | None:
     try:
         with bar_cache.engine.connect() as conn:
             return ticker_state(conn, ticker)
-    except SQLAlchemyError:
+    except (SQLAlchemyError, DatabaseUnavailable):  # the guard's timeouts too
         return None

@@ -10,6 +10,7 @@ from service.api.deps import LoadedModelDep
 from service.api.model_slot import LoadedModel
 from service.api.problems import problem_responses
 from service.api.schemas import ModelPublic
+from service.core.errors import DatabaseUnavailable
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -49,6 +50,6 @@ async def get_current_model(loaded: LoadedModelDep, request: Request) -> ModelPu
     try:  # drift is computed from the cached bars (at most every few minutes)
         public.drift = await run_in_threadpool(request.app.state.drift.get,
                                                loaded.predictor.manifest)
-    except (SQLAlchemyError, ValueError):
+    except (SQLAlchemyError, DatabaseUnavailable, ValueError):  # the guard's timeouts too
         public.drift = None
     return public

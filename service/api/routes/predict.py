@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
 
-from service.api.deps import ForecastServiceDep, LoadedModelDep
+from service.api.deps import ForecastServiceDep, LoadedModelDep, MigratedDep
 from service.api.forecasts import ServedForecast
 from service.api.model_slot import LoadedModel
 from service.api.problems import InvalidField, error_problem, problem_responses
@@ -31,7 +31,7 @@ from service.api.schemas import (
     TickerErrorPublic,
 )
 
-router = APIRouter(prefix="/predict", tags=["predict"])
+router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[MigratedDep])
 DEFAULT_REQUEST = ForecastRequest()  # no body: the next trading day
 
 TickerPath = Annotated[Ticker, Path(

@@ -214,7 +214,9 @@
     $("chart").setAttribute("aria-busy", "true");
     showInfo(`Loading ${ticker}…`);
 
-    const backtestAnswer = loadBacktest(ticker);
+    // Settled at once: a rejection that lands while the bars are awaited is handled, not an
+    // unhandled rejection.
+    const backtestAnswer = Promise.allSettled([loadBacktest(ticker)]);
     // Bars first: a ticker that is not cached yet is fetched upstream once, by this call, and
     // when that fails the forecast would only fail the same way.
     const [bars] = await Promise.allSettled([
@@ -228,7 +230,8 @@
     // answered can take seconds (offline: its retries), so the page does not wait for it.
     const sourceAnswer = api(`source?ticker=${enc(ticker)}`).then(
       (value) => ({ status: "fulfilled", value }), () => ({ status: "rejected" }));
-    const [backtest, live] = await Promise.allSettled([backtestAnswer, loadLive(ticker)]);
+    const [[backtest], [live]] = await Promise.all(
+      [backtestAnswer, Promise.allSettled([loadLive(ticker)])]);
     let actual = null;
     if (forecast.status === "fulfilled") actual = await realizedAfter(ticker, forecast.value);
     if (id !== state.request) return; // a newer run started meanwhile

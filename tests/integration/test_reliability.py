@@ -1,0 +1,489 @@
+"""Faults answer 503 fast and recover; bad input answers 4xx; stored data stays intact.
+
+Every fault here is real: a TCP proxy in front of the real PostgreSQL that goes silent
+(tests/blackhole.py), a table lock held by another session (statements that never finish), a
+database dropped and created again under a running server, a SQLite file migrated down, bodies
+larger than the limit sent over a real socket to a real uvicorn server. Each test asserts the
+status, the time it took, the recovery, and that the stored bars are still all there.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from service.api.main import create_app
+from service.artifacts.manifest import artifact_version
+from service.db.bars import count_bars
+from service.db.health import head_revision
+from service.db.session import downgrade, make_engine, upgrade
+from tests.api_factories import API_KEY, Clock, ServerThread, api_settings, copy_models, store_bars
+from tests.bar_factories import ScriptedSource
+from tests.blackhole import BlackholeProxy
+from tests.conftest import PG_ADMIN_URL
+from tests.tiny_model import synthetic_bars_multi
+
+PROBLEM = "application/problem+json"
+# The issue's bound: every database failure answers 503 within this many seconds.
+BOUND = 3.0
+UNAVAILABLE = "urn:stockcast:problem:database-unavailable"
+NOT_MIGRATED = "urn:stockcast:problem:database-not-migrated"
+CONCURRENT = 50
+
+
+def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def wait_until(condition, timeout: float = 15.0) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"not recovered within {timeout} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def stored_bars(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        return count_bars(engine)
+    finally:
+        engine.dispose()
+
+
+def assert_problem(response: httpx.Response, status: int, type_: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["type"] == type_, body
+    return body
+
+
+@pytest.fixture
+def bars():
+    return synthetic_bars_multi()
+
+
+@pytest.fixture
+def own_pg_url(pg_server_url, bars):
+    """A PostgreSQL database of this test alone (migrated, the tiny bars stored), dropped after."""
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"stockcast_rel_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    store_bars(url, bars, reset=True)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text("select pg_terminate_backend(pid) from pg_stat_activity "
+                             "where datname = :n and pid <> pg_backend_pid()"), {"n": name})
+        conn.execute(sa.text(f'drop database if exists "{name}"'))
+    admin.dispose()
+
+
+def _via(url: str, port: int) -> str:
+    """The same database reached through 127.0.0.1:port."""
+    parsed = sa.engine.make_url(url)
+    return parsed.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+
+
+def _cold_predicts(base: str, n: int = CONCURRENT) -> list[tuple[httpx.Response, float]]:
+    """n concurrent cold POST /predict/AAA, each on its own connection of one client (made
+    beforehand: building a client costs the clock tens of milliseconds of CPU)."""
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    with httpx.Client(base_url=base, timeout=60, limits=limits) as client, \
+            ThreadPoolExecutor(n) as pool:
+        return list(pool.map(
+            lambda _: timed(lambda: client.post("/predict/AAA", json={"horizon": 1})), range(n)))
+
+
+# -- the database fails ------------------------------------------------------------------------
+
+
+def test_a_silent_database_answers_503_within_3_s_and_recovers(own_pg_url, tiny_artifact, bars):
+    target = sa.engine.make_url(own_pg_url)
+    with BlackholeProxy(target.host, target.port or 5432) as proxy:
+        # No forecast cache: every predict reads the database (the cold path).
+        settings = api_settings(_via(own_pg_url, proxy.port), tiny_artifact.model_dir,
+                                forecast_cache_size=0)
+        app = create_app(settings, source=ScriptedSource(), clock=Clock())
+        with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            before = client.post("/predict/AAA", json={"horizon": 2})
+            assert before.status_code == 200 and client.get("/readyz").status_code == 200
+
+            proxy.silence()
+            ready, ready_took = timed(lambda: client.get("/readyz"))
+            health, health_took = timed(lambda: client.get("/healthz"))
+            tickers, tickers_took = timed(lambda: client.get("/tickers"))
+            time.sleep(1.1)  # past the breaker's second: the next requests try the database
+            storm = _cold_predicts(server.url)
+
+            proxy.resume()
+            recovered = wait_until(lambda: client.get("/readyz").status_code == 200)
+            after = client.post("/predict/AAA", json={"horizon": 2})
+    ready_body = assert_problem(ready, 503, "urn:stockcast:problem:not-ready")
+    assert ready_took < BOUND
+    assert ready_body["checks"]["database"]["ok"] is False
+    assert ready_body["checks"]["database"]["detail"].startswith("bar database unavailable: ")
+    assert ready_body["detail"].startswith("failed checks: database, schema")
+    assert health.status_code == 200 and health_took < 0.5
+    assert_problem(tickers, 503, UNAVAILABLE)
+    assert tickers_took < BOUND and tickers.headers["retry-after"] == "1"
+    for response, took in storm:
+        assert_problem(response, 503, UNAVAILABLE)
+    slowest = max(took for _, took in storm)
+    assert slowest < BOUND, f"slowest of {CONCURRENT} concurrent predicts: {slowest:.2f} s"
+    assert recovered < 10
+    assert after.status_code == 200 and after.json() == before.json()
+    assert stored_bars(own_pg_url) == len(bars)
+
+
+def test_statements_that_never_finish_and_a_full_pool_answer_503_within_3_s(
+        own_pg_url, tiny_artifact, bars):
+    # Another session holds both tables locked: every query waits server-side (statement
+    # timeout), and 50 requests need more connections than the pool holds (pool timeout).
+    settings = api_settings(own_pg_url, tiny_artifact.model_dir, forecast_cache_size=0)
+    app = create_app(settings, source=ScriptedSource(), clock=Clock())
+    locker = make_engine(own_pg_url)
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        before = client.post("/predict/AAA", json={"horizon": 2})
+        assert before.status_code == 200
+        with locker.connect() as conn:
+            conn.execute(sa.text("lock table bars, tickers in access exclusive mode"))
+            one, one_took = timed(lambda: client.get("/tickers"))
+            time.sleep(1.1)
+            storm = _cold_predicts(server.url)
+            conn.rollback()  # the lock is released
+        recovered = wait_until(lambda: client.post("/predict/AAA").status_code == 200)
+        after = client.post("/predict/AAA", json={"horizon": 2})
+    locker.dispose()
+    body = assert_problem(one, 503, UNAVAILABLE)
+    assert body["detail"] == "bar database unavailable: no answer within 2 s"
+    assert one_took < BOUND
+    details = set()
+    for response, _ in storm:
+        details.add(assert_problem(response, 503, UNAVAILABLE)["detail"])
+    slowest = max(took for _, took in storm)
+    assert slowest < BOUND, f"slowest of {CONCURRENT} concurrent predicts: {slowest:.2f} s"
+    assert any(d.startswith("bar database unavailable: no connection free within 1 s")
+               for d in details) or any("not asked again" in d for d in details), details
+    assert recovered < 10
+    assert after.json() == before.json()
+    assert stored_bars(own_pg_url) == len(bars)
+
+
+def test_a_refused_database_answers_503_at_once(tiny_artifact):
+    # Nothing listens on port 1: the connect is refused.
+    app = create_app(api_settings("postgresql+psycopg://postgres@127.0.0.1:1/none",
+                                  tiny_artifact.model_dir), source=ScriptedSource())
+    with TestClient(app) as client:
+        response, took = timed(lambda: client.post("/predict/AAA"))
+        health = client.get("/healthz")
+    assert_problem(response, 503, UNAVAILABLE)
+    assert took < 1.0 and health.status_code == 200
+
+
+def test_a_database_dropped_and_created_again_is_not_migrated_then_recovers(
+        own_pg_url, tiny_artifact, bars):
+    app = create_app(api_settings(own_pg_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = sa.engine.make_url(own_pg_url).database
+    head = head_revision()
+    routes = {"/tickers": "get", "/bars/AAA": "get", "/metrics/backtest": "get",
+              "/predict/AAA": "post"}
+    with TestClient(app) as client:
+        assert client.post("/predict/AAA").status_code == 200
+        with admin.connect() as conn:  # under the running server
+            conn.execute(sa.text("select pg_terminate_backend(pid) from pg_stat_activity "
+                                 "where datname = :n"), {"n": name})
+            conn.execute(sa.text(f'drop database "{name}"'))
+            conn.execute(sa.text(f'create database "{name}"'))
+        answers = {path: timed(lambda p=path, m=method: client.request(m, p))
+                   for path, method in routes.items()}
+        ready = client.get("/readyz")
+        health = client.get("/healthz")
+
+        upgrade(own_pg_url)  # `stockcast db upgrade`
+        migrated = client.get("/readyz")
+        empty = client.post("/predict/AAA")
+        store_bars(own_pg_url, bars)  # and the bars loaded again
+        reloaded = client.post("/predict/AAA")
+    admin.dispose()
+    expected = (f"database not migrated (at no revision, need {head}): "
+                "run `stockcast db upgrade`")
+    for path, (response, took) in answers.items():
+        assert assert_problem(response, 503, NOT_MIGRATED)["detail"] == expected, path
+        assert took < BOUND, path
+    ready_body = assert_problem(ready, 503, "urn:stockcast:problem:not-ready")
+    assert ready_body["checks"]["schema"] == {
+        "ok": False, "detail": f"database not migrated (at no revision, need {head})"}
+    assert ready_body["checks"]["database"]["ok"] is True
+    assert health.status_code == 200
+    assert migrated.status_code == 200
+    assert_problem(empty, 404, "urn:stockcast:problem:unknown-ticker")
+    assert reloaded.status_code == 200
+    assert stored_bars(own_pg_url) == len(bars)
+
+
+def test_an_old_schema_revision_is_503_on_every_route_until_upgraded(sqlite_url, tiny_artifact,
+                                                                     bars):
+    store_bars(sqlite_url, bars, reset=True)
+    settings = api_settings(sqlite_url, tiny_artifact.model_dir,
+                            schema_check_interval_seconds=0.0)
+    head = head_revision()
+    with TestClient(create_app(settings, source=ScriptedSource(), clock=Clock())) as client:
+        assert client.post("/predict/AAA").status_code == 200
+        downgrade(sqlite_url, "0001")  # the backtest tables are gone; the bars are not
+        answers = {path: client.request(method, path) for path, method in (
+            ("/tickers", "GET"), ("/bars/AAA", "GET"), ("/metrics/backtest", "GET"),
+            ("/predict/AAA", "POST"))}
+        ready = client.get("/readyz")
+        upgrade(sqlite_url)
+        after = client.post("/predict/AAA")
+    for path, response in answers.items():
+        assert assert_problem(response, 503, NOT_MIGRATED)["detail"] == (
+            f"database not migrated (at 0001, need {head}): run `stockcast db upgrade`"), path
+    assert ready.json()["checks"]["schema"]["detail"] == (
+        f"database not migrated (at 0001, need {head})")
+    assert after.status_code == 200
+    assert stored_bars(sqlite_url) == len(bars)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def seeded_client(db_url, tiny_artifact, bars):
+    store_bars(db_url, bars)
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+    assert stored_bars(db_url) == len(bars)  # bad input lost nothing
+
+
+@pytest.mark.parametrize("method, path, body, status, detail", [
+    ("GET", "/bars/AAA?start=0001-01-01", None, 422,
+     "start: must be within 1900-01-01..2100-12-31"),
+    ("GET", "/bars/AAA?end=9999-12-31", None, 422, "end: must be within 1900-01-01..2100-12-31"),
+    ("GET", "/bars/AAA?start=0", None, 422, "start: must be a date string YYYY-MM-DD"),
+    ("GET", "/metrics/backtest?run_id=99999999999999999999", None, 422,
+     "run_id: Input should be less than or equal to 2147483647"),
+    ("GET", "/metrics/backtest?horizon=99999999999999999999", None, 422,
+     "horizon: Input should be less than or equal to 30"),
+    ("GET", "/metrics/backtest?method=model%00", None, 422,
+     "method: String should match pattern '^[a-z0-9_]{1,32}$'"),
+    ("GET", "/metrics/backtest?model_version=x%00", None, 422,
+     "model_version: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'"),
+    ("POST", "/predict/AAA", {"horizon": 10**20}, 422,
+     "horizon: Input should be less than or equal to 30"),
+    ("POST", "/predict/AAA", {"horizon": 1, "as_of": "0001-01-01"}, 422,
+     "as_of: must be within 1900-01-01..2100-12-31"),
+    ("POST", "/predict", {"tickers": ["AAA"], "horizon": "5"}, 422,
+     "horizon: Input should be a valid integer"),
+    ("POST", "/predict/AA%00A", None, 422,
+     "ticker: invalid ticker 'AA\\x00A': use 1-15 letters, digits, '.', '-', '^' or '='"),
+])
+def test_out_of_range_inputs_are_4xx_on_every_backend(seeded_client, method, path, body, status,
+                                                     detail):
+    response = seeded_client.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["detail"] == detail
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_integral_float_horizon_is_the_integer_json_schema_says_it_is(seeded_client):
+    # JSON Schema's "integer" includes 2.0; a string or a boolean is not coerced (above).
+    as_float = seeded_client.post("/predict/AAA", json={"horizon": 2.0})
+    as_int = seeded_client.post("/predict/AAA", json={"horizon": 2})
+    assert as_float.status_code == 200 and as_float.json() == as_int.json()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_without_a_source_an_uncached_ticker_is_404_not_503(db_url, tiny_artifact, bars):
+    store_bars(db_url, bars)
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir), clock=Clock())  # source none
+    with TestClient(app) as client:
+        answers = [client.post("/predict/ZZZ") for _ in range(2)]  # fetched once, then throttled
+        cached = client.post("/predict/AAA")
+    for response in answers:
+        body = assert_problem(response, 404, "urn:stockcast:problem:unknown-ticker")
+        assert body["detail"] == ("no bars cached for ZZZ, and no bar source configured "
+                                  "(STOCKCAST_SOURCE=none)")
+    assert cached.status_code == 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_malformed_json_is_the_documented_400_and_a_trailing_slash_is_404(seeded_client):
+    bad = seeded_client.post("/predict/AAA", content=b'{"horizon": 1',
+                             headers={"content-type": "application/json"})
+    slash = seeded_client.post("/predict/", json={"tickers": ["AAA"]})
+    documented = seeded_client.get("/openapi.json").json()["paths"]["/predict/{ticker}"]["post"]
+    assert bad.status_code == 400 and bad.headers["content-type"] == PROBLEM
+    assert bad.json()["type"] == "urn:stockcast:problem:malformed-body"
+    assert bad.json()["detail"].startswith("the body is not valid JSON: ")
+    assert "400" in documented["responses"]
+    assert slash.status_code == 404 and slash.headers["content-type"] == PROBLEM
+    assert "location" not in slash.headers
+
+
+# -- oversized bodies --------------------------------------------------------------------------
+
+
+def _raw_request(port: int, head: bytes, sender: Callable[[socket.socket], int],
+                 timeout: float = 10.0) -> tuple[bytes, int, float]:
+    """Send a request head, then body bytes with `sender` until the server answers; returns the
+    response, the body bytes sent, and the seconds until the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        started = time.monotonic()
+        sock.sendall(head)
+        sent = sender(sock)
+        response = b""
+        while b"\r\n\r\n" not in response or not _complete(response):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+        return response, sent, time.monotonic() - started
+
+
+def _complete(response: bytes) -> bool:
+    head, _, body = response.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return True
+
+
+def _send_until_answered(total: int, chunked: bool) -> Callable[[socket.socket], int]:
+    """Body bytes in 64 KiB pieces, stopping as soon as the server has answered."""
+    def sender(sock: socket.socket) -> int:
+        import select
+
+        piece = b" " * 65536
+        sent = 0
+        while sent < total:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the answer is in: the server did not wait for the rest
+            data = b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
+            try:
+                sock.sendall(data)
+            except OSError:
+                break
+            sent += len(piece)
+        return sent
+    return sender
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_body_is_413_before_it_is_read(db_url, tiny_artifact, bars, chunked):
+    store_bars(db_url, bars)
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    size = 200 * 1024 * 1024  # 200 MB offered; the limit is 1 MiB
+    framing = (b"Transfer-Encoding: chunked\r\n" if chunked
+               else b"Content-Length: %d\r\n" % size)
+    head = (b"POST /predict/AAA HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + framing + b"\r\n")
+    with ServerThread(app) as server:
+        response, sent, took = _raw_request(server.port, head, _send_until_answered(size, chunked))
+        small = httpx.post(f"{server.url}/predict/AAA",
+                           content=b'{"horizon": 1' + b" " * (1024 * 1024 - 20) + b"}",
+                           headers={"content-type": "application/json"})
+    status_line, _, rest = response.partition(b"\r\n")
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
+    assert b"content-type: application/problem+json" in rest.lower()
+    assert body == {"type": "urn:stockcast:problem:body-too-large", "title": "Content too large",
+                    "status": 413, "detail": "the request body exceeds 1048576 bytes",
+                    "instance": "/predict/AAA"}
+    # Answered after at most a few MiB (socket buffers), never the 200 MB.
+    assert sent < 32 * 1024 * 1024, sent
+    assert took < BOUND
+    assert small.status_code == 200  # just under the limit is read and answered
+
+
+# -- an unexpected error -----------------------------------------------------------------------
+
+
+def test_a_500_is_problem_json_and_the_connection_stays_usable(sqlite_url, tiny_artifact, bars):
+    store_bars(sqlite_url, bars, reset=True)
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:  # damage a row behind the validator's back
+        conn.execute(sa.text("update bars set adj_close = -1 where ticker = 'AAA' "
+                             "and date = '2021-05-18'"))
+    engine.dispose()
+    app = create_app(api_settings(sqlite_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    request = (b"POST /predict/AAA HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with ServerThread(app) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        answers = []
+        for raw in (request, health, request):  # one keep-alive connection
+            sock.sendall(raw)
+            response = b""
+            while not (b"\r\n\r\n" in response and _complete(response)):
+                chunk = sock.recv(65536)
+                assert chunk, "the server closed the connection"
+                response += chunk
+            answers.append(response)
+    assert answers[0].startswith(b"HTTP/1.1 500 ")
+    assert b"content-type: application/problem+json" in answers[0].lower()
+    assert b"connection: close" not in answers[0].lower()
+    assert json.loads(answers[0].partition(b"\r\n\r\n")[2])["type"] == \
+        "urn:stockcast:problem:internal"
+    assert answers[1].startswith(b"HTTP/1.1 200 ")
+    assert answers[2].startswith(b"HTTP/1.1 500 ")
+
+
+# -- a tampered artifact -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_tampered_artifact_is_refused_and_the_old_model_keeps_serving(
+        db_url, tiny_artifact, bars, tmp_path):
+    store_bars(db_url, bars)
+    models = tmp_path / "models"
+    good = copy_models(tiny_artifact.artifact_dir, models, variant="good")
+    app = create_app(api_settings(db_url, models), source=ScriptedSource(), clock=Clock())
+    with TestClient(app) as client:
+        before = client.post("/predict/AAA", json={"horizon": 3}).json()
+        # Another artifact whose scaler was shifted after export, still under its own name.
+        tampered = copy_models(good, models, variant="tampered")
+        meta = json.loads((tampered / "meta.json").read_text())
+        meta["feature_scaler"]["mean"] = [m + 0.5 for m in meta["feature_scaler"]["mean"]]
+        (tampered / "meta.json").write_text(json.dumps(meta))
+        reload, took = timed(lambda: client.post("/admin/reload",
+                                                 headers={"X-API-Key": API_KEY}))
+        ready = client.get("/readyz")
+        during = client.post("/predict/AAA", json={"horizon": 3}).json()
+        (models / "current").write_text(good.name + "\n")  # the bad promotion undone
+        restored = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+    assert reload.status_code == 409 and took < BOUND
+    assert reload.json()["detail"] == (
+        f"artifact {tampered.name}: its content hashes to "
+        f"{artifact_version((tampered / 'model.onnx').read_bytes(), meta)}, not to its version; "
+        f"meta.json or model.onnx was changed after export (refused); still serving model "
+        f"{good.name}")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["model"]["detail"] == (
+        f"{good.name}; the last load failed: model {tampered.name}: artifact refused "
+        "(the reason is in the server log)")
+    assert during == before  # the same model, the same forecast
+    assert restored.status_code == 200 and restored.json()["version"] == good.name
