@@ -267,7 +267,8 @@ def test_runs_of_two_databases_plot_into_their_own_folders(cli_env, monkeypatch,
     # Both databases' first run is run 1: two folders, one per database.
     assert folders == sorted([f"{database_key(cli_env.url)}/run-1",
                               f"{database_key(other)}/run-1"])
-    assert all(len(list((runs / f).iterdir())) == 2 for f in folders)
+    # predicted vs actual and equity at h=1, the bands' rolling coverage and reliability
+    assert all(len(list((runs / f).iterdir())) == 4 for f in folders)
     assert database_key("postgresql://u:secret@h/a") == database_key("postgresql://u:other@h/a")
     assert database_key("postgresql://u@h/a") != database_key("postgresql://u@h/b")
 
