@@ -61,8 +61,11 @@ def api_settings(url: str, model_dir: Path, **changes) -> Settings:
     return Settings(**values)
 
 
-def copy_models(artifact_dir: Path, into: Path, variant: str | None = None) -> Path:
-    """A models folder holding a copy of one artifact, current -> it; returns the copy's folder.
+def copy_models(artifact_dir: Path, into: Path, variant: str | None = None,
+                point_current: bool = True) -> Path:
+    """A models folder holding a copy of one artifact, current -> it (unless `point_current` is
+    False); returns the copy's folder. `current` is written atomically, as promotion does: a
+    watching server never reads it half-written.
 
     With `variant`, the copy is another artifact: meta.json gains {"variant": variant} and the
     version (its content hash, verified on load) and folder name are derived again, so the
@@ -70,7 +73,7 @@ def copy_models(artifact_dir: Path, into: Path, variant: str | None = None) -> P
     """
     import json
 
-    from service.artifacts.manifest import artifact_version
+    from service.artifacts.manifest import artifact_version, set_current
 
     into.mkdir(parents=True, exist_ok=True)
     name = artifact_dir.name
@@ -81,7 +84,8 @@ def copy_models(artifact_dir: Path, into: Path, variant: str | None = None) -> P
     target = into / name
     shutil.copytree(artifact_dir, target)
     (target / "meta.json").write_text(json.dumps(meta))
-    (into / "current").write_text(name + "\n")
+    if point_current:
+        set_current(into, name)
     return target
 
 

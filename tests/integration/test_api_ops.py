@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.main import create_app
-from service.artifacts.manifest import load_manifest
+from service.artifacts.manifest import load_manifest, set_current
 from service.core.config import PROJECT_ROOT
 from service.db.health import head_revision
 from service.forecasting.indicators import chart_indicators
@@ -47,8 +47,9 @@ def seeded_url(db_url) -> str:
 
 
 def test_healthz_answers_while_forecasts_are_in_flight(seeded_url, tiny_artifact):
-    # Fetching SLOW takes 2 s upstream; four such requests occupy threadpool workers.
-    source = ScriptedSource({"SLOW": make_bars(360, seed=21)}, delay=2.0)
+    # Fetching SLOW takes 4 s upstream; four such requests occupy threadpool workers. Had
+    # /healthz waited for them it would take >= 3.5 s; the bound leaves room for a loaded CI.
+    source = ScriptedSource({"SLOW": make_bars(360, seed=21)}, delay=4.0)
     app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=source,
                      clock=Clock())
     with ServerThread(app) as server:
@@ -68,7 +69,7 @@ def test_healthz_answers_while_forecasts_are_in_flight(seeded_url, tiny_artifact
         for w in workers:
             w.join()
     assert health.status_code == 200 and health.json() == {"status": "ok"}
-    assert in_flight == 4 and elapsed < 0.5
+    assert in_flight == 4 and elapsed < 1.5
     assert [r.status_code for r in results] == [200] * 4
     assert len(source.calls) == 1  # the four requests shared one upstream fetch
 
@@ -150,18 +151,20 @@ def test_a_watched_models_current_that_cannot_load_keeps_the_old_model(
     with TestClient(create_app(settings, source=ScriptedSource(), clock=Clock())) as client:
         loaded_at = client.get("/models/current").json()["loaded_at"]
         # Rewritten, same artifact: nothing to load.
-        (models / "current").write_text(good.name + "\n")
+        set_current(models, good.name)
         time.sleep(3 * WATCH_INTERVAL)
         assert client.get("/models/current").json()["loaded_at"] == loaded_at
 
-        broken = copy_models(good, models, variant="broken")  # current -> broken
+        # Broken before current names it: the watcher must never see it whole.
+        broken = copy_models(good, models, variant="broken", point_current=False)
         (broken / "model.onnx").write_bytes(b"not a model")
+        set_current(models, broken.name)
         wait_until(lambda: model_detail() != good.name)
         ready = client.get("/readyz")
         predict = client.post("/predict/AAA").json()
         current = client.get("/models/current").json()
 
-        (models / "current").write_text(good.name + "\n")  # the bad promotion undone
+        set_current(models, good.name)  # the bad promotion undone
         wait_until(lambda: model_detail() == good.name)
         assert client.get("/models/current").json()["loaded_at"] == loaded_at
     assert ready.status_code == 200
