@@ -26,6 +26,19 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, "request body too large")
 
 
+class TrackedSend:
+    """An ASGI send that remembers whether the response has started (then no other can)."""
+
+    def __init__(self, send: Send):
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
 class BodyLimit:
     """413 problem+json for a body over `max_body_bytes`, before it is read in full.
 
@@ -47,7 +60,7 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
             return
         received = 0
-        started = False
+        tracked = TrackedSend(send)
 
         async def counted_receive() -> Message:
             nonlocal received
@@ -58,16 +71,10 @@ class BodyLimit:
                     raise BodyTooLarge()
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, counted_receive, tracked_send)
+            await self.app(scope, counted_receive, tracked)
         except BodyTooLarge:  # read outside FastAPI's body parsing (its handlers answer there)
-            if started:
+            if tracked.started:
                 raise
             await self._refuse(scope, receive, send)
 
@@ -86,18 +93,11 @@ class CatchAll:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracked_send(message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, tracked)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if started:  # half a response is out: only closing the connection can end it
+            if tracked.started:  # half a response is out: only closing the connection can end it
                 raise
             await problem_response(internal_problem(scope.get("path")))(scope, receive, send)

@@ -25,6 +25,14 @@ def _pyplot():
     return plt
 
 
+
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write and close a figure; its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
 def plot_predicted_vs_actual(result: BacktestResult, path: Path, horizon: int) -> Path:
     """One panel per ticker: actual close, the model's median forecast and its 10-90% band."""
     plt = _pyplot()
@@ -53,10 +61,7 @@ def plot_predicted_vs_actual(result: BacktestResult, path: Path, horizon: int) -
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"{result.model_version}: {horizon}-day forecast vs actual close "
                  f"({result.start} .. {result.end})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_equity(result: BacktestResult, path: Path, horizon: int) -> Path:
@@ -81,10 +86,7 @@ def plot_equity(result: BacktestResult, path: Path, horizon: int) -> Path:
     ax_ls.legend(fontsize=8, loc="best")
     fig.suptitle(f"{result.model_version}: equal-weight book over {len(result.tickers)} tickers, "
                  f"a trade every {horizon} day(s), no costs", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # The bands the coverage plots compare: the network's own, recalibrated, and the reference.
@@ -113,10 +115,7 @@ def plot_rolling_coverage(result: BacktestResult, path: Path, horizon: int) -> P
     ax.set_title(f"80% band coverage, h={horizon}, pooled over tickers")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_reliability(result: BacktestResult, path: Path) -> Path:
@@ -139,10 +138,7 @@ def plot_reliability(result: BacktestResult, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("realized coverage")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # Under the model directory: runs/<database key>/run-<id>/.

@@ -597,8 +597,9 @@
     return parts.join(" · ");
   }
 
-  function renderLive(result, ticker) {
-    const box = $("live");
+  // Empty a panel; `para` appends a paragraph to it. A rejected request's problem is said there.
+  function openPanel(id, result, what) {
+    const box = $(id);
     box.replaceChildren();
     const para = (text, className = "muted") => {
       const p = document.createElement("p");
@@ -609,9 +610,14 @@
     };
     if (result.status === "rejected") {
       const problem = result.reason.problem || {};
-      para(`Live metrics unavailable: ${problem.title || "error"} — ${problem.detail || ""}`);
-      return;
+      para(`${what} unavailable: ${problem.title || "error"} — ${problem.detail || ""}`);
     }
+    return { box, para };
+  }
+
+  function renderLive(result, ticker) {
+    const { box, para } = openPanel("live", result, "Live metrics");
+    if (result.status === "rejected") return;
     const version = state.model ? state.model.version : "the served model";
     const { own, pooled } = result.value;
     const scored = (rows) => rows.some((r) => r.n_scored > 0);
@@ -678,20 +684,8 @@
   }
 
   function renderBacktest(result, ticker, days) {
-    const box = $("backtest");
-    box.replaceChildren();
-    const para = (text, className = "muted") => {
-      const p = document.createElement("p");
-      p.className = className;
-      p.textContent = text;
-      box.append(p);
-      return p;
-    };
-    if (result.status === "rejected") {
-      const problem = result.reason.problem || {};
-      para(`Backtest metrics unavailable: ${problem.title || "error"} — ${problem.detail || ""}`);
-      return;
-    }
+    const { box, para } = openPanel("backtest", result, "Backtest metrics");
+    if (result.status === "rejected") return;
     const { run, metrics, scope } = result.value;
     if (!run) {
       para("No backtest has been run yet, so there are no metrics to compare with the naive " +
