@@ -139,12 +139,16 @@ class Predictor(Forecaster):
         return pd.DataFrame(scaled.astype(np.float32), index=features.index,
                             columns=features.columns)
 
-    def preprocess(self, ticker: str, bars: pd.DataFrame,
-                   as_of: dt.date | None = None) -> ModelInput:
-        """Bars up to as_of -> the latest scaled window (W, F) and the ticker's id."""
+    def preprocess(self, ticker: str, bars: pd.DataFrame, as_of: dt.date | None = None,
+                   scaled: pd.DataFrame | None = None) -> ModelInput:
+        """Bars up to as_of -> the latest scaled window (W, F) and the ticker's id.
+
+        `scaled`: the bars' scaled features when the caller has built them already.
+        """
         if as_of is not None:
             bars = bars.loc[bars["date"] <= pd.Timestamp(as_of)]
-        scaled = self._scaled_features(ticker, bars)
+        if scaled is None:
+            scaled = self._scaled_features(ticker, bars)
         last = bars.iloc[-1]
         return ModelInput(
             ticker=ticker,
@@ -233,11 +237,12 @@ class Predictor(Forecaster):
         for ticker, bars in items:
             if as_of is not None:
                 bars = bars.loc[bars["date"] <= pd.Timestamp(as_of)]
-            item = self.preprocess(ticker, bars)  # the latest window (range check) and its facts
             series = TickerSeries(ticker, bars)
+            scaled = self._scaled_features(ticker, series.bars)  # built once for both uses
+            item = self.preprocess(ticker, series.bars, scaled=scaled)  # the latest window
             last = len(series.bars) - 1
             origins = np.arange(max(0, last - self.band_history), last + 1)
-            model = self.historical_forecasts(series, origins, self.spec.horizon)
+            model = self._historical_forecasts(series, origins, scaled)
             base = (model if served.base is self
                     else served.base.historical_forecasts(series, origins, self.spec.horizon))
             band = served.recalibrate(base, series, np.array([last]), horizon)
@@ -278,7 +283,8 @@ class Predictor(Forecaster):
         return (warning,)
 
     def predict_origins(
-        self, ticker: str, bars: pd.DataFrame, origins: Sequence[dt.date] | None = None
+        self, ticker: str, bars: pd.DataFrame, origins: Sequence[dt.date] | None = None,
+        scaled: pd.DataFrame | None = None,
     ) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]:
         """Forecasts at many origins: (origin dates (N,), log returns (N, H, Q), closes (N,)).
 
@@ -286,7 +292,8 @@ class Predictor(Forecaster):
         <= t only, so no origin sees its future. `origins=None` means every date with a full
         window; requested dates without one (or without a bar) are left out of the result.
         """
-        scaled = self._scaled_features(ticker, bars)
+        if scaled is None:
+            scaled = self._scaled_features(ticker, bars)
         windows, _, rows = make_windows(scaled.to_numpy(), None, self.spec.window)
         dates = scaled.index[rows]
         if origins is not None:
@@ -307,6 +314,10 @@ class Predictor(Forecaster):
     def historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
                              horizon: int) -> HistoricalForecasts:
         """Forecasts (all H horizons) at those origins with a full feature window."""
+        return self._historical_forecasts(series, origins)
+
+    def _historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
+                              scaled: pd.DataFrame | None = None) -> HistoricalForecasts:
         dates, quantiles, _ = self.predict_origins(series.ticker, series.bars,
-                                                   list(series.dates[origins]))
+                                                   list(series.dates[origins]), scaled)
         return HistoricalForecasts(series.dates.get_indexer(dates), quantiles, self.quantiles)
