@@ -26,7 +26,7 @@ $(VENV)/.backtest: pyproject.toml | $(BIN)/python
 # Everything: runtime + training (torch==2.13.0, the CPU wheel on these machines) + the backtest
 # and parquet extras + test tools.
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[train,backtest,parquet,dev]"
+	$(BIN)/pip install --quiet -e ".[train,backtest,parquet,cluster,dev]"
 	touch $@ $(VENV)/.runtime $(VENV)/.backtest
 
 migrate: $(VENV)/.runtime

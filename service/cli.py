@@ -450,12 +450,18 @@ def evaluate(
     sliding_sessions: Annotated[int, typer.Option(help="Sessions of a sliding window.")] = 756,
     epochs: Annotated[int | None, typer.Option(help="Max epochs per block model.")] = None,
     features: Annotated[str | None, typer.Option(
-        help="Feature set (ablation): returns or indicators (default: the config's).")] = None,
+        help="Feature set (ablation): returns, indicators, +market, returns+market "
+             "(default: the config's).")] = None,
     horizons: Annotated[str, typer.Option(help="Comma list, in trading days.")] = "1,5,30",
     baselines: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
     top_k: Annotated[int, typer.Option(help="Long the top k, short the bottom k, daily.")] = 5,
     cost_bp: Annotated[float, typer.Option(help="Trading cost, basis points per side.")] = 5.0,
+    band_baselines: Annotated[str, typer.Option(
+        help="Band baselines scored beside the served band (comma list; ewma, empirical).")] = (
+        "ewma"),
     workers: Annotated[int, typer.Option(help="Blocks trained in parallel (processes).")] = 1,
+    cluster: Annotated[str | None, typer.Option(
+        help="Dask scheduler address (tcp://host:8786): blocks train there, not here.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per block.")] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; options win.")] = None,
     model_dir: Annotated[Path | None, typer.Option(
@@ -506,7 +512,10 @@ def evaluate(
     try:
         spec = RollingSpec(start=start.date(), end=end.date(), retrain_every=retrain_every,
                            window=window, sliding_sessions=sliding_sessions, horizons=wanted_h,
-                           baselines=wanted_b, top_k=top_k, cost_bp=cost_bp, workers=workers)
+                           baselines=wanted_b,
+                           band_baselines=tuple(b for b in band_baselines.replace(" ", "")
+                                                .split(",") if b),
+                           top_k=top_k, cost_bp=cost_bp, workers=workers, cluster=cluster)
         run = evaluate_rolling(base.with_(**changes), spec, settings.database_url,
                                model_dir or PROJECT_ROOT / "var" / "rolling",
                                plots_dir=plots_dir, provider=settings.ort_provider,

@@ -29,6 +29,7 @@ from service.core.errors import (
 from service.core.locks import KeyedLocks
 from service.db.ledger import record_forecasts
 from service.evaluation.ledger import ledger_rows
+from service.forecasting.features import needs_market
 from service.inference.predictor import Forecast, Predictor
 from service.sources.cache import BarCache, CachedBars
 
@@ -278,7 +279,8 @@ class ForecastService:
     def _read(self, predictor: Predictor, ticker: str, end: dt.date | None) -> CachedBars:
         return self.bar_cache.get_bars(ticker, end=end,
                                        last=predictor.min_bars + SERVING_EXTRA_BARS
-                                       + predictor.band_history)
+                                       + predictor.band_history,
+                                       market=needs_market(predictor.spec))
 
     def _claim(self, key: Hashable, claimant: Hashable) -> bool:
         """True for the one caller that should renew an expired check (until it has)."""

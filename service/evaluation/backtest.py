@@ -100,6 +100,21 @@ def _check_baselines(baselines: Sequence[str]) -> tuple[str, ...]:
     return (NAIVE, *dict.fromkeys(b for b in baselines if b != NAIVE))
 
 
+def band_forecasters(predictor: Predictor, band_baselines: Sequence[str], aci: ACISettings,
+                     horizons: Sequence[int]) -> list[Forecaster]:
+    """The model's band recalibrated by ACI, then each band baseline raw and recalibrated.
+
+    Each computes only `horizons` (the empirical baseline's cost is per h).
+    """
+    unknown = [b for b in band_baselines if b not in BAND_BASELINES]
+    if unknown:
+        raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
+    slots = tuple(horizons)
+    bases = [BAND_BASELINES[b](slots=slots) for b in band_baselines]
+    return [ACIForecaster(predictor, aci, slots=slots),
+            *(f for base in bases for f in (base, ACIForecaster(base, aci, slots=slots)))]
+
+
 @dataclass
 class HistoricalRun:
     """What `historical_forecasts` made: one frame per horizon, and which tickers it skipped."""
@@ -253,15 +268,9 @@ def run_backtest(
     # One list of methods, one interface: the model first, then every baseline; each band
     # method (the model, the band baselines) also recalibrated by ACI, scored at `horizons`.
     aci = predictor.band_settings if aci_settings is None else aci_settings
-    unknown = [b for b in band_baselines if b not in BAND_BASELINES]
-    if unknown:
-        raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
-    # A band baseline computes only the scored horizons (the empirical one's cost is per h).
-    band_methods = [predictor, *(BAND_BASELINES[b](slots=horizons) for b in band_baselines)]
     forecasters: list[Forecaster] = [
         predictor, *(BASELINES[b]() for b in baseline_names),
-        ACIForecaster(predictor, aci, slots=horizons),
-        *(f for base in band_methods[1:] for f in (base, ACIForecaster(base, aci, slots=horizons))),
+        *band_forecasters(predictor, band_baselines, aci, horizons),
     ]
     run = historical_forecasts(forecasters, bars, start=start, end=end, fit_end=fit_end,
                                horizons=horizons)

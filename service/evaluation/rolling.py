@@ -32,10 +32,11 @@ from service.evaluation.backtest import (
     HistoricalRun,
     _check_baselines,
     _check_horizons,
+    band_forecasters,
     historical_forecasts,
 )
 from service.evaluation.plots import write_backtest_plots
-from service.evaluation.report import summary_table
+from service.evaluation.report import band_table, summary_table
 from service.evaluation.runs import StoredBacktest
 from service.evaluation.scoring import (
     BUY_AND_HOLD,
@@ -49,6 +50,7 @@ from service.evaluation.scoring import (
 from service.forecasting import metrics as m
 from service.forecasting import portfolio
 from service.forecasting import significance as sig
+from service.forecasting.bands import ACI_SUFFIX
 from service.forecasting.baselines import BASELINES
 from service.forecasting.signals import REVERSAL, ReversalSignal
 from service.forecasting.spec import FeatureSpec
@@ -56,6 +58,9 @@ from service.inference.onnx_model import Provider
 from service.inference.predictor import Predictor
 
 WINDOWS = ("expanding", "sliding")
+# Band baselines scored beside the served band: EWMA (+ ACI) is the reference band (scoring's
+# REFERENCE_BAND); the empirical one costs a rolling quantile per horizon and is opt-in.
+DEFAULT_BAND_BASELINES = ("ewma",)
 # The books compared: each signal's top-k/bottom-k, and equal-weight buy-and-hold.
 PORTFOLIO_SIGNALS = (MODEL, REVERSAL)
 PORTFOLIO_METRICS = ("sharpe", "gross_sharpe", "cum_return", "max_drawdown", "turnover", "cost")
@@ -117,13 +122,17 @@ def bars_digest(bars: pd.DataFrame) -> str:
 
 def forecast_block(block: Block, artifact_dir: Path, bars: Mapping[str, pd.DataFrame], *,
                    horizons: Sequence[int], baselines: Sequence[str],
+                   band_baselines: Sequence[str] = DEFAULT_BAND_BASELINES,
                    provider: Provider = "auto", intra_op_threads: int = 1,
                    expected: FeatureSpec | None = None) -> HistoricalRun:
     """Every origin of the block forecast out of sample: the block's model, baselines, reversal.
 
     Each method forecasts origin t from bars <= t; baselines are fitted on the bars up to the end
-    of the block model's training segment, i.e. before the block too. `expected`: the spec the
-    block was trained for (an ablation's features); the artifact is refused if it differs.
+    of the block model's training segment, i.e. before the block too. The bands scored are the
+    served one (the model's, recalibrated by ACI with the artifact's settings, as serving does)
+    and each of `band_baselines` raw and with ACI, as `stockcast backtest` scores them.
+    `expected`: the spec the block was trained for (an ablation's features); the artifact is
+    refused if it differs.
     """
     predictor = Predictor.load(artifact_dir, provider, intra_op_threads, expected)
     manifest = predictor.manifest
@@ -132,13 +141,20 @@ def forecast_block(block: Block, artifact_dir: Path, bars: Mapping[str, pd.DataF
                          f"{manifest.split.test[0]}, after block {block.number} ({block.first})")
     horizons = _check_horizons(horizons, manifest.spec.horizon)
     forecasters = [predictor, *(BASELINES[b]() for b in _check_baselines(baselines)),
-                   ReversalSignal()]
+                   ReversalSignal(),
+                   *band_forecasters(predictor, band_baselines, predictor.band_settings,
+                                     horizons)]
     fit_end = min(manifest.split.train[1], block.first)
     run = historical_forecasts(forecasters, bars, start=block.first, end=block.last,
                                fit_end=fit_end, horizons=horizons)
     for frame in run.forecasts.values():
         frame["block"] = block.number
     return run
+
+
+def band_method_names(band_baselines: Sequence[str]) -> list[str]:
+    """The band methods forecast_block adds: the served model + ACI, each baseline raw and + ACI."""
+    return [f"{MODEL}{ACI_SUFFIX}", *(f"{b}{s}" for b in band_baselines for s in ("", ACI_SUFFIX))]
 
 
 @dataclass
@@ -215,7 +231,8 @@ def stitch_and_store(engine: Engine, blocks: Sequence[BlockRun], *, config: dict
     forecasts = {h: pd.concat([b.forecasts.forecasts[h] for b in blocks
                                if h in b.forecasts.forecasts], ignore_index=True)
                  for h in horizons}
-    methods = [MODEL, *config["baselines"], REVERSAL]
+    methods = [MODEL, *config["baselines"], REVERSAL,
+               *(name for name in config.get("band_methods", ()) if name != MODEL)]
     seconds = {"model": sum(b.forecasts.seconds["model"] for b in blocks),
                "baselines": sum(b.forecasts.seconds["baselines"] for b in blocks)}
     tick = time.perf_counter()
@@ -333,9 +350,15 @@ def _fmt(value, fmt: str) -> str:
     return "n/a" if value is None or not np.isfinite(value) else fmt.format(value)
 
 
+BANDS_CAPTION = ("Bands (80 % unless named; model_aci is the served band, ewma_aci the "
+                 "reference of the DM p):")
+
+
 def rolling_tables(stored: pd.DataFrame, config: dict) -> str:
     """Markdown: the significance table, the costed books, and the per-block breakdown."""
     lines = [summary_table(stored, columns=SIGNIFICANCE_COLUMNS), ""]
+    if config.get("band_methods"):
+        lines += [BANDS_CAPTION, band_table(stored), ""]
     books = stored[(stored["ticker"] == POOLED) & stored["metric"].str.startswith("topk_")]
     if not books.empty:
         p = config["portfolio"]

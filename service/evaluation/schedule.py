@@ -27,6 +27,7 @@ from service.db.bars import read_bars
 from service.db.ledger import record_forecasts
 from service.evaluation.ledger import ledger_rows, score_ledger
 from service.forecasting.calendar import last_closed_session
+from service.forecasting.features import needs_market
 from service.inference.predictor import Predictor
 from service.sources.ingest import refresh_tickers
 
@@ -89,7 +90,8 @@ def record_universe_forecasts(engine: Engine, settings: Settings, tickers: Seque
     horizon = horizon or predictor.spec.horizon
     items = []
     for ticker in tickers:
-        bars = read_bars(engine, ticker, last=predictor.min_bars + FORECAST_EXTRA_BARS)
+        bars = read_bars(engine, ticker, last=predictor.min_bars + FORECAST_EXTRA_BARS,
+                         market=needs_market(predictor.spec))
         if len(bars) >= predictor.min_bars:
             items.append((ticker, bars))
     forecasts = predictor.forecast_many(items, horizon) if items else []

@@ -88,8 +88,10 @@ class BarCache:
         self._locks = KeyedLocks()
 
     def get_bars(self, ticker: str, start: dt.date | None = None, end: dt.date | None = None,
-                 last: int | None = None) -> CachedBars:
+                 last: int | None = None, market: bool = False) -> CachedBars:
         """Bars of `ticker` in [start, end] (or the `last` N up to end), refreshing if missing.
+
+        `market`: with the market series' return on each bar's date (a model that reads it).
 
         Raises UnknownTicker / SourceUnavailable only when nothing is cached; with cached bars a
         failed refresh returns them with stale=True and a warning.
@@ -110,7 +112,7 @@ class BarCache:
                 if stale:
                     warnings.append(f"bars for {ticker} may be out of date: last refresh failed "
                                     f"({state.last_refresh_error})")
-            bars = bars_db.read_bars(self.engine, ticker, start, end, last=last)
+            bars = bars_db.read_bars(self.engine, ticker, start, end, last=last, market=market)
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
         latest = state.last_bar_date if state is not None else None
