@@ -36,10 +36,14 @@ from service.evaluation.rolling import (
     DEFAULT_BAND_BASELINES,
     Block,
     BlockRun,
+    SegmentScore,
+    ablation_table,
     band_method_names,
     bars_digest,
+    choose_feature_set,
     forecast_block,
     plan_blocks,
+    score_segment,
     stitch_and_store,
     training_range,
 )
@@ -47,6 +51,7 @@ from service.evaluation.runs import StoredBacktest
 from service.forecasting import portfolio
 from service.forecasting.baselines import BASELINES
 from service.forecasting.features import needs_market
+from service.forecasting.spec import FEATURE_SETS
 from service.inference.onnx_model import Provider
 from training.config import TrainConfig
 from training.pipeline import train_and_export
@@ -257,3 +262,64 @@ def evaluate_rolling(config: TrainConfig, spec: RollingSpec, database_url: str,
                                 cost_bp=spec.cost_bp, plots_dir=plots_dir)
     finally:
         engine.dispose()
+
+
+@dataclass
+class Ablation:
+    """Each feature set's rolling run, its scores per segment, and the set chosen on validation."""
+
+    runs: dict[str, StoredBacktest]
+    scores: list[SegmentScore]
+    chosen: str
+    reason: str
+    validation_blocks: tuple[int, ...]
+    test_blocks: tuple[int, ...]
+
+    def table(self) -> str:
+        return ablation_table(self.scores, self.chosen)
+
+    def to_dict(self) -> dict:
+        return {
+            "chosen": self.chosen, "reason": self.reason,
+            "validation_blocks": list(self.validation_blocks),
+            "test_blocks": list(self.test_blocks),
+            "runs": {name: run.run_id for name, run in self.runs.items()},
+            "scores": [{"features": s.name, "segment": s.segment, "blocks": list(s.blocks),
+                        **{f"{method}/{h}/{metric}": s.value(metric, method, h)
+                           for method, h, metric in sorted({(r.method, int(r.horizon), r.metric)
+                                                            for r in s.metrics.itertuples()})}}
+                       for s in self.scores],
+        }
+
+
+def evaluate_ablation(config: TrainConfig, spec: RollingSpec, feature_sets: Sequence[str],
+                      validation_blocks: int, database_url: str, model_dir: Path, *,
+                      incumbent: str = "indicators", plots_dir: Path | None = None,
+                      provider: Provider = "auto", intra_op_threads: int = 1) -> Ablation:
+    """One rolling run per feature set (same blocks, same config otherwise); the set is chosen
+    on the first `validation_blocks` blocks only, and every set is reported on the rest."""
+    unknown = [f for f in feature_sets if f not in FEATURE_SETS]
+    if unknown:
+        raise ValueError(f"unknown feature sets {unknown}; known: {sorted(FEATURE_SETS)}")
+    if incumbent not in feature_sets:
+        raise ValueError(f"the incumbent set {incumbent!r} must be among {list(feature_sets)}")
+    runs: dict[str, StoredBacktest] = {}
+    for name in feature_sets:
+        log.info("ablation: feature set %s", name)
+        runs[name] = evaluate_rolling(
+            config.with_(features=FEATURE_SETS[name]), spec, database_url, model_dir,
+            plots_dir=None if plots_dir is None else Path(plots_dir) / name.replace("+", "plus-"),
+            provider=provider, intra_op_threads=intra_op_threads)
+    numbers = [b["block"] for b in next(iter(runs.values())).result.config["blocks"]]
+    if not 1 <= validation_blocks < len(numbers):
+        raise ValueError(f"validation_blocks must leave at least one test block: 1..."
+                         f"{len(numbers) - 1} of {len(numbers)} blocks, got {validation_blocks}")
+    val, test = tuple(numbers[:validation_blocks]), tuple(numbers[validation_blocks:])
+    scores = {(name, seg): score_segment(name, seg, run.result.forecasts, blocks, spec.top_k,
+                                         spec.cost_bp)
+              for name, run in runs.items()
+              for seg, blocks in (("validation", val), ("test", test))}
+    chosen, reason = choose_feature_set(
+        {name: scores[(name, "validation")] for name in runs}, incumbent)
+    ordered = [scores[(name, seg)] for seg in ("validation", "test") for name in runs]
+    return Ablation(runs, ordered, chosen, reason, val, test)

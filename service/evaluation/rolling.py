@@ -385,3 +385,105 @@ def rolling_tables(stored: pd.DataFrame, config: dict) -> str:
             f"{_fmt(mine.get('rank_ic_mean'), '{:.4f}')} | {_fmt(mine.get('rank_ic_t_hac'), '{:.2f}')} | "
             f"{_fmt(rev.get('rank_ic_mean'), '{:.4f}')} | {_fmt(mine.get('rel_mae'), '{:.4f}')} |")
     return "\n".join(lines)
+
+
+# -- ablation: feature sets chosen on the validation blocks, reported on the test blocks -------
+
+# What a set is scored by on each segment (h = 1 unless named), and the columns of its table.
+ABLATION_METHODS = (MODEL, f"{MODEL}{ACI_SUFFIX}")
+ABLATION_COLUMNS = (
+    ("rank IC", MODEL, 1, "rank_ic_mean", "{:.4f}"),
+    ("t (HAC)", MODEL, 1, "rank_ic_t_hac", "{:.2f}"),
+    ("IC", MODEL, 1, "ic_mean", "{:.4f}"),
+    ("rel MAE", MODEL, 1, "rel_mae", "{:.4f}"),
+    ("rel MAE 95%", MODEL, 1, ("rel_mae_lo", "rel_mae_hi"), "[{:.4f}, {:.4f}]"),
+    ("rel MAE h=5", MODEL, 5, "rel_mae", "{:.4f}"),
+    ("cov 80% h=1", f"{MODEL}{ACI_SUFFIX}", 1, "coverage", "{:.3f}"),
+    ("IS h=1", f"{MODEL}{ACI_SUFFIX}", 1, "interval_score", "{:.5f}"),
+    ("cov 80% h=5", f"{MODEL}{ACI_SUFFIX}", 5, "coverage", "{:.3f}"),
+    ("IS h=5", f"{MODEL}{ACI_SUFFIX}", 5, "interval_score", "{:.5f}"),
+    ("top-k Sharpe", MODEL, 1, "topk_sharpe", "{:.2f}"),
+)
+# Switching away from the incumbent set needs its validation rank IC beaten by more than this
+# many Newey–West standard errors of the paired daily difference: less is noise.
+SWITCH_T = 1.0
+
+
+@dataclass(frozen=True)
+class SegmentScore:
+    """One feature set's rolling forecasts scored on one segment (a run of whole blocks)."""
+
+    name: str
+    segment: str  # "validation" | "test"
+    blocks: tuple[int, ...]
+    metrics: pd.DataFrame  # compute_metrics' long frame + the costed book's rows
+    daily_rank_ic: pd.Series  # the model's daily rank IC at h = 1, by origin date
+
+    def value(self, metric: str, method: str = MODEL, horizon: int = 1) -> float:
+        hit = self.metrics[(self.metrics["ticker"] == POOLED) & (self.metrics["method"] == method)
+                           & (self.metrics["horizon"] == horizon)
+                           & (self.metrics["metric"] == metric)]
+        return float(hit["value"].iloc[0]) if len(hit) else float("nan")
+
+
+def score_segment(name: str, segment: str, forecasts: Mapping[int, pd.DataFrame],
+                  blocks: Sequence[int], top_k: int, cost_bp: float) -> SegmentScore:
+    """The model's (and its served band's) pooled scores over these blocks only."""
+    part = {h: f[f["block"].isin(list(blocks))] for h, f in forecasts.items()}
+    part = {h: f for h, f in part.items() if not f.empty}
+    if 1 not in part:
+        raise ValueError(f"{name}: no h = 1 forecasts in blocks {list(blocks)}")
+    methods = [x for x in ABLATION_METHODS if x in part[1].columns]
+    metrics = compute_metrics(part, methods)
+    metrics = metrics[metrics["ticker"] == POOLED]
+    rows = [r for r in _portfolio_rows(part[1], top_k, cost_bp) if r[2] == MODEL]
+    metrics = pd.concat([metrics, pd.DataFrame(rows, columns=metrics.columns)], ignore_index=True)
+    f1 = part[1]
+    ic = m.daily_ic(f1["origin"].to_numpy(), f1[MODEL].to_numpy(), f1["realized"].to_numpy(),
+                    "spearman")
+    return SegmentScore(name, segment, tuple(blocks), metrics, ic)
+
+
+def choose_feature_set(validation: Mapping[str, SegmentScore], incumbent: str) -> tuple[str, str]:
+    """(chosen set, why) from the validation segment only.
+
+    The candidate with the highest validation rank IC at h = 1 replaces the incumbent only if
+    it beats it by more than SWITCH_T Newey–West standard errors of the paired daily rank IC
+    difference (same origin dates); otherwise the incumbent stays.
+    """
+    if incumbent not in validation:
+        raise ValueError(f"the incumbent set {incumbent!r} was not evaluated")
+    best = max(validation, key=lambda k: (np.nan_to_num(validation[k].value("rank_ic_mean"),
+                                                          nan=-np.inf), k == incumbent))
+    inc, top = validation[incumbent], validation[best]
+    if best == incumbent:
+        return incumbent, (f"{incumbent} has the highest validation rank IC "
+                           f"({inc.value('rank_ic_mean'):.4f}, HAC t "
+                           f"{inc.value('rank_ic_t_hac'):.2f}); kept")
+    diff = (top.daily_rank_ic - inc.daily_rank_ic).dropna()
+    paired = sig.hac_mean_test(diff.to_numpy(), 1)
+    numbers = (f"validation rank IC {top.value('rank_ic_mean'):.4f} vs "
+               f"{inc.value('rank_ic_mean'):.4f} for {incumbent}, paired difference HAC t "
+               f"{paired.t:.2f} over {paired.n} sessions")
+    if np.isfinite(paired.t) and paired.t > SWITCH_T:
+        return best, f"{best}: {numbers} > {SWITCH_T:g}: switched"
+    return incumbent, (f"{incumbent} kept: the best other set, {best}, has {numbers} "
+                       f"(≤ {SWITCH_T:g}: not told from noise)")
+
+
+def ablation_table(scores: Sequence[SegmentScore], chosen: str | None = None) -> str:
+    """Markdown: one row per (feature set, segment), ABLATION_COLUMNS."""
+    lines = ["| features | segment | blocks | " + " | ".join(c[0] for c in ABLATION_COLUMNS)
+             + " |", "|---|---|---|" + "---:|" * len(ABLATION_COLUMNS)]
+    for s in scores:
+        cells = []
+        for _, method, h, metric, fmt in ABLATION_COLUMNS:
+            if isinstance(metric, tuple):
+                values = [s.value(x, method, h) for x in metric]
+                cells.append(fmt.format(*values) if all(np.isfinite(values)) else "n/a")
+            else:
+                cells.append(_fmt(s.value(metric, method, h), fmt))
+        name = f"**{s.name}**" if s.name == chosen else s.name
+        blocks = f"{s.blocks[0]}–{s.blocks[-1]}" if len(s.blocks) > 1 else str(s.blocks[0])
+        lines.append(f"| {name} | {s.segment} | {blocks} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -257,7 +257,7 @@ def test_market_context_is_causal_and_its_artifacts_refuse_other_features(clean_
     from service.inference.predictor import Predictor
     from training.pipeline import train_and_export
 
-    root, run = clean_run
+    root, _ = clean_run
     config = _config(features=FEATURE_SETS["+market"])
     engine = make_engine(f"sqlite:///{root / 'r.db'}")
     try:  # the series the write path kept equals the one derived from the frame
@@ -304,3 +304,34 @@ def test_blocks_train_on_a_dask_cluster_into_the_same_models(clean_run, tmp_path
     assert not any(cached for _, cached in trained.values())
     again = train_blocks(jobs, tmp_path / "models", progress=False, cluster="tcp://0.0.0.0:1")
     assert all(cached for _, cached in again.values())  # cached blocks never reach a cluster
+
+
+def test_the_ablation_chooses_on_validation_blocks_and_reports_test_blocks(clean_run):
+    from service.evaluation.rolling import score_segment
+    from training.rolling import evaluate_ablation
+
+    root, run = clean_run
+    result = evaluate_ablation(_config(), SPEC, ("returns", "indicators"), 1,
+                               f"sqlite:///{root / 'r.db'}", root / "models",
+                               plots_dir=root / "ablation", provider="cpu")
+    assert (result.validation_blocks, result.test_blocks) == ((1,), (2,))
+    assert result.chosen in ("returns", "indicators") and result.reason
+    # The indicators run is the clean run again (its block models come from the cache).
+    assert _versions(result.runs["indicators"]) == _versions(run)
+    segments = [(s.name, s.segment) for s in result.scores]
+    assert segments == [("returns", "validation"), ("indicators", "validation"),
+                        ("returns", "test"), ("indicators", "test")]
+    test = score_segment("indicators", "test", run.result.forecasts, (2,), SPEC.top_k,
+                         SPEC.cost_bp)
+    assert result.scores[3].value("rank_ic_mean") == pytest.approx(test.value("rank_ic_mean"))
+    assert result.scores[3].value("n_forecasts") == len(TICKERS) * 40
+    # Whatever happens on the test block cannot move the validation scores the choice reads.
+    rng = np.random.default_rng(3)
+    scrambled = {h: f.assign(realized=np.where(f["block"] == 2,
+                                               rng.permutation(f["realized"].to_numpy()),
+                                               f["realized"]))
+                 for h, f in run.result.forecasts.items()}
+    again = score_segment("indicators", "validation", scrambled, (1,), SPEC.top_k, SPEC.cost_bp)
+    assert again.value("rank_ic_mean") == result.scores[1].value("rank_ic_mean")
+    assert again.value("rel_mae") == result.scores[1].value("rel_mae")
+    assert "| features | segment | blocks | rank IC |" in result.table()
