@@ -74,3 +74,23 @@ def test_the_migration_derives_the_series_from_bars_already_cached(sqlite_url):
         assert len(read_market(engine)) == len(DATES) - 1
     finally:
         engine.dispose()
+
+
+def test_the_bar_cache_serves_the_market_to_a_model_that_reads_it(engine):
+    import datetime as dt
+
+    from service.sources.cache import BarCache
+    from tests.api_factories import Clock
+    from tests.bar_factories import ScriptedSource
+
+    ingest_frame(engine, BARS[BARS["ticker"] != "AAA"], source="test")
+    history = BARS[BARS["ticker"] == "AAA"].drop(columns="ticker")
+    now = dt.datetime.combine(history["date"].iloc[-1].date(), dt.time(21), tzinfo=dt.UTC)
+    cache = BarCache(engine, ScriptedSource({"AAA": history}), clock=Clock(now))
+    got = cache.get_bars("AAA", market=True)  # a cold read: fetched, written, the series moved
+    assert got.fetched == len(history)
+    market = read_market(engine)
+    pd.testing.assert_frame_equal(market, _from_scratch(engine))
+    lookup = market.set_index("date")["market_return"].reindex(got.bars["date"]).to_numpy()
+    np.testing.assert_array_equal(got.bars["market_return"].to_numpy()[1:], lookup[1:])
+    assert "market_return" not in cache.get_bars("AAA").bars.columns
