@@ -552,7 +552,7 @@ def _echo_ablation(result, path: Path) -> None:
     typer.echo(result.table())
     typer.echo(f"\nchosen on validation: {result.chosen} ({result.reason})")
     path.write_text(json.dumps(result.to_dict(), indent=1, default=str))
-    typer.echo(f"written: {path}")
+    typer.echo(f"written: {path}, {result.plot(path.with_suffix('.png'))}")
 
 
 def _echo_rolling(run) -> None:

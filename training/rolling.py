@@ -43,6 +43,7 @@ from service.evaluation.rolling import (
     choose_feature_set,
     forecast_block,
     plan_blocks,
+    plot_ablation,
     score_segment,
     stitch_and_store,
     training_range,
@@ -277,6 +278,11 @@ class Ablation:
 
     def table(self) -> str:
         return ablation_table(self.scores, self.chosen)
+
+    def plot(self, path: Path) -> Path:
+        """Each set's rank IC per block, the validation/test boundary marked."""
+        return plot_ablation({name: run.result.config["blocks"] for name, run in self.runs.items()},
+                             len(self.validation_blocks), path)
 
     def to_dict(self) -> dict:
         return {

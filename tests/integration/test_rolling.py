@@ -335,3 +335,7 @@ def test_the_ablation_chooses_on_validation_blocks_and_reports_test_blocks(clean
     assert again.value("rank_ic_mean") == result.scores[1].value("rank_ic_mean")
     assert again.value("rel_mae") == result.scores[1].value("rel_mae")
     assert "| features | segment | blocks | rank IC |" in result.table()
+    assert result.plot(root / "ablation.png").stat().st_size > 0
+    saved = json.loads(json.dumps(result.to_dict()))
+    assert saved["chosen"] == result.chosen and saved["test_blocks"] == [2]
+    assert saved["scores"][3]["model/1/rank_ic_mean"] == result.scores[3].value("rank_ic_mean")
