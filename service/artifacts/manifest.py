@@ -281,7 +281,8 @@ def reband(model_dir: Path | str, version: str, band: dict) -> Path:
 
     The band (which band is served, ACI's settings) is part of meta, so of the content hash:
     the new folder is a new version; the old one is left as it is, and `current` too (only the
-    gate moves it). Returns the new artifact's folder (the same one again for the same band).
+    gate moves it). Returns the new artifact's folder; one that exists already (the same band
+    again, or the source's own band) is returned as it is.
     """
     model_dir = Path(model_dir)
     source = load_manifest(artifact_path(model_dir, version)).artifact_dir
@@ -293,6 +294,8 @@ def reband(model_dir: Path | str, version: str, band: dict) -> Path:
     onnx_bytes = (source / ONNX_FILE).read_bytes()
     meta["version"] = artifact_version(onnx_bytes, meta)
     target = artifact_path(model_dir, meta["version"])
+    if (target / META_FILE).is_file():
+        return load_manifest(target).artifact_dir
     target.mkdir(exist_ok=True)
     for name in _REBAND_COPIED:
         if (source / name).is_file():

@@ -154,7 +154,12 @@ def test_reband_writes_the_same_weights_with_another_band_as_a_new_version(artif
     # The source and `current` are left as they were; the same band again is the same folder.
     assert {p.name: p.read_bytes() for p in artifact.iterdir() if p.is_file()} == before
     assert resolve_current(models) == artifact
+    written = (new / "meta.json").read_bytes()
     assert reband(models, artifact.name, band) == new
+    assert (new / "meta.json").read_bytes() == written
+    # Its own band again: the source itself, untouched.
+    assert reband(models, artifact.name, json.loads(before["meta.json"])["band"]) == artifact
+    assert (artifact / "meta.json").read_bytes() == before["meta.json"]
 
 
 # -- the version is the content hash, verified on every load -----------------------------------
