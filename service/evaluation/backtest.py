@@ -36,7 +36,7 @@ import pandas as pd
 
 from service.core.errors import InsufficientHistory
 from service.evaluation.scoring import MODEL, NAIVE, POOLED, compute_metrics, metric_value
-from service.forecasting.bands import ACIForecaster, ACISettings
+from service.forecasting.bands import ACI_SUFFIX, BASELINE_ACI, ACIForecaster, ACISettings
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
@@ -104,15 +104,22 @@ def band_forecasters(predictor: Predictor, band_baselines: Sequence[str], aci: A
                      horizons: Sequence[int]) -> list[Forecaster]:
     """The model's band recalibrated by ACI, then each band baseline raw and recalibrated.
 
-    Each computes only `horizons` (the empirical baseline's cost is per h).
+    The served band's base is recalibrated with `aci` (the artifact's settings, as serving
+    does), every other base with BASELINE_ACI. Each computes only `horizons` (the empirical
+    baseline's cost is per h).
     """
     unknown = [b for b in band_baselines if b not in BAND_BASELINES]
     if unknown:
         raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
     slots = tuple(horizons)
+    served_base = predictor.served_band.removesuffix(ACI_SUFFIX)
+
+    def recalibrated(base: Forecaster) -> ACIForecaster:
+        settings = aci if base.name == served_base else BASELINE_ACI
+        return ACIForecaster(base, settings, slots=slots)
+
     bases = [BAND_BASELINES[b](slots=slots) for b in band_baselines]
-    return [ACIForecaster(predictor, aci, slots=slots),
-            *(f for base in bases for f in (base, ACIForecaster(base, aci, slots=slots)))]
+    return [recalibrated(predictor), *(f for base in bases for f in (base, recalibrated(base)))]
 
 
 @dataclass
@@ -244,8 +251,9 @@ def run_backtest(
     bars after `end` supply the realized outcomes). Baselines are fitted on bars up to the end
     of the model's training segment, or up to `start` if that is earlier, so neither sees an
     outcome it is scored on. Tickers without enough history are skipped, with the reason.
-    Every method with a band (the model, `band_baselines`) is also scored recalibrated by ACI
-    (`aci_settings`, default the artifact's): `model_aci`, `ewma_aci`, ... on the same origins.
+    Every method with a band (the model, `band_baselines`) is also scored recalibrated by ACI:
+    `model_aci`, `ewma_aci`, ... on the same origins; the served band's base with
+    `aci_settings` (default the artifact's), every other with plain ACI (BASELINE_ACI).
     `horizons=None` means those of DEFAULT_HORIZONS (1, 5, 30) the model forecasts.
     """
     started = time.perf_counter()
@@ -302,7 +310,8 @@ def run_backtest(
         "interval": [quantiles[i] for i in band_indices(spec.quantiles, DEFAULT_LEVEL)],
         "band_levels": list(BAND_LEVELS),
         "band_baselines": list(band_baselines),
-        "aci": aci.to_dict(),
+        "aci": aci.to_dict(),  # the served band's; the other bands': baseline_aci
+        "baseline_aci": BASELINE_ACI.to_dict(),
         "served_band": predictor.served_band,
         "skipped": skipped,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
