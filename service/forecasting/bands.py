@@ -27,6 +27,7 @@ read (a test scrambles the future).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -87,7 +88,12 @@ def ndtri(p) -> np.ndarray:
     per distinct value — bands use a handful of levels, and serving stays free of scipy."""
     p = np.asarray(p, dtype=np.float64)
     values, inverse = np.unique(p, return_inverse=True)
-    return np.array([_NORMAL.inv_cdf(float(v)) for v in values])[inverse].reshape(p.shape)
+    return np.array([_inv_cdf(float(v)) for v in values])[inverse].reshape(p.shape)
+
+
+@lru_cache(maxsize=4096)  # the levels and the knots recur: each served band asks for the same
+def _inv_cdf(p: float) -> float:
+    return _NORMAL.inv_cdf(p)
 
 
 def _levels(levels) -> np.ndarray:
