@@ -219,6 +219,11 @@ class ForecastService:
         Live forecasts (as of the ticker's latest cached bar, asked with or without an as_of)
         enter the ledger here, once each; what-ifs as of an earlier day never do.
         """
+        distinct = list(dict.fromkeys(tickers))
+        if len(distinct) < len(tickers):  # a ticker asked twice is computed (and refreshed) once
+            answers = dict(zip(distinct, self.forecast_many(predictor, distinct, horizon, as_of,
+                                                            claimant)))
+            return [answers[t] for t in tickers]
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
         misses: list[tuple[int, CachedBars, BarCheck]] = []

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.core.bars import NUMERIC_COLUMNS, PRICE_COLUMNS, TICKER_BAR_COLUMNS
@@ -206,10 +206,12 @@ def _state(row) -> TickerState:
                        row.last_refresh_status, row.last_refresh_error, row.bars_revision)
 
 
+_TICKER_STATE = select(Ticker.__table__).where(Ticker.__table__.c.symbol == bindparam("ticker"))
+
+
 def ticker_state(conn: Connection, ticker: str) -> TickerState | None:
     """The stored state of one ticker, or None if the cache has never seen it."""
-    table = Ticker.__table__
-    row = conn.execute(select(table).where(table.c.symbol == ticker)).first()
+    row = conn.execute(_TICKER_STATE, {"ticker": ticker}).first()  # built once: every request
     return None if row is None else _state(row)
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,12 @@ class CachedBars:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@lru_cache(maxsize=64)  # most tickers share their last bar's date; callers only read it
+def _dated(day: dt.date | None) -> pd.DataFrame:
+    """A bars frame holding only the date column, of `day` (empty for None)."""
+    return pd.DataFrame({"date": pd.to_datetime([] if day is None else [day])})
 
 
 REFRESH_OUTCOMES = ("updated", "unchanged", "current", "throttled", "unknown", "failed")
@@ -115,9 +122,8 @@ class BarCache:
             state, fetched, stale, warnings = self._current(ticker, None, None)
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
-        dates = [] if state is None or state.last_bar_date is None else [state.last_bar_date]
-        bars = pd.DataFrame({"date": pd.to_datetime(dates)})
-        return self._answer(ticker, state, bars, fetched, stale, warnings)
+        last = None if state is None else state.last_bar_date
+        return self._answer(ticker, state, _dated(last), fetched, stale, warnings)
 
     def _current(self, ticker: str, start: dt.date | None, end: dt.date | None
                  ) -> tuple[bars_db.TickerState | None, int, bool, list[str]]:
