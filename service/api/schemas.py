@@ -256,7 +256,7 @@ class ReadinessPublic(BaseModel):
         "checks": {
             "model": {"ok": True, "detail": "3f9a1c2b7d4e"},
             "database": {"ok": True, "detail": "select 1 answered"},
-            "schema": {"ok": True, "detail": "at 0003 (head)"},
+            "schema": {"ok": True, "detail": "at 0004 (head)"},
             "provider": {"ok": True, "detail": "requested auto; active CPUExecutionProvider"},
         },
     }]})
