@@ -1,7 +1,7 @@
 """market series: the equal-weighted cross-section of the cached bars, one row per session
 
 Revision ID: 0005
-Revises: 0003 (0004, the feature store, lands in parallel; renumbered at merge)
+Revises: 0004
 Create Date: 2026-12-01
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
