@@ -66,7 +66,9 @@ def update_features(conn: Connection, tickers: Sequence[str] | None = None) -> i
             try:
                 updates.append(_feature_update(ticker, bars.reset_index(drop=True),
                                                revisions[ticker], stored.get(ticker)))
-            except ValueError as exc:  # bars features refuse: left stale, served from bars
+            # Bars features refuse (ValueError) or cannot make finite (RuntimeError: valid but
+            # extreme bars): left stale, served from bars; the other tickers are still stored.
+            except (ValueError, RuntimeError) as exc:
                 log.warning("features of %s not stored: %s", ticker, exc)
         store_db.write_features(conn, STORE_VERSION, updates)
     return len(due)

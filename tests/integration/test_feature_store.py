@@ -232,3 +232,20 @@ def test_prewarm_skips_what_is_fresh(engine, tiny_predictor):
     assert (first.computed, again.computed, again.fresh) == (3, 0, 3)
     with engine.connect() as conn:
         assert stored_inputs(conn, tiny_predictor, ["AAA"], 5)["AAA"].state.as_of == LAST_BAR
+
+
+def test_a_ticker_whose_features_fail_blocks_neither_the_write_nor_the_others(engine):
+    # Valid bars (positive, finite) whose features cannot be finite: prices near 1e300 make the
+    # Bollinger variance overflow. The write must keep every bar, store the other tickers'
+    # features and score the ledger, not raise after the bars were committed.
+    frame = synthetic_bars_multi()
+    huge = frame["ticker"] == "CCC"
+    for column in ("open", "high", "low", "close", "adj_close"):
+        frame.loc[huge, column] *= 1e299
+    report = ingest_frame(engine, frame, source="test", after_write=after_bars_written)
+    assert report.written == len(frame)
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from bars")).scalar() == len(frame)
+        stored = store_db.feature_sets(conn, feature_store.STORE_VERSION, ["AAA", "BBB", "CCC"])
+    assert set(stored) == {"AAA", "BBB"}
+    _assert_stored_equal_built(engine, frame[~huge])
