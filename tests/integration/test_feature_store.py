@@ -249,3 +249,22 @@ def test_a_ticker_whose_features_fail_blocks_neither_the_write_nor_the_others(en
         stored = store_db.feature_sets(conn, feature_store.STORE_VERSION, ["AAA", "BBB", "CCC"])
     assert set(stored) == {"AAA", "BBB"}
     _assert_stored_equal_built(engine, frame[~huge])
+
+
+def test_a_history_rebased_up_to_the_same_last_bar_is_not_served_from_the_old_rows(
+        store_app, tiny_predictor):
+    # A dividend or split re-adjusts adj_close of every earlier bar; the last bar's date stays.
+    client, service, engine, frame = store_app
+    client.post("/predict/AAA", json={"horizon": 3})
+    assert service.from_store == 1
+    rebased = frame[frame["ticker"] == "AAA"].copy()
+    rebased.loc[rebased.index[:-5], "adj_close"] *= 0.9
+    _ingest(engine, rebased)
+    service.clear()
+    body = client.post("/predict/AAA", json={"horizon": 3}).json()
+    assert service.from_store == 1  # the old state and rows are stale: from the bars
+    _assert_same_forecast(body, _from_bars(tiny_predictor, engine, "AAA", 3))
+    service.clear()
+    again = client.post("/predict/AAA", json={"horizon": 3}).json()
+    assert service.from_store == 2  # the state stored by that fallback, the new rows
+    _assert_same_forecast(again, _from_bars(tiny_predictor, engine, "AAA", 3))

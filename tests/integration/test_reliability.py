@@ -26,6 +26,7 @@ from service.artifacts.manifest import artifact_version
 from service.db.bars import count_bars
 from service.db.health import head_revision
 from service.db.session import downgrade, make_engine, upgrade
+from service.evaluation.feature_store import prewarm
 from tests.api_factories import API_KEY, Clock, ServerThread, api_settings, copy_models, store_bars
 from tests.bar_factories import ScriptedSource
 from tests.blackhole import BlackholeProxy
@@ -148,6 +149,35 @@ def test_a_silent_database_answers_503_within_3_s_and_recovers(own_pg_url, tiny_
     assert recovered < 10
     assert after.status_code == 200 and after.json() == before.json()
     assert stored_bars(own_pg_url) == len(bars)
+
+
+def test_a_silent_database_behind_the_serving_stores_answers_503_within_3_s(
+        own_pg_url, tiny_artifact, tiny_predictor):
+    # Stores prewarmed and the bar check shared: a cold predict's first database call is the
+    # stores' read (no bar check before it), which must fail as fast as the bars' read.
+    engine = make_engine(own_pg_url)
+    assert prewarm(engine, tiny_predictor).computed == 3
+    engine.dispose()
+    target = sa.engine.make_url(own_pg_url)
+    with BlackholeProxy(target.host, target.port or 5432) as proxy:
+        settings = api_settings(_via(own_pg_url, proxy.port), tiny_artifact.model_dir,
+                                forecast_cache_size=0, bar_check_ttl_seconds=60.0)
+        app = create_app(settings, source=ScriptedSource(), clock=Clock())
+        with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            before = client.post("/predict/AAA", json={"horizon": 1})
+            assert before.status_code == 200 and app.state.forecasts.from_store == 1
+            proxy.silence()
+            storm = _cold_predicts(server.url)
+            proxy.resume()
+            recovered = wait_until(
+                lambda: client.post("/predict/AAA", json={"horizon": 1}).status_code == 200)
+            after = client.post("/predict/AAA", json={"horizon": 1})
+    for response, _ in storm:
+        assert_problem(response, 503, UNAVAILABLE)
+    slowest = max(took for _, took in storm)
+    assert slowest < BOUND, f"slowest of {CONCURRENT} concurrent predicts: {slowest:.2f} s"
+    assert recovered < 10
+    assert after.json() == before.json()
 
 
 def test_statements_that_never_finish_and_a_full_pool_answer_503_within_3_s(
