@@ -42,10 +42,14 @@ def decode(blob: bytes | memoryview, columns: int) -> np.ndarray:
 @contextmanager
 def consistent_read(engine: Engine) -> Iterator[Connection]:
     """A connection whose statements share one snapshot (a state and its feature rows agree):
-    SQLite's read transaction already does; Postgres needs REPEATABLE READ for it."""
+    Postgres needs REPEATABLE READ for it; SQLite an explicit BEGIN (pysqlite begins none
+    before a SELECT, so each would read its own snapshot), its WAL snapshot taken at the first
+    read and ended by the rollback on close."""
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn.execution_options(isolation_level="REPEATABLE READ")
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN")
         yield conn
 
 

@@ -268,3 +268,34 @@ def test_a_history_rebased_up_to_the_same_last_bar_is_not_served_from_the_old_ro
     again = client.post("/predict/AAA", json={"horizon": 3}).json()
     assert service.from_store == 2  # the state stored by that fallback, the new rows
     _assert_same_forecast(again, _from_bars(tiny_predictor, engine, "AAA", 3))
+
+
+def test_the_stores_read_one_snapshot_while_a_write_commits_between_its_statements(
+        db_url, tiny_predictor, monkeypatch):
+    # consistent_read: the band state and the feature rows a cold forecast reads must come from
+    # the same bars, even when a re-based history (same last bar) commits between the reads.
+    frame = synthetic_bars_multi()
+    engine, writer = make_engine(db_url), make_engine(db_url)
+    _ingest(engine, frame)
+    prewarm(engine, tiny_predictor)
+    with engine.connect() as conn:
+        _, old_rows = store_db.read_features(conn, feature_store.STORE_VERSION, "AAA", 14)
+    rebased = frame[frame["ticker"] == "AAA"].copy()
+    rebased.loc[rebased.index[:-5], "adj_close"] *= 0.9
+    read_rows = store_db.read_latest_features
+
+    def write_then_read(conn, *args):
+        _ingest(writer, rebased)  # commits bars and new feature rows
+        return read_rows(conn, *args)
+
+    monkeypatch.setattr(store_db, "read_latest_features", write_then_read)
+    with store_db.consistent_read(engine) as conn:
+        got = stored_inputs(conn, tiny_predictor, ["AAA"], 1)
+    monkeypatch.undo()
+    with engine.connect() as conn:
+        _, new_rows = store_db.read_features(conn, feature_store.STORE_VERSION, "AAA", 14)
+    assert not np.array_equal(new_rows[-20:], old_rows[-20:])
+    # Read before the write: the old state with the old rows (never the old state, new rows).
+    np.testing.assert_array_equal(got["AAA"].features, old_rows[-len(got["AAA"].features):])
+    engine.dispose()
+    writer.dispose()
