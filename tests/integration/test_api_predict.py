@@ -528,7 +528,7 @@ def test_a_warm_answer_is_the_body_fastapi_renders_for_the_forecast(db_url, tiny
 def test_a_rendered_body_is_reused_only_for_the_same_forecast_and_freshness(direct_forecasts):
     from dataclasses import replace
 
-    service, predictor, _, now = direct_forecasts
+    service, predictor, _, _ = direct_forecasts
     renders = []
 
     def render(served):
