@@ -61,14 +61,17 @@ def train_row(bars, config: TrainConfig, device: str, label: str,
     finally:
         train_loop.FILL_UNINITIALIZED_MEMORY = False
     seconds = [h["seconds"] for h in result.history]
+    cpu_seconds = [h["cpu_seconds"] for h in result.history]
     # The first epoch carries one-off costs (allocator warm-up, CUDA init); report the rest.
-    steady = seconds[1:] or seconds
-    per_epoch = statistics.median(steady)
+    per_epoch = statistics.median(seconds[1:] or seconds)
+    cpu_per_epoch = statistics.median(cpu_seconds[1:] or cpu_seconds)
     return {
         "label": label,
         "samples": len(result.prepared.train),
         "epoch_s": per_epoch,
         "samples_per_s": len(result.prepared.train) / per_epoch,
+        "cpu_s": cpu_per_epoch,
+        "samples_per_cpu_s": len(result.prepared.train) / cpu_per_epoch,
         "val_loss": result.history[-1]["val_loss"],
         "weights": result.weights_sha256[:12],
     }, result
@@ -77,7 +80,8 @@ def train_row(bars, config: TrainConfig, device: str, label: str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="the second CPU row's threads (the first has 1)")
     parser.add_argument("--single-repeat", type=int, default=300)
     parser.add_argument("--batch-repeat", type=int, default=30)
     args = parser.parse_args()
@@ -91,6 +95,7 @@ def main() -> None:
                                 fill=True)
         row, trained = train_row(bars, cpu, "cpu", f"cpu, {threads} thread(s)")
         row["x_baseline"] = row["samples_per_s"] / baseline["samples_per_s"]
+        row["x_baseline_cpu"] = row["samples_per_cpu_s"] / baseline["samples_per_cpu_s"]
         rows += [baseline, row]
         result = result or trained
     cpu_row = rows[-1]
@@ -105,14 +110,19 @@ def main() -> None:
     print(f"\nTraining: default universe ({len(config.tickers)} tickers), window "
           f"{config.window}, H {config.horizon}, batch {config.batch_size}, median of epochs "
           f"2..{args.epochs}; 1-min load average {os.getloadavg()[0]:.1f}")
-    print("| run | train samples | s / epoch | samples / s | x baseline | last val loss | "
-          "weights sha256 |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("(CPU seconds: the process's user + system time; with 1 thread they measure the work "
+          "whatever else the machine runs)")
+    print("| run | train samples | s / epoch | samples / s | x baseline | CPU s / epoch | "
+          "samples / CPU s | x baseline (CPU) | last val loss | weights sha256 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         ratio = r.get("x_baseline", r.get("x_cpu"))
         ratio = f"{ratio:.2f}" + (" (x cpu)" if "x_cpu" in r else "") if ratio else "-"
+        cpu_ratio = f"{r['x_baseline_cpu']:.2f}" if "x_baseline_cpu" in r else "-"
         print(f"| {r['label']} | {r['samples']} | {r['epoch_s']:.1f} | "
-              f"{r['samples_per_s']:.0f} | {ratio} | {r['val_loss']:.5f} | {r['weights']} |")
+              f"{r['samples_per_s']:.0f} | {ratio} | {r['cpu_s']:.1f} | "
+              f"{r['samples_per_cpu_s']:.0f} | {cpu_ratio} | {r['val_loss']:.5f} | "
+              f"{r['weights']} |")
 
     with tempfile.TemporaryDirectory() as tmp:
         artifact = export_artifact(result.model, result.prepared, result.record, Path(tmp))

@@ -158,7 +158,7 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
     stopper = _EarlyStopping(config.early_stopping_patience)
     history: list[dict] = []
     for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
+        epoch_started, epoch_cpu = time.perf_counter(), time.process_time()
         train_loss = _train_one_epoch(run, epoch)
         val_loss = evaluate(run.model, run.val_set, run.quantiles, run.device)
         if not np.isfinite(val_loss):
@@ -167,8 +167,10 @@ def fit(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
         run.scheduler.step(val_loss)
         lr = run.optimizer.param_groups[0]["lr"]
         seconds = time.perf_counter() - epoch_started
+        # CPU time beside wall time: on a shared machine the wall clock measures the others.
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                        "lr": lr, "seconds": seconds})
+                        "lr": lr, "seconds": seconds,
+                        "cpu_seconds": time.process_time() - epoch_cpu})
         if run.ctx.is_main:
             line = (f"epoch {epoch:3d}/{config.epochs}  train {train_loss:.4f}  "
                     f"val {val_loss:.4f}  lr {lr:.2e}  {seconds:.1f}s")
