@@ -36,7 +36,7 @@ import pandas as pd
 
 from service.core.errors import InsufficientHistory
 from service.evaluation.scoring import MODEL, NAIVE, POOLED, compute_metrics, metric_value
-from service.forecasting.bands import ACIForecaster, ACISettings
+from service.forecasting.bands import ACI_SUFFIX, BASELINE_ACI, ACIForecaster, ACISettings
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
@@ -229,8 +229,9 @@ def run_backtest(
     bars after `end` supply the realized outcomes). Baselines are fitted on bars up to the end
     of the model's training segment, or up to `start` if that is earlier, so neither sees an
     outcome it is scored on. Tickers without enough history are skipped, with the reason.
-    Every method with a band (the model, `band_baselines`) is also scored recalibrated by ACI
-    (`aci_settings`, default the artifact's): `model_aci`, `ewma_aci`, ... on the same origins.
+    Every method with a band (the model, `band_baselines`) is also scored recalibrated by ACI:
+    `model_aci`, `ewma_aci`, ... on the same origins; the served band's base with
+    `aci_settings` (default the artifact's), every other with plain ACI (BASELINE_ACI).
     `horizons=None` means those of DEFAULT_HORIZONS (1, 5, 30) the model forecasts.
     """
     started = time.perf_counter()
@@ -253,6 +254,13 @@ def run_backtest(
     # One list of methods, one interface: the model first, then every baseline; each band
     # method (the model, the band baselines) also recalibrated by ACI, scored at `horizons`.
     aci = predictor.band_settings if aci_settings is None else aci_settings
+    baseline_aci = BASELINE_ACI
+    served_base = predictor.served_band.removesuffix(ACI_SUFFIX)
+
+    def recalibrated(base: Forecaster) -> ACIForecaster:
+        settings = aci if base.name == served_base else baseline_aci
+        return ACIForecaster(base, settings, slots=horizons)
+
     unknown = [b for b in band_baselines if b not in BAND_BASELINES]
     if unknown:
         raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
@@ -260,8 +268,8 @@ def run_backtest(
     band_methods = [predictor, *(BAND_BASELINES[b](slots=horizons) for b in band_baselines)]
     forecasters: list[Forecaster] = [
         predictor, *(BASELINES[b]() for b in baseline_names),
-        ACIForecaster(predictor, aci, slots=horizons),
-        *(f for base in band_methods[1:] for f in (base, ACIForecaster(base, aci, slots=horizons))),
+        recalibrated(predictor),
+        *(f for base in band_methods[1:] for f in (base, recalibrated(base))),
     ]
     run = historical_forecasts(forecasters, bars, start=start, end=end, fit_end=fit_end,
                                horizons=horizons)
@@ -293,7 +301,8 @@ def run_backtest(
         "interval": [quantiles[i] for i in band_indices(spec.quantiles, DEFAULT_LEVEL)],
         "band_levels": list(BAND_LEVELS),
         "band_baselines": list(band_baselines),
-        "aci": aci.to_dict(),
+        "aci": aci.to_dict(),  # the served band's; the other bands': baseline_aci
+        "baseline_aci": baseline_aci.to_dict(),
         "served_band": predictor.served_band,
         "skipped": skipped,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
