@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export STOCKCAST_DATABASE_URL ?= sqlite:///./stockcast.db
 
-.PHONY: run test fuzz train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest bench-load backtest evaluate lint clean compose-smoke
+.PHONY: run test fuzz train serve seed migrate bench bench-ingest bench-train bench-serve bench-backtest bench-load bench-cold backtest evaluate lint clean compose-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,7 +76,7 @@ evaluate: $(VENV)/.dev seed
 	$(BIN)/stockcast evaluate --universe $(EVAL_UNIVERSE) --start $(EVAL_START) --end $(EVAL_END) \
 		--retrain-every $(EVAL_EVERY) --epochs $(EVAL_EPOCHS) --workers $(EVAL_WORKERS) --threads 1
 
-bench: bench-ingest bench-train bench-serve bench-backtest bench-load
+bench: bench-ingest bench-train bench-serve bench-cold bench-backtest bench-load
 
 bench-ingest: $(VENV)/.dev
 	$(BIN)/python bench/ingest.py
@@ -92,6 +92,10 @@ bench-backtest: $(VENV)/.dev
 
 bench-load: $(VENV)/.dev
 	$(BIN)/python bench/load.py
+
+# Cold forecasts from the serving stores beside the path from bars (wrk: apt-get install wrk).
+bench-cold: $(VENV)/.dev
+	$(BIN)/python bench/cold.py
 
 # Builds the images and runs the compose stack with podman, then tears it down (minutes; not
 # part of `make test`). Needs root or a working podman; see .ci/compose-smoke.

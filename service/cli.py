@@ -82,7 +82,7 @@ def ingest(
 ):
     """Load bars into the cache and print `read N, stored M, rejected K (reasons)`."""
     from service.core.errors import StockcastError
-    from service.evaluation.ledger import score_ledger
+    from service.evaluation.feature_store import after_bars_written
     from service.sources.base import SOURCES, make_source
     from service.sources.ingest import ingest_file, ingest_from_source
 
@@ -94,13 +94,13 @@ def ingest(
                 if not path.exists():
                     _fail(f"no such file: {path}")
                 report = ingest_file(engine, path, ticker=ticker, progress=progress,
-                                     after_write=score_ledger)
+                                     after_write=after_bars_written)
             elif source in SOURCES:
                 settings = get_settings().model_copy(update={"source": source})
                 report = ingest_from_source(
                     engine, make_source(settings), _parse_tickers(tickers or ticker),
                     start.date() if start else None, end.date() if end else None,
-                    progress=progress, after_write=score_ledger)
+                    progress=progress, after_write=after_bars_written)
             else:
                 _fail(f"unknown source {source!r}: use csv or one of {', '.join(SOURCES)}")
         except StockcastError as exc:
@@ -114,10 +114,14 @@ def refresh(
     all_tickers: Annotated[bool, typer.Option("--all", help="Every cached ticker.")] = False,
     tickers: Annotated[str | None, typer.Option(help="Comma list.")] = None,
     chunk: Annotated[int, typer.Option(help="Tickers per upstream call.", min=1)] = 50,
+    prewarm: Annotated[bool, typer.Option(
+        help="Then fill the serving stores (features, band states) for the current model.")
+    ] = True,
     progress: bool = True,
 ):
-    """Fetch newer bars for many tickers, batched upstream; prints the per-outcome counts."""
-    from service.evaluation.ledger import score_ledger
+    """Fetch newer bars for many tickers, batched upstream; prints the per-outcome counts, then
+    prewarms the serving stores so each ticker's next cold forecast is one window read."""
+    from service.evaluation.feature_store import after_bars_written
     from service.forecasting.spec import UNIVERSES
     from service.sources.ingest import refresh_tickers
 
@@ -129,10 +133,23 @@ def refresh(
         list(UNIVERSES[universe]) if universe else _parse_tickers(tickers))
     with _engine() as engine:
         report = refresh_tickers(engine, get_settings(), names, chunk=chunk, progress=progress,
-                                 after_write=score_ledger)
-    typer.echo(report.summary())
+                                 after_write=after_bars_written)
+        typer.echo(report.summary())
+        if prewarm:
+            typer.echo(_prewarm(engine, names))
     if report.counts()["failed"]:
         raise typer.Exit(1)
+
+
+def _prewarm(engine, tickers: list[str] | None) -> str:
+    """Prewarm the current model's serving stores; a line saying what it did (or why not)."""
+    from service.core.errors import StockcastError
+    from service.evaluation.schedule import prewarm_current
+
+    try:
+        return prewarm_current(engine, get_settings(), tickers).summary()
+    except StockcastError as exc:  # no model to prewarm for: the refresh itself stands
+        return f"no prewarm: {exc}"
 
 
 @app.command()
@@ -193,7 +210,7 @@ def seed(force: bool = typer.Option(False, help="Ingest even if bars are already
     store the served model's own backtest (models/<version>/backtest.json) if none is stored."""
     from service.db.bars import count_bars
     from service.evaluation.artifact_backtest import store_current_report
-    from service.evaluation.ledger import score_ledger
+    from service.evaluation.feature_store import after_bars_written
     from service.sources.ingest import ingest_file
 
     with _engine() as engine:
@@ -208,7 +225,7 @@ def seed(force: bool = typer.Option(False, help="Ingest even if bars are already
                       "or the bokeh-sampledata package (pip install bokeh-sampledata)")
             typer.echo(f"seeding the bar cache from {path}")
             typer.echo(ingest_file(engine, path, progress=True,
-                                   after_write=score_ledger).summary())
+                                   after_write=after_bars_written).summary())
         typer.echo(store_current_report(engine, get_settings().model_dir))
 
 

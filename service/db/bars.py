@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.core.bars import NUMERIC_COLUMNS, PRICE_COLUMNS, TICKER_BAR_COLUMNS
@@ -123,8 +123,23 @@ def upsert_bars(conn: Connection, frame: pd.DataFrame, source: str,
         written = _upsert_copy(conn, prepared, progress)
     else:
         written = _upsert_sqlite(conn, prepared, progress)
-    refresh_ticker_ranges(conn, prepared["ticker"].unique().tolist())
+    tickers = prepared["ticker"].unique().tolist()
+    refresh_ticker_ranges(conn, tickers)
+    if written:
+        bump_revisions(conn, tickers)
     return UpsertCount(len(prepared), written)
+
+
+def bump_revisions(conn: Connection, tickers: Sequence[str]) -> None:
+    """Mark the tickers' bars as changed (what the serving stores hold from before is stale).
+
+    Every ticker of the written frame is bumped: which of them had a row change is not known
+    per ticker, and a needless bump only costs one recomputation.
+    """
+    table = Ticker.__table__
+    for i in range(0, len(tickers), 500):
+        conn.execute(table.update().where(table.c.symbol.in_(list(tickers[i : i + 500])))
+                     .values(bars_revision=table.c.bars_revision + 1))
 
 
 def refresh_ticker_ranges(conn: Connection, tickers: Sequence[str]) -> None:
@@ -144,6 +159,20 @@ def refresh_ticker_ranges(conn: Connection, tickers: Sequence[str]) -> None:
                   "last_bar_date": stmt.excluded.last_bar_date},
         )
         conn.execute(stmt)
+
+
+def bar_revisions(conn: Connection, tickers: Sequence[str] | None = None) -> dict[str, int]:
+    """Each ticker's bars revision (of `tickers`, or every ticker with stored bars)."""
+    table = Ticker.__table__
+    stmt = select(table.c.symbol, table.c.bars_revision).where(
+        table.c.last_bar_date.is_not(None))
+    if tickers is None:
+        return {r[0]: r[1] for r in conn.execute(stmt)}
+    out = {}
+    for i in range(0, len(tickers), 500):
+        part = list(tickers[i : i + 500])
+        out.update({r[0]: r[1] for r in conn.execute(stmt.where(table.c.symbol.in_(part)))})
+    return out
 
 
 def record_refresh(conn: Connection, ticker: str, status: str, error: str | None = None,
@@ -166,6 +195,7 @@ class TickerState:
     last_refresh_at: dt.datetime | None
     last_refresh_status: str | None
     last_refresh_error: str | None
+    bars_revision: int = 0
 
 
 def _state(row) -> TickerState:
@@ -173,13 +203,15 @@ def _state(row) -> TickerState:
     if at is not None and at.tzinfo is None:  # SQLite drops the offset; we always store UTC
         at = at.replace(tzinfo=dt.UTC)
     return TickerState(row.symbol, row.first_bar_date, row.last_bar_date, at,
-                       row.last_refresh_status, row.last_refresh_error)
+                       row.last_refresh_status, row.last_refresh_error, row.bars_revision)
+
+
+_TICKER_STATE = select(Ticker.__table__).where(Ticker.__table__.c.symbol == bindparam("ticker"))
 
 
 def ticker_state(conn: Connection, ticker: str) -> TickerState | None:
     """The stored state of one ticker, or None if the cache has never seen it."""
-    table = Ticker.__table__
-    row = conn.execute(select(table).where(table.c.symbol == ticker)).first()
+    row = conn.execute(_TICKER_STATE, {"ticker": ticker}).first()  # built once: every request
     return None if row is None else _state(row)
 
 

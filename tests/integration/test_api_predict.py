@@ -226,7 +226,7 @@ def test_a_warm_request_does_no_feature_work_and_no_sql(db_url, tiny_artifact, b
 
 def test_served_window_equals_the_full_history_features():
     """The served read (min_bars + 300 bars) gives the backtest's full-history features."""
-    from service.api.forecasts import SERVING_EXTRA_BARS
+    from service.inference.predictor import SERVING_EXTRA_BARS
 
     spec = FeatureSpec()
     bars = make_bars(1500, seed=3)
