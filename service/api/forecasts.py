@@ -31,6 +31,7 @@ from service.db.features import consistent_read
 from service.db.ledger import record_forecasts
 from service.evaluation.feature_store import save_states, servable, stored_inputs
 from service.evaluation.ledger import ledger_rows
+from service.forecasting.features import needs_market
 from service.inference.predictor import Forecast, Predictor, StoredInput
 from service.sources.cache import BarCache, CachedBars
 
@@ -345,7 +346,8 @@ class ForecastService:
         return as_of
 
     def _read(self, predictor: Predictor, ticker: str, end: dt.date | None) -> CachedBars:
-        return self.bar_cache.get_bars(ticker, end=end, last=predictor.serving_bars)
+        return self.bar_cache.get_bars(ticker, end=end, last=predictor.serving_bars,
+                                       market=needs_market(predictor.spec))
 
     def _claim(self, key: Hashable, claimant: Hashable) -> bool:
         """True for the one caller that should renew an expired check (until it has)."""
