@@ -88,6 +88,8 @@ class BarCheck:
     warnings: tuple[str, ...]
     checked_at: float  # monotonic seconds
     latest: dt.date | None = None  # the ticker's last stored bar (beyond end, for an as_of)
+    # The ticker's bars revision: a history re-based up to the same last bar is another key.
+    revision: int | None = None
 
     @property
     def live(self) -> bool:
@@ -203,7 +205,7 @@ class ForecastService:
                 and self._claim(key, claimant)):
             return None  # this request renews the check; the others keep using it meanwhile
         key = (ticker, check.last_bar_date, predictor.model_version, horizon)
-        forecast = self.forecasts.get(key)
+        forecast = self.forecasts.get((*key, check.revision))
         if forecast is None:
             return None
         if self.record_live and check.live and self.recorded.get(key) is None:
@@ -235,7 +237,8 @@ class ForecastService:
                 check, bars = self._check(predictor, ticker, end, claimant)
                 if check.live:
                     live.add(i)
-                key = (ticker, check.last_bar_date, predictor.model_version, horizon)
+                key = (ticker, check.last_bar_date, predictor.model_version, horizon,
+                       check.revision)
                 cached = self.forecasts.get(key)
                 self._count(hit=cached is not None)
                 if cached is not None:
@@ -278,8 +281,10 @@ class ForecastService:
             self.from_store += len(from_store)
         for (i, bars, check), forecast in zip(from_store + from_bars, computed):
             # Keyed by the bar actually used, which may be newer than the shared check's.
-            self.forecasts.put(
-                (forecast.ticker, forecast.as_of, forecast.model_version, horizon), forecast)
+            # And by the bars revision it came from (the stores' state: the check's or newer).
+            revision = check.revision if bars is None else bars.revision
+            self.forecasts.put((forecast.ticker, forecast.as_of, forecast.model_version, horizon,
+                                revision), forecast)
             # The check holds the outcome of any refresh attempted for this request.
             stale, warnings = ((check.stale, check.warnings) if check.stale or bars is None
                                else (bars.stale, bars.warnings))
@@ -392,7 +397,7 @@ class ForecastService:
             if read.bars.empty:  # bars exist, but none on or before `end`
                 raise InsufficientHistory(ticker, 0, predictor.min_bars)
             check = BarCheck(pd.Timestamp(read.bars["date"].iloc[-1]).date(), read.stale,
-                             read.warnings, now, read.latest)
+                             read.warnings, now, read.latest, read.revision)
             self.checks.put(key, check)
         finally:
             self._release(key, claimant)

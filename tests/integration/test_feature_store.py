@@ -299,3 +299,19 @@ def test_the_stores_read_one_snapshot_while_a_write_commits_between_its_statemen
     np.testing.assert_array_equal(got["AAA"].features, old_rows[-len(got["AAA"].features):])
     engine.dispose()
     writer.dispose()
+
+
+def test_a_history_rebased_by_another_writer_is_not_answered_from_the_forecast_cache(
+        store_app, tiny_predictor):
+    # `stockcast ingest` or the scheduler re-bases AAA up to the same last bar while the API
+    # holds AAA's forecast in memory: the next request (bar check renewed) must see new bars.
+    client, service, engine, frame = store_app
+    first = client.post("/predict/AAA", json={"horizon": 3}).json()
+    rebased = frame[frame["ticker"] == "AAA"].copy()
+    rebased.loc[rebased.index[:-5], "adj_close"] *= 0.9
+    _ingest(engine, rebased)
+    body = client.post("/predict/AAA", json={"horizon": 3}).json()
+    assert body["forecasts"] != first["forecasts"]
+    _assert_same_forecast(body, _from_bars(tiny_predictor, engine, "AAA", 3))
+    again = client.post("/predict/AAA", json={"horizon": 3}).json()
+    assert again["forecasts"] == body["forecasts"] and service.hits >= 1  # cached again
