@@ -14,12 +14,14 @@ from service.forecasting.bands import (
     ACISettings,
     aci_bands,
     aci_state,
+    apply_aci,
     band,
     base_bands,
     empirical_quantiles,
     gaussian_quantiles,
     mean_reversion_scale,
     quantile_at,
+    quantiles_at,
 )
 from service.forecasting.forecaster import HistoricalForecasts, TickerSeries
 from service.forecasting.volatility import EWMA_LAMBDA, ewma_volatility, log_returns
@@ -63,6 +65,27 @@ def test_base_bands_are_the_quantile_pairs_of_each_level():
 
 
 # ---- ACI ---------------------------------------------------------------------------------------
+
+
+def test_levels_shared_by_every_row_read_the_same_floats_as_quantile_at():
+    rng = np.random.default_rng(5)
+    q = np.sort(rng.normal(0.0, 0.02, (40, 3, len(LEVELS))), axis=-1)
+    q[rng.random((40, 3)) < 0.1] = np.nan
+    p = np.array([0.001, 0.05, 0.07, 0.25, 0.5, 0.6, 0.95, 0.999])
+    assert np.array_equal(quantiles_at(q, LEVELS, p),
+                          quantile_at(q, LEVELS, np.broadcast_to(p, (40, 3, p.size))),
+                          equal_nan=True)
+
+
+def test_apply_aci_is_the_median_plus_qhat_times_the_base_half_widths():
+    rng = np.random.default_rng(6)
+    q = np.sort(rng.normal(0.0, 0.02, (30, 4, len(LEVELS))), axis=-1)
+    qhat = rng.uniform(0.5, 2.0, (30, 4, len(COVERAGES)))
+    median = quantile_at(q, LEVELS, np.full((30, 4, 1), 0.5))
+    base = base_bands(q, LEVELS, COVERAGES)
+    lower, upper = apply_aci(q, LEVELS, COVERAGES, qhat)
+    assert np.array_equal(lower, median - qhat * (median - base.lower))
+    assert np.array_equal(upper, median + qhat * (base.upper - median))
 
 
 def _jump_series(n: int = 2000, jump: int = 1000, seed: int = 3):
