@@ -357,17 +357,26 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     # (At least one row: a run with no origin behind it still indexes row 0, unscored.)
     below = np.zeros((max(needed.size, 1), k_slots, nominal.size))
     n_known = np.zeros((max(needed.size, 1), k_slots, nominal.size))
-    windows = []  # per slot (N, L, cal): the window behind each origin, NaN-padded (a view)
+    # Known scores before each origin (cumulative counts), for n_known without the windows.
+    counts = np.zeros((n_origins + 1, k_slots, nominal.size), dtype=np.intp)
+    np.cumsum(np.isfinite(scores), axis=0, out=counts[1:])
+    windows = []  # per slot (L, N, cal): the window behind each origin, NaN-padded (a view)
     for k in range(k_slots):
-        # With `shift` NaNs in front, padded[s .. s+cal-1] = scores[s-d-cal+1 .. s-d].
+        # With `shift` NaNs in front, padded[:, s .. s+cal-1] = scores[s-d-cal+1 .. s-d]; each
+        # window contiguous (levels first), so comparing and counting run along memory.
         shift = d[k] + cal - 1
-        padded = np.concatenate([np.full((shift, nominal.size), np.nan), scores[:, k, :]])
-        win = sliding_window_view(padded, cal, axis=0)[:n_origins]  # (N, L, cal)
+        padded = np.concatenate([np.full((nominal.size, shift), np.nan), scores[:, k, :].T],
+                                axis=1)
+        win = sliding_window_view(padded, cal, axis=1)[:, :n_origins]  # (L, N, cal)
         windows.append(win)
-        part = win[needed]  # (R, L, cal)
-        known = np.isfinite(part)
-        n_known[: needed.size, k, :] = known.sum(axis=-1)
-        below[: needed.size, k, :] = (known & (part < scores[needed, k, :, None])).sum(axis=-1)
+        # Defined scores of origins s-d-cal+1 .. s-d: counts[s-d+1] - counts[s-d-cal+1].
+        end = np.clip(needed - d[k] + 1, 0, n_origins)
+        start = np.clip(needed - d[k] - cal + 1, 0, n_origins)
+        n_known[: needed.size, k, :] = counts[end, k, :] - counts[start, k, :]
+        # NaN (unknown) compares False, so only defined scores below S_s are counted (as bytes:
+        # numpy sums uint8 far faster than bool).
+        lower = win[:, needed] < scores[needed, k, :].T[..., None]  # (L, R, cal)
+        below[: needed.size, k, :] = lower.view(np.uint8).sum(axis=-1, dtype=np.intp).T
 
     alpha = np.broadcast_to(1.0 - nominal, (t.size, k_slots, nominal.size)).copy()
     steps = np.zeros((lookback, t.size, k_slots, nominal.size))  # γ (α - err) of each run step
@@ -395,7 +404,7 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     # The state at each target: Q̂ = f_t × the ⌈(1-α_t)(n+1)⌉-th smallest score of its window.
     qhat = np.empty(alpha.shape)
     for k in range(k_slots):
-        win = np.sort(windows[k][t], axis=-1)  # (n, L, cal), NaN (unknown) sorted last
+        win = np.sort(windows[k][:, t], axis=-1).transpose(1, 0, 2)  # (n, L, cal), NaN last
         n = np.isfinite(win).sum(axis=-1)
         rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, L)
         pick = np.take_along_axis(win, np.maximum(rank - 1, 0).astype(np.intp)[..., None],
