@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,12 @@ RECENT_SESSIONS = 60
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
 # full-history features the backtest uses (tests/integration/test_api_predict.py checks it).
 SERVING_EXTRA_BARS = 300
+
+
+@lru_cache(maxsize=64)
+def _band_pairs(band_levels: tuple[float, ...]) -> dict[int, tuple[int, int]]:
+    """Level in percent -> the indices of its (lower, upper) quantiles among band_levels."""
+    return {round(level * 100): band_indices(band_levels, level) for level in BAND_LEVELS}
 
 
 @dataclass(frozen=True)
@@ -202,7 +209,7 @@ class Predictor(Forecaster):
         dates = next_trading_days(item.as_of, horizon)
         close = prices_from_log_returns(item.last_close, np.asarray(median[:horizon], float))
         prices = prices_from_log_returns(item.last_close, np.asarray(band[:horizon], float))
-        pairs = {round(level * 100): band_indices(band_levels, level) for level in BAND_LEVELS}
+        pairs = _band_pairs(tuple(band_levels))
         steps = []
         for h in range(horizon):
             bands = {pct: (float(prices[h, lo]), float(prices[h, hi]))
