@@ -15,10 +15,10 @@ a subprocess, started afresh for each row so nothing is in its forecast cache:
 - 16 connections: wrk against a server with STOCKCAST_FORECAST_CACHE_SIZE=0 (every request is
   cold) over every ticker in turn.
 Store rows run with STOCKCAST_SERVING_STORE=true, baseline rows with false (always from bars).
-`--baseline-tree DIR` adds the store rows of another checkout's `service` package (e.g.
-`git archive <commit> service | tar -x -C DIR`) on the same database: the store path before a
-change, measured in the same run. `--db FILE` keeps the seeded SQLite file and reuses it when it
-exists (the setup then is not timed).
+`--baseline-tree DIR` adds the store rows of another version's `service` package on the same
+database (DIR from `git archive <commit> service alembic alembic.ini | tar -x -C DIR`): the
+store path before a change, measured in the same run. `--db FILE` keeps the seeded SQLite file
+and reuses it when it exists (the setup then is not timed).
 Targets: first forecast p50 <= 3 ms; cold p50 <= 20 ms at 16 connections; 100-ticker cold
 batch <= 300 ms; universe cold <= 1 s, warm <= 50 ms.
 Run: `make bench-cold` or `python bench/cold.py [--tickers N] [--seconds S] [--no-baseline-universe]`.
