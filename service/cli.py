@@ -467,12 +467,23 @@ def evaluate(
     sliding_sessions: Annotated[int, typer.Option(help="Sessions of a sliding window.")] = 756,
     epochs: Annotated[int | None, typer.Option(help="Max epochs per block model.")] = None,
     features: Annotated[str | None, typer.Option(
-        help="Feature set (ablation): returns or indicators (default: the config's).")] = None,
+        help="Feature set (ablation): returns, indicators, +market, returns+market "
+             "(default: the config's).")] = None,
     horizons: Annotated[str, typer.Option(help="Comma list, in trading days.")] = "1,5,30",
     baselines: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
     top_k: Annotated[int, typer.Option(help="Long the top k, short the bottom k, daily.")] = 5,
     cost_bp: Annotated[float, typer.Option(help="Trading cost, basis points per side.")] = 5.0,
+    ablation: Annotated[str | None, typer.Option(
+        help="Comma list of feature sets: one rolling run each, the set chosen on the "
+             "validation blocks, all reported on the test blocks.")] = None,
+    validation_blocks: Annotated[int, typer.Option(
+        help="With --ablation: the first N blocks choose; the rest are test.")] = 2,
+    band_baselines: Annotated[str, typer.Option(
+        help="Band baselines scored beside the served band (comma list; ewma, empirical).")] = (
+        "ewma"),
     workers: Annotated[int, typer.Option(help="Blocks trained in parallel (processes).")] = 1,
+    cluster: Annotated[str | None, typer.Option(
+        help="Dask scheduler address (tcp://host:8786): blocks train there, not here.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per block.")] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; options win.")] = None,
     model_dir: Annotated[Path | None, typer.Option(
@@ -495,7 +506,7 @@ def evaluate(
     from service.forecasting.baselines import BASELINES
     from service.forecasting.spec import FEATURE_SETS, UNIVERSES
     from training.config import TrainConfig
-    from training.rolling import RollingSpec, evaluate_rolling
+    from training.rolling import RollingSpec, evaluate_ablation, evaluate_rolling
     from training.train import TrainingDiverged
 
     base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
@@ -523,15 +534,42 @@ def evaluate(
     try:
         spec = RollingSpec(start=start.date(), end=end.date(), retrain_every=retrain_every,
                            window=window, sliding_sessions=sliding_sessions, horizons=wanted_h,
-                           baselines=wanted_b, top_k=top_k, cost_bp=cost_bp, workers=workers)
-        run = evaluate_rolling(base.with_(**changes), spec, settings.database_url,
-                               model_dir or PROJECT_ROOT / "var" / "rolling",
-                               plots_dir=plots_dir, provider=settings.ort_provider,
-                               intra_op_threads=settings.ort_intra_op_threads)
+                           baselines=wanted_b,
+                           band_baselines=tuple(b for b in band_baselines.replace(" ", "")
+                                                .split(",") if b),
+                           top_k=top_k, cost_bp=cost_bp, workers=workers, cluster=cluster)
+        model_dir = model_dir or PROJECT_ROOT / "var" / "rolling"
+        if ablation:
+            sets = tuple(x for x in ablation.replace(" ", "").split(",") if x)
+            result = evaluate_ablation(base.with_(**changes), spec, sets, validation_blocks,
+                                       settings.database_url, model_dir, plots_dir=plots_dir,
+                                       provider=settings.ort_provider,
+                                       intra_op_threads=settings.ort_intra_op_threads)
+        else:
+            run = evaluate_rolling(base.with_(**changes), spec, settings.database_url,
+                                   model_dir, plots_dir=plots_dir, provider=settings.ort_provider,
+                                   intra_op_threads=settings.ort_intra_op_threads)
     except (StockcastError, ValueError, TrainingDiverged) as exc:
         _fail(str(exc))
+    if ablation:
+        _echo_ablation(result, Path(model_dir) / "ablation.json")
+        return
     _echo_backtest(run)
     _echo_rolling(run)
+
+
+def _echo_ablation(result, path: Path) -> None:
+    """Each feature set's run id, the ablation table, the choice and why; JSON beside."""
+    import json
+
+    for name, run in result.runs.items():
+        typer.echo(f"{name}: stored as run {run.run_id} ({run.result.model_version})")
+    typer.echo(f"validation blocks {list(result.validation_blocks)}, "
+               f"test blocks {list(result.test_blocks)}\n")
+    typer.echo(result.table())
+    typer.echo(f"\nchosen on validation: {result.chosen} ({result.reason})")
+    path.write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    typer.echo(f"written: {path}, {result.plot(path.with_suffix('.png'))}")
 
 
 def _echo_rolling(run) -> None:

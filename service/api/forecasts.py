@@ -31,6 +31,7 @@ from service.db.features import consistent_read
 from service.db.ledger import record_forecasts
 from service.evaluation.feature_store import save_states, servable, stored_inputs
 from service.evaluation.ledger import ledger_rows
+from service.forecasting.features import needs_market
 from service.inference.predictor import Forecast, Predictor, StoredInput
 from service.sources.cache import BarCache, CachedBars
 
@@ -117,6 +118,7 @@ class ForecastService:
         self.recorded = LruCache(RECORDED_KEYS)
         self.forecasts = LruCache(cache_size)
         self.checks = LruCache(cache_size)
+        self.bodies = LruCache(cache_size)  # rendered responses of cached forecasts (`rendered`)
         self.bar_check_ttl = bar_check_ttl
         self.monotonic = monotonic
         self.on_lookup = on_lookup
@@ -286,6 +288,23 @@ class ForecastService:
                                  if i in live and isinstance(r, ServedForecast)], horizon)
         return results  # type: ignore[return-value]
 
+    def rendered(self, served: ServedForecast, variant: Hashable,
+                 render: Callable[[ServedForecast], bytes]) -> bytes:
+        """render(served), kept beside the cached forecast: a warm request reuses the bytes.
+
+        `variant`: what else the bytes depend on (the route's horizon and level); the served
+        staleness and warnings are part of the key too. Bytes are reused only for the very Forecast
+        object they were rendered from, so a forecast computed again is rendered again.
+        """
+        f = served.forecast
+        key = (f.ticker, f.as_of, f.model_version, variant, served.stale, served.warnings)
+        entry = self.bodies.get(key)
+        if entry is not None and entry[0] is f:
+            return entry[1]
+        body = render(served)
+        self.bodies.put(key, (f, body))
+        return body
+
     def _stored(self, predictor: Predictor, tickers: Sequence[str],
                 horizon: int) -> dict[str, StoredInput]:
         """The tickers' fresh stored inputs; none when the stores are off or fail (logged)."""
@@ -312,9 +331,11 @@ class ForecastService:
             log.warning("band states not stored: %s", exc.__class__.__name__)
 
     def clear(self) -> None:
-        """Forget cached forecasts and bar checks (after a model reload or bar rewrite)."""
+        """Forget cached forecasts, their rendered bodies and bar checks (after a model reload or
+        bar rewrite)."""
         self.forecasts.clear()
         self.checks.clear()
+        self.bodies.clear()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -325,7 +346,8 @@ class ForecastService:
         return as_of
 
     def _read(self, predictor: Predictor, ticker: str, end: dt.date | None) -> CachedBars:
-        return self.bar_cache.get_bars(ticker, end=end, last=predictor.serving_bars)
+        return self.bar_cache.get_bars(ticker, end=end, last=predictor.serving_bars,
+                                       market=needs_market(predictor.spec))
 
     def _claim(self, key: Hashable, claimant: Hashable) -> bool:
         """True for the one caller that should renew an expired check (until it has)."""

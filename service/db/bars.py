@@ -12,11 +12,13 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, t
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.core.bars import NUMERIC_COLUMNS, PRICE_COLUMNS, TICKER_BAR_COLUMNS
-from service.db.models import Bar, Ticker
+from service.db.models import Bar, MarketSession, Ticker
 
 COPY_TYPES = ["varchar", "date", "float8", "float8", "float8", "float8", "float8", "int8",
               "varchar"]
 SQLITE_CHUNK_ROWS = 20_000  # rows per executemany call (progress granularity)
+# The column a market read adds (forecasting.features.MARKET_COLUMN reads it).
+MARKET_RETURN = "market_return"
 
 
 @dataclass(frozen=True)
@@ -223,14 +225,26 @@ def list_tickers(conn: Connection) -> list[TickerState]:
     return [_state(r) for r in rows]
 
 
-def _frame(rows: Iterable[tuple], with_ticker: bool) -> pd.DataFrame:
+def _frame(rows: Iterable[tuple], with_ticker: bool, market: bool = False) -> pd.DataFrame:
     cols = list(TICKER_BAR_COLUMNS if with_ticker else TICKER_BAR_COLUMNS[1:])
+    if market:
+        cols.append(MARKET_RETURN)
     df = pd.DataFrame.from_records(list(rows), columns=cols)
     df["date"] = pd.to_datetime(df["date"])
     for c in PRICE_COLUMNS:
         df[c] = df[c].astype(np.float64)
     df["volume"] = df["volume"].astype(np.int64)
+    if market:  # NULL (a session the series lacks) -> NaN
+        df[MARKET_RETURN] = pd.to_numeric(df[MARKET_RETURN], errors="coerce").astype(np.float64)
     return df
+
+
+def _with_market(cols: list, market: bool):
+    """The select with the market series' return on each bar's date (LEFT JOIN), if asked."""
+    if not market:
+        return select(*cols).select_from(Bar)
+    return (select(*cols, MarketSession.market_return)
+            .select_from(Bar).outerjoin(MarketSession, MarketSession.date == Bar.date))
 
 
 def _range_filter(start: dt.date | None, end: dt.date | None):
@@ -243,31 +257,38 @@ def _range_filter(start: dt.date | None, end: dt.date | None):
 
 
 def read_bars(conn_or_engine: Connection | Engine, ticker: str, start: dt.date | None = None,
-              end: dt.date | None = None, last: int | None = None) -> pd.DataFrame:
-    """One ticker's stored bars in [start, end] (or only the `last` N of them), oldest first."""
+              end: dt.date | None = None, last: int | None = None,
+              market: bool = False) -> pd.DataFrame:
+    """One ticker's stored bars in [start, end] (or only the `last` N of them), oldest first.
+
+    `market`: with a MARKET_RETURN column, the market series' return on each bar's date.
+    """
     cols = [Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.adj_close, Bar.volume]
     where = and_(Bar.ticker == ticker, *_range_filter(start, end))
+    base = _with_market(cols, market)
     if last is not None:
-        stmt = select(*cols).where(where).order_by(Bar.date.desc()).limit(last)
+        stmt = base.where(where).order_by(Bar.date.desc()).limit(last)
     else:
-        stmt = select(*cols).where(where).order_by(Bar.date)
+        stmt = base.where(where).order_by(Bar.date)
     rows = _execute(conn_or_engine, stmt)
-    df = _frame(rows, with_ticker=False)
+    df = _frame(rows, with_ticker=False, market=market)
     if last is not None:
         df = df.iloc[::-1].reset_index(drop=True)
     return df
 
 
 def read_bars_many(conn_or_engine: Connection | Engine, tickers: Sequence[str] | None = None,
-                   start: dt.date | None = None, end: dt.date | None = None) -> pd.DataFrame:
-    """Bars of several tickers (all if None) as one frame with a leading `ticker` column."""
+                   start: dt.date | None = None, end: dt.date | None = None,
+                   market: bool = False) -> pd.DataFrame:
+    """Bars of several tickers (all if None) as one frame with a leading `ticker` column
+    (and MARKET_RETURN, the market series' return on each bar's date, if `market`)."""
     cols = [Bar.ticker, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.adj_close,
             Bar.volume]
     conds = _range_filter(start, end)
     if tickers is not None:
         conds.append(Bar.ticker.in_(list(tickers)))
-    stmt = select(*cols).where(and_(*conds)).order_by(Bar.ticker, Bar.date)
-    return _frame(_execute(conn_or_engine, stmt), with_ticker=True)
+    stmt = _with_market(cols, market).where(*conds).order_by(Bar.ticker, Bar.date)
+    return _frame(_execute(conn_or_engine, stmt), with_ticker=True, market=market)
 
 
 def count_bars(conn_or_engine: Connection | Engine, ticker: str | None = None) -> int:

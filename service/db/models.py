@@ -1,5 +1,6 @@
-"""SQLAlchemy 2.0 typed models: the bar cache, per-ticker refresh bookkeeping, backtests, the
-forecast ledger, scheduler job runs, and the serving stores (features, band states)."""
+"""SQLAlchemy 2.0 typed models: the bar cache, per-ticker refresh bookkeeping, the market series
+derived from the bars, backtests, the forecast ledger, scheduler job runs, and the serving
+stores (features, band states)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,18 @@ class Ticker(Base):
 
 
 Index("ix_bars_date", Bar.date)
+
+
+class MarketSession(Base):
+    """The market on one session, derived from the cached cross-section (sources/market.py):
+    the equal-weighted mean one-session log return of every ticker with bars on this session
+    and the one before. Rewritten by the bar write path whenever bars on or before it change."""
+
+    __tablename__ = "market_series"
+
+    date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    market_return: Mapped[float] = mapped_column(Float)
+    n_tickers: Mapped[int] = mapped_column(Integer)
 
 
 class BacktestRun(Base):

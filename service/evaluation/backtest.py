@@ -100,6 +100,28 @@ def _check_baselines(baselines: Sequence[str]) -> tuple[str, ...]:
     return (NAIVE, *dict.fromkeys(b for b in baselines if b != NAIVE))
 
 
+def band_forecasters(predictor: Predictor, band_baselines: Sequence[str], aci: ACISettings,
+                     horizons: Sequence[int]) -> list[Forecaster]:
+    """The model's band recalibrated by ACI, then each band baseline raw and recalibrated.
+
+    The served band's base is recalibrated with `aci` (the artifact's settings, as serving
+    does), every other base with BASELINE_ACI. Each computes only `horizons` (the empirical
+    baseline's cost is per h).
+    """
+    unknown = [b for b in band_baselines if b not in BAND_BASELINES]
+    if unknown:
+        raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
+    slots = tuple(horizons)
+    served_base = predictor.served_band.removesuffix(ACI_SUFFIX)
+
+    def recalibrated(base: Forecaster) -> ACIForecaster:
+        settings = aci if base.name == served_base else BASELINE_ACI
+        return ACIForecaster(base, settings, slots=slots)
+
+    bases = [BAND_BASELINES[b](slots=slots) for b in band_baselines]
+    return [recalibrated(predictor), *(f for base in bases for f in (base, recalibrated(base)))]
+
+
 @dataclass
 class HistoricalRun:
     """What `historical_forecasts` made: one frame per horizon, and which tickers it skipped."""
@@ -254,22 +276,9 @@ def run_backtest(
     # One list of methods, one interface: the model first, then every baseline; each band
     # method (the model, the band baselines) also recalibrated by ACI, scored at `horizons`.
     aci = predictor.band_settings if aci_settings is None else aci_settings
-    baseline_aci = BASELINE_ACI
-    served_base = predictor.served_band.removesuffix(ACI_SUFFIX)
-
-    def recalibrated(base: Forecaster) -> ACIForecaster:
-        settings = aci if base.name == served_base else baseline_aci
-        return ACIForecaster(base, settings, slots=horizons)
-
-    unknown = [b for b in band_baselines if b not in BAND_BASELINES]
-    if unknown:
-        raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
-    # A band baseline computes only the scored horizons (the empirical one's cost is per h).
-    band_methods = [predictor, *(BAND_BASELINES[b](slots=horizons) for b in band_baselines)]
     forecasters: list[Forecaster] = [
         predictor, *(BASELINES[b]() for b in baseline_names),
-        recalibrated(predictor),
-        *(f for base in band_methods[1:] for f in (base, recalibrated(base))),
+        *band_forecasters(predictor, band_baselines, aci, horizons),
     ]
     run = historical_forecasts(forecasters, bars, start=start, end=end, fit_end=fit_end,
                                horizons=horizons)
@@ -302,7 +311,7 @@ def run_backtest(
         "band_levels": list(BAND_LEVELS),
         "band_baselines": list(band_baselines),
         "aci": aci.to_dict(),  # the served band's; the other bands': baseline_aci
-        "baseline_aci": baseline_aci.to_dict(),
+        "baseline_aci": BASELINE_ACI.to_dict(),
         "served_band": predictor.served_band,
         "skipped": skipped,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},

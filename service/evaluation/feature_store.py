@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine
 from service.db import features as store_db
 from service.db.bars import bar_revisions, read_bars, read_bars_many
 from service.evaluation.ledger import score_ledger
-from service.forecasting.features import build_features, store_version
+from service.forecasting.features import build_features, needs_market, store_version
 from service.forecasting.spec import FEATURE_NAMES, FEATURES_VERSION
 from service.inference.predictor import BandState, Forecast, Predictor, StoredInput
 
@@ -152,7 +152,8 @@ def forecasts_from_bars(engine: Engine, predictor: Predictor, tickers: Sequence[
     with engine.connect() as conn:
         for ticker in tickers:
             revision = bar_revisions(conn, [ticker]).get(ticker)  # before the bars
-            bars = read_bars(conn, ticker, last=predictor.serving_bars)
+            bars = read_bars(conn, ticker, last=predictor.serving_bars,
+                             market=needs_market(predictor.spec))
             if revision is not None and len(bars) >= predictor.min_bars:
                 items.append((ticker, bars))
                 revisions[ticker] = revision

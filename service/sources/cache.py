@@ -98,8 +98,10 @@ class BarCache:
         self._locks = KeyedLocks()
 
     def get_bars(self, ticker: str, start: dt.date | None = None, end: dt.date | None = None,
-                 last: int | None = None) -> CachedBars:
+                 last: int | None = None, market: bool = False) -> CachedBars:
         """Bars of `ticker` in [start, end] (or the `last` N up to end), refreshing if missing.
+
+        `market`: with the market series' return on each bar's date (a model that reads it).
 
         Raises UnknownTicker / SourceUnavailable only when nothing is cached; with cached bars a
         failed refresh returns them with stale=True and a warning.
@@ -107,7 +109,7 @@ class BarCache:
         ticker = normalize_ticker(ticker)
         try:
             state, fetched, stale, warnings = self._current(ticker, start, end)
-            bars = bars_db.read_bars(self.engine, ticker, start, end, last=last)
+            bars = bars_db.read_bars(self.engine, ticker, start, end, last=last, market=market)
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
         return self._answer(ticker, state, bars, fetched, stale, warnings)
