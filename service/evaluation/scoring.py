@@ -9,7 +9,9 @@ page all read it.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -334,19 +336,66 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
     return out
 
 
-def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str]) -> pd.DataFrame:
-    """Long frame (ticker, horizon, method, metric, value): per ticker and pooled (POOLED)."""
+def _prepared(frame: pd.DataFrame) -> pd.DataFrame:
+    """A horizon's forecasts sorted by ticker and origin, with each origin's volatility rank."""
+    frame = frame.sort_values(["ticker", "origin"], kind="stable")
+    if "origin_vol" in frame.columns:
+        # Within each ticker: a calm day for a volatile stock is still a calm day.
+        frame = frame.assign(vol_rank=frame.groupby("ticker")["origin_vol"].rank(pct=True))
+    return frame
+
+
+# The prepared frames a metrics task reads: set before the pool forks, so no worker is sent them.
+_FRAMES: dict[int, pd.DataFrame] = {}
+
+
+def _task_records(h: int, tickers: tuple[str, ...] | None,
+                  methods: Sequence[str]) -> list[tuple]:
+    """Metric records of some tickers' groups at horizon h, or of the pooled group (None)."""
+    frame = _FRAMES[h]
+    if tickers is None:
+        groups = [(POOLED, frame, True)]
+    else:
+        part = frame[frame["ticker"].isin(tickers)] if len(tickers) < frame["ticker"].nunique() \
+            else frame
+        groups = [(t, g, False) for t, g in part.groupby("ticker", sort=True)]
     records = []
-    for h, frame in sorted(forecasts.items()):
-        frame = frame.sort_values(["ticker", "origin"], kind="stable")
-        if "origin_vol" in frame.columns:
-            # Within each ticker: a calm day for a volatile stock is still a calm day.
-            frame = frame.assign(vol_rank=frame.groupby("ticker")["origin_vol"].rank(pct=True))
-        groups = [(t, g, False) for t, g in frame.groupby("ticker", sort=True)]
-        groups.append((POOLED, frame, True))
-        for ticker, g, pooled in groups:
-            for method, values in _group_metrics(g, h, methods, pooled).items():
-                records.extend((ticker, h, method, name, float(v)) for name, v in values.items())
+    for ticker, g, pooled in groups:
+        for method, values in _group_metrics(g, h, methods, pooled).items():
+            records.extend((ticker, h, method, name, float(v)) for name, v in values.items())
+    return records
+
+
+def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str],
+                    workers: int = 1) -> pd.DataFrame:
+    """Long frame (ticker, horizon, method, metric, value): per ticker and pooled (POOLED).
+
+    `workers` > 1 scores chunks of tickers (and each pooled group) in that many forked
+    processes; the records are the same, in the same order.
+    """
+    _FRAMES.clear()
+    _FRAMES.update({h: _prepared(frame) for h, frame in sorted(forecasts.items())})
+    tasks: list[tuple[int, tuple[str, ...] | None]] = []
+    for h, frame in _FRAMES.items():
+        tickers = sorted(frame["ticker"].unique())
+        n_chunks = max(1, min(len(tickers), workers * 4)) if workers > 1 else 1
+        size = -(-len(tickers) // n_chunks)
+        tasks += [(h, tuple(tickers[i:i + size])) for i in range(0, len(tickers), size)]
+        tasks.append((h, None))
+    try:
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            # The pooled groups are the largest tasks: started first, so none runs last alone.
+            order = sorted(range(len(tasks)), key=lambda i: tasks[i][1] is not None)
+            with ProcessPoolExecutor(max_workers=workers,
+                                     mp_context=multiprocessing.get_context("fork")) as pool:
+                done = dict(zip(order, pool.map(
+                    _task_records, *zip(*((*tasks[i], methods) for i in order)))))
+            parts = [done[i] for i in range(len(tasks))]
+        else:
+            parts = [_task_records(h, tickers, methods) for h, tickers in tasks]
+    finally:
+        _FRAMES.clear()
     return pd.DataFrame.from_records(
-        records, columns=["ticker", "horizon", "method", "metric", "value"]
+        [r for part in parts for r in part],
+        columns=["ticker", "horizon", "method", "metric", "value"]
     )

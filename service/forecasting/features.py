@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from ta.momentum import RSIIndicator
 from ta.trend import MACD, SMAIndicator
-from ta.volatility import AverageTrueRange, BollingerBands
+from ta.volatility import BollingerBands
 
 from service.core.bars import BAR_COLUMNS as BARS_COLUMNS
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
@@ -170,11 +170,32 @@ def _atr_ratio(s: _Series) -> np.ndarray:
     # high/low/close are put on the adjusted basis first (factor adj_close / close per bar).
     _, high, low, close = s.ohlc.T
     factor = s.price / close
-    atr = AverageTrueRange(pd.Series(high * factor), pd.Series(low * factor),
-                           pd.Series(s.price), window=P.atr_window,
-                           fillna=False).average_true_range().to_numpy().copy()
-    atr[: P.atr_window - 1] = np.nan  # `ta` leaves zeros before its first average
+    atr = average_true_range(high * factor, low * factor, s.price, P.atr_window)
     return atr / s.price
+
+
+def average_true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray,
+                       window: int) -> np.ndarray:
+    """`ta`'s AverageTrueRange, float for float, NaN (not `ta`'s zeros) before its first value.
+
+    Wilder's smoothing ATR_i = (ATR_{i-1} (w - 1) + TR_i) / w from ATR_{w-1} = mean(TR_0..w-1),
+    TR_i = max(high - low, |high - close_{i-1}|, |low - close_{i-1}|) (NaNs skipped). `ta` runs
+    the recursion through pandas' per-element indexing, a third of a cold forecast's features;
+    the same operations on Python floats give the same numbers (a test compares them).
+    """
+    prev = np.concatenate([[np.nan], close[:-1]])
+    true_range = np.fmax(np.fmax(high - low, np.abs(high - prev)), np.abs(low - prev))
+    atr = np.full(len(close), np.nan)
+    if len(close) < window:
+        return atr
+    tr = true_range.tolist()
+    value = pd.Series(true_range[:window]).mean()  # pandas' mean, as `ta`'s seed
+    out = [value]
+    for x in tr[window:]:
+        value = (value * (window - 1) + x) / float(window)
+        out.append(value)
+    atr[window - 1:] = out
+    return atr
 
 
 @feature("vol_ratio", warmup=P.vol_long)  # vol_long returns, the first at bar 1
