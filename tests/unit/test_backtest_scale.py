@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from bench.compare_backtests import metric_differences
-from service.evaluation.backtest import bars_by_ticker, run_backtest
+from service.evaluation.backtest import (
+    ModelForecaster,
+    bars_by_ticker,
+    historical_forecasts,
+    run_backtest,
+)
+from service.forecasting.baselines import NaiveBaseline
 from service.forecasting.features import average_true_range
 
 
@@ -48,3 +54,26 @@ def test_average_true_range_equals_ta_float_for_float(n):
                               fillna=False).average_true_range().to_numpy().copy()
     theirs[:13] = np.nan  # `ta`'s zeros before its first average
     np.testing.assert_array_equal(ours, theirs)
+
+
+class _Exploding(NaiveBaseline):
+    """Naive, except on one ticker: a log return of 800, exp() of which overflows a float."""
+
+    name = "exploding"
+
+    def predict(self, log_close, origins, horizon: int) -> np.ndarray:
+        point = super().predict(log_close, origins, horizon)
+        return point + 800.0 if log_close.ticker == "BBB" else point
+
+
+def test_a_ticker_whose_forecasts_overflow_a_price_is_skipped_with_the_reason(
+        tiny_predictor, tiny_artifact):
+    # The shared data's BHF (a penny shell's flat bars before its 2017 listing) made ACI's
+    # recalibrated empirical band overflow exp(); one such ticker failed the universe's run.
+    bars = bars_by_ticker(tiny_artifact.bars)
+    first, last = tiny_predictor.manifest.split.test
+    run = historical_forecasts(
+        [ModelForecaster(tiny_predictor), NaiveBaseline(), _Exploding()], bars, start=first,
+        end=last, fit_end=tiny_predictor.manifest.split.train[1], horizons=(1, 5))
+    assert sorted(run.forecasts[1]["ticker"].unique()) == ["AAA", "CCC"]
+    assert run.skipped == {"BBB": "a forecast overflows a price: exploding (a log return of 800)"}
