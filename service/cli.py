@@ -535,6 +535,33 @@ def _echo_rolling(run) -> None:
 
 
 @app.command()
+def reband(
+    version: str,
+    model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
+):
+    """Re-export VERSION's weights with this code's band settings (ACI + the volatility blend,
+    chosen on the validation segment) as a new version; then backtest and promote it."""
+    from service.artifacts.manifest import reband as reband_artifact
+    from service.core.errors import StockcastError
+    from service.forecasting.bands import ACI_SUFFIX, ACISettings
+    from service.forecasting.forecaster import MODEL
+
+    model_dir = model_dir or get_settings().model_dir
+    try:
+        from service.artifacts.manifest import artifact_path, load_manifest
+
+        served = load_manifest(artifact_path(model_dir, version)).band.get(
+            "served", f"{MODEL}{ACI_SUFFIX}")
+        target = reband_artifact(model_dir, version,
+                                 {"served": served, "aci": ACISettings().to_dict()})
+    except (StockcastError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"artifact {target} (the weights of {version}, band {served} with "
+               f"{ACISettings().to_dict()}); models/current unchanged: run `stockcast backtest "
+               f"--version {target.name}`, then `stockcast promote {target.name}`")
+
+
+@app.command()
 def promote(
     version: str,
     max_rel_mae: Annotated[float, typer.Option(

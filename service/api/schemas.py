@@ -144,7 +144,8 @@ class BandPublic(BaseModel):
 
     method: str = Field(description=(
         "model_aci: the network's quantiles recalibrated online by adaptive conformal inference "
-        "(Gibbs & Candès 2021); ewma_aci: a random-walk EWMA-volatility band, likewise."))
+        "(Gibbs & Candès 2021), scores scaled by a volatility mean-reversion factor; ewma_aci: "
+        "a random-walk EWMA-volatility band, likewise."))
     level: int = Field(description="Nominal coverage of lower/upper, percent.")
     nominal_coverage: float = Field(description="The same as a share (0.5, 0.8 or 0.9).")
     recent_coverage: float | None = Field(description=(
@@ -389,9 +390,9 @@ class LiveMetricsPublic(BaseModel):
     """The forecast ledger's scores: every live forecast served, scored as its bar arrived."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"metrics": [
-        {"ticker": "*", "horizon": 1, "model_version": "24eecdc5adb0", "n_forecasts": 48,
+        {"ticker": "*", "horizon": 1, "model_version": "0438c5bea12e", "n_forecasts": 48,
          "n_scored": 24, "mae": 1.31, "naive_mae": 1.29, "rel_mae": 1.0155, "coverage": 0.875},
-        {"ticker": "AAPL", "horizon": 1, "model_version": "24eecdc5adb0", "n_forecasts": 2,
+        {"ticker": "AAPL", "horizon": 1, "model_version": "0438c5bea12e", "n_forecasts": 2,
          "n_scored": 1, "mae": 0.84, "naive_mae": 1.02, "rel_mae": 0.8235, "coverage": 1.0},
     ]}]})
 

@@ -6,6 +6,7 @@ An artifact is a folder `models/<version>/` with `model.onnx`, `meta.json` and `
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -268,3 +269,37 @@ def set_current(model_dir: Path | str, version: str) -> None:
     tmp = model_dir / f".{CURRENT_FILE}.tmp"
     tmp.write_text(version + "\n")
     tmp.replace(model_dir / CURRENT_FILE)
+
+
+# What a re-banded artifact copies from its source: the weights, their training plot and the
+# training profile (the same model); its backtest is not copied (it measured another band).
+_REBAND_COPIED = (ONNX_FILE, HISTORY_FILE, "training_profile.json")  # profile.PROFILE_FILE
+
+
+def reband(model_dir: Path | str, version: str, band: dict) -> Path:
+    """A new artifact with `version`'s weights and meta but `band` as its served band.
+
+    The band (which band is served, ACI's settings) is part of meta, so of the content hash:
+    the new folder is a new version; the old one is left as it is, and `current` too (only the
+    gate moves it). Returns the new artifact's folder; one that exists already (the same band
+    again, or the source's own band) is returned as it is.
+    """
+    model_dir = Path(model_dir)
+    source = load_manifest(artifact_path(model_dir, version)).artifact_dir
+    meta = json.loads((source / META_FILE).read_text())
+    meta["band"] = band
+    # Outside the hash: when, and from which version (so `make train` reproduces the version).
+    meta["run"] = {**meta.get("run", {}), "rebanded_from": version}
+    meta["created_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    onnx_bytes = (source / ONNX_FILE).read_bytes()
+    meta["version"] = artifact_version(onnx_bytes, meta)
+    target = artifact_path(model_dir, meta["version"])
+    if (target / META_FILE).is_file():
+        return load_manifest(target).artifact_dir
+    target.mkdir(exist_ok=True)
+    for name in _REBAND_COPIED:
+        if (source / name).is_file():
+            (target / name).write_bytes((source / name).read_bytes())
+    (target / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    load_manifest(target)  # the checks a server runs
+    return target

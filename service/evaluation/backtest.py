@@ -39,7 +39,7 @@ import pandas as pd
 
 from service.core.errors import InsufficientHistory
 from service.evaluation.scoring import MODEL, NAIVE, POOLED, compute_metrics, metric_value
-from service.forecasting.bands import ACIForecaster, ACISettings
+from service.forecasting.bands import ACI_SUFFIX, BASELINE_ACI, ACIForecaster, ACISettings
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
@@ -178,8 +178,14 @@ class MethodSet:
 
     baselines: tuple[str, ...]
     band_baselines: tuple[str, ...]
-    aci: ACISettings
+    aci: ACISettings  # the served band's base's
     horizons: tuple[int, ...]
+    served_base: str  # the method whose band is served (recalibrated with `aci`)
+    baseline_aci: ACISettings  # every other band's
+
+    def recalibrated(self, base: Forecaster) -> ACIForecaster:
+        settings = self.aci if base.name == self.served_base else self.baseline_aci
+        return ACIForecaster(base, settings, slots=self.horizons)
 
     def build(self, predictor: Predictor) -> list[Forecaster]:
         """The model first, then every baseline; each band method (the model, the band
@@ -188,10 +194,8 @@ class MethodSet:
         # A band baseline computes only the scored horizons (the empirical one's cost is per h).
         bands = [BAND_BASELINES[b](slots=self.horizons) for b in self.band_baselines]
         return [
-            model, *(BASELINES[b]() for b in self.baselines),
-            ACIForecaster(model, self.aci, slots=self.horizons),
-            *(f for base in bands for f in (base, ACIForecaster(base, self.aci,
-                                                                 slots=self.horizons))),
+            model, *(BASELINES[b]() for b in self.baselines), self.recalibrated(model),
+            *(f for base in bands for f in (base, self.recalibrated(base))),
         ]
 
 
@@ -366,8 +370,9 @@ def run_backtest(
     bars after `end` supply the realized outcomes). Baselines are fitted on bars up to the end
     of the model's training segment, or up to `start` if that is earlier, so neither sees an
     outcome it is scored on. Tickers without enough history are skipped, with the reason.
-    Every method with a band (the model, `band_baselines`) is also scored recalibrated by ACI
-    (`aci_settings`, default the artifact's): `model_aci`, `ewma_aci`, ... on the same origins.
+    Every method with a band (the model, `band_baselines`) is also scored recalibrated by ACI:
+    `model_aci`, `ewma_aci`, ... on the same origins; the served band's base with
+    `aci_settings` (default the artifact's), every other with plain ACI (BASELINE_ACI).
     `horizons=None` means those of DEFAULT_HORIZONS (1, 5, 30) the model forecasts.
     `workers` > 1 forecasts chunks of tickers in that many processes (see _pooled_forecasts).
     """
@@ -390,10 +395,13 @@ def run_backtest(
 
     # One list of methods, one interface (MethodSet.build).
     aci = predictor.band_settings if aci_settings is None else aci_settings
+    baseline_aci = BASELINE_ACI
+    served_base = predictor.served_band.removesuffix(ACI_SUFFIX)
     unknown = [b for b in band_baselines if b not in BAND_BASELINES]
     if unknown:
         raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
-    method_set = MethodSet(baseline_names, tuple(band_baselines), aci, horizons)
+    method_set = MethodSet(baseline_names, tuple(band_baselines), aci, horizons,
+                           served_base, baseline_aci)
     forecasters = method_set.build(predictor)
     tick = time.perf_counter()
     window = {"start": start, "end": end, "fit_end": fit_end, "horizons": horizons}
@@ -430,7 +438,8 @@ def run_backtest(
         "interval": [quantiles[i] for i in band_indices(spec.quantiles, DEFAULT_LEVEL)],
         "band_levels": list(BAND_LEVELS),
         "band_baselines": list(band_baselines),
-        "aci": aci.to_dict(),
+        "aci": aci.to_dict(),  # the served band's; the other bands': baseline_aci
+        "baseline_aci": baseline_aci.to_dict(),
         "served_band": predictor.served_band,
         "workers": workers,
         "skipped": skipped,

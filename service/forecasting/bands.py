@@ -22,6 +22,17 @@ feedback). The state at origin t is rebuilt from the `lookback` origins before i
 α: a pure function of the bars up to t, so the server (from the cached bars at request time) and
 the backtest (walking origins) compute the same band for the same origin, and nothing after t is
 read (a test scrambles the future).
+
+Volatility mean-reversion. A band scaled by the recent (EWMA) volatility under-covers calm
+spells and over-covers turbulent ones: volatility reverts to its long-run level, so after a
+quiet month the next move tends to be larger than the EWMA says, after a storm smaller. With
+`vol_beta` β < 1 the conformal scores are taken relative to a band scaled by
+
+    f_t = (σ_long,t / σ_short,t)^(1 - β),  so  f_t σ_short,t = σ_short,t^β σ_long,t^(1 - β),
+
+σ_short the EWMA and σ_long the RMS volatility of the last `long_window` daily returns (both of
+bars <= t): scores S_s / f_s enter the window, and the band at t is m ± f_t Q̂ × the base
+half-widths. β = 1 is plain ACI.
 """
 
 from __future__ import annotations
@@ -34,16 +45,27 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import BAND_LEVELS
+from service.forecasting.volatility import (
+    VOL_FLOOR,
+    ewma_volatility,
+    log_returns,
+    rms_volatility,
+)
 
 # A recalibrated method's name: the base's plus this ("model_aci", "ewma_aci").
 ACI_SUFFIX = "_aci"
 # ACI's step, the origins its α state is rebuilt from, and the scores its quantile is taken over.
-# γ = 0.005 as Gibbs & Candès; lookback 100 and calibration 250 were chosen on the validation
-# segment among (γ, lookback, calibration) = (0.005/0.01/0.02, 250, 250), (0.005, 100, 250),
-# (0.02, 100, 100): the lowest 80 % interval score of the model's band at h = 1 and 5.
+# γ = 0.005 as Gibbs & Candès; lookback 100 was chosen on the validation segment among
+# (γ, lookback, calibration) = (0.005/0.01/0.02, 250, 250), (0.005, 100, 250), (0.02, 100, 100);
+# then calibration 500 and β 0.7 among calibration 250/500 × β 1/0.7/0.5/0.3 × γ 0.005/0.02
+# (long window 250): the lowest mean 80 % interval score of the model's band at h = 1 and 5 on
+# the validation segment with its coverage within 0.80 ± 0.03 (README, "Bands").
 ACI_GAMMA = 0.005
 ACI_LOOKBACK = 100
-ACI_CALIBRATION = 250
+ACI_CALIBRATION = 500
+# The volatility mean-reversion blend (module docstring): β, and the long volatility's window.
+ACI_VOL_BETA = 0.7
+ACI_LONG_WINDOW = 250
 # Sessions of h-day returns behind the empirical band baseline (about one trading year).
 EMPIRICAL_WINDOW = 250
 # The widest band read off quantiles (z = 3.09): a forecaster's tails past that are guesswork.
@@ -52,11 +74,14 @@ MAX_COVERAGE = 0.998
 
 @dataclass(frozen=True)
 class ACISettings:
-    """ACI's step γ, the α run's length and the calibration window of conformal scores."""
+    """ACI's step γ, the α run's length, the calibration window of conformal scores, and the
+    volatility mean-reversion blend (β = vol_beta; 1 = none) with its long window."""
 
     gamma: float = ACI_GAMMA
     lookback: int = ACI_LOOKBACK
     calibration: int = ACI_CALIBRATION
+    vol_beta: float = ACI_VOL_BETA
+    long_window: int = ACI_LONG_WINDOW
 
     def __post_init__(self):
         if not 0 < self.gamma < 1:
@@ -64,6 +89,9 @@ class ACISettings:
         if self.lookback < 1 or self.calibration < 1:
             raise ValueError(f"lookback and calibration must be >= 1, got "
                              f"{self.lookback}, {self.calibration}")
+        if not 0 <= self.vol_beta <= 1 or self.long_window < 2:
+            raise ValueError(f"vol_beta must be in [0, 1] and long_window >= 2, got "
+                             f"{self.vol_beta}, {self.long_window}")
 
     @property
     def history(self) -> int:
@@ -71,12 +99,38 @@ class ACISettings:
         return self.lookback + self.calibration
 
     def to_dict(self) -> dict:
-        return {"gamma": self.gamma, "lookback": self.lookback, "calibration": self.calibration}
+        return {"gamma": self.gamma, "lookback": self.lookback, "calibration": self.calibration,
+                "vol_beta": self.vol_beta, "long_window": self.long_window}
 
     @classmethod
     def from_dict(cls, d: dict) -> ACISettings:
+        """Settings from an artifact's meta; one written before the blend existed has none
+        (β 1)."""
         return cls(gamma=float(d["gamma"]), lookback=int(d["lookback"]),
-                   calibration=int(d["calibration"]))
+                   calibration=int(d["calibration"]), vol_beta=float(d.get("vol_beta", 1.0)),
+                   long_window=int(d.get("long_window", ACI_LONG_WINDOW)))
+
+    def scale(self, log_close: np.ndarray) -> np.ndarray | None:
+        """The blend's factor f_t at every bar of a series (mean_reversion_scale); None at β 1."""
+        if self.vol_beta == 1.0:
+            return None
+        return mean_reversion_scale(log_close, self.vol_beta, self.long_window)
+
+
+# The band baselines' recalibration: plain ACI as the issue defines the reference band
+# (EWMA + ACI, γ 0.005), without the blend, so a baseline stays the same across artifacts.
+BASELINE_ACI = ACISettings(calibration=250, vol_beta=1.0)
+
+
+def mean_reversion_scale(log_close: np.ndarray, beta: float, long_window: int) -> np.ndarray:
+    """f_t = (σ_long,t / σ_short,t)^(1 - β) per bar: EWMA (short) and RMS over `long_window`
+    returns (long) volatility of bars <= t, each floored at VOL_FLOOR; 1 where either is not yet
+    defined (warm-up)."""
+    r = log_returns(log_close)
+    short = np.maximum(ewma_volatility(r), VOL_FLOOR)
+    long = np.maximum(rms_volatility(r, long_window), VOL_FLOOR)
+    f = (long / short) ** (1.0 - beta)
+    return np.where(np.isfinite(f), f, 1.0)
 
 
 _NORMAL = NormalDist()
@@ -152,7 +206,8 @@ def _scores(median, lo, hi, y) -> np.ndarray:
 
 
 def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.ndarray,
-              delays, coverages, settings: ACISettings = ACISettings()) -> Bands:
+              delays, coverages, settings: ACISettings = ACISettings(),
+              scale: np.ndarray | None = None) -> Bands:
     """ACI-recalibrated bands at each target origin, (n, K, L).
 
     One series of consecutive origins 0..N-1 (one ticker's sessions): quantiles (N, K, Q) the
@@ -161,7 +216,8 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     known (the horizon h); coverages (L,) nominal levels. The band at target t reads
     realized[s, k] only for s + delays[k] <= t. A target without any known score yet gets the
     base band; ACI asking for more than every past score (α_t <= 0, an infinite band) gets the
-    largest one.
+    largest one. `scale` (N,), positive: the mean-reversion factor f per origin (module
+    docstring); scores are S / f and the band at t is m ± f_t Q̂ × the base half-widths.
     """
     q = np.asarray(quantiles, dtype=np.float64)
     y = np.asarray(realized, dtype=np.float64)
@@ -175,12 +231,16 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
         raise ValueError(f"targets must lie in [0, {len(q) - 1}]")
     if np.any(d < 1):
         raise ValueError("delays must be >= 1 (an outcome is known after its origin)")
+    f = np.ones(len(q)) if scale is None else np.asarray(scale, dtype=np.float64)
+    if f.shape != (len(q),) or not np.all(f > 0):
+        raise ValueError(f"scale must be (N,) = ({len(q)},) positive factors, got {f.shape}")
     n_origins, k_slots = q.shape[:2]
     lookback, cal, gamma = settings.lookback, settings.calibration, settings.gamma
 
     median = quantile_at(q, levels, np.full(q.shape[:2] + (1,), 0.5))  # (N, K, 1)
     base = base_bands(q, levels, nominal)  # (N, K, L)
     scores = _scores(median, base.lower, base.upper, y[..., None])  # (N, K, L)
+    scores = scores / f[:, None, None]
 
     # Per origin s and slot k, its calibration window: the scores of origins s-d-cal+1 .. s-d,
     # all known by s. n_known[s] of them are defined; below[s] of those are < scores[s]. Only
@@ -236,7 +296,7 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
         rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, L)
         pick = np.take_along_axis(win, np.maximum(rank - 1, 0).astype(np.intp)[..., None],
                                   axis=-1)[..., 0]
-        qhat = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick))
+        qhat = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick) * f[t, None])
         m = median[t, k, :]
         lower[:, k, :] = m - qhat * (m - base.lower[t, k, :])
         upper[:, k, :] = m + qhat * (base.upper[t, k, :] - m)
@@ -348,10 +408,12 @@ class ACIForecaster(Forecaster):
             ok = grid + h < y.size
             realized[ok, j] = y[grid[ok] + h] - y[grid[ok]]
         targets = wanted - grid[0]
+        scale = self.settings.scale(y)
         out = np.full((wanted.size, horizon, len(self.quantiles)), np.nan)
         if slots.size:
             bands = aci_bands(q[:, slots - 1, :], base.quantiles, realized, targets, slots,
-                              self.coverages, self.settings)
+                              self.coverages, self.settings,
+                              None if scale is None else scale[grid])
             median = quantile_at(q[targets][:, slots - 1, :], base.quantiles,
                                  np.full((wanted.size, slots.size, 1), 0.5))[..., 0]
             lows = [bands.lower[..., i] for i in range(len(self.coverages))]

@@ -279,3 +279,20 @@ def test_backtest_and_promote_refuse_a_version_outside_the_model_directory(cli_e
         out = CliRunner().invoke(app, command)
         assert out.exit_code == 1
         assert "is not a model version" in out.output
+
+
+def test_reband_command_writes_the_codes_band_as_a_new_version(cli_env, tiny_artifact):
+    from service.artifacts.manifest import reband
+    from service.forecasting.bands import BASELINE_ACI, ACISettings
+
+    # A copy of the tiny model with plain ACI (as artifacts before the blend were) ...
+    plain = reband(cli_env.model_dir, tiny_artifact.artifact_dir.name,
+                   {"served": "model_aci", "aci": BASELINE_ACI.to_dict()})
+    out = CliRunner().invoke(app, ["reband", plain.name])
+    assert out.exit_code == 0, out.output
+    # ... rebanded with the code's settings is the tiny model again (exported with them).
+    assert f"artifact {cli_env.model_dir / tiny_artifact.artifact_dir.name} " in out.output
+    assert f"`stockcast promote {tiny_artifact.artifact_dir.name}`" in out.output
+    assert load_manifest(cli_env.model_dir / tiny_artifact.artifact_dir.name).band["aci"] == (
+        ACISettings().to_dict())
+    assert CliRunner().invoke(app, ["reband", "nope"]).exit_code == 1

@@ -11,9 +11,13 @@ import pytest
 
 from service.evaluation.backtest import bars_by_ticker, run_backtest
 from service.evaluation.scoring import MODEL, NAIVE, POOLED
+from service.forecasting.bands import BASELINE_ACI, ACISettings
 from service.forecasting.baselines import BASELINES
 
-PREDICTED_COLUMNS = ["origin_close", "model_lower", "model_upper", MODEL, *BASELINES]
+PREDICTED_COLUMNS = ["origin_close", "model_lower", "model_upper", MODEL, *BASELINES,
+                     # the served band (ACI + the volatility blend) and the reference band
+                     "model_aci_lower", "model_aci_upper", "model_aci_lower_90",
+                     "ewma_aci_lower", "ewma_aci_upper"]
 
 
 
@@ -56,6 +60,19 @@ def test_scores_the_test_segment_of_the_manifest_by_default(tiny_predictor, bars
     assert not result.config["in_sample_origins"]
     assert result.value("n_forecasts", ticker=POOLED) == len(one_day)
     assert last >= result.end
+
+
+def test_the_served_band_has_the_artifacts_settings_and_the_baselines_plain_aci(
+        tiny_predictor, bars, result):
+    # The tiny artifact is exported with the code's defaults: ACI with the volatility blend,
+    # which moves the bands at the scored origins (so the served == backtest test covers it).
+    assert tiny_predictor.band_settings == ACISettings()
+    origins = bars["AAA"]["date"].isin(result.forecasts[1]["origin"]).to_numpy()
+    scale = ACISettings().scale(np.log(bars["AAA"]["adj_close"].to_numpy()))
+    assert np.all(scale[origins] != 1.0)
+    assert result.config["aci"] == ACISettings().to_dict()
+    assert result.config["baseline_aci"] == BASELINE_ACI.to_dict()
+    assert BASELINE_ACI.vol_beta == 1.0
 
 
 def test_model_forecasts_are_the_predictors_own(tiny_predictor, bars, result):

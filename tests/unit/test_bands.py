@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 
 from service.forecasting.bands import (
+    BASELINE_ACI,
     ACISettings,
     aci_bands,
     band,
     base_bands,
     empirical_quantiles,
     gaussian_quantiles,
+    mean_reversion_scale,
     quantile_at,
 )
-from service.forecasting.volatility import ewma_volatility, log_returns
+from service.forecasting.volatility import EWMA_LAMBDA, ewma_volatility, log_returns
 
 LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 COVERAGES = (0.5, 0.8, 0.9)
@@ -128,6 +130,66 @@ def test_a_target_without_known_outcomes_gets_the_base_band():
     np.testing.assert_allclose(aci.upper, base.upper)
 
 
+# ---- the volatility mean-reversion blend -------------------------------------------------------
+
+
+def test_the_scaled_band_is_f_t_times_the_top_score_over_f_of_its_window():
+    """By hand: a N(0, 1) forecaster (80 % half-width z = 1.2816), one slot, delay 1, four
+    scores in the window, ACI's run one step long. At target 5 the window holds origins 1..4;
+    the 80 % rank ⌈0.8 · 5⌉ = 4 is the largest of S_s / f_s = |y_s| / z / f_s, i.e.
+    (1.0/2, 2.0/1, 0.3/0.5, 1.5/3) / z; the band is ± z · f_5 · 2.0 / z = ± 2 · 2.0 = ± 4.0.
+    Unscaled it is ± max |y_s| = ± 2.0."""
+    quantiles = gaussian_quantiles(np.ones(6), [1], LEVELS)  # (6, 1, Q)
+    realized = np.array([[0.5], [1.0], [-2.0], [0.3], [-1.5], [9.9]])
+    f = np.array([1.0, 2.0, 1.0, 0.5, 3.0, 2.0])
+    settings = ACISettings(gamma=1e-6, lookback=1, calibration=4)
+    scaled = aci_bands(quantiles, LEVELS, realized, np.array([5]), [1], (0.8,), settings, f)
+    np.testing.assert_allclose([scaled.lower[0, 0, 0], scaled.upper[0, 0, 0]], [-4.0, 4.0])
+    plain = aci_bands(quantiles, LEVELS, realized, np.array([5]), [1], (0.8,), settings)
+    np.testing.assert_allclose([plain.lower[0, 0, 0], plain.upper[0, 0, 0]], [-2.0, 2.0])
+
+
+def test_a_constant_scale_leaves_the_aci_bands_as_they_are():
+    quantiles, realized = _jump_series(n=600)
+    targets = np.arange(300, 600, 7)
+    plain = aci_bands(quantiles, LEVELS, realized, targets, [1], COVERAGES)
+    scaled = aci_bands(quantiles, LEVELS, realized, targets, [1], COVERAGES,
+                       scale=np.full(len(quantiles), 2.5))
+    np.testing.assert_allclose(scaled.lower, plain.lower, rtol=1e-12)
+    np.testing.assert_allclose(scaled.upper, plain.upper, rtol=1e-12)
+
+
+def test_mean_reversion_scale_by_hand():
+    """Returns ±0.01 for 260 sessions, then ±0.02 for 30: at the last bar the long (RMS over
+    250) variance is (220 · 1e-4 + 30 · 4e-4) / 250, the EWMA's the λ-weighted mix of the same
+    squares over all 289 returns, and f = (σ_long / σ_short)^(1 - β)."""
+    r = np.concatenate([np.tile([0.01, -0.01], 130), np.tile([0.02, -0.02], 15)])
+    y = np.concatenate([[0.0], np.cumsum(r)])
+    f = mean_reversion_scale(y, 0.7, 250)
+    long = np.sqrt((220 * 1e-4 + 30 * 4e-4) / 250)
+    w = EWMA_LAMBDA ** np.arange(len(r))  # weight of the return i sessions before the last
+    short = np.sqrt((w[:30].sum() * 4e-4 + w[30:].sum() * 1e-4) / w.sum())
+    assert f[-1] == pytest.approx((long / short) ** 0.3, rel=1e-9)
+    assert f[-1] < 1.0  # after a storm the blend narrows the band
+    # Calm and steady: both volatilities 0.01, f = 1; before the long window fills: 1.
+    assert f[255] == pytest.approx(1.0, rel=1e-9)
+    np.testing.assert_array_equal(f[:250], 1.0)
+    # Causal: a changed future leaves every earlier factor as it was.
+    changed = y.copy()
+    changed[271:] += np.linspace(0.0, 0.5, len(y) - 271)
+    np.testing.assert_array_equal(mean_reversion_scale(changed, 0.7, 250)[:271], f[:271])
+
+
+def test_settings_without_the_blend_are_plain_aci():
+    assert ACISettings(vol_beta=1.0).scale(np.linspace(0.0, 1.0, 400)) is None
+    # An artifact written before the blend existed (no vol_beta in its meta) serves plain ACI.
+    old = ACISettings.from_dict({"gamma": 0.005, "lookback": 100, "calibration": 250})
+    assert old.vol_beta == 1.0 and old.to_dict() == BASELINE_ACI.to_dict()
+    assert ACISettings.from_dict(ACISettings().to_dict()) == ACISettings()
+    with pytest.raises(ValueError, match="vol_beta must be in"):
+        ACISettings(vol_beta=1.5)
+
+
 def test_aci_rejects_inputs_that_do_not_fit():
     quantiles, realized = _jump_series(n=50)
     with pytest.raises(ValueError, match="do not fit together"):
@@ -136,6 +198,9 @@ def test_aci_rejects_inputs_that_do_not_fit():
         aci_bands(quantiles, LEVELS, realized, np.array([50]), [1], COVERAGES)
     with pytest.raises(ValueError, match="gamma must be in"):
         ACISettings(gamma=0.0)
+    with pytest.raises(ValueError, match="scale must be"):
+        aci_bands(quantiles, LEVELS, realized, np.array([1]), [1], COVERAGES,
+                  scale=np.zeros(len(quantiles)))
 
 
 # ---- band baselines ----------------------------------------------------------------------------

@@ -12,11 +12,13 @@ from service.artifacts.manifest import (
     artifact_path,
     artifact_version,
     load_manifest,
+    reband,
     resolve_current,
     set_current,
 )
 from service.core.config import PROJECT_ROOT
 from service.core.errors import ManifestMismatch, ModelNotLoaded
+from service.forecasting.bands import ACISettings
 from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
 from service.inference.onnx_model import OnnxModel
 from service.inference.predictor import Predictor
@@ -132,6 +134,32 @@ def test_resolve_current_follows_the_pointer_file(artifact):
     (models / "current").write_text("nope\n")
     with pytest.raises(ModelNotLoaded, match="names 'nope', which is not a folder"):
         resolve_current(models)
+
+
+def test_reband_writes_the_same_weights_with_another_band_as_a_new_version(artifact):
+    models = artifact.parent
+    set_current(models, artifact.name)
+    before = {p.name: p.read_bytes() for p in artifact.iterdir() if p.is_file()}
+    band = {"served": "model_aci", "aci": ACISettings(calibration=300, vol_beta=0.5).to_dict()}
+    new = reband(models, artifact.name, band)
+    assert new.parent == models and new.name != artifact.name
+    manifest = load_manifest(new)  # verifies as its own content hash
+    assert manifest.band == band
+    assert Predictor.load(new).band_settings == ACISettings(calibration=300, vol_beta=0.5)
+    assert (new / "model.onnx").read_bytes() == before["model.onnx"]
+    old_meta, new_meta = json.loads(before["meta.json"]), json.loads((new / "meta.json").read_text())
+    assert {k for k in old_meta if old_meta[k] != new_meta[k]} == {
+        "band", "version", "created_at", "run"}
+    assert new_meta["run"]["rebanded_from"] == artifact.name
+    # The source and `current` are left as they were; the same band again is the same folder.
+    assert {p.name: p.read_bytes() for p in artifact.iterdir() if p.is_file()} == before
+    assert resolve_current(models) == artifact
+    written = (new / "meta.json").read_bytes()
+    assert reband(models, artifact.name, band) == new
+    assert (new / "meta.json").read_bytes() == written
+    # Its own band again: the source itself, untouched.
+    assert reband(models, artifact.name, json.loads(before["meta.json"])["band"]) == artifact
+    assert (artifact / "meta.json").read_bytes() == before["meta.json"]
 
 
 # -- the version is the content hash, verified on every load -----------------------------------
