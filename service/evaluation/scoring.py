@@ -289,8 +289,9 @@ def _band_metrics(g: pd.DataFrame, method: str, close, actual, h: int,
 
 
 def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
-                   pooled: bool) -> dict[str, dict[str, float]]:
-    """{method: {metric: value}} for one ticker's (or the pooled) forecasts at horizon h."""
+                   pooled: bool, hold: bool = True) -> dict[str, dict[str, float]]:
+    """{method: {metric: value}} for one ticker's (or the pooled) forecasts at horizon h, then
+    buy-and-hold's (unless `hold` is False)."""
     close = g["origin_close"].to_numpy()
     realized = g["realized"].to_numpy()
     actual = prices_from_log_returns(close, realized)
@@ -328,6 +329,8 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
             row |= _strategy(r_hat, realized, h, TRADED)
         out[method] = row
     # Buy-and-hold does not depend on a forecast: one row per group, not per method.
+    if not hold:
+        return out
     if pooled:
         real = book(g, "realized").to_numpy()
     else:
@@ -349,9 +352,10 @@ def _prepared(frame: pd.DataFrame) -> pd.DataFrame:
 _FRAMES: dict[int, pd.DataFrame] = {}
 
 
-def _task_records(h: int, tickers: tuple[str, ...] | None,
-                  methods: Sequence[str]) -> list[tuple]:
-    """Metric records of some tickers' groups at horizon h, or of the pooled group (None)."""
+def _task_records(h: int, tickers: tuple[str, ...] | None, methods: Sequence[str],
+                  hold: bool = True) -> list[tuple]:
+    """Metric records of some tickers' groups at horizon h, or of the pooled group (None) for
+    `methods` (buy-and-hold's after them if `hold`)."""
     frame = _FRAMES[h]
     if tickers is None:
         groups = [(POOLED, frame, True)]
@@ -361,7 +365,7 @@ def _task_records(h: int, tickers: tuple[str, ...] | None,
         groups = [(t, g, False) for t, g in part.groupby("ticker", sort=True)]
     records = []
     for ticker, g, pooled in groups:
-        for method, values in _group_metrics(g, h, methods, pooled).items():
+        for method, values in _group_metrics(g, h, methods, pooled, hold).items():
             records.extend((ticker, h, method, name, float(v)) for name, v in values.items())
     return records
 
@@ -375,24 +379,29 @@ def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str
     """
     _FRAMES.clear()
     _FRAMES.update({h: _prepared(frame) for h, frame in sorted(forecasts.items())})
-    tasks: list[tuple[int, tuple[str, ...] | None]] = []
+    pool = workers > 1 and "fork" in multiprocessing.get_all_start_methods()
+    # (h, tickers or None for the pooled group, methods, with buy-and-hold): in record order.
+    tasks: list[tuple[int, tuple[str, ...] | None, tuple[str, ...], bool]] = []
     for h, frame in _FRAMES.items():
         tickers = sorted(frame["ticker"].unique())
-        n_chunks = max(1, min(len(tickers), workers * 4)) if workers > 1 else 1
+        n_chunks = max(1, min(len(tickers), workers * 4)) if pool else 1
         size = -(-len(tickers) // n_chunks)
-        tasks += [(h, tuple(tickers[i:i + size])) for i in range(0, len(tickers), size)]
-        tasks.append((h, None))
+        tasks += [(h, tuple(tickers[i:i + size]), tuple(methods), True)
+                  for i in range(0, len(tickers), size)]
+        # The pooled group is the largest: one task per method in a pool (buy-and-hold last).
+        split = [(m,) for m in methods] if pool else [tuple(methods)]
+        tasks += [(h, None, part, i == len(split) - 1) for i, part in enumerate(split)]
     try:
-        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-            # The pooled groups are the largest tasks: started first, so none runs last alone.
+        if pool:
+            # The pooled tasks first, so no large one runs last alone.
             order = sorted(range(len(tasks)), key=lambda i: tasks[i][1] is not None)
             with ProcessPoolExecutor(max_workers=workers,
-                                     mp_context=multiprocessing.get_context("fork")) as pool:
-                done = dict(zip(order, pool.map(
-                    _task_records, *zip(*((*tasks[i], methods) for i in order)))))
+                                     mp_context=multiprocessing.get_context("fork")) as executor:
+                done = dict(zip(order, executor.map(
+                    _task_records, *zip(*(tasks[i] for i in order)))))
             parts = [done[i] for i in range(len(tasks))]
         else:
-            parts = [_task_records(h, tickers, methods) for h, tickers in tasks]
+            parts = [_task_records(*task) for task in tasks]
     finally:
         _FRAMES.clear()
     return pd.DataFrame.from_records(
