@@ -82,7 +82,7 @@ def ingest(
 ):
     """Load bars into the cache and print `read N, stored M, rejected K (reasons)`."""
     from service.core.errors import StockcastError
-    from service.evaluation.ledger import score_ledger
+    from service.evaluation.feature_store import after_bars_written
     from service.sources.base import SOURCES, make_source
     from service.sources.ingest import ingest_file, ingest_from_source
 
@@ -94,13 +94,13 @@ def ingest(
                 if not path.exists():
                     _fail(f"no such file: {path}")
                 report = ingest_file(engine, path, ticker=ticker, progress=progress,
-                                     after_write=score_ledger)
+                                     after_write=after_bars_written)
             elif source in SOURCES:
                 settings = get_settings().model_copy(update={"source": source})
                 report = ingest_from_source(
                     engine, make_source(settings), _parse_tickers(tickers or ticker),
                     start.date() if start else None, end.date() if end else None,
-                    progress=progress, after_write=score_ledger)
+                    progress=progress, after_write=after_bars_written)
             else:
                 _fail(f"unknown source {source!r}: use csv or one of {', '.join(SOURCES)}")
         except StockcastError as exc:
@@ -114,10 +114,14 @@ def refresh(
     all_tickers: Annotated[bool, typer.Option("--all", help="Every cached ticker.")] = False,
     tickers: Annotated[str | None, typer.Option(help="Comma list.")] = None,
     chunk: Annotated[int, typer.Option(help="Tickers per upstream call.", min=1)] = 50,
+    prewarm: Annotated[bool, typer.Option(
+        help="Then fill the serving stores (features, band states) for the current model.")
+    ] = True,
     progress: bool = True,
 ):
-    """Fetch newer bars for many tickers, batched upstream; prints the per-outcome counts."""
-    from service.evaluation.ledger import score_ledger
+    """Fetch newer bars for many tickers, batched upstream; prints the per-outcome counts, then
+    prewarms the serving stores so each ticker's next cold forecast is one window read."""
+    from service.evaluation.feature_store import after_bars_written
     from service.forecasting.spec import UNIVERSES
     from service.sources.ingest import refresh_tickers
 
@@ -129,10 +133,23 @@ def refresh(
         list(UNIVERSES[universe]) if universe else _parse_tickers(tickers))
     with _engine() as engine:
         report = refresh_tickers(engine, get_settings(), names, chunk=chunk, progress=progress,
-                                 after_write=score_ledger)
-    typer.echo(report.summary())
+                                 after_write=after_bars_written)
+        typer.echo(report.summary())
+        if prewarm:
+            typer.echo(_prewarm(engine, names))
     if report.counts()["failed"]:
         raise typer.Exit(1)
+
+
+def _prewarm(engine, tickers: list[str] | None) -> str:
+    """Prewarm the current model's serving stores; a line saying what it did (or why not)."""
+    from service.core.errors import StockcastError
+    from service.evaluation.schedule import prewarm_current
+
+    try:
+        return prewarm_current(engine, get_settings(), tickers).summary()
+    except StockcastError as exc:  # no model to prewarm for: the refresh itself stands
+        return f"no prewarm: {exc}"
 
 
 @app.command()
@@ -193,7 +210,7 @@ def seed(force: bool = typer.Option(False, help="Ingest even if bars are already
     store the served model's own backtest (models/<version>/backtest.json) if none is stored."""
     from service.db.bars import count_bars
     from service.evaluation.artifact_backtest import store_current_report
-    from service.evaluation.ledger import score_ledger
+    from service.evaluation.feature_store import after_bars_written
     from service.sources.ingest import ingest_file
 
     with _engine() as engine:
@@ -208,7 +225,7 @@ def seed(force: bool = typer.Option(False, help="Ingest even if bars are already
                       "or the bokeh-sampledata package (pip install bokeh-sampledata)")
             typer.echo(f"seeding the bar cache from {path}")
             typer.echo(ingest_file(engine, path, progress=True,
-                                   after_write=score_ledger).summary())
+                                   after_write=after_bars_written).summary())
         typer.echo(store_current_report(engine, get_settings().model_dir))
 
 
@@ -459,12 +476,23 @@ def evaluate(
     sliding_sessions: Annotated[int, typer.Option(help="Sessions of a sliding window.")] = 756,
     epochs: Annotated[int | None, typer.Option(help="Max epochs per block model.")] = None,
     features: Annotated[str | None, typer.Option(
-        help="Feature set (ablation): returns or indicators (default: the config's).")] = None,
+        help="Feature set (ablation): returns, indicators, +market, returns+market "
+             "(default: the config's).")] = None,
     horizons: Annotated[str, typer.Option(help="Comma list, in trading days.")] = "1,5,30",
     baselines: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
     top_k: Annotated[int, typer.Option(help="Long the top k, short the bottom k, daily.")] = 5,
     cost_bp: Annotated[float, typer.Option(help="Trading cost, basis points per side.")] = 5.0,
+    ablation: Annotated[str | None, typer.Option(
+        help="Comma list of feature sets: one rolling run each, the set chosen on the "
+             "validation blocks, all reported on the test blocks.")] = None,
+    validation_blocks: Annotated[int, typer.Option(
+        help="With --ablation: the first N blocks choose; the rest are test.")] = 2,
+    band_baselines: Annotated[str, typer.Option(
+        help="Band baselines scored beside the served band (comma list; ewma, empirical).")] = (
+        "ewma"),
     workers: Annotated[int, typer.Option(help="Blocks trained in parallel (processes).")] = 1,
+    cluster: Annotated[str | None, typer.Option(
+        help="Dask scheduler address (tcp://host:8786): blocks train there, not here.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per block.")] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; options win.")] = None,
     model_dir: Annotated[Path | None, typer.Option(
@@ -487,7 +515,7 @@ def evaluate(
     from service.forecasting.baselines import BASELINES
     from service.forecasting.spec import FEATURE_SETS, UNIVERSES
     from training.config import TrainConfig
-    from training.rolling import RollingSpec, evaluate_rolling
+    from training.rolling import RollingSpec, evaluate_ablation, evaluate_rolling
     from training.train import TrainingDiverged
 
     base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
@@ -515,15 +543,42 @@ def evaluate(
     try:
         spec = RollingSpec(start=start.date(), end=end.date(), retrain_every=retrain_every,
                            window=window, sliding_sessions=sliding_sessions, horizons=wanted_h,
-                           baselines=wanted_b, top_k=top_k, cost_bp=cost_bp, workers=workers)
-        run = evaluate_rolling(base.with_(**changes), spec, settings.database_url,
-                               model_dir or PROJECT_ROOT / "var" / "rolling",
-                               plots_dir=plots_dir, provider=settings.ort_provider,
-                               intra_op_threads=settings.ort_intra_op_threads)
+                           baselines=wanted_b,
+                           band_baselines=tuple(b for b in band_baselines.replace(" ", "")
+                                                .split(",") if b),
+                           top_k=top_k, cost_bp=cost_bp, workers=workers, cluster=cluster)
+        model_dir = model_dir or PROJECT_ROOT / "var" / "rolling"
+        if ablation:
+            sets = tuple(x for x in ablation.replace(" ", "").split(",") if x)
+            result = evaluate_ablation(base.with_(**changes), spec, sets, validation_blocks,
+                                       settings.database_url, model_dir, plots_dir=plots_dir,
+                                       provider=settings.ort_provider,
+                                       intra_op_threads=settings.ort_intra_op_threads)
+        else:
+            run = evaluate_rolling(base.with_(**changes), spec, settings.database_url,
+                                   model_dir, plots_dir=plots_dir, provider=settings.ort_provider,
+                                   intra_op_threads=settings.ort_intra_op_threads)
     except (StockcastError, ValueError, TrainingDiverged) as exc:
         _fail(str(exc))
+    if ablation:
+        _echo_ablation(result, Path(model_dir) / "ablation.json")
+        return
     _echo_backtest(run)
     _echo_rolling(run)
+
+
+def _echo_ablation(result, path: Path) -> None:
+    """Each feature set's run id, the ablation table, the choice and why; JSON beside."""
+    import json
+
+    for name, run in result.runs.items():
+        typer.echo(f"{name}: stored as run {run.run_id} ({run.result.model_version})")
+    typer.echo(f"validation blocks {list(result.validation_blocks)}, "
+               f"test blocks {list(result.test_blocks)}\n")
+    typer.echo(result.table())
+    typer.echo(f"\nchosen on validation: {result.chosen} ({result.reason})")
+    path.write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    typer.echo(f"written: {path}, {result.plot(path.with_suffix('.png'))}")
 
 
 def _echo_rolling(run) -> None:

@@ -16,6 +16,7 @@ import uvicorn
 from service.core.config import Settings
 from service.db.bars import upsert_bars
 from service.db.session import make_engine, reset_database
+from service.sources.market import update_market
 
 # The tiny model's synthetic bars (tests.tiny_model) end on Wednesday 2021-05-19; on Thursday
 # evening the cache expects nothing newer, so cached tickers are served without a fetch.
@@ -43,6 +44,7 @@ def store_bars(url: str, bars_multi: pd.DataFrame, *, reset: bool = False) -> No
     try:
         with engine.begin() as conn:
             upsert_bars(conn, bars_multi, source="test")
+            update_market(conn)  # as the bar write path keeps it
     finally:
         engine.dispose()
 

@@ -20,6 +20,7 @@ from service.db.bars import read_bars_many
 from service.db.session import make_engine
 from service.evaluation.promotion import GateThresholds, PromotionVerdict, promote
 from service.evaluation.runs import StoredBacktest, backtest_and_store
+from service.forecasting.features import needs_market
 from service.inference.onnx_model import Provider
 from training.config import TrainConfig
 from training.export import export_artifact
@@ -27,10 +28,12 @@ from training.train import fit
 
 
 def read_training_bars(database_url: str, config: TrainConfig) -> pd.DataFrame:
-    """The configured tickers' bars from the cache; a clear error names tickers with none."""
+    """The configured tickers' bars from the cache (with the market series joined on when the
+    feature set reads it); a clear error names tickers with none."""
     engine = make_engine(database_url)
     try:
-        bars = read_bars_many(engine, list(config.tickers), config.start, config.end)
+        bars = read_bars_many(engine, list(config.tickers), config.start, config.end,
+                              market=needs_market(config.spec))
     finally:
         engine.dispose()
     missing = sorted(set(config.tickers) - set(bars["ticker"].unique()))

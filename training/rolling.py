@@ -6,7 +6,8 @@ block (expanding from the first cached bar, or a sliding window of sessions), wi
 the run's held-out test segment (`TrainConfig.holdout`: train/val end `window + horizon`
 sessions before it, the usual gap). Each block's model is cached by the content hash of its
 inputs (the training config and the exact bars it reads), so a rerun trains only what changed.
-Blocks are independent: uncached ones train in a local process pool (`workers`). Then each
+Blocks are independent: uncached ones train in a local process pool (`workers`) or as tasks on
+a Dask cluster (`cluster`, a scheduler address; the artifacts come back as files). Then each
 block is forecast out of sample through the serving Predictor and the blocks are stitched,
 scored and stored as one backtest run (service/evaluation/rolling.py).
 """
@@ -18,6 +19,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -31,17 +33,26 @@ from service.db.bars import read_bars_many
 from service.db.session import make_engine
 from service.evaluation.backtest import DEFAULT_HORIZONS, bars_by_ticker
 from service.evaluation.rolling import (
+    DEFAULT_BAND_BASELINES,
     Block,
     BlockRun,
+    SegmentScore,
+    ablation_table,
+    band_method_names,
     bars_digest,
+    choose_feature_set,
     forecast_block,
     plan_blocks,
+    plot_ablation,
+    score_segment,
     stitch_and_store,
     training_range,
 )
 from service.evaluation.runs import StoredBacktest
 from service.forecasting import portfolio
 from service.forecasting.baselines import BASELINES
+from service.forecasting.features import needs_market
+from service.forecasting.spec import FEATURE_SETS
 from service.inference.onnx_model import Provider
 from training.config import TrainConfig
 from training.pipeline import train_and_export
@@ -51,6 +62,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "blocks"  # <model_dir>/blocks/<key>.json names the version trained for that key
 # Config fields that change how a run looks, not what it learns: left out of a block's key.
 _UNKEYED = ("progress",)
+CLUSTER_CONNECT_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -64,9 +76,11 @@ class RollingSpec:
     sliding_sessions: int = 756  # bars per sliding training window (three years)
     horizons: tuple[int, ...] = DEFAULT_HORIZONS
     baselines: tuple[str, ...] = tuple(BASELINES)
+    band_baselines: tuple[str, ...] = DEFAULT_BAND_BASELINES
     top_k: int = portfolio.DEFAULT_TOP_K
     cost_bp: float = portfolio.DEFAULT_COST_BP
     workers: int = 1
+    cluster: str | None = None  # a Dask scheduler address: blocks train there, not locally
 
 
 @dataclass(frozen=True)
@@ -125,9 +139,51 @@ def _train(job: BlockJob, model_dir: Path) -> Path:
     return artifact
 
 
+def _train_elsewhere(job: BlockJob) -> tuple[str, dict[str, bytes]]:
+    """Train a block on a cluster worker: (artifact name, {file: bytes}), nothing shared on disk.
+
+    A cluster's workers need not see this machine's model dir, so the artifact comes back as
+    its files; the client writes them under its own model dir (the hash covers them).
+    """
+    with tempfile.TemporaryDirectory(prefix="stockcast-block-") as tmp:
+        artifact = _train(job, Path(tmp))
+        return artifact.name, {str(p.relative_to(artifact)): p.read_bytes()
+                               for p in sorted(artifact.rglob("*")) if p.is_file()}
+
+
+def _unpack(model_dir: Path, name: str, files: dict[str, bytes]) -> Path:
+    artifact = Path(model_dir) / name
+    for rel, data in files.items():
+        (artifact / rel).parent.mkdir(parents=True, exist_ok=True)
+        (artifact / rel).write_bytes(data)
+    return artifact
+
+
+def _train_on_cluster(todo: Sequence[BlockJob], model_dir: Path, address: str,
+                      done) -> None:
+    """Each block a task on the Dask cluster at `address`; `done(job, artifact)` as they end."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:  # the `cluster` extra
+        raise ValueError("--cluster needs dask's distributed: pip install "
+                           "'stockcast[cluster]'") from exc
+    with Client(address, timeout=CLUSTER_CONNECT_TIMEOUT_S) as client:
+        # pure=False: a block's key is ours (the content hash), not Dask's argument hash.
+        futures = {client.submit(_train_elsewhere, job, key=f"block-{job.key}", pure=False): job
+                   for job in todo}
+        for future in as_completed(futures):
+            name, files = future.result()
+            done(futures[future], _unpack(model_dir, name, files))
+
+
 def train_blocks(jobs: Sequence[BlockJob], model_dir: Path, workers: int = 1,
-                 progress: bool = True) -> dict[int, tuple[Path, bool]]:
-    """{block number: (artifact, cached)}: cached models reused, the rest trained (in a pool)."""
+                 progress: bool = True,
+                 cluster: str | None = None) -> dict[int, tuple[Path, bool]]:
+    """{block number: (artifact, cached)}: cached models reused, the rest trained.
+
+    Uncached blocks train one after another, in a local process pool (`workers` > 1), or as
+    tasks on the Dask cluster at `cluster` (a scheduler address such as tcp://host:8786).
+    """
     out: dict[int, tuple[Path, bool]] = {}
     todo = []
     for job in jobs:
@@ -137,12 +193,18 @@ def train_blocks(jobs: Sequence[BlockJob], model_dir: Path, workers: int = 1,
         else:
             todo.append(job)
     bar = tqdm(total=len(jobs), initial=len(out), desc="blocks trained", disable=not progress)
-    if workers <= 1 or len(todo) <= 1:
+
+    def done(job: BlockJob, artifact: Path) -> None:
+        out[job.block.number] = (artifact, False)
+        _remember(model_dir, job.key, artifact, job)
+        bar.update(1)
+
+    if cluster and todo:
+        _train_on_cluster(todo, model_dir, cluster, done)
+    elif workers <= 1 or len(todo) <= 1:
         for job in todo:
             bar.set_postfix_str(f"block {job.block.number}: {job.block.first}..{job.block.last}")
-            out[job.block.number] = (_train(job, model_dir), False)
-            _remember(model_dir, job.key, out[job.block.number][0], job)
-            bar.update(1)
+            done(job, _train(job, model_dir))
     else:
         # spawn, not fork: torch's thread pools do not survive a fork.
         context = multiprocessing.get_context("spawn")
@@ -150,9 +212,7 @@ def train_blocks(jobs: Sequence[BlockJob], model_dir: Path, workers: int = 1,
                                  mp_context=context) as pool:
             futures = {pool.submit(_train, job, model_dir): job for job in todo}
             for future, job in futures.items():
-                out[job.block.number] = (future.result(), False)
-                _remember(model_dir, job.key, out[job.block.number][0], job)
-                bar.update(1)
+                done(job, future.result())
     bar.close()
     return out
 
@@ -163,32 +223,37 @@ def evaluate_rolling(config: TrainConfig, spec: RollingSpec, database_url: str,
     """Train (or reuse) one model per block, forecast each block out of sample, store the run."""
     engine = make_engine(database_url)
     try:
-        bars = read_bars_many(engine, list(config.tickers))
+        # Session t's market return reads bars <= t of every cached ticker: causal, so a block
+        # trains on the market of its own past only.
+        bars = read_bars_many(engine, list(config.tickers), market=needs_market(config.spec))
         missing = sorted(set(config.tickers) - set(bars["ticker"].unique()))
         if missing:
             raise ValueError(f"no bars in the cache for {missing}: load them first "
                              "(stockcast ingest / seed)")
         progress = config.progress
-        if spec.workers > 1:
+        if spec.workers > 1 or spec.cluster:
             # The workers share the cores; one bar per block, not interleaved epoch bars.
             config = config.with_(threads=config.threads or 1, progress=False)
         jobs = plan_jobs(config, bars, spec)
-        trained = train_blocks(jobs, model_dir, spec.workers, progress)
+        trained = train_blocks(jobs, model_dir, spec.workers, progress, spec.cluster)
         series = bars_by_ticker(bars)
         runs = []
         for job in tqdm(jobs, desc="blocks forecast", disable=not progress):
             artifact, cached = trained[job.block.number]
             made = forecast_block(job.block, artifact, series, horizons=spec.horizons,
-                                  baselines=spec.baselines, provider=provider,
+                                  baselines=spec.baselines,
+                                  band_baselines=spec.band_baselines, provider=provider,
                                   intra_op_threads=intra_op_threads, expected=config.spec)
             runs.append(BlockRun(job.block, artifact.name, (job.config.start, job.config.end),
                                  cached, made))
         run_config = {
             "baselines": [b for b in dict.fromkeys(("naive", *spec.baselines))],
+            "band_methods": band_method_names(spec.band_baselines),
             "requested_start": spec.start.isoformat(), "requested_end": spec.end.isoformat(),
             "retrain_every": spec.retrain_every, "window": spec.window,
             "sliding_sessions": spec.sliding_sessions if spec.window == "sliding" else None,
             "workers": spec.workers,
+            "cluster": bool(spec.cluster),
             "training": {k: v for k, v in config.to_dict().items()
                          if k not in ("tickers", "start", "end", "holdout")},
             "prices": "close_t * exp(log return of adj_close); actual uses the realized adj return",
@@ -198,3 +263,69 @@ def evaluate_rolling(config: TrainConfig, spec: RollingSpec, database_url: str,
                                 cost_bp=spec.cost_bp, plots_dir=plots_dir)
     finally:
         engine.dispose()
+
+
+@dataclass
+class Ablation:
+    """Each feature set's rolling run, its scores per segment, and the set chosen on validation."""
+
+    runs: dict[str, StoredBacktest]
+    scores: list[SegmentScore]
+    chosen: str
+    reason: str
+    validation_blocks: tuple[int, ...]
+    test_blocks: tuple[int, ...]
+
+    def table(self) -> str:
+        return ablation_table(self.scores, self.chosen)
+
+    def plot(self, path: Path) -> Path:
+        """Each set's rank IC per block, the validation/test boundary marked."""
+        return plot_ablation({name: run.result.config["blocks"] for name, run in self.runs.items()},
+                             len(self.validation_blocks), path)
+
+    def to_dict(self) -> dict:
+        return {
+            "chosen": self.chosen, "reason": self.reason,
+            "validation_blocks": list(self.validation_blocks),
+            "test_blocks": list(self.test_blocks),
+            "runs": {name: run.run_id for name, run in self.runs.items()},
+            "scores": [{"features": s.name, "segment": s.segment, "blocks": list(s.blocks),
+                        **{f"{method}/{h}/{metric}": s.value(metric, method, h)
+                           for method, h, metric in sorted({(r.method, int(r.horizon), r.metric)
+                                                            for r in s.metrics.itertuples()})}}
+                       for s in self.scores],
+        }
+
+
+def evaluate_ablation(config: TrainConfig, spec: RollingSpec, feature_sets: Sequence[str],
+                      validation_blocks: int, database_url: str, model_dir: Path, *,
+                      incumbent: str = "indicators", plots_dir: Path | None = None,
+                      provider: Provider = "auto", intra_op_threads: int = 1) -> Ablation:
+    """One rolling run per feature set (same blocks, same config otherwise); the set is chosen
+    on the first `validation_blocks` blocks only, and every set is reported on the rest."""
+    unknown = [f for f in feature_sets if f not in FEATURE_SETS]
+    if unknown:
+        raise ValueError(f"unknown feature sets {unknown}; known: {sorted(FEATURE_SETS)}")
+    if incumbent not in feature_sets:
+        raise ValueError(f"the incumbent set {incumbent!r} must be among {list(feature_sets)}")
+    runs: dict[str, StoredBacktest] = {}
+    for name in feature_sets:
+        log.info("ablation: feature set %s", name)
+        runs[name] = evaluate_rolling(
+            config.with_(features=FEATURE_SETS[name]), spec, database_url, model_dir,
+            plots_dir=None if plots_dir is None else Path(plots_dir) / name.replace("+", "plus-"),
+            provider=provider, intra_op_threads=intra_op_threads)
+    numbers = [b["block"] for b in next(iter(runs.values())).result.config["blocks"]]
+    if not 1 <= validation_blocks < len(numbers):
+        raise ValueError(f"validation_blocks must leave at least one test block: 1..."
+                         f"{len(numbers) - 1} of {len(numbers)} blocks, got {validation_blocks}")
+    val, test = tuple(numbers[:validation_blocks]), tuple(numbers[validation_blocks:])
+    scores = {(name, seg): score_segment(name, seg, run.result.forecasts, blocks, spec.top_k,
+                                         spec.cost_bp)
+              for name, run in runs.items()
+              for seg, blocks in (("validation", val), ("test", test))}
+    chosen, reason = choose_feature_set(
+        {name: scores[(name, "validation")] for name in runs}, incumbent)
+    ordered = [scores[(name, seg)] for seg in ("validation", "test") for name in runs]
+    return Ablation(runs, ordered, chosen, reason, val, test)

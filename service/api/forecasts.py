@@ -27,19 +27,16 @@ from service.core.errors import (
     StockcastError,
 )
 from service.core.locks import KeyedLocks
+from service.db.features import consistent_read
 from service.db.ledger import record_forecasts
+from service.evaluation.feature_store import save_states, servable, stored_inputs
 from service.evaluation.ledger import ledger_rows
-from service.inference.predictor import Forecast, Predictor
+from service.forecasting.features import needs_market
+from service.inference.predictor import Forecast, Predictor, StoredInput
 from service.sources.cache import BarCache, CachedBars
 
 log = logging.getLogger(__name__)
 
-# Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
-# after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
-# full-history features the backtest uses (tests/integration/test_api_predict.py checks it).
-# The served band also needs the model's forecasts at the origins ACI rebuilds its state from
-# (Predictor.band_history), each with those 300 bars behind it.
-SERVING_EXTRA_BARS = 300
 # Seconds after which an expired bar check that one request took on to renew may be taken on by
 # another (the first never finished).
 RENEWAL_TIMEOUT = 10.0
@@ -113,12 +110,15 @@ class ForecastService:
 
     def __init__(self, bar_cache: BarCache, *, cache_size: int = 4096,
                  bar_check_ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic,
-                 on_lookup: Callable[[bool], None] | None = None, record_live: bool = True):
+                 on_lookup: Callable[[bool], None] | None = None, record_live: bool = True,
+                 use_store: bool = True):
         self.bar_cache = bar_cache
+        self.use_store = use_store  # read/write the serving stores (features, band states)
         self.record_live = record_live
         self.recorded = LruCache(RECORDED_KEYS)
         self.forecasts = LruCache(cache_size)
         self.checks = LruCache(cache_size)
+        self.bodies = LruCache(cache_size)  # rendered responses of cached forecasts (`rendered`)
         self.bar_check_ttl = bar_check_ttl
         self.monotonic = monotonic
         self.on_lookup = on_lookup
@@ -133,7 +133,8 @@ class ForecastService:
         self._ticker_locks = KeyedLocks()
         self.hits = 0
         self.misses = 0
-        self.computed = 0  # forecasts that went through features + onnxruntime
+        self.computed = 0  # forecasts computed (from the stores or from bars)
+        self.from_store = 0  # of those, from the serving stores
 
     # -- per request: what the routes call -----------------------------------------------------
 
@@ -220,6 +221,11 @@ class ForecastService:
         Live forecasts (as of the ticker's latest cached bar, asked with or without an as_of)
         enter the ledger here, once each; what-ifs as of an earlier day never do.
         """
+        distinct = list(dict.fromkeys(tickers))
+        if len(distinct) < len(tickers):  # a ticker asked twice is computed (and refreshed) once
+            answers = dict(zip(distinct, self.forecast_many(predictor, distinct, horizon, as_of,
+                                                            claimant)))
+            return [answers[t] for t in tickers]
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
         misses: list[tuple[int, CachedBars, BarCheck]] = []
@@ -236,36 +242,100 @@ class ForecastService:
                     results[i] = ServedForecast(cached, check.stale,
                                                 check.warnings + cached.warnings, True)
                     continue
-                if bars is None:
-                    bars = self._read(predictor, ticker, end)
-                if len(bars.bars) < predictor.min_bars:
-                    raise InsufficientHistory(ticker, len(bars.bars), predictor.min_bars)
                 misses.append((i, bars, check))
             except DatabaseUnavailable:
                 raise
             except StockcastError as exc:
                 results[i] = exc
-        if misses:
-            computed = predictor.forecast_many([(b.ticker, b.bars) for _, b, _ in misses],
-                                               horizon)
-            with self._count_lock:
-                self.computed += len(computed)
-            for (i, bars, check), forecast in zip(misses, computed):
-                # Keyed by the bar actually used, which may be newer than the shared check's.
-                self.forecasts.put(
-                    (forecast.ticker, forecast.as_of, forecast.model_version, horizon), forecast)
-                # The check holds the outcome of any refresh attempted for this request.
-                stale, warnings = ((check.stale, check.warnings) if check.stale
-                                   else (bars.stale, bars.warnings))
-                results[i] = ServedForecast(forecast, stale, warnings + forecast.warnings, False)
+        # Live misses fresh in the serving stores: one window each, one onnxruntime call.
+        stored = self._stored(predictor, [tickers[i] for i, _, c in misses if c.live], horizon)
+        from_store = [(i, None, c) for i, _, c in misses if tickers[i] in stored]
+        from_bars = []
+        for i, bars, check in misses:
+            if tickers[i] in stored:
+                continue
+            try:
+                if bars is None:
+                    bars = self._read(predictor, tickers[i], end)
+                if len(bars.bars) < predictor.min_bars:
+                    raise InsufficientHistory(tickers[i], len(bars.bars), predictor.min_bars)
+                from_bars.append((i, bars, check))
+            except DatabaseUnavailable:
+                raise
+            except StockcastError as exc:
+                results[i] = exc
+        computed = predictor.forecast_stored([stored[tickers[i]] for i, _, _ in from_store],
+                                             horizon) if from_store else []
+        if from_bars:
+            pairs = predictor.forecast_with_states([(b.ticker, b.bars) for _, b, _ in from_bars],
+                                                   horizon)
+            computed += [f for f, _ in pairs]
+            self._save_states(predictor, [(state, bars.revision) for (i, bars, _), (_, state)
+                                          in zip(from_bars, pairs) if i in live
+                                          and state is not None and bars.revision is not None])
+        with self._count_lock:
+            self.computed += len(computed)
+            self.from_store += len(from_store)
+        for (i, bars, check), forecast in zip(from_store + from_bars, computed):
+            # Keyed by the bar actually used, which may be newer than the shared check's.
+            self.forecasts.put(
+                (forecast.ticker, forecast.as_of, forecast.model_version, horizon), forecast)
+            # The check holds the outcome of any refresh attempted for this request.
+            stale, warnings = ((check.stale, check.warnings) if check.stale or bars is None
+                               else (bars.stale, bars.warnings))
+            results[i] = ServedForecast(forecast, stale, warnings + forecast.warnings, False)
         self._record(predictor, [r.forecast for i, r in enumerate(results)
                                  if i in live and isinstance(r, ServedForecast)], horizon)
         return results  # type: ignore[return-value]
 
+    def rendered(self, served: ServedForecast, variant: Hashable,
+                 render: Callable[[ServedForecast], bytes]) -> bytes:
+        """render(served), kept beside the cached forecast: a warm request reuses the bytes.
+
+        `variant`: what else the bytes depend on (the route's horizon and level); the served
+        staleness and warnings are part of the key too. Bytes are reused only for the very Forecast
+        object they were rendered from, so a forecast computed again is rendered again.
+        """
+        f = served.forecast
+        key = (f.ticker, f.as_of, f.model_version, variant, served.stale, served.warnings)
+        entry = self.bodies.get(key)
+        if entry is not None and entry[0] is f:
+            return entry[1]
+        body = render(served)
+        self.bodies.put(key, (f, body))
+        return body
+
+    def _stored(self, predictor: Predictor, tickers: Sequence[str],
+                horizon: int) -> dict[str, StoredInput]:
+        """The tickers' fresh stored inputs; none when the stores are off or fail (logged)."""
+        if not self.use_store or not tickers:
+            return {}
+        try:
+            with consistent_read(self.bar_cache.engine) as conn:
+                return stored_inputs(conn, predictor, tickers, horizon)
+        except DatabaseUnavailable:
+            raise
+        except SQLAlchemyError as exc:
+            log.warning("serving stores unreadable, forecasting from bars: %s",
+                        exc.__class__.__name__)
+            return {}
+
+    def _save_states(self, predictor: Predictor, states: list) -> None:
+        """Store the band states forecasts from bars were served with; errors only skip it."""
+        if not self.use_store or not states or not servable(predictor):
+            return
+        try:
+            with self.bar_cache.engine.begin() as conn:
+                save_states(conn, predictor, states)
+        except (SQLAlchemyError, DatabaseUnavailable) as exc:
+            log.warning("band states not stored: %s", exc.__class__.__name__)
+
     def clear(self) -> None:
-        """Forget cached forecasts and bar checks (after a model reload or bar rewrite)."""
+        """Forget cached forecasts, their rendered bodies and bar checks (after a model reload or
+        bar rewrite)."""
         self.forecasts.clear()
         self.checks.clear()
+        self.bodies.clear()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -276,9 +346,8 @@ class ForecastService:
         return as_of
 
     def _read(self, predictor: Predictor, ticker: str, end: dt.date | None) -> CachedBars:
-        return self.bar_cache.get_bars(ticker, end=end,
-                                       last=predictor.min_bars + SERVING_EXTRA_BARS
-                                       + predictor.band_history)
+        return self.bar_cache.get_bars(ticker, end=end, last=predictor.serving_bars,
+                                       market=needs_market(predictor.spec))
 
     def _claim(self, key: Hashable, claimant: Hashable) -> bool:
         """True for the one caller that should renew an expired check (until it has)."""
@@ -315,7 +384,10 @@ class ForecastService:
             self._release(key, claimant)
             return check, None
         try:
+            # With the stores on, a first read is the last bar too: the forecast's inputs
+            # most likely come from the stores (the bars are read after, on a miss).
             read = (self.bar_cache.get_bars(ticker, end=end, last=1) if check is not None
+                    else self.bar_cache.latest_bar(ticker, end) if self.use_store
                     else self._read(predictor, ticker, end))
             if read.bars.empty:  # bars exist, but none on or before `end`
                 raise InsufficientHistory(ticker, 0, predictor.min_bars)

@@ -49,7 +49,8 @@ from service.db.health import SchemaCheck, head_revision
 from service.db.jobs import last_runs
 from service.db.session import make_engine
 from service.evaluation.drift import DriftCache
-from service.evaluation.ledger import live_report, score_ledger
+from service.evaluation.feature_store import after_bars_written
+from service.evaluation.ledger import live_report
 from service.forecasting.calendar import next_trading_days
 from service.sources.base import BarSource, make_source
 from service.sources.breaker import CircuitBreaker
@@ -136,10 +137,11 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             bar_cache = BarCache(
                 engine, breaker,
                 refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
-                after_write=score_ledger, **cache_options)
+                after_write=after_bars_written, **cache_options)
             forecasts = ForecastService(
                 bar_cache, cache_size=settings.forecast_cache_size,
-                bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup)
+                bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup,
+                use_store=settings.serving_store)
 
             def on_load(previous: LoadedModel | None, loaded: LoadedModel) -> None:
                 if previous is None or previous.version != loaded.version:

@@ -26,14 +26,15 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "stockcast_model_info", "The served model: 1 for its version and active providers.",
             ["version", "providers"], registry=registry)
-        for result in ("hit", "miss"):  # both series exist from the start, at 0
-            self.forecast_cache.labels(result=result)
+        # Both series exist from the start, at 0; bound once (a warm request counts one).
+        self._lookups = {hit: self.forecast_cache.labels(result="hit" if hit else "miss")
+                         for hit in (True, False)}
         self.database = DatabaseGauges()
         registry.register(self.database)
 
     def record_lookup(self, hit: bool) -> None:
         """Count one forecast cache lookup."""
-        self.forecast_cache.labels(result="hit" if hit else "miss").inc()
+        self._lookups[hit].inc()
 
     def set_model(self, version: str, providers: list[str]) -> None:
         """Show only the model now served."""

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # How long a request may reuse another's check of a ticker's last bar date before asking the
     # DB again: a bar written by another process reaches forecasts within this many seconds.
     bar_check_ttl_seconds: float = Field(default=5.0, ge=0)
+    # Cold forecasts read the serving stores (feature rows, band states) where they are fresh;
+    # false: always from bars (the cold bench's in-run baseline). Nothing served changes.
+    serving_store: bool = True
     # Least time between two upstream refreshes of one ticker (the BarCache throttle): after a
     # failed one, cached bars are served with stale=true, keeping an offline source off the
     # request path.

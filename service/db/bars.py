@@ -8,15 +8,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.core.bars import NUMERIC_COLUMNS, PRICE_COLUMNS, TICKER_BAR_COLUMNS
-from service.db.models import Bar, Ticker
+from service.db.models import Bar, MarketSession, Ticker
 
 COPY_TYPES = ["varchar", "date", "float8", "float8", "float8", "float8", "float8", "int8",
               "varchar"]
 SQLITE_CHUNK_ROWS = 20_000  # rows per executemany call (progress granularity)
+# The column a market read adds (forecasting.features.MARKET_COLUMN reads it).
+MARKET_RETURN = "market_return"
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,23 @@ def upsert_bars(conn: Connection, frame: pd.DataFrame, source: str,
         written = _upsert_copy(conn, prepared, progress)
     else:
         written = _upsert_sqlite(conn, prepared, progress)
-    refresh_ticker_ranges(conn, prepared["ticker"].unique().tolist())
+    tickers = prepared["ticker"].unique().tolist()
+    refresh_ticker_ranges(conn, tickers)
+    if written:
+        bump_revisions(conn, tickers)
     return UpsertCount(len(prepared), written)
+
+
+def bump_revisions(conn: Connection, tickers: Sequence[str]) -> None:
+    """Mark the tickers' bars as changed (what the serving stores hold from before is stale).
+
+    Every ticker of the written frame is bumped: which of them had a row change is not known
+    per ticker, and a needless bump only costs one recomputation.
+    """
+    table = Ticker.__table__
+    for i in range(0, len(tickers), 500):
+        conn.execute(table.update().where(table.c.symbol.in_(list(tickers[i : i + 500])))
+                     .values(bars_revision=table.c.bars_revision + 1))
 
 
 def refresh_ticker_ranges(conn: Connection, tickers: Sequence[str]) -> None:
@@ -144,6 +161,20 @@ def refresh_ticker_ranges(conn: Connection, tickers: Sequence[str]) -> None:
                   "last_bar_date": stmt.excluded.last_bar_date},
         )
         conn.execute(stmt)
+
+
+def bar_revisions(conn: Connection, tickers: Sequence[str] | None = None) -> dict[str, int]:
+    """Each ticker's bars revision (of `tickers`, or every ticker with stored bars)."""
+    table = Ticker.__table__
+    stmt = select(table.c.symbol, table.c.bars_revision).where(
+        table.c.last_bar_date.is_not(None))
+    if tickers is None:
+        return {r[0]: r[1] for r in conn.execute(stmt)}
+    out = {}
+    for i in range(0, len(tickers), 500):
+        part = list(tickers[i : i + 500])
+        out.update({r[0]: r[1] for r in conn.execute(stmt.where(table.c.symbol.in_(part)))})
+    return out
 
 
 def record_refresh(conn: Connection, ticker: str, status: str, error: str | None = None,
@@ -166,6 +197,7 @@ class TickerState:
     last_refresh_at: dt.datetime | None
     last_refresh_status: str | None
     last_refresh_error: str | None
+    bars_revision: int = 0
 
 
 def _state(row) -> TickerState:
@@ -173,13 +205,15 @@ def _state(row) -> TickerState:
     if at is not None and at.tzinfo is None:  # SQLite drops the offset; we always store UTC
         at = at.replace(tzinfo=dt.UTC)
     return TickerState(row.symbol, row.first_bar_date, row.last_bar_date, at,
-                       row.last_refresh_status, row.last_refresh_error)
+                       row.last_refresh_status, row.last_refresh_error, row.bars_revision)
+
+
+_TICKER_STATE = select(Ticker.__table__).where(Ticker.__table__.c.symbol == bindparam("ticker"))
 
 
 def ticker_state(conn: Connection, ticker: str) -> TickerState | None:
     """The stored state of one ticker, or None if the cache has never seen it."""
-    table = Ticker.__table__
-    row = conn.execute(select(table).where(table.c.symbol == ticker)).first()
+    row = conn.execute(_TICKER_STATE, {"ticker": ticker}).first()  # built once: every request
     return None if row is None else _state(row)
 
 
@@ -191,14 +225,26 @@ def list_tickers(conn: Connection) -> list[TickerState]:
     return [_state(r) for r in rows]
 
 
-def _frame(rows: Iterable[tuple], with_ticker: bool) -> pd.DataFrame:
+def _frame(rows: Iterable[tuple], with_ticker: bool, market: bool = False) -> pd.DataFrame:
     cols = list(TICKER_BAR_COLUMNS if with_ticker else TICKER_BAR_COLUMNS[1:])
+    if market:
+        cols.append(MARKET_RETURN)
     df = pd.DataFrame.from_records(list(rows), columns=cols)
     df["date"] = pd.to_datetime(df["date"])
     for c in PRICE_COLUMNS:
         df[c] = df[c].astype(np.float64)
     df["volume"] = df["volume"].astype(np.int64)
+    if market:  # NULL (a session the series lacks) -> NaN
+        df[MARKET_RETURN] = pd.to_numeric(df[MARKET_RETURN], errors="coerce").astype(np.float64)
     return df
+
+
+def _with_market(cols: list, market: bool):
+    """The select with the market series' return on each bar's date (LEFT JOIN), if asked."""
+    if not market:
+        return select(*cols).select_from(Bar)
+    return (select(*cols, MarketSession.market_return)
+            .select_from(Bar).outerjoin(MarketSession, MarketSession.date == Bar.date))
 
 
 def _range_filter(start: dt.date | None, end: dt.date | None):
@@ -211,31 +257,38 @@ def _range_filter(start: dt.date | None, end: dt.date | None):
 
 
 def read_bars(conn_or_engine: Connection | Engine, ticker: str, start: dt.date | None = None,
-              end: dt.date | None = None, last: int | None = None) -> pd.DataFrame:
-    """One ticker's stored bars in [start, end] (or only the `last` N of them), oldest first."""
+              end: dt.date | None = None, last: int | None = None,
+              market: bool = False) -> pd.DataFrame:
+    """One ticker's stored bars in [start, end] (or only the `last` N of them), oldest first.
+
+    `market`: with a MARKET_RETURN column, the market series' return on each bar's date.
+    """
     cols = [Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.adj_close, Bar.volume]
     where = and_(Bar.ticker == ticker, *_range_filter(start, end))
+    base = _with_market(cols, market)
     if last is not None:
-        stmt = select(*cols).where(where).order_by(Bar.date.desc()).limit(last)
+        stmt = base.where(where).order_by(Bar.date.desc()).limit(last)
     else:
-        stmt = select(*cols).where(where).order_by(Bar.date)
+        stmt = base.where(where).order_by(Bar.date)
     rows = _execute(conn_or_engine, stmt)
-    df = _frame(rows, with_ticker=False)
+    df = _frame(rows, with_ticker=False, market=market)
     if last is not None:
         df = df.iloc[::-1].reset_index(drop=True)
     return df
 
 
 def read_bars_many(conn_or_engine: Connection | Engine, tickers: Sequence[str] | None = None,
-                   start: dt.date | None = None, end: dt.date | None = None) -> pd.DataFrame:
-    """Bars of several tickers (all if None) as one frame with a leading `ticker` column."""
+                   start: dt.date | None = None, end: dt.date | None = None,
+                   market: bool = False) -> pd.DataFrame:
+    """Bars of several tickers (all if None) as one frame with a leading `ticker` column
+    (and MARKET_RETURN, the market series' return on each bar's date, if `market`)."""
     cols = [Bar.ticker, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.adj_close,
             Bar.volume]
     conds = _range_filter(start, end)
     if tickers is not None:
         conds.append(Bar.ticker.in_(list(tickers)))
-    stmt = select(*cols).where(and_(*conds)).order_by(Bar.ticker, Bar.date)
-    return _frame(_execute(conn_or_engine, stmt), with_ticker=True)
+    stmt = _with_market(cols, market).where(*conds).order_by(Bar.ticker, Bar.date)
+    return _frame(_execute(conn_or_engine, stmt), with_ticker=True, market=market)
 
 
 def count_bars(conn_or_engine: Connection | Engine, ticker: str | None = None) -> int:

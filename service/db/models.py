@@ -1,5 +1,6 @@
-"""SQLAlchemy 2.0 typed models: the bar cache, per-ticker refresh bookkeeping, backtests, the
-forecast ledger and scheduler job runs."""
+"""SQLAlchemy 2.0 typed models: the bar cache, per-ticker refresh bookkeeping, the market series
+derived from the bars, backtests, the forecast ledger, scheduler job runs, and the serving
+stores (features, band states)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     func,
@@ -56,9 +58,24 @@ class Ticker(Base):
     last_refresh_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_refresh_status: Mapped[str | None] = mapped_column(String(16))
     last_refresh_error: Mapped[str | None] = mapped_column(Text)
+    # Bumped in the transaction that writes any of its bars: what the serving stores were
+    # computed from is fresh while their revision equals this one.
+    bars_revision: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 Index("ix_bars_date", Bar.date)
+
+
+class MarketSession(Base):
+    """The market on one session, derived from the cached cross-section (sources/market.py):
+    the equal-weighted mean one-session log return of every ticker with bars on this session
+    and the one before. Rewritten by the bar write path whenever bars on or before it change."""
+
+    __tablename__ = "market_series"
+
+    date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    market_return: Mapped[float] = mapped_column(Float)
+    n_tickers: Mapped[int] = mapped_column(Integer)
 
 
 class BacktestRun(Base):
@@ -141,3 +158,49 @@ class JobRun(Base):
 
 Index("ix_ledger_version_horizon", LedgerForecast.model_version, LedgerForecast.horizon)
 Index("ix_job_runs_job_key", JobRun.job, JobRun.run_key)
+
+
+class FeatureRow(Base):
+    """One ticker's feature row at one date (FEATURE_NAMES' order, float64 bytes), per spec."""
+
+    __tablename__ = "feature_rows"
+
+    ticker: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    features: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class FeatureSet(Base):
+    """What the stored feature rows of (ticker, version) were computed from: a bars revision."""
+
+    __tablename__ = "feature_sets"
+
+    ticker: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bars_revision: Mapped[int] = mapped_column(Integer)
+    last_date: Mapped[dt.date | None] = mapped_column(Date)
+    n_rows: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the rows' bytes, oldest first
+    computed_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class BandState(Base):
+    """The served band's ACI state of one ticker as of one bar, for one model version."""
+
+    __tablename__ = "band_states"
+
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ticker: Mapped[str] = mapped_column(String(16), primary_key=True)
+    as_of: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    bars_revision: Mapped[int] = mapped_column(Integer)
+    last_close: Mapped[float] = mapped_column(Float)
+    horizons: Mapped[int] = mapped_column(Integer)  # slots 1..horizons are stored
+    qhat: Mapped[bytes] = mapped_column(LargeBinary)  # (horizons, levels) float64
+    recent_coverage: Mapped[float | None] = mapped_column(Float)
+    recent_sessions: Mapped[int] = mapped_column(Integer)
+    computed_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )

@@ -104,6 +104,28 @@ def _check_baselines(baselines: Sequence[str]) -> tuple[str, ...]:
     return (NAIVE, *dict.fromkeys(b for b in baselines if b != NAIVE))
 
 
+def band_forecasters(predictor: Predictor, band_baselines: Sequence[str], aci: ACISettings,
+                     horizons: Sequence[int]) -> list[Forecaster]:
+    """The model's band recalibrated by ACI, then each band baseline raw and recalibrated.
+
+    The served band's base is recalibrated with `aci` (the artifact's settings, as serving
+    does), every other base with BASELINE_ACI. Each computes only `horizons` (the empirical
+    baseline's cost is per h).
+    """
+    unknown = [b for b in band_baselines if b not in BAND_BASELINES]
+    if unknown:
+        raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
+    slots = tuple(horizons)
+    served_base = predictor.served_band.removesuffix(ACI_SUFFIX)
+
+    def recalibrated(base: Forecaster) -> ACIForecaster:
+        settings = aci if base.name == served_base else BASELINE_ACI
+        return ACIForecaster(base, settings, slots=slots)
+
+    bases = [BAND_BASELINES[b](slots=slots) for b in band_baselines]
+    return [recalibrated(predictor), *(f for base in bases for f in (base, recalibrated(base)))]
+
+
 @dataclass
 class HistoricalRun:
     """What `historical_forecasts` made: one frame per horizon, and which tickers it skipped."""
@@ -160,6 +182,10 @@ class ModelForecaster(Forecaster):
         self._series: TickerSeries | None = None
         self._scaled: pd.DataFrame | None = None
 
+    @property
+    def served_band(self) -> str:
+        return self.predictor.served_band
+
     def fit(self, history) -> ModelForecaster:
         return self  # the artifact carries the weights and scalers
 
@@ -178,25 +204,14 @@ class MethodSet:
 
     baselines: tuple[str, ...]
     band_baselines: tuple[str, ...]
-    aci: ACISettings  # the served band's base's
+    aci: ACISettings  # the served band's base's (band_forecasters)
     horizons: tuple[int, ...]
-    served_base: str  # the method whose band is served (recalibrated with `aci`)
-    baseline_aci: ACISettings  # every other band's
-
-    def recalibrated(self, base: Forecaster) -> ACIForecaster:
-        settings = self.aci if base.name == self.served_base else self.baseline_aci
-        return ACIForecaster(base, settings, slots=self.horizons)
 
     def build(self, predictor: Predictor) -> list[Forecaster]:
-        """The model first, then every baseline; each band method (the model, the band
-        baselines) also recalibrated by ACI, scored at `horizons`."""
+        """The model first, then every baseline, then the band methods (band_forecasters)."""
         model = ModelForecaster(predictor)
-        # A band baseline computes only the scored horizons (the empirical one's cost is per h).
-        bands = [BAND_BASELINES[b](slots=self.horizons) for b in self.band_baselines]
-        return [
-            model, *(BASELINES[b]() for b in self.baselines), self.recalibrated(model),
-            *(f for base in bands for f in (base, self.recalibrated(base))),
-        ]
+        return [model, *(BASELINES[b]() for b in self.baselines),
+                *band_forecasters(model, self.band_baselines, self.aci, self.horizons)]
 
 
 _NOT_FORECASTS = ("ticker", "origin", "target_date", "origin_close", "realized", "origin_vol")
@@ -395,13 +410,7 @@ def run_backtest(
 
     # One list of methods, one interface (MethodSet.build).
     aci = predictor.band_settings if aci_settings is None else aci_settings
-    baseline_aci = BASELINE_ACI
-    served_base = predictor.served_band.removesuffix(ACI_SUFFIX)
-    unknown = [b for b in band_baselines if b not in BAND_BASELINES]
-    if unknown:
-        raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
-    method_set = MethodSet(baseline_names, tuple(band_baselines), aci, horizons,
-                           served_base, baseline_aci)
+    method_set = MethodSet(baseline_names, tuple(band_baselines), aci, horizons)
     forecasters = method_set.build(predictor)
     tick = time.perf_counter()
     window = {"start": start, "end": end, "fit_end": fit_end, "horizons": horizons}
@@ -439,7 +448,7 @@ def run_backtest(
         "band_levels": list(BAND_LEVELS),
         "band_baselines": list(band_baselines),
         "aci": aci.to_dict(),  # the served band's; the other bands': baseline_aci
-        "baseline_aci": baseline_aci.to_dict(),
+        "baseline_aci": BASELINE_ACI.to_dict(),
         "served_band": predictor.served_band,
         "workers": workers,
         "skipped": skipped,

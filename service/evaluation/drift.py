@@ -20,7 +20,7 @@ from service.forecasting.drift import (
     feature_psi,
     profile_psi,
 )
-from service.forecasting.features import build_features_many
+from service.forecasting.features import build_features_many, needs_market
 
 
 def _features(bars: pd.DataFrame, manifest: Manifest) -> tuple[pd.DataFrame, pd.Series]:
@@ -46,7 +46,7 @@ def write_training_profile(bars: pd.DataFrame, manifest: Manifest) -> None:
 def model_drift(engine: Engine, manifest: Manifest,
                 recent_sessions: int = RECENT_SESSIONS) -> dict:
     """{"recent_sessions", "recent_end", "reference", "psi": {feature: PSI}}."""
-    bars = read_bars_many(engine, list(manifest.tickers))
+    bars = read_bars_many(engine, list(manifest.tickers), market=needs_market(manifest.spec))
     empty = {"recent_sessions": 0, "recent_end": None, "reference": None, "psi": {}}
     if bars.empty:
         return empty

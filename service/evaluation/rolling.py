@@ -32,10 +32,11 @@ from service.evaluation.backtest import (
     HistoricalRun,
     _check_baselines,
     _check_horizons,
+    band_forecasters,
     historical_forecasts,
 )
 from service.evaluation.plots import write_backtest_plots
-from service.evaluation.report import summary_table
+from service.evaluation.report import band_table, summary_table
 from service.evaluation.runs import StoredBacktest
 from service.evaluation.scoring import (
     BUY_AND_HOLD,
@@ -49,6 +50,7 @@ from service.evaluation.scoring import (
 from service.forecasting import metrics as m
 from service.forecasting import portfolio
 from service.forecasting import significance as sig
+from service.forecasting.bands import ACI_SUFFIX
 from service.forecasting.baselines import BASELINES
 from service.forecasting.signals import REVERSAL, ReversalSignal
 from service.forecasting.spec import FeatureSpec
@@ -56,6 +58,9 @@ from service.inference.onnx_model import Provider
 from service.inference.predictor import Predictor
 
 WINDOWS = ("expanding", "sliding")
+# Band baselines scored beside the served band: EWMA (+ ACI) is the reference band (scoring's
+# REFERENCE_BAND); the empirical one costs a rolling quantile per horizon and is opt-in.
+DEFAULT_BAND_BASELINES = ("ewma",)
 # The books compared: each signal's top-k/bottom-k, and equal-weight buy-and-hold.
 PORTFOLIO_SIGNALS = (MODEL, REVERSAL)
 PORTFOLIO_METRICS = ("sharpe", "gross_sharpe", "cum_return", "max_drawdown", "turnover", "cost")
@@ -117,13 +122,17 @@ def bars_digest(bars: pd.DataFrame) -> str:
 
 def forecast_block(block: Block, artifact_dir: Path, bars: Mapping[str, pd.DataFrame], *,
                    horizons: Sequence[int], baselines: Sequence[str],
+                   band_baselines: Sequence[str] = DEFAULT_BAND_BASELINES,
                    provider: Provider = "auto", intra_op_threads: int = 1,
                    expected: FeatureSpec | None = None) -> HistoricalRun:
     """Every origin of the block forecast out of sample: the block's model, baselines, reversal.
 
     Each method forecasts origin t from bars <= t; baselines are fitted on the bars up to the end
-    of the block model's training segment, i.e. before the block too. `expected`: the spec the
-    block was trained for (an ablation's features); the artifact is refused if it differs.
+    of the block model's training segment, i.e. before the block too. The bands scored are the
+    served one (the model's, recalibrated by ACI with the artifact's settings, as serving does)
+    and each of `band_baselines` raw and with ACI, as `stockcast backtest` scores them.
+    `expected`: the spec the block was trained for (an ablation's features); the artifact is
+    refused if it differs.
     """
     predictor = Predictor.load(artifact_dir, provider, intra_op_threads, expected)
     manifest = predictor.manifest
@@ -132,13 +141,20 @@ def forecast_block(block: Block, artifact_dir: Path, bars: Mapping[str, pd.DataF
                          f"{manifest.split.test[0]}, after block {block.number} ({block.first})")
     horizons = _check_horizons(horizons, manifest.spec.horizon)
     forecasters = [predictor, *(BASELINES[b]() for b in _check_baselines(baselines)),
-                   ReversalSignal()]
+                   ReversalSignal(),
+                   *band_forecasters(predictor, band_baselines, predictor.band_settings,
+                                     horizons)]
     fit_end = min(manifest.split.train[1], block.first)
     run = historical_forecasts(forecasters, bars, start=block.first, end=block.last,
                                fit_end=fit_end, horizons=horizons)
     for frame in run.forecasts.values():
         frame["block"] = block.number
     return run
+
+
+def band_method_names(band_baselines: Sequence[str]) -> list[str]:
+    """The band methods forecast_block adds: the served model + ACI, each baseline raw and + ACI."""
+    return [f"{MODEL}{ACI_SUFFIX}", *(f"{b}{s}" for b in band_baselines for s in ("", ACI_SUFFIX))]
 
 
 @dataclass
@@ -215,7 +231,8 @@ def stitch_and_store(engine: Engine, blocks: Sequence[BlockRun], *, config: dict
     forecasts = {h: pd.concat([b.forecasts.forecasts[h] for b in blocks
                                if h in b.forecasts.forecasts], ignore_index=True)
                  for h in horizons}
-    methods = [MODEL, *config["baselines"], REVERSAL]
+    methods = [MODEL, *config["baselines"], REVERSAL,
+               *(name for name in config.get("band_methods", ()) if name != MODEL)]
     seconds = {"model": sum(b.forecasts.seconds["model"] for b in blocks),
                "baselines": sum(b.forecasts.seconds["baselines"] for b in blocks)}
     tick = time.perf_counter()
@@ -333,9 +350,15 @@ def _fmt(value, fmt: str) -> str:
     return "n/a" if value is None or not np.isfinite(value) else fmt.format(value)
 
 
+BANDS_CAPTION = ("Bands (80 % unless named; model_aci is the served band, ewma_aci the "
+                 "reference of the DM p):")
+
+
 def rolling_tables(stored: pd.DataFrame, config: dict) -> str:
     """Markdown: the significance table, the costed books, and the per-block breakdown."""
     lines = [summary_table(stored, columns=SIGNIFICANCE_COLUMNS), ""]
+    if config.get("band_methods"):
+        lines += [BANDS_CAPTION, band_table(stored), ""]
     books = stored[(stored["ticker"] == POOLED) & stored["metric"].str.startswith("topk_")]
     if not books.empty:
         p = config["portfolio"]
@@ -362,3 +385,135 @@ def rolling_tables(stored: pd.DataFrame, config: dict) -> str:
             f"{_fmt(mine.get('rank_ic_mean'), '{:.4f}')} | {_fmt(mine.get('rank_ic_t_hac'), '{:.2f}')} | "
             f"{_fmt(rev.get('rank_ic_mean'), '{:.4f}')} | {_fmt(mine.get('rel_mae'), '{:.4f}')} |")
     return "\n".join(lines)
+
+
+# -- ablation: feature sets chosen on the validation blocks, reported on the test blocks -------
+
+# What a set is scored by on each segment (h = 1 unless named), and the columns of its table.
+ABLATION_METHODS = (MODEL, f"{MODEL}{ACI_SUFFIX}")
+ABLATION_COLUMNS = (
+    ("rank IC", MODEL, 1, "rank_ic_mean", "{:.4f}"),
+    ("t (HAC)", MODEL, 1, "rank_ic_t_hac", "{:.2f}"),
+    ("IC", MODEL, 1, "ic_mean", "{:.4f}"),
+    ("rel MAE", MODEL, 1, "rel_mae", "{:.4f}"),
+    ("rel MAE 95%", MODEL, 1, ("rel_mae_lo", "rel_mae_hi"), "[{:.4f}, {:.4f}]"),
+    ("rel MAE h=5", MODEL, 5, "rel_mae", "{:.4f}"),
+    ("cov 80% h=1", f"{MODEL}{ACI_SUFFIX}", 1, "coverage", "{:.3f}"),
+    ("IS h=1", f"{MODEL}{ACI_SUFFIX}", 1, "interval_score", "{:.5f}"),
+    ("cov 80% h=5", f"{MODEL}{ACI_SUFFIX}", 5, "coverage", "{:.3f}"),
+    ("IS h=5", f"{MODEL}{ACI_SUFFIX}", 5, "interval_score", "{:.5f}"),
+    ("top-k Sharpe", MODEL, 1, "topk_sharpe", "{:.2f}"),
+)
+# Switching away from the incumbent set needs its validation rank IC beaten by more than this
+# many Newey–West standard errors of the paired daily difference: less is noise.
+SWITCH_T = 1.0
+
+
+@dataclass(frozen=True)
+class SegmentScore:
+    """One feature set's rolling forecasts scored on one segment (a run of whole blocks)."""
+
+    name: str
+    segment: str  # "validation" | "test"
+    blocks: tuple[int, ...]
+    metrics: pd.DataFrame  # compute_metrics' long frame + the costed book's rows
+    daily_rank_ic: pd.Series  # the model's daily rank IC at h = 1, by origin date
+
+    def value(self, metric: str, method: str = MODEL, horizon: int = 1) -> float:
+        hit = self.metrics[(self.metrics["ticker"] == POOLED) & (self.metrics["method"] == method)
+                           & (self.metrics["horizon"] == horizon)
+                           & (self.metrics["metric"] == metric)]
+        return float(hit["value"].iloc[0]) if len(hit) else float("nan")
+
+
+def score_segment(name: str, segment: str, forecasts: Mapping[int, pd.DataFrame],
+                  blocks: Sequence[int], top_k: int, cost_bp: float) -> SegmentScore:
+    """The model's (and its served band's) pooled scores over these blocks only."""
+    part = {h: f[f["block"].isin(list(blocks))] for h, f in forecasts.items()}
+    part = {h: f for h, f in part.items() if not f.empty}
+    if 1 not in part:
+        raise ValueError(f"{name}: no h = 1 forecasts in blocks {list(blocks)}")
+    methods = [x for x in ABLATION_METHODS if x in part[1].columns]
+    metrics = compute_metrics(part, methods)
+    metrics = metrics[metrics["ticker"] == POOLED]
+    rows = [r for r in _portfolio_rows(part[1], top_k, cost_bp) if r[2] == MODEL]
+    metrics = pd.concat([metrics, pd.DataFrame(rows, columns=metrics.columns)], ignore_index=True)
+    f1 = part[1]
+    ic = m.daily_ic(f1["origin"].to_numpy(), f1[MODEL].to_numpy(), f1["realized"].to_numpy(),
+                    "spearman")
+    return SegmentScore(name, segment, tuple(blocks), metrics, ic)
+
+
+def choose_feature_set(validation: Mapping[str, SegmentScore], incumbent: str) -> tuple[str, str]:
+    """(chosen set, why) from the validation segment only.
+
+    The candidate with the highest validation rank IC at h = 1 replaces the incumbent only if
+    it beats it by more than SWITCH_T Newey–West standard errors of the paired daily rank IC
+    difference (same origin dates); otherwise the incumbent stays.
+    """
+    if incumbent not in validation:
+        raise ValueError(f"the incumbent set {incumbent!r} was not evaluated")
+    best = max(validation, key=lambda k: (np.nan_to_num(validation[k].value("rank_ic_mean"),
+                                                          nan=-np.inf), k == incumbent))
+    inc, top = validation[incumbent], validation[best]
+    if best == incumbent:
+        return incumbent, (f"{incumbent} has the highest validation rank IC "
+                           f"({inc.value('rank_ic_mean'):.4f}, HAC t "
+                           f"{inc.value('rank_ic_t_hac'):.2f}); kept")
+    diff = (top.daily_rank_ic - inc.daily_rank_ic).dropna()
+    paired = sig.hac_mean_test(diff.to_numpy(), 1)
+    numbers = (f"validation rank IC {top.value('rank_ic_mean'):.4f} vs "
+               f"{inc.value('rank_ic_mean'):.4f} for {incumbent}, paired difference HAC t "
+               f"{paired.t:.2f} over {paired.n} sessions")
+    if np.isfinite(paired.t) and paired.t > SWITCH_T:
+        return best, f"{best}: {numbers} > {SWITCH_T:g}: switched"
+    return incumbent, (f"{incumbent} kept: the best other set, {best}, has {numbers} "
+                       f"(≤ {SWITCH_T:g}: not told from noise)")
+
+
+def ablation_table(scores: Sequence[SegmentScore], chosen: str | None = None) -> str:
+    """Markdown: one row per (feature set, segment), ABLATION_COLUMNS."""
+    lines = ["| features | segment | blocks | " + " | ".join(c[0] for c in ABLATION_COLUMNS)
+             + " |", "|---|---|---|" + "---:|" * len(ABLATION_COLUMNS)]
+    for s in scores:
+        cells = []
+        for _, method, h, metric, fmt in ABLATION_COLUMNS:
+            if isinstance(metric, tuple):
+                values = [s.value(x, method, h) for x in metric]
+                cells.append(fmt.format(*values) if all(np.isfinite(values)) else "n/a")
+            else:
+                cells.append(_fmt(s.value(metric, method, h), fmt))
+        name = f"**{s.name}**" if s.name == chosen else s.name
+        blocks = f"{s.blocks[0]}–{s.blocks[-1]}" if len(s.blocks) > 1 else str(s.blocks[0])
+        lines.append(f"| {name} | {s.segment} | {blocks} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_ablation(blocks_by_set: Mapping[str, list[dict]], validation_blocks: int,
+                  path: Path) -> Path:
+    """Per block, each feature set's model rank IC at h = 1; a line where the test blocks begin."""
+    from service.evaluation.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    names = list(blocks_by_set)
+    width = 0.8 / max(1, len(names))
+    first = next(iter(blocks_by_set.values()))
+    x = np.arange(len(first))
+    for i, name in enumerate(names):
+        values = [(b.get(MODEL) or {}).get("rank_ic_mean") for b in blocks_by_set[name]]
+        ax.bar(x - 0.4 + width * (i + 0.5), [np.nan if v is None else v for v in values],
+               width=width, label=name)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.axvline(validation_blocks - 0.5, color="grey", linestyle="--")
+    ax.text(validation_blocks - 0.55, ax.get_ylim()[1], "validation | test ", ha="right",
+            va="top", fontsize=8)
+    ax.set_xticks(x, [b["first"] for b in first], rotation=45, fontsize=7)
+    ax.set_ylabel("mean daily rank IC, h=1")
+    ax.set_title("Ablation: the model's rank IC per block, by feature set")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

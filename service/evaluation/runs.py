@@ -24,6 +24,7 @@ from service.evaluation.backtest import BacktestResult, bars_by_ticker, run_back
 from service.evaluation.drift import write_training_profile
 from service.evaluation.plots import default_plots_dir, write_backtest_plots
 from service.forecasting.baselines import BASELINES
+from service.forecasting.features import needs_market
 from service.inference.onnx_model import Provider
 from service.inference.predictor import Predictor
 
@@ -63,12 +64,13 @@ def backtest_and_store(
     """
     started = time.perf_counter()
     predictor = Predictor.load(artifact_dir, provider, intra_op_threads)
+    market = needs_market(predictor.spec)
     if every_ticker:
-        bars = read_bars_many(engine)
+        bars = read_bars_many(engine, market=market)
         names = sorted(bars["ticker"].unique())
     else:
         names = list(tickers) if tickers else list(predictor.manifest.tickers)
-        bars = read_bars_many(engine, names)
+        bars = read_bars_many(engine, names, market=market)
     missing = sorted(set(names) - set(bars["ticker"].unique()))
     if missing:
         raise ValueError(f"no cached bars for {missing}: load them first (stockcast ingest / seed)")

@@ -1,5 +1,5 @@
 """The scheduler's jobs: the daily cycle after the NYSE close (refresh the universe's bars, score
-the ledger, record the universe's live forecasts) and the periodic retrain -> backtest -> gate.
+the ledger, prewarm the serving stores, record the universe's live forecasts) and the periodic retrain -> backtest -> gate.
 
 Each job runs for a key — the session it covers, the retrain period — at most once to `ok`
 (idempotent: a second scheduler, or a restart, skips a key already done) and one at a time
@@ -23,8 +23,13 @@ from service.artifacts.manifest import resolve_current
 from service.core.config import Settings
 from service.core.errors import StockcastError
 from service.db import jobs as jobs_db
-from service.db.bars import read_bars
 from service.db.ledger import record_forecasts
+from service.evaluation.feature_store import (
+    PrewarmReport,
+    after_bars_written,
+    prewarm,
+    serve_latest,
+)
 from service.evaluation.ledger import ledger_rows, score_ledger
 from service.forecasting.calendar import last_closed_session
 from service.inference.predictor import Predictor
@@ -34,8 +39,6 @@ log = logging.getLogger(__name__)
 
 DAILY = "daily"
 RETRAIN = "retrain"
-# Bars read per ticker for a forecast beyond the window's minimum (as the API does).
-FORECAST_EXTRA_BARS = 300
 
 
 def runner_name() -> str:
@@ -84,28 +87,43 @@ def run_job(engine: Engine, job: str, key: str, work: Callable[[], str],
 def record_universe_forecasts(engine: Engine, settings: Settings, tickers: Sequence[str],
                               horizon: int | None = None) -> int:
     """Forecast every ticker as of its latest cached bar and record them in the ledger."""
-    predictor = Predictor.load(resolve_current(settings.model_dir), settings.ort_provider,
-                               settings.ort_intra_op_threads)
+    return record_forecasts_of(engine, _load_current(settings), tickers, horizon)
+
+
+def record_forecasts_of(engine: Engine, predictor: Predictor, tickers: Sequence[str],
+                        horizon: int | None = None) -> int:
+    """Record `predictor`'s forecasts of the tickers (as of their latest bars; from the serving
+    stores where fresh, as the API serves them) in the ledger."""
     horizon = horizon or predictor.spec.horizon
-    items = []
-    for ticker in tickers:
-        bars = read_bars(engine, ticker, last=predictor.min_bars + FORECAST_EXTRA_BARS)
-        if len(bars) >= predictor.min_bars:
-            items.append((ticker, bars))
-    forecasts = predictor.forecast_many(items, horizon) if items else []
+    forecasts = serve_latest(engine, predictor, tickers, horizon)
     quantiles = predictor.spec.quantiles
     rows = [row for f in forecasts for row in ledger_rows(f, quantiles[0], quantiles[-1])]
     with engine.begin() as conn:
         return record_forecasts(conn, rows)
 
 
+def _load_current(settings: Settings) -> Predictor:
+    return Predictor.load(resolve_current(settings.model_dir), settings.ort_provider,
+                          settings.ort_intra_op_threads)
+
+
+def prewarm_current(engine: Engine, settings: Settings,
+                    tickers: Sequence[str] | None = None) -> PrewarmReport:
+    """Fill the serving stores for the current model (after a refresh)."""
+    return prewarm(engine, _load_current(settings), tickers)
+
+
 def daily_cycle(engine: Engine, settings: Settings, tickers: Sequence[str]) -> str:
-    """Refresh the tickers' bars (batched), score the ledger, record their live forecasts."""
-    refreshed = refresh_tickers(engine, settings, list(tickers), after_write=score_ledger)
+    """Refresh the tickers' bars (batched; features follow), score the ledger, prewarm the
+    band states, record their live forecasts (read from the stores just filled)."""
+    refreshed = refresh_tickers(engine, settings, list(tickers), after_write=after_bars_written)
     with engine.begin() as conn:
         scored = score_ledger(conn)
-    recorded = record_universe_forecasts(engine, settings, tickers)
-    return f"{refreshed.summary()}; {scored} forecasts scored; {recorded} recorded"
+    predictor = _load_current(settings)
+    warmed = prewarm(engine, predictor, tickers)
+    recorded = record_forecasts_of(engine, predictor, tickers)
+    return (f"{refreshed.summary()}; {scored} forecasts scored; {warmed.summary()}; "
+            f"{recorded} recorded")
 
 
 def retrain_key(today: dt.date, every_days: int) -> str:

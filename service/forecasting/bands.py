@@ -38,6 +38,7 @@ half-widths. β = 1 is plain ACI.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -141,7 +142,12 @@ def ndtri(p) -> np.ndarray:
     per distinct value — bands use a handful of levels, and serving stays free of scipy."""
     p = np.asarray(p, dtype=np.float64)
     values, inverse = np.unique(p, return_inverse=True)
-    return np.array([_NORMAL.inv_cdf(float(v)) for v in values])[inverse].reshape(p.shape)
+    return np.array([_inv_cdf(float(v)) for v in values])[inverse].reshape(p.shape)
+
+
+@lru_cache(maxsize=4096)  # the levels and the knots recur: each served band asks for the same
+def _inv_cdf(p: float) -> float:
+    return _NORMAL.inv_cdf(p)
 
 
 def _levels(levels) -> np.ndarray:
@@ -205,10 +211,19 @@ def _scores(median, lo, hi, y) -> np.ndarray:
     return np.where(y >= median, above, below)
 
 
+@dataclass(frozen=True)
+class ACIState:
+    """ACI's state at target origins, all of it known there: Q̂ (n, K, L), the factor on the base
+    band's half-widths (f_t times the conformal quantile), and the level 1 - α_t ACI asked for."""
+
+    qhat: np.ndarray
+    coverage: np.ndarray
+
+
 def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.ndarray,
               delays, coverages, settings: ACISettings = ACISettings(),
               scale: np.ndarray | None = None) -> Bands:
-    """ACI-recalibrated bands at each target origin, (n, K, L).
+    """ACI-recalibrated bands at each target origin, (n, K, L): apply_aci of aci_state.
 
     One series of consecutive origins 0..N-1 (one ticker's sessions): quantiles (N, K, Q) the
     forecaster's log-return quantiles per origin and horizon slot at `levels`; realized (N, K)
@@ -218,6 +233,36 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     base band; ACI asking for more than every past score (α_t <= 0, an infinite band) gets the
     largest one. `scale` (N,), positive: the mean-reversion factor f per origin (module
     docstring); scores are S / f and the band at t is m ± f_t Q̂ × the base half-widths.
+    """
+    state = aci_state(quantiles, levels, realized, targets, delays, coverages, settings, scale)
+    t = np.asarray(targets, dtype=np.intp)
+    lower, upper = apply_aci(np.asarray(quantiles, dtype=np.float64)[t], levels, coverages,
+                             state.qhat)
+    return Bands(lower, upper, state.coverage)
+
+
+def apply_aci(quantiles: np.ndarray, levels, coverages, qhat: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The recalibrated band m ± Q̂ × the base band's half-widths, (n, K, L) lower and upper.
+
+    quantiles (n, K, Q) the base forecaster's at the targets, qhat (n, K, L) their ACI state.
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
+    median = quantile_at(q, levels, np.full(q.shape[:2] + (1,), 0.5))  # (n, K, 1)
+    base = base_bands(q, levels, np.asarray(coverages, dtype=np.float64))  # (n, K, L)
+    lower = median - qhat * (median - base.lower)
+    upper = median + qhat * (base.upper - median)
+    return lower, upper
+
+
+def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.ndarray,
+              delays, coverages, settings: ACISettings = ACISettings(),
+              scale: np.ndarray | None = None) -> ACIState:
+    """ACI's state (Q̂ and the level) at each target origin; the arguments as `aci_bands`'.
+
+    The state at target t is read from realized[s, k] with s + delays[k] <= t and f up to t
+    only, so it is a function of what is known at t: the server may store it and apply it to
+    t's own quantiles.
     """
     q = np.asarray(quantiles, dtype=np.float64)
     y = np.asarray(realized, dtype=np.float64)
@@ -287,20 +332,16 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
         err = below[at[rows]] >= rank
         steps[k] = np.where(scored, gamma * ((1.0 - nominal) - err), 0.0)
 
-    # The band at each target: Q̂ = the ⌈(1-α_t)(n+1)⌉-th smallest score of its window.
-    lower = np.empty(alpha.shape)
-    upper = np.empty(alpha.shape)
+    # The state at each target: Q̂ = f_t × the ⌈(1-α_t)(n+1)⌉-th smallest score of its window.
+    qhat = np.empty(alpha.shape)
     for k in range(k_slots):
         win = np.sort(windows[k][t], axis=-1)  # (n, L, cal), NaN (unknown) sorted last
         n = np.isfinite(win).sum(axis=-1)
         rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, L)
         pick = np.take_along_axis(win, np.maximum(rank - 1, 0).astype(np.intp)[..., None],
                                   axis=-1)[..., 0]
-        qhat = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick) * f[t, None])
-        m = median[t, k, :]
-        lower[:, k, :] = m - qhat * (m - base.lower[t, k, :])
-        upper[:, k, :] = m + qhat * (base.upper[t, k, :] - m)
-    return Bands(lower, upper, np.clip(1.0 - alpha, 0.0, 1.0))
+        qhat[:, k, :] = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick) * f[t, None])
+    return ACIState(qhat, np.clip(1.0 - alpha, 0.0, 1.0))
 
 
 # --- the band baselines' quantiles --------------------------------------------------------------
@@ -389,34 +430,49 @@ class ACIForecaster(Forecaster):
 
     def recalibrate(self, base: HistoricalForecasts, series: TickerSeries, origins: np.ndarray,
                     horizon: int) -> HistoricalForecasts:
-        """The ACI forecasts at `origins` (those the base forecast) from the base's forecasts."""
+        """The ACI forecasts at `origins` (those the base forecast) from the base's forecasts:
+        `apply` of `state_at` to the base's quantiles at those origins."""
+        wanted, slots, state = self.state_at(base, series, origins, horizon)
+        out = np.full((wanted.size, horizon, len(self.quantiles)), np.nan)
+        if wanted.size and slots.size:
+            q = np.asarray(base.log_returns, dtype=np.float64)
+            at = np.searchsorted(np.asarray(base.origins, dtype=np.intp), wanted)
+            out[:, slots - 1, :] = self.apply(q[at][:, slots - 1, :], base.quantiles,
+                                              state.qhat)
+        return HistoricalForecasts(wanted, out, self.quantiles)
+
+    def state_at(self, base: HistoricalForecasts, series: TickerSeries, origins: np.ndarray,
+                 horizon: int) -> tuple[np.ndarray, np.ndarray, ACIState]:
+        """(origins kept, slots (K,), ACI's state there (n, K, L)): what `apply` needs besides
+        each origin's own base quantiles, all of it known at the origin (aci_state)."""
         have = np.asarray(base.origins, dtype=np.intp)
         wanted = np.asarray(origins, dtype=np.intp)
         wanted = wanted[np.isin(wanted, have)]
-        if wanted.size == 0:
-            return HistoricalForecasts(wanted, np.empty((0, horizon, len(self.quantiles))),
-                                       self.quantiles)
+        slots = np.arange(1, horizon + 1) if self.slots is None else np.asarray(
+            [h for h in self.slots if h <= horizon], dtype=np.intp)
+        if wanted.size == 0 or slots.size == 0:
+            empty = np.empty((wanted.size, slots.size, len(self.coverages)))
+            return wanted, slots, ACIState(empty, empty)
         # A dense run of sessions from the base's first origin; gaps (none in practice) are NaN.
         grid = np.arange(have.min(), have.max() + 1)
         q = np.full((grid.size, horizon, len(base.quantiles)), np.nan)
         q[have - grid[0]] = np.asarray(base.log_returns, dtype=np.float64)[:, :horizon]
         y = series.log_close
-        slots = np.arange(1, horizon + 1) if self.slots is None else np.asarray(
-            [h for h in self.slots if h <= horizon], dtype=np.intp)
         realized = np.full((grid.size, slots.size), np.nan)
         for j, h in enumerate(slots):
             ok = grid + h < y.size
             realized[ok, j] = y[grid[ok] + h] - y[grid[ok]]
-        targets = wanted - grid[0]
         scale = self.settings.scale(y)
-        out = np.full((wanted.size, horizon, len(self.quantiles)), np.nan)
-        if slots.size:
-            bands = aci_bands(q[:, slots - 1, :], base.quantiles, realized, targets, slots,
-                              self.coverages, self.settings,
-                              None if scale is None else scale[grid])
-            median = quantile_at(q[targets][:, slots - 1, :], base.quantiles,
-                                 np.full((wanted.size, slots.size, 1), 0.5))[..., 0]
-            lows = [bands.lower[..., i] for i in range(len(self.coverages))]
-            highs = [bands.upper[..., i] for i in range(len(self.coverages))]
-            out[:, slots - 1, :] = _monotone(lows, median, highs)
-        return HistoricalForecasts(wanted, out, self.quantiles)
+        state = aci_state(q[:, slots - 1, :], base.quantiles, realized, wanted - grid[0], slots,
+                          self.coverages, self.settings, None if scale is None else scale[grid])
+        return wanted, slots, state
+
+    def apply(self, quantiles: np.ndarray, levels, qhat: np.ndarray) -> np.ndarray:
+        """Base quantiles (n, K, Q') at `levels` and their ACI state Q̂ (n, K, L) -> this
+        forecaster's quantiles (n, K, Q): the median and each level's band m ± Q̂ × half-width."""
+        q = np.asarray(quantiles, dtype=np.float64)
+        lower, upper = apply_aci(q, levels, self.coverages, qhat)
+        median = quantile_at(q, levels, np.full(q.shape[:2] + (1,), 0.5))[..., 0]
+        lows = [lower[..., i] for i in range(len(self.coverages))]
+        highs = [upper[..., i] for i in range(len(self.coverages))]
+        return _monotone(lows, median, highs)

@@ -25,13 +25,18 @@ def next_trading_days(after: dt.date, n: int) -> list[dt.date]:
         raise ValueError(f"n must be >= 0, got {n}")
     if n == 0:
         return []
+    return list(_next_sessions(after, n))
+
+
+@lru_cache(maxsize=4096)  # a cold forecast's dates: most tickers share their last bar's date
+def _next_sessions(after: dt.date, n: int) -> tuple[dt.date, ...]:
     # n sessions fit in n * 7/5 + holidays calendar days; 2n + 14 is ample and stays in range.
     last_needed = after + dt.timedelta(days=2 * n + 14)
     calendar = _xnys(min(_FIRST_YEAR, after.year - 1), max(_LAST_YEAR, last_needed.year + 1))
     sessions = calendar.sessions_in_range(
         pd.Timestamp(after + dt.timedelta(days=1)), pd.Timestamp(last_needed)
     )
-    return [ts.date() for ts in sessions[:n]]
+    return tuple(ts.date() for ts in sessions[:n])
 
 
 def last_closed_session(now: dt.datetime, settle: dt.timedelta = dt.timedelta(hours=2)

@@ -78,7 +78,8 @@ def profile_psi(profile: dict[str, dict], recent: pd.DataFrame) -> dict[str, flo
     return out
 
 
-def outside_training_range(profile: dict[str, dict], window: pd.DataFrame) -> list[str]:
+def outside_training_range(profile: dict[str, dict],
+                           window: pd.DataFrame | dict[str, np.ndarray]) -> list[str]:
     """One phrase per feature whose values in `window` leave the training [min, max].
 
     A margin of RANGE_TOLERANCE of the range absorbs float32 rounding of scaled windows.

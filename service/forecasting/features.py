@@ -3,13 +3,17 @@
 Every price indicator reads `adj_close`, so a stock split (a jump in raw `close`) is not a crash.
 A feature row at date t depends only on bars at dates <= t: `ta` is called with `fillna=False`
 (its fills back-fill), and the leading warm-up rows, where an indicator is still undefined, are
-dropped rather than filled.
+dropped rather than filled. The market-context features also read the bars' MARKET_COLUMN, the
+cross-section's return on each bar's date (sources/market.py, joined on by the bar read), so
+only a spec that names one of them needs it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
@@ -19,9 +23,10 @@ from ta.trend import MACD, SMAIndicator
 from ta.volatility import BollingerBands
 
 from service.core.bars import BAR_COLUMNS as BARS_COLUMNS
-from service.forecasting.spec import FEATURE_NAMES, FeatureSpec
+from service.forecasting.spec import FEATURE_NAMES, FEATURES_VERSION, FeatureSpec
 from service.forecasting.spec import INDICATOR_PARAMS as P
 from service.forecasting.volatility import (
+    EWMA_LAMBDA,
     EWMA_MIN_PERIODS,
     ewma_volatility,
     garman_klass_volatility,
@@ -33,15 +38,31 @@ from service.forecasting.volatility import (
 DEFAULT_SPEC = FeatureSpec()
 
 
+# The bars column the market features read: the equal-weighted market's one-session log
+# return on that bar's date (the market series, joined on by `read_bars(..., market=True)`).
+MARKET_COLUMN = "market_return"
+
+
 class _Series:
     """One ticker's adj close and volume (RangeIndex), the shared `ta` indicators made once.
 
-    `ohlc` is (T, 4) open, high, low, close as quoted (unadjusted), for the range features.
+    `ohlc` is (T, 4) open, high, low, close as quoted (unadjusted), for the range features;
+    `market` (T,) the market return on each bar's date, or None when the bars carry none.
     """
 
-    def __init__(self, adj: pd.Series, volume: pd.Series, ohlc: np.ndarray):
-        self.adj, self.volume, self.ohlc = adj, volume, ohlc
+    def __init__(self, adj: pd.Series, volume: pd.Series, ohlc: np.ndarray,
+                 market: np.ndarray | None = None):
+        self.adj, self.volume, self.ohlc, self._market = adj, volume, ohlc, market
         self.price = adj.to_numpy()
+
+    @property
+    def market(self) -> np.ndarray:
+        if self._market is None:
+            raise ValueError(f"this feature set reads the market series: the bars need a "
+                             f"{MARKET_COLUMN!r} column (read them with the market joined on)")
+        out = self._market.copy()
+        out[:1] = np.nan  # like log_return: no return on the ticker's first bar
+        return out
 
     @cached_property
     def log_return(self) -> np.ndarray:
@@ -65,6 +86,7 @@ class Feature:
     name: str
     warmup: int
     compute: Callable[[_Series], np.ndarray]  # the whole series' values, NaN in the warm-up
+    market: bool = False  # reads the market series (the bars' MARKET_COLUMN)
 
 
 # Every feature a model may use, by name (a spec picks and orders them: FeatureSpec.features).
@@ -73,10 +95,10 @@ class Feature:
 FEATURES: dict[str, Feature] = {}
 
 
-def feature(name: str, warmup: int):
+def feature(name: str, warmup: int, *, market: bool = False):
     """Register `compute(series) -> values` as the feature `name`."""
     def register(compute: Callable[[_Series], np.ndarray]):
-        FEATURES[name] = Feature(name, warmup, compute)
+        FEATURES[name] = Feature(name, warmup, compute, market)
         return compute
     return register
 
@@ -209,19 +231,46 @@ def _vol_ratio(s: _Series) -> np.ndarray:
     return ratio
 
 
+# Market context (the cross-section's equal-weighted return, sources/market.py): opt-in, in the
+# "+market" ablation set, not in FEATURE_NAMES.
+
+
+@feature("market_return", warmup=1, market=True)
+def _market_return(s: _Series) -> np.ndarray:
+    return s.market
+
+
+@feature("excess_return", warmup=1, market=True)
+def _excess_return(s: _Series) -> np.ndarray:
+    return s.log_return - s.market  # the stock's own move beyond the market's
+
+
+@feature("market_vol", warmup=EWMA_MIN_PERIODS, market=True)
+def _market_vol(s: _Series) -> np.ndarray:
+    return ewma_volatility(s.market)  # the same EWMA as ewma_vol, of the market's returns
+
+
 FEATURE_WARMUP: dict[str, int] = {name: f.warmup for name, f in FEATURES.items()}
 
 
-def _indicators(adj: pd.Series, volume: pd.Series, ohlc: np.ndarray) -> dict[str, np.ndarray]:
-    """Every registered feature over the whole series, NaN during each one's warm-up."""
-    series = _Series(adj, volume, ohlc)
-    return {name: f.compute(series) for name, f in FEATURES.items()}
+def needs_market(spec: FeatureSpec) -> bool:
+    """Whether a spec's features read the market series (its bars need MARKET_COLUMN)."""
+    return any(FEATURES[name].market for name in spec.features if name in FEATURES)
+
+
+def _indicators(adj: pd.Series, volume: pd.Series, ohlc: np.ndarray,
+                market: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every registered feature over the whole series (the market ones if `market` is given),
+    NaN during each one's warm-up."""
+    series = _Series(adj, volume, ohlc, market)
+    return {name: f.compute(series) for name, f in FEATURES.items()
+            if market is not None or not f.market}
 
 
 def _check_feature_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in FEATURES]
     if unknown:
-        raise ValueError(f"unknown features {unknown}; known: {list(FEATURE_NAMES)}")
+        raise ValueError(f"unknown features {unknown}; known: {list(FEATURES)}")
 
 
 def warmup_bars(spec: FeatureSpec = DEFAULT_SPEC) -> int:
@@ -231,6 +280,14 @@ def warmup_bars(spec: FeatureSpec = DEFAULT_SPEC) -> int:
 
 
 WARMUP_BARS = warmup_bars(DEFAULT_SPEC)
+
+
+def store_version() -> str:
+    """The feature store's key for what a stored row means: FEATURES_VERSION and a fingerprint
+    of the stored columns (FEATURE_NAMES) and every parameter behind them."""
+    meaning = json.dumps({"features": FEATURE_NAMES, "params": asdict(P),
+                          "ewma": [EWMA_LAMBDA, EWMA_MIN_PERIODS]}, sort_keys=True)
+    return f"{FEATURES_VERSION}-{hashlib.sha256(meaning.encode()).hexdigest()[:12]}"
 
 
 def min_bars(spec: FeatureSpec = DEFAULT_SPEC) -> int:
@@ -268,9 +325,14 @@ def build_features(bars: pd.DataFrame, spec: FeatureSpec = DEFAULT_SPEC) -> pd.D
         raise ValueError(
             f"bars on {dates[np.argmax(bad)].date()} need a positive open, high, low and close"
         )
+    market = (bars[MARKET_COLUMN].to_numpy(dtype=np.float64) if MARKET_COLUMN in bars.columns
+              else None)
     # A RangeIndex keeps the `ta` series aligned with each other whatever index bars carries.
-    series = _Series(pd.Series(price), pd.Series(shares), ohlc)
+    series = _Series(pd.Series(price), pd.Series(shares), ohlc, market)
     values = np.column_stack([FEATURES[name].compute(series)[warmup:] for name in spec.features])
+    if market is not None and needs_market(spec) and np.isnan(market[warmup:]).any():
+        raise ValueError(f"no market return on {dates[warmup:][np.isnan(market[warmup:])][0].date()}"
+                         ": the market series lacks that session (is the database migrated?)")
     # Valid bars give finite features past the warm-up; anything else is a bug here, not bad input.
     if not np.isfinite(values).all():
         raise RuntimeError("non-finite feature after the warm-up from valid bars")

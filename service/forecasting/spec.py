@@ -28,13 +28,20 @@ FEATURE_NAMES: tuple[str, ...] = (
 SCALE_FEATURE = "ewma_vol"
 
 
-# Named feature sets for ablations (`stockcast evaluate --features`): each a subset of the
-# registered features, in FEATURE_NAMES order. Serving takes FEATURE_NAMES only.
+# Market context (features.py, read from the market series the bar write path keeps): the
+# cross-section's equal-weighted return, the stock's return beyond it, and its EWMA volatility.
+MARKET_FEATURES: tuple[str, ...] = ("market_return", "excess_return", "market_vol")
+
+# Named feature sets for ablations (`stockcast evaluate --features`): each names registered
+# features, FEATURE_NAMES order first. Serving takes FEATURE_NAMES only.
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     # The base: returns, and the volatility the scale-free target is divided by (the graph
     # multiplies it back from the window, so every set carries SCALE_FEATURE).
     "returns": ("log_return", SCALE_FEATURE),
-    "indicators": FEATURE_NAMES,  # + RSI, SMA, MACD, Bollinger, volume (the shipped set)
+    # + RSI, SMA, MACD, Bollinger, volume and issue 9's volatility features (the shipped set)
+    "indicators": FEATURE_NAMES,
+    "+market": (*FEATURE_NAMES, *MARKET_FEATURES),  # the shipped set + market context
+    "returns+market": ("log_return", SCALE_FEATURE, *MARKET_FEATURES),
 }
 
 

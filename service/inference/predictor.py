@@ -36,6 +36,10 @@ from service.inference.onnx_model import OnnxModel, Provider
 
 # Sessions behind "recent coverage": how often the served 80 % band held the next close lately.
 RECENT_SESSIONS = 60
+# Bars read beyond the minimum: MACD and RSI are exponential averages over the whole history;
+# after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
+# full-history features the backtest uses (tests/integration/test_api_predict.py checks it).
+SERVING_EXTRA_BARS = 300
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,30 @@ class ModelInput:
     as_of: dt.date
     last_close: float
     seen_in_training: bool
+
+
+@dataclass(frozen=True)
+class BandState:
+    """The served band's state of one ticker at its last origin: ACI's Q̂ per horizon slot and
+    band level (K, L), known there, and the recent coverage. With that origin's own quantiles
+    it is all the served band needs (ACIForecaster.apply)."""
+
+    ticker: str
+    as_of: dt.date
+    last_close: float
+    qhat: np.ndarray  # (K, L): slots 1..K, the levels of ACIForecaster.coverages
+    recent_coverage: float
+    recent_sessions: int
+
+
+@dataclass(frozen=True)
+class StoredInput:
+    """A forecast's inputs read from the serving stores: the latest feature rows (unscaled, in
+    `columns`' order, the last one at state.as_of) and the band state there."""
+
+    features: np.ndarray  # (>= W, len(columns)) float64
+    columns: tuple[str, ...]
+    state: BandState
 
 
 class Predictor(Forecaster):
@@ -205,6 +233,11 @@ class Predictor(Forecaster):
         """Origins before the last one that the served band and its recent coverage read."""
         return self.band_settings.history + self.spec.horizon + RECENT_SESSIONS
 
+    @property
+    def serving_bars(self) -> int:
+        """Bars a forecast from bars reads: a window's, 300 more, and the band's origins."""
+        return self.min_bars + SERVING_EXTRA_BARS + self.band_history
+
     def band_forecaster(self, slots: tuple[int, ...] | None = None) -> ACIForecaster:
         """The served band's forecaster: ACI around the model or around a band baseline."""
         base_name = self.served_band.removesuffix(ACI_SUFFIX)
@@ -224,7 +257,14 @@ class Predictor(Forecaster):
 
     def forecast_many(self, items: Sequence[tuple[str, pd.DataFrame]], horizon: int = 1,
                       as_of: dt.date | None = None) -> list[Forecast]:
-        """Forecasts for several tickers, with the served band and its recent coverage.
+        """Forecasts for several tickers, with the served band and its recent coverage."""
+        return [f for f, _ in self.forecast_with_states(items, horizon, as_of)]
+
+    def forecast_with_states(self, items: Sequence[tuple[str, pd.DataFrame]], horizon: int = 1,
+                             as_of: dt.date | None = None
+                             ) -> list[tuple[Forecast, BandState | None]]:
+        """Forecasts from bars, each with the band state it was served with (None when the
+        served band is a baseline's, which the store does not hold).
 
         Per ticker one onnxruntime call over the latest origins: the last one is the forecast,
         the ones before feed ACI (the band at the last origin, and the bands the last
@@ -245,15 +285,59 @@ class Predictor(Forecaster):
             model = self._historical_forecasts(series, origins, scaled)
             base = (model if served.base is self
                     else served.base.historical_forecasts(series, origins, self.spec.horizon))
-            band = served.recalibrate(base, series, np.array([last]), horizon)
+            _, slots, state = served.state_at(base, series, np.array([last]), horizon)
+            band = served.apply(np.asarray(base.log_returns, np.float64)[-1:, slots - 1],
+                                base.quantiles, state.qhat)[0]
             recent = self._recent_coverage(served, base, series, last)
             median = model.median[-1]  # the model's own median, whichever band is served
-            forecast = self.postprocess(item, median, band.log_returns[0], served.quantiles,
-                                        horizon, recent)
-            if self.training_profile is not None:
-                forecast = dataclasses.replace(forecast, warnings=self._range_warnings(item))
-            out.append(forecast)
+            out.append((self._finish(item, median, band, served, horizon, recent),
+                        BandState(ticker, item.as_of, item.last_close, state.qhat[0], *recent)
+                        if served.base is self else None))
         return out
+
+    def forecast_stored(self, items: Sequence[StoredInput], horizon: int = 1) -> list[Forecast]:
+        """Forecasts from the serving stores: one onnxruntime call over every ticker's latest
+        window, each band the stored state applied to its quantiles (as forecast_with_states).
+
+        The caller checks each state is fresh for the bars and holds slots 1..horizon.
+        """
+        self._check_horizon(horizon)
+        served = self.band_forecaster()
+        if served.base is not self:
+            raise ValueError(f"the served band {self.served_band} is not the model's: "
+                             "no stored state applies")
+        if not items:
+            return []
+        inputs = [self._stored_input(item) for item in items]
+        ids = np.array([i.ticker_id for i in inputs], dtype=np.int64)
+        quantiles = self.predict(np.stack([i.window for i in inputs]), ids)  # (B, H, Q)
+        bands = served.apply(quantiles[:, :horizon].astype(np.float64), self.quantiles,
+                             np.stack([item.state.qhat[:horizon] for item in items]))
+        median = quantiles[:, :, self._median].astype(np.float64)
+        return [self._finish(i, median[b], bands[b], served, horizon,
+                             (item.state.recent_coverage, item.state.recent_sessions))
+                for b, (i, item) in enumerate(zip(inputs, items))]
+
+    def _stored_input(self, item: StoredInput) -> ModelInput:
+        """A stored window's ModelInput: its columns picked in the spec's order and scaled."""
+        cols = [item.columns.index(name) for name in self.spec.features]
+        rows = item.features[-self.spec.window:, cols]
+        if len(rows) < self.spec.window:
+            raise InsufficientHistory(item.state.ticker, len(rows), self.min_bars)
+        window = self.manifest.feature_scaler.transform(rows.astype(np.float64))
+        state = item.state
+        return ModelInput(ticker=state.ticker, window=window.astype(np.float32),
+                          ticker_id=self.manifest.ticker_id(state.ticker), as_of=state.as_of,
+                          last_close=state.last_close,
+                          seen_in_training=self.manifest.seen_in_training(state.ticker))
+
+    def _finish(self, item: ModelInput, median: np.ndarray, band: np.ndarray,
+                served: ACIForecaster, horizon: int, recent: tuple[float, int]) -> Forecast:
+        """The dated forecast, with the range warnings of its window."""
+        forecast = self.postprocess(item, median, band, served.quantiles, horizon, recent)
+        if self.training_profile is not None:
+            forecast = dataclasses.replace(forecast, warnings=self._range_warnings(item))
+        return forecast
 
     @staticmethod
     def _recent_coverage(served: ACIForecaster, base: HistoricalForecasts,
@@ -272,8 +356,8 @@ class Predictor(Forecaster):
     def _range_warnings(self, item: ModelInput) -> tuple[str, ...]:
         """A warning when the input window leaves the range the model saw in training."""
         scaler = self.manifest.feature_scaler
-        window = pd.DataFrame(scaler.inverse_transform(item.window.astype(np.float64)),
-                              columns=list(self.spec.features))
+        values = scaler.inverse_transform(item.window.astype(np.float64))
+        window = dict(zip(self.spec.features, values.T))  # a frame's columns, without pandas
         outside = outside_training_range(self.training_profile, window)
         if not outside:
             return ()

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -44,10 +45,19 @@ class CachedBars:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     fetched: int = 0  # rows written by a refresh made for this request
     latest: dt.date | None = None  # the ticker's last stored bar, whatever the end asked for
+    # The ticker's bars revision read before the bars: a store row computed from these bars
+    # and labelled with it is never newer than its label.
+    revision: int | None = None
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@lru_cache(maxsize=64)  # most tickers share their last bar's date; callers only read it
+def _dated(day: dt.date | None) -> pd.DataFrame:
+    """A bars frame holding only the date column, of `day` (empty for None)."""
+    return pd.DataFrame({"date": pd.to_datetime([] if day is None else [day])})
 
 
 REFRESH_OUTCOMES = ("updated", "unchanged", "current", "throttled", "unknown", "failed")
@@ -88,42 +98,70 @@ class BarCache:
         self._locks = KeyedLocks()
 
     def get_bars(self, ticker: str, start: dt.date | None = None, end: dt.date | None = None,
-                 last: int | None = None) -> CachedBars:
+                 last: int | None = None, market: bool = False) -> CachedBars:
         """Bars of `ticker` in [start, end] (or the `last` N up to end), refreshing if missing.
+
+        `market`: with the market series' return on each bar's date (a model that reads it).
 
         Raises UnknownTicker / SourceUnavailable only when nothing is cached; with cached bars a
         failed refresh returns them with stale=True and a warning.
         """
         ticker = normalize_ticker(ticker)
         try:
-            state = self._state(ticker)
-            fetched, stale, warnings = 0, False, []
-            if self._needs_refresh(state, end):
-                with self._locks(ticker):
-                    state = self._state(ticker)  # another thread may have refreshed meanwhile
-                    if self._needs_refresh(state, end):
-                        fetched, stale, warnings = self._refresh(ticker, state, start, end)
-                        state = self._state(ticker)
-            if not stale and state is not None and state.last_refresh_status == "error":
-                # A recent failed attempt is not retried before refresh_interval; say so.
-                stale = self._wants_newer(state, end)
-                if stale:
-                    warnings.append(f"bars for {ticker} may be out of date: last refresh failed "
-                                    f"({state.last_refresh_error})")
-            bars = bars_db.read_bars(self.engine, ticker, start, end, last=last)
+            state, fetched, stale, warnings = self._current(ticker, start, end)
+            bars = bars_db.read_bars(self.engine, ticker, start, end, last=last, market=market)
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
+        return self._answer(ticker, state, bars, fetched, stale, warnings)
+
+    def latest_bar(self, ticker: str, end: dt.date | None = None) -> CachedBars:
+        """As get_bars(ticker, end=end, last=1), but without end the last bar is only dated
+        (from the ticker's stored range; bars has its `date` column alone): no bar is read."""
+        if end is not None:
+            return self.get_bars(ticker, end=end, last=1)
+        ticker = normalize_ticker(ticker)
+        try:
+            state, fetched, stale, warnings = self._current(ticker, None, None)
+        except (OperationalError, InterfaceError) as exc:
+            raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
+        last = None if state is None else state.last_bar_date
+        return self._answer(ticker, state, _dated(last), fetched, stale, warnings)
+
+    def _current(self, ticker: str, start: dt.date | None, end: dt.date | None
+                 ) -> tuple[bars_db.TickerState | None, int, bool, list[str]]:
+        """The ticker's state after any refresh due: (state, rows fetched, stale, warnings)."""
+        state = self._state(ticker)
+        fetched, stale, warnings = 0, False, []
+        if self._needs_refresh(state, end):
+            with self._locks(ticker):
+                state = self._state(ticker)  # another thread may have refreshed meanwhile
+                if self._needs_refresh(state, end):
+                    fetched, stale, warnings = self._refresh(ticker, state, start, end)
+                    state = self._state(ticker)
+        if not stale and state is not None and state.last_refresh_status == "error":
+            # A recent failed attempt is not retried before refresh_interval; say so.
+            stale = self._wants_newer(state, end)
+            if stale:
+                warnings.append(f"bars for {ticker} may be out of date: last refresh failed "
+                                f"({state.last_refresh_error})")
+        return state, fetched, stale, warnings
+
+    @staticmethod
+    def _answer(ticker: str, state: bars_db.TickerState | None, bars: pd.DataFrame,
+                fetched: int, stale: bool, warnings: list[str]) -> CachedBars:
         latest = state.last_bar_date if state is not None else None
+        revision = state.bars_revision if state is not None else None
         if bars.empty:
             if latest is not None:
-                return CachedBars(ticker, bars, stale, tuple(warnings), fetched, latest)
+                return CachedBars(ticker, bars, stale, tuple(warnings), fetched, latest,
+                                  revision)
             # Nothing cached: repeat the last refresh outcome (throttled, not retried yet).
             if state is not None and state.last_refresh_status == "error":
                 raise SourceUnavailable(state.last_refresh_error or f"source failed for {ticker}")
             if state is not None and state.last_refresh_error:
                 raise UnknownTicker(state.last_refresh_error)
             raise UnknownTicker(f"no bars stored for {ticker}")
-        return CachedBars(ticker, bars, stale, tuple(warnings), fetched, latest)
+        return CachedBars(ticker, bars, stale, tuple(warnings), fetched, latest, revision)
 
     def refresh_many(self, tickers: Sequence[str], chunk: int = DEFAULT_CHUNK,
                      progress: Callable[[int], object] | None = None) -> RefreshReport:

@@ -226,7 +226,7 @@ def test_a_warm_request_does_no_feature_work_and_no_sql(db_url, tiny_artifact, b
 
 def test_served_window_equals_the_full_history_features():
     """The served read (min_bars + 300 bars) gives the backtest's full-history features."""
-    from service.api.forecasts import SERVING_EXTRA_BARS
+    from service.inference.predictor import SERVING_EXTRA_BARS
 
     spec = FeatureSpec()
     bars = make_bars(1500, seed=3)
@@ -490,3 +490,63 @@ def test_offline_only_the_first_ticker_waits_for_the_failing_source(db_url, tiny
     assert elapsed < 1.0
     assert second["warnings"][0].startswith(
         "bars for BBB may be out of date: scripted not asked for BBB: it failed ")
+
+
+def test_a_warm_answer_is_the_body_fastapi_renders_for_the_forecast(db_url, tiny_artifact,
+                                                                    bars_multi):
+    """The route answers bytes it rendered once; they equal FastAPI's own ForecastPublic output."""
+    from fastapi import FastAPI
+
+    from service.api.routes.predict import forecast_public
+    from service.api.schemas import ForecastPublic
+
+    store_bars(db_url, bars_multi)
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir, bar_check_ttl_seconds=60),
+                     source=ScriptedSource(), clock=Clock())
+    with TestClient(app) as client:
+        cold = client.post("/predict/BBB", json={"horizon": 4, "level": 90})
+        warm = client.post("/predict/BBB", json={"horizon": 4, "level": 90})
+        other_level = client.post("/predict/BBB", json={"horizon": 4, "level": 50})
+        served = app.state.forecasts.cached(app.state.models.current.predictor, "BBB", 4)
+    assert served is not None and served.cached
+
+    reference = FastAPI()  # the route as it was: the model returned for FastAPI to render
+
+    @reference.get("/", response_model=ForecastPublic)
+    async def render(level: int) -> ForecastPublic:
+        return forecast_public(served, 4, level)
+
+    with TestClient(reference) as plain:
+        want90, want50 = plain.get("/?level=90"), plain.get("/?level=50")
+    assert warm.content == cold.content == want90.content
+    assert other_level.content == want50.content != want90.content
+    for response in (cold, warm):
+        assert response.headers["content-type"] == want90.headers["content-type"]
+        assert response.headers["content-length"] == want90.headers["content-length"]
+
+
+def test_a_rendered_body_is_reused_only_for_the_same_forecast_and_freshness(direct_forecasts):
+    from dataclasses import replace
+
+    service, predictor, _, _ = direct_forecasts
+    renders = []
+
+    def render(served):
+        renders.append(served)
+        return f"{served.stale} {served.warnings}".encode()
+
+    first = service.forecast(predictor, "AAA")
+    assert service.rendered(first, (1, 80), render) == b"False ()"
+    warm = service.cached(predictor, "AAA")
+    assert service.rendered(warm, (1, 80), render) == b"False ()" and len(renders) == 1
+    assert service.rendered(warm, (1, 50), render) == b"False ()" and len(renders) == 2
+    # Bars served stale now (a refresh failed): another body, rendered from what is served.
+    stale = replace(warm, stale=True, warnings=("out of date",))
+    assert service.rendered(stale, (1, 80), render) == b"True ('out of date',)"
+    assert len(renders) == 3
+    # The same forecast computed again (after clear) is rendered again, not answered from before.
+    service.clear()
+    again = service.forecast(predictor, "AAA")
+    assert again.forecast is not first.forecast
+    service.rendered(again, (1, 80), render)
+    assert len(renders) == 4 and renders[-1] is again

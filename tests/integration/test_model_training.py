@@ -107,6 +107,26 @@ def test_training_is_deterministic_on_cpu(bars_multi):
     assert other_seed.weights_sha256 != first.weights_sha256
 
 
+def test_training_without_the_nan_fill_of_new_tensors_gives_the_same_weights(bars_multi,
+                                                                            monkeypatch):
+    """The fill is a guard only (kernels never read what they did not write): skipping it,
+    the faster default, changes no value."""
+    import torch
+
+    import training.train as train_loop
+
+    flags = torch.utils.deterministic
+    # fit sets torch's process-wide flag; it is put back as it was after the test.
+    monkeypatch.setattr(flags, "fill_uninitialized_memory", flags.fill_uninitialized_memory)
+    fast = fit(tiny_config(epochs=2), bars_multi)
+    assert flags.fill_uninitialized_memory is False
+    monkeypatch.setattr(train_loop, "FILL_UNINITIALIZED_MEMORY", True)
+    filled = fit(tiny_config(epochs=2), bars_multi)
+    assert flags.fill_uninitialized_memory is True
+    assert fast.weights_sha256 == filled.weights_sha256
+    assert [h["val_loss"] for h in fast.history] == [h["val_loss"] for h in filled.history]
+
+
 def test_early_stopping_restores_the_best_epoch(bars_multi):
     result = fit(tiny_config(epochs=6, early_stopping_patience=2, learning_rate=0.05), bars_multi)
     losses = [h["val_loss"] for h in result.history]

@@ -222,3 +222,120 @@ def test_ablation_feature_sets_train_distinct_artifacts_that_refuse_other_featur
     made = forecast_block(job.block, artifact, bars_by_ticker(BARS), horizons=(1,),
                           baselines=("naive",), provider="cpu", expected=job.config.spec)
     assert len(made.forecasts[1]) == len(TICKERS) * 40
+
+
+def test_the_rolling_run_scores_the_served_band_beside_ewma(clean_run):
+    from service.evaluation.rolling import rolling_tables
+
+    _, run = clean_run
+    assert run.result.config["band_methods"] == ["model_aci", "ewma", "ewma_aci"]
+    for h in (1, 5):
+        for method in ("model_aci", "ewma_aci"):
+            coverage = run.result.value("coverage", method, h)
+            assert 0.0 < coverage <= 1.0, (method, h)
+            assert run.result.value("interval_score", method, h) > 0.0
+        # Scored on the same origins as the model's median.
+        assert (run.result.value("n_forecasts", "model_aci", h)
+                == run.result.value("n_forecasts", MODEL, h))
+    tables = rolling_tables(run.stored, run.result.config)
+    assert "| 1 | model_aci |" in tables and "| 5 | ewma_aci |" in tables
+
+
+def _market_bars(bars: pd.DataFrame) -> pd.DataFrame:
+    """Bars with the market series a write of exactly these bars would keep (sources/market)."""
+    from service.sources.market import market_series
+
+    market = market_series(bars[["ticker", "date", "adj_close"]]).set_index("date")
+    return bars.assign(market_return=market["market_return"].reindex(bars["date"]).to_numpy())
+
+
+def test_market_context_is_causal_and_its_artifacts_refuse_other_features(clean_run, tmp_path):
+    from service.artifacts.manifest import load_manifest
+    from service.core.errors import ManifestMismatch
+    from service.db.bars import read_bars_many
+    from service.forecasting.spec import FEATURE_SETS, MARKET_FEATURES
+    from service.inference.predictor import Predictor
+    from training.pipeline import train_and_export
+
+    root, _ = clean_run
+    config = _config(features=FEATURE_SETS["+market"])
+    engine = make_engine(f"sqlite:///{root / 'r.db'}")
+    try:  # the series the write path kept equals the one derived from the frame
+        stored = read_bars_many(engine, list(TICKERS), market=True)
+    finally:
+        engine.dispose()
+    bars = _market_bars(BARS)
+    np.testing.assert_allclose(stored["market_return"], bars["market_return"], rtol=1e-12)
+    jobs = plan_jobs(config, bars, SPEC)
+    # Scrambling every price from block 2 on moves the market from there on, not block 1's key.
+    poisoned = plan_jobs(config, _market_bars(_poisoned(jobs[1].block.first)), SPEC)
+    assert poisoned[0].key == jobs[0].key and poisoned[1].key == jobs[1].key
+    assert plan_jobs(config, _market_bars(_poisoned(jobs[0].block.last)), SPEC)[1].key != (
+        jobs[1].key)
+    assert jobs[0].key != plan_jobs(_config(), BARS, SPEC)[0].key
+    artifact = train_and_export(jobs[0].config, jobs[0].bars, tmp_path)
+    with pytest.raises(ManifestMismatch, match="was built for features"):
+        load_manifest(artifact)  # serving's default set is not this one
+    with pytest.raises(ManifestMismatch, match="was built for features"):
+        Predictor.load(artifact, "cpu", expected=_config(features=FEATURE_SETS["returns"]).spec)
+    assert set(MARKET_FEATURES) <= set(load_manifest(artifact, config.spec).spec.features)
+    without = forecast_block(jobs[0].block, artifact, bars_by_ticker(BARS), horizons=(1,),
+                             baselines=("naive",), provider="cpu", expected=config.spec)
+    assert not without.forecasts and sorted(without.skipped) == list(TICKERS)
+    assert all("reads the market series" in why for why in without.skipped.values())
+    made = forecast_block(jobs[0].block, artifact, bars_by_ticker(bars), horizons=(1,),
+                          baselines=("naive",), provider="cpu", expected=config.spec)
+    assert len(made.forecasts[1]) == len(TICKERS) * 40
+
+
+def test_blocks_train_on_a_dask_cluster_into_the_same_models(clean_run, tmp_path):
+    from distributed import LocalCluster
+
+    _, run = clean_run
+    jobs = plan_jobs(_config(), BARS, SPEC)
+    # Worker processes of their own, as a remote cluster's would be; the artifacts come back
+    # as files, so nothing is shared on disk with the client.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, scheduler_port=0) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        trained = train_blocks(jobs, tmp_path / "models", progress=False,
+                               cluster=cluster.scheduler_address)
+    assert [trained[b][0].name for b in (1, 2)] == _versions(run)  # same inputs, same models
+    assert not any(cached for _, cached in trained.values())
+    again = train_blocks(jobs, tmp_path / "models", progress=False, cluster="tcp://0.0.0.0:1")
+    assert all(cached for _, cached in again.values())  # cached blocks never reach a cluster
+
+
+def test_the_ablation_chooses_on_validation_blocks_and_reports_test_blocks(clean_run):
+    from service.evaluation.rolling import score_segment
+    from training.rolling import evaluate_ablation
+
+    root, run = clean_run
+    result = evaluate_ablation(_config(), SPEC, ("returns", "indicators"), 1,
+                               f"sqlite:///{root / 'r.db'}", root / "models",
+                               plots_dir=root / "ablation", provider="cpu")
+    assert (result.validation_blocks, result.test_blocks) == ((1,), (2,))
+    assert result.chosen in ("returns", "indicators") and result.reason
+    # The indicators run is the clean run again (its block models come from the cache).
+    assert _versions(result.runs["indicators"]) == _versions(run)
+    segments = [(s.name, s.segment) for s in result.scores]
+    assert segments == [("returns", "validation"), ("indicators", "validation"),
+                        ("returns", "test"), ("indicators", "test")]
+    test = score_segment("indicators", "test", run.result.forecasts, (2,), SPEC.top_k,
+                         SPEC.cost_bp)
+    assert result.scores[3].value("rank_ic_mean") == pytest.approx(test.value("rank_ic_mean"))
+    assert result.scores[3].value("n_forecasts") == len(TICKERS) * 40
+    # Whatever happens on the test block cannot move the validation scores the choice reads.
+    rng = np.random.default_rng(3)
+    scrambled = {h: f.assign(realized=np.where(f["block"] == 2,
+                                               rng.permutation(f["realized"].to_numpy()),
+                                               f["realized"]))
+                 for h, f in run.result.forecasts.items()}
+    again = score_segment("indicators", "validation", scrambled, (1,), SPEC.top_k, SPEC.cost_bp)
+    assert again.value("rank_ic_mean") == result.scores[1].value("rank_ic_mean")
+    assert again.value("rel_mae") == result.scores[1].value("rel_mae")
+    assert "| features | segment | blocks | rank IC |" in result.table()
+    assert result.plot(root / "ablation.png").stat().st_size > 0
+    saved = json.loads(json.dumps(result.to_dict()))
+    assert saved["chosen"] == result.chosen and saved["test_blocks"] == [2]
+    assert saved["scores"][3]["model/1/rank_ic_mean"] == result.scores[3].value("rank_ic_mean")

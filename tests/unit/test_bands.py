@@ -10,8 +10,10 @@ import pytest
 
 from service.forecasting.bands import (
     BASELINE_ACI,
+    ACIForecaster,
     ACISettings,
     aci_bands,
+    aci_state,
     band,
     base_bands,
     empirical_quantiles,
@@ -19,7 +21,9 @@ from service.forecasting.bands import (
     mean_reversion_scale,
     quantile_at,
 )
+from service.forecasting.forecaster import HistoricalForecasts, TickerSeries
 from service.forecasting.volatility import EWMA_LAMBDA, ewma_volatility, log_returns
+from tests.bar_factories import make_bars
 
 LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 COVERAGES = (0.5, 0.8, 0.9)
@@ -120,6 +124,34 @@ def test_aci_reads_no_outcome_after_the_origin(target):
     np.testing.assert_array_equal(after.lower[0], before.lower[0])
     np.testing.assert_array_equal(after.upper[0], before.upper[0])
     assert not np.array_equal(after.lower[1], before.lower[1])
+    # So is the state the server stores at the cut (Q-hat and the level asked for).
+    state_before = aci_state(quantiles, LEVELS, realized, targets, delays, COVERAGES, settings)
+    state_after = aci_state(quantiles, LEVELS, scrambled, targets, delays, COVERAGES, settings)
+    np.testing.assert_array_equal(state_after.qhat[0], state_before.qhat[0])
+    np.testing.assert_array_equal(state_after.coverage[0], state_before.coverage[0])
+
+
+class _Fixed:
+    """A quantile forecaster whose forecasts are given (the stand-in for any base)."""
+
+    name = "fixed"
+    quantiles = LEVELS
+
+
+def test_a_stored_state_applied_to_one_origin_gives_the_backtests_band_there():
+    bars = make_bars(700, seed=3)
+    series = TickerSeries("X", bars)
+    quantiles, _ = _jump_series(n=700)
+    horizon = 3
+    q = np.concatenate([quantiles * np.sqrt(h) for h in range(1, horizon + 1)], axis=1)
+    base = HistoricalForecasts(np.arange(700), q, LEVELS)
+    aci = ACIForecaster(_Fixed(), ACISettings(lookback=100, calibration=250))
+    origins = np.arange(400, 700)
+    walked = aci.recalibrate(base, series, origins, horizon)  # the backtest: every origin
+    for t in (400, 555, 699):
+        _, slots, state = aci.state_at(base, series, np.array([t]), horizon)  # the server
+        served = aci.apply(q[t : t + 1, slots - 1], LEVELS, state.qhat)
+        np.testing.assert_array_equal(served[0], walked.log_returns[t - 400])
 
 
 def test_a_target_without_known_outcomes_gets_the_base_band():

@@ -399,3 +399,24 @@ def test_the_registry_holds_every_default_feature_with_its_warmup():
     assert set(FEATURE_NAMES) <= set(FEATURES)
     assert {name: f.warmup for name, f in FEATURES.items()} == FEATURE_WARMUP
     assert all(f.name == name for name, f in FEATURES.items())
+
+
+@pytest.mark.parametrize("n", [5, 14, 15, 90, 1260])
+def test_average_true_range_is_tas_float_for_float(aapl_bars, n):
+    from ta.volatility import AverageTrueRange
+
+    from service.forecasting.features import average_true_range
+
+    for bars in (aapl_bars.iloc[-n:], synthetic_bars(n)):
+        factor = bars["adj_close"].to_numpy() / bars["close"].to_numpy()
+        high, low = bars["high"].to_numpy() * factor, bars["low"].to_numpy() * factor
+        close = bars["adj_close"].to_numpy()
+        got = average_true_range(high, low, close, 14)
+        if n < 14:  # no first average yet (ta itself raises here)
+            assert len(got) == n and np.isnan(got).all()
+            continue
+        expected = AverageTrueRange(pd.Series(high), pd.Series(low), pd.Series(close),
+                                    window=14, fillna=False).average_true_range().to_numpy()
+        expected = expected.copy()
+        expected[:13] = np.nan  # ta's zeros before its first average
+        np.testing.assert_array_equal(got, expected)

@@ -1,0 +1,286 @@
+"""All SQL for the serving stores: feature rows per (ticker, feature version, date), what they
+were computed from (feature_sets), and the served band's ACI state per (model, ticker, as_of).
+
+Both stores are checked against `tickers.bars_revision`, which the bars write bumps in its own
+transaction: a stored row is used only while its revision is the ticker's, so a re-based or
+extended history is never served from rows computed before it (the reader falls back).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.db.models import BandState, FeatureRow, FeatureSet, Ticker
+
+_ROWS = FeatureRow.__table__
+_SETS = FeatureSet.__table__
+_STATES = BandState.__table__
+_TICKERS = Ticker.__table__
+IN_CHUNK = 500  # tickers per IN (...) list
+INSERT_CHUNK = 20_000  # feature rows per executemany / COPY batch
+FLOAT = np.dtype("<f8")  # every stored array: float64, little-endian
+
+
+def encode(values: np.ndarray) -> bytes:
+    """An array's float64 bytes (C order)."""
+    return np.ascontiguousarray(values, dtype=FLOAT).tobytes()
+
+
+def decode(blob: bytes | memoryview, columns: int) -> np.ndarray:
+    """Inverse of encode for rows of `columns` values: (n, columns) float64."""
+    return np.frombuffer(bytes(blob), dtype=FLOAT).reshape(-1, columns)
+
+
+@contextmanager
+def consistent_read(engine: Engine) -> Iterator[Connection]:
+    """A connection whose statements share one snapshot (a state and its feature rows agree):
+    SQLite's read transaction already does; Postgres needs REPEATABLE READ for it."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        yield conn
+
+
+def _insert(conn: Connection):
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _chunks(items: Sequence, size: int = IN_CHUNK):
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+# -- feature rows --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredFeatureSet:
+    """What one ticker's stored rows of a feature version were computed from."""
+
+    ticker: str
+    bars_revision: int
+    last_date: dt.date | None
+    n_rows: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class FeatureUpdate:
+    """Rows to write for one ticker: appended to what is stored, or replacing all of it."""
+
+    ticker: str
+    bars_revision: int
+    dates: pd.DatetimeIndex  # of the rows to write
+    values: np.ndarray  # (len(dates), F)
+    replace: bool
+    last_date: dt.date | None  # of the whole set after the write
+    n_rows: int
+    digest: str
+
+
+def feature_sets(conn: Connection, version: str,
+                 tickers: Sequence[str]) -> dict[str, StoredFeatureSet]:
+    """The stored feature sets of `tickers` for `version`, by ticker (absent: none stored)."""
+    out = {}
+    for part in _chunks(tickers):
+        rows = conn.execute(select(_SETS).where(_SETS.c.version == version,
+                                                _SETS.c.ticker.in_(part)))
+        for r in rows:
+            out[r.ticker] = StoredFeatureSet(r.ticker, r.bars_revision, r.last_date, r.n_rows,
+                                             r.digest)
+    return out
+
+
+def write_features(conn: Connection, version: str, updates: Sequence[FeatureUpdate]) -> int:
+    """Write the updates' rows (deleting a replaced ticker's old rows first) and their sets;
+    returns the rows written."""
+    if not updates:
+        return 0
+    replaced = [u.ticker for u in updates if u.replace]
+    for part in _chunks(replaced):
+        conn.execute(delete(_ROWS).where(_ROWS.c.version == version, _ROWS.c.ticker.in_(part)))
+    rows = [(u.ticker, version, d, encode(v))
+            for u in updates for d, v in zip(u.dates.date, u.values)]
+    if conn.dialect.name == "postgresql":
+        _copy_rows(conn, rows)
+    else:
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            for part in _chunks(rows, INSERT_CHUNK):
+                cursor.executemany(
+                    "INSERT OR REPLACE INTO feature_rows (ticker, version, date, features) "
+                    "VALUES (?, ?, ?, ?)", [(t, v, d.isoformat(), b) for t, v, d, b in part])
+        finally:
+            cursor.close()
+    insert = _insert(conn)
+    values = [{"ticker": u.ticker, "version": version, "bars_revision": u.bars_revision,
+               "last_date": u.last_date, "n_rows": u.n_rows, "digest": u.digest,
+               "computed_at": dt.datetime.now(dt.UTC)} for u in updates]
+    for part in _chunks(values):
+        stmt = insert(_SETS).values(part)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["ticker", "version"],
+            set_={c: stmt.excluded[c] for c in ("bars_revision", "last_date", "n_rows", "digest",
+                                                 "computed_at")}))
+    return len(rows)
+
+
+def _copy_rows(conn: Connection, rows: list[tuple]) -> None:
+    """Postgres: binary COPY into a temporary table, then one INSERT ... ON CONFLICT."""
+    conn.execute(text("CREATE TEMP TABLE feature_rows_incoming (LIKE feature_rows) "
+                      "ON COMMIT DROP"))
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(
+            "COPY feature_rows_incoming (ticker, version, date, features) FROM STDIN "
+            "(FORMAT BINARY)") as cp:
+        cp.set_types(["varchar", "varchar", "date", "bytea"])
+        for row in rows:
+            cp.write_row(row)
+    conn.execute(text(
+        "INSERT INTO feature_rows SELECT * FROM feature_rows_incoming "
+        "ON CONFLICT (ticker, version, date) DO UPDATE SET features = excluded.features"))
+    conn.execute(text("DROP TABLE feature_rows_incoming"))
+
+
+def read_features(conn: Connection, version: str, ticker: str, columns: int
+                  ) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Every stored row of one ticker, oldest first: (dates, (n, columns) values)."""
+    rows = conn.execute(select(_ROWS.c.date, _ROWS.c.features)
+                        .where(_ROWS.c.ticker == ticker, _ROWS.c.version == version)
+                        .order_by(_ROWS.c.date)).all()
+    return _frame(rows, columns)
+
+
+def _frame(rows, columns: int) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    dates = pd.DatetimeIndex(pd.to_datetime([r[0] for r in rows]), name="date")
+    if not rows:
+        return dates, np.empty((0, columns))
+    return dates, decode(b"".join(bytes(r[1]) for r in rows), columns)
+
+
+# The serving reads are built once (a cold request is a few statements; building each anew
+# costs as much as running it).
+_TAIL = (select(_ROWS.c.ticker, _ROWS.c.date, _ROWS.c.features)
+         .where(_ROWS.c.version == bindparam("version"),
+                _ROWS.c.ticker.in_(bindparam("tickers", expanding=True)),
+                _ROWS.c.date >= bindparam("first"), _ROWS.c.date <= bindparam("last"))
+         .order_by(_ROWS.c.ticker, _ROWS.c.date))
+_LAST_N = (select(_ROWS.c.date, _ROWS.c.features)
+           .where(_ROWS.c.version == bindparam("version"), _ROWS.c.ticker == bindparam("ticker"),
+                  _ROWS.c.date <= bindparam("last"))
+           .order_by(_ROWS.c.date.desc()).limit(bindparam("n")))
+
+
+def read_latest_features(conn: Connection, version: str, last_dates: dict[str, dt.date],
+                         n: int, columns: int) -> dict[str, tuple[list[dt.date], np.ndarray]]:
+    """The last `n` stored rows up to each ticker's date in `last_dates`, oldest first:
+    (dates, (n, columns) values).
+
+    Tickers sharing a last date are read with one statement over a calendar span that holds
+    n sessions; a ticker with gaps there is read on its own (ORDER BY date DESC LIMIT n).
+    """
+    span = dt.timedelta(days=n * 7 // 5 + 15)  # n sessions: weekends plus holidays
+    by_date: dict[dt.date, list[str]] = {}
+    for ticker, last in last_dates.items():
+        by_date.setdefault(last, []).append(ticker)
+    out: dict[str, tuple[list[dt.date], np.ndarray]] = {}
+    for last, tickers in by_date.items():
+        for part in _chunks(sorted(tickers)):
+            rows = conn.execute(_TAIL, {"version": version, "tickers": part,
+                                        "first": last - span, "last": last}).all()
+            grouped: dict[str, list] = {}
+            for r in rows:
+                grouped.setdefault(r[0], []).append((r[1], r[2]))
+            for ticker in part:
+                got = grouped.get(ticker, [])
+                if len(got) < n:
+                    got = conn.execute(_LAST_N, {"version": version, "ticker": ticker,
+                                                 "last": last, "n": n}).all()[::-1]
+                if got:
+                    got = got[-n:]
+                    out[ticker] = ([r[0] for r in got],
+                                   decode(b"".join(bytes(r[1]) for r in got), columns))
+    return out
+
+
+# -- band states ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredBandState:
+    """The served band's state of one ticker as of a bar: ACI's Q̂ (horizons, levels) and the
+    recent coverage, with the bars revision it was computed from."""
+
+    ticker: str
+    as_of: dt.date
+    bars_revision: int
+    last_close: float
+    qhat: np.ndarray
+    recent_coverage: float | None
+    recent_sessions: int
+
+
+def write_band_states(conn: Connection, model_version: str,
+                      states: Sequence[StoredBandState]) -> None:
+    """Upsert states; a ticker's older states of this model are dropped (only the latest is
+    served: requests as of an earlier day take the general path)."""
+    if not states:
+        return
+    insert = _insert(conn)
+    now = dt.datetime.now(dt.UTC)
+    values = [{"model_version": model_version, "ticker": s.ticker, "as_of": s.as_of,
+               "bars_revision": s.bars_revision, "last_close": s.last_close,
+               "horizons": int(s.qhat.shape[0]), "qhat": encode(s.qhat),
+               "recent_coverage": s.recent_coverage, "recent_sessions": s.recent_sessions,
+               "computed_at": now} for s in states]
+    for part in _chunks(values):
+        for v in part:
+            conn.execute(delete(_STATES).where(_STATES.c.model_version == model_version,
+                                               _STATES.c.ticker == v["ticker"],
+                                               _STATES.c.as_of < v["as_of"]))
+        stmt = insert(_STATES).values(part)
+        # A short request's state (slots 1..h) never replaces a longer one of the same bars.
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["model_version", "ticker", "as_of"],
+            set_={c: stmt.excluded[c] for c in ("bars_revision", "last_close", "horizons",
+                                                 "qhat", "recent_coverage", "recent_sessions",
+                                                 "computed_at")},
+            where=(stmt.excluded.horizons >= _STATES.c.horizons)
+            | (stmt.excluded.bars_revision != _STATES.c.bars_revision)))
+
+
+_FRESH = (select(_STATES)
+          .select_from(_STATES.join(_TICKERS, and_(
+              _TICKERS.c.symbol == _STATES.c.ticker,
+              _TICKERS.c.last_bar_date == _STATES.c.as_of,
+              _TICKERS.c.bars_revision == _STATES.c.bars_revision)).join(_SETS, and_(
+                  _SETS.c.ticker == _STATES.c.ticker,
+                  _SETS.c.version == bindparam("feature_version"),
+                  _SETS.c.bars_revision == _STATES.c.bars_revision,
+                  _SETS.c.last_date == _STATES.c.as_of)))
+          .where(_STATES.c.model_version == bindparam("model_version"),
+                 _STATES.c.ticker.in_(bindparam("tickers", expanding=True))))
+
+
+def read_fresh_states(conn: Connection, model_version: str, feature_version: str,
+                      tickers: Sequence[str], levels: int) -> dict[str, StoredBandState]:
+    """Band states as of each ticker's latest bar that are fresh: computed from the ticker's
+    current bars revision, with the feature rows up to that bar stored from the same revision.
+    """
+    out = {}
+    for part in _chunks(tickers):
+        rows = conn.execute(_FRESH, {"feature_version": feature_version,
+                                     "model_version": model_version, "tickers": part})
+        for r in rows:
+            out[r.ticker] = StoredBandState(
+                r.ticker, r.as_of, r.bars_revision, r.last_close,
+                decode(r.qhat, levels), r.recent_coverage, r.recent_sessions)
+    return out

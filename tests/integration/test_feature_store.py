@@ -1,0 +1,234 @@
+"""The serving stores on real SQLite and PostgreSQL: stored features are build_features' values,
+kept fresh as bars change; a cold forecast from the stores equals the one from bars; a missing
+or stale store falls back to the bars and answers the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import inspect, text
+
+from service.api.main import create_app
+from service.db import features as store_db
+from service.db.bars import read_bars
+from service.db.session import downgrade, make_engine, upgrade
+from service.evaluation import feature_store
+from service.evaluation.feature_store import (
+    after_bars_written,
+    prewarm,
+    stored_features,
+    stored_inputs,
+    update_features,
+)
+from service.forecasting.features import build_features
+from service.sources.ingest import ingest_frame
+from tests.api_factories import LAST_BAR, api_settings
+from tests.bar_factories import make_bars
+from tests.tiny_model import synthetic_bars_multi
+
+
+def _ingest(engine, frame: pd.DataFrame) -> None:
+    ingest_frame(engine, frame, source="test", after_write=after_bars_written)
+
+
+def _ticker(frame: pd.DataFrame, ticker: str) -> pd.DataFrame:
+    return frame[frame["ticker"] == ticker].drop(columns="ticker").reset_index(drop=True)
+
+
+def _assert_stored_equal_built(engine, frame: pd.DataFrame) -> None:
+    with engine.connect() as conn:
+        for ticker in frame["ticker"].unique():
+            expected = build_features(_ticker(frame, ticker))
+            pd.testing.assert_frame_equal(stored_features(conn, ticker), expected,
+                                          check_freq=False, check_exact=True)
+
+
+def test_ingest_stores_exactly_what_build_features_gives(engine):
+    frame = synthetic_bars_multi()
+    _ingest(engine, frame)
+    _assert_stored_equal_built(engine, frame)
+    with engine.begin() as conn:  # nothing changed: nothing is recomputed
+        assert update_features(conn) == 0
+
+
+def test_new_bars_append_and_a_rebased_history_replaces(engine):
+    frame = synthetic_bars_multi()
+    older = frame.groupby("ticker").head(300)
+    _ingest(engine, older)
+    with engine.connect() as conn:
+        before = store_db.read_features(conn, feature_store.STORE_VERSION, "AAA", 14)
+    _ingest(engine, frame)  # 60 new sessions per ticker
+    _assert_stored_equal_built(engine, frame)
+    with engine.connect() as conn:
+        after = store_db.read_features(conn, feature_store.STORE_VERSION, "AAA", 14)
+    np.testing.assert_array_equal(after[1][: len(before[1])], before[1])
+
+    # A split re-adjusts adj_close before it: every stored row of that ticker is recomputed.
+    rebased = frame.copy()
+    early = (rebased["ticker"] == "BBB") & (rebased["date"] < rebased["date"].iloc[200])
+    rebased.loc[early, "adj_close"] *= 0.5
+    _ingest(engine, rebased)
+    _assert_stored_equal_built(engine, rebased)
+
+
+def test_a_new_feature_version_recomputes_every_ticker(engine, monkeypatch):
+    frame = synthetic_bars_multi()
+    _ingest(engine, frame)
+    monkeypatch.setattr(feature_store, "STORE_VERSION", "99-test")
+    with engine.begin() as conn:
+        assert update_features(conn) == 3
+    _assert_stored_equal_built(engine, frame)  # read under the new version
+
+
+def test_stored_rows_at_t_ignore_the_bars_after_t(engine):
+    frame = synthetic_bars_multi()
+    _ingest(engine, frame)
+    t = frame["date"].iloc[250]
+    with engine.connect() as conn:
+        before = stored_features(conn, "CCC").loc[:t]
+    scrambled = frame.copy()
+    future = (scrambled["ticker"] == "CCC") & (scrambled["date"] > t)
+    rng = np.random.default_rng(7)
+    for column in ("open", "high", "low", "close", "adj_close", "volume"):
+        scrambled.loc[future, column] = rng.permutation(scrambled.loc[future, column].to_numpy())
+    scrambled.loc[future, "high"] = scrambled.loc[future, ["open", "high", "low", "close"]].max(1)
+    scrambled.loc[future, "low"] = scrambled.loc[future, ["open", "high", "low", "close"]].min(1)
+    _ingest(engine, scrambled)
+    with engine.connect() as conn:
+        after = stored_features(conn, "CCC")
+    pd.testing.assert_frame_equal(after.loc[:t], before, check_exact=True, check_freq=False)
+    assert not after.loc[t:].iloc[1:].equals(before.loc[t:].iloc[1:])
+
+
+def test_migration_0004_downgrades_to_0003_and_back(db_url):
+    engine = make_engine(db_url)
+    _ingest(engine, synthetic_bars_multi())
+    downgrade(db_url, "0003")
+    tables = set(inspect(engine).get_table_names())
+    assert not {"feature_rows", "feature_sets", "band_states"} & tables
+    assert "bars_revision" not in {c["name"] for c in inspect(engine).get_columns("tickers")}
+    upgrade(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from bars")).scalar() == 3 * 360
+        assert conn.execute(text("select count(*) from feature_rows")).scalar() == 0
+    with engine.begin() as conn:  # the revision column is back at 0; the store refills
+        assert update_features(conn) == 3
+    engine.dispose()
+
+
+# -- cold forecasts through the API ---------------------------------------------------------------
+
+
+@pytest.fixture
+def store_app(db_url, tiny_artifact, tiny_predictor):
+    """(client, forecast service, engine, bars) of an app over the tiny bars, stores prewarmed."""
+    frame = synthetic_bars_multi()
+    engine = make_engine(db_url)
+    _ingest(engine, frame)
+    report = prewarm(engine, tiny_predictor)
+    assert (report.computed, report.fresh) == (3, 0)
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir))
+    with TestClient(app) as client:
+        yield client, app.state.forecasts, engine, frame
+    engine.dispose()
+
+
+def _from_bars(predictor, engine, ticker, horizon):
+    bars = read_bars(engine, ticker, last=predictor.serving_bars)
+    return predictor.forecast(ticker, bars, horizon)
+
+
+def _assert_same_forecast(body: dict, expected, level: int = 80) -> None:
+    assert body["as_of"] == expected.as_of.isoformat()
+    assert body["last_close"] == expected.last_close
+    assert body["band"]["recent_sessions"] == expected.recent_sessions
+    assert body["band"]["recent_coverage"] == pytest.approx(expected.recent_coverage)
+    for got, step in zip(body["forecasts"], expected.steps, strict=True):
+        assert got["date"] == step.date.isoformat()
+        # The store's window runs through one onnxruntime call of its own: float32 rounding.
+        assert got["close"] == pytest.approx(step.close, rel=1e-6)
+        assert got["lower"] == pytest.approx(step.bands[level][0], rel=1e-6)
+        assert got["upper"] == pytest.approx(step.bands[level][1], rel=1e-6)
+
+
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_cold_forecast_from_the_stores_equals_the_forecast_from_bars(store_app, tiny_predictor,
+                                                                     horizon):
+    client, service, engine, _ = store_app
+    body = client.post("/predict/BBB", json={"horizon": horizon}).json()
+    assert service.from_store == 1
+    _assert_same_forecast(body, _from_bars(tiny_predictor, engine, "BBB", horizon))
+    batch = client.post("/predict", json={"tickers": ["AAA", "CCC"], "horizon": horizon,
+                                          "level": 90}).json()
+    assert service.from_store == 3 and not batch["errors"]
+    for got in batch["forecasts"]:
+        _assert_same_forecast(got, _from_bars(tiny_predictor, engine, got["ticker"], horizon),
+                              level=90)
+
+
+def test_a_missing_or_stale_store_falls_back_to_the_bars(store_app, tiny_predictor):
+    client, service, engine, frame = store_app
+    with engine.begin() as conn:
+        conn.execute(text("delete from band_states where ticker = 'AAA'"))
+    missing = client.post("/predict/AAA", json={"horizon": 5}).json()
+    assert service.from_store == 0
+    _assert_same_forecast(missing, _from_bars(tiny_predictor, engine, "AAA", 5))
+    with engine.connect() as conn:  # the fallback stored the state it was served with
+        assert set(stored_inputs(conn, tiny_predictor, ["AAA"], 5)) == {"AAA"}
+
+    # A new bar of BBB: its state is stale (another revision), its features follow the write.
+    last = _ticker(frame, "BBB").iloc[-1]
+    newer = pd.DataFrame([{**last, "ticker": "BBB", "date": last["date"] + pd.offsets.BDay(),
+                           "close": last["close"] * 1.01, "adj_close": last["adj_close"] * 1.01,
+                           "high": max(last["high"], last["close"] * 1.01)}])
+    _ingest(engine, newer)
+    service.clear()
+    stale = client.post("/predict/BBB", json={"horizon": 5}).json()
+    assert service.from_store == 0
+    _assert_same_forecast(stale, _from_bars(tiny_predictor, engine, "BBB", 5))
+    assert stale["as_of"] == (last["date"] + pd.offsets.BDay()).date().isoformat()
+
+
+def test_a_state_of_fewer_horizons_is_not_served_beyond_them(store_app, tiny_predictor):
+    client, service, engine, _ = store_app
+    with engine.begin() as conn:
+        conn.execute(text("delete from band_states"))
+    client.post("/predict/CCC", json={"horizon": 2})  # from bars: a state of slots 1..2
+    service.clear()
+    body = client.post("/predict/CCC", json={"horizon": 4}).json()
+    assert service.from_store == 0
+    _assert_same_forecast(body, _from_bars(tiny_predictor, engine, "CCC", 4))
+    service.clear()
+    client.post("/predict/CCC", json={"horizon": 1})  # slots 1..4 stored now: served
+    assert service.from_store == 1
+
+
+def test_a_batch_of_more_than_100_tickers_is_answered(db_url, tiny_artifact, tiny_predictor):
+    tickers = [f"T{i:03d}" for i in range(120)]
+    frame = pd.concat([make_bars(200, start="2020-08-03", seed=i, ticker=t)
+                       for i, t in enumerate(tickers)], ignore_index=True)
+    engine = make_engine(db_url)
+    _ingest(engine, frame)
+    prewarm(engine, tiny_predictor, tickers[:110])  # 10 left to the bars
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir,
+                                  refresh_interval_minutes=1e6))
+    with TestClient(app) as client:
+        body = client.post("/predict", json={"tickers": [*tickers, "NOPE"], "horizon": 2})
+        assert body.status_code == 200, body.text
+        assert [f["ticker"] for f in body.json()["forecasts"]] == tickers
+        assert [e["ticker"] for e in body.json()["errors"]] == ["NOPE"]
+        assert app.state.forecasts.from_store == 110
+        for got in body.json()["forecasts"][105:115]:
+            _assert_same_forecast(got, _from_bars(tiny_predictor, engine, got["ticker"], 2))
+    engine.dispose()
+
+
+def test_prewarm_skips_what_is_fresh(engine, tiny_predictor):
+    _ingest(engine, synthetic_bars_multi())
+    first = prewarm(engine, tiny_predictor)
+    again = prewarm(engine, tiny_predictor)
+    assert (first.computed, again.computed, again.fresh) == (3, 0, 3)
+    with engine.connect() as conn:
+        assert stored_inputs(conn, tiny_predictor, ["AAA"], 5)["AAA"].state.as_of == LAST_BAR

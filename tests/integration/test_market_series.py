@@ -1,0 +1,96 @@
+"""The market series follows the bars through the one write path, on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from service.db.bars import read_bars, read_bars_many
+from service.db.market import read_market
+from service.db.session import downgrade, make_engine, upgrade
+from service.sources.ingest import ingest_frame
+from service.sources.market import market_series
+from service.sources.store import validate, write_bars
+from tests.api_factories import store_bars
+from tests.tiny_model import synthetic_bars_multi
+
+BARS = synthetic_bars_multi(("AAA", "BBB", "CCC", "DDD"), n=90)
+DATES = np.sort(BARS["date"].unique())
+
+
+def _from_scratch(engine) -> pd.DataFrame:
+    """The series a full recompute over every stored bar gives."""
+    return market_series(read_bars_many(engine)[["ticker", "date", "adj_close"]])
+
+
+def test_ingest_and_refresh_keep_the_series_equal_to_a_full_recompute(engine):
+    early = BARS[BARS["date"] < DATES[60]]
+    # DDD arrives late: its first 60 sessions are missing until the refresh below.
+    ingest_frame(engine, early[early["ticker"] != "DDD"], source="test")
+    first = read_market(engine)
+    pd.testing.assert_frame_equal(first, _from_scratch(engine))
+    assert first["n_tickers"].max() == 3
+    # A refresh of two tickers' later bars, then DDD's whole history: each through write_bars.
+    later = BARS[(BARS["date"] >= DATES[60]) & BARS["ticker"].isin(["AAA", "BBB"])]
+    write_bars(engine, validate(later), "test")
+    write_bars(engine, validate(BARS[BARS["ticker"] == "DDD"]), "test")
+    write_bars(engine, validate(BARS[BARS["ticker"] == "CCC"]), "test")
+    now = read_market(engine)
+    pd.testing.assert_frame_equal(now, _from_scratch(engine))
+    # DDD's history reached back to the first session: every session now counts all four.
+    assert len(now) == len(DATES) - 1 and (now["n_tickers"] == 4).all()
+    # A repeat write changes nothing, and reads carry the series on each bar's date.
+    write_bars(engine, validate(BARS), "test")
+    pd.testing.assert_frame_equal(read_market(engine), now)
+    bars = read_bars(engine, "AAA", market=True)
+    lookup = now.set_index("date")["market_return"]
+    np.testing.assert_array_equal(bars["market_return"].to_numpy()[1:],
+                                  lookup.reindex(bars["date"]).to_numpy()[1:])
+    assert np.isnan(bars["market_return"].iloc[0])  # the first session has no market return
+    assert "market_return" not in read_bars(engine, "AAA").columns
+
+
+def test_a_later_write_leaves_earlier_sessions_bit_identical(engine):
+    ingest_frame(engine, BARS[BARS["date"] < DATES[70]], source="test")
+    before = read_market(engine)
+    moved = BARS[BARS["date"] >= DATES[70]].copy()
+    moved["adj_close"] *= 1.7  # any later bars whatever
+    write_bars(engine, validate(moved), "test")
+    after = read_market(engine)
+    pd.testing.assert_frame_equal(after.iloc[: len(before)], before)
+    pd.testing.assert_frame_equal(after, _from_scratch(engine))
+
+
+def test_the_migration_derives_the_series_from_bars_already_cached(sqlite_url):
+    upgrade(sqlite_url)
+    store_bars(sqlite_url, BARS)
+    downgrade(sqlite_url, "0003")
+    engine = make_engine(sqlite_url)
+    try:
+        assert "market_series" not in sa.inspect(engine).get_table_names()
+        upgrade(sqlite_url)
+        pd.testing.assert_frame_equal(read_market(engine), _from_scratch(engine))
+        assert len(read_market(engine)) == len(DATES) - 1
+    finally:
+        engine.dispose()
+
+
+def test_the_bar_cache_serves_the_market_to_a_model_that_reads_it(engine):
+    import datetime as dt
+
+    from service.sources.cache import BarCache
+    from tests.api_factories import Clock
+    from tests.bar_factories import ScriptedSource
+
+    ingest_frame(engine, BARS[BARS["ticker"] != "AAA"], source="test")
+    history = BARS[BARS["ticker"] == "AAA"].drop(columns="ticker")
+    now = dt.datetime.combine(history["date"].iloc[-1].date(), dt.time(21), tzinfo=dt.UTC)
+    cache = BarCache(engine, ScriptedSource({"AAA": history}), clock=Clock(now))
+    got = cache.get_bars("AAA", market=True)  # a cold read: fetched, written, the series moved
+    assert got.fetched == len(history)
+    market = read_market(engine)
+    pd.testing.assert_frame_equal(market, _from_scratch(engine))
+    lookup = market.set_index("date")["market_return"].reindex(got.bars["date"]).to_numpy()
+    np.testing.assert_array_equal(got.bars["market_return"].to_numpy()[1:], lookup[1:])
+    assert "market_return" not in cache.get_bars("AAA").bars.columns
