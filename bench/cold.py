@@ -15,6 +15,10 @@ a subprocess, started afresh for each row so nothing is in its forecast cache:
 - 16 connections: wrk against a server with STOCKCAST_FORECAST_CACHE_SIZE=0 (every request is
   cold) over every ticker in turn.
 Store rows run with STOCKCAST_SERVING_STORE=true, baseline rows with false (always from bars).
+`--baseline-tree DIR` adds the store rows of another version's `service` package on the same
+database (DIR from `git archive <commit> service alembic alembic.ini | tar -x -C DIR`): the
+store path before a change, measured in the same run. `--db FILE` keeps the seeded SQLite file
+and reuses it when it exists (the setup then is not timed).
 Targets: first forecast p50 <= 3 ms; cold p50 <= 20 ms at 16 connections; 100-ticker cold
 batch <= 300 ms; universe cold <= 1 s, warm <= 50 ms.
 Run: `make bench-cold` or `python bench/cold.py [--tickers N] [--seconds S] [--no-baseline-universe]`.
@@ -120,24 +124,46 @@ def main() -> None:
                         help="skip the universe batch from bars (about a minute or more)")
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models",
                         help="models folder whose `current` is served")
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="a folder holding another version's `service` package: its store "
+                             "rows are measured too, on the same database")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="seeded SQLite file to keep and reuse (seeded when absent)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="stockcast-cold-"))
-    rows: list[tuple[str, str, str, str]] = []  # (what, store, baseline, target)
+    rows: list[tuple[str, ...]] = []  # (what, store, [store before,] baseline, target)
+    modes = [("store", "true", {}), ("bars", "false", {})]
+    if args.baseline_tree is not None:
+        # Without the working folder on sys.path, PYTHONPATH's `service` is the one imported.
+        modes.insert(1, ("before", "true", {"PYTHONSAFEPATH": "1",
+                                            "PYTHONPATH": str(args.baseline_tree.resolve())}))
     try:
-        url = f"sqlite:///{workdir / 'bench.db'}"
-        tickers, timings = seed(url, args.model_dir)
+        db = args.db.resolve() if args.db is not None else workdir / "bench.db"
+        url = f"sqlite:///{db}"
+        if args.db is not None and db.exists():
+            engine = make_engine(url)
+            with engine.connect() as conn:
+                tickers, timings = [t.symbol for t in list_tickers(conn)], {}
+            engine.dispose()
+        else:
+            tickers, timings = seed(url, args.model_dir)
         n = min(args.tickers, len(tickers) - 101)
         first, batch_tickers = tickers[1 : n + 1], tickers[n + 1 : n + 101]
-        env = {"STOCKCAST_DATABASE_URL": url, "STOCKCAST_SOURCE": "none",
-               "STOCKCAST_MODEL_DIR": str(args.model_dir), "STOCKCAST_LOG_LEVEL": "WARNING"}
-        results: dict[str, dict[str, float]] = {"store": {}, "bars": {}}
-        for mode, flag in (("store", "true"), ("bars", "false")):
-            mode_env = {**env, "STOCKCAST_SERVING_STORE": flag}
+        env = {"STOCKCAST_SOURCE": "none", "STOCKCAST_MODEL_DIR": str(args.model_dir),
+               "STOCKCAST_LOG_LEVEL": "WARNING"}
+        results: dict[str, dict[str, float]] = {mode: {} for mode, _, _ in modes}
+        for mode, flag, extra in modes:
+            # Each column on its own copy of the seeded database: the ledger rows one records
+            # would make another's first forecasts cheaper (already recorded).
+            copy = workdir / f"{mode}.db"
+            shutil.copyfile(db, copy)
+            mode_env = {**env, "STOCKCAST_DATABASE_URL": f"sqlite:///{copy}",
+                        "STOCKCAST_SERVING_STORE": flag, **extra}
             with Server(mode_env, 1) as server:
                 ms = first_forecasts(server, first, tickers[0])
                 results[mode]["first p50"], results[mode]["first p99"] = pct(ms, 50), pct(ms, 99)
                 results[mode]["batch100"] = batch(server, batch_tickers)
-            if mode == "store" or not args.no_baseline_universe:
+            if mode != "bars" or not args.no_baseline_universe:
                 with Server(mode_env, 1) as server:
                     results[mode]["universe cold"] = batch(server, tickers, warmup=tickers[0])
                     results[mode]["universe warm"] = batch(server, tickers)
@@ -150,10 +176,10 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    s, b = results["store"], results["bars"]
+    columns = [mode for mode, _, _ in modes]
 
-    def both(key: str, fmt: str = "{:.1f}") -> tuple[str, str]:
-        return fmt.format(s[key]), (fmt.format(b[key]) if key in b else "–")
+    def both(key: str, fmt: str = "{:.1f}") -> tuple[str, ...]:
+        return tuple(fmt.format(results[m][key]) if key in results[m] else "–" for m in columns)
 
     rows = [
         (f"first forecast of a ticker, p50 ms ({n} tickers)", *both("first p50"), "<= 3"),
@@ -170,10 +196,13 @@ def main() -> None:
     print(f"\n{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs; load average "
           f"at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
     print("setup: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    print(f"\n| {'cold path':<52} | {'stores':>8} | {'from bars':>9} | {'target':>7} |")
-    print(f"|{'-' * 54}|{'-' * 10}|{'-' * 11}|{'-' * 9}|")
-    for what, store, bars, target in rows:
-        print(f"| {what:<52} | {store:>8} | {bars:>9} | {target:>7} |")
+    titles = {"store": "stores", "before": "stores before", "bars": "from bars"}
+    heads = [titles[m] for m in columns] + ["target"]
+    print(f"\n| {'cold path':<52} | " + " | ".join(f"{h:>9}" for h in heads) + " |")
+    print(f"|{'-' * 54}|" + "|".join("-" * (max(9, len(h)) + 2) for h in heads) + "|")
+    for what, *cells in rows:
+        print(f"| {what:<52} | " + " | ".join(f"{c:>{max(9, len(h))}}"
+                                              for c, h in zip(cells, heads)) + " |")
 
 
 if __name__ == "__main__":

@@ -369,6 +369,9 @@ def backtest(
     tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
     universe: Annotated[str | None, typer.Option(
         help="Named ticker universe, e.g. top24 (default: the model's training tickers).")] = None,
+    all_tickers: Annotated[bool, typer.Option(
+        "--all", help="Every cached ticker (tickers the model never saw use its unseen id).")
+    ] = False,
     start: Annotated[dt.datetime | None, typer.Option(
         formats=["%Y-%m-%d"], help="First origin (default: the model's test segment).")] = None,
     end: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
@@ -380,6 +383,9 @@ def backtest(
         help="Where the PNGs go (default: <model dir>/runs/<database key>/run-<id>).")] = None,
     readme: Annotated[bool, typer.Option(
         help="Print the README's form of the table (fewer columns, methods by title).")] = False,
+    workers: Annotated[int, typer.Option(
+        help="Processes forecasting chunks of tickers (1: this one; >1: onnxruntime on one "
+             "thread each).", min=1)] = 1,
 ):
     """Walk-forward backtest of the model vs baselines: store it, print the table, write plots."""
     from importlib.util import find_spec
@@ -399,6 +405,8 @@ def backtest(
     model_dir = model_dir or settings.model_dir
     if universe is not None and universe not in UNIVERSES:
         _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    if all_tickers and (tickers or universe):
+        _fail("give at most one of --all, --universe NAME or --tickers LIST")
     try:
         wanted_h = [int(h) for h in horizons.replace(" ", "").split(",") if h]
     except ValueError:
@@ -410,10 +418,11 @@ def backtest(
                         else resolve_current(model_dir))
         with _engine() as engine:
             run = backtest_and_store(
-                engine, artifact_dir, tickers=names, start=start.date() if start else None,
+                engine, artifact_dir, tickers=names, every_ticker=all_tickers,
+                start=start.date() if start else None,
                 end=end.date() if end else None, horizons=wanted_h, baselines=wanted_b,
                 plots_dir=plots_dir, provider=settings.ort_provider,
-                intra_op_threads=settings.ort_intra_op_threads)
+                intra_op_threads=settings.ort_intra_op_threads, workers=workers)
     except (StockcastError, ValueError) as exc:
         _fail(str(exc))
     _echo_backtest(run, readme=readme)

@@ -396,7 +396,7 @@ class ForecastService:
                     else self._read(predictor, ticker, end))
             if read.bars.empty:  # bars exist, but none on or before `end`
                 raise InsufficientHistory(ticker, 0, predictor.min_bars)
-            check = BarCheck(pd.Timestamp(read.bars["date"].iloc[-1]).date(), read.stale,
+            check = BarCheck(pd.Timestamp(read.bars["date"].to_numpy()[-1]).date(), read.stale,
                              read.warnings, now, read.latest, read.revision)
             self.checks.put(key, check)
         finally:

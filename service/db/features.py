@@ -15,7 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    bindparam,
+    delete,
+    select,
+    text,
+    type_coerce,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.models import BandState, FeatureRow, FeatureSet, Ticker
@@ -172,21 +182,31 @@ def _frame(rows, columns: int) -> tuple[pd.DatetimeIndex, np.ndarray]:
 
 # The serving reads are built once (a cold request is a few statements; building each anew
 # costs as much as running it).
-_TAIL = (select(_ROWS.c.ticker, _ROWS.c.date, _ROWS.c.features)
-         .where(_ROWS.c.version == bindparam("version"),
-                _ROWS.c.ticker.in_(bindparam("tickers", expanding=True)),
-                _ROWS.c.date >= bindparam("first"), _ROWS.c.date <= bindparam("last"))
-         .order_by(_ROWS.c.ticker, _ROWS.c.date))
-_LAST_N = (select(_ROWS.c.date, _ROWS.c.features)
+# A single ticker (each first forecast of one) is read with `=` rather than an expanding IN,
+# whose list SQLAlchemy renders anew at every execution. Dates come back as stored (an ISO
+# string on SQLite): only each ticker's last one is compared, so the others are not parsed.
+_RAW_DATE = type_coerce(_ROWS.c.date, String)
+
+
+def _tail(ticker):
+    return (select(_ROWS.c.ticker, _RAW_DATE, _ROWS.c.features)
+            .where(_ROWS.c.version == bindparam("version"), ticker,
+                   _ROWS.c.date >= bindparam("first"), _ROWS.c.date <= bindparam("last"))
+            .order_by(_ROWS.c.ticker, _ROWS.c.date))
+
+
+_TAIL = _tail(_ROWS.c.ticker.in_(bindparam("tickers", expanding=True)))
+_TAIL_ONE = _tail(_ROWS.c.ticker == bindparam("ticker"))
+_LAST_N = (select(_RAW_DATE, _ROWS.c.features)
            .where(_ROWS.c.version == bindparam("version"), _ROWS.c.ticker == bindparam("ticker"),
                   _ROWS.c.date <= bindparam("last"))
            .order_by(_ROWS.c.date.desc()).limit(bindparam("n")))
 
 
 def read_latest_features(conn: Connection, version: str, last_dates: dict[str, dt.date],
-                         n: int, columns: int) -> dict[str, tuple[list[dt.date], np.ndarray]]:
+                         n: int, columns: int) -> dict[str, tuple[dt.date, np.ndarray]]:
     """The last `n` stored rows up to each ticker's date in `last_dates`, oldest first:
-    (dates, (n, columns) values).
+    (the last row's date, (n, columns) values).
 
     Tickers sharing a last date are read with one statement over a calendar span that holds
     n sessions; a ticker with gaps there is read on its own (ORDER BY date DESC LIMIT n).
@@ -195,11 +215,12 @@ def read_latest_features(conn: Connection, version: str, last_dates: dict[str, d
     by_date: dict[dt.date, list[str]] = {}
     for ticker, last in last_dates.items():
         by_date.setdefault(last, []).append(ticker)
-    out: dict[str, tuple[list[dt.date], np.ndarray]] = {}
+    out: dict[str, tuple[dt.date, np.ndarray]] = {}
     for last, tickers in by_date.items():
         for part in _chunks(sorted(tickers)):
-            rows = conn.execute(_TAIL, {"version": version, "tickers": part,
-                                        "first": last - span, "last": last}).all()
+            params = {"version": version, "first": last - span, "last": last}
+            rows = (conn.execute(_TAIL_ONE, {**params, "ticker": part[0]}) if len(part) == 1
+                    else conn.execute(_TAIL, {**params, "tickers": part})).all()
             grouped: dict[str, list] = {}
             for r in rows:
                 grouped.setdefault(r[0], []).append((r[1], r[2]))
@@ -210,9 +231,14 @@ def read_latest_features(conn: Connection, version: str, last_dates: dict[str, d
                                                  "last": last, "n": n}).all()[::-1]
                 if got:
                     got = got[-n:]
-                    out[ticker] = ([r[0] for r in got],
+                    out[ticker] = (_date(got[-1][0]),
                                    decode(b"".join(bytes(r[1]) for r in got), columns))
     return out
+
+
+def _date(value: str | dt.date) -> dt.date:
+    """A date selected as _RAW_DATE: SQLite's ISO text, or the driver's date (Postgres)."""
+    return dt.date.fromisoformat(value) if isinstance(value, str) else value
 
 
 # -- band states ---------------------------------------------------------------------------------
@@ -261,7 +287,8 @@ def write_band_states(conn: Connection, model_version: str,
             | (stmt.excluded.bars_revision != _STATES.c.bars_revision)))
 
 
-_FRESH = (select(_STATES)
+def _fresh(ticker):
+    return (select(_STATES)
           .select_from(_STATES.join(_TICKERS, and_(
               _TICKERS.c.symbol == _STATES.c.ticker,
               _TICKERS.c.last_bar_date == _STATES.c.as_of,
@@ -270,8 +297,11 @@ _FRESH = (select(_STATES)
                   _SETS.c.version == bindparam("feature_version"),
                   _SETS.c.bars_revision == _STATES.c.bars_revision,
                   _SETS.c.last_date == _STATES.c.as_of)))
-          .where(_STATES.c.model_version == bindparam("model_version"),
-                 _STATES.c.ticker.in_(bindparam("tickers", expanding=True))))
+          .where(_STATES.c.model_version == bindparam("model_version"), ticker))
+
+
+_FRESH = _fresh(_STATES.c.ticker.in_(bindparam("tickers", expanding=True)))
+_FRESH_ONE = _fresh(_STATES.c.ticker == bindparam("ticker"))
 
 
 def read_fresh_states(conn: Connection, model_version: str, feature_version: str,
@@ -281,8 +311,9 @@ def read_fresh_states(conn: Connection, model_version: str, feature_version: str
     """
     out = {}
     for part in _chunks(tickers):
-        rows = conn.execute(_FRESH, {"feature_version": feature_version,
-                                     "model_version": model_version, "tickers": part})
+        params = {"feature_version": feature_version, "model_version": model_version}
+        rows = (conn.execute(_FRESH_ONE, {**params, "ticker": part[0]}) if len(part) == 1
+                else conn.execute(_FRESH, {**params, "tickers": part}))
         for r in rows:
             out[r.ticker] = StoredBandState(
                 r.ticker, r.as_of, r.bars_revision, r.last_close,

@@ -29,14 +29,23 @@ def record_forecasts(conn: Connection, rows: Iterable[dict]) -> int:
     rows = [{c: row[c] for c in FORECAST_COLUMNS} for row in rows]
     if not rows:
         return 0
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = _RECORD[conn.dialect.name == "postgresql"]
     new = 0
     for i in range(0, len(rows), CHUNK_ROWS):
-        stmt = insert(_LEDGER).values(rows[i : i + CHUNK_ROWS])
-        # RETURNING counts the rows really inserted: psycopg reports rowcount -1 here.
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(KEY_COLUMNS))
-        new += len(conn.execute(stmt.returning(_LEDGER.c.ticker)).all())
+        # Parameter sets of one statement built once (SQLAlchemy batches them into multi-row
+        # INSERTs); RETURNING counts the rows really inserted: psycopg reports rowcount -1.
+        new += len(conn.execute(stmt, rows[i : i + CHUNK_ROWS]).all())
     return new
+
+
+def _record_statement(insert):
+    return (insert(_LEDGER).on_conflict_do_nothing(index_elements=list(KEY_COLUMNS))
+            .returning(_LEDGER.c.ticker))
+
+
+# Built once per dialect (a request's first live forecast records it; compiling a fresh
+# multi-row INSERT each time cost more than the forecast): (SQLite's, Postgres').
+_RECORD = (_record_statement(sqlite.insert), _record_statement(postgresql.insert))
 
 
 def unscored(conn: Connection, tickers: Sequence[str] | None = None) -> pd.DataFrame:

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import multiprocessing
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,6 +44,7 @@ from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
 from service.forecasting.volatility import ewma_volatility, log_returns
+from service.forecasting.windows import prices_from_log_returns
 from service.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -156,12 +160,113 @@ def _ticker_forecasts(forecasters: Sequence[Forecaster], series: TickerSeries,
         except ValueError as exc:
             raise _CannotFit(forecaster.name, exc) from exc
         finally:
-            seconds["model" if forecaster.name == MODEL else "baselines"] += (
+            # The model's ACI run is the model's cost (its onnxruntime call over ACI's origins).
+            seconds["model" if forecaster.name.startswith(MODEL) else "baselines"] += (
                 time.perf_counter() - tick)
         origins = made[forecaster.name].origins
         if len(origins) == 0:
             return {}
     return {name: f.at(origins) for name, f in made.items()}
+
+
+class ModelForecaster(Forecaster):
+    """The predictor as a backtest method: a ticker's scaled features built once, then read by
+    the model's own origins and by ACI's longer run of origins (two onnxruntime calls, as
+    before, over the same feature rows), not rebuilt per call."""
+
+    name = MODEL
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.quantiles = predictor.quantiles
+        self._series: TickerSeries | None = None
+        self._scaled: pd.DataFrame | None = None
+
+    @property
+    def served_band(self) -> str:
+        return self.predictor.served_band
+
+    def fit(self, history) -> ModelForecaster:
+        return self  # the artifact carries the weights and scalers
+
+    def historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
+                             horizon: int) -> HistoricalForecasts:
+        if self._series is not series:  # a new ticker: its features, once
+            self._series = series
+            self._scaled = self.predictor._scaled_features(series.ticker, series.bars)
+        return self.predictor._historical_forecasts(series, origins, self._scaled)
+
+
+@dataclass(frozen=True)
+class MethodSet:
+    """A run's methods by name: what builds its forecasters, in a pool worker too (an
+    onnxruntime session does not cross processes; this does)."""
+
+    baselines: tuple[str, ...]
+    band_baselines: tuple[str, ...]
+    aci: ACISettings  # the served band's base's (band_forecasters)
+    horizons: tuple[int, ...]
+
+    def build(self, predictor: Predictor) -> list[Forecaster]:
+        """The model first, then every baseline, then the band methods (band_forecasters)."""
+        model = ModelForecaster(predictor)
+        return [model, *(BASELINES[b]() for b in self.baselines),
+                *band_forecasters(model, self.band_baselines, self.aci, self.horizons)]
+
+
+_NOT_FORECASTS = ("ticker", "origin", "target_date", "origin_close", "realized", "origin_vol")
+
+
+def _overflow(frame: pd.DataFrame) -> str | None:
+    """The first forecast column that turns into a non-finite price (close x exp(r)), or None."""
+    close = frame["origin_close"].to_numpy()
+    for column in frame.columns.drop(list(_NOT_FORECASTS)):
+        values = frame[column].to_numpy()
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(prices_from_log_returns(close, values))
+        if not finite.all():
+            return f"{column} (a log return of {float(np.nanmax(np.abs(values))):.3g})"
+    return None
+
+
+def _ticker_frames(series: TickerSeries,
+                   made: dict[str, HistoricalForecasts],
+                   horizons: Sequence[int]) -> dict[int, pd.DataFrame]:
+    """One ticker's forecast frame per horizon (see historical_forecasts)."""
+    ticker, dates = series.ticker, series.dates
+    idx = next(iter(made.values())).origins  # bar index of each origin, shared by all
+    log_adj = series.log_close
+    vol = ewma_volatility(log_returns(log_adj))
+    closes = series.bars["close"].to_numpy(dtype=np.float64)
+    out = {}
+    for h in horizons:
+        ok = idx + h < len(series.bars)
+        if not ok.any():
+            continue
+        t = idx[ok]
+        frame = pd.DataFrame({
+            "ticker": ticker,
+            "origin": dates[t],
+            "target_date": dates[t + h],
+            "origin_close": closes[t],
+            "realized": log_adj[t + h] - log_adj[t],
+        })
+        # The origin's EWMA volatility: what the band metrics' volatility terciles cut.
+        frame["origin_vol"] = vol[t]
+        columns = {}
+        for name, forecast in made.items():
+            if forecast.band is None:
+                continue
+            for level in BAND_LEVELS:
+                lower, upper = forecast.band_at(level)
+                suffix = "" if level == DEFAULT_LEVEL else f"_{round(level * 100)}"
+                columns[f"{name}_lower{suffix}"] = lower[ok, h - 1]
+                columns[f"{name}_upper{suffix}"] = upper[ok, h - 1]
+        for name, forecast in made.items():
+            columns[name] = forecast.median[ok, h - 1]
+        # One concat, not a column insert each (pandas copies its blocks per insert).
+        out[h] = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
+    return out
 
 
 def historical_forecasts(
@@ -176,7 +281,9 @@ def historical_forecasts(
     """Every method's forecasts at every origin in [start, end], each from bars <= origin.
 
     Per horizon h a frame: ticker, origin, target_date, origin_close, realized (log return),
-    `<method>_lower`/`<method>_upper` for a method with a band, and one column per method.
+    `<method>_lower`/`<method>_upper` for a method with a band, and one column per method. A
+    ticker whose forecasts overflow a price (bars too odd to score, e.g. a penny-priced shell's
+    flat stretches feeding ACI) is skipped with the reason.
     """
     max_h = max(horizons)
     rows: dict[int, list[pd.DataFrame]] = {h: [] for h in horizons}
@@ -202,35 +309,61 @@ def historical_forecasts(
         if not made:
             skipped[ticker] = f"no origin between {start} and {end} has a full feature window"
             continue
-        idx = next(iter(made.values())).origins  # bar index of each origin, shared by all
-        log_adj = series.log_close
-        vol = ewma_volatility(log_returns(log_adj))
-        for h in horizons:
-            ok = idx + h < len(series.bars)
-            if not ok.any():
-                continue
-            t = idx[ok]
-            frame = pd.DataFrame({
-                "ticker": ticker,
-                "origin": dates[t],
-                "target_date": dates[t + h],
-                "origin_close": series.bars["close"].to_numpy(dtype=np.float64)[t],
-                "realized": log_adj[t + h] - log_adj[t],
-            })
-            # The origin's EWMA volatility: what the band metrics' volatility terciles cut.
-            frame["origin_vol"] = vol[t]
-            for name, forecast in made.items():
-                if forecast.band is None:
-                    continue
-                for level in BAND_LEVELS:
-                    lower, upper = forecast.band_at(level)
-                    suffix = "" if level == DEFAULT_LEVEL else f"_{round(level * 100)}"
-                    frame[f"{name}_lower{suffix}"] = lower[ok, h - 1]
-                    frame[f"{name}_upper{suffix}"] = upper[ok, h - 1]
-            for name, forecast in made.items():
-                frame[name] = forecast.median[ok, h - 1]
+        frames = _ticker_frames(series, made, horizons)
+        bad = next((why for f in frames.values() if (why := _overflow(f))), None)
+        if bad is not None:
+            skipped[ticker] = f"a forecast overflows a price: {bad}"
+            continue
+        for h, frame in frames.items():
             rows[h].append(frame)
     forecasts = {h: pd.concat(parts, ignore_index=True) for h, parts in rows.items() if parts}
+    return HistoricalRun(forecasts, skipped, seconds)
+
+
+# A pool worker's forecasters, built once per process by _start_worker.
+_WORKER: dict[str, list[Forecaster]] = {}
+
+
+def _start_worker(artifact_dir: Path, provider: str, threads: int, spec, methods: MethodSet):
+    _WORKER["forecasters"] = methods.build(Predictor.load(artifact_dir, provider, threads, spec))
+
+
+def _forecast_chunk(bars: dict[str, pd.DataFrame], kwargs: dict) -> HistoricalRun:
+    return historical_forecasts(_WORKER["forecasters"], bars, **kwargs)
+
+
+def _pooled_forecasts(predictor: Predictor, methods: MethodSet, bars: Mapping[str, pd.DataFrame],
+                      workers: int, **kwargs) -> HistoricalRun:
+    """historical_forecasts over chunks of tickers in `workers` processes, merged in order.
+
+    Each worker loads the artifact with onnxruntime on 1 thread (the cores are the workers'),
+    so its forecasts equal a one-process run's with STOCKCAST_ORT_INTRA_OP_THREADS=1; a
+    multi-threaded session may differ from it at float32 rounding (it splits the products
+    differently).
+    """
+    tickers = list(bars)
+    n_chunks = min(len(tickers), workers * 4)  # small chunks even out uneven tickers
+    chunks = [{t: bars[t] for t in tickers[i::n_chunks]} for i in range(n_chunks)]
+    # fork where there is one (no re-import per worker); the parent's session is not used there.
+    methods_ctx = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(
+            max_workers=workers, mp_context=methods_ctx, initializer=_start_worker,
+            initargs=(predictor.manifest.artifact_dir, predictor.model.requested_provider, 1,
+                      predictor.spec, methods)) as pool:
+        parts = list(pool.map(_forecast_chunk, chunks, [kwargs] * n_chunks))
+    # Back into ticker order: a chunk holds every n_chunks-th ticker.
+    order = {t: i for i, t in enumerate(tickers)}
+    forecasts = {}
+    for h in kwargs["horizons"]:
+        frames = [p.forecasts[h] for p in parts if h in p.forecasts]
+        if frames:
+            frame = pd.concat(frames, ignore_index=True)
+            rank = frame["ticker"].map(order).to_numpy()
+            forecasts[h] = frame.iloc[np.argsort(rank, kind="stable")].reset_index(drop=True)
+    skipped = {t: why for p in parts for t, why in p.skipped.items()}
+    skipped = dict(sorted(skipped.items(), key=lambda kv: order[kv[0]]))
+    seconds = {k: sum(p.seconds[k] for p in parts) for k in ("model", "baselines")}
     return HistoricalRun(forecasts, skipped, seconds)
 
 
@@ -244,6 +377,7 @@ def run_backtest(
     baselines: Sequence[str] = tuple(BASELINES),
     band_baselines: Sequence[str] = tuple(BAND_BASELINES),
     aci_settings: ACISettings | None = None,
+    workers: int = 1,
 ) -> BacktestResult:
     """Forecast every origin in [start, end] (default: the model's test segment) and score it.
 
@@ -255,6 +389,7 @@ def run_backtest(
     `model_aci`, `ewma_aci`, ... on the same origins; the served band's base with
     `aci_settings` (default the artifact's), every other with plain ACI (BASELINE_ACI).
     `horizons=None` means those of DEFAULT_HORIZONS (1, 5, 30) the model forecasts.
+    `workers` > 1 forecasts chunks of tickers in that many processes (see _pooled_forecasts).
     """
     started = time.perf_counter()
     manifest = predictor.manifest
@@ -273,16 +408,18 @@ def run_backtest(
     fit_end = min(manifest.split.train[1], start)
     quantiles = list(spec.quantiles)
 
-    # One list of methods, one interface: the model first, then every baseline; each band
-    # method (the model, the band baselines) also recalibrated by ACI, scored at `horizons`.
+    # One list of methods, one interface (MethodSet.build).
     aci = predictor.band_settings if aci_settings is None else aci_settings
-    forecasters: list[Forecaster] = [
-        predictor, *(BASELINES[b]() for b in baseline_names),
-        *band_forecasters(predictor, band_baselines, aci, horizons),
-    ]
-    run = historical_forecasts(forecasters, bars, start=start, end=end, fit_end=fit_end,
-                               horizons=horizons)
+    method_set = MethodSet(baseline_names, tuple(band_baselines), aci, horizons)
+    forecasters = method_set.build(predictor)
+    tick = time.perf_counter()
+    window = {"start": start, "end": end, "fit_end": fit_end, "horizons": horizons}
+    if workers > 1 and len(bars) > 1:
+        run = _pooled_forecasts(predictor, method_set, bars, min(workers, len(bars)), **window)
+    else:
+        run = historical_forecasts(forecasters, bars, **window)
     forecasts, skipped, seconds = run.forecasts, run.skipped, run.seconds
+    seconds["forecasts"] = time.perf_counter() - tick
     if not forecasts:
         reasons = "; ".join(f"{t}: {why}" for t, why in skipped.items())
         raise ValueError(f"nothing to backtest between {start} and {end}: {reasons}")
@@ -290,7 +427,7 @@ def run_backtest(
     methods = tuple(f.name for f in forecasters)
 
     tick = time.perf_counter()
-    metrics = compute_metrics(forecasts, methods)
+    metrics = compute_metrics(forecasts, methods, workers)
     seconds["metrics"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
 
@@ -313,6 +450,7 @@ def run_backtest(
         "aci": aci.to_dict(),  # the served band's; the other bands': baseline_aci
         "baseline_aci": BASELINE_ACI.to_dict(),
         "served_band": predictor.served_band,
+        "workers": workers,
         "skipped": skipped,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }

@@ -126,8 +126,8 @@ def stored_inputs(conn: Connection, predictor: Predictor, tickers: Sequence[str]
                                          len(STORE_COLUMNS))
     out = {}
     for ticker, s in states.items():
-        dates, values = rows.get(ticker, (None, None))
-        if values is None or len(values) < window or dates[-1] != s.as_of:
+        last, values = rows.get(ticker, (None, None))
+        if values is None or len(values) < window or last != s.as_of:
             continue
         coverage = float("nan") if s.recent_coverage is None else s.recent_coverage
         out[ticker] = StoredInput(values, STORE_COLUMNS, BandState(

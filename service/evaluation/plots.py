@@ -33,11 +33,22 @@ def _save(plt, fig, path: Path) -> Path:
     plt.close(fig)
     return path
 
-def plot_predicted_vs_actual(result: BacktestResult, path: Path, horizon: int) -> Path:
-    """One panel per ticker: actual close, the model's median forecast and its 10-90% band."""
+# Panels of the predicted-vs-actual plot at most: a universe run's 489 would make one image
+# tens of thousands of pixels tall (and most of the run's time).
+MAX_PANELS = 24
+
+
+def plot_predicted_vs_actual(result: BacktestResult, path: Path, horizon: int,
+                             preferred: tuple[str, ...] = ()) -> Path:
+    """One panel per ticker: actual close, the model's median forecast and its 10-90% band.
+
+    At most MAX_PANELS tickers: those in `preferred` (the model's training tickers) first.
+    """
     plt = _pyplot()
     frame = result.forecasts[horizon]
-    tickers = sorted(frame["ticker"].unique())
+    scored = sorted(frame["ticker"].unique())
+    tickers = sorted(sorted(scored, key=lambda t: t not in preferred)[:MAX_PANELS])
+    shown = "" if len(tickers) == len(scored) else f", {len(tickers)} of {len(scored)} tickers"
     cols = min(4, len(tickers))
     rows = math.ceil(len(tickers) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
@@ -60,7 +71,7 @@ def plot_predicted_vs_actual(result: BacktestResult, path: Path, horizon: int) -
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"{result.model_version}: {horizon}-day forecast vs actual close "
-                 f"({result.start} .. {result.end})", fontsize=10)
+                 f"({result.start} .. {result.end}{shown})", fontsize=10)
     return _save(plt, fig, path)
 
 
@@ -160,13 +171,16 @@ def default_plots_dir(model_dir: Path | str, database_url: str, run_id: int) -> 
     return Path(model_dir) / RUNS_DIR / database_key(database_url) / f"run-{run_id}"
 
 
-def write_backtest_plots(result: BacktestResult, out_dir: Path | str) -> list[Path]:
-    """predicted_vs_actual_h{H}.png (the shortest horizon), equity_h{h}.png per horizon, the
-    rolling 60-session coverage of the bands (shortest horizon) and their reliability diagram."""
+def write_backtest_plots(result: BacktestResult, out_dir: Path | str,
+                         preferred: tuple[str, ...] = ()) -> list[Path]:
+    """predicted_vs_actual_h{H}.png (the shortest horizon; `preferred` tickers first), equity_h{h}.png
+    per horizon, the rolling 60-session coverage of the bands (shortest horizon) and their
+    reliability diagram."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = min(result.forecasts)
-    paths = [plot_predicted_vs_actual(result, out_dir / f"predicted_vs_actual_h{first}.png", first)]
+    paths = [plot_predicted_vs_actual(result, out_dir / f"predicted_vs_actual_h{first}.png", first,
+                                      preferred)]
     for h in sorted(result.forecasts):
         paths.append(plot_equity(result, out_dir / f"equity_h{h}.png", h))
     if f"{MODEL}_aci_lower" in result.forecasts[first].columns:

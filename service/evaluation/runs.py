@@ -46,6 +46,7 @@ def backtest_and_store(
     artifact_dir: Path,
     *,
     tickers: Sequence[str] | None = None,
+    every_ticker: bool = False,
     start: dt.date | None = None,
     end: dt.date | None = None,
     horizons: Sequence[int] | None = None,
@@ -53,22 +54,29 @@ def backtest_and_store(
     plots_dir: Path | None = None,
     provider: Provider = "auto",
     intra_op_threads: int = 1,
+    workers: int = 1,
 ) -> StoredBacktest:
-    """Backtest the artifact over `tickers` (default: its training tickers); store and plot it.
+    """Backtest the artifact over `tickers` (default: its training tickers; `every_ticker`: all
+    cached ones); store and plot it. `workers`: see run_backtest.
 
     ValueError or a StockcastError says what is wrong with the request (no cached bars, a bad
     horizon, an unknown baseline); DatabaseUnavailable when the run cannot be stored.
     """
     started = time.perf_counter()
     predictor = Predictor.load(artifact_dir, provider, intra_op_threads)
-    names = list(tickers) if tickers else list(predictor.manifest.tickers)
-    bars = read_bars_many(engine, names, market=needs_market(predictor.spec))
+    market = needs_market(predictor.spec)
+    if every_ticker:
+        bars = read_bars_many(engine, market=market)
+        names = sorted(bars["ticker"].unique())
+    else:
+        names = list(tickers) if tickers else list(predictor.manifest.tickers)
+        bars = read_bars_many(engine, names, market=market)
     missing = sorted(set(names) - set(bars["ticker"].unique()))
     if missing:
         raise ValueError(f"no cached bars for {missing}: load them first (stockcast ingest / seed)")
     loaded = time.perf_counter()
     result = run_backtest(predictor, bars_by_ticker(bars), start=start, end=end,
-                          horizons=horizons, baselines=baselines)
+                          horizons=horizons, baselines=baselines, workers=workers)
     result.config["seconds"]["load"] = round(loaded - started, 3)
     try:
         with engine.begin() as conn:
@@ -84,13 +92,17 @@ def backtest_and_store(
             "is the database migrated? run `stockcast db upgrade`") from exc
     # Keyed by database: run ids of two databases never share a folder.
     url = engine.url.render_as_string(hide_password=False)
-    plots = write_backtest_plots(
-        result, plots_dir or default_plots_dir(Path(artifact_dir).parent, url, run_id))
-    # The gate's kind of run (out of sample, every training ticker) is what the artifact carries.
     manifest = predictor.manifest
+    plots = write_backtest_plots(
+        result, plots_dir or default_plots_dir(Path(artifact_dir).parent, url, run_id),
+        manifest.tickers)
+    # The gate's kind of run (out of sample, exactly the training tickers) is what the artifact
+    # carries; a wider one (the universe) is stored but leaves the artifact's report alone.
     report = None
-    if out_of_sample_problem(run_info, manifest) is None:
+    if (out_of_sample_problem(run_info, manifest) is None
+            and set(run_info.tickers) == set(manifest.tickers)):
         report = write_report(manifest, run_info, stored)
-        write_training_profile(bars, manifest)  # the same cached bars the model was fitted on
+        # The same cached bars the model was fitted on: its training tickers' only.
+        write_training_profile(bars[bars["ticker"].isin(manifest.tickers)], manifest)
     seconds = {"load": loaded - started, "wall": time.perf_counter() - started}
     return StoredBacktest(run_id, result, stored, plots, seconds, report)

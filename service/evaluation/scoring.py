@@ -9,7 +9,9 @@ page all read it.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -287,8 +289,9 @@ def _band_metrics(g: pd.DataFrame, method: str, close, actual, h: int,
 
 
 def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
-                   pooled: bool) -> dict[str, dict[str, float]]:
-    """{method: {metric: value}} for one ticker's (or the pooled) forecasts at horizon h."""
+                   pooled: bool, hold: bool = True) -> dict[str, dict[str, float]]:
+    """{method: {metric: value}} for one ticker's (or the pooled) forecasts at horizon h, then
+    buy-and-hold's (unless `hold` is False)."""
     close = g["origin_close"].to_numpy()
     realized = g["realized"].to_numpy()
     actual = prices_from_log_returns(close, realized)
@@ -326,6 +329,8 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
             row |= _strategy(r_hat, realized, h, TRADED)
         out[method] = row
     # Buy-and-hold does not depend on a forecast: one row per group, not per method.
+    if not hold:
+        return out
     if pooled:
         real = book(g, "realized").to_numpy()
     else:
@@ -334,19 +339,72 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
     return out
 
 
-def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str]) -> pd.DataFrame:
-    """Long frame (ticker, horizon, method, metric, value): per ticker and pooled (POOLED)."""
+def _prepared(frame: pd.DataFrame) -> pd.DataFrame:
+    """A horizon's forecasts sorted by ticker and origin, with each origin's volatility rank."""
+    frame = frame.sort_values(["ticker", "origin"], kind="stable")
+    if "origin_vol" in frame.columns:
+        # Within each ticker: a calm day for a volatile stock is still a calm day.
+        frame = frame.assign(vol_rank=frame.groupby("ticker")["origin_vol"].rank(pct=True))
+    return frame
+
+
+# The prepared frames a metrics task reads: set before the pool forks, so no worker is sent them.
+_FRAMES: dict[int, pd.DataFrame] = {}
+
+
+def _task_records(h: int, tickers: tuple[str, ...] | None, methods: Sequence[str],
+                  hold: bool = True) -> list[tuple]:
+    """Metric records of some tickers' groups at horizon h, or of the pooled group (None) for
+    `methods` (buy-and-hold's after them if `hold`)."""
+    frame = _FRAMES[h]
+    if tickers is None:
+        groups = [(POOLED, frame, True)]
+    else:
+        part = frame[frame["ticker"].isin(tickers)] if len(tickers) < frame["ticker"].nunique() \
+            else frame
+        groups = [(t, g, False) for t, g in part.groupby("ticker", sort=True)]
     records = []
-    for h, frame in sorted(forecasts.items()):
-        frame = frame.sort_values(["ticker", "origin"], kind="stable")
-        if "origin_vol" in frame.columns:
-            # Within each ticker: a calm day for a volatile stock is still a calm day.
-            frame = frame.assign(vol_rank=frame.groupby("ticker")["origin_vol"].rank(pct=True))
-        groups = [(t, g, False) for t, g in frame.groupby("ticker", sort=True)]
-        groups.append((POOLED, frame, True))
-        for ticker, g, pooled in groups:
-            for method, values in _group_metrics(g, h, methods, pooled).items():
-                records.extend((ticker, h, method, name, float(v)) for name, v in values.items())
+    for ticker, g, pooled in groups:
+        for method, values in _group_metrics(g, h, methods, pooled, hold).items():
+            records.extend((ticker, h, method, name, float(v)) for name, v in values.items())
+    return records
+
+
+def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str],
+                    workers: int = 1) -> pd.DataFrame:
+    """Long frame (ticker, horizon, method, metric, value): per ticker and pooled (POOLED).
+
+    `workers` > 1 scores chunks of tickers (and each pooled group) in that many forked
+    processes; the records are the same, in the same order.
+    """
+    _FRAMES.clear()
+    _FRAMES.update({h: _prepared(frame) for h, frame in sorted(forecasts.items())})
+    pool = workers > 1 and "fork" in multiprocessing.get_all_start_methods()
+    # (h, tickers or None for the pooled group, methods, with buy-and-hold): in record order.
+    tasks: list[tuple[int, tuple[str, ...] | None, tuple[str, ...], bool]] = []
+    for h, frame in _FRAMES.items():
+        tickers = sorted(frame["ticker"].unique())
+        n_chunks = max(1, min(len(tickers), workers * 4)) if pool else 1
+        size = -(-len(tickers) // n_chunks)
+        tasks += [(h, tuple(tickers[i:i + size]), tuple(methods), True)
+                  for i in range(0, len(tickers), size)]
+        # The pooled group is the largest: one task per method in a pool (buy-and-hold last).
+        split = [(m,) for m in methods] if pool else [tuple(methods)]
+        tasks += [(h, None, part, i == len(split) - 1) for i, part in enumerate(split)]
+    try:
+        if pool:
+            # The pooled tasks first, so no large one runs last alone.
+            order = sorted(range(len(tasks)), key=lambda i: tasks[i][1] is not None)
+            with ProcessPoolExecutor(max_workers=workers,
+                                     mp_context=multiprocessing.get_context("fork")) as executor:
+                done = dict(zip(order, executor.map(
+                    _task_records, *zip(*(tasks[i] for i in order)))))
+            parts = [done[i] for i in range(len(tasks))]
+        else:
+            parts = [_task_records(*task) for task in tasks]
+    finally:
+        _FRAMES.clear()
     return pd.DataFrame.from_records(
-        records, columns=["ticker", "horizon", "method", "metric", "value"]
+        [r for part in parts for r in part],
+        columns=["ticker", "horizon", "method", "metric", "value"]
     )

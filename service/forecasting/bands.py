@@ -165,7 +165,7 @@ def quantile_at(quantiles: np.ndarray, levels, p: np.ndarray) -> np.ndarray:
     Piecewise linear in z = Φ⁻¹(p) between the knots, linear beyond the first and last pair;
     p = 0.5 between sorted knots is the median exactly when 0.5 is a level.
     """
-    z_knots = ndtri(_levels(levels))  # (Q,)
+    z_knots = _z_knots(_level_key(levels))  # (Q,)
     q = np.asarray(quantiles, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     lead = np.broadcast_shapes(q.shape[:-1], p.shape[:-1])
@@ -179,12 +179,58 @@ def quantile_at(quantiles: np.ndarray, levels, p: np.ndarray) -> np.ndarray:
     return q0 + (q1 - q0) * (z - z0) / (z1 - z0)
 
 
+def _level_key(levels) -> tuple[float, ...]:
+    """Levels as a hashable key (checked once per distinct key by _z_knots)."""
+    p = np.asarray(levels, dtype=np.float64)
+    if p.ndim != 1:
+        _levels(p)  # raises
+    return tuple(p.tolist())
+
+
+@lru_cache(maxsize=256)
+def _z_knots(levels: tuple[float, ...]) -> np.ndarray:
+    z = ndtri(_levels(levels))
+    z.flags.writeable = False  # shared between calls
+    return z
+
+
+@lru_cache(maxsize=256)
+def _segments(levels: tuple[float, ...], p: tuple[float, ...]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """quantile_at's knots for probabilities p (L,) that every row shares: (segment index,
+    the next one, z, z0, z1), each (L,); the same arrays quantile_at computes per call."""
+    z_knots = _z_knots(levels)
+    z = ndtri(np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12))
+    seg = np.clip(np.searchsorted(z_knots, z, side="right") - 1, 0, len(z_knots) - 2)
+    out = (seg, seg + 1, z, z_knots[seg], z_knots[seg + 1])
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
+def quantiles_at(quantiles: np.ndarray, levels, p) -> np.ndarray:
+    """quantile_at for probabilities p (L,) shared by every row: (..., Q) -> (..., L), the same
+    floats (the same operations), with the knots looked up once per (levels, p) instead of per
+    call — the serving path asks for the same few levels of the same artifact every time."""
+    seg, nxt, z, z0, z1 = _segments(_level_key(levels),
+                                    tuple(np.asarray(p, dtype=np.float64).ravel().tolist()))
+    q = np.asarray(quantiles, dtype=np.float64)
+    q0, q1 = q[..., seg], q[..., nxt]
+    return q0 + (q1 - q0) * (z - z0) / (z1 - z0)
+
+
 def band(quantiles: np.ndarray, levels, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The central band [Q((1-c)/2), Q((1+c)/2)] at coverage c (..., L) from quantiles (..., Q)."""
     c = np.clip(np.asarray(coverage, dtype=np.float64), 0.0, MAX_COVERAGE)
     lower = quantile_at(quantiles, levels, (1.0 - c) / 2.0)
     upper = quantile_at(quantiles, levels, (1.0 + c) / 2.0)
     return lower, upper
+
+
+def _band_probabilities(coverages) -> np.ndarray:
+    """(2L + 1,): the median's 0.5, then `band`'s lower and upper probabilities per coverage."""
+    c = np.clip(np.asarray(coverages, dtype=np.float64), 0.0, MAX_COVERAGE)
+    return np.concatenate([[0.5], (1.0 - c) / 2.0, (1.0 + c) / 2.0])
 
 
 @dataclass(frozen=True)
@@ -247,12 +293,27 @@ def apply_aci(quantiles: np.ndarray, levels, coverages, qhat: np.ndarray
 
     quantiles (n, K, Q) the base forecaster's at the targets, qhat (n, K, L) their ACI state.
     """
-    q = np.asarray(quantiles, dtype=np.float64)
-    median = quantile_at(q, levels, np.full(q.shape[:2] + (1,), 0.5))  # (n, K, 1)
-    base = base_bands(q, levels, np.asarray(coverages, dtype=np.float64))  # (n, K, L)
-    lower = median - qhat * (median - base.lower)
-    upper = median + qhat * (base.upper - median)
+    _, lower, upper = _apply_aci(quantiles, levels, coverages, qhat)
     return lower, upper
+
+
+def _median_and_base(q: np.ndarray, levels, coverages
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(median (..., 1), base lower, base upper (..., L)): quantile_at of 0.5 and `band` at the
+    nominal coverages, read in one gather (quantiles_at; the same floats)."""
+    values = quantiles_at(q, levels, _band_probabilities(coverages))
+    n = (values.shape[-1] - 1) // 2
+    return values[..., :1], values[..., 1 : n + 1], values[..., n + 1 :]
+
+
+def _apply_aci(quantiles: np.ndarray, levels, coverages, qhat: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """apply_aci's (median (n, K, 1), lower, upper)."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    median, base_lower, base_upper = _median_and_base(q, levels, coverages)
+    lower = median - qhat * (median - base_lower)
+    upper = median + qhat * (base_upper - median)
+    return median, lower, upper
 
 
 def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.ndarray,
@@ -282,9 +343,8 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     n_origins, k_slots = q.shape[:2]
     lookback, cal, gamma = settings.lookback, settings.calibration, settings.gamma
 
-    median = quantile_at(q, levels, np.full(q.shape[:2] + (1,), 0.5))  # (N, K, 1)
-    base = base_bands(q, levels, nominal)  # (N, K, L)
-    scores = _scores(median, base.lower, base.upper, y[..., None])  # (N, K, L)
+    median, base_lower, base_upper = _median_and_base(q, levels, nominal)  # (N, K, 1), (N, K, L)
+    scores = _scores(median, base_lower, base_upper, y[..., None])  # (N, K, L)
     scores = scores / f[:, None, None]
 
     # Per origin s and slot k, its calibration window: the scores of origins s-d-cal+1 .. s-d,
@@ -297,17 +357,26 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     # (At least one row: a run with no origin behind it still indexes row 0, unscored.)
     below = np.zeros((max(needed.size, 1), k_slots, nominal.size))
     n_known = np.zeros((max(needed.size, 1), k_slots, nominal.size))
-    windows = []  # per slot (N, L, cal): the window behind each origin, NaN-padded (a view)
+    # Known scores before each origin (cumulative counts), for n_known without the windows.
+    counts = np.zeros((n_origins + 1, k_slots, nominal.size), dtype=np.intp)
+    np.cumsum(np.isfinite(scores), axis=0, out=counts[1:])
+    windows = []  # per slot (L, N, cal): the window behind each origin, NaN-padded (a view)
     for k in range(k_slots):
-        # With `shift` NaNs in front, padded[s .. s+cal-1] = scores[s-d-cal+1 .. s-d].
+        # With `shift` NaNs in front, padded[:, s .. s+cal-1] = scores[s-d-cal+1 .. s-d]; each
+        # window contiguous (levels first), so comparing and counting run along memory.
         shift = d[k] + cal - 1
-        padded = np.concatenate([np.full((shift, nominal.size), np.nan), scores[:, k, :]])
-        win = sliding_window_view(padded, cal, axis=0)[:n_origins]  # (N, L, cal)
+        padded = np.concatenate([np.full((nominal.size, shift), np.nan), scores[:, k, :].T],
+                                axis=1)
+        win = sliding_window_view(padded, cal, axis=1)[:, :n_origins]  # (L, N, cal)
         windows.append(win)
-        part = win[needed]  # (R, L, cal)
-        known = np.isfinite(part)
-        n_known[: needed.size, k, :] = known.sum(axis=-1)
-        below[: needed.size, k, :] = (known & (part < scores[needed, k, :, None])).sum(axis=-1)
+        # Defined scores of origins s-d-cal+1 .. s-d: counts[s-d+1] - counts[s-d-cal+1].
+        end = np.clip(needed - d[k] + 1, 0, n_origins)
+        start = np.clip(needed - d[k] - cal + 1, 0, n_origins)
+        n_known[: needed.size, k, :] = counts[end, k, :] - counts[start, k, :]
+        # NaN (unknown) compares False, so only defined scores below S_s are counted (as bytes:
+        # numpy sums uint8 far faster than bool).
+        lower = win[:, needed] < scores[needed, k, :].T[..., None]  # (L, R, cal)
+        below[: needed.size, k, :] = lower.view(np.uint8).sum(axis=-1, dtype=np.intp).T
 
     alpha = np.broadcast_to(1.0 - nominal, (t.size, k_slots, nominal.size)).copy()
     steps = np.zeros((lookback, t.size, k_slots, nominal.size))  # γ (α - err) of each run step
@@ -335,7 +404,7 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     # The state at each target: Q̂ = f_t × the ⌈(1-α_t)(n+1)⌉-th smallest score of its window.
     qhat = np.empty(alpha.shape)
     for k in range(k_slots):
-        win = np.sort(windows[k][t], axis=-1)  # (n, L, cal), NaN (unknown) sorted last
+        win = np.sort(windows[k][:, t], axis=-1).transpose(1, 0, 2)  # (n, L, cal), NaN last
         n = np.isfinite(win).sum(axis=-1)
         rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, L)
         pick = np.take_along_axis(win, np.maximum(rank - 1, 0).astype(np.intp)[..., None],
@@ -471,8 +540,8 @@ class ACIForecaster(Forecaster):
         """Base quantiles (n, K, Q') at `levels` and their ACI state Q̂ (n, K, L) -> this
         forecaster's quantiles (n, K, Q): the median and each level's band m ± Q̂ × half-width."""
         q = np.asarray(quantiles, dtype=np.float64)
-        lower, upper = apply_aci(q, levels, self.coverages, qhat)
-        median = quantile_at(q, levels, np.full(q.shape[:2] + (1,), 0.5))[..., 0]
+        median, lower, upper = _apply_aci(q, levels, self.coverages, qhat)
+        median = median[..., 0]
         lows = [lower[..., i] for i in range(len(self.coverages))]
         highs = [upper[..., i] for i in range(len(self.coverages))]
         return _monotone(lows, median, highs)

@@ -8,6 +8,8 @@ reading: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 large shift.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -78,20 +80,53 @@ def profile_psi(profile: dict[str, dict], recent: pd.DataFrame) -> dict[str, flo
     return out
 
 
+@dataclass(frozen=True)
+class TrainingRange:
+    """A profile's [min, max] per feature of a window's columns (in the profile's order), with
+    the margins applied: outside_training_range for one (W, F) matrix at a time, vectorised."""
+
+    names: tuple[str, ...]
+    index: np.ndarray  # each name's column in the window
+    mins: tuple[float, ...]
+    maxs: tuple[float, ...]
+    low: np.ndarray  # min - margin
+    high: np.ndarray  # max + margin
+
+    @classmethod
+    def of(cls, profile: dict[str, dict], columns: tuple[str, ...]) -> TrainingRange:
+        entries = [(name, e) for name, e in profile.items() if name in columns]
+        mins = tuple(e["min"] for _, e in entries)
+        maxs = tuple(e["max"] for _, e in entries)
+        margin = [RANGE_TOLERANCE * (hi - lo) for lo, hi in zip(mins, maxs)]
+        return cls(tuple(name for name, _ in entries),
+                   np.array([columns.index(name) for name, _ in entries], dtype=np.intp),
+                   mins, maxs, np.array([lo - m for lo, m in zip(mins, margin)]),
+                   np.array([hi + m for hi, m in zip(maxs, margin)]))
+
+    def outside(self, window: np.ndarray) -> list[str]:
+        """outside_training_range's phrases for a window (W, F) in `columns`' order."""
+        values = np.asarray(window, dtype=np.float64)[:, self.index]
+        finite = np.isfinite(values)
+        top = np.where(finite, values, -np.inf).max(axis=0, initial=-np.inf)
+        bottom = np.where(finite, values, np.inf).min(axis=0, initial=np.inf)
+        seen = finite.any(axis=0)
+        above, below = seen & (top > self.high), seen & (bottom < self.low)
+        out = []
+        for i in np.flatnonzero(above | below):
+            if above[i]:
+                out.append(f"{self.names[i]} {top[i]:.4g} > {self.maxs[i]:.4g}")
+            else:
+                out.append(f"{self.names[i]} {bottom[i]:.4g} < {self.mins[i]:.4g}")
+        return out
+
+
 def outside_training_range(profile: dict[str, dict],
                            window: pd.DataFrame | dict[str, np.ndarray]) -> list[str]:
     """One phrase per feature whose values in `window` leave the training [min, max].
 
     A margin of RANGE_TOLERANCE of the range absorbs float32 rounding of scaled windows.
     """
-    out = []
-    for column, entry in profile.items():
-        if column not in window:
-            continue
-        values = _finite(window[column])
-        margin = RANGE_TOLERANCE * (entry["max"] - entry["min"])
-        if values.size and values.max() > entry["max"] + margin:
-            out.append(f"{column} {values.max():.4g} > {entry['max']:.4g}")
-        elif values.size and values.min() < entry["min"] - margin:
-            out.append(f"{column} {values.min():.4g} < {entry['min']:.4g}")
-    return out
+    columns = tuple(name for name in profile if name in window)
+    values = (np.column_stack([np.asarray(window[name], dtype=np.float64) for name in columns])
+              if columns else np.empty((0, 0)))
+    return TrainingRange.of(profile, columns).outside(values)

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from service.core.errors import InsufficientHistory, ManifestMismatch
 from service.forecasting.bands import ACI_SUFFIX, ACIForecaster, ACISettings
 from service.forecasting.baselines import BAND_BASELINES
 from service.forecasting.calendar import next_trading_days
-from service.forecasting.drift import outside_training_range
+from service.forecasting.drift import TrainingRange
 from service.forecasting.features import build_features, min_bars
 from service.forecasting.forecaster import (
     MODEL,
@@ -40,6 +41,12 @@ RECENT_SESSIONS = 60
 # after 300 more bars the initial value's weight is below ~1e-10, so served features equal the
 # full-history features the backtest uses (tests/integration/test_api_predict.py checks it).
 SERVING_EXTRA_BARS = 300
+
+
+@lru_cache(maxsize=64)
+def _band_pairs(band_levels: tuple[float, ...]) -> dict[int, tuple[int, int]]:
+    """Level in percent -> the indices of its (lower, upper) quantiles among band_levels."""
+    return {round(level * 100): band_indices(band_levels, level) for level in BAND_LEVELS}
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ class Predictor(Forecaster):
         self.min_bars = min_bars(spec)
         # Per feature the training range and bins (artifacts.profile); None: no range checks.
         self.training_profile: dict[str, dict] | None = None
+        self._range: tuple[dict, TrainingRange] | None = None  # the profile's, vectorised
         self.quantiles = tuple(spec.quantiles)
         quantiles = list(spec.quantiles)
         self._median = quantiles.index(0.5)
@@ -202,7 +210,7 @@ class Predictor(Forecaster):
         dates = next_trading_days(item.as_of, horizon)
         close = prices_from_log_returns(item.last_close, np.asarray(median[:horizon], float))
         prices = prices_from_log_returns(item.last_close, np.asarray(band[:horizon], float))
-        pairs = {round(level * 100): band_indices(band_levels, level) for level in BAND_LEVELS}
+        pairs = _band_pairs(tuple(band_levels))
         steps = []
         for h in range(horizon):
             bands = {pct: (float(prices[h, lo]), float(prices[h, hi]))
@@ -357,8 +365,10 @@ class Predictor(Forecaster):
         """A warning when the input window leaves the range the model saw in training."""
         scaler = self.manifest.feature_scaler
         values = scaler.inverse_transform(item.window.astype(np.float64))
-        window = dict(zip(self.spec.features, values.T))  # a frame's columns, without pandas
-        outside = outside_training_range(self.training_profile, window)
+        profile = self.training_profile
+        if self._range is None or self._range[0] is not profile:  # built once per profile
+            self._range = (profile, TrainingRange.of(profile, tuple(self.spec.features)))
+        outside = self._range[1].outside(values)
         if not outside:
             return ()
         warning = (f"the input window of {item.ticker} lies outside the training range "

@@ -7,19 +7,23 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from numpy.lib.stride_tricks import sliding_window_view
 
 from service.forecasting.bands import (
     BASELINE_ACI,
     ACIForecaster,
     ACISettings,
+    _scores,
     aci_bands,
     aci_state,
+    apply_aci,
     band,
     base_bands,
     empirical_quantiles,
     gaussian_quantiles,
     mean_reversion_scale,
     quantile_at,
+    quantiles_at,
 )
 from service.forecasting.forecaster import HistoricalForecasts, TickerSeries
 from service.forecasting.volatility import EWMA_LAMBDA, ewma_volatility, log_returns
@@ -63,6 +67,27 @@ def test_base_bands_are_the_quantile_pairs_of_each_level():
 
 
 # ---- ACI ---------------------------------------------------------------------------------------
+
+
+def test_levels_shared_by_every_row_read_the_same_floats_as_quantile_at():
+    rng = np.random.default_rng(5)
+    q = np.sort(rng.normal(0.0, 0.02, (40, 3, len(LEVELS))), axis=-1)
+    q[rng.random((40, 3)) < 0.1] = np.nan
+    p = np.array([0.001, 0.05, 0.07, 0.25, 0.5, 0.6, 0.95, 0.999])
+    assert np.array_equal(quantiles_at(q, LEVELS, p),
+                          quantile_at(q, LEVELS, np.broadcast_to(p, (40, 3, p.size))),
+                          equal_nan=True)
+
+
+def test_apply_aci_is_the_median_plus_qhat_times_the_base_half_widths():
+    rng = np.random.default_rng(6)
+    q = np.sort(rng.normal(0.0, 0.02, (30, 4, len(LEVELS))), axis=-1)
+    qhat = rng.uniform(0.5, 2.0, (30, 4, len(COVERAGES)))
+    median = quantile_at(q, LEVELS, np.full((30, 4, 1), 0.5))
+    base = base_bands(q, LEVELS, COVERAGES)
+    lower, upper = apply_aci(q, LEVELS, COVERAGES, qhat)
+    assert np.array_equal(lower, median - qhat * (median - base.lower))
+    assert np.array_equal(upper, median + qhat * (base.upper - median))
 
 
 def _jump_series(n: int = 2000, jump: int = 1000, seed: int = 3):
@@ -152,6 +177,96 @@ def test_a_stored_state_applied_to_one_origin_gives_the_backtests_band_there():
         _, slots, state = aci.state_at(base, series, np.array([t]), horizon)  # the server
         served = aci.apply(q[t : t + 1, slots - 1], LEVELS, state.qhat)
         np.testing.assert_array_equal(served[0], walked.log_returns[t - 400])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aci_state_equals_its_reference_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    n, k = 260, int(rng.integers(1, 7))
+    q = np.sort(rng.normal(0.0, 0.02, (n, k, len(LEVELS))), axis=-1)
+    y = rng.normal(0.0, 0.03, (n, k))
+    if seed % 3 == 0:  # equal scores (ties): one band per slot, outcomes on a grid
+        q = np.broadcast_to(q[:1], q.shape).copy()
+        y = np.round(y, 2)
+    q[rng.random((n, k)) < 0.05] = np.nan
+    y[rng.random((n, k)) < 0.05] = np.nan
+    d = np.sort(rng.choice(np.arange(1, 12), k, replace=False))
+    t = np.sort(rng.choice(n, 12, replace=False))
+    settings = ACISettings(lookback=int(rng.integers(1, 60)),
+                           calibration=int(rng.integers(1, 120)))
+    f = rng.uniform(0.5, 2.0, n) if seed % 2 else np.ones(n)
+    state = aci_state(q, LEVELS, y, t, d, COVERAGES, settings, f)
+    qhat, coverage = _reference_aci_state(q, LEVELS, y, t, d, np.asarray(COVERAGES), settings, f)
+    assert np.array_equal(state.qhat, qhat, equal_nan=True)
+    assert np.array_equal(state.coverage, coverage, equal_nan=True)
+
+
+def _reference_aci_state(q, levels, y, t, d, nominal, settings, f):
+    """aci_state as of 2bd23ad (one bool window per slot and origin, counted with sum), kept
+    to check the faster counting gives the same state bit for bit."""
+    n_origins, k_slots = q.shape[:2]
+    lookback, cal, gamma = settings.lookback, settings.calibration, settings.gamma
+
+    median = quantile_at(q, levels, np.full(q.shape[:2] + (1,), 0.5))  # (N, K, 1)
+    base = base_bands(q, levels, nominal)  # (N, K, L)
+    scores = _scores(median, base.lower, base.upper, y[..., None])  # (N, K, L)
+    scores = scores / f[:, None, None]
+
+    # Per origin s and slot k, its calibration window: the scores of origins s-d-cal+1 .. s-d,
+    # all known by s. n_known[s] of them are defined; below[s] of those are < scores[s]. Only
+    # the origins some run steps through are counted (`at`: their row in below / n_known).
+    steps_at = (t[:, None] - lookback + np.arange(lookback)[None, :]).ravel()
+    needed = np.unique(steps_at[steps_at >= 0])
+    at = np.zeros(n_origins, dtype=np.intp)
+    at[needed] = np.arange(needed.size)
+    # (At least one row: a run with no origin behind it still indexes row 0, unscored.)
+    below = np.zeros((max(needed.size, 1), k_slots, nominal.size))
+    n_known = np.zeros((max(needed.size, 1), k_slots, nominal.size))
+    windows = []  # per slot (N, L, cal): the window behind each origin, NaN-padded (a view)
+    for k in range(k_slots):
+        # With `shift` NaNs in front, padded[s .. s+cal-1] = scores[s-d-cal+1 .. s-d].
+        shift = d[k] + cal - 1
+        padded = np.concatenate([np.full((shift, nominal.size), np.nan), scores[:, k, :]])
+        win = sliding_window_view(padded, cal, axis=0)[:n_origins]  # (N, L, cal)
+        windows.append(win)
+        part = win[needed]  # (R, L, cal)
+        known = np.isfinite(part)
+        n_known[: needed.size, k, :] = known.sum(axis=-1)
+        below[: needed.size, k, :] = (known & (part < scores[needed, k, :, None])).sum(axis=-1)
+
+    alpha = np.broadcast_to(1.0 - nominal, (t.size, k_slots, nominal.size)).copy()
+    steps = np.zeros((lookback, t.size, k_slots, nominal.size))  # γ (α - err) of each run step
+    slots = np.arange(k_slots)
+    for k in range(lookback + 1):
+        # Feedback: the error of step j = k - d arrives at step k (its outcome is then known).
+        j = k - d  # (K,)
+        arrived = j >= 0
+        if arrived.any():
+            alpha[:, arrived, :] += steps[j[arrived], :, slots[arrived], :].transpose(1, 0, 2)
+        if k == lookback:
+            break  # the target origin itself: its band uses α as it now stands
+        s = t - lookback + k  # (n,) this step's origin in each run
+        present = s >= 0
+        # Read only what is known at the target: origin s's outcome needs s + d <= t.
+        known = (k + d <= lookback)[None, :] & present[:, None]  # (n, K)
+        rows = np.where(present, s, 0)
+        score, n = scores[rows], n_known[at[rows]]  # (n, K, L)
+        scored = known[..., None] & present[:, None, None] & np.isfinite(score) & (n > 0)
+        # Outside ⟺ S_s above the ⌈(1-α)(n+1)⌉-th smallest past score ⟺ below_s >= that rank.
+        rank = np.ceil((1.0 - alpha) * (n + 1))
+        err = below[at[rows]] >= rank
+        steps[k] = np.where(scored, gamma * ((1.0 - nominal) - err), 0.0)
+
+    # The state at each target: Q̂ = f_t × the ⌈(1-α_t)(n+1)⌉-th smallest score of its window.
+    qhat = np.empty(alpha.shape)
+    for k in range(k_slots):
+        win = np.sort(windows[k][t], axis=-1)  # (n, L, cal), NaN (unknown) sorted last
+        n = np.isfinite(win).sum(axis=-1)
+        rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, L)
+        pick = np.take_along_axis(win, np.maximum(rank - 1, 0).astype(np.intp)[..., None],
+                                  axis=-1)[..., 0]
+        qhat[:, k, :] = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick) * f[t, None])
+    return qhat, np.clip(1.0 - alpha, 0.0, 1.0)
 
 
 def test_a_target_without_known_outcomes_gets_the_base_band():

@@ -48,3 +48,16 @@ def test_a_stored_profile_gives_the_same_psi_and_flags_values_outside_its_range(
     window = pd.DataFrame({"a": [0.0, 99.0], "b": [0.5, -1.0]})
     assert outside_training_range(profile, window) == [
         f"a 99 > {profile['a']['max']:.4g}", f"b -1 < {profile['b']['min']:.4g}"]
+
+
+def test_a_window_matrix_is_checked_as_its_columns_are_ignoring_undefined_values():
+    from service.forecasting.drift import TrainingRange, outside_training_range
+
+    profile = {"b": {"min": 0.0, "max": 1.0}, "a": {"min": -1.0, "max": 1.0},
+               "c": {"min": 0.0, "max": 2.0}}  # c is not a window column
+    # Columns a, b; inf and NaN are not values; within the margin (1e-5 of the range) is inside.
+    window = np.array([[np.nan, 0.5], [1.5, np.inf], [-2.0, -0.5], [0.0, 1.0 + 1e-6]])
+    expected = ["b -0.5 < 0", "a 1.5 > 1"]  # the profile's order; above is said before below
+    assert TrainingRange.of(profile, ("a", "b")).outside(window) == expected
+    assert outside_training_range(profile, dict(zip(("a", "b"), window.T))) == expected
+    assert TrainingRange.of(profile, ("a", "b")).outside(np.empty((0, 2))) == []
