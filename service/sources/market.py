@@ -17,7 +17,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from service.db.market import lock_market, read_adj_closes, replace_market, session_before
 
@@ -45,3 +45,10 @@ def update_market(conn: Connection, since: dt.date | None = None) -> int:
     if since is not None:
         series = series[series["date"] >= pd.Timestamp(since)]
     return replace_market(conn, series, since)
+
+
+def rebuild_market(engine: Engine) -> int:
+    """Rewrite the whole market series from the cached bars (its own transaction): the repair
+    for a write whose market update failed; `stockcast refresh` and the daily cycle run it."""
+    with engine.begin() as conn:
+        return update_market(conn, None)

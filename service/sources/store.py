@@ -2,8 +2,9 @@
 
 `stockcast ingest`/`seed` (sources/ingest.py) and the bar cache's refresh (sources/cache.py)
 both write through here: only a ValidationResult (validate_bars' output) can be stored, the
-upsert also updates each ticker's stored range and the market series derived from the
-cross-section (sources/market.py), and a refresh records its outcome in the same transaction.
+upsert also updates each ticker's stored range, and a refresh records its outcome in the same
+transaction; the market series derived from the cross-section (sources/market.py) follows in
+its own.
 """
 
 from __future__ import annotations
@@ -37,20 +38,29 @@ def write_bars(engine: Engine, validated: ValidationResult, source: str, *,
                refreshed: tuple[str, dt.datetime] | None = None,
                progress: Callable[[int], None] | None = None,
                after_write: AfterWrite | None = None) -> UpsertCount:
-    """Upsert the valid bars (ranges updated, the market series rewritten from their first
-    date) and, for a refresh of (ticker, at), record it ok.
+    """Upsert the valid bars (ranges updated) and, for a refresh of (ticker, at), record it ok;
+    then rewrite the market series from their first date.
 
     When rows were new or changed, `after_write(conn, tickers)` then runs in its own
     transaction (the ledger scores what became due); if it fails the bars stay, logged.
     """
     with engine.begin() as conn:
         count = upsert_bars(conn, validated.bars, source=source, progress=progress)
-        if count.written:
-            # The derived market series follows the bars in the same transaction.
-            update_market(conn, pd.Timestamp(validated.bars["date"].min()).date())
         if refreshed is not None:
             ticker, at = refreshed
             record_refresh(conn, ticker, "ok", None, at=at)
+    if count.written:
+        # The derived market series follows in its own transaction, after the bars commit: it
+        # reads the cross-section over the written span (≈1.5 s for a new ticker's five years
+        # on a full Postgres cache), which must never cost a request its valid bars. If it
+        # fails (the API's 2 s guard), the bars stay and `rebuild_market` — run by every
+        # `stockcast refresh` and daily cycle — repairs it.
+        try:
+            with engine.begin() as conn:
+                update_market(conn, pd.Timestamp(validated.bars["date"].min()).date())
+        except (SQLAlchemyError, DatabaseUnavailable) as exc:
+            log.warning("bars stored, but the market series was not updated "
+                        "(the next refresh rebuilds it): %s", exc)
     if count.written and after_write is not None:
         tickers = sorted(validated.bars["ticker"].unique())
         try:

@@ -94,3 +94,35 @@ def test_the_bar_cache_serves_the_market_to_a_model_that_reads_it(engine):
     lookup = market.set_index("date")["market_return"].reindex(got.bars["date"]).to_numpy()
     np.testing.assert_array_equal(got.bars["market_return"].to_numpy()[1:], lookup[1:])
     assert "market_return" not in cache.get_bars("AAA").bars.columns
+
+
+def test_a_market_update_that_times_out_keeps_the_bars_and_the_refresh_rebuilds_it(
+        pg_server_url):
+    """Postgres: another writer holds the market lock past the API engine's statement bound. The
+    bars commit anyway (their market update fails after them, logged), and `rebuild_market` —
+    what `stockcast refresh` and the daily cycle run — then makes the series whole again."""
+    from service.db.guard import DbBounds
+    from service.db.market import MARKET_LOCK_KEY
+    from service.db.session import reset_database
+    from service.sources.market import rebuild_market
+
+    reset_database(pg_server_url)
+    setup = make_engine(pg_server_url)
+    api = make_engine(pg_server_url, DbBounds(statement_seconds=0.5))
+    try:
+        ingest_frame(setup, BARS[BARS["ticker"] != "DDD"], source="test")
+        before = read_market(setup)
+        with setup.connect() as holder:  # a long market rewrite elsewhere, lock held
+            holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MARKET_LOCK_KEY})
+            count = write_bars(api, validate(BARS[BARS["ticker"] == "DDD"]), "test")
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MARKET_LOCK_KEY})
+            holder.commit()
+        assert count.written == len(DATES)
+        assert len(read_bars(setup, "DDD")) == len(DATES)  # the bars are stored
+        pd.testing.assert_frame_equal(read_market(setup), before)  # the series lags them
+        rebuild_market(setup)
+        pd.testing.assert_frame_equal(read_market(setup), _from_scratch(setup))
+        assert (read_market(setup)["n_tickers"] == 4).all()
+    finally:
+        api.dispose()
+        setup.dispose()
