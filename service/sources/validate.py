@@ -7,6 +7,8 @@ Rules, checked in REJECT_REASONS order; a row is counted under the FIRST rule it
 - bad_date             the date is missing or was unparseable (NaT)
 - missing_field        NaN/empty, ±inf or non-numeric junk in open/high/low/close/adj_close/volume
 - non_positive_price   open, high, low, close or adj_close <= 0
+- implausible_price    open, high, low, close or adj_close above MAX_PRICE (finite, but no share
+                       trades there; the features' squares would overflow float64 near 1e154)
 - high_below_low       high < low
 - open_outside_range   open outside [low, high] by more than a relative PRICE_TOLERANCE
 - close_outside_range  close outside [low, high] by more than a relative PRICE_TOLERANCE
@@ -35,6 +37,7 @@ REJECT_REASONS = (
     "bad_date",
     "missing_field",
     "non_positive_price",
+    "implausible_price",
     "high_below_low",
     "open_outside_range",
     "close_outside_range",
@@ -45,6 +48,8 @@ REJECT_REASONS = (
 # Upstream prices are rounded (to cents, or to 4 decimals for adjusted series); an open or close
 # past high/low by less than this relative amount is rounding, not a broken bar.
 PRICE_TOLERANCE = 1e-6
+# 1,000 x the dearest share ever quoted (about $10^6): above it a price is a unit or parse error.
+MAX_PRICE = 1e9
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ def validate_bars(frame: pd.DataFrame) -> ValidationResult:
     flag("missing_field",
          np.logical_or.reduce([~np.isfinite(values[c]) for c in NUMERIC_COLUMNS]))
     flag("non_positive_price", np.logical_or.reduce([values[c] <= 0 for c in PRICE_COLUMNS]))
+    flag("implausible_price",
+         np.logical_or.reduce([values[c] > MAX_PRICE for c in PRICE_COLUMNS]))
     low, high = values["low"], values["high"]
     flag("high_below_low", high < low)
     lo_bound, hi_bound = low * (1 - PRICE_TOLERANCE), high * (1 + PRICE_TOLERANCE)

@@ -44,6 +44,7 @@ def test_shared_dataset_reconciles_and_reingest_changes_nothing(engine, shared_d
         ("AAA,2020-01-06,,11,9,10,10,100\n", "missing_field"),
         ("AAA,2020-01-06,10,inf,9,10,10,Infinity\n", "missing_field"),
         ("AAA,2020-01-06,0,11,9,10,10,100\n", "non_positive_price"),
+        ("AAA,2020-01-06,1e300,1e300,1e300,1e300,1e300,100\n", "implausible_price"),
         ("AAA,2020-01-06,10,9,11,10,10,100\n", "high_below_low"),
         ("AAA,2020-01-06,12,11,9,10,10,100\n", "open_outside_range"),
         ("AAA,2020-01-06,10,11,9,8,8,100\n", "close_outside_range"),

@@ -59,8 +59,9 @@ def test_each_reason_rejects_exactly_the_bad_row(reason, overrides):
 
 def test_reasons_are_in_check_order():
     assert REJECT_REASONS == (
-        "invalid_ticker", "bad_date", "missing_field", "non_positive_price", "high_below_low",
-        "open_outside_range", "close_outside_range", "negative_volume", "duplicate_date")
+        "invalid_ticker", "bad_date", "missing_field", "non_positive_price", "implausible_price",
+        "high_below_low", "open_outside_range", "close_outside_range", "negative_volume",
+        "duplicate_date")
 
 
 @pytest.mark.parametrize(
@@ -68,6 +69,7 @@ def test_reasons_are_in_check_order():
     [
         ({"open": np.nan, "high": 1.0, "volume": -5.0}, "missing_field"),
         ({"low": -1.0, "high": 0.5}, "non_positive_price"),
+        ({"high": 1e300, "close": 1e300, "volume": -5.0}, "implausible_price"),
         ({"high": 160.0, "volume": -5.0}, "high_below_low"),
         ({"open": 180.0, "close": 180.0, "volume": -5.0}, "open_outside_range"),
         ({"close": 160.0, "volume": -5.0}, "close_outside_range"),
