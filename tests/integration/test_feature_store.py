@@ -234,21 +234,43 @@ def test_prewarm_skips_what_is_fresh(engine, tiny_predictor):
         assert stored_inputs(conn, tiny_predictor, ["AAA"], 5)["AAA"].state.as_of == LAST_BAR
 
 
-def test_a_ticker_whose_features_fail_blocks_neither_the_write_nor_the_others(engine):
-    # Valid bars (positive, finite) whose features cannot be finite: prices near 1e300 make the
-    # Bollinger variance overflow. The write must keep every bar, store the other tickers'
-    # features and score the ledger, not raise after the bars were committed.
+def test_prices_whose_features_would_overflow_are_rejected_and_the_rest_is_stored(engine):
+    # Prices near 1e300 are positive and finite, but the Bollinger variance of them overflows:
+    # validation refuses them (implausible_price), the other tickers' bars and features stay.
     frame = synthetic_bars_multi()
     huge = frame["ticker"] == "CCC"
     for column in ("open", "high", "low", "close", "adj_close"):
         frame.loc[huge, column] *= 1e299
+    report = ingest_frame(engine, frame, source="test", after_write=after_bars_written)
+    assert report.rejected == {"implausible_price": int(huge.sum())}
+    assert report.written == int((~huge).sum())
+    with engine.connect() as conn:
+        stored = store_db.feature_sets(conn, feature_store.STORE_VERSION, ["AAA", "BBB", "CCC"])
+    assert set(stored) == {"AAA", "BBB"}
+    _assert_stored_equal_built(engine, frame[~huge])
+
+
+def test_a_ticker_whose_features_fail_blocks_neither_the_write_nor_the_others(
+        engine, monkeypatch):
+    # Whatever makes one ticker's features raise (a bug, not bad input: validation refuses what
+    # it can), the write keeps every bar and stores the other tickers' features.
+    real = feature_store.build_features
+
+    def failing_for_ccc(bars, *args, **kwargs):
+        if float(bars["adj_close"].iloc[0]) == ccc_first:
+            raise RuntimeError("non-finite feature after the warm-up from valid bars")
+        return real(bars, *args, **kwargs)
+
+    frame = synthetic_bars_multi()
+    ccc_first = float(frame.loc[frame["ticker"] == "CCC", "adj_close"].iloc[0])
+    monkeypatch.setattr(feature_store, "build_features", failing_for_ccc)
     report = ingest_frame(engine, frame, source="test", after_write=after_bars_written)
     assert report.written == len(frame)
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from bars")).scalar() == len(frame)
         stored = store_db.feature_sets(conn, feature_store.STORE_VERSION, ["AAA", "BBB", "CCC"])
     assert set(stored) == {"AAA", "BBB"}
-    _assert_stored_equal_built(engine, frame[~huge])
+    _assert_stored_equal_built(engine, frame[frame["ticker"] != "CCC"])
 
 
 def test_a_history_rebased_up_to_the_same_last_bar_is_not_served_from_the_old_rows(
