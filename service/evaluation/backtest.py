@@ -193,8 +193,8 @@ class ModelForecaster(Forecaster):
                              horizon: int) -> HistoricalForecasts:
         if self._series is not series:  # a new ticker: its features, once
             self._series = series
-            self._scaled = self.predictor._scaled_features(series.ticker, series.bars)
-        return self.predictor._historical_forecasts(series, origins, self._scaled)
+            self._scaled = self.predictor.scaled_features(series.ticker, series.bars)
+        return self.predictor.historical_forecasts(series, origins, horizon, self._scaled)
 
 
 @dataclass(frozen=True)

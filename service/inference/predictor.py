@@ -166,7 +166,7 @@ class Predictor(Forecaster):
 
     # -- pre-process ---------------------------------------------------------------------------
 
-    def _scaled_features(self, ticker: str, bars: pd.DataFrame) -> pd.DataFrame:
+    def scaled_features(self, ticker: str, bars: pd.DataFrame) -> pd.DataFrame:
         """Feature rows of `bars`, scaled with the training scaler; InsufficientHistory if short."""
         if len(bars) < self.min_bars:
             raise InsufficientHistory(ticker, len(bars), self.min_bars)
@@ -184,7 +184,7 @@ class Predictor(Forecaster):
         if as_of is not None:
             bars = bars.loc[bars["date"] <= pd.Timestamp(as_of)]
         if scaled is None:
-            scaled = self._scaled_features(ticker, bars)
+            scaled = self.scaled_features(ticker, bars)
         last = bars.iloc[-1]
         return ModelInput(
             ticker=ticker,
@@ -286,11 +286,11 @@ class Predictor(Forecaster):
             if as_of is not None:
                 bars = bars.loc[bars["date"] <= pd.Timestamp(as_of)]
             series = TickerSeries(ticker, bars)
-            scaled = self._scaled_features(ticker, series.bars)  # built once for both uses
+            scaled = self.scaled_features(ticker, series.bars)  # built once for both uses
             item = self.preprocess(ticker, series.bars, scaled=scaled)  # the latest window
             last = len(series.bars) - 1
             origins = np.arange(max(0, last - self.band_history), last + 1)
-            model = self._historical_forecasts(series, origins, scaled)
+            model = self.historical_forecasts(series, origins, self.spec.horizon, scaled)
             base = (model if served.base is self
                     else served.base.historical_forecasts(series, origins, self.spec.horizon))
             _, slots, state = served.state_at(base, series, np.array([last]), horizon)
@@ -387,7 +387,7 @@ class Predictor(Forecaster):
         window; requested dates without one (or without a bar) are left out of the result.
         """
         if scaled is None:
-            scaled = self._scaled_features(ticker, bars)
+            scaled = self.scaled_features(ticker, bars)
         windows, _, rows = make_windows(scaled.to_numpy(), None, self.spec.window)
         dates = scaled.index[rows]
         if origins is not None:
@@ -406,12 +406,10 @@ class Predictor(Forecaster):
         return self
 
     def historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
-                             horizon: int) -> HistoricalForecasts:
-        """Forecasts (all H horizons) at those origins with a full feature window."""
-        return self._historical_forecasts(series, origins)
-
-    def _historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
-                              scaled: pd.DataFrame | None = None) -> HistoricalForecasts:
+                             horizon: int,
+                             scaled: pd.DataFrame | None = None) -> HistoricalForecasts:
+        """Forecasts (all H horizons) at those origins with a full feature window; `scaled`:
+        the series' scaled features when the caller has built them already."""
         dates, quantiles, _ = self.predict_origins(series.ticker, series.bars,
                                                    list(series.dates[origins]), scaled)
         return HistoricalForecasts(series.dates.get_indexer(dates), quantiles, self.quantiles)
