@@ -442,8 +442,23 @@ def empirical_quantiles(log_close: np.ndarray, origins: np.ndarray, horizons, le
         windows = sliding_window_view(moves, window)  # windows[i] ends at move i + window - 1
         ok = t - h - window + 1 >= 0
         rows = t[ok] - h - window + 1
-        out[ok, k, :] = np.quantile(windows[rows], p, axis=-1).T
+        out[ok, k, :] = _sorted_quantiles(np.sort(windows[rows], axis=-1), p)
     return out
+
+
+def _sorted_quantiles(ordered: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """np.quantile(x, p, axis=-1).T (its default linear method) of rows already sorted
+    (..., n) -> (..., P): the same order statistics and numpy's own interpolation (_lerp), so
+    the same floats, after one vectorised sort instead of a partition per quantile (4× slower).
+    p in (0, 1); rows without NaN."""
+    n = ordered.shape[-1]
+    virtual = (n - 1) * p  # numpy's virtual index of the linear method
+    below = np.floor(virtual)
+    gamma = virtual - below
+    a = ordered[..., below.astype(np.intp)]
+    b = ordered[..., np.minimum(below + 1, n - 1).astype(np.intp)]
+    diff = b - a
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
 
 
 # --- ACI around any forecaster with quantiles ---------------------------------------------------
