@@ -40,7 +40,15 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from service.core.errors import InsufficientHistory
 from service.evaluation.scoring import MODEL, NAIVE, POOLED, compute_metrics, metric_value
-from service.forecasting.bands import ACI_SUFFIX, BASELINE_ACI, ACIForecaster, ACISettings
+from service.forecasting.bands import (
+    ACI_SUFFIX,
+    BASELINE_ACI,
+    ACIForecaster,
+    ACIRun,
+    ACISettings,
+    ACIState,
+    aci_states,
+)
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
@@ -142,32 +150,85 @@ class _CannotFit(Exception):
         self.method = method
 
 
+@dataclass
+class _PendingACI:
+    """An ACI method's forecasts of one ticker before its state: the base's forecasts, the
+    origins kept and slots, and the aci_state run (ACIForecaster.plan); the states of a block of
+    tickers are computed in one call (aci_states)."""
+
+    forecaster: ACIForecaster
+    base: HistoricalForecasts
+    wanted: np.ndarray
+    slots: np.ndarray
+    run: ACIRun | None
+
+    @property
+    def origins(self) -> np.ndarray:
+        return self.wanted
+
+
+def _method_seconds(name: str) -> str:
+    # The model's ACI run is the model's cost (its onnxruntime call over ACI's origins).
+    return "model" if name.startswith(MODEL) else "baselines"
+
+
 def _ticker_forecasts(forecasters: Sequence[Forecaster], series: TickerSeries,
                       origins: np.ndarray, fit_end: dt.date, max_h: int,
-                      seconds: dict[str, float]) -> dict[str, HistoricalForecasts]:
-    """Each method fitted on bars <= fit_end, then forecasting the origins every method can.
+                      seconds: dict[str, float]
+                      ) -> tuple[dict[str, HistoricalForecasts | _PendingACI], np.ndarray]:
+    """Each method fitted on bars <= fit_end, then forecasting the origins every method can
+    (an ACI method up to its state: _PendingACI), and those origins.
 
     A method that can forecast fewer origins (the model needs a full feature window) narrows
-    them for all; none left returns {}. InsufficientHistory propagates; a ValueError (a
+    them for all; none left returns ({}, empty). InsufficientHistory propagates; a ValueError (a
     baseline that cannot fit) becomes _CannotFit naming the method.
     """
     history = series.until(fit_end)
-    made: dict[str, HistoricalForecasts] = {}
+    made: dict[str, HistoricalForecasts | _PendingACI] = {}
     for forecaster in forecasters:
         tick = time.perf_counter()
         try:
-            made[forecaster.name] = forecaster.fit(history).historical_forecasts(
-                series, origins, max_h)
+            fitted = forecaster.fit(history)
+            if isinstance(fitted, ACIForecaster) and len(origins):
+                base = fitted.base_forecasts(series, origins, max_h)
+                made[forecaster.name] = _PendingACI(
+                    fitted, base, *fitted.plan(base, series, origins, max_h))
+            else:
+                made[forecaster.name] = fitted.historical_forecasts(series, origins, max_h)
         except ValueError as exc:
             raise _CannotFit(forecaster.name, exc) from exc
         finally:
-            # The model's ACI run is the model's cost (its onnxruntime call over ACI's origins).
-            seconds["model" if forecaster.name.startswith(MODEL) else "baselines"] += (
-                time.perf_counter() - tick)
+            seconds[_method_seconds(forecaster.name)] += time.perf_counter() - tick
         origins = made[forecaster.name].origins
         if len(origins) == 0:
-            return {}
-    return {name: f.at(origins) for name, f in made.items()}
+            return {}, origins
+    return made, origins
+
+
+# Tickers whose ACI states are computed in one stacked call (aci_states): enough to spread the
+# α run's per-step cost, few enough that their base forecasts wait in memory (~4 MB a ticker).
+ACI_BLOCK = 16
+
+
+def _resolve_aci(block: list[dict[str, HistoricalForecasts | _PendingACI]], max_h: int,
+                 seconds: dict[str, float]) -> None:
+    """Each pending ACI method of a block of tickers: states in one call, then its forecasts."""
+    names = dict.fromkeys(n for made in block for n, f in made.items()
+                          if isinstance(f, _PendingACI))
+    for name in names:
+        tick = time.perf_counter()
+        pending = [made[name] for made in block]
+        with_runs = [p for p in pending if p.run is not None]
+        if with_runs:
+            states = dict(zip(map(id, with_runs), aci_states(
+                [p.run for p in with_runs], with_runs[0].forecaster.coverages,
+                with_runs[0].forecaster.settings)))
+        for made, p in zip(block, pending):
+            state = states[id(p)] if p.run is not None else ACIState(
+                np.empty((p.wanted.size, p.slots.size, len(p.forecaster.coverages))),
+                np.empty((p.wanted.size, p.slots.size, len(p.forecaster.coverages))))
+            made[name] = p.forecaster.recalibrated(p.base, p.wanted, p.slots, state, max_h)
+        seconds[_method_seconds(name)] += time.perf_counter() - tick
 
 
 # Windows per onnxruntime call in the backtest: as fast per window as any size on one thread
@@ -281,14 +342,15 @@ _NOT_FORECASTS = ("ticker", "origin", "target_date", "origin_close", "realized",
 
 def _overflow(frame: pd.DataFrame) -> str | None:
     """The first forecast column that turns into a non-finite price (close x exp(r)), or None."""
-    close = frame["origin_close"].to_numpy()
-    for column in frame.columns.drop(list(_NOT_FORECASTS)):
-        values = frame[column].to_numpy()
-        with np.errstate(over="ignore"):
-            finite = np.isfinite(prices_from_log_returns(close, values))
-        if not finite.all():
-            return f"{column} (a log return of {float(np.nanmax(np.abs(values))):.3g})"
-    return None
+    columns = frame.columns.drop(list(_NOT_FORECASTS))
+    values = frame[columns].to_numpy(dtype=np.float64)  # (n, C): every column in one pass
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(prices_from_log_returns(frame["origin_close"].to_numpy(), values))
+    bad = ~finite.all(axis=0)
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    return f"{columns[i]} (a log return of {float(np.nanmax(np.abs(values[:, i]))):.3g})"
 
 
 def _ticker_frames(series: TickerSeries,
@@ -351,33 +413,45 @@ def historical_forecasts(
     rows: dict[int, list[pd.DataFrame]] = {h: [] for h in horizons}
     skipped: dict[str, str] = {}
     seconds = {"model": 0.0, "baselines": 0.0}
-    for ticker, ticker_bars in bars.items():
-        series = TickerSeries(ticker, ticker_bars)
-        dates = series.dates
-        wanted = dates[(dates >= pd.Timestamp(start)) & (dates <= pd.Timestamp(end))]
-        if wanted.empty:
-            skipped[ticker] = f"no bars between {start} and {end}"
-            continue
-        try:
-            made = _ticker_forecasts(forecasters, series, dates.get_indexer(wanted), fit_end,
-                                     max_h, seconds)
-        except InsufficientHistory as exc:
-            skipped[ticker] = str(exc)
-            continue
-        except _CannotFit as exc:
-            skipped[ticker] = (f"cannot fit the {exc.method} baseline on bars up to {fit_end}: "
-                               f"{exc}")
-            continue
-        if not made:
-            skipped[ticker] = f"no origin between {start} and {end} has a full feature window"
-            continue
-        frames = _ticker_frames(series, made, horizons)
-        bad = next((why for f in frames.values() if (why := _overflow(f))), None)
-        if bad is not None:
-            skipped[ticker] = f"a forecast overflows a price: {bad}"
-            continue
-        for h, frame in frames.items():
-            rows[h].append(frame)
+    tickers = list(bars)
+    for i in range(0, len(tickers), ACI_BLOCK):
+        # A block of tickers forecast up to their ACI states, the states in one call each, then
+        # each ticker's frames; the reasons to skip kept in ticker order.
+        reasons: dict[str, str] = {}
+        block: list[tuple[TickerSeries, dict, np.ndarray]] = []
+        for ticker in tickers[i:i + ACI_BLOCK]:
+            series = TickerSeries(ticker, bars[ticker])
+            dates = series.dates
+            wanted = dates[(dates >= pd.Timestamp(start)) & (dates <= pd.Timestamp(end))]
+            if wanted.empty:
+                reasons[ticker] = f"no bars between {start} and {end}"
+                continue
+            try:
+                made, origins = _ticker_forecasts(forecasters, series, dates.get_indexer(wanted),
+                                                  fit_end, max_h, seconds)
+            except InsufficientHistory as exc:
+                reasons[ticker] = str(exc)
+                continue
+            except _CannotFit as exc:
+                reasons[ticker] = (f"cannot fit the {exc.method} baseline on bars up to "
+                                   f"{fit_end}: {exc}")
+                continue
+            if not made:
+                reasons[ticker] = (f"no origin between {start} and {end} has a full feature "
+                                   "window")
+                continue
+            block.append((series, made, origins))
+        _resolve_aci([made for _, made, _ in block], max_h, seconds)
+        for series, made, origins in block:
+            frames = _ticker_frames(series, {n: f.at(origins) for n, f in made.items()},
+                                    horizons)
+            bad = next((why for f in frames.values() if (why := _overflow(f))), None)
+            if bad is not None:
+                reasons[series.ticker] = f"a forecast overflows a price: {bad}"
+                continue
+            for h, frame in frames.items():
+                rows[h].append(frame)
+        skipped |= {t: reasons[t] for t in tickers[i:i + ACI_BLOCK] if t in reasons}
     forecasts = {h: pd.concat(parts, ignore_index=True) for h, parts in rows.items() if parts}
     return HistoricalRun(forecasts, skipped, seconds)
 

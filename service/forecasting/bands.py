@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 from statistics import NormalDist
 
 import numpy as np
@@ -413,6 +414,60 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     return ACIState(qhat, np.clip(1.0 - alpha, 0.0, 1.0))
 
 
+@dataclass(frozen=True)
+class ACIRun:
+    """One series' aci_state arguments (see aci_bands): quantiles (N, K, Q) at `levels`,
+    realized (N, K), targets (n,), delays (K,), scale (N,) or None."""
+
+    quantiles: np.ndarray
+    levels: tuple[float, ...]
+    realized: np.ndarray
+    targets: np.ndarray
+    delays: np.ndarray
+    scale: np.ndarray | None
+
+    def arguments(self) -> tuple:
+        """(quantiles, levels, realized, targets, delays): aci_state's leading arguments."""
+        return self.quantiles, self.levels, self.realized, self.targets, self.delays
+
+
+def aci_states(runs: list[ACIRun], coverages, settings: ACISettings = ACISettings()
+               ) -> list[ACIState]:
+    """aci_state of each run (same levels, delays, and scale or none), the same floats, from one
+    call over the runs end to end with a gap of NaN quantiles and outcomes between them.
+
+    A target's state reads scores and α steps at most lookback + calibration + max(delay)
+    origins back, and an origin without a quantile or an outcome has no score: over a gap that
+    long, a run reads exactly what it reads alone (NaN where it would pad its own start). The α
+    run's hundred numpy steps then cost once per stack, not once per series.
+    """
+    if not runs:
+        return []
+    first = runs[0]
+    gap = settings.history + int(np.max(first.delays))
+    k_slots, n_q = first.quantiles.shape[1:]
+    quantiles, realized, targets, scales, sizes = [], [], [], [], []
+    offset = 0
+    for i, run in enumerate(runs):
+        if i:
+            quantiles.append(np.full((gap, k_slots, n_q), np.nan))
+            realized.append(np.full((gap, k_slots), np.nan))
+            scales.append(np.ones(gap))
+            offset += gap
+        quantiles.append(run.quantiles)
+        realized.append(run.realized)
+        scales.append(np.ones(len(run.quantiles)) if run.scale is None else run.scale)
+        targets.append(np.asarray(run.targets, dtype=np.intp) + offset)
+        sizes.append(len(run.targets))
+        offset += len(run.quantiles)
+    state = aci_state(np.concatenate(quantiles), first.levels, np.concatenate(realized),
+                      np.concatenate(targets), first.delays, coverages, settings,
+                      None if first.scale is None else np.concatenate(scales))
+    bounds = np.cumsum([0, *sizes])
+    return [ACIState(state.qhat[a:b], state.coverage[a:b])
+            for a, b in pairwise(bounds)]
+
+
 # --- the band baselines' quantiles --------------------------------------------------------------
 
 
@@ -507,16 +562,27 @@ class ACIForecaster(Forecaster):
         if origins.size == 0:
             return HistoricalForecasts(origins, np.empty((0, horizon, len(self.quantiles))),
                                        self.quantiles)
+        return self.recalibrate(self.base_forecasts(series, origins, horizon), series, origins,
+                                horizon)
+
+    def base_forecasts(self, series: TickerSeries, origins: np.ndarray,
+                       horizon: int) -> HistoricalForecasts:
+        """The base's forecasts that the states at `origins` (non-empty) read: from
+        `settings.history + horizon` sessions before the first one to the last."""
         first = max(0, int(origins.min()) - self.settings.history - horizon)
         needed = np.arange(first, int(origins.max()) + 1)
-        base = self.base.historical_forecasts(series, needed, horizon)
-        return self.recalibrate(base, series, origins, horizon)
+        return self.base.historical_forecasts(series, needed, horizon)
 
     def recalibrate(self, base: HistoricalForecasts, series: TickerSeries, origins: np.ndarray,
                     horizon: int) -> HistoricalForecasts:
         """The ACI forecasts at `origins` (those the base forecast) from the base's forecasts:
         `apply` of `state_at` to the base's quantiles at those origins."""
         wanted, slots, state = self.state_at(base, series, origins, horizon)
+        return self.recalibrated(base, wanted, slots, state, horizon)
+
+    def recalibrated(self, base: HistoricalForecasts, wanted: np.ndarray, slots: np.ndarray,
+                     state: ACIState, horizon: int) -> HistoricalForecasts:
+        """recalibrate's forecasts from state_at's (origins kept, slots, state)."""
         out = np.full((wanted.size, horizon, len(self.quantiles)), np.nan)
         if wanted.size and slots.size:
             q = np.asarray(base.log_returns, dtype=np.float64)
@@ -529,14 +595,25 @@ class ACIForecaster(Forecaster):
                  horizon: int) -> tuple[np.ndarray, np.ndarray, ACIState]:
         """(origins kept, slots (K,), ACI's state there (n, K, L)): what `apply` needs besides
         each origin's own base quantiles, all of it known at the origin (aci_state)."""
+        wanted, slots, run = self.plan(base, series, origins, horizon)
+        if run is None:
+            empty = np.empty((wanted.size, slots.size, len(self.coverages)))
+            return wanted, slots, ACIState(empty, empty)
+        return wanted, slots, aci_state(*run.arguments(), self.coverages, self.settings,
+                                        run.scale)
+
+    def plan(self, base: HistoricalForecasts, series: TickerSeries, origins: np.ndarray,
+             horizon: int) -> tuple[np.ndarray, np.ndarray, ACIRun | None]:
+        """state_at's origins kept and slots, and the aci_state run behind its state (None when
+        there is nothing to compute): a caller may compute many runs' states at once
+        (aci_states)."""
         have = np.asarray(base.origins, dtype=np.intp)
         wanted = np.asarray(origins, dtype=np.intp)
         wanted = wanted[np.isin(wanted, have)]
         slots = np.arange(1, horizon + 1) if self.slots is None else np.asarray(
             [h for h in self.slots if h <= horizon], dtype=np.intp)
         if wanted.size == 0 or slots.size == 0:
-            empty = np.empty((wanted.size, slots.size, len(self.coverages)))
-            return wanted, slots, ACIState(empty, empty)
+            return wanted, slots, None
         # A dense run of sessions from the base's first origin; gaps (none in practice) are NaN.
         grid = np.arange(have.min(), have.max() + 1)
         q = np.full((grid.size, horizon, len(base.quantiles)), np.nan)
@@ -547,9 +624,9 @@ class ACIForecaster(Forecaster):
             ok = grid + h < y.size
             realized[ok, j] = y[grid[ok] + h] - y[grid[ok]]
         scale = self.settings.scale(y)
-        state = aci_state(q[:, slots - 1, :], base.quantiles, realized, wanted - grid[0], slots,
-                          self.coverages, self.settings, None if scale is None else scale[grid])
-        return wanted, slots, state
+        return wanted, slots, ACIRun(q[:, slots - 1, :], tuple(base.quantiles), realized,
+                                     wanted - grid[0], slots,
+                                     None if scale is None else scale[grid])
 
     def apply(self, quantiles: np.ndarray, levels, qhat: np.ndarray) -> np.ndarray:
         """Base quantiles (n, K, Q') at `levels` and their ACI state Q̂ (n, K, L) -> this

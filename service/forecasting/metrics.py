@@ -9,7 +9,6 @@ Conventions, shared with baselines.py and the backtest:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
