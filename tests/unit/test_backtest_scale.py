@@ -15,6 +15,7 @@ from service.evaluation.backtest import (
 )
 from service.forecasting.baselines import NaiveBaseline
 from service.forecasting.features import average_true_range
+from service.forecasting.forecaster import TickerSeries
 
 
 def test_a_pooled_backtest_scores_every_metric_as_one_process(tiny_predictor, tiny_artifact):
@@ -77,3 +78,20 @@ def test_a_ticker_whose_forecasts_overflow_a_price_is_skipped_with_the_reason(
         end=last, fit_end=tiny_predictor.manifest.split.train[1], horizons=(1, 5))
     assert sorted(run.forecasts[1]["ticker"].unique()) == ["AAA", "CCC"]
     assert run.skipped == {"BBB": "a forecast overflows a price: exploding (a log return of 800)"}
+
+
+def test_the_backtests_model_forecasts_are_the_per_call_ones_bit_for_bit(tiny_predictor,
+                                                                        tiny_artifact):
+    # ModelForecaster computes each window once (64 per onnxruntime call, the odd call's last
+    # window alone) and serves both calls from that: each call must return exactly what
+    # Predictor.historical_forecasts returns for it, odd and even sizes, overlapping or not.
+    for ticker, bars in bars_by_ticker(tiny_artifact.bars).items():
+        series = TickerSeries(ticker, bars)
+        model = ModelForecaster(tiny_predictor)
+        n = len(bars)
+        for origins in (np.arange(n - 145, n), np.arange(n - 400, n), np.arange(n - 146, n - 1),
+                        np.arange(n - 300, n - 2), np.arange(0, n, 3), np.arange(n - 145, n)):
+            ours = model.historical_forecasts(series, origins, 5)
+            theirs = tiny_predictor.historical_forecasts(series, origins, 5)
+            np.testing.assert_array_equal(ours.origins, theirs.origins)
+            np.testing.assert_array_equal(ours.log_returns, theirs.log_returns)

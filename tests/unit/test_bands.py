@@ -12,10 +12,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 from service.forecasting.bands import (
     BASELINE_ACI,
     ACIForecaster,
+    ACIRun,
     ACISettings,
     _scores,
+    _sorted_quantiles,
     aci_bands,
     aci_state,
+    aci_states,
     apply_aci,
     band,
     base_bands,
@@ -387,3 +390,39 @@ def test_empirical_band_of_h_day_moves_on_a_steady_trend_is_that_trend():
     q = empirical_quantiles(y, np.array([399, 300]), [1, 5, 30], LEVELS)
     for k, h in enumerate((1, 5, 30)):
         np.testing.assert_allclose(q[:, k, :], 0.003 * h, rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stacked_aci_states_equal_each_runs_own_bit_for_bit(seed):
+    # The backtest computes a block of tickers' states in one aci_state call (aci_states): each
+    # must be the state its run gets alone, NaN-padded start included.
+    rng = np.random.default_rng(seed)
+    k = 3
+    d = np.array([1, 2, 5])
+    settings = ACISettings(lookback=int(rng.integers(1, 30)),
+                           calibration=int(rng.integers(1, 60)),
+                           vol_beta=1.0 if seed % 2 else 0.7)
+    runs = []
+    for _ in range(4):
+        n = int(rng.integers(5, 200))
+        q = np.sort(rng.normal(0.0, 0.02, (n, k, len(LEVELS))), axis=-1)
+        y = rng.normal(0.0, 0.03, (n, k))
+        y[rng.random((n, k)) < 0.05] = np.nan
+        t = np.sort(rng.choice(n, min(n, 10), replace=False))
+        f = None if seed % 2 else rng.uniform(0.5, 2.0, n)
+        runs.append(ACIRun(q, LEVELS, y, t, d, f))
+    stacked = aci_states(runs, COVERAGES, settings)
+    for run, state in zip(runs, stacked):
+        alone = aci_state(*run.arguments(), COVERAGES, settings, run.scale)
+        assert np.array_equal(state.qhat, alone.qhat, equal_nan=True)
+        assert np.array_equal(state.coverage, alone.coverage, equal_nan=True)
+
+
+def test_quantiles_of_sorted_rows_are_numpys_float_for_float():
+    rng = np.random.default_rng(0)
+    p = np.array(LEVELS)
+    for n in (1, 2, 7, 250):
+        x = rng.standard_normal((40, n))
+        x[::3] = np.round(x[::3], 1)  # ties
+        np.testing.assert_array_equal(_sorted_quantiles(np.sort(x, axis=-1), p),
+                                      np.quantile(x, p, axis=-1).T)
