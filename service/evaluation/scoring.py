@@ -253,55 +253,57 @@ def book(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     return frame.pivot(index="origin", columns="ticker", values=column)
 
 
-def _interval_scores(g: pd.DataFrame, method: str, close, actual) -> np.ndarray:
+def _interval_scores(g: Mapping[str, np.ndarray], method: str, close, actual) -> np.ndarray:
     """Per forecast 80 % interval score, per unit of origin close."""
-    lo = prices_from_log_returns(close, g[f"{method}_lower"].to_numpy())
-    hi = prices_from_log_returns(close, g[f"{method}_upper"].to_numpy())
+    lo = prices_from_log_returns(close, g[f"{method}_lower"])
+    hi = prices_from_log_returns(close, g[f"{method}_upper"])
     return m.interval_scores(actual / close, lo / close, hi / close, DEFAULT_LEVEL)
 
 
-def _band_metrics(g: pd.DataFrame, method: str, close, actual, h: int,
+def _band_metrics(g: Mapping[str, np.ndarray], method: str, close, actual, h: int,
                   pooled: bool) -> dict[str, float]:
     """Coverage (each level, each volatility tercile), width, interval score, DM vs the reference."""
-    lo = prices_from_log_returns(close, g[f"{method}_lower"].to_numpy())
-    hi = prices_from_log_returns(close, g[f"{method}_upper"].to_numpy())
+    lo = prices_from_log_returns(close, g[f"{method}_lower"])
+    hi = prices_from_log_returns(close, g[f"{method}_upper"])
     row = {"coverage": m.interval_coverage(actual, lo, hi)}
     for level in BAND_LEVELS:
         suffix = f"_{round(level * 100)}"
-        if f"{method}_lower{suffix}" in g.columns:
+        if f"{method}_lower{suffix}" in g:
             row[f"coverage{suffix}"] = m.interval_coverage(
-                actual, prices_from_log_returns(close, g[f"{method}_lower{suffix}"].to_numpy()),
-                prices_from_log_returns(close, g[f"{method}_upper{suffix}"].to_numpy()))
+                actual, prices_from_log_returns(close, g[f"{method}_lower{suffix}"]),
+                prices_from_log_returns(close, g[f"{method}_upper{suffix}"]))
     width = m.interval_width(lo, hi, close)
     row["width_dollars"], row["width_relative"] = width.dollars, width.relative
     scores = _interval_scores(g, method, close, actual)
     row["interval_score"] = float(scores.mean())
-    if "vol_rank" in g.columns:
-        by = m.coverage_by_tercile(actual, lo, hi, g["vol_rank"].to_numpy())
+    if "vol_rank" in g:
+        by = m.coverage_by_tercile(actual, lo, hi, g["vol_rank"])
         row |= {f"coverage_{name}": value for name, value in by.items()}
-    if method != REFERENCE_BAND and f"{REFERENCE_BAND}_lower" in g.columns:
+    if method != REFERENCE_BAND and f"{REFERENCE_BAND}_lower" in g:
         d = scores - _interval_scores(g, REFERENCE_BAND, close, actual)
         if pooled:  # one differential per origin date: the mean over the tickers
-            d = pd.Series(d).groupby(g["origin"].to_numpy()).mean().to_numpy()
+            d = pd.Series(d).groupby(g["origin"]).mean().to_numpy()
         row["dm_interval_stat"], row["dm_interval_pvalue"] = _dm_or_nan(
             m.diebold_mariano_differential, d, h)
     return row
 
 
-def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
-                   pooled: bool, hold: bool = True) -> dict[str, dict[str, float]]:
+def _group_metrics(g: Mapping[str, np.ndarray], h: int, methods: Sequence[str],
+                   frame: pd.DataFrame | None, hold: bool = True) -> dict[str, dict[str, float]]:
     """{method: {metric: value}} for one ticker's (or the pooled) forecasts at horizon h, then
-    buy-and-hold's (unless `hold` is False)."""
-    close = g["origin_close"].to_numpy()
-    realized = g["realized"].to_numpy()
+    buy-and-hold's (unless `hold` is False). `g`: the group's columns; `frame`: the pooled
+    group's frame (its book), None for a ticker's."""
+    pooled = frame is not None
+    close = g["origin_close"]
+    realized = g["realized"]
     actual = prices_from_log_returns(close, realized)
-    naive = prices_from_log_returns(close, g[NAIVE].to_numpy())
+    naive = prices_from_log_returns(close, g[NAIVE])
     out: dict[str, dict[str, float]] = {}
     for method in methods:
-        r_hat = g[method].to_numpy()
+        r_hat = g[method]
         pred = prices_from_log_returns(close, r_hat)
         row = {
-            "n_forecasts": float(len(g)),
+            "n_forecasts": float(len(realized)),
             "mae": m.mae(actual, pred),
             "rmse": m.rmse(actual, pred),
             "mape": m.mape(actual, pred),
@@ -310,20 +312,20 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
             "directional_accuracy": m.directional_accuracy(realized, r_hat),
         }
         if method != NAIVE:
-            row |= _dm(actual, pred, naive, h, g["origin"].to_numpy() if pooled else None)
+            row |= _dm(actual, pred, naive, h, g["origin"] if pooled else None)
         if pooled:
             for prefix, how in (("ic", "pearson"), ("rank_ic", "spearman")):
-                ic = m.ic_summary(g["origin"].to_numpy(), r_hat, realized, how)
+                ic = m.ic_summary(g["origin"], r_hat, realized, how)
                 row[f"{prefix}_mean"], row[f"{prefix}_icir"] = ic.mean, ic.icir
-                hac = sig.hac_mean_test(m.daily_ic(g["origin"].to_numpy(), r_hat, realized, how),
+                hac = sig.hac_mean_test(m.daily_ic(g["origin"], r_hat, realized, how),
                                         h)
                 row[f"{prefix}_t_hac"], row[f"{prefix}_n_eff"] = hac.t, hac.n_eff
             if method != NAIVE:
-                row |= _rel_mae_interval(g["origin"].to_numpy(), actual, pred, naive, h)
-        if f"{method}_lower" in g.columns:  # a method with a band
+                row |= _rel_mae_interval(g["origin"], actual, pred, naive, h)
+        if f"{method}_lower" in g:  # a method with a band
             row |= _band_metrics(g, method, close, actual, h, pooled)
         if pooled:
-            book_pred, book_real = book(g, method), book(g, "realized")
+            book_pred, book_real = book(frame, method), book(frame, "realized")
             row |= _strategy(book_pred.to_numpy(), book_real.to_numpy(), h, TRADED)
         else:
             row |= _strategy(r_hat, realized, h, TRADED)
@@ -332,7 +334,7 @@ def _group_metrics(g: pd.DataFrame, h: int, methods: Sequence[str],
     if not hold:
         return out
     if pooled:
-        real = book(g, "realized").to_numpy()
+        real = book(frame, "realized").to_numpy()
     else:
         real = realized
     out[BUY_AND_HOLD] = _strategy(real, real, h, (BUY_AND_HOLD,))
@@ -358,14 +360,20 @@ def _task_records(h: int, tickers: tuple[str, ...] | None, methods: Sequence[str
     `methods` (buy-and-hold's after them if `hold`)."""
     frame = _FRAMES[h]
     if tickers is None:
-        groups = [(POOLED, frame, True)]
+        groups = [(POOLED, {c: frame[c].to_numpy() for c in frame.columns}, frame)]
     else:
         part = frame[frame["ticker"].isin(tickers)] if len(tickers) < frame["ticker"].nunique() \
             else frame
-        groups = [(t, g, False) for t, g in part.groupby("ticker", sort=True)]
+        # Each ticker's rows are one run of the sorted frame: its columns are slices of the
+        # frame's (no sub-frame per ticker, no pandas column lookup per metric).
+        names = part["ticker"].to_numpy()
+        columns = {c: part[c].to_numpy() for c in part.columns}
+        starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+        groups = [(names[a], {c: v[a:b] for c, v in columns.items()}, None)
+                  for a, b in zip(starts, [*starts[1:], len(names)])]
     records = []
-    for ticker, g, pooled in groups:
-        for method, values in _group_metrics(g, h, methods, pooled, hold).items():
+    for ticker, g, pooled_frame in groups:
+        for method, values in _group_metrics(g, h, methods, pooled_frame, hold).items():
             records.extend((ticker, h, method, name, float(v)) for name, v in values.items())
     return records
 

@@ -31,7 +31,7 @@ def _arrays(**named) -> list[np.ndarray]:
     for name, a in zip(names, out):
         if a.size == 0:
             raise ValueError(f"{name} is empty")
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN or inf")
     for name, a in zip(names[1:], out[1:]):
         if a.shape != out[0].shape:
