@@ -345,58 +345,68 @@ class MethodSet:
 
 _NOT_FORECASTS = ("ticker", "origin", "target_date", "origin_close", "realized", "origin_vol")
 
+Columns = dict[str, np.ndarray]  # one ticker's forecast frame at a horizon, as its columns
 
-def _overflow(frame: pd.DataFrame) -> str | None:
+
+def _overflow(columns: Columns) -> str | None:
     """The first forecast column that turns into a non-finite price (close x exp(r)), or None."""
-    columns = frame.columns.drop(list(_NOT_FORECASTS))
-    values = frame[columns].to_numpy(dtype=np.float64)  # (n, C): every column in one pass
+    names = [c for c in columns if c not in _NOT_FORECASTS]
+    values = np.column_stack([columns[c] for c in names])  # (n, C): every column in one pass
     with np.errstate(over="ignore"):
-        finite = np.isfinite(prices_from_log_returns(frame["origin_close"].to_numpy(), values))
+        finite = np.isfinite(prices_from_log_returns(columns["origin_close"], values))
     bad = ~finite.all(axis=0)
     if not bad.any():
         return None
     i = int(np.argmax(bad))
-    return f"{columns[i]} (a log return of {float(np.nanmax(np.abs(values[:, i]))):.3g})"
+    return f"{names[i]} (a log return of {float(np.nanmax(np.abs(values[:, i]))):.3g})"
 
 
-def _ticker_frames(series: TickerSeries,
-                   made: dict[str, HistoricalForecasts],
-                   horizons: Sequence[int]) -> dict[int, pd.DataFrame]:
-    """One ticker's forecast frame per horizon (see historical_forecasts)."""
+def _ticker_columns(series: TickerSeries, made: dict[str, HistoricalForecasts],
+                    horizons: Sequence[int]) -> dict[int, Columns]:
+    """One ticker's forecast frame per horizon (see historical_forecasts), as columns: the
+    frames of a run are built once from every ticker's (_frame), not one per ticker."""
     ticker, dates = series.ticker, series.dates
     idx = next(iter(made.values())).origins  # bar index of each origin, shared by all
     log_adj = series.log_close
     vol = ewma_volatility(log_returns(log_adj))
     closes = series.bars["close"].to_numpy(dtype=np.float64)
+    # (N, H) float64 per column, converted once for all horizons.
+    forecast_columns: dict[str, np.ndarray] = {}
+    for name, forecast in made.items():
+        if forecast.band is None:
+            continue
+        for level in BAND_LEVELS:
+            lower, upper = forecast.band_at(level)
+            suffix = "" if level == DEFAULT_LEVEL else f"_{round(level * 100)}"
+            forecast_columns[f"{name}_lower{suffix}"] = lower
+            forecast_columns[f"{name}_upper{suffix}"] = upper
+    for name, forecast in made.items():
+        forecast_columns[name] = forecast.median
     out = {}
     for h in horizons:
         ok = idx + h < len(series.bars)
         if not ok.any():
             continue
         t = idx[ok]
-        frame = pd.DataFrame({
-            "ticker": ticker,
-            "origin": dates[t],
-            "target_date": dates[t + h],
+        out[h] = {
+            "ticker": np.full(t.size, ticker, dtype=object),
+            "origin": dates[t].to_numpy(),
+            "target_date": dates[t + h].to_numpy(),
             "origin_close": closes[t],
             "realized": log_adj[t + h] - log_adj[t],
-        })
-        # The origin's EWMA volatility: what the band metrics' volatility terciles cut.
-        frame["origin_vol"] = vol[t]
-        columns = {}
-        for name, forecast in made.items():
-            if forecast.band is None:
-                continue
-            for level in BAND_LEVELS:
-                lower, upper = forecast.band_at(level)
-                suffix = "" if level == DEFAULT_LEVEL else f"_{round(level * 100)}"
-                columns[f"{name}_lower{suffix}"] = lower[ok, h - 1]
-                columns[f"{name}_upper{suffix}"] = upper[ok, h - 1]
-        for name, forecast in made.items():
-            columns[name] = forecast.median[ok, h - 1]
-        # One concat, not a column insert each (pandas copies its blocks per insert).
-        out[h] = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
+            # The origin's EWMA volatility: what the band metrics' volatility terciles cut.
+            "origin_vol": vol[t],
+            **{name: values[ok, h - 1] for name, values in forecast_columns.items()},
+        }
     return out
+
+
+def _frame(parts: list[Columns]) -> pd.DataFrame:
+    """Tickers' columns at one horizon as one frame, in their order."""
+    names = list(parts[0])
+    if any(list(part) != names for part in parts):  # methods that differ by ticker: union
+        return pd.concat([pd.DataFrame(part) for part in parts], ignore_index=True)
+    return pd.DataFrame({c: np.concatenate([part[c] for part in parts]) for c in names})
 
 
 def historical_forecasts(
@@ -416,7 +426,7 @@ def historical_forecasts(
     flat stretches feeding ACI) is skipped with the reason.
     """
     max_h = max(horizons)
-    rows: dict[int, list[pd.DataFrame]] = {h: [] for h in horizons}
+    rows: dict[int, list[Columns]] = {h: [] for h in horizons}
     skipped: dict[str, str] = {}
     seconds = {"model": 0.0, "baselines": 0.0}
     tickers = list(bars)
@@ -449,8 +459,8 @@ def historical_forecasts(
             block.append((series, made, origins))
         _resolve_aci([made for _, made, _ in block], max_h, seconds)
         for series, made, origins in block:
-            frames = _ticker_frames(series, {n: f.at(origins) for n, f in made.items()},
-                                    horizons)
+            frames = _ticker_columns(series, {n: f.at(origins) for n, f in made.items()},
+                                     horizons)
             bad = next((why for f in frames.values() if (why := _overflow(f))), None)
             if bad is not None:
                 reasons[series.ticker] = f"a forecast overflows a price: {bad}"
@@ -458,7 +468,7 @@ def historical_forecasts(
             for h, frame in frames.items():
                 rows[h].append(frame)
         skipped |= {t: reasons[t] for t in tickers[i:i + ACI_BLOCK] if t in reasons}
-    forecasts = {h: pd.concat(parts, ignore_index=True) for h, parts in rows.items() if parts}
+    forecasts = {h: _frame(parts) for h, parts in rows.items() if parts}
     return HistoricalRun(forecasts, skipped, seconds)
 
 
