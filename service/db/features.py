@@ -246,8 +246,9 @@ def _date(value: str | dt.date) -> dt.date:
 
 @dataclass(frozen=True)
 class StoredBandState:
-    """The served band's state of one ticker as of a bar: ACI's Q̂ (horizons, levels) and the
-    recent coverage, with the bars revision it was computed from."""
+    """The served band's state of one ticker as of a bar: ACI's Q̂ (horizons, width: one per
+    level, or two-sided one per tail) and the recent coverage, with the bars revision it was
+    computed from."""
 
     ticker: str
     as_of: dt.date
@@ -305,7 +306,7 @@ _FRESH_ONE = _fresh(_STATES.c.ticker == bindparam("ticker"))
 
 
 def read_fresh_states(conn: Connection, model_version: str, feature_version: str,
-                      tickers: Sequence[str], levels: int) -> dict[str, StoredBandState]:
+                      tickers: Sequence[str], width: int) -> dict[str, StoredBandState]:
     """Band states as of each ticker's latest bar that are fresh: computed from the ticker's
     current bars revision, with the feature rows up to that bar stored from the same revision.
     """
@@ -317,5 +318,5 @@ def read_fresh_states(conn: Connection, model_version: str, feature_version: str
         for r in rows:
             out[r.ticker] = StoredBandState(
                 r.ticker, r.as_of, r.bars_revision, r.last_close,
-                decode(r.qhat, levels), r.recent_coverage, r.recent_sessions)
+                decode(r.qhat, width), r.recent_coverage, r.recent_sessions)
     return out
