@@ -76,7 +76,9 @@ ACI_CALIBRATION = 500
 # The volatility mean-reversion blend (module docstring): β, and the long volatility's window.
 ACI_VOL_BETA = 0.7
 ACI_LONG_WINDOW = 250
-# One Q̂ for both half-widths (symmetric scores) or one per tail (module docstring).
+# One Q̂ for both half-widths (symmetric scores) or one per tail (module docstring). Symmetric:
+# two-sided lost to its symmetric twin in every (calibration, β, γ) pair of the validation grid
+# (bench/band_grid.py; README, "Bands").
 ACI_TWO_SIDED = False
 # Sessions of h-day returns behind the empirical band baseline (about one trading year).
 EMPIRICAL_WINDOW = 250
