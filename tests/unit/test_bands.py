@@ -188,16 +188,8 @@ def test_a_stored_state_applied_to_one_origin_gives_the_backtests_band_there(two
 @pytest.mark.parametrize("seed", range(6))
 def test_aci_state_equals_its_reference_bit_for_bit(seed):
     rng = np.random.default_rng(seed)
-    n, k = 260, int(rng.integers(1, 7))
-    q = np.sort(rng.normal(0.0, 0.02, (n, k, len(LEVELS))), axis=-1)
-    y = rng.normal(0.0, 0.03, (n, k))
-    if seed % 3 == 0:  # equal scores (ties): one band per slot, outcomes on a grid
-        q = np.broadcast_to(q[:1], q.shape).copy()
-        y = np.round(y, 2)
-    q[rng.random((n, k)) < 0.05] = np.nan
-    y[rng.random((n, k)) < 0.05] = np.nan
-    d = np.sort(rng.choice(np.arange(1, 12), k, replace=False))
-    t = np.sort(rng.choice(n, 12, replace=False))
+    q, y, d, t = _random_case(rng, 260, 7, 0.0, 12, 12, ties=seed % 3 == 0)
+    n = len(q)
     settings = ACISettings(lookback=int(rng.integers(1, 60)),
                            calibration=int(rng.integers(1, 120)))
     f = rng.uniform(0.5, 2.0, n) if seed % 2 else np.ones(n)
@@ -205,6 +197,22 @@ def test_aci_state_equals_its_reference_bit_for_bit(seed):
     qhat, coverage = _reference_aci_state(q, LEVELS, y, t, d, np.asarray(COVERAGES), settings, f)
     assert np.array_equal(state.qhat, qhat, equal_nan=True)
     assert np.array_equal(state.coverage, coverage, equal_nan=True)
+
+
+def _random_case(rng, n: int, max_slots: int, drift: float, max_delay: int, targets: int,
+                 ties: bool):
+    """Random quantiles (n, K, Q), outcomes (n, K) with a drift, some of each missing, distinct
+    delays (K,) and sorted targets; `ties`: one band per slot and outcomes on a grid."""
+    k = int(rng.integers(1, max_slots))
+    q = np.sort(rng.normal(0.0, 0.02, (n, k, len(LEVELS))), axis=-1)
+    y = rng.normal(drift, 0.03, (n, k))
+    if ties:
+        q = np.broadcast_to(q[:1], q.shape).copy()
+        y = np.round(y, 2)
+    q[rng.random((n, k)) < 0.05] = np.nan
+    y[rng.random((n, k)) < 0.05] = np.nan
+    d = np.sort(rng.choice(np.arange(1, max_delay), k, replace=False))
+    return q, y, d, np.sort(rng.choice(n, targets, replace=False))
 
 
 def _reference_aci_state(q, levels, y, t, d, nominal, settings, f):
@@ -401,16 +409,8 @@ def test_aci_state_equals_a_plain_loop_per_target_slot_and_tail(seed, two_sided)
     level, or a level's tail), α walked through the run with delayed feedback, then the
     ⌈(1-α)(n+1)⌉-th smallest known score; the same floats."""
     rng = np.random.default_rng(100 + seed)
-    n, k = 200, int(rng.integers(1, 4))
-    q = np.sort(rng.normal(0.0, 0.02, (n, k, len(LEVELS))), axis=-1)
-    y = rng.normal(0.004, 0.03, (n, k))
-    if seed % 3 == 0:  # ties
-        q = np.broadcast_to(q[:1], q.shape).copy()
-        y = np.round(y, 2)
-    q[rng.random((n, k)) < 0.05] = np.nan
-    y[rng.random((n, k)) < 0.05] = np.nan
-    d = np.sort(rng.choice(np.arange(1, 9), k, replace=False))
-    t = np.sort(rng.choice(n, 8, replace=False))
+    q, y, d, t = _random_case(rng, 200, 4, 0.004, 9, 8, ties=seed % 3 == 0)
+    n, k = q.shape[:2]
     settings = ACISettings(gamma=float(rng.choice([0.005, 0.05])),
                            lookback=int(rng.integers(1, 50)),
                            calibration=int(rng.integers(1, 90)), two_sided=two_sided)
