@@ -41,7 +41,9 @@ variant of conformalized quantile regression (Romano et al. 2019) and ACI per qu
 Candès): the signed scores S⁺ = (y - m) / (u - m) and S⁻ = (m - y) / (m - l) (each defined for
 every outcome, negative past the median), each with its own α_t run aiming at (1 - level) / 2
 misses and its own Q̂, and the band m - Q̂⁻ (m - l) .. m + Q̂⁺ (u - m). The state is then
-(Q̂⁻, Q̂⁺) per level; delays, the blend and the window are the same.
+(Q̂⁻, Q̂⁺) per level; delays, the blend and the window are the same. A tail whose Q̂ is negative
+(nearly every outcome beyond the median on the other side) would put its edge past the median;
+ACIForecaster's nesting holds it at the median, in the backtest and in serving alike.
 """
 
 from __future__ import annotations
