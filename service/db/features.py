@@ -246,9 +246,10 @@ def _date(value: str | dt.date) -> dt.date:
 
 @dataclass(frozen=True)
 class StoredBandState:
-    """The served band's state of one ticker as of a bar: ACI's Q̂ (horizons, levels) and the
-    recent coverage, with the bars revision it was computed from; and, when stored with it, the
-    forecast there: the model's (horizon, quantiles) output and its range warnings."""
+    """The served band's state of one ticker as of a bar: ACI's Q̂ (horizons, width: one per
+    level, or two-sided one per tail) and the recent coverage, with the bars revision it was
+    computed from; and, when stored with it, the forecast there: the model's (horizon,
+    quantiles) output and its range warnings."""
 
     ticker: str
     as_of: dt.date
@@ -310,11 +311,11 @@ _FRESH_ONE = _fresh(_STATES.c.ticker == bindparam("ticker"))
 
 
 def read_fresh_states(conn: Connection, model_version: str, feature_version: str,
-                      tickers: Sequence[str], levels: int,
+                      tickers: Sequence[str], width: int,
                       quantiles: int) -> dict[str, StoredBandState]:
     """Band states as of each ticker's latest bar that are fresh: computed from the ticker's
     current bars revision, with the feature rows up to that bar stored from the same revision.
-    `levels`: the band levels of Q̂'s rows; `quantiles`: the model's quantile count.
+    `width`: Q̂'s values per slot; `quantiles`: the model's quantile count.
     """
     out = {}
     for part in _chunks(tickers):
@@ -324,7 +325,7 @@ def read_fresh_states(conn: Connection, model_version: str, feature_version: str
         for r in rows:
             out[r.ticker] = StoredBandState(
                 r.ticker, r.as_of, r.bars_revision, r.last_close,
-                decode(r.qhat, levels), r.recent_coverage, r.recent_sessions,
+                decode(r.qhat, width), r.recent_coverage, r.recent_sessions,
                 None if r.quantiles is None else decode(r.quantiles, quantiles),
                 None if r.warnings is None else tuple(r.warnings))
     return out

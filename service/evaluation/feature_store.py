@@ -117,9 +117,11 @@ def stored_inputs(conn: Connection, predictor: Predictor, tickers: Sequence[str]
     the state holds the model's output) of `tickers`."""
     if not tickers or not servable(predictor):
         return {}
-    levels = len(predictor.band_forecaster().coverages)
+    # Q̂ per slot: one per level, or one per tail (two-sided); the width is the artifact's
+    # (states are stored per model version, and the band settings are part of the version).
+    width = predictor.band_forecaster().state_width
     states = store_db.read_fresh_states(conn, predictor.model_version, STORE_VERSION, tickers,
-                                        levels, len(predictor.quantiles))
+                                        width, len(predictor.quantiles))
     states = {t: s for t, s in states.items() if s.qhat.shape[0] >= horizon}
     window = predictor.spec.window
     rows = store_db.read_latest_features(conn, STORE_VERSION,

@@ -95,13 +95,13 @@ class ModelInput:
 @dataclass(frozen=True)
 class BandState:
     """The served band's state of one ticker at its last origin: ACI's Q̂ per horizon slot and
-    band level (K, L), known there, and the recent coverage. With that origin's own quantiles
-    it is all the served band needs (ACIForecaster.apply)."""
+    band level or tail (K, W), known there, and the recent coverage. With that origin's own
+    quantiles it is all the served band needs (ACIForecaster.apply)."""
 
     ticker: str
     as_of: dt.date
     last_close: float
-    qhat: np.ndarray  # (K, L): slots 1..K, the levels of ACIForecaster.coverages
+    qhat: np.ndarray  # (K, W): slots 1..K, W = ACIForecaster.state_width (a Q̂ per level or tail)
     recent_coverage: float
     recent_sessions: int
     # The model's own output at that origin, (H, Q) (its float32 values as float64), and the

@@ -24,6 +24,7 @@ from service.evaluation.feature_store import (
 )
 from service.forecasting.features import build_features
 from service.inference.predictor import Predictor
+from service.forecasting.spec import BAND_LEVELS
 from service.sources.ingest import ingest_frame
 from tests.api_factories import LAST_BAR, api_settings
 from tests.bar_factories import make_bars
@@ -233,6 +234,37 @@ def test_migration_0006_downgrades_to_0005_and_back(db_url, tiny_predictor):
         stored = stored_inputs(conn, tiny_predictor, ["AAA"], 5)
     assert stored["AAA"].state.quantiles is None and stored["AAA"].features is not None
     engine.dispose()
+
+
+def test_a_two_sided_band_state_is_stored_per_tail_and_served_as_from_bars(
+        engine, tiny_predictor, tiny_two_sided_predictor):
+    """A two-sided band's state (a Q̂ per level and tail) goes through the store and serves the
+    from-bars band; the symmetric artifact's states of the same bars stay beside it in their
+    own shape (states are keyed by model version, and the band settings are in the version)."""
+    _ingest(engine, synthetic_bars_multi())
+    two, symmetric = tiny_two_sided_predictor, tiny_predictor
+    assert two.model_version != symmetric.model_version
+    assert prewarm(engine, two).computed == 3
+    assert prewarm(engine, symmetric).computed == 3  # the other version's states do not count
+    levels = len(BAND_LEVELS)
+    with engine.connect() as conn:
+        stored = stored_inputs(conn, two, ["AAA", "BBB", "CCC"], 5)
+        old_shape = stored_inputs(conn, symmetric, ["AAA", "BBB", "CCC"], 5)
+    assert set(stored) == set(old_shape) == {"AAA", "BBB", "CCC"}
+    for ticker, item in stored.items():
+        assert item.state.qhat.shape == (two.spec.horizon, 2 * levels)
+        assert old_shape[ticker].state.qhat.shape == (symmetric.spec.horizon, levels)
+        got = two.forecast_stored([item], 5)[0]
+        expected = _from_bars(two, engine, ticker, 5)
+        assert got.as_of == expected.as_of and got.recent_coverage == expected.recent_coverage
+        for g, e in zip(got.steps, expected.steps, strict=True):
+            for pct in (50, 80, 90):
+                assert g.bands[pct] == pytest.approx(e.bands[pct], rel=1e-6)
+        # ... and the symmetric artifact's stored band is its own, not the two-sided one.
+        other = symmetric.forecast_stored([old_shape[ticker]], 5)[0]
+        assert other.steps[4].bands[80] == pytest.approx(
+            _from_bars(symmetric, engine, ticker, 5).steps[4].bands[80], rel=1e-6)
+        assert other.steps[4].bands[80] != pytest.approx(got.steps[4].bands[80], rel=1e-6)
 
 
 def test_a_missing_or_stale_store_falls_back_to_the_bars(store_app, tiny_predictor):
