@@ -23,8 +23,8 @@ from service.evaluation.feature_store import (
     update_features,
 )
 from service.forecasting.features import build_features
-from service.inference.predictor import Predictor
 from service.forecasting.spec import BAND_LEVELS
+from service.inference.predictor import Predictor
 from service.sources.ingest import ingest_frame
 from tests.api_factories import LAST_BAR, api_settings
 from tests.bar_factories import make_bars
