@@ -331,6 +331,35 @@ def test_metrics_exposition_and_the_backtest_route_coexist(seeded_url, tiny_arti
     assert backtest.headers["content-type"] in ("application/json", PROBLEM)
 
 
+@SQLITE_ONLY
+def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifact):
+    # CachedRouteInstrumentation resolves a path's handler label once; each label must be what
+    # the library's per-request matching gives, asked twice (the second from the cache).
+    from prometheus_fastapi_instrumentator import routing
+    from starlette.requests import Request
+
+    from service.api.telemetry import CachedRouteInstrumentation
+
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        client.get("/healthz")
+        middleware = app.middleware_stack
+        while not isinstance(middleware, CachedRouteInstrumentation):
+            middleware = middleware.app  # the stack is built at startup
+        for method, path in [("POST", "/predict/AAA"), ("POST", "/predict/BBB"),
+                             ("POST", "/predict"), ("GET", "/healthz"), ("GET", "/metrics"),
+                             ("GET", "/metrics/backtest"), ("GET", "/bars/AAA"),
+                             ("GET", "/predict/AAA"), ("GET", "/no/such/path"), ("GET", "/")]:
+            request = Request({"type": "http", "method": method, "path": path, "root_path": "",
+                               "query_string": b"", "headers": [], "app": app})
+            name = routing.get_route_name(request, should_include_root_path=False)
+            expected = (name or path, name is not None)
+            assert middleware._get_handler(request) == expected == middleware._get_handler(
+                request), (method, path)
+        assert len(middleware._labels) == 10
+
+
 # -- bars for the chart -------------------------------------------------------------------------
 
 
