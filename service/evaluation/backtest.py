@@ -224,9 +224,10 @@ def _resolve_aci(block: list[dict[str, HistoricalForecasts | _PendingACI]], max_
                 [p.run for p in with_runs], with_runs[0].forecaster.coverages,
                 with_runs[0].forecaster.settings)))
         for made, p in zip(block, pending):
+            shape = (p.wanted.size, p.slots.size)
             state = states[id(p)] if p.run is not None else ACIState(
-                np.empty((p.wanted.size, p.slots.size, len(p.forecaster.coverages))),
-                np.empty((p.wanted.size, p.slots.size, len(p.forecaster.coverages))))
+                np.empty((*shape, p.forecaster.state_width)),
+                np.empty((*shape, len(p.forecaster.coverages))))
             made[name] = p.forecaster.recalibrated(p.base, p.wanted, p.slots, state, max_h)
         seconds[_method_seconds(name)] += time.perf_counter() - tick
 

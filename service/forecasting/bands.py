@@ -663,8 +663,8 @@ class ACIForecaster(Forecaster):
         each origin's own base quantiles, all of it known at the origin (aci_state)."""
         wanted, slots, run = self.plan(base, series, origins, horizon)
         if run is None:
-            empty = np.empty((wanted.size, slots.size, len(self.coverages)))
-            return wanted, slots, ACIState(empty, empty)
+            empty = np.empty((wanted.size, slots.size, self.state_width))
+            return wanted, slots, ACIState(empty, np.empty(empty.shape[:2] + (len(self.coverages),)))
         return wanted, slots, aci_state(*run.arguments(), self.coverages, self.settings,
                                         run.scale)
 

@@ -559,7 +559,7 @@ def test_stacked_aci_states_equal_each_runs_own_bit_for_bit(seed):
     d = np.array([1, 2, 5])
     settings = ACISettings(lookback=int(rng.integers(1, 30)),
                            calibration=int(rng.integers(1, 60)),
-                           vol_beta=1.0 if seed % 2 else 0.7)
+                           vol_beta=1.0 if seed % 2 else 0.7, two_sided=seed % 3 == 0)
     runs = []
     for _ in range(4):
         n = int(rng.integers(5, 200))
