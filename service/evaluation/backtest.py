@@ -568,6 +568,8 @@ def run_backtest(
     tick = time.perf_counter()
     window = {"start": start, "end": end, "fit_end": fit_end, "horizons": horizons}
     if workers > 1 and len(bars) > 1:
+        for forecaster in forecasters:  # imported once here, not once per worker
+            forecaster.preload()
         run = _pooled_forecasts(predictor, method_set, bars, min(workers, len(bars)), **window)
     else:
         run = historical_forecasts(forecasters, bars, **window)

@@ -388,6 +388,8 @@ def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str
     _FRAMES.clear()
     _FRAMES.update({h: _prepared(frame) for h, frame in sorted(forecasts.items())})
     pool = workers > 1 and "fork" in multiprocessing.get_all_start_methods()
+    if pool:  # the HAC and bootstrap imports (~1 s) once here, not once per worker
+        sig.preload()
     # (h, tickers or None for the pooled group, methods, with buy-and-hold): in record order.
     tasks: list[tuple[int, tuple[str, ...] | None, tuple[str, ...], bool]] = []
     for h, frame in _FRAMES.items():

@@ -618,6 +618,9 @@ class ACIForecaster(Forecaster):
         """Q̂ values per horizon slot in its state: one per level, two-sided one per tail."""
         return len(self.coverages) * self.settings.sides
 
+    def preload(self) -> None:
+        self.base.preload()
+
     def fit(self, history) -> ACIForecaster:
         self.base.fit(history)
         return self

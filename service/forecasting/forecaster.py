@@ -81,6 +81,10 @@ class Forecaster(ABC):
     name: ClassVar[str]
     quantiles: tuple[float, ...] = (0.5,)
 
+    def preload(self) -> None:
+        """Import what fitting and forecasting will need (nothing by default): called before a
+        pool of processes forks, so each inherits the modules instead of importing them."""
+
     @abstractmethod
     def fit(self, history) -> Self:
         """Estimate parameters from the past only (a TickerSeries cut at the fit date)."""

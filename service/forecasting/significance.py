@@ -42,6 +42,13 @@ class HACResult:
         return cls(nan, nan, nan, nan, n, 0, nan)
 
 
+def preload() -> None:
+    """Import statsmodels and arch (what hac_mean_test and block_bootstrap_ratio import when
+    first called) now: before a pool forks, so its workers inherit them."""
+    import statsmodels.api  # noqa: F401
+    from arch.bootstrap import CircularBlockBootstrap  # noqa: F401
+
+
 def newey_west_lags(n: int, horizon: int = 1) -> int:
     """max(h, ⌊4 (n/100)^{2/9}⌋), capped at n - 1."""
     rule = math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0))
