@@ -46,6 +46,24 @@ def _parse_tickers(raw: str | None) -> list[str]:
     return [normalize_ticker(t) for t in (raw or "").replace(" ", ",").split(",") if t]
 
 
+def _universe_tickers(universe: str) -> tuple[str, ...]:
+    """A named universe's tickers; `all` (ALL_CACHED): every ticker in the bar cache, by symbol."""
+    from service.forecasting.spec import ALL_CACHED, UNIVERSES
+
+    if universe == ALL_CACHED:
+        from service.db.bars import list_tickers
+
+        with _engine() as engine, engine.connect() as conn:
+            names = tuple(t.symbol for t in list_tickers(conn))
+        if not names:
+            _fail(f"--universe {ALL_CACHED}: the bar cache holds no ticker; "
+                  "load them first (stockcast seed / ingest)")
+        return names
+    if universe not in UNIVERSES:
+        _fail(f"unknown universe {universe!r}; known: {sorted([*UNIVERSES, ALL_CACHED])}")
+    return UNIVERSES[universe]
+
+
 @app.callback()
 def main(log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None):
     logging.basicConfig(level=(log_level or get_settings().log_level).upper(),
@@ -270,7 +288,8 @@ def list_cached_tickers():
 @app.command()
 def train(
     tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
-    universe: Annotated[str, typer.Option(help="Named ticker universe.")] = "top24",
+    universe: Annotated[str, typer.Option(
+        help="Named ticker universe: top24, or all (every cached ticker).")] = "top24",
     start: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
     end: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
     epochs: Annotated[int | None, typer.Option(help="Max epochs (early stopping).")] = None,
@@ -309,7 +328,6 @@ def train(
     import json
 
     # torch is imported here only: `import service.cli` must not load it.
-    from service.forecasting.spec import UNIVERSES
     from training.config import TrainConfig
     from training.pipeline import train_and_gate
     from training.train import TrainingDiverged
@@ -319,9 +337,7 @@ def train(
     if tickers:
         changes["tickers"] = tuple(_parse_tickers(tickers))
     elif config is None or universe != "top24":
-        if universe not in UNIVERSES:
-            _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
-        changes["tickers"] = UNIVERSES[universe]
+        changes["tickers"] = _universe_tickers(universe)
     for name, value in (("epochs", epochs), ("device", device), ("batch_size", batch_size),
                         ("train_stride", train_stride), ("threads", threads), ("seed", seed),
                         ("band_source", band_source)):
@@ -467,7 +483,8 @@ def _echo_backtest(run, readme: bool = False) -> None:
 @app.command()
 def evaluate(
     tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
-    universe: Annotated[str, typer.Option(help="Named ticker universe.")] = "top24",
+    universe: Annotated[str, typer.Option(
+        help="Named ticker universe: top24, or all (every cached ticker).")] = "top24",
     start: Annotated[dt.datetime, typer.Option(
         formats=["%Y-%m-%d"], help="First origin of the rolling period.")] = "2015-01-02",
     end: Annotated[dt.datetime, typer.Option(
@@ -515,18 +532,13 @@ def evaluate(
     from service.core.config import PROJECT_ROOT
     from service.core.errors import StockcastError
     from service.forecasting.baselines import BASELINES
-    from service.forecasting.spec import FEATURE_SETS, UNIVERSES
+    from service.forecasting.spec import FEATURE_SETS
     from training.config import TrainConfig
     from training.rolling import RollingSpec, evaluate_ablation, evaluate_rolling
     from training.train import TrainingDiverged
 
     base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
-    if tickers:
-        names = tuple(_parse_tickers(tickers))
-    elif universe in UNIVERSES:
-        names = UNIVERSES[universe]
-    else:
-        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    names = tuple(_parse_tickers(tickers)) if tickers else _universe_tickers(universe)
     changes: dict = {"tickers": names, "progress": progress}
     if features is not None:
         if features not in FEATURE_SETS:

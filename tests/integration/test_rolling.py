@@ -175,21 +175,30 @@ def test_the_cli_runs_six_tickers_two_blocks_two_epochs_quickly(tmp_path, monkey
     get_settings.cache_clear()
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(_config().to_dict()))
+    options = ["--start", START.isoformat(), "--end", END.isoformat(), "--retrain-every", "40",
+               "--epochs", "2", "--config", str(config), "--horizons", "1,5", "--baselines",
+               "naive", "--top-k", "2", "--model-dir", str(tmp_path / "models"), "--no-progress"]
     started = time.perf_counter()
-    result = CliRunner().invoke(app, [
-        "evaluate", "--tickers", ",".join(TICKERS), "--start", START.isoformat(),
-        "--end", END.isoformat(), "--retrain-every", "40", "--epochs", "2", "--config",
-        str(config), "--horizons", "1,5", "--baselines", "naive", "--top-k", "2",
-        "--model-dir", str(tmp_path / "models"), "--plots-dir", str(tmp_path / "plots"),
-        "--no-progress"])
+    result = CliRunner().invoke(app, ["evaluate", "--tickers", ",".join(TICKERS), *options,
+                                      "--plots-dir", str(tmp_path / "plots")])
     elapsed = time.perf_counter() - started
-    get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert elapsed < 120
     assert "| block | origins |" in result.output
     assert "rank IC t (HAC)" in result.output
     assert "| reversal |" in result.output
     assert (tmp_path / "plots" / "rolling.png").exists()
+    assert "(cached)" not in result.output
+    # --universe all is every cached ticker, by symbol: the same six, so the same block keys
+    # (the ticker list is part of them) and both blocks come from the cache.
+    every = CliRunner().invoke(app, ["evaluate", "--universe", "all", *options,
+                                     "--plots-dir", str(tmp_path / "plots-all")])
+    assert every.exit_code == 0, every.output
+    assert every.output.count("(cached)") == 2
+    unknown = CliRunner().invoke(app, ["evaluate", "--universe", "top500", *options])
+    get_settings.cache_clear()
+    assert unknown.exit_code == 1
+    assert "unknown universe 'top500'; known: ['all', 'top24']" in unknown.output
     bad = CliRunner().invoke(app, ["evaluate", "--tickers", "AAA", "--window", "rolling",
                                    "--start", START.isoformat(), "--end", END.isoformat()])
     assert bad.exit_code == 1
