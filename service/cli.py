@@ -501,9 +501,16 @@ def evaluate(
     baselines: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
     top_k: Annotated[int, typer.Option(help="Long the top k, short the bottom k, daily.")] = 5,
     cost_bp: Annotated[float, typer.Option(help="Trading cost, basis points per side.")] = 5.0,
+    target: Annotated[str | None, typer.Option(
+        help="What the network learns: return, or cs_demeaned (minus the date's "
+             "cross-sectional mean; a ranking-only option).")] = None,
     ablation: Annotated[str | None, typer.Option(
-        help="Comma list of feature sets: one rolling run each, the set chosen on the "
-             "validation blocks, all reported on the test blocks.")] = None,
+        help="Comma list of arms, each a feature set, optionally :<target> (e.g. "
+             "returns:cs_demeaned): one rolling run each, the arm chosen on the validation "
+             "blocks, all reported on the test blocks.")] = None,
+    incumbent: Annotated[str, typer.Option(
+        help="With --ablation: the arm kept unless another beats it on validation.")] = (
+        "indicators"),
     validation_blocks: Annotated[int, typer.Option(
         help="With --ablation: the first N blocks choose; the rest are test.")] = 2,
     band_baselines: Annotated[str, typer.Option(
@@ -544,7 +551,7 @@ def evaluate(
         if features not in FEATURE_SETS:
             _fail(f"unknown feature set {features!r}; known: {sorted(FEATURE_SETS)}")
         changes["features"] = FEATURE_SETS[features]
-    for name, value in (("epochs", epochs), ("threads", threads)):
+    for name, value in (("epochs", epochs), ("threads", threads), ("target", target)):
         if value is not None:
             changes[name] = value
     try:
@@ -565,7 +572,8 @@ def evaluate(
         if ablation:
             sets = tuple(x for x in ablation.replace(" ", "").split(",") if x)
             result = evaluate_ablation(base.with_(**changes), spec, sets, validation_blocks,
-                                       settings.database_url, model_dir, plots_dir=plots_dir,
+                                       settings.database_url, model_dir, incumbent=incumbent,
+                                       plots_dir=plots_dir,
                                        provider=settings.ort_provider,
                                        intra_op_threads=settings.ort_intra_op_threads)
         else:
