@@ -334,15 +334,16 @@ def evaluate_ablation(config: TrainConfig, spec: RollingSpec, feature_sets: Sequ
             plots_dir=None if plots_dir is None else Path(plots_dir) / folder,
             provider=provider, intra_op_threads=intra_op_threads)
     numbers = [b["block"] for b in next(iter(runs.values())).result.config["blocks"]]
-    if not 1 <= validation_blocks < len(numbers):
-        raise ValueError(f"validation_blocks must leave at least one test block: 1..."
-                         f"{len(numbers) - 1} of {len(numbers)} blocks, got {validation_blocks}")
+    # Every block validation is allowed: the choice first, the chosen arm's test blocks later.
+    if not 1 <= validation_blocks <= len(numbers):
+        raise ValueError(f"validation_blocks must be 1..{len(numbers)} of {len(numbers)} "
+                         f"blocks, got {validation_blocks}")
     val, test = tuple(numbers[:validation_blocks]), tuple(numbers[validation_blocks:])
+    segments = (("validation", val), ("test", test)) if test else (("validation", val),)
     scores = {(name, seg): score_segment(name, seg, run.result.forecasts, blocks, spec.top_k,
                                          spec.cost_bp)
-              for name, run in runs.items()
-              for seg, blocks in (("validation", val), ("test", test))}
+              for name, run in runs.items() for seg, blocks in segments}
     chosen, reason = choose_feature_set(
         {name: scores[(name, "validation")] for name in runs}, incumbent)
-    ordered = [scores[(name, seg)] for seg in ("validation", "test") for name in runs]
+    ordered = [scores[(name, seg)] for seg, _ in segments for name in runs]
     return Ablation(runs, ordered, chosen, reason, val, test)

@@ -370,9 +370,13 @@ def test_an_ablation_arm_can_name_a_target_and_trains_its_own_models(clean_run):
         with pytest.raises(ValueError, match=why):
             ablation_variant(bad)
     root, run = clean_run
-    result = evaluate_ablation(_config(), SPEC, ("indicators", "indicators:cs_demeaned"), 1,
+    # Every block validation: the choice alone (the chosen arm's test blocks come later).
+    result = evaluate_ablation(_config(), SPEC, ("indicators", "indicators:cs_demeaned"), 2,
                                f"sqlite:///{root / 'r.db'}", root / "models",
-                               plots_dir=root / "ablation-target", provider="cpu")
+                               incumbent="indicators", plots_dir=root / "ablation-target",
+                               provider="cpu")
+    assert (result.validation_blocks, result.test_blocks) == ((1, 2), ())
+    assert [s.segment for s in result.scores] == ["validation", "validation"]
     assert _versions(result.runs["indicators"]) == _versions(run)  # from the cache
     demeaned = result.runs["indicators:cs_demeaned"]
     assert set(_versions(demeaned)).isdisjoint(_versions(run))
