@@ -76,6 +76,7 @@ EVAL_END ?= 2017-12-05
 EVAL_EVERY ?= 126
 EVAL_EPOCHS ?= 3
 EVAL_FEATURES ?= returns
+EVAL_TARGET ?= cs_demeaned
 EVAL_BASELINES ?= naive,drift,mean
 EVAL_WORKERS ?= 1
 EVAL_CLUSTER ?=
@@ -83,7 +84,7 @@ EVAL_ARGS = --universe $(EVAL_UNIVERSE) --start $(EVAL_START) --end $(EVAL_END) 
 	--retrain-every $(EVAL_EVERY) --epochs $(EVAL_EPOCHS) --baselines $(EVAL_BASELINES) \
 	--workers $(EVAL_WORKERS) --threads 1 $(if $(EVAL_CLUSTER),--cluster $(EVAL_CLUSTER))
 evaluate: $(VENV)/.dev seed
-	$(BIN)/stockcast evaluate $(EVAL_ARGS) --features $(EVAL_FEATURES)
+	$(BIN)/stockcast evaluate $(EVAL_ARGS) --features $(EVAL_FEATURES) --target $(EVAL_TARGET)
 
 # The ablation: the same rolling run per feature set, chosen on the first EVAL_VALIDATION
 # blocks (2015), reported on the rest (2016-2017).
