@@ -205,9 +205,13 @@ def test_the_cli_runs_six_tickers_two_blocks_two_epochs_quickly(tmp_path, monkey
     assert every.exit_code == 0, every.output
     assert every.output.count("(cached)") == 2
     unknown = CliRunner().invoke(app, ["evaluate", "--universe", "top500", *options])
+    target = CliRunner().invoke(app, ["evaluate", "--universe", "all", "--target", "excess",
+                                      *options])
     get_settings.cache_clear()
     assert unknown.exit_code == 1
     assert "unknown universe 'top500'; known: ['all', 'top24']" in unknown.output
+    assert target.exit_code == 1
+    assert "target must be one of ('return', 'cs_demeaned')" in target.output
     bad = CliRunner().invoke(app, ["evaluate", "--tickers", "AAA", "--window", "rolling",
                                    "--start", START.isoformat(), "--end", END.isoformat()])
     assert bad.exit_code == 1
