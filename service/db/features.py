@@ -249,7 +249,8 @@ class StoredBandState:
     """The served band's state of one ticker as of a bar: ACI's Q̂ (horizons, width: one per
     level, or two-sided one per tail) and the recent coverage, with the bars revision it was
     computed from; and, when stored with it, the forecast there: the model's (horizon,
-    quantiles) output and its range warnings."""
+    quantiles) output and its range warnings, with the digest of the training profile they were
+    checked against (`profile`; None: the predictor had none)."""
 
     ticker: str
     as_of: dt.date
@@ -260,6 +261,7 @@ class StoredBandState:
     recent_sessions: int
     quantiles: np.ndarray | None = None
     warnings: tuple[str, ...] | None = None
+    profile: str | None = None
 
 
 def write_band_states(conn: Connection, model_version: str,
@@ -275,7 +277,8 @@ def write_band_states(conn: Connection, model_version: str,
                "horizons": int(s.qhat.shape[0]), "qhat": encode(s.qhat),
                "recent_coverage": s.recent_coverage, "recent_sessions": s.recent_sessions,
                "quantiles": None if s.quantiles is None else encode(s.quantiles),
-               "warnings": None if s.warnings is None else list(s.warnings),
+               "warnings": None if s.warnings is None else {"warnings": list(s.warnings),
+                                                            "profile": s.profile},
                "computed_at": now} for s in states]
     for part in _chunks(values):
         for v in part:
@@ -323,9 +326,13 @@ def read_fresh_states(conn: Connection, model_version: str, feature_version: str
         rows = (conn.execute(_FRESH_ONE, {**params, "ticker": part[0]}) if len(part) == 1
                 else conn.execute(_FRESH, {**params, "tickers": part}))
         for r in rows:
+            # warnings: {"warnings", "profile"}; a bare list (0006 as first written) names no
+            # profile, so its warnings count as missing (the window recomputes them)
+            checked = r.warnings if isinstance(r.warnings, dict) else None
             out[r.ticker] = StoredBandState(
                 r.ticker, r.as_of, r.bars_revision, r.last_close,
                 decode(r.qhat, width), r.recent_coverage, r.recent_sessions,
                 None if r.quantiles is None else decode(r.quantiles, quantiles),
-                None if r.warnings is None else tuple(r.warnings))
+                None if checked is None else tuple(checked["warnings"]),
+                None if checked is None else checked["profile"])
     return out
