@@ -360,6 +360,29 @@ def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifa
         assert len(middleware._labels) == 10
 
 
+@SQLITE_ONLY
+def test_long_paths_are_labelled_without_being_remembered(seeded_url, tiny_artifact):
+    # uvicorn takes paths up to ~64 KB: 4,096 remembered ones would pin ~0.5 GB per worker
+    # (the path in the key, and again as an untemplated label). Their labels stay the library's.
+    from service.api.telemetry import CachedRouteInstrumentation
+
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        client.get("/healthz")
+        middleware = app.middleware_stack
+        while not isinstance(middleware, CachedRouteInstrumentation):
+            middleware = middleware.app
+        for i in range(20):
+            client.post(f"/predict/{i}{'A' * 60_000}")
+            client.get(f"/junk/{i}{'A' * 60_000}")
+        held = sum(len(key[2]) + len(label[0])
+                   for key, label in middleware._labels._entries.items())
+        metrics = client.get("/metrics").text
+    assert held < 10_000
+    assert 'handler="/predict/{ticker}",method="POST",status="4xx"} 20.0' in metrics
+
+
 # -- bars for the chart -------------------------------------------------------------------------
 
 
