@@ -263,6 +263,35 @@ def test_a_stored_forecast_warns_as_the_training_profile_it_is_served_with(
     engine.dispose()
 
 
+def test_a_state_rewritten_by_code_before_0006_does_not_serve_its_old_forecast(
+        db_url, tiny_predictor):
+    # A worker or scheduler still on 0005's code, running against the upgraded database (a
+    # rolling deploy), upserts a state from re-based bars: it sets the revision and Q̂ but not
+    # the columns it does not know. The output left there is the old bars' forecast.
+    engine = make_engine(db_url)
+    frame = synthetic_bars_multi()
+    _ingest(engine, frame)
+    prewarm(engine, tiny_predictor)
+    rebased = frame[frame["ticker"] == "AAA"].copy()
+    rebased.loc[rebased.index[:-5], "adj_close"] *= 0.9  # same last bar, another window
+    _ingest(engine, rebased)
+    [(expected, state, revision)] = feature_store.forecasts_from_bars(
+        engine, tiny_predictor, ["AAA"], 5)
+    with engine.begin() as conn:  # 0005's upsert: every column it knows, nothing else
+        conn.execute(text(
+            "update band_states set bars_revision = :revision, qhat = :qhat, horizons = 5, "
+            "last_close = :close, recent_coverage = :coverage, recent_sessions = :sessions "
+            "where ticker = 'AAA'"),
+            {"revision": revision, "qhat": store_db.encode(state.qhat),
+             "close": state.last_close, "coverage": state.recent_coverage,
+             "sessions": state.recent_sessions})
+        stored = stored_inputs(conn, tiny_predictor, ["AAA"], 5)
+    got = tiny_predictor.forecast_stored([stored["AAA"]], 5)[0]
+    assert [s.close for s in got.steps] == pytest.approx([s.close for s in expected.steps],
+                                                         rel=1e-6)
+    engine.dispose()
+
+
 def test_migration_0006_downgrades_to_0005_and_back(db_url, tiny_predictor):
     engine = make_engine(db_url)
     _ingest(engine, synthetic_bars_multi())
