@@ -331,6 +331,16 @@ def test_metrics_exposition_and_the_backtest_route_coexist(seeded_url, tiny_arti
     assert backtest.headers["content-type"] in ("application/json", PROBLEM)
 
 
+def _route_labels(app):
+    """The app's CachedRouteInstrumentation (the middleware stack is built at startup)."""
+    from service.api.telemetry import CachedRouteInstrumentation
+
+    middleware = app.middleware_stack
+    while not isinstance(middleware, CachedRouteInstrumentation):
+        middleware = middleware.app
+    return middleware
+
+
 @SQLITE_ONLY
 def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifact):
     # CachedRouteInstrumentation resolves a path's handler label once; each label must be what
@@ -338,15 +348,11 @@ def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifa
     from prometheus_fastapi_instrumentator import routing
     from starlette.requests import Request
 
-    from service.api.telemetry import CachedRouteInstrumentation
-
     app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
                      clock=Clock())
     with TestClient(app) as client:
         client.get("/healthz")
-        middleware = app.middleware_stack
-        while not isinstance(middleware, CachedRouteInstrumentation):
-            middleware = middleware.app  # the stack is built at startup
+        middleware = _route_labels(app)
         for method, path in [("POST", "/predict/AAA"), ("POST", "/predict/BBB"),
                              ("POST", "/predict"), ("GET", "/healthz"), ("GET", "/metrics"),
                              ("GET", "/metrics/backtest"), ("GET", "/bars/AAA"),
@@ -364,15 +370,11 @@ def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifa
 def test_long_paths_are_labelled_without_being_remembered(seeded_url, tiny_artifact):
     # uvicorn takes paths up to ~64 KB: 4,096 remembered ones would pin ~0.5 GB per worker
     # (the path in the key, and again as an untemplated label). Their labels stay the library's.
-    from service.api.telemetry import CachedRouteInstrumentation
-
     app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
                      clock=Clock())
     with TestClient(app) as client:
         client.get("/healthz")
-        middleware = app.middleware_stack
-        while not isinstance(middleware, CachedRouteInstrumentation):
-            middleware = middleware.app
+        middleware = _route_labels(app)
         for i in range(20):
             client.post(f"/predict/{i}{'A' * 60_000}")
             client.get(f"/junk/{i}{'A' * 60_000}")
