@@ -1,9 +1,11 @@
 """The serving stores, filled and read: feature rows whenever bars change, the served band's
-state per ticker after a refresh (prewarm) or whenever a forecast is computed from bars.
+state per ticker, with the forecast there (the model's output, migration 0006), after a
+refresh (prewarm) or whenever a forecast is computed from bars.
 
-A cold forecast then reads one window of feature rows and one band state, and makes one
-onnxruntime call over every ticker of its request (Predictor.forecast_stored) instead of
-building features from ~600 bars and running the model over the ~440 origins ACI reads. Both
+A cold forecast then reads one band state and runs no model (Predictor.forecast_stored; a
+state stored without its forecast reads one window of feature rows, and one onnxruntime call
+runs over every such ticker of its request) instead of building features from ~1,100 bars and
+running the model over the ~690 origins ACI reads. Both
 stores are checked against the ticker's bars revision (service/db/features.py); whatever is
 missing or stale is computed from bars as before, so no answer depends on the store.
 

@@ -125,8 +125,8 @@ async def predict_ticker(
     summary="Forecast several tickers",
     description=(
         "One forecast per ticker (up to 500 tickers, each distinct one computed once: the whole universe in one request); "
-        "tickers whose features and band state are fresh in the serving stores are computed "
-        "together in one onnxruntime call, the others from their bars. A ticker that "
+        "tickers whose band state and forecast are fresh in the serving stores are answered "
+        "from them, the others from their bars. A ticker that "
         "cannot be forecast (unknown, too little history, source down) is listed in `errors` "
         "with the status its own request would get; the others are still answered."),
     response_model=ForecastListPublic,
