@@ -333,7 +333,7 @@ def read_fresh_states(conn: Connection, model_version: str, feature_version: str
             # The stored forecast, if written with this row's revision (a bare list of
             # warnings, 0006 as first written, names none): else the window serves.
             checked = r.warnings if (isinstance(r.warnings, dict) and r.quantiles is not None
-                                     and r.warnings["bars_revision"] == r.bars_revision) else None
+                                     and r.warnings.get("bars_revision") == r.bars_revision) else None
             out[r.ticker] = StoredBandState(
                 r.ticker, r.as_of, r.bars_revision, r.last_close,
                 decode(r.qhat, width), r.recent_coverage, r.recent_sessions,
