@@ -138,7 +138,7 @@ def refresh(
     progress: bool = True,
 ):
     """Fetch newer bars for many tickers, batched upstream; prints the per-outcome counts, then
-    prewarms the serving stores so each ticker's next cold forecast is one window read."""
+    prewarms the serving stores so each ticker's next cold forecast is one row read, no model run."""
     from service.evaluation.feature_store import after_bars_written
     from service.forecasting.spec import UNIVERSES
     from service.sources.ingest import refresh_tickers

@@ -113,6 +113,25 @@ def tiny_predictor(tiny_artifact):
 
 
 @pytest.fixture(scope="session")
+def tiny_two_sided_predictor(tiny_artifact, tmp_path_factory):
+    """The tiny model's weights re-exported (`reband`, in a models folder of its own) with a
+    two-sided ACI band, as `stockcast reband` would ship one: a Q̂ and an α run per tail."""
+    import shutil
+
+    from service.artifacts.manifest import reband
+    from service.forecasting.bands import ACI_SUFFIX, ACISettings
+    from service.forecasting.forecaster import MODEL
+    from service.inference.predictor import Predictor
+
+    model_dir = tmp_path_factory.mktemp("two_sided_models")
+    source = model_dir / tiny_artifact.artifact_dir.name
+    shutil.copytree(tiny_artifact.artifact_dir, source)
+    target = reband(model_dir, source.name, {"served": f"{MODEL}{ACI_SUFFIX}",
+                                             "aci": ACISettings(two_sided=True).to_dict()})
+    return Predictor.load(target, "cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_backtest(tiny_artifact, tiny_predictor):
     """The walk-forward backtest of the tiny model over its own bars, horizons 1 and 5."""
     from service.evaluation.backtest import bars_by_ticker, run_backtest

@@ -69,9 +69,10 @@ class Forecasting:
 async def get_forecasting(request: Request) -> Forecasting:
     """require_migrated, then the loaded model (503s in that order), and the forecast service.
 
-    One dependency where there were three (MigratedDep, LoadedModelDep, ForecastServiceDep), for
-    the same answers in the same order: FastAPI spends about as long resolving one dependency as
-    a warm forecast spends on its lookups (bench/serve.py; README "Benchmarks").
+    One call where there were three dependencies (MigratedDep, LoadedModelDep,
+    ForecastServiceDep), for the same answers in the same order; `POST /predict/{ticker}` calls
+    it from its body, not as a dependency: FastAPI spends about as long resolving one
+    dependency as a warm forecast spends on its lookups (bench/serve.py; README "Benchmarks").
     """
     await require_migrated(request)
     return Forecasting(await get_loaded_model(request), request.app.state.forecasts)
@@ -101,7 +102,6 @@ BarCacheDep = Annotated[BarCache, Depends(get_bar_cache)]
 ModelSlotDep = Annotated[ModelSlot, Depends(get_model_slot)]
 LoadedModelDep = Annotated[LoadedModel, Depends(get_loaded_model)]
 ForecastServiceDep = Annotated[ForecastService, Depends(get_forecast_service)]
-ForecastingDep = Annotated[Forecasting, Depends(get_forecasting)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ApiKeyDep = Depends(require_api_key)
 MigratedDep = Depends(require_migrated)

@@ -38,6 +38,7 @@ from service.api.routes import (
 )
 from service.api.telemetry import (
     ServiceMetrics,
+    cache_route_labels,
     job_metric_families,
     live_metric_families,
     psi_families,
@@ -205,6 +206,7 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     # instrument() adds a middleware, which Starlette only allows before the app starts.
     instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics"])
     instrumentator.instrument(app)
+    cache_route_labels(app)  # its handler label per path resolved once, not per request
     for module in (predict, bars, data_source, models, backtest, live, health, jobs, admin,
                    page):
         app.include_router(module.router)

@@ -11,8 +11,59 @@ from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+
+from service.api.forecasts import LruCache
 
 log = logging.getLogger(__name__)
+
+
+# Distinct (method, path) handler labels remembered: paths with a ticker are as many as the
+# tickers asked for; a scanner's junk paths only evict the oldest.
+HANDLER_LABELS = 4096
+# Longer paths are labelled per request, not remembered: uvicorn takes paths up to ~64 KB, and
+# 4,096 of those (key and untemplated label) would pin ~0.5 GB. No route's path comes near.
+HANDLER_LABEL_PATH = 256
+
+
+class CachedRouteInstrumentation(PrometheusInstrumentatorMiddleware):
+    """The instrumentator's middleware with each path's handler label resolved once.
+
+    prometheus-fastapi-instrumentator (8.1) resolves the label (`/predict/{ticker}` for
+    `/predict/AAPL`) on every request by flattening every included router and matching the
+    path against each route (`routing.get_route_name`). The routes are fixed once the app has
+    started, so the label of a (method, root path, path) is too: the same labels, from a
+    bounded LRU after the first request of a path.
+    """
+
+    def __init__(self, app, **kwargs):
+        super().__init__(app, **kwargs)
+        self._labels = LruCache(HANDLER_LABELS)
+
+    def _get_handler(self, request: Request) -> tuple[str, bool]:
+        scope = request.scope
+        if len(scope["path"]) > HANDLER_LABEL_PATH:
+            return super()._get_handler(request)
+        key = (scope.get("method"), scope.get("root_path", ""), scope["path"])
+        label = self._labels.get(key)
+        if label is None:
+            label = super()._get_handler(request)
+            self._labels.put(key, label)
+        return label
+
+
+def cache_route_labels(app: Starlette) -> None:
+    """Swap the middleware `Instrumentator.instrument(app)` added for CachedRouteInstrumentation
+    (same arguments); before the app starts, as adding middleware is."""
+    for i, entry in enumerate(app.user_middleware):
+        if entry.cls is PrometheusInstrumentatorMiddleware:
+            app.user_middleware[i] = Middleware(CachedRouteInstrumentation, *entry.args,
+                                                **entry.kwargs)
+            return
+    raise RuntimeError("the instrumentator's middleware is not installed")
 
 
 class ServiceMetrics:

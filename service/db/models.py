@@ -201,6 +201,10 @@ class BandState(Base):
     qhat: Mapped[bytes] = mapped_column(LargeBinary)  # (horizons, levels) float64
     recent_coverage: Mapped[float | None] = mapped_column(Float)
     recent_sessions: Mapped[int] = mapped_column(Integer)
+    # The forecast at as_of itself (0006): the model's (horizon, quantiles) output as float64
+    # and the forecast's range warnings; NULL for a state stored without them.
+    quantiles: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    warnings: Mapped[list | None] = mapped_column(JSON, nullable=True)
     computed_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

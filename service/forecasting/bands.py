@@ -33,6 +33,17 @@ quiet month the next move tends to be larger than the EWMA says, after a storm s
 σ_short the EWMA and σ_long the RMS volatility of the last `long_window` daily returns (both of
 bars <= t): scores S_s / f_s enter the window, and the band at t is m ± f_t Q̂ × the base
 half-widths. β = 1 is plain ACI.
+
+Two-sided (per-tail) ACI. The symmetric score above lets one Q̂ scale both half-widths, so a
+drifting market (a rally: most misses above the band) widens the side that needs it and the
+other alike. With `two_sided` each tail is its own conformal problem, as in the asymmetric
+variant of conformalized quantile regression (Romano et al. 2019) and ACI per quantile (Gibbs &
+Candès): the signed scores S⁺ = (y - m) / (u - m) and S⁻ = (m - y) / (m - l) (each defined for
+every outcome, negative past the median), each with its own α_t run aiming at (1 - level) / 2
+misses and its own Q̂, and the band m - Q̂⁻ (m - l) .. m + Q̂⁺ (u - m). The state is then
+(Q̂⁻, Q̂⁺) per level; delays, the blend and the window are the same. A tail whose Q̂ is negative
+(nearly every outcome beyond the median on the other side) would put its edge past the median;
+ACIForecaster's nesting holds it at the median, in the backtest and in serving alike.
 """
 
 from __future__ import annotations
@@ -67,6 +78,10 @@ ACI_CALIBRATION = 500
 # The volatility mean-reversion blend (module docstring): β, and the long volatility's window.
 ACI_VOL_BETA = 0.7
 ACI_LONG_WINDOW = 250
+# One Q̂ for both half-widths (symmetric scores) or one per tail (module docstring). Symmetric:
+# two-sided lost to its symmetric twin in every (calibration, β, γ) pair of the validation grid
+# (bench/band_grid.py; README, "Bands").
+ACI_TWO_SIDED = False
 # Sessions of h-day returns behind the empirical band baseline (about one trading year).
 EMPIRICAL_WINDOW = 250
 # The widest band read off quantiles (z = 3.09): a forecaster's tails past that are guesswork.
@@ -83,6 +98,7 @@ class ACISettings:
     calibration: int = ACI_CALIBRATION
     vol_beta: float = ACI_VOL_BETA
     long_window: int = ACI_LONG_WINDOW
+    two_sided: bool = ACI_TWO_SIDED
 
     def __post_init__(self):
         if not 0 < self.gamma < 1:
@@ -99,17 +115,26 @@ class ACISettings:
         """Origins before a target that its band can depend on, plus the horizon."""
         return self.lookback + self.calibration
 
+    @property
+    def sides(self) -> int:
+        """Q̂ columns per level in the state: 1 (symmetric), 2 (lower tail, upper tail)."""
+        return 2 if self.two_sided else 1
+
     def to_dict(self) -> dict:
-        return {"gamma": self.gamma, "lookback": self.lookback, "calibration": self.calibration,
-                "vol_beta": self.vol_beta, "long_window": self.long_window}
+        """The meta's band settings; `two_sided` only when set, so a symmetric band's meta (and
+        its content hash) is what it was before two-sided ACI existed."""
+        d = {"gamma": self.gamma, "lookback": self.lookback, "calibration": self.calibration,
+             "vol_beta": self.vol_beta, "long_window": self.long_window}
+        return {**d, "two_sided": True} if self.two_sided else d
 
     @classmethod
     def from_dict(cls, d: dict) -> ACISettings:
         """Settings from an artifact's meta; one written before the blend existed has none
-        (β 1)."""
+        (β 1), one written before two-sided ACI is symmetric."""
         return cls(gamma=float(d["gamma"]), lookback=int(d["lookback"]),
                    calibration=int(d["calibration"]), vol_beta=float(d.get("vol_beta", 1.0)),
-                   long_window=int(d.get("long_window", ACI_LONG_WINDOW)))
+                   long_window=int(d.get("long_window", ACI_LONG_WINDOW)),
+                   two_sided=bool(d.get("two_sided", False)))
 
     def scale(self, log_close: np.ndarray) -> np.ndarray | None:
         """The blend's factor f_t at every bar of a series (mean_reversion_scale); None at β 1."""
@@ -251,16 +276,36 @@ def base_bands(quantiles: np.ndarray, levels, coverages) -> Bands:
 
 def _scores(median, lo, hi, y) -> np.ndarray:
     """S = (y - m)/(u - m) above the median, (m - y)/(m - l) below; NaN where y is NaN."""
+    below, above = _tail_scores(median, lo, hi, y)
+    return np.where(y >= median, above, below)
+
+
+def _tail_scores(median, lo, hi, y) -> tuple[np.ndarray, np.ndarray]:
+    """The signed scores of each tail, (S⁻, S⁺) = ((m - y)/(m - l), (y - m)/(u - m)): y is
+    past the lower edge m - Q (m - l) iff S⁻ > Q, past the upper m + Q (u - m) iff S⁺ > Q."""
     tiny = 1e-12
     above = (y - median) / np.maximum(hi - median, tiny)
     below = (median - y) / np.maximum(median - lo, tiny)
-    return np.where(y >= median, above, below)
+    return below, above
+
+
+def _tails(qhat: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Q̂ of the lower edges, of the upper) (..., L) from a state of one Q̂ per level (both
+    the same array) or two (..., 2L): the lower tail's, then the upper's."""
+    if qhat.shape[-1] == 2 * levels:
+        return qhat[..., :levels], qhat[..., levels:]
+    if qhat.shape[-1] != levels:
+        raise ValueError(f"a band state holds {levels} or {2 * levels} values per horizon "
+                         f"for {levels} levels, got {qhat.shape[-1]}")
+    return qhat, qhat
 
 
 @dataclass(frozen=True)
 class ACIState:
     """ACI's state at target origins, all of it known there: Q̂ (n, K, L), the factor on the base
-    band's half-widths (f_t times the conformal quantile), and the level 1 - α_t ACI asked for."""
+    band's half-widths (f_t times the conformal quantile), and the level 1 - α_t ACI asked for.
+    Two-sided, Q̂ is (n, K, 2L): the lower edges' factors, then the upper's; the level is
+    1 - α⁻_t - α⁺_t."""
 
     qhat: np.ndarray
     coverage: np.ndarray
@@ -279,6 +324,7 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     base band; ACI asking for more than every past score (α_t <= 0, an infinite band) gets the
     largest one. `scale` (N,), positive: the mean-reversion factor f per origin (module
     docstring); scores are S / f and the band at t is m ± f_t Q̂ × the base half-widths.
+    `settings.two_sided`: a Q̂ and an α_t per tail (module docstring).
     """
     state = aci_state(quantiles, levels, realized, targets, delays, coverages, settings, scale)
     t = np.asarray(targets, dtype=np.intp)
@@ -291,7 +337,8 @@ def apply_aci(quantiles: np.ndarray, levels, coverages, qhat: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
     """The recalibrated band m ± Q̂ × the base band's half-widths, (n, K, L) lower and upper.
 
-    quantiles (n, K, Q) the base forecaster's at the targets, qhat (n, K, L) their ACI state.
+    quantiles (n, K, Q) the base forecaster's at the targets, qhat (n, K, L) their ACI state,
+    or (n, K, 2L) a two-sided one (m - Q̂⁻ × the lower half-width .. m + Q̂⁺ × the upper).
     """
     _, lower, upper = _apply_aci(quantiles, levels, coverages, qhat)
     return lower, upper
@@ -311,8 +358,9 @@ def _apply_aci(quantiles: np.ndarray, levels, coverages, qhat: np.ndarray
     """apply_aci's (median (n, K, 1), lower, upper)."""
     q = np.asarray(quantiles, dtype=np.float64)
     median, base_lower, base_upper = _median_and_base(q, levels, coverages)
-    lower = median - qhat * (median - base_lower)
-    upper = median + qhat * (base_upper - median)
+    q_lower, q_upper = _tails(np.asarray(qhat), base_lower.shape[-1])
+    lower = median - q_lower * (median - base_lower)
+    upper = median + q_upper * (base_upper - median)
     return median, lower, upper
 
 
@@ -323,7 +371,8 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
 
     The state at target t is read from realized[s, k] with s + delays[k] <= t and f up to t
     only, so it is a function of what is known at t: the server may store it and apply it to
-    t's own quantiles.
+    t's own quantiles. Two-sided, each tail is a column of its own (the lower tails' signed
+    scores, then the upper's, each aiming at (1 - level) / 2 misses) through the same run.
     """
     q = np.asarray(quantiles, dtype=np.float64)
     y = np.asarray(realized, dtype=np.float64)
@@ -344,8 +393,16 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     lookback, cal, gamma = settings.lookback, settings.calibration, settings.gamma
 
     median, base_lower, base_upper = _median_and_base(q, levels, nominal)  # (N, K, 1), (N, K, L)
-    scores = _scores(median, base_lower, base_upper, y[..., None])  # (N, K, L)
+    if settings.two_sided:
+        # Columns (2L,): each level's lower tail, then its upper; α of each (1 - level) / 2.
+        scores = np.concatenate(_tail_scores(median, base_lower, base_upper, y[..., None]),
+                                axis=-1)  # (N, K, 2L)
+        miss = np.concatenate([(1.0 - nominal) / 2.0] * 2)
+    else:
+        scores = _scores(median, base_lower, base_upper, y[..., None])  # (N, K, L)
+        miss = 1.0 - nominal
     scores = scores / f[:, None, None]
+    columns = miss.size  # C: from here on a column is a level (symmetric) or a level's tail
 
     # Per origin s and slot k, its calibration window: the scores of origins s-d-cal+1 .. s-d,
     # all known by s. n_known[s] of them are defined; below[s] of those are < scores[s]. Only
@@ -355,19 +412,19 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     at = np.zeros(n_origins, dtype=np.intp)
     at[needed] = np.arange(needed.size)
     # (At least one row: a run with no origin behind it still indexes row 0, unscored.)
-    below = np.zeros((max(needed.size, 1), k_slots, nominal.size))
-    n_known = np.zeros((max(needed.size, 1), k_slots, nominal.size))
+    below = np.zeros((max(needed.size, 1), k_slots, columns))
+    n_known = np.zeros((max(needed.size, 1), k_slots, columns))
     # Known scores before each origin (cumulative counts), for n_known without the windows.
-    counts = np.zeros((n_origins + 1, k_slots, nominal.size), dtype=np.intp)
+    counts = np.zeros((n_origins + 1, k_slots, columns), dtype=np.intp)
     np.cumsum(np.isfinite(scores), axis=0, out=counts[1:])
-    windows = []  # per slot (L, N, cal): the window behind each origin, NaN-padded (a view)
+    windows = []  # per slot (C, N, cal): the window behind each origin, NaN-padded (a view)
     for k in range(k_slots):
         # With `shift` NaNs in front, padded[:, s .. s+cal-1] = scores[s-d-cal+1 .. s-d]; each
         # window contiguous (levels first), so comparing and counting run along memory.
         shift = d[k] + cal - 1
-        padded = np.concatenate([np.full((nominal.size, shift), np.nan), scores[:, k, :].T],
+        padded = np.concatenate([np.full((columns, shift), np.nan), scores[:, k, :].T],
                                 axis=1)
-        win = sliding_window_view(padded, cal, axis=1)[:, :n_origins]  # (L, N, cal)
+        win = sliding_window_view(padded, cal, axis=1)[:, :n_origins]  # (C, N, cal)
         windows.append(win)
         # Defined scores of origins s-d-cal+1 .. s-d: counts[s-d+1] - counts[s-d-cal+1].
         end = np.clip(needed - d[k] + 1, 0, n_origins)
@@ -375,11 +432,11 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
         n_known[: needed.size, k, :] = counts[end, k, :] - counts[start, k, :]
         # NaN (unknown) compares False, so only defined scores below S_s are counted (as bytes:
         # numpy sums uint8 far faster than bool).
-        lower = win[:, needed] < scores[needed, k, :].T[..., None]  # (L, R, cal)
+        lower = win[:, needed] < scores[needed, k, :].T[..., None]  # (C, R, cal)
         below[: needed.size, k, :] = lower.view(np.uint8).sum(axis=-1, dtype=np.intp).T
 
-    alpha = np.broadcast_to(1.0 - nominal, (t.size, k_slots, nominal.size)).copy()
-    steps = np.zeros((lookback, t.size, k_slots, nominal.size))  # γ (α - err) of each run step
+    alpha = np.broadcast_to(miss, (t.size, k_slots, columns)).copy()
+    steps = np.zeros((lookback, t.size, k_slots, columns))  # γ (α - err) of each run step
     slots = np.arange(k_slots)
     for k in range(lookback + 1):
         # Feedback: the error of step j = k - d arrives at step k (its outcome is then known).
@@ -394,22 +451,26 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
         # Read only what is known at the target: origin s's outcome needs s + d <= t.
         known = (k + d <= lookback)[None, :] & present[:, None]  # (n, K)
         rows = np.where(present, s, 0)
-        score, n = scores[rows], n_known[at[rows]]  # (n, K, L)
+        score, n = scores[rows], n_known[at[rows]]  # (n, K, C)
         scored = known[..., None] & present[:, None, None] & np.isfinite(score) & (n > 0)
         # Outside ⟺ S_s above the ⌈(1-α)(n+1)⌉-th smallest past score ⟺ below_s >= that rank.
         rank = np.ceil((1.0 - alpha) * (n + 1))
         err = below[at[rows]] >= rank
-        steps[k] = np.where(scored, gamma * ((1.0 - nominal) - err), 0.0)
+        steps[k] = np.where(scored, gamma * (miss - err), 0.0)
 
     # The state at each target: Q̂ = f_t × the ⌈(1-α_t)(n+1)⌉-th smallest score of its window.
     qhat = np.empty(alpha.shape)
     for k in range(k_slots):
-        win = np.sort(windows[k][:, t], axis=-1).transpose(1, 0, 2)  # (n, L, cal), NaN last
+        win = np.sort(windows[k][:, t], axis=-1).transpose(1, 0, 2)  # (n, C, cal), NaN last
         n = np.isfinite(win).sum(axis=-1)
-        rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, L)
+        rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, C)
         pick = np.take_along_axis(win, np.maximum(rank - 1, 0).astype(np.intp)[..., None],
                                   axis=-1)[..., 0]
         qhat[:, k, :] = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick) * f[t, None])
+    if settings.two_sided:  # the level asked for: 1 minus both tails' α
+        levels_n = nominal.size
+        return ACIState(qhat, np.clip(1.0 - alpha[..., :levels_n] - alpha[..., levels_n:],
+                                      0.0, 1.0))
     return ACIState(qhat, np.clip(1.0 - alpha, 0.0, 1.0))
 
 
@@ -481,6 +542,11 @@ class ACIForecaster(Forecaster):
         self.quantiles = tuple(round(x, 10) for x in (
             *((1 - c) / 2 for c in reversed(self.coverages)), 0.5,
             *((1 + c) / 2 for c in self.coverages)))
+
+    @property
+    def state_width(self) -> int:
+        """Q̂ values per horizon slot in its state: one per level, two-sided one per tail."""
+        return len(self.coverages) * self.settings.sides
 
     def fit(self, history) -> ACIForecaster:
         self.base.fit(history)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -85,7 +87,7 @@ class ModelInput:
     """Pre-processed input of one ticker: its latest scaled window, what post-processing needs."""
 
     ticker: str
-    window: np.ndarray  # (W, F) float32, feature-scaled
+    window: np.ndarray | None  # (W, F) float32, feature-scaled (None: the output is stored)
     ticker_id: int
     as_of: dt.date
     last_close: float
@@ -95,23 +97,28 @@ class ModelInput:
 @dataclass(frozen=True)
 class BandState:
     """The served band's state of one ticker at its last origin: ACI's Q̂ per horizon slot and
-    band level (K, L), known there, and the recent coverage. With that origin's own quantiles
-    it is all the served band needs (ACIForecaster.apply)."""
+    band level or tail (K, W), known there, and the recent coverage. With that origin's own
+    quantiles it is all the served band needs (ACIForecaster.apply)."""
 
     ticker: str
     as_of: dt.date
     last_close: float
-    qhat: np.ndarray  # (K, L): slots 1..K, the levels of ACIForecaster.coverages
+    qhat: np.ndarray  # (K, W): slots 1..K, W = ACIForecaster.state_width (a Q̂ per level or tail)
     recent_coverage: float
     recent_sessions: int
+    # The model's own output at that origin, (H, Q) (its float32 values as float64), and the
+    # forecast's range warnings: with them the stores hold the forecast itself (no model run).
+    quantiles: np.ndarray | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class StoredInput:
-    """A forecast's inputs read from the serving stores: the latest feature rows (unscaled, in
-    `columns`' order, the last one at state.as_of) and the band state there."""
+    """A forecast's inputs read from the serving stores: the band state as of the latest bar
+    and, unless the state holds the model's output there, the latest feature rows (unscaled, in
+    `columns`' order, the last one at state.as_of)."""
 
-    features: np.ndarray  # (>= W, len(columns)) float64
+    features: np.ndarray | None  # (>= W, len(columns)) float64; None: state.quantiles is set
     columns: tuple[str, ...]
     state: BandState
 
@@ -142,6 +149,7 @@ class Predictor(Forecaster):
         # Per feature the training range and bins (artifacts.profile); None: no range checks.
         self.training_profile: dict[str, dict] | None = None
         self._range: tuple[dict, TrainingRange] | None = None  # the profile's, vectorised
+        self._profile_digest: tuple[dict | None, str | None] = (None, None)
         self.quantiles = tuple(spec.quantiles)
         quantiles = list(spec.quantiles)
         self._median = quantiles.index(0.5)
@@ -163,6 +171,18 @@ class Predictor(Forecaster):
     @property
     def model_version(self) -> str:
         return self.manifest.version
+
+    @property
+    def profile_digest(self) -> str | None:
+        """sha256 of the training profile the range warnings check (None: no profile); the
+        profile is outside the version hash, so a stored forecast's warnings name it."""
+        profile = self.training_profile
+        if profile is None:
+            return None
+        if self._profile_digest[0] is not profile:  # computed once per profile
+            text = json.dumps(profile, sort_keys=True, separators=(",", ":"))
+            self._profile_digest = (profile, hashlib.sha256(text.encode()).hexdigest())
+        return self._profile_digest[1]
 
     # -- pre-process ---------------------------------------------------------------------------
 
@@ -298,14 +318,18 @@ class Predictor(Forecaster):
                                 base.quantiles, state.qhat)[0]
             recent = self._recent_coverage(served, base, series, last)
             median = model.median[-1]  # the model's own median, whichever band is served
-            out.append((self._finish(item, median, band, served, horizon, recent),
-                        BandState(ticker, item.as_of, item.last_close, state.qhat[0], *recent)
-                        if served.base is self else None))
+            forecast = self._finish(item, median, band, served, horizon, recent)
+            out.append((forecast, BandState(
+                ticker, item.as_of, item.last_close, state.qhat[0], *recent,
+                quantiles=np.asarray(model.log_returns[-1], np.float64),
+                warnings=forecast.warnings) if served.base is self else None))
         return out
 
     def forecast_stored(self, items: Sequence[StoredInput], horizon: int = 1) -> list[Forecast]:
-        """Forecasts from the serving stores: one onnxruntime call over every ticker's latest
-        window, each band the stored state applied to its quantiles (as forecast_with_states).
+        """Forecasts from the serving stores, each band the stored state applied to its
+        quantiles (as forecast_with_states): a state that holds the model's output at its origin
+        runs no model (the very output forecast_with_states stored, so the same forecast); the
+        others take one onnxruntime call over their latest windows together.
 
         The caller checks each state is fresh for the bars and holds slots 1..horizon.
         """
@@ -316,15 +340,35 @@ class Predictor(Forecaster):
                              "no stored state applies")
         if not items:
             return []
-        inputs = [self._stored_input(item) for item in items]
-        ids = np.array([i.ticker_id for i in inputs], dtype=np.int64)
-        quantiles = self.predict(np.stack([i.window for i in inputs]), ids)  # (B, H, Q)
-        bands = served.apply(quantiles[:, :horizon].astype(np.float64), self.quantiles,
+        run = [b for b, item in enumerate(items) if item.state.quantiles is None]
+        inputs = [self._stored_input(item) if item.state.quantiles is None
+                  else self._stored_origin(item.state) for item in items]
+        quantiles = np.empty((len(items), self.spec.horizon, len(self.quantiles)))
+        for b, item in enumerate(items):
+            if item.state.quantiles is not None:
+                quantiles[b] = item.state.quantiles
+        if run:
+            ids = np.array([inputs[b].ticker_id for b in run], dtype=np.int64)
+            quantiles[run] = self.predict(np.stack([inputs[b].window for b in run]), ids)
+        bands = served.apply(quantiles[:, :horizon], self.quantiles,
                              np.stack([item.state.qhat[:horizon] for item in items]))
-        median = quantiles[:, :, self._median].astype(np.float64)
-        return [self._finish(i, median[b], bands[b], served, horizon,
-                             (item.state.recent_coverage, item.state.recent_sessions))
-                for b, (i, item) in enumerate(zip(inputs, items))]
+        median = quantiles[:, :, self._median]
+        out = []
+        for b, (i, item) in enumerate(zip(inputs, items)):
+            recent = (item.state.recent_coverage, item.state.recent_sessions)
+            if item.state.quantiles is None:
+                out.append(self._finish(i, median[b], bands[b], served, horizon, recent))
+            else:  # the warnings its window had, stored with the output
+                out.append(dataclasses.replace(
+                    self.postprocess(i, median[b], bands[b], served.quantiles, horizon, recent),
+                    warnings=item.state.warnings))
+        return out
+
+    def _stored_origin(self, state: BandState) -> ModelInput:
+        """A stored output's ModelInput: its origin without a window (no model run)."""
+        return ModelInput(ticker=state.ticker, window=None, ticker_id=self.manifest.ticker_id(
+            state.ticker), as_of=state.as_of, last_close=state.last_close,
+            seen_in_training=self.manifest.seen_in_training(state.ticker))
 
     def _stored_input(self, item: StoredInput) -> ModelInput:
         """A stored window's ModelInput: its columns picked in the spec's order and scaled."""

@@ -4,6 +4,8 @@ or stale store falls back to the bars and answers the same."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,10 +13,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 
 from service.api.main import create_app
+from service.artifacts.manifest import load_manifest
+from service.artifacts.profile import write_profile
 from service.db import features as store_db
 from service.db.bars import read_bars
 from service.db.session import downgrade, make_engine, upgrade
 from service.evaluation import feature_store
+from service.evaluation.drift import training_features
 from service.evaluation.feature_store import (
     after_bars_written,
     prewarm,
@@ -22,7 +27,10 @@ from service.evaluation.feature_store import (
     stored_inputs,
     update_features,
 )
+from service.forecasting.drift import feature_profile
 from service.forecasting.features import build_features
+from service.forecasting.spec import BAND_LEVELS
+from service.inference.predictor import Predictor
 from service.sources.ingest import ingest_frame
 from tests.api_factories import LAST_BAR, api_settings
 from tests.bar_factories import make_bars
@@ -168,6 +176,167 @@ def test_cold_forecast_from_the_stores_equals_the_forecast_from_bars(store_app, 
                               level=90)
 
 
+def _assert_exactly(body: dict, expected, level: int = 80) -> None:
+    """Every served figure equal to the forecast from bars, not merely to float32 rounding."""
+    assert (body["as_of"], body["last_close"]) == (expected.as_of.isoformat(),
+                                                   expected.last_close)
+    assert body["band"]["recent_coverage"] == expected.recent_coverage
+    # (besides the bar check's own: the tiny app has no source, so its bars are "out of date")
+    assert [w for w in body["warnings"] if not w.startswith("bars for")] == list(
+        expected.warnings)
+    assert [(s["close"], s["lower"], s["upper"], s["predicted_return"])
+            for s in body["forecasts"]] == [(s.close, *s.bands[level], s.predicted_return)
+                                            for s in expected.steps]
+
+
+@pytest.mark.parametrize("horizon", [1, 5])  # the tiny model's horizons: 1..5
+def test_a_prewarmed_forecast_runs_no_model_and_equals_the_forecast_from_bars_exactly(
+        store_app, tiny_predictor, monkeypatch, horizon):
+    # The prewarm stored each ticker's forecast (the model's output at its last bar) with its
+    # band state: a cold request reads that row and never calls onnxruntime.
+    client, service, engine, _ = store_app
+    expected = {t: _from_bars(tiny_predictor, engine, t, horizon) for t in ("AAA", "BBB", "CCC")}
+
+    def no_model_run(self, *args, **kwargs):
+        raise AssertionError("the model ran for a prewarmed forecast")
+
+    monkeypatch.setattr(Predictor, "predict", no_model_run)
+    body = client.post("/predict/BBB", json={"horizon": horizon}).json()
+    _assert_exactly(body, expected["BBB"])
+    batch = client.post("/predict", json={"tickers": ["AAA", "CCC"], "horizon": horizon,
+                                          "level": 50}).json()
+    assert not batch["errors"] and service.from_store == 3
+    for got in batch["forecasts"]:
+        _assert_exactly(got, expected[got["ticker"]], level=50)
+
+
+def test_a_state_stored_without_its_forecast_runs_the_window_and_prewarm_fills_it(
+        store_app, tiny_predictor):
+    # States written before migration 0006 hold no forecast: served through the stored window
+    # and one onnxruntime call (equal to float32 rounding), and the next prewarm stores them.
+    client, service, engine, _ = store_app
+    with engine.begin() as conn:
+        conn.execute(text("update band_states set quantiles = null, warnings = null"))
+    body = client.post("/predict/AAA", json={"horizon": 5}).json()
+    assert service.from_store == 1
+    _assert_same_forecast(body, _from_bars(tiny_predictor, engine, "AAA", 5))
+    report = prewarm(engine, tiny_predictor)
+    assert (report.computed, report.fresh) == (3, 0)
+    with engine.connect() as conn:
+        stored = stored_inputs(conn, tiny_predictor, ["AAA", "BBB", "CCC"], 5)
+    assert all(item.state.quantiles is not None and item.features is None
+               for item in stored.values()) and len(stored) == 3
+
+
+def test_a_stored_forecast_warns_as_the_training_profile_it_is_served_with(
+        db_url, tiny_artifact, tiny_predictor, tmp_path):
+    # The training profile is outside the version hash (`stockcast backtest` writes it into an
+    # artifact already served): states stored under no profile must not serve their warnings
+    # (none) under one. The window is checked instead, and the next prewarm stores them again.
+    engine = make_engine(db_url)
+    frame = synthetic_bars_multi()
+    _ingest(engine, frame)
+    assert tiny_predictor.training_profile is None
+    prewarm(engine, tiny_predictor)
+    artifact = tmp_path / tiny_artifact.artifact_dir.name
+    shutil.copytree(tiny_artifact.artifact_dir, artifact)
+    manifest = load_manifest(artifact)
+    reference = training_features(frame, manifest).iloc[:40]  # narrow: the last windows leave it
+    write_profile(manifest, feature_profile(reference), len(reference))
+    profiled = Predictor.load(artifact, "cpu")
+    assert profiled.model_version == tiny_predictor.model_version
+    tickers = ["AAA", "BBB", "CCC"]
+    expected = {t: _from_bars(profiled, engine, t, 5).warnings for t in tickers}
+    assert all(expected.values())
+    for _ in range(2):  # before and after the prewarm under the profile
+        with engine.connect() as conn:
+            stored = stored_inputs(conn, profiled, tickers, 5)
+        got = profiled.forecast_stored([stored[t] for t in tickers], 5)
+        assert {f.ticker: f.warnings for f in got} == expected
+        prewarm(engine, profiled)
+    assert all(item.state.quantiles is not None for item in stored.values())
+    with engine.begin() as conn:  # warnings naming no profile (0006 as first written)
+        conn.execute(text("update band_states set warnings = '[]'"))
+        stored = stored_inputs(conn, profiled, tickers, 5)
+    assert all(item.state.quantiles is None and item.features is not None
+               for item in stored.values())
+    engine.dispose()
+
+
+def test_a_state_rewritten_by_code_before_0006_does_not_serve_its_old_forecast(
+        db_url, tiny_predictor):
+    # A worker or scheduler still on 0005's code, running against the upgraded database (a
+    # rolling deploy), upserts a state from re-based bars: it sets the revision and Q̂ but not
+    # the columns it does not know. The output left there is the old bars' forecast.
+    engine = make_engine(db_url)
+    frame = synthetic_bars_multi()
+    _ingest(engine, frame)
+    prewarm(engine, tiny_predictor)
+    rebased = frame[frame["ticker"] == "AAA"].copy()
+    rebased.loc[rebased.index[:-5], "adj_close"] *= 0.9  # same last bar, another window
+    _ingest(engine, rebased)
+    [(expected, state, revision)] = feature_store.forecasts_from_bars(
+        engine, tiny_predictor, ["AAA"], 5)
+    with engine.begin() as conn:  # 0005's upsert: every column it knows, nothing else
+        conn.execute(text(
+            "update band_states set bars_revision = :revision, qhat = :qhat, horizons = 5, "
+            "last_close = :close, recent_coverage = :coverage, recent_sessions = :sessions "
+            "where ticker = 'AAA'"),
+            {"revision": revision, "qhat": store_db.encode(state.qhat),
+             "close": state.last_close, "coverage": state.recent_coverage,
+             "sessions": state.recent_sessions})
+        stored = stored_inputs(conn, tiny_predictor, ["AAA"], 5)
+    got = tiny_predictor.forecast_stored([stored["AAA"]], 5)[0]
+    assert [s.close for s in got.steps] == pytest.approx([s.close for s in expected.steps],
+                                                         rel=1e-6)
+    engine.dispose()
+
+
+def test_migration_0006_downgrades_to_0005_and_back(db_url, tiny_predictor):
+    engine = make_engine(db_url)
+    _ingest(engine, synthetic_bars_multi())
+    prewarm(engine, tiny_predictor)
+    downgrade(db_url, "0005")
+    columns = {c["name"] for c in inspect(engine).get_columns("band_states")}
+    assert not {"quantiles", "warnings"} & columns
+    upgrade(db_url)
+    with engine.connect() as conn:  # the states kept, without their forecasts: served by window
+        stored = stored_inputs(conn, tiny_predictor, ["AAA"], 5)
+    assert stored["AAA"].state.quantiles is None and stored["AAA"].features is not None
+    engine.dispose()
+
+
+def test_a_two_sided_band_state_is_stored_per_tail_and_served_as_from_bars(
+        engine, tiny_predictor, tiny_two_sided_predictor):
+    """A two-sided band's state (a Q̂ per level and tail) goes through the store and serves the
+    from-bars band; the symmetric artifact's states of the same bars stay beside it in their
+    own shape (states are keyed by model version, and the band settings are in the version)."""
+    _ingest(engine, synthetic_bars_multi())
+    two, symmetric = tiny_two_sided_predictor, tiny_predictor
+    assert two.model_version != symmetric.model_version
+    assert prewarm(engine, two).computed == 3
+    assert prewarm(engine, symmetric).computed == 3  # the other version's states do not count
+    levels = len(BAND_LEVELS)
+    with engine.connect() as conn:
+        stored = stored_inputs(conn, two, ["AAA", "BBB", "CCC"], 5)
+        old_shape = stored_inputs(conn, symmetric, ["AAA", "BBB", "CCC"], 5)
+    assert set(stored) == set(old_shape) == {"AAA", "BBB", "CCC"}
+    for ticker, item in stored.items():
+        assert item.state.qhat.shape == (two.spec.horizon, 2 * levels)
+        assert old_shape[ticker].state.qhat.shape == (symmetric.spec.horizon, levels)
+        got = two.forecast_stored([item], 5)[0]
+        expected = _from_bars(two, engine, ticker, 5)
+        assert got.as_of == expected.as_of and got.recent_coverage == expected.recent_coverage
+        for g, e in zip(got.steps, expected.steps, strict=True):
+            for pct in (50, 80, 90):
+                assert g.bands[pct] == pytest.approx(e.bands[pct], rel=1e-6)
+        # ... and the symmetric artifact's stored band is its own, not the two-sided one.
+        other = symmetric.forecast_stored([old_shape[ticker]], 5)[0]
+        assert other.steps[4].bands[80] == pytest.approx(
+            _from_bars(symmetric, engine, ticker, 5).steps[4].bands[80], rel=1e-6)
+        assert other.steps[4].bands[80] != pytest.approx(got.steps[4].bands[80], rel=1e-6)
+
+
 def test_a_missing_or_stale_store_falls_back_to_the_bars(store_app, tiny_predictor):
     client, service, engine, frame = store_app
     with engine.begin() as conn:
@@ -300,6 +469,8 @@ def test_the_stores_read_one_snapshot_while_a_write_commits_between_its_statemen
     engine, writer = make_engine(db_url), make_engine(db_url)
     _ingest(engine, frame)
     prewarm(engine, tiny_predictor)
+    with engine.begin() as conn:  # a state stored without its forecast (before 0006): the
+        conn.execute(text("update band_states set quantiles = null"))  # window is read
     with engine.connect() as conn:
         _, old_rows = store_db.read_features(conn, feature_store.STORE_VERSION, "AAA", 14)
     rebased = frame[frame["ticker"] == "AAA"].copy()

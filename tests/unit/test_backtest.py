@@ -13,6 +13,7 @@ from service.evaluation.backtest import bars_by_ticker, run_backtest
 from service.evaluation.scoring import MODEL, NAIVE, POOLED
 from service.forecasting.bands import BASELINE_ACI, ACISettings
 from service.forecasting.baselines import BASELINES
+from service.forecasting.spec import BAND_LEVELS
 
 PREDICTED_COLUMNS = ["origin_close", "model_lower", "model_upper", MODEL, *BASELINES,
                      # the served band (ACI + the volatility blend) and the reference band
@@ -75,16 +76,14 @@ def test_the_served_band_has_the_artifacts_settings_and_the_baselines_plain_aci(
     assert BASELINE_ACI.vol_beta == 1.0
 
 
-def test_model_forecasts_are_the_predictors_own(tiny_predictor, bars, result):
-    """What is measured is what is served: the API's forecast at one origin, same numbers."""
-    row = result.forecasts[5].iloc[3]
-    served = tiny_predictor.forecast(row["ticker"], bars[row["ticker"]], horizon=5,
+def _assert_served_band_is_the_backtests(predictor, bars, row):
+    """The server's band from the bars up to the row's origin equals the backtest's model_aci
+    columns there (walked over every origin), at each level; returns the served 5-day step."""
+    served = predictor.forecast(row["ticker"], bars[row["ticker"]], horizon=5,
                                 as_of=row["origin"].date())
     assert served.as_of == row["origin"].date()
     step = served.steps[4]
     assert step.close == pytest.approx(row["origin_close"] * math.exp(row[MODEL]), rel=1e-6)
-    # The served band is the model's recalibrated by ACI: the backtest's model_aci columns,
-    # walked over every origin, equal the server's from the bars up to this one, at each level.
     assert served.band_method == "model_aci"
     for pct, suffix in ((50, "_50"), (80, ""), (90, "_90")):
         lower, upper = step.bands[pct]
@@ -93,6 +92,14 @@ def test_model_forecasts_are_the_predictors_own(tiny_predictor, bars, result):
         assert upper == pytest.approx(
             row["origin_close"] * math.exp(row[f"model_aci_upper{suffix}"]), rel=1e-6)
     assert (step.lower, step.upper) == step.bands[80]
+    return step
+
+
+def test_model_forecasts_are_the_predictors_own(tiny_predictor, bars, result):
+    """What is measured is what is served: the API's forecast at one origin, same numbers."""
+    row = result.forecasts[5].iloc[3]
+    # The served band is the model's recalibrated by ACI: the backtest's model_aci columns.
+    step = _assert_served_band_is_the_backtests(tiny_predictor, bars, row)
     # ... and differs from the network's raw band (ACI moved it).
     assert step.lower != pytest.approx(row["origin_close"] * math.exp(row["model_lower"]),
                                        rel=1e-6)
@@ -100,6 +107,24 @@ def test_model_forecasts_are_the_predictors_own(tiny_predictor, bars, result):
     adj = bars[row["ticker"]].set_index("date")["adj_close"]
     assert row["realized"] == pytest.approx(math.log(adj[row["target_date"]] / adj[row["origin"]]))
     assert adj.index.get_loc(row["target_date"]) - adj.index.get_loc(row["origin"]) == 5
+
+
+def test_a_two_sided_band_is_served_as_the_backtest_walks_it(tiny_two_sided_predictor,
+                                                             tiny_predictor, bars, result):
+    """The same weights with two-sided ACI (a Q̂ per tail): the backtest's band at an origin
+    is the server's, its state holds two Q̂ per level, and it differs from the symmetric one."""
+    assert tiny_two_sided_predictor.band_settings == ACISettings(two_sided=True)
+    two = run_backtest(tiny_two_sided_predictor, bars, horizons=(1, 5), band_baselines=("ewma",))
+    assert two.config["aci"] == ACISettings(two_sided=True).to_dict()
+    frame = two.forecasts[5]
+    for i in (3, len(frame) // 2, len(frame) - 1):
+        _assert_served_band_is_the_backtests(tiny_two_sided_predictor, bars, frame.iloc[i])
+    ticker = frame["ticker"].iloc[-1]
+    _, state = tiny_two_sided_predictor.forecast_with_states([(ticker, bars[ticker])], 5)[0]
+    assert state.qhat.shape == (5, 2 * len(BAND_LEVELS))
+    symmetric = result.forecasts[5]
+    assert symmetric[MODEL].equals(frame[MODEL])  # the same network
+    assert not np.allclose(symmetric["model_aci_upper"], frame["model_aci_upper"])
 
 
 def test_scrambling_the_future_leaves_earlier_forecasts_unchanged(tiny_predictor, bars, result):

@@ -129,13 +129,14 @@ def test_aci_recovers_nominal_coverage_after_a_volatility_jump():
     assert aci.coverage[(targets >= 1050) & (targets < 1150), 0, 1].mean() > 0.85
 
 
+@pytest.mark.parametrize("two_sided", [False, True])
 @pytest.mark.parametrize("target", [400, 777, 1500])
-def test_aci_reads_no_outcome_after_the_origin(target):
+def test_aci_reads_no_outcome_after_the_origin(target, two_sided):
     quantiles, realized = _jump_series()
     quantiles = np.concatenate([quantiles, 1.5 * quantiles], axis=1)  # slots: h=1, h=5
     realized = np.concatenate([realized, realized * 2], axis=1)
     delays = [1, 5]
-    settings = ACISettings(gamma=0.02, lookback=120, calibration=100)
+    settings = ACISettings(gamma=0.02, lookback=120, calibration=100, two_sided=two_sided)
     targets = np.array([target - 1, target])
     before = aci_bands(quantiles, LEVELS, realized, targets, delays, COVERAGES, settings)
     rng = np.random.default_rng(target)
@@ -163,18 +164,23 @@ class _Fixed:
     quantiles = LEVELS
 
 
-def test_a_stored_state_applied_to_one_origin_gives_the_backtests_band_there():
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_a_stored_state_applied_to_one_origin_gives_the_backtests_band_there(two_sided):
     bars = make_bars(700, seed=3)
     series = TickerSeries("X", bars)
     quantiles, _ = _jump_series(n=700)
     horizon = 3
     q = np.concatenate([quantiles * np.sqrt(h) for h in range(1, horizon + 1)], axis=1)
     base = HistoricalForecasts(np.arange(700), q, LEVELS)
-    aci = ACIForecaster(_Fixed(), ACISettings(lookback=100, calibration=250))
+    aci = ACIForecaster(_Fixed(), ACISettings(lookback=100, calibration=250,
+                                              two_sided=two_sided))
     origins = np.arange(400, 700)
     walked = aci.recalibrate(base, series, origins, horizon)  # the backtest: every origin
     for t in (400, 555, 699):
         _, slots, state = aci.state_at(base, series, np.array([t]), horizon)  # the server
+        # What the store holds per slot: a Q̂ per level, two-sided one per level and tail.
+        assert state.qhat.shape == (1, horizon, aci.state_width)
+        assert aci.state_width == len(COVERAGES) * (2 if two_sided else 1)
         served = aci.apply(q[t : t + 1, slots - 1], LEVELS, state.qhat)
         np.testing.assert_array_equal(served[0], walked.log_returns[t - 400])
 
@@ -182,16 +188,8 @@ def test_a_stored_state_applied_to_one_origin_gives_the_backtests_band_there():
 @pytest.mark.parametrize("seed", range(6))
 def test_aci_state_equals_its_reference_bit_for_bit(seed):
     rng = np.random.default_rng(seed)
-    n, k = 260, int(rng.integers(1, 7))
-    q = np.sort(rng.normal(0.0, 0.02, (n, k, len(LEVELS))), axis=-1)
-    y = rng.normal(0.0, 0.03, (n, k))
-    if seed % 3 == 0:  # equal scores (ties): one band per slot, outcomes on a grid
-        q = np.broadcast_to(q[:1], q.shape).copy()
-        y = np.round(y, 2)
-    q[rng.random((n, k)) < 0.05] = np.nan
-    y[rng.random((n, k)) < 0.05] = np.nan
-    d = np.sort(rng.choice(np.arange(1, 12), k, replace=False))
-    t = np.sort(rng.choice(n, 12, replace=False))
+    q, y, d, t = _random_case(rng, 260, 7, 0.0, 12, 12, ties=seed % 3 == 0)
+    n = len(q)
     settings = ACISettings(lookback=int(rng.integers(1, 60)),
                            calibration=int(rng.integers(1, 120)))
     f = rng.uniform(0.5, 2.0, n) if seed % 2 else np.ones(n)
@@ -199,6 +197,22 @@ def test_aci_state_equals_its_reference_bit_for_bit(seed):
     qhat, coverage = _reference_aci_state(q, LEVELS, y, t, d, np.asarray(COVERAGES), settings, f)
     assert np.array_equal(state.qhat, qhat, equal_nan=True)
     assert np.array_equal(state.coverage, coverage, equal_nan=True)
+
+
+def _random_case(rng, n: int, max_slots: int, drift: float, max_delay: int, targets: int,
+                 ties: bool):
+    """Random quantiles (n, K, Q), outcomes (n, K) with a drift, some of each missing, distinct
+    delays (K,) and sorted targets; `ties`: one band per slot and outcomes on a grid."""
+    k = int(rng.integers(1, max_slots))
+    q = np.sort(rng.normal(0.0, 0.02, (n, k, len(LEVELS))), axis=-1)
+    y = rng.normal(drift, 0.03, (n, k))
+    if ties:
+        q = np.broadcast_to(q[:1], q.shape).copy()
+        y = np.round(y, 2)
+    q[rng.random((n, k)) < 0.05] = np.nan
+    y[rng.random((n, k)) < 0.05] = np.nan
+    d = np.sort(rng.choice(np.arange(1, max_delay), k, replace=False))
+    return q, y, d, np.sort(rng.choice(n, targets, replace=False))
 
 
 def _reference_aci_state(q, levels, y, t, d, nominal, settings, f):
@@ -335,6 +349,150 @@ def test_settings_without_the_blend_are_plain_aci():
     assert ACISettings.from_dict(ACISettings().to_dict()) == ACISettings()
     with pytest.raises(ValueError, match="vol_beta must be in"):
         ACISettings(vol_beta=1.5)
+
+
+# ---- two-sided (per-tail) ACI -----------------------------------------------------------------
+
+
+def _drift_series(n: int = 3000, start: int = 1000, drift: float = 0.5, seed: int = 5):
+    """A forecaster that says N(0, 0.01) every day; the outcomes are N(0, 0.01) until `start`,
+    then drift upward by `drift` σ a day (a rally the forecaster's median does not see)."""
+    rng = np.random.default_rng(seed)
+    mean = np.where(np.arange(n) < start, 0.0, drift * 0.01)
+    realized = rng.normal(mean, 0.01)[:, None]
+    return gaussian_quantiles(np.full(n, 0.01), [1], LEVELS), realized
+
+
+def _misses(bands, realized, targets, level: int) -> tuple[np.ndarray, np.ndarray]:
+    y = realized[targets, 0]
+    return y > bands.upper[:, 0, level], y < bands.lower[:, 0, level]
+
+
+def test_two_sided_aci_recovers_each_tails_coverage_under_a_drift():
+    """With a drift of σ/2 the fixed 80 % band (± 1.2816 σ) misses above P(Z > 0.78) = 22 %
+    of the time and below P(Z < -1.78) = 4 %. Symmetric ACI restores the total (80 %) with the
+    misses still lopsided; two-sided ACI brings each tail back to 10 % once its calibration
+    window holds only drifting scores."""
+    quantiles, realized = _drift_series()
+    targets = np.arange(600, len(quantiles))
+    settled = targets >= 1000 + 500 + 1  # the calibration window past the drift's start
+    symmetric = aci_bands(quantiles, LEVELS, realized, targets, [1], COVERAGES,
+                          ACISettings(lookback=250, calibration=500, vol_beta=1.0))
+    two = aci_bands(quantiles, LEVELS, realized, targets, [1], COVERAGES,
+                    ACISettings(lookback=250, calibration=500, vol_beta=1.0, two_sided=True))
+    base = base_bands(quantiles[targets], LEVELS, COVERAGES)
+    above, below = _misses(base, realized, targets, 1)
+    assert above[settled].mean() == pytest.approx(1 - NormalDist().cdf(Z(0.9) - 0.5), abs=0.03)
+    assert below[settled].mean() == pytest.approx(NormalDist().cdf(-Z(0.9) - 0.5), abs=0.02)
+    above, below = _misses(symmetric, realized, targets, 1)
+    assert (above | below)[settled].mean() == pytest.approx(0.20, abs=0.03)
+    assert above[settled].mean() - below[settled].mean() > 0.10  # lopsided
+    above, below = _misses(two, realized, targets, 1)
+    for level, nominal in enumerate(COVERAGES):  # every level, each tail
+        up, down = _misses(two, realized, targets, level)
+        assert up[settled].mean() == pytest.approx((1 - nominal) / 2, abs=0.025)
+        assert down[settled].mean() == pytest.approx((1 - nominal) / 2, abs=0.025)
+    # Before the drift both tails were already even (no look-ahead of it).
+    before = targets < 1000
+    assert above[before].mean() == pytest.approx(0.10, abs=0.035)
+    assert below[before].mean() == pytest.approx(0.10, abs=0.035)
+    # The band moved up rather than only widening: its lower edge sits above the base's.
+    assert np.median(two.lower[settled, 0, 1]) > np.median(base.lower[settled, 0, 1])
+    # The level asked for is 1 - α⁻ - α⁺, near nominal once settled.
+    assert two.coverage[settled, 0, 1].mean() == pytest.approx(0.80, abs=0.05)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_aci_state_equals_a_plain_loop_per_target_slot_and_tail(seed, two_sided):
+    """aci_state against ACI written as the definition reads: per target, slot and column (a
+    level, or a level's tail), α walked through the run with delayed feedback, then the
+    ⌈(1-α)(n+1)⌉-th smallest known score; the same floats."""
+    rng = np.random.default_rng(100 + seed)
+    q, y, d, t = _random_case(rng, 200, 4, 0.004, 9, 8, ties=seed % 3 == 0)
+    n, k = q.shape[:2]
+    settings = ACISettings(gamma=float(rng.choice([0.005, 0.05])),
+                           lookback=int(rng.integers(1, 50)),
+                           calibration=int(rng.integers(1, 90)), two_sided=two_sided)
+    f = rng.uniform(0.5, 2.0, n) if seed % 2 else np.ones(n)
+    state = aci_state(q, LEVELS, y, t, d, COVERAGES, settings, f)
+    qhat, coverage = _loop_aci_state(q, y, t, d, settings, f)
+    assert state.qhat.shape == (t.size, k, len(COVERAGES) * settings.sides)
+    assert np.array_equal(state.qhat, qhat, equal_nan=True)
+    assert np.array_equal(state.coverage, coverage, equal_nan=True)
+
+
+def _loop_aci_state(q, y, t, d, settings, f):
+    nominal = np.asarray(COVERAGES)
+    median = quantile_at(q, LEVELS, np.full(q.shape[:2] + (1,), 0.5))
+    base = base_bands(q, LEVELS, nominal)
+    if settings.two_sided:
+        below = (median - y[..., None]) / np.maximum(median - base.lower, 1e-12)
+        above = (y[..., None] - median) / np.maximum(base.upper - median, 1e-12)
+        scores, miss = np.concatenate([below, above], -1), np.tile((1.0 - nominal) / 2.0, 2)
+    else:
+        scores, miss = _scores(median, base.lower, base.upper, y[..., None]), 1.0 - nominal
+    scores = scores / f[:, None, None]
+    lookback, cal, gamma = settings.lookback, settings.calibration, settings.gamma
+
+    def window(s, k, c):  # the known scores of origins s-d-cal+1 .. s-d
+        part = scores[max(0, s - d[k] - cal + 1): max(0, s - d[k] + 1), k, c]
+        return part[np.isfinite(part)]
+
+    alpha = np.empty((t.size, q.shape[1], miss.size))
+    qhat = np.empty(alpha.shape)
+    for i, target in enumerate(t):
+        for k in range(q.shape[1]):
+            for c in range(miss.size):
+                a, step = miss[c], {}
+                for s in range(target - lookback, target + 1):
+                    if s - d[k] in step:  # that origin's error arrives now
+                        a += step[s - d[k]]
+                    if s == target:
+                        break
+                    past = window(s, k, c) if s >= 0 else np.array([])
+                    if s >= 0 and s + d[k] <= target and np.isfinite(scores[s, k, c]) and past.size:
+                        rank = np.ceil((1.0 - a) * (past.size + 1))
+                        step[s] = gamma * (miss[c] - ((past < scores[s, k, c]).sum() >= rank))
+                    else:
+                        step[s] = 0.0
+                alpha[i, k, c] = a
+                past = np.sort(window(target, k, c))
+                rank = int(np.clip(np.ceil((1.0 - a) * (past.size + 1)), 0, past.size))
+                pick = 0.0 if rank == 0 else past[rank - 1]
+                qhat[i, k, c] = 1.0 if past.size == 0 else pick * f[target]
+    if settings.two_sided:
+        levels = nominal.size
+        return qhat, np.clip(1.0 - alpha[..., :levels] - alpha[..., levels:], 0.0, 1.0)
+    return qhat, np.clip(1.0 - alpha, 0.0, 1.0)
+
+
+def test_a_two_sided_state_moves_each_edge_by_its_own_qhat():
+    rng = np.random.default_rng(11)
+    q = np.sort(rng.normal(0.0, 0.02, (30, 4, len(LEVELS))), axis=-1)
+    q_lower, q_upper = rng.uniform(0.5, 2.0, (2, 30, 4, len(COVERAGES)))
+    median = quantile_at(q, LEVELS, np.full((30, 4, 1), 0.5))
+    base = base_bands(q, LEVELS, COVERAGES)
+    lower, upper = apply_aci(q, LEVELS, COVERAGES, np.concatenate([q_lower, q_upper], -1))
+    assert np.array_equal(lower, median - q_lower * (median - base.lower))
+    assert np.array_equal(upper, median + q_upper * (base.upper - median))
+    # One Q̂ per level is the symmetric state; any other width is refused.
+    assert np.array_equal(apply_aci(q, LEVELS, COVERAGES, q_upper)[0],
+                          median - q_upper * (median - base.lower))
+    with pytest.raises(ValueError, match="3 or 6 values per horizon"):
+        apply_aci(q, LEVELS, COVERAGES, q_upper[..., :2])
+
+
+def test_settings_without_two_sided_are_symmetric_and_their_meta_unchanged():
+    # An artifact written before two-sided ACI (the shipped one's meta) is symmetric, and a
+    # symmetric band's meta has no new key, so its content hash is what it was.
+    shipped = {"gamma": 0.005, "lookback": 100, "calibration": 500, "vol_beta": 0.7,
+               "long_window": 250}
+    assert not ACISettings.from_dict(shipped).two_sided
+    assert ACISettings.from_dict(shipped).to_dict() == shipped
+    two = ACISettings(two_sided=True)
+    assert two.to_dict() == {**ACISettings().to_dict(), "two_sided": True}
+    assert ACISettings.from_dict(two.to_dict()) == two and two.sides == 2
 
 
 def test_aci_rejects_inputs_that_do_not_fit():

@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Response
+from fastapi import APIRouter, Body, Path, Request, Response
 from pydantic import TypeAdapter
 
-from service.api.deps import ForecastingDep, ForecastServiceDep, LoadedModelDep, MigratedDep
+from service.api.deps import ForecastServiceDep, LoadedModelDep, MigratedDep, get_forecasting
 from service.api.forecasts import ServedForecast
 from service.api.model_slot import LoadedModel
 from service.api.problems import InvalidField, error_problem, problem_responses
@@ -91,7 +91,7 @@ def _check_horizon(loaded: LoadedModel, horizon: int) -> None:
 )
 async def predict_ticker(
     ticker: TickerPath,
-    serving: ForecastingDep,
+    http_request: Request,
     request: Annotated[ForecastRequest, Body(openapi_examples={
         "next day": {"value": {"horizon": 1}},
         "a week": {"value": {"horizon": 5}},
@@ -104,8 +104,13 @@ async def predict_ticker(
 
     Answers the rendered bytes itself (kept beside a cached forecast), not the model for FastAPI
     to validate and render again per request: the same body and headers, ≈ 30 µs less per warm
-    request (bench/serve.py).
+    request (bench/serve.py). The migration and model checks (`get_forecasting`, the same 503s
+    in the same order) are called here rather than declared as a dependency: FastAPI resolving
+    it cost ≈ 12 µs of a warm request's 122 µs (app alone, bench/serve.py). So a malformed body
+    is answered 422 before a missing model's 503: the request is wrong whatever the server's
+    state.
     """
+    serving = await get_forecasting(http_request)
     _check_horizon(serving.loaded, request.horizon)
     served = await serving.forecasts.serve(serving.loaded.predictor, ticker, request.horizon,
                                            request.as_of)
@@ -120,8 +125,8 @@ async def predict_ticker(
     summary="Forecast several tickers",
     description=(
         "One forecast per ticker (up to 500 tickers, each distinct one computed once: the whole universe in one request); "
-        "tickers whose features and band state are fresh in the serving stores are computed "
-        "together in one onnxruntime call, the others from their bars. A ticker that "
+        "tickers whose band state and forecast are fresh in the serving stores are answered "
+        "from them, the others from their bars. A ticker that "
         "cannot be forecast (unknown, too little history, source down) is listed in `errors` "
         "with the status its own request would get; the others are still answered."),
     response_model=ForecastListPublic,
