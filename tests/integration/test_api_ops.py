@@ -243,6 +243,11 @@ def test_readiness_before_and_after_a_model_is_loaded(seeded_url, tiny_artifact,
         assert predict.json() == {
             "type": "urn:stockcast:problem:model-not-loaded", "title": "No model loaded",
             "status": 503, "detail": f"no model loaded: {public}", "instance": "/predict/AAA"}
+        batch = client.post("/predict", json={"tickers": ["AAA"]})
+        assert batch.status_code == 503 and batch.json()["instance"] == "/predict"
+        # A malformed body is wrong whatever the server's state: 422 before the model's 503.
+        for path, body in (("/predict/AAA", {"horizon": "soon"}), ("/predict", {"tickers": []})):
+            assert client.post(path, json=body).status_code == 422, path
         assert client.get("/models/current").status_code == 503
         # The authenticated admin answer carries the full reason.
         failed = client.post("/admin/reload", headers={"X-API-Key": API_KEY})

@@ -16,7 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Request, Response
 from pydantic import TypeAdapter
 
-from service.api.deps import ForecastServiceDep, LoadedModelDep, MigratedDep, get_forecasting
+from service.api.deps import get_forecasting
 from service.api.forecasts import ServedForecast
 from service.api.model_slot import LoadedModel
 from service.api.problems import InvalidField, error_problem, problem_responses
@@ -131,14 +131,13 @@ async def predict_ticker(
         "with the status its own request would get; the others are still answered."),
     response_model=ForecastListPublic,
     responses=problem_responses(400, 422, 503),
-    dependencies=[MigratedDep],
 )
-async def predict_batch(
-    request: BatchForecastRequest,
-    loaded: LoadedModelDep,
-    forecasts: ForecastServiceDep,
-) -> ForecastListPublic:
-    """Forecast `horizon` trading days of each ticker."""
+async def predict_batch(request: BatchForecastRequest, http_request: Request
+                        ) -> ForecastListPublic:
+    """Forecast `horizon` trading days of each ticker (the checks as `predict_ticker`'s: a
+    malformed body is 422 before a missing model's 503)."""
+    serving = await get_forecasting(http_request)
+    loaded, forecasts = serving.loaded, serving.forecasts
     _check_horizon(loaded, request.horizon)
     results = await forecasts.serve_many(loaded.predictor, request.tickers, request.horizon,
                                          request.as_of)
