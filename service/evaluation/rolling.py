@@ -513,7 +513,7 @@ def plot_ablation(blocks_by_set: Mapping[str, list[dict]], validation_blocks: in
             va="top", fontsize=8)
     ax.set_xticks(x, [b["first"] for b in first], rotation=45, fontsize=7)
     ax.set_ylabel("mean daily rank IC, h=1")
-    ax.set_title("Ablation: the model's rank IC per block, by feature set")
+    ax.set_title("Ablation: the model's rank IC per block, by arm (feature set[:target])")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
