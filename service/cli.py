@@ -46,6 +46,24 @@ def _parse_tickers(raw: str | None) -> list[str]:
     return [normalize_ticker(t) for t in (raw or "").replace(" ", ",").split(",") if t]
 
 
+def _universe_tickers(universe: str) -> tuple[str, ...]:
+    """A named universe's tickers; `all` (ALL_CACHED): every ticker in the bar cache, by symbol."""
+    from service.forecasting.spec import ALL_CACHED, UNIVERSES
+
+    if universe == ALL_CACHED:
+        from service.db.bars import list_tickers
+
+        with _engine() as engine, engine.connect() as conn:
+            names = tuple(t.symbol for t in list_tickers(conn))
+        if not names:
+            _fail(f"--universe {ALL_CACHED}: the bar cache holds no ticker; "
+                  "load them first (stockcast seed / ingest)")
+        return names
+    if universe not in UNIVERSES:
+        _fail(f"unknown universe {universe!r}; known: {sorted([*UNIVERSES, ALL_CACHED])}")
+    return UNIVERSES[universe]
+
+
 @app.callback()
 def main(log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None):
     logging.basicConfig(level=(log_level or get_settings().log_level).upper(),
@@ -120,7 +138,7 @@ def refresh(
     progress: bool = True,
 ):
     """Fetch newer bars for many tickers, batched upstream; prints the per-outcome counts, then
-    prewarms the serving stores so each ticker's next cold forecast is one window read."""
+    prewarms the serving stores so each ticker's next cold forecast is one row read, no model run."""
     from service.evaluation.feature_store import after_bars_written
     from service.forecasting.spec import UNIVERSES
     from service.sources.ingest import refresh_tickers
@@ -270,7 +288,8 @@ def list_cached_tickers():
 @app.command()
 def train(
     tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
-    universe: Annotated[str, typer.Option(help="Named ticker universe.")] = "top24",
+    universe: Annotated[str, typer.Option(
+        help="Named ticker universe: top24, or all (every cached ticker).")] = "top24",
     start: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
     end: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
     epochs: Annotated[int | None, typer.Option(help="Max epochs (early stopping).")] = None,
@@ -309,7 +328,6 @@ def train(
     import json
 
     # torch is imported here only: `import service.cli` must not load it.
-    from service.forecasting.spec import UNIVERSES
     from training.config import TrainConfig
     from training.pipeline import train_and_gate
     from training.train import TrainingDiverged
@@ -319,9 +337,7 @@ def train(
     if tickers:
         changes["tickers"] = tuple(_parse_tickers(tickers))
     elif config is None or universe != "top24":
-        if universe not in UNIVERSES:
-            _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
-        changes["tickers"] = UNIVERSES[universe]
+        changes["tickers"] = _universe_tickers(universe)
     for name, value in (("epochs", epochs), ("device", device), ("batch_size", batch_size),
                         ("train_stride", train_stride), ("threads", threads), ("seed", seed),
                         ("band_source", band_source)):
@@ -467,7 +483,8 @@ def _echo_backtest(run, readme: bool = False) -> None:
 @app.command()
 def evaluate(
     tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
-    universe: Annotated[str, typer.Option(help="Named ticker universe.")] = "top24",
+    universe: Annotated[str, typer.Option(
+        help="Named ticker universe: top24, or all (every cached ticker).")] = "top24",
     start: Annotated[dt.datetime, typer.Option(
         formats=["%Y-%m-%d"], help="First origin of the rolling period.")] = "2015-01-02",
     end: Annotated[dt.datetime, typer.Option(
@@ -484,9 +501,16 @@ def evaluate(
     baselines: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
     top_k: Annotated[int, typer.Option(help="Long the top k, short the bottom k, daily.")] = 5,
     cost_bp: Annotated[float, typer.Option(help="Trading cost, basis points per side.")] = 5.0,
+    target: Annotated[str | None, typer.Option(
+        help="What the network learns: return, or cs_demeaned (minus the date's "
+             "cross-sectional mean; a ranking-only option).")] = None,
     ablation: Annotated[str | None, typer.Option(
-        help="Comma list of feature sets: one rolling run each, the set chosen on the "
-             "validation blocks, all reported on the test blocks.")] = None,
+        help="Comma list of arms, each a feature set, optionally :<target> (e.g. "
+             "returns:cs_demeaned): one rolling run each, the arm chosen on the validation "
+             "blocks, all reported on the test blocks.")] = None,
+    incumbent: Annotated[str, typer.Option(
+        help="With --ablation: the arm kept unless another beats it on validation.")] = (
+        "indicators"),
     validation_blocks: Annotated[int, typer.Option(
         help="With --ablation: the first N blocks choose; the rest are test.")] = 2,
     band_baselines: Annotated[str, typer.Option(
@@ -515,24 +539,19 @@ def evaluate(
     from service.core.config import PROJECT_ROOT
     from service.core.errors import StockcastError
     from service.forecasting.baselines import BASELINES
-    from service.forecasting.spec import FEATURE_SETS, UNIVERSES
+    from service.forecasting.spec import FEATURE_SETS
     from training.config import TrainConfig
     from training.rolling import RollingSpec, evaluate_ablation, evaluate_rolling
     from training.train import TrainingDiverged
 
     base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
-    if tickers:
-        names = tuple(_parse_tickers(tickers))
-    elif universe in UNIVERSES:
-        names = UNIVERSES[universe]
-    else:
-        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    names = tuple(_parse_tickers(tickers)) if tickers else _universe_tickers(universe)
     changes: dict = {"tickers": names, "progress": progress}
     if features is not None:
         if features not in FEATURE_SETS:
             _fail(f"unknown feature set {features!r}; known: {sorted(FEATURE_SETS)}")
         changes["features"] = FEATURE_SETS[features]
-    for name, value in (("epochs", epochs), ("threads", threads)):
+    for name, value in (("epochs", epochs), ("threads", threads), ("target", target)):
         if value is not None:
             changes[name] = value
     try:
@@ -553,7 +572,8 @@ def evaluate(
         if ablation:
             sets = tuple(x for x in ablation.replace(" ", "").split(",") if x)
             result = evaluate_ablation(base.with_(**changes), spec, sets, validation_blocks,
-                                       settings.database_url, model_dir, plots_dir=plots_dir,
+                                       settings.database_url, model_dir, incumbent=incumbent,
+                                       plots_dir=plots_dir,
                                        provider=settings.ort_provider,
                                        intra_op_threads=settings.ort_intra_op_threads)
         else:

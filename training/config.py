@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from service.forecasting.spec import UNIVERSES, FeatureSpec
 
 DEFAULT_UNIVERSE = "top24"
+# What the network learns (training.dataset.prepare_data): each sample's scale-free h-day
+# return, or that minus its origin date's cross-sectional mean.
+TARGETS = ("return", "cs_demeaned")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ class TrainConfig:
     # A test segment given from outside (a rolling block, first..last origin): the bars end
     # before it, train/val share the origins before its gap (see chronological_split).
     holdout: tuple[dt.date, dt.date] | None = None
+    # "return": the scale-free h-day return; "cs_demeaned": minus its origin date's mean over
+    # the tickers (TARGETS), a ranking-only ablation: forecasts become excess
+    # returns and their band misses the market's variance.
+    target: str = "return"
     # model
     hidden_size: int = 64
     num_layers: int = 2
@@ -86,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"band_source must be model or ewma, got {self.band_source!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.train_stride < 1:
             raise ValueError(f"train_stride must be >= 1, got {self.train_stride}")
         if not 0.0 <= self.unknown_ticker_prob < 1.0:

@@ -22,6 +22,7 @@ from service.forecasting.spec import SCALE_FEATURE, FeatureSpec
 from service.forecasting.split import Split, chronological_split
 from service.forecasting.volatility import origin_scale
 from service.forecasting.windows import forward_log_returns, make_windows
+from training.config import TARGETS
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,20 @@ def prepare_data(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     train_stride: int = 1,
     holdout: tuple | None = None,
+    target: str = "return",
 ) -> PreparedData:
     """Features, split (gap = window + horizon), training-only scalers, and windowed segments.
 
     The network learns scale-free targets: the h-day log return over the origin's volatility,
     r_{t,h} / (max(σ_t, VOL_FLOOR) · √h) with σ_t the SCALE_FEATURE (EWMA volatility) at t, so
     its quantiles widen the day volatility jumps. The exported graph multiplies back (the one
-    place: training.model.ExportedForecaster).
+    place: training.model.ExportedForecaster). `target="cs_demeaned"` subtracts from each
+    sample's scale-free target the mean of that origin date's over the tickers given (Qlib's
+    cross-sectional label normalisation, de-meaned): the loss then rewards the ranking of the
+    day, not the market's move, and the forecasts are excess returns (a ranking-only option).
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     window, horizon = spec.window, spec.horizon
     if SCALE_FEATURE not in spec.features:
         raise ValueError(f"the spec must include {SCALE_FEATURE!r}, the target's scale")
@@ -109,6 +116,9 @@ def prepare_data(
         dates = part["date"].to_numpy().astype("datetime64[D]")[origins]
         per_ticker.append((ticker, x, y, returns[origins], dates, split.segment_of(dates)))
 
+    if target == "cs_demeaned":
+        per_ticker = _cross_sectionally_demeaned(per_ticker)
+
     vocab = ticker_vocabulary(t for t, *_, seg in per_ticker if (seg == "train").any())
     ids = {t: i for i, t in enumerate(vocab)}
     train_y = np.concatenate([y[seg == "train"] for _, _, y, _, _, seg in per_ticker])
@@ -132,6 +142,22 @@ def prepare_data(
     if len(val) == 0:
         raise ValueError("no validation samples: the bars are too short for this split")
     return PreparedData(spec, vocab, split, feature_scaler, target_scaler, train, val)
+
+
+def _cross_sectionally_demeaned(per_ticker: list[tuple]) -> list[tuple]:
+    """Each (ticker, x, y, ...) with y minus the mean y of its origin date over every ticker."""
+    dates = np.concatenate([d for _, _, _, _, d, _ in per_ticker])
+    codes, _ = pd.factorize(dates)
+    ys = np.concatenate([y for _, _, y, _, _, _ in per_ticker]).astype(np.float64)
+    sums = np.zeros((codes.max() + 1, ys.shape[1]))
+    np.add.at(sums, codes, ys)
+    means = sums / np.bincount(codes)[:, None]
+    out, at = [], 0
+    for ticker, x, y, r, d, seg in per_ticker:
+        mine = codes[at:at + len(y)]
+        out.append((ticker, x, (y - means[mine]).astype(y.dtype), r, d, seg))
+        at += len(y)
+    return out
 
 
 class WindowDataset(Dataset):

@@ -54,7 +54,7 @@ from service.forecasting.baselines import BASELINES
 from service.forecasting.features import needs_market
 from service.forecasting.spec import FEATURE_SETS
 from service.inference.onnx_model import Provider
-from training.config import TrainConfig
+from training.config import TARGETS, TrainConfig
 from training.pipeline import train_and_export
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "blocks"  # <model_dir>/blocks/<key>.json names the version trained for that key
 # Config fields that change how a run looks, not what it learns: left out of a block's key.
 _UNKEYED = ("progress",)
+# Config fields added after block caches existed: left out of the key at these defaults, so the
+# blocks cached before them (the same training) are still found.
+_KEYED_UNLESS_DEFAULT = {"target": "return"}
 CLUSTER_CONNECT_TIMEOUT_S = 30
 
 
@@ -95,7 +98,8 @@ class BlockJob:
 
 def block_key(config: TrainConfig, bars: pd.DataFrame) -> str:
     """Content hash of a block's inputs: the training config and the bars slice it trains on."""
-    keyed = {k: v for k, v in config.to_dict().items() if k not in _UNKEYED}
+    keyed = {k: v for k, v in config.to_dict().items()
+             if k not in _UNKEYED and _KEYED_UNLESS_DEFAULT.get(k, object()) != v}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode())
     digest.update(bars_digest(bars).encode())
     return digest.hexdigest()[:16]
@@ -298,34 +302,48 @@ class Ablation:
         }
 
 
+VARIANT_SEP = ":"  # an ablation arm: a feature set, optionally ":<target>" (TARGETS)
+
+
+def ablation_variant(name: str) -> dict:
+    """The config changes of one ablation arm: `returns`, or `returns:cs_demeaned` (a target)."""
+    features, _, target = name.partition(VARIANT_SEP)
+    if features not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {features!r}; known: {sorted(FEATURE_SETS)}")
+    if target and target not in TARGETS:
+        raise ValueError(f"unknown target {target!r} in {name!r}; known: {list(TARGETS)}")
+    return {"features": FEATURE_SETS[features], **({"target": target} if target else {})}
+
+
 def evaluate_ablation(config: TrainConfig, spec: RollingSpec, feature_sets: Sequence[str],
                       validation_blocks: int, database_url: str, model_dir: Path, *,
                       incumbent: str = "indicators", plots_dir: Path | None = None,
                       provider: Provider = "auto", intra_op_threads: int = 1) -> Ablation:
-    """One rolling run per feature set (same blocks, same config otherwise); the set is chosen
-    on the first `validation_blocks` blocks only, and every set is reported on the rest."""
-    unknown = [f for f in feature_sets if f not in FEATURE_SETS]
-    if unknown:
-        raise ValueError(f"unknown feature sets {unknown}; known: {sorted(FEATURE_SETS)}")
+    """One rolling run per arm (a feature set, optionally with a target: ablation_variant; same
+    blocks, same config otherwise); the arm is chosen on the first `validation_blocks` blocks
+    only, and every arm is reported on the rest."""
+    variants = {name: ablation_variant(name) for name in feature_sets}
     if incumbent not in feature_sets:
         raise ValueError(f"the incumbent set {incumbent!r} must be among {list(feature_sets)}")
     runs: dict[str, StoredBacktest] = {}
-    for name in feature_sets:
-        log.info("ablation: feature set %s", name)
+    for name, changes in variants.items():
+        log.info("ablation: %s", name)
+        folder = name.replace("+", "plus-").replace(VARIANT_SEP, "-")
         runs[name] = evaluate_rolling(
-            config.with_(features=FEATURE_SETS[name]), spec, database_url, model_dir,
-            plots_dir=None if plots_dir is None else Path(plots_dir) / name.replace("+", "plus-"),
+            config.with_(**changes), spec, database_url, model_dir,
+            plots_dir=None if plots_dir is None else Path(plots_dir) / folder,
             provider=provider, intra_op_threads=intra_op_threads)
     numbers = [b["block"] for b in next(iter(runs.values())).result.config["blocks"]]
-    if not 1 <= validation_blocks < len(numbers):
-        raise ValueError(f"validation_blocks must leave at least one test block: 1..."
-                         f"{len(numbers) - 1} of {len(numbers)} blocks, got {validation_blocks}")
+    # Every block validation is allowed: the choice first, the chosen arm's test blocks later.
+    if not 1 <= validation_blocks <= len(numbers):
+        raise ValueError(f"validation_blocks must be 1..{len(numbers)} of {len(numbers)} "
+                         f"blocks, got {validation_blocks}")
     val, test = tuple(numbers[:validation_blocks]), tuple(numbers[validation_blocks:])
+    segments = (("validation", val), ("test", test)) if test else (("validation", val),)
     scores = {(name, seg): score_segment(name, seg, run.result.forecasts, blocks, spec.top_k,
                                          spec.cost_bp)
-              for name, run in runs.items()
-              for seg, blocks in (("validation", val), ("test", test))}
+              for name, run in runs.items() for seg, blocks in segments}
     chosen, reason = choose_feature_set(
         {name: scores[(name, "validation")] for name in runs}, incumbent)
-    ordered = [scores[(name, seg)] for seg in ("validation", "test") for name in runs]
+    ordered = [scores[(name, seg)] for seg, _ in segments for name in runs]
     return Ablation(runs, ordered, chosen, reason, val, test)

@@ -200,7 +200,7 @@ def _setup(config: TrainConfig, bars_multi: pd.DataFrame) -> _Training:
     np.random.seed(config.seed)
 
     prepared = prepare_data(bars_multi, config.spec, config.split_fractions, config.train_stride,
-                            config.holdout)
+                            config.holdout, config.target)
     spec = prepared.spec
     model = QuantileLSTM(config.model_config(spec, len(prepared.vocab))).to(device)
     net: torch.nn.Module = model

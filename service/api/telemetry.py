@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # Distinct (method, path) handler labels remembered: paths with a ticker are as many as the
 # tickers asked for; a scanner's junk paths only evict the oldest.
 HANDLER_LABELS = 4096
+# Longer paths are labelled per request, not remembered: uvicorn takes paths up to ~64 KB, and
+# 4,096 of those (key and untemplated label) would pin ~0.5 GB. No route's path comes near.
+HANDLER_LABEL_PATH = 256
 
 
 class CachedRouteInstrumentation(PrometheusInstrumentatorMiddleware):
@@ -42,6 +45,8 @@ class CachedRouteInstrumentation(PrometheusInstrumentatorMiddleware):
 
     def _get_handler(self, request: Request) -> tuple[str, bool]:
         scope = request.scope
+        if len(scope["path"]) > HANDLER_LABEL_PATH:
+            return super()._get_handler(request)
         key = (scope.get("method"), scope.get("root_path", ""), scope["path"])
         label = self._labels.get(key)
         if label is None:

@@ -249,7 +249,9 @@ class StoredBandState:
     """The served band's state of one ticker as of a bar: ACI's Q̂ (horizons, width: one per
     level, or two-sided one per tail) and the recent coverage, with the bars revision it was
     computed from; and, when stored with it, the forecast there: the model's (horizon,
-    quantiles) output and its range warnings."""
+    quantiles) output and its range warnings, with the digest of the training profile they were
+    checked against (`profile`; None: the predictor had none). Read back only when stored with
+    the row's bars revision."""
 
     ticker: str
     as_of: dt.date
@@ -260,6 +262,7 @@ class StoredBandState:
     recent_sessions: int
     quantiles: np.ndarray | None = None
     warnings: tuple[str, ...] | None = None
+    profile: str | None = None
 
 
 def write_band_states(conn: Connection, model_version: str,
@@ -275,7 +278,11 @@ def write_band_states(conn: Connection, model_version: str,
                "horizons": int(s.qhat.shape[0]), "qhat": encode(s.qhat),
                "recent_coverage": s.recent_coverage, "recent_sessions": s.recent_sessions,
                "quantiles": None if s.quantiles is None else encode(s.quantiles),
-               "warnings": None if s.warnings is None else list(s.warnings),
+               # with the revision they came from: an upsert by code before 0006 changes the
+               # row's revision but leaves these columns, which then are another bars' forecast
+               "warnings": None if s.warnings is None else {
+                   "warnings": list(s.warnings), "profile": s.profile,
+                   "bars_revision": s.bars_revision},
                "computed_at": now} for s in states]
     for part in _chunks(values):
         for v in part:
@@ -323,9 +330,14 @@ def read_fresh_states(conn: Connection, model_version: str, feature_version: str
         rows = (conn.execute(_FRESH_ONE, {**params, "ticker": part[0]}) if len(part) == 1
                 else conn.execute(_FRESH, {**params, "tickers": part}))
         for r in rows:
+            # The stored forecast, if written with this row's revision (a bare list of
+            # warnings, 0006 as first written, names none): else the window serves.
+            checked = r.warnings if (isinstance(r.warnings, dict) and r.quantiles is not None
+                                     and r.warnings.get("bars_revision") == r.bars_revision) else None
             out[r.ticker] = StoredBandState(
                 r.ticker, r.as_of, r.bars_revision, r.last_close,
                 decode(r.qhat, width), r.recent_coverage, r.recent_sessions,
-                None if r.quantiles is None else decode(r.quantiles, quantiles),
-                None if r.warnings is None else tuple(r.warnings))
+                None if checked is None else decode(r.quantiles, quantiles),
+                None if checked is None else tuple(checked["warnings"]),
+                None if checked is None else checked["profile"])
     return out

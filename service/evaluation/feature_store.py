@@ -1,9 +1,11 @@
 """The serving stores, filled and read: feature rows whenever bars change, the served band's
-state per ticker after a refresh (prewarm) or whenever a forecast is computed from bars.
+state per ticker, with the forecast there (the model's output, migration 0006), after a
+refresh (prewarm) or whenever a forecast is computed from bars.
 
-A cold forecast then reads one window of feature rows and one band state, and makes one
-onnxruntime call over every ticker of its request (Predictor.forecast_stored) instead of
-building features from ~600 bars and running the model over the ~440 origins ACI reads. Both
+A cold forecast then reads one band state and runs no model (Predictor.forecast_stored; a
+state stored without its forecast reads one window of feature rows, and one onnxruntime call
+runs over every such ticker of its request) instead of building features from ~1,100 bars and
+running the model over the ~690 origins ACI reads. Both
 stores are checked against the ticker's bars revision (service/db/features.py); whatever is
 missing or stale is computed from bars as before, so no answer depends on the store.
 
@@ -123,19 +125,25 @@ def stored_inputs(conn: Connection, predictor: Predictor, tickers: Sequence[str]
     states = store_db.read_fresh_states(conn, predictor.model_version, STORE_VERSION, tickers,
                                         width, len(predictor.quantiles))
     states = {t: s for t, s in states.items() if s.qhat.shape[0] >= horizon}
+    # The stored output serves only with warnings checked against this predictor's training
+    # profile (outside the version hash: a backtest may write or rewrite it); else the window.
+    profile = predictor.profile_digest
+    output = {t for t, s in states.items() if s.quantiles is not None
+              and s.warnings is not None and s.profile == profile}
     window = predictor.spec.window
     rows = store_db.read_latest_features(conn, STORE_VERSION,
                                          {t: s.as_of for t, s in states.items()
-                                          if s.quantiles is None}, window, len(STORE_COLUMNS))
+                                          if t not in output}, window, len(STORE_COLUMNS))
     out = {}
     for ticker, s in states.items():
         last, values = rows.get(ticker, (None, None))
-        if s.quantiles is None and (values is None or len(values) < window or last != s.as_of):
+        if ticker not in output and (values is None or len(values) < window
+                                     or last != s.as_of):
             continue
         coverage = float("nan") if s.recent_coverage is None else s.recent_coverage
         out[ticker] = StoredInput(values, STORE_COLUMNS, BandState(
-            ticker, s.as_of, s.last_close, s.qhat, coverage, s.recent_sessions, s.quantiles,
-            s.warnings or ()))
+            ticker, s.as_of, s.last_close, s.qhat, coverage, s.recent_sessions,
+            *((s.quantiles, s.warnings) if ticker in output else (None, ()))))
     return out
 
 
@@ -146,7 +154,8 @@ def save_states(conn: Connection, predictor: Predictor,
         store_db.StoredBandState(
             s.ticker, s.as_of, revision, s.last_close, s.qhat,
             None if not np.isfinite(s.recent_coverage) else float(s.recent_coverage),
-            s.recent_sessions, s.quantiles, None if s.quantiles is None else s.warnings)
+            s.recent_sessions, s.quantiles, None if s.quantiles is None else s.warnings,
+            predictor.profile_digest)
         for s, revision in states])
 
 

@@ -30,6 +30,7 @@ from service.db.backtests import get_metrics, store_run
 from service.evaluation.backtest import (
     BacktestResult,
     HistoricalRun,
+    ModelForecaster,
     _check_baselines,
     _check_horizons,
     band_forecasters,
@@ -140,10 +141,12 @@ def forecast_block(block: Block, artifact_dir: Path, bars: Mapping[str, pd.DataF
         raise ValueError(f"model {manifest.version}'s test segment starts "
                          f"{manifest.split.test[0]}, after block {block.number} ({block.first})")
     horizons = _check_horizons(horizons, manifest.spec.horizon)
-    forecasters = [predictor, *(BASELINES[b]() for b in _check_baselines(baselines)),
+    # ModelForecaster: a ticker's scaled features built once, read by the model's origins and
+    # by its ACI run's longer ones (the predictor itself rebuilt them for each).
+    model = ModelForecaster(predictor)
+    forecasters = [model, *(BASELINES[b]() for b in _check_baselines(baselines)),
                    ReversalSignal(),
-                   *band_forecasters(predictor, band_baselines, predictor.band_settings,
-                                     horizons)]
+                   *band_forecasters(model, band_baselines, predictor.band_settings, horizons)]
     fit_end = min(manifest.split.train[1], block.first)
     run = historical_forecasts(forecasters, bars, start=block.first, end=block.last,
                                fit_end=fit_end, horizons=horizons)
@@ -510,7 +513,7 @@ def plot_ablation(blocks_by_set: Mapping[str, list[dict]], validation_blocks: in
             va="top", fontsize=8)
     ax.set_xticks(x, [b["first"] for b in first], rotation=45, fontsize=7)
     ax.set_ylabel("mean daily rank IC, h=1")
-    ax.set_title("Ablation: the model's rank IC per block, by feature set")
+    ax.set_title("Ablation: the model's rank IC per block, by arm (feature set[:target])")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

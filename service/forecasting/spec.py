@@ -80,6 +80,11 @@ UNIVERSES: dict[str, tuple[str, ...]] = {
 }
 
 
+# "all": every ticker in the bar cache (the shared dataset's 489 when seeded from it), resolved
+# from the database at run time (the CLI's universe_tickers), so it is no fixed tuple above.
+ALL_CACHED = "all"
+
+
 # Central band levels served (`level` 50/80/90 in the API); 0.8 is the lower/upper default.
 BAND_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9)
 DEFAULT_LEVEL = 0.8

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -147,6 +149,7 @@ class Predictor(Forecaster):
         # Per feature the training range and bins (artifacts.profile); None: no range checks.
         self.training_profile: dict[str, dict] | None = None
         self._range: tuple[dict, TrainingRange] | None = None  # the profile's, vectorised
+        self._profile_digest: tuple[dict | None, str | None] = (None, None)
         self.quantiles = tuple(spec.quantiles)
         quantiles = list(spec.quantiles)
         self._median = quantiles.index(0.5)
@@ -168,6 +171,18 @@ class Predictor(Forecaster):
     @property
     def model_version(self) -> str:
         return self.manifest.version
+
+    @property
+    def profile_digest(self) -> str | None:
+        """sha256 of the training profile the range warnings check (None: no profile); the
+        profile is outside the version hash, so a stored forecast's warnings name it."""
+        profile = self.training_profile
+        if profile is None:
+            return None
+        if self._profile_digest[0] is not profile:  # computed once per profile
+            text = json.dumps(profile, sort_keys=True, separators=(",", ":"))
+            self._profile_digest = (profile, hashlib.sha256(text.encode()).hexdigest())
+        return self._profile_digest[1]
 
     # -- pre-process ---------------------------------------------------------------------------
 

@@ -243,6 +243,11 @@ def test_readiness_before_and_after_a_model_is_loaded(seeded_url, tiny_artifact,
         assert predict.json() == {
             "type": "urn:stockcast:problem:model-not-loaded", "title": "No model loaded",
             "status": 503, "detail": f"no model loaded: {public}", "instance": "/predict/AAA"}
+        batch = client.post("/predict", json={"tickers": ["AAA"]})
+        assert batch.status_code == 503 and batch.json()["instance"] == "/predict"
+        # A malformed body is wrong whatever the server's state: 422 before the model's 503.
+        for path, body in (("/predict/AAA", {"horizon": "soon"}), ("/predict", {"tickers": []})):
+            assert client.post(path, json=body).status_code == 422, path
         assert client.get("/models/current").status_code == 503
         # The authenticated admin answer carries the full reason.
         failed = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
@@ -331,6 +336,16 @@ def test_metrics_exposition_and_the_backtest_route_coexist(seeded_url, tiny_arti
     assert backtest.headers["content-type"] in ("application/json", PROBLEM)
 
 
+def _route_labels(app):
+    """The app's CachedRouteInstrumentation (the middleware stack is built at startup)."""
+    from service.api.telemetry import CachedRouteInstrumentation
+
+    middleware = app.middleware_stack
+    while not isinstance(middleware, CachedRouteInstrumentation):
+        middleware = middleware.app
+    return middleware
+
+
 @SQLITE_ONLY
 def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifact):
     # CachedRouteInstrumentation resolves a path's handler label once; each label must be what
@@ -338,15 +353,11 @@ def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifa
     from prometheus_fastapi_instrumentator import routing
     from starlette.requests import Request
 
-    from service.api.telemetry import CachedRouteInstrumentation
-
     app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
                      clock=Clock())
     with TestClient(app) as client:
         client.get("/healthz")
-        middleware = app.middleware_stack
-        while not isinstance(middleware, CachedRouteInstrumentation):
-            middleware = middleware.app  # the stack is built at startup
+        middleware = _route_labels(app)
         for method, path in [("POST", "/predict/AAA"), ("POST", "/predict/BBB"),
                              ("POST", "/predict"), ("GET", "/healthz"), ("GET", "/metrics"),
                              ("GET", "/metrics/backtest"), ("GET", "/bars/AAA"),
@@ -358,6 +369,25 @@ def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifa
             assert middleware._get_handler(request) == expected == middleware._get_handler(
                 request), (method, path)
         assert len(middleware._labels) == 10
+
+
+@SQLITE_ONLY
+def test_long_paths_are_labelled_without_being_remembered(seeded_url, tiny_artifact):
+    # uvicorn takes paths up to ~64 KB: 4,096 remembered ones would pin ~0.5 GB per worker
+    # (the path in the key, and again as an untemplated label). Their labels stay the library's.
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        client.get("/healthz")
+        middleware = _route_labels(app)
+        for i in range(20):
+            client.post(f"/predict/{i}{'A' * 60_000}")
+            client.get(f"/junk/{i}{'A' * 60_000}")
+        held = sum(len(key[2]) + len(label[0])
+                   for key, label in middleware._labels._entries.items())
+        metrics = client.get("/metrics").text
+    assert held < 10_000
+    assert 'handler="/predict/{ticker}",method="POST",status="4xx"} 20.0' in metrics
 
 
 # -- bars for the chart -------------------------------------------------------------------------

@@ -4,6 +4,8 @@ or stale store falls back to the bars and answers the same."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,10 +13,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 
 from service.api.main import create_app
+from service.artifacts.manifest import load_manifest
+from service.artifacts.profile import write_profile
 from service.db import features as store_db
 from service.db.bars import read_bars
 from service.db.session import downgrade, make_engine, upgrade
 from service.evaluation import feature_store
+from service.evaluation.drift import training_features
 from service.evaluation.feature_store import (
     after_bars_written,
     prewarm,
@@ -22,6 +27,7 @@ from service.evaluation.feature_store import (
     stored_inputs,
     update_features,
 )
+from service.forecasting.drift import feature_profile
 from service.forecasting.features import build_features
 from service.forecasting.spec import BAND_LEVELS
 from service.inference.predictor import Predictor
@@ -220,6 +226,70 @@ def test_a_state_stored_without_its_forecast_runs_the_window_and_prewarm_fills_i
         stored = stored_inputs(conn, tiny_predictor, ["AAA", "BBB", "CCC"], 5)
     assert all(item.state.quantiles is not None and item.features is None
                for item in stored.values()) and len(stored) == 3
+
+
+def test_a_stored_forecast_warns_as_the_training_profile_it_is_served_with(
+        db_url, tiny_artifact, tiny_predictor, tmp_path):
+    # The training profile is outside the version hash (`stockcast backtest` writes it into an
+    # artifact already served): states stored under no profile must not serve their warnings
+    # (none) under one. The window is checked instead, and the next prewarm stores them again.
+    engine = make_engine(db_url)
+    frame = synthetic_bars_multi()
+    _ingest(engine, frame)
+    assert tiny_predictor.training_profile is None
+    prewarm(engine, tiny_predictor)
+    artifact = tmp_path / tiny_artifact.artifact_dir.name
+    shutil.copytree(tiny_artifact.artifact_dir, artifact)
+    manifest = load_manifest(artifact)
+    reference = training_features(frame, manifest).iloc[:40]  # narrow: the last windows leave it
+    write_profile(manifest, feature_profile(reference), len(reference))
+    profiled = Predictor.load(artifact, "cpu")
+    assert profiled.model_version == tiny_predictor.model_version
+    tickers = ["AAA", "BBB", "CCC"]
+    expected = {t: _from_bars(profiled, engine, t, 5).warnings for t in tickers}
+    assert all(expected.values())
+    for _ in range(2):  # before and after the prewarm under the profile
+        with engine.connect() as conn:
+            stored = stored_inputs(conn, profiled, tickers, 5)
+        got = profiled.forecast_stored([stored[t] for t in tickers], 5)
+        assert {f.ticker: f.warnings for f in got} == expected
+        prewarm(engine, profiled)
+    assert all(item.state.quantiles is not None for item in stored.values())
+    with engine.begin() as conn:  # warnings naming no profile (0006 as first written)
+        conn.execute(text("update band_states set warnings = '[]'"))
+        stored = stored_inputs(conn, profiled, tickers, 5)
+    assert all(item.state.quantiles is None and item.features is not None
+               for item in stored.values())
+    engine.dispose()
+
+
+def test_a_state_rewritten_by_code_before_0006_does_not_serve_its_old_forecast(
+        db_url, tiny_predictor):
+    # A worker or scheduler still on 0005's code, running against the upgraded database (a
+    # rolling deploy), upserts a state from re-based bars: it sets the revision and Q̂ but not
+    # the columns it does not know. The output left there is the old bars' forecast.
+    engine = make_engine(db_url)
+    frame = synthetic_bars_multi()
+    _ingest(engine, frame)
+    prewarm(engine, tiny_predictor)
+    rebased = frame[frame["ticker"] == "AAA"].copy()
+    rebased.loc[rebased.index[:-5], "adj_close"] *= 0.9  # same last bar, another window
+    _ingest(engine, rebased)
+    [(expected, state, revision)] = feature_store.forecasts_from_bars(
+        engine, tiny_predictor, ["AAA"], 5)
+    with engine.begin() as conn:  # 0005's upsert: every column it knows, nothing else
+        conn.execute(text(
+            "update band_states set bars_revision = :revision, qhat = :qhat, horizons = 5, "
+            "last_close = :close, recent_coverage = :coverage, recent_sessions = :sessions "
+            "where ticker = 'AAA'"),
+            {"revision": revision, "qhat": store_db.encode(state.qhat),
+             "close": state.last_close, "coverage": state.recent_coverage,
+             "sessions": state.recent_sessions})
+        stored = stored_inputs(conn, tiny_predictor, ["AAA"], 5)
+    got = tiny_predictor.forecast_stored([stored["AAA"]], 5)[0]
+    assert [s.close for s in got.steps] == pytest.approx([s.close for s in expected.steps],
+                                                         rel=1e-6)
+    engine.dispose()
 
 
 def test_migration_0006_downgrades_to_0005_and_back(db_url, tiny_predictor):

@@ -69,6 +69,26 @@ def test_target_scaler_is_fit_on_training_origins_only(bars_multi):
     np.testing.assert_allclose(prepared.train.targets.mean(axis=0), 0.0, atol=1e-5)
 
 
+def test_cs_demeaned_targets_are_the_returns_minus_their_dates_cross_sectional_mean(bars_multi):
+    spec = tiny_config().spec
+    plain = prepare_data(bars_multi, spec)
+    demeaned = prepare_data(bars_multi, spec, target="cs_demeaned")
+    for segment in ("train", "val"):
+        a, b = getattr(plain, segment), getattr(demeaned, segment)
+        np.testing.assert_array_equal(a.origin_dates, b.origin_dates)
+        np.testing.assert_array_equal(a.windows, b.windows)  # the inputs are untouched
+        np.testing.assert_array_equal(a.returns, b.returns)
+        y = pd.DataFrame(plain.target_scaler.inverse_transform(a.targets.astype(np.float64)))
+        expected = y - y.groupby(a.origin_dates).transform("mean")
+        got = demeaned.target_scaler.inverse_transform(b.targets.astype(np.float64))
+        np.testing.assert_allclose(got, expected.to_numpy(), atol=1e-5)
+        # Every origin date's targets now average zero across the tickers.
+        np.testing.assert_allclose(pd.DataFrame(got).groupby(b.origin_dates).mean(), 0.0,
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match="target must be one of"):
+        tiny_config(target="excess")
+
+
 def test_segments_are_chronological_with_a_window_plus_horizon_gap(bars_multi):
     spec = tiny_config().spec
     prepared = prepare_data(bars_multi, spec)

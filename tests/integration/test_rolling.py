@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -13,9 +14,10 @@ from typer.testing import CliRunner
 from service.db.backtests import get_metrics, latest_run
 from service.db.session import make_engine
 from service.evaluation.backtest import bars_by_ticker
-from service.evaluation.rolling import forecast_block
+from service.evaluation.rolling import bars_digest, forecast_block
 from service.evaluation.scoring import METRICS, MODEL, POOLED
 from service.forecasting.signals import REVERSAL
+from service.forecasting.spec import FEATURE_SETS
 from tests.api_factories import store_bars
 from tests.tiny_model import synthetic_bars_multi, tiny_config
 from training.rolling import (
@@ -112,6 +114,13 @@ def test_a_rerun_reuses_the_cached_block_models(clean_run):
                                            holdout=job.config.holdout), job.bars) != job.key
     assert block_key(job.config, job.bars.iloc[1:]) != job.key
     assert block_key(job.config.with_(progress=True), job.bars) == job.key
+    # The target field came after caches existed: at its default it is not in the key (the
+    # blocks cached before it are found), any other target is another key.
+    keyed = {k: v for k, v in job.config.to_dict().items() if k not in ("progress", "target")}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode())
+    digest.update(bars_digest(job.bars).encode())
+    assert job.key == digest.hexdigest()[:16]
+    assert block_key(job.config.with_(target="cs_demeaned"), job.bars) != job.key
 
 
 def test_the_stitched_run_is_stored_with_hac_statistics_and_books(clean_run):
@@ -175,21 +184,34 @@ def test_the_cli_runs_six_tickers_two_blocks_two_epochs_quickly(tmp_path, monkey
     get_settings.cache_clear()
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(_config().to_dict()))
+    options = ["--start", START.isoformat(), "--end", END.isoformat(), "--retrain-every", "40",
+               "--epochs", "2", "--config", str(config), "--horizons", "1,5", "--baselines",
+               "naive", "--top-k", "2", "--model-dir", str(tmp_path / "models"), "--no-progress"]
     started = time.perf_counter()
-    result = CliRunner().invoke(app, [
-        "evaluate", "--tickers", ",".join(TICKERS), "--start", START.isoformat(),
-        "--end", END.isoformat(), "--retrain-every", "40", "--epochs", "2", "--config",
-        str(config), "--horizons", "1,5", "--baselines", "naive", "--top-k", "2",
-        "--model-dir", str(tmp_path / "models"), "--plots-dir", str(tmp_path / "plots"),
-        "--no-progress"])
+    result = CliRunner().invoke(app, ["evaluate", "--tickers", ",".join(TICKERS), *options,
+                                      "--plots-dir", str(tmp_path / "plots")])
     elapsed = time.perf_counter() - started
-    get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert elapsed < 120
     assert "| block | origins |" in result.output
     assert "rank IC t (HAC)" in result.output
     assert "| reversal |" in result.output
     assert (tmp_path / "plots" / "rolling.png").exists()
+    assert "(cached)" not in result.output
+    # --universe all is every cached ticker, by symbol: the same six, so the same block keys
+    # (the ticker list is part of them) and both blocks come from the cache.
+    every = CliRunner().invoke(app, ["evaluate", "--universe", "all", *options,
+                                     "--plots-dir", str(tmp_path / "plots-all")])
+    assert every.exit_code == 0, every.output
+    assert every.output.count("(cached)") == 2
+    unknown = CliRunner().invoke(app, ["evaluate", "--universe", "top500", *options])
+    target = CliRunner().invoke(app, ["evaluate", "--universe", "all", "--target", "excess",
+                                      *options])
+    get_settings.cache_clear()
+    assert unknown.exit_code == 1
+    assert "unknown universe 'top500'; known: ['all', 'top24']" in unknown.output
+    assert target.exit_code == 1
+    assert "target must be one of ('return', 'cs_demeaned')" in target.output
     bad = CliRunner().invoke(app, ["evaluate", "--tickers", "AAA", "--window", "rolling",
                                    "--start", START.isoformat(), "--end", END.isoformat()])
     assert bad.exit_code == 1
@@ -339,3 +361,30 @@ def test_the_ablation_chooses_on_validation_blocks_and_reports_test_blocks(clean
     saved = json.loads(json.dumps(result.to_dict()))
     assert saved["chosen"] == result.chosen and saved["test_blocks"] == [2]
     assert saved["scores"][3]["model/1/rank_ic_mean"] == result.scores[3].value("rank_ic_mean")
+
+
+def test_an_ablation_arm_can_name_a_target_and_trains_its_own_models(clean_run):
+    from training.rolling import ablation_variant, evaluate_ablation
+
+    assert ablation_variant("returns") == {"features": FEATURE_SETS["returns"]}
+    assert ablation_variant("+market:cs_demeaned") == {"features": FEATURE_SETS["+market"],
+                                                       "target": "cs_demeaned"}
+    for bad, why in (("prices", "unknown feature set 'prices'"),
+                     ("returns:ranks", "unknown target 'ranks'")):
+        with pytest.raises(ValueError, match=why):
+            ablation_variant(bad)
+    root, run = clean_run
+    # Every block validation: the choice alone (the chosen arm's test blocks come later).
+    result = evaluate_ablation(_config(), SPEC, ("indicators", "indicators:cs_demeaned"), 2,
+                               f"sqlite:///{root / 'r.db'}", root / "models",
+                               incumbent="indicators", plots_dir=root / "ablation-target",
+                               provider="cpu")
+    assert (result.validation_blocks, result.test_blocks) == ((1, 2), ())
+    assert [s.segment for s in result.scores] == ["validation", "validation"]
+    assert _versions(result.runs["indicators"]) == _versions(run)  # from the cache
+    demeaned = result.runs["indicators:cs_demeaned"]
+    assert set(_versions(demeaned)).isdisjoint(_versions(run))
+    for b in demeaned.result.config["blocks"]:
+        meta = json.loads((root / "models" / b["model_version"] / "meta.json").read_text())
+        assert meta["training"]["config"]["target"] == "cs_demeaned"
+    assert result.chosen in ("indicators", "indicators:cs_demeaned") and result.reason

@@ -16,7 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Request, Response
 from pydantic import TypeAdapter
 
-from service.api.deps import ForecastServiceDep, LoadedModelDep, MigratedDep, get_forecasting
+from service.api.deps import get_forecasting
 from service.api.forecasts import ServedForecast
 from service.api.model_slot import LoadedModel
 from service.api.problems import InvalidField, error_problem, problem_responses
@@ -125,20 +125,19 @@ async def predict_ticker(
     summary="Forecast several tickers",
     description=(
         "One forecast per ticker (up to 500 tickers, each distinct one computed once: the whole universe in one request); "
-        "tickers whose features and band state are fresh in the serving stores are computed "
-        "together in one onnxruntime call, the others from their bars. A ticker that "
+        "tickers whose band state and forecast are fresh in the serving stores are answered "
+        "from them, the others from their bars. A ticker that "
         "cannot be forecast (unknown, too little history, source down) is listed in `errors` "
         "with the status its own request would get; the others are still answered."),
     response_model=ForecastListPublic,
     responses=problem_responses(400, 422, 503),
-    dependencies=[MigratedDep],
 )
-async def predict_batch(
-    request: BatchForecastRequest,
-    loaded: LoadedModelDep,
-    forecasts: ForecastServiceDep,
-) -> ForecastListPublic:
-    """Forecast `horizon` trading days of each ticker."""
+async def predict_batch(request: BatchForecastRequest, http_request: Request
+                        ) -> ForecastListPublic:
+    """Forecast `horizon` trading days of each ticker (the checks as `predict_ticker`'s: a
+    malformed body is 422 before a missing model's 503)."""
+    serving = await get_forecasting(http_request)
+    loaded, forecasts = serving.loaded, serving.forecasts
     _check_horizon(loaded, request.horizon)
     results = await forecasts.serve_many(loaded.predictor, request.tickers, request.horizon,
                                          request.as_of)
