@@ -3,6 +3,7 @@ and the packaging checks (no torch in the serving import, a valid compose file).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -336,14 +337,20 @@ def test_metrics_exposition_and_the_backtest_route_coexist(seeded_url, tiny_arti
     assert backtest.headers["content-type"] in ("application/json", PROBLEM)
 
 
-def _route_labels(app):
-    """The app's CachedRouteInstrumentation (the middleware stack is built at startup)."""
+@contextlib.contextmanager
+def _route_labels(seeded_url, tiny_artifact):
+    """(client, the started app's CachedRouteInstrumentation): the middleware stack is built
+    at startup, so one request goes first."""
     from service.api.telemetry import CachedRouteInstrumentation
 
-    middleware = app.middleware_stack
-    while not isinstance(middleware, CachedRouteInstrumentation):
-        middleware = middleware.app
-    return middleware
+    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        client.get("/healthz")
+        middleware = app.middleware_stack
+        while not isinstance(middleware, CachedRouteInstrumentation):
+            middleware = middleware.app
+        yield client, middleware
 
 
 @SQLITE_ONLY
@@ -353,11 +360,8 @@ def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifa
     from prometheus_fastapi_instrumentator import routing
     from starlette.requests import Request
 
-    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
-                     clock=Clock())
-    with TestClient(app) as client:
-        client.get("/healthz")
-        middleware = _route_labels(app)
+    with _route_labels(seeded_url, tiny_artifact) as (client, middleware):
+        app = client.app
         for method, path in [("POST", "/predict/AAA"), ("POST", "/predict/BBB"),
                              ("POST", "/predict"), ("GET", "/healthz"), ("GET", "/metrics"),
                              ("GET", "/metrics/backtest"), ("GET", "/bars/AAA"),
@@ -375,11 +379,7 @@ def test_cached_route_labels_are_the_instrumentators_own(seeded_url, tiny_artifa
 def test_long_paths_are_labelled_without_being_remembered(seeded_url, tiny_artifact):
     # uvicorn takes paths up to ~64 KB: 4,096 remembered ones would pin ~0.5 GB per worker
     # (the path in the key, and again as an untemplated label). Their labels stay the library's.
-    app = create_app(api_settings(seeded_url, tiny_artifact.model_dir), source=ScriptedSource(),
-                     clock=Clock())
-    with TestClient(app) as client:
-        client.get("/healthz")
-        middleware = _route_labels(app)
+    with _route_labels(seeded_url, tiny_artifact) as (client, middleware):
         for i in range(20):
             client.post(f"/predict/{i}{'A' * 60_000}")
             client.get(f"/junk/{i}{'A' * 60_000}")
