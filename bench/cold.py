@@ -191,10 +191,15 @@ def main() -> None:
         if args.db is not None and db.exists():
             # Migrated and prewarmed for this tree and model (fresh states cost a read): a
             # file stored before 0006, or under another training profile, would otherwise
-            # serve the "stored forecast" column through the window.
+            # serve the "stored forecast" column through the window. And refreshed offline
+            # again, as seed() does: once the last refresh is older than the refresh interval
+            # (60 min), every first forecast would attempt one (a failed refresh written to
+            # the database per ticker), which is not the cold path after a daily refresh.
             upgrade(url)
             engine = make_engine(url)
             try:
+                refresh_tickers(engine, Settings(database_url=url, source="none",
+                                                 model_dir=args.model_dir), None)
                 predictor = Predictor.load(resolve_current(args.model_dir), "cpu", 1)
                 print(prewarm(engine, predictor).summary())
                 with engine.connect() as conn:
