@@ -147,6 +147,19 @@ def write_features(conn: Connection, version: str, updates: Sequence[FeatureUpda
     return len(rows)
 
 
+def delete_other_versions(conn: Connection, version: str) -> int:
+    """Drop every feature row and set of a feature version other than `version` (only the
+    current code's version is ever read); returns the rows deleted. The sets (one per ticker
+    and version) say whether there is any: no scan of the rows when there is none."""
+    old = conn.execute(select(_SETS.c.version).where(_SETS.c.version != version)
+                       .distinct()).scalars().all()
+    if not old:
+        return 0
+    deleted = conn.execute(delete(_ROWS).where(_ROWS.c.version.in_(old))).rowcount
+    conn.execute(delete(_SETS).where(_SETS.c.version.in_(old)))
+    return deleted
+
+
 def _copy_rows(conn: Connection, rows: list[tuple]) -> None:
     """Postgres: binary COPY into a temporary table, then one INSERT ... ON CONFLICT."""
     conn.execute(text("CREATE TEMP TABLE feature_rows_incoming (LIKE feature_rows) "

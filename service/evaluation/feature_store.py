@@ -184,11 +184,14 @@ class PrewarmReport:
     fresh: int
     computed: int
     seconds: float
+    pruned: int = 0  # feature rows of older feature versions dropped
 
     def summary(self) -> str:
+        pruned = (f"; {self.pruned} feature rows of older feature versions dropped"
+                  if self.pruned else "")
         return (f"prewarmed {self.tickers} tickers: {self.fresh} fresh in the store, "
                 f"{self.computed} computed, {self.tickers - self.fresh - self.computed} "
-                f"without enough bars ({self.seconds:.1f} s)")
+                f"without enough bars ({self.seconds:.1f} s){pruned}")
 
 
 def prewarm(engine: Engine, predictor: Predictor, tickers: Sequence[str] | None = None,
@@ -204,6 +207,9 @@ def prewarm(engine: Engine, predictor: Predictor, tickers: Sequence[str] | None 
     started = time.perf_counter()
     with engine.begin() as conn:
         update_features(conn, tickers)
+        # A new feature version (a code upgrade) recomputes every ticker under its own key;
+        # the old version's rows are never read again, so they go (once, after a refresh).
+        pruned = store_db.delete_other_versions(conn, STORE_VERSION)
         names = sorted(bar_revisions(conn, tickers))
     horizon = predictor.spec.horizon
     with engine.connect() as conn:  # fresh: a state holding the forecast (0006) too
@@ -217,7 +223,8 @@ def prewarm(engine: Engine, predictor: Predictor, tickers: Sequence[str] | None 
             with engine.begin() as conn:
                 save_states(conn, predictor, [(s, r) for _, s, r in results if s is not None])
             computed += len(results)
-    return PrewarmReport(len(names), len(fresh), computed, time.perf_counter() - started)
+    return PrewarmReport(len(names), len(fresh), computed, time.perf_counter() - started,
+                         pruned)
 
 
 def serve_latest(engine: Engine, predictor: Predictor, tickers: Sequence[str],

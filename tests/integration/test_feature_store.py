@@ -90,6 +90,29 @@ def test_a_new_feature_version_recomputes_every_ticker(engine, monkeypatch):
     _assert_stored_equal_built(engine, frame)  # read under the new version
 
 
+def test_prewarm_drops_the_rows_of_older_feature_versions(engine, tiny_predictor, monkeypatch):
+    # An upgrade brings a new feature version: its rows are computed under their own key, and
+    # the old version's (never read again) are dropped by the next prewarm, the current kept.
+    frame = synthetic_bars_multi()
+    _ingest(engine, frame)  # rows under the version of this code
+    current = feature_store.STORE_VERSION
+    with engine.connect() as conn:
+        kept = conn.execute(text("select count(*) from feature_rows")).scalar()
+    monkeypatch.setattr(feature_store, "STORE_VERSION", "0-older")
+    with engine.begin() as conn:  # as the code before the upgrade stored them
+        assert update_features(conn) == 3
+    monkeypatch.undo()
+    report = prewarm(engine, tiny_predictor)
+    assert report.pruned == kept and "older feature versions dropped" in report.summary()
+    with engine.connect() as conn:
+        versions = conn.execute(text("select version, count(*) from feature_rows "
+                                     "group by version")).all()
+        sets = conn.execute(text("select distinct version from feature_sets")).scalars().all()
+    assert [tuple(v) for v in versions] == [(current, kept)] and sets == [current]
+    _assert_stored_equal_built(engine, frame)
+    assert prewarm(engine, tiny_predictor).pruned == 0
+
+
 def test_stored_rows_at_t_ignore_the_bars_after_t(engine):
     frame = synthetic_bars_multi()
     _ingest(engine, frame)
