@@ -377,11 +377,8 @@ class Predictor(Forecaster):
         if len(rows) < self.spec.window:
             raise InsufficientHistory(item.state.ticker, len(rows), self.min_bars)
         window = self.manifest.feature_scaler.transform(rows.astype(np.float64))
-        state = item.state
-        return ModelInput(ticker=state.ticker, window=window.astype(np.float32),
-                          ticker_id=self.manifest.ticker_id(state.ticker), as_of=state.as_of,
-                          last_close=state.last_close,
-                          seen_in_training=self.manifest.seen_in_training(state.ticker))
+        return dataclasses.replace(self._stored_origin(item.state),
+                                   window=window.astype(np.float32))
 
     def _finish(self, item: ModelInput, median: np.ndarray, band: np.ndarray,
                 served: ACIForecaster, horizon: int, recent: tuple[float, int]) -> Forecast:
