@@ -131,6 +131,16 @@ def response_of(conn: http.client.HTTPConnection) -> int:
     return response.status
 
 
+def fresh_copy(db: Path, copy: Path, mode: str) -> None:
+    """`copy` = the seeded database again (the last server's WAL files, if any, removed), its
+    stored forecasts dropped for the stored-window column."""
+    for leftover in (Path(f"{copy}-wal"), Path(f"{copy}-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copyfile(db, copy)
+    if mode == "window":
+        drop_stored_forecasts(copy)
+
+
 def drop_stored_forecasts(db: Path) -> None:
     """Band states without their forecasts, as stored before migration 0006: the store path
     then reads the window and runs onnxruntime (the in-run baseline of the stored forecast)."""
@@ -217,9 +227,7 @@ def main() -> None:
             # Each column on its own copy of the seeded database: the ledger rows one records
             # would make another's first forecasts cheaper (already recorded).
             copy = workdir / f"{mode}.db"
-            shutil.copyfile(db, copy)
-            if mode == "window":
-                drop_stored_forecasts(copy)
+            fresh_copy(db, copy, mode)
             mode_env = {**env, "STOCKCAST_DATABASE_URL": f"sqlite:///{copy}",
                         "STOCKCAST_SERVING_STORE": flag, **extra}
             with Server(mode_env, 1) as server:
@@ -238,11 +246,7 @@ def main() -> None:
                 # A 5-8 s wrk run swings 2x with the machine's other jobs: --rounds of them,
                 # each on a fresh server over a fresh copy (its first pass writes the ledger).
                 for _ in range(args.rounds if mode != "bars" else 1):
-                    for leftover in (Path(f"{copy}-wal"), Path(f"{copy}-shm")):
-                        leftover.unlink(missing_ok=True)  # the last server's, if it left any
-                    shutil.copyfile(db, copy)
-                    if mode == "window":
-                        drop_stored_forecasts(copy)
+                    fresh_copy(db, copy, mode)
                     with Server({**mode_env, "STOCKCAST_FORECAST_CACHE_SIZE": "0"},
                                 workers) as server:
                         for ticker in tickers[:4]:  # each worker's first request is untimed
