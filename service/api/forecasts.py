@@ -156,11 +156,11 @@ class ForecastService:
 
     async def serve_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
                          as_of: dt.date | None = None) -> list[ServedForecast | StockcastError]:
-        """One request's forecasts of several tickers: the misses computed in one ORT call."""
+        """One request's forecasts of several tickers: the misses computed together."""
         claimant = object()  # this request, should a lookup take on renewing a bar check
         results = [self.cached(predictor, t, horizon, as_of, claimant) for t in tickers]
         missing = [i for i, result in enumerate(results) if result is None]
-        if missing:  # computed together (one onnxruntime call) in the threadpool
+        if missing:  # computed together (forecast_many) in the threadpool
             computed = await run_in_threadpool(
                 self.forecast_many, predictor, [tickers[i] for i in missing], horizon, as_of,
                 claimant)
@@ -250,7 +250,8 @@ class ForecastService:
                 raise
             except StockcastError as exc:
                 results[i] = exc
-        # Live misses fresh in the serving stores: one window each, one onnxruntime call.
+        # Live misses fresh in the serving stores: their stored forecasts (a window and one
+        # onnxruntime call together for states stored without one).
         stored = self._stored(predictor, [tickers[i] for i, _, c in misses if c.live], horizon)
         from_store = [(i, None, c) for i, _, c in misses if tickers[i] in stored]
         from_bars = []

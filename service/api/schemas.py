@@ -98,13 +98,13 @@ MAX_BATCH_TICKERS = 500
 
 
 class BatchForecastRequest(BaseModel):
-    """Body of POST /predict: several tickers, one onnxruntime call."""
+    """Body of POST /predict: several tickers, computed together."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"tickers": ["AAPL", "MSFT", "^GSPC"], "horizon": 5}]})
 
-    # The whole shared universe (489) in one request: tickers fresh in the serving stores share
-    # one onnxruntime call; the bound keeps one request's work (unknown tickers each ask the
+    # The whole shared universe (489) in one request: tickers fresh in the serving stores are
+    # their stored forecasts (no model run); the bound keeps one request's work (unknown tickers each ask the
     # source once) finite.
     tickers: list[Ticker] = Field(min_length=1, max_length=MAX_BATCH_TICKERS)
     horizon: Horizon = 1

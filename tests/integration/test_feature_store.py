@@ -178,7 +178,8 @@ def _assert_same_forecast(body: dict, expected, level: int = 80) -> None:
     assert body["band"]["recent_coverage"] == pytest.approx(expected.recent_coverage)
     for got, step in zip(body["forecasts"], expected.steps, strict=True):
         assert got["date"] == step.date.isoformat()
-        # The store's window runs through one onnxruntime call of its own: float32 rounding.
+        # Equal to float32 rounding: a stored window runs one onnxruntime call of its own (a
+        # stored forecast is exact: _assert_exactly).
         assert got["close"] == pytest.approx(step.close, rel=1e-6)
         assert got["lower"] == pytest.approx(step.bands[level][0], rel=1e-6)
         assert got["upper"] == pytest.approx(step.bands[level][1], rel=1e-6)
