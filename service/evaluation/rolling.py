@@ -30,10 +30,9 @@ from service.db.backtests import get_metrics, store_run
 from service.evaluation.backtest import (
     BacktestResult,
     HistoricalRun,
-    ModelForecaster,
+    MethodSet,
     _check_baselines,
     _check_horizons,
-    band_forecasters,
     historical_forecasts,
 )
 from service.evaluation.plots import write_backtest_plots
@@ -47,12 +46,12 @@ from service.evaluation.scoring import (
     POOLED,
     book,
     compute_metrics,
+    metric_value,
 )
 from service.forecasting import metrics as m
 from service.forecasting import portfolio
 from service.forecasting import significance as sig
 from service.forecasting.bands import ACI_SUFFIX
-from service.forecasting.baselines import BASELINES
 from service.forecasting.signals import REVERSAL, ReversalSignal
 from service.forecasting.spec import FeatureSpec
 from service.inference.onnx_model import Provider
@@ -141,12 +140,12 @@ def forecast_block(block: Block, artifact_dir: Path, bars: Mapping[str, pd.DataF
         raise ValueError(f"model {manifest.version}'s test segment starts "
                          f"{manifest.split.test[0]}, after block {block.number} ({block.first})")
     horizons = _check_horizons(horizons, manifest.spec.horizon)
-    # ModelForecaster: a ticker's scaled features built once, read by the model's origins and
-    # by its ACI run's longer ones (the predictor itself rebuilt them for each).
-    model = ModelForecaster(predictor)
-    forecasters = [model, *(BASELINES[b]() for b in _check_baselines(baselines)),
-                   ReversalSignal(),
-                   *band_forecasters(model, band_baselines, predictor.band_settings, horizons)]
+    # The backtest's methods (MethodSet: the model's ModelForecaster, whose scaled features and
+    # windows its ACI run shares), with the reversal signal after the baselines.
+    names = _check_baselines(baselines)
+    forecasters = MethodSet(names, tuple(band_baselines), predictor.band_settings,
+                            tuple(horizons)).build(predictor)
+    forecasters.insert(1 + len(names), ReversalSignal())
     fit_end = min(manifest.split.train[1], block.first)
     run = historical_forecasts(forecasters, bars, start=block.first, end=block.last,
                                fit_end=fit_end, horizons=horizons)
@@ -423,10 +422,10 @@ class SegmentScore:
     daily_rank_ic: pd.Series  # the model's daily rank IC at h = 1, by origin date
 
     def value(self, metric: str, method: str = MODEL, horizon: int = 1) -> float:
-        hit = self.metrics[(self.metrics["ticker"] == POOLED) & (self.metrics["method"] == method)
-                           & (self.metrics["horizon"] == horizon)
-                           & (self.metrics["metric"] == metric)]
-        return float(hit["value"].iloc[0]) if len(hit) else float("nan")
+        try:
+            return metric_value(self.metrics, metric, method, horizon)
+        except KeyError:
+            return float("nan")
 
 
 def score_segment(name: str, segment: str, forecasts: Mapping[int, pd.DataFrame],
