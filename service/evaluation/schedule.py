@@ -85,12 +85,6 @@ def run_job(engine: Engine, job: str, key: str, work: Callable[[], str],
     return JobOutcome(job, key, status, detail)
 
 
-def record_universe_forecasts(engine: Engine, settings: Settings, tickers: Sequence[str],
-                              horizon: int | None = None) -> int:
-    """Forecast every ticker as of its latest cached bar and record them in the ledger."""
-    return record_forecasts_of(engine, _load_current(settings), tickers, horizon)
-
-
 def record_forecasts_of(engine: Engine, predictor: Predictor, tickers: Sequence[str],
                         horizon: int | None = None) -> int:
     """Record `predictor`'s forecasts of the tickers (as of their latest bars; from the serving
