@@ -257,6 +257,11 @@ def _interval_scores(g: Mapping[str, np.ndarray], method: str, close, actual) ->
     """Per forecast 80 % interval score, per unit of origin close."""
     lo = prices_from_log_returns(close, g[f"{method}_lower"])
     hi = prices_from_log_returns(close, g[f"{method}_upper"])
+    return _unit_interval_scores(lo, hi, close, actual)
+
+
+def _unit_interval_scores(lo, hi, close, actual) -> np.ndarray:
+    """The 80 % interval scores of band prices [lo, hi], per unit of origin close."""
     return m.interval_scores(actual / close, lo / close, hi / close, DEFAULT_LEVEL)
 
 
@@ -274,7 +279,7 @@ def _band_metrics(g: Mapping[str, np.ndarray], method: str, close, actual, h: in
                 prices_from_log_returns(close, g[f"{method}_upper{suffix}"]))
     width = m.interval_width(lo, hi, close)
     row["width_dollars"], row["width_relative"] = width.dollars, width.relative
-    scores = _interval_scores(g, method, close, actual)
+    scores = _unit_interval_scores(lo, hi, close, actual)
     row["interval_score"] = float(scores.mean())
     if "vol_rank" in g:
         by = m.coverage_by_tercile(actual, lo, hi, g["vol_rank"])
