@@ -173,9 +173,17 @@ def _ols_constant(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _hac_t_of_mean(d: np.ndarray, lags: int) -> float:
     """t of the mean of d with its Newey–West (Bartlett, `lags`) standard error, no small-sample
-    correction: `OLS(d, ones).fit(cov_type="HAC", cov_kwds={"maxlags": lags}).tvalues[0]`, the
-    same numpy operations in the same order (tests/unit/test_metrics.py checks it bit for bit),
-    without the model and results objects (≈ 0.8 ms a call; a universe backtest makes 36,600)."""
+    correction: `OLS(d, ones).fit(cov_type="HAC", cov_kwds={"maxlags": lags}).tvalues[0]`."""
+    beta, se = hac_mean_se(d, lags)
+    return beta / se
+
+
+def hac_mean_se(d: np.ndarray, lags: int) -> tuple[float, float]:
+    """(mean of d, its Newey–West (Bartlett, `lags`) standard error), no small-sample
+    correction: statsmodels' `OLS(d, ones).fit(cov_type="HAC", cov_kwds={"maxlags": lags})`
+    params[0] and bse[0], the same numpy operations in the same order
+    (tests/unit/test_metrics.py checks it bit for bit), without the model and results objects
+    (≈ 0.8 ms a call; a universe backtest makes 36,600)."""
     pinv, cov = _ols_constant(d.size)
     beta = np.dot(pinv, d)[0]
     xu = d - beta  # wexog * resid with wexog = 1: d - X @ beta
@@ -186,7 +194,7 @@ def _hac_t_of_mean(d: np.ndarray, lags: int) -> float:
         g = np.dot(xu[lag:], xu[:-lag])
         s += weights[lag] * (g + g)
     hac = cov[0, 0] * s * cov[0, 0]
-    return beta / np.sqrt(hac)
+    return beta, np.sqrt(hac)
 
 
 # --- cross-sectional information coefficient ----------------------------------------------------

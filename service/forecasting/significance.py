@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.forecasting.metrics import hac_mean_se
+
 BOOTSTRAP_REPS = 999
 BOOTSTRAP_SEED = 0
 
@@ -43,9 +45,8 @@ class HACResult:
 
 
 def preload() -> None:
-    """Import statsmodels and arch (what hac_mean_test and block_bootstrap_ratio import when
-    first called) now: before a pool forks, so its workers inherit them."""
-    import statsmodels.api  # noqa: F401
+    """Import arch (what block_bootstrap_ratio imports when first called) now: before a pool
+    forks, so its workers inherit it."""
     from arch.bootstrap import CircularBlockBootstrap  # noqa: F401
 
 
@@ -63,17 +64,18 @@ def hac_mean_test(series, horizon: int = 1, lags: int | None = None) -> HACResul
     if n < 3 or np.all(x == x[0]):
         return HACResult.undefined(n)
     lags = newey_west_lags(n, horizon) if lags is None else int(lags)
-    # Imported here: statsmodels costs seconds at import, and the API imports the scoring.
-    import statsmodels.api as sm
+    # statsmodels' OLS(x, ones) HAC fit, without its objects (the DM test's arithmetic), and
+    # its normal p-value of params / bse. Imported here: the API imports the scoring, and
+    # scipy.stats would add half a second to its start.
+    from scipy.stats import norm
 
-    fit = sm.OLS(x, np.ones(n)).fit(cov_type="HAC",
-                                    cov_kwds={"maxlags": lags, "use_correction": False})
-    se = float(fit.bse[0])
-    mean = float(fit.params[0])
+    beta, bse = hac_mean_se(x, lags)
+    pvalue = float(norm.sf(np.abs(beta / bse)) * 2)
+    mean, se = float(beta), float(bse)
     gamma0 = float(np.mean((x - mean) ** 2))
     lrv = se * se * n
     n_eff = n * gamma0 / lrv if lrv > 0 else float("nan")
-    return HACResult(mean, se, mean / se, float(fit.pvalues[0]), n, lags, n_eff)
+    return HACResult(mean, se, mean / se, pvalue, n, lags, n_eff)
 
 
 @dataclass(frozen=True)
