@@ -142,7 +142,6 @@ def refresh(
     from service.evaluation.feature_store import after_bars_written
     from service.forecasting.spec import UNIVERSES
     from service.sources.ingest import refresh_tickers
-    from service.sources.market import rebuild_market
 
     if sum((universe is not None, all_tickers, tickers is not None)) != 1:
         _fail("give exactly one of --universe NAME, --all or --tickers LIST")
@@ -154,7 +153,6 @@ def refresh(
         report = refresh_tickers(engine, get_settings(), names, chunk=chunk, progress=progress,
                                  after_write=after_bars_written)
         typer.echo(report.summary())
-        rebuild_market(engine)  # repairs any write whose own market update failed
         if prewarm:
             typer.echo(_prewarm(engine, names))
     if report.counts()["failed"]:

@@ -34,7 +34,6 @@ from service.evaluation.ledger import ledger_rows, score_ledger
 from service.forecasting.calendar import last_closed_session
 from service.inference.predictor import Predictor
 from service.sources.ingest import refresh_tickers
-from service.sources.market import rebuild_market
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,6 @@ def daily_cycle(engine: Engine, settings: Settings, tickers: Sequence[str]) -> s
     """Refresh the tickers' bars (batched; features follow), score the ledger, prewarm the
     band states, record their live forecasts (read from the stores just filled)."""
     refreshed = refresh_tickers(engine, settings, list(tickers), after_write=after_bars_written)
-    rebuild_market(engine)  # repairs any write whose own market update failed
     with engine.begin() as conn:
         scored = score_ledger(conn)
     predictor = _load_current(settings)

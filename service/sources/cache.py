@@ -88,9 +88,12 @@ class BarCache:
     def __init__(self, engine: Engine, source: BarSource, *,
                  refresh_interval: dt.timedelta = dt.timedelta(hours=1),
                  clock=_utcnow, history_days: int = DEFAULT_HISTORY_DAYS,
-                 after_write: AfterWrite | None = None):
+                 after_write: AfterWrite | None = None, update_market: bool = True):
         self.engine = engine
         self.after_write = after_write
+        # Whether each bars write rewrites the market series from its first date; a batch
+        # refresh (refresh_tickers) turns it off and rebuilds the series once at its end.
+        self.update_market = update_market
         self.source = source
         self.refresh_interval = refresh_interval
         self.clock = clock
@@ -287,7 +290,8 @@ class BarCache:
             warnings.append(f"{ticker}: source returned {result.read} rows, "
                             f"{result.summary()}")
         count = write_bars(self.engine, result, self.source.name,
-                           refreshed=(ticker, self.clock()), after_write=self.after_write)
+                           refreshed=(ticker, self.clock()), after_write=self.after_write,
+                           market=self.update_market)
         if not have_bars and count.offered == 0:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "unknown", "no valid bars", at=self.clock())

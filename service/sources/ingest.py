@@ -75,7 +75,12 @@ def ingest_from_source(engine: Engine, source, tickers: list[str], start: dt.dat
 def refresh_tickers(engine: Engine, settings, tickers: list[str] | None, *, chunk: int = 50,
                     progress: bool = False, after_write: AfterWrite | None = None):
     """Refresh `tickers` (None: every cached one) from the settings' source in batches of
-    `chunk`, throttled by its refresh interval; a RefreshReport."""
+    `chunk`, throttled by its refresh interval, then rebuild the market series once (also the
+    repair of any earlier write whose own market update failed); a RefreshReport.
+
+    Each ticker's write leaves the series alone: rewriting it from that write's first date
+    reads the whole cross-section over the span, once per ticker, and the rebuild at the end
+    would rewrite the same sessions again."""
     from service.db.bars import list_tickers
     from service.sources.base import make_source
     from service.sources.breaker import CircuitBreaker
@@ -84,9 +89,13 @@ def refresh_tickers(engine: Engine, settings, tickers: list[str] | None, *, chun
     if tickers is None:
         with engine.connect() as conn:
             tickers = [t.symbol for t in list_tickers(conn)]
+    from service.sources.market import rebuild_market
+
     cache = BarCache(engine, CircuitBreaker(make_source(settings)),
                      refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
-                     after_write=after_write)
+                     after_write=after_write, update_market=False)
     with tqdm(total=len(tickers), unit="tickers", desc="refresh", disable=not progress,
               mininterval=0.5) as bar:
-        return cache.refresh_many(tickers, chunk=chunk, progress=bar.update)
+        report = cache.refresh_many(tickers, chunk=chunk, progress=bar.update)
+    rebuild_market(engine)
+    return report

@@ -37,9 +37,10 @@ def validate(frame: pd.DataFrame, ticker: str | None = None) -> ValidationResult
 def write_bars(engine: Engine, validated: ValidationResult, source: str, *,
                refreshed: tuple[str, dt.datetime] | None = None,
                progress: Callable[[int], None] | None = None,
-               after_write: AfterWrite | None = None) -> UpsertCount:
+               after_write: AfterWrite | None = None, market: bool = True) -> UpsertCount:
     """Upsert the valid bars (ranges updated) and, for a refresh of (ticker, at), record it ok;
-    then rewrite the market series from their first date.
+    then (unless `market` is False: a batch that rebuilds the series once at its end) rewrite
+    the market series from their first date.
 
     When rows were new or changed, `after_write(conn, tickers)` then runs in its own
     transaction (the ledger scores what became due); if it fails the bars stay, logged.
@@ -49,7 +50,7 @@ def write_bars(engine: Engine, validated: ValidationResult, source: str, *,
         if refreshed is not None:
             ticker, at = refreshed
             record_refresh(conn, ticker, "ok", None, at=at)
-    if count.written:
+    if count.written and market:
         # The derived market series follows in its own transaction, after the bars commit: it
         # reads the cross-section over the written span (≈1.5 s for a new ticker's five years
         # on a full Postgres cache), which must never cost a request its valid bars. If it

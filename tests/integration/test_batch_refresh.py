@@ -121,6 +121,41 @@ def test_a_batched_refresh_stores_each_ticker_as_a_single_refresh_would(db_url, 
         engine.dispose()
 
 
+def test_a_batch_refresh_rebuilds_the_market_series_once_at_its_end(db_url, tmp_path,
+                                                                    monkeypatch):
+    # refresh_tickers' writes leave the market series alone (each would rewrite it over the
+    # whole cross-section from its first date) and rebuild it once at the end: the series then
+    # equals a full recompute over every stored bar, as the per-write updates left it.
+    from service.core.config import Settings
+    from service.db.bars import read_bars_many
+    from service.db.market import read_market
+    from service.sources import base
+    from service.sources.ingest import refresh_tickers
+    from service.sources.market import market_series
+    from service.sources.store import validate, write_bars
+
+    frame = load_download()
+    stored_first_week(db_url, frame)
+    source, download, _ = recorded_source(tmp_path, frame)
+    monkeypatch.setattr(base, "make_source", lambda settings: source)  # the recorded network
+    engine = make_engine(db_url)
+    try:
+        before = read_market(engine)
+        report = refresh_tickers(engine, Settings(database_url=db_url), ["AAPL", "MSFT"])
+        assert report.written == 9 and len(download.calls) == 1
+        after = read_market(engine)
+        assert len(after) > len(before)
+        pd.testing.assert_frame_equal(after, market_series(
+            read_bars_many(engine)[["ticker", "date", "adj_close"]]))
+        # A write with market=False leaves the series as it was (the rebuild is what moved it).
+        aapl = read_bars(engine, "AAPL").assign(ticker="AAPL")
+        write_bars(engine, validate(aapl.assign(adj_close=aapl["adj_close"] * 2)), "test",
+                   market=False)
+        pd.testing.assert_frame_equal(read_market(engine), after)
+    finally:
+        engine.dispose()
+
+
 def test_a_batched_refresh_notices_a_re_base_and_fetches_that_history_again(db_url, tmp_path):
     frame = load_download()
     stored_first_week(db_url, frame, scale=2.0)  # stored before a 2:1 split
