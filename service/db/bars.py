@@ -11,14 +11,12 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.core.bars import NUMERIC_COLUMNS, PRICE_COLUMNS, TICKER_BAR_COLUMNS
+from service.core.bars import MARKET_RETURN, NUMERIC_COLUMNS, PRICE_COLUMNS, TICKER_BAR_COLUMNS
 from service.db.models import Bar, MarketSession, Ticker
 
 COPY_TYPES = ["varchar", "date", "float8", "float8", "float8", "float8", "float8", "int8",
               "varchar"]
 SQLITE_CHUNK_ROWS = 20_000  # rows per executemany call (progress granularity)
-# The column a market read adds (forecasting.features.MARKET_COLUMN reads it).
-MARKET_RETURN = "market_return"
 
 
 @dataclass(frozen=True)

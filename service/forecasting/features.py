@@ -23,6 +23,7 @@ from ta.trend import MACD, SMAIndicator
 from ta.volatility import BollingerBands
 
 from service.core.bars import BAR_COLUMNS as BARS_COLUMNS
+from service.core.bars import MARKET_RETURN
 from service.forecasting.spec import FEATURE_NAMES, FEATURES_VERSION, FeatureSpec
 from service.forecasting.spec import INDICATOR_PARAMS as P
 from service.forecasting.volatility import (
@@ -38,9 +39,8 @@ from service.forecasting.volatility import (
 DEFAULT_SPEC = FeatureSpec()
 
 
-# The bars column the market features read: the equal-weighted market's one-session log
-# return on that bar's date (the market series, joined on by `read_bars(..., market=True)`).
-MARKET_COLUMN = "market_return"
+# The bars column the market features read (core.bars.MARKET_RETURN).
+MARKET_COLUMN = MARKET_RETURN
 
 
 class _Series:
