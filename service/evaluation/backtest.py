@@ -46,7 +46,6 @@ from service.forecasting.bands import (
     ACIForecaster,
     ACIRun,
     ACISettings,
-    ACIState,
     aci_states,
 )
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
@@ -158,13 +157,9 @@ class _PendingACI:
 
     forecaster: ACIForecaster
     base: HistoricalForecasts
-    wanted: np.ndarray
+    origins: np.ndarray  # the origins kept (plan's)
     slots: np.ndarray
     run: ACIRun | None
-
-    @property
-    def origins(self) -> np.ndarray:
-        return self.wanted
 
 
 def _method_seconds(name: str) -> str:
@@ -218,17 +213,13 @@ def _resolve_aci(block: list[dict[str, HistoricalForecasts | _PendingACI]], max_
     for name in names:
         tick = time.perf_counter()
         pending = [made[name] for made in block]
-        with_runs = [p for p in pending if p.run is not None]
-        if with_runs:
-            states = dict(zip(map(id, with_runs), aci_states(
-                [p.run for p in with_runs], with_runs[0].forecaster.coverages,
-                with_runs[0].forecaster.settings)))
+        forecaster = pending[0].forecaster  # one method: the same settings for every ticker
+        states = iter(aci_states([p.run for p in pending if p.run is not None],
+                                 forecaster.coverages, forecaster.settings))
         for made, p in zip(block, pending):
-            shape = (p.wanted.size, p.slots.size)
-            state = states[id(p)] if p.run is not None else ACIState(
-                np.empty((*shape, p.forecaster.state_width)),
-                np.empty((*shape, len(p.forecaster.coverages))))
-            made[name] = p.forecaster.recalibrated(p.base, p.wanted, p.slots, state, max_h)
+            state = (next(states) if p.run is not None
+                     else p.forecaster.empty_state(p.origins.size, p.slots.size))
+            made[name] = p.forecaster.recalibrated(p.base, p.origins, p.slots, state, max_h)
         seconds[_method_seconds(name)] += time.perf_counter() - tick
 
 

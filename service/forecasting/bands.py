@@ -666,10 +666,14 @@ class ACIForecaster(Forecaster):
         each origin's own base quantiles, all of it known at the origin (aci_state)."""
         wanted, slots, run = self.plan(base, series, origins, horizon)
         if run is None:
-            empty = np.empty((wanted.size, slots.size, self.state_width))
-            return wanted, slots, ACIState(empty, np.empty(empty.shape[:2] + (len(self.coverages),)))
+            return wanted, slots, self.empty_state(wanted.size, slots.size)
         return wanted, slots, aci_state(*run.arguments(), self.coverages, self.settings,
                                         run.scale)
+
+    def empty_state(self, n: int, k: int) -> ACIState:
+        """The state of a plan with nothing to compute (no origin or no slot kept): (n, K, W)."""
+        return ACIState(np.empty((n, k, self.state_width)),
+                        np.empty((n, k, len(self.coverages))))
 
     def plan(self, base: HistoricalForecasts, series: TickerSeries, origins: np.ndarray,
              horizon: int) -> tuple[np.ndarray, np.ndarray, ACIRun | None]:
