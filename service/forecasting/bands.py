@@ -410,11 +410,12 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     # the origins some run steps through are counted (`at`: their row in below / n_known).
     steps_at = (t[:, None] - lookback + np.arange(lookback)[None, :]).ravel()
     needed = np.unique(steps_at[steps_at >= 0])
-    at = np.zeros(n_origins, dtype=np.intp)
-    at[needed] = np.arange(needed.size)
-    # (At least one row: a run with no origin behind it still indexes row 0, unscored.)
-    below = np.zeros((max(needed.size, 1), k_slots, columns))
-    n_known = np.zeros((max(needed.size, 1), k_slots, columns))
+    # at[lookback + s]: origin s's row; row needed.size for the origins before the series'
+    # start that a run's first steps may reach (unscored).
+    at = np.full(lookback + n_origins, needed.size, dtype=np.intp)
+    at[lookback + needed] = np.arange(needed.size)
+    below = np.zeros((needed.size + 1, k_slots, columns))
+    n_known = np.zeros((needed.size + 1, k_slots, columns))
     # Known scores before each origin (cumulative counts), for n_known without the windows.
     counts = np.zeros((n_origins + 1, k_slots, columns), dtype=np.intp)
     np.cumsum(np.isfinite(scores), axis=0, out=counts[1:])
@@ -431,48 +432,87 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
         end = np.clip(needed - d[k] + 1, 0, n_origins)
         start = np.clip(needed - d[k] - cal + 1, 0, n_origins)
         n_known[: needed.size, k, :] = counts[end, k, :] - counts[start, k, :]
-        # NaN (unknown) compares False, so only defined scores below S_s are counted (as bytes:
-        # numpy sums uint8 far faster than bool).
-        lower = win[:, needed] < scores[needed, k, :].T[..., None]  # (C, R, cal)
-        below[: needed.size, k, :] = lower.view(np.uint8).sum(axis=-1, dtype=np.intp).T
+        # NaN (unknown) compares False, so only defined scores below S_s are counted. Over
+        # runs of consecutive origins the windows are a slice of the view (the overlapping
+        # windows read from one small array), not a gathered copy of each.
+        for a, b in _consecutive(needed, _CHUNK):
+            lower = win[:, a:b] < scores[a:b, k, :].T[..., None]  # (C, b - a, cal)
+            below[at[lookback + a] : at[lookback + a] + b - a, k, :] = np.count_nonzero(lower, axis=-1).T
 
-    alpha = np.broadcast_to(miss, (t.size, k_slots, columns)).copy()
-    steps = np.zeros((lookback, t.size, k_slots, columns))  # γ (α - err) of each run step
+    # The α runs: at step k each target's run is at origin t - lookback + k; the error there
+    # is below_s >= ⌈(1-α)(n+1)⌉ (S_s above that smallest past score), which for the integer
+    # below_s is below_s >= (1-α)(n+1): the same comparison without the ceil. A step without
+    # a score (none defined at s, none known before it, s before the series) is 0: its below
+    # is -inf (never an error) and its no-error step 0. Steps whose outcome is not known at
+    # the target (k + d > lookback) are computed but never arrive.
+    scored = np.isfinite(scores[needed]) & (n_known[: needed.size] > 0)  # (R, K, C)
+    below[: needed.size][~scored] = -np.inf
+    below[needed.size] = -np.inf
+    hit = np.zeros((needed.size + 1, k_slots, columns))
+    hit[: needed.size] = np.where(scored, gamma * (miss - 0.0), 0.0)
+    miss_step = gamma * (miss - 1.0)
+    # (R + 1, 3, K, C): what one step reads of an origin, gathered in one go.
+    per_origin = np.stack([below, n_known + 1, hit], axis=1)
+    # Slots first from here on, so that each slot's α and steps are contiguous.
+    alpha = np.broadcast_to(miss, (k_slots, t.size, columns)).copy()
+    steps = np.zeros((lookback, k_slots, t.size, columns))  # γ (α - err) of each run step
     slots = np.arange(k_slots)
+    bound = np.empty(alpha.shape)
     for k in range(lookback + 1):
         # Feedback: the error of step j = k - d arrives at step k (its outcome is then known).
-        j = k - d  # (K,)
-        arrived = j >= 0
-        if arrived.any():
-            alpha[:, arrived, :] += steps[j[arrived], :, slots[arrived], :].transpose(1, 0, 2)
+        if k >= d.max():
+            alpha += steps[k - d, slots]
+        else:
+            for slot in np.flatnonzero(k >= d):
+                alpha[slot] += steps[k - d[slot], slot]
         if k == lookback:
             break  # the target origin itself: its band uses α as it now stands
-        s = t - lookback + k  # (n,) this step's origin in each run
-        present = s >= 0
-        # Read only what is known at the target: origin s's outcome needs s + d <= t.
-        known = (k + d <= lookback)[None, :] & present[:, None]  # (n, K)
-        rows = np.where(present, s, 0)
-        score, n = scores[rows], n_known[at[rows]]  # (n, K, C)
-        scored = known[..., None] & present[:, None, None] & np.isfinite(score) & (n > 0)
-        # Outside ⟺ S_s above the ⌈(1-α)(n+1)⌉-th smallest past score ⟺ below_s >= that rank.
-        rank = np.ceil((1.0 - alpha) * (n + 1))
-        err = below[at[rows]] >= rank
-        steps[k] = np.where(scored, gamma * (miss - err), 0.0)
+        # at[t + k]: the row of origin t - lookback + k.
+        s_below, s_n, s_hit = per_origin[at[t + k]].transpose(1, 2, 0, 3)  # (K, n, C) each
+        np.multiply(np.subtract(1.0, alpha, out=bound), s_n, out=bound)
+        steps[k] = np.where(s_below >= bound, miss_step, s_hit)
+    alpha = alpha.transpose(1, 0, 2)  # (n, K, C)
 
-    # The state at each target: Q̂ = f_t × the ⌈(1-α_t)(n+1)⌉-th smallest score of its window.
+    # The state at each target: Q̂ = f_t × the ⌈(1-α_t)(n+1)⌉-th smallest score of its window,
+    # each run of consecutive targets' windows sorted from a slice of the view.
     qhat = np.empty(alpha.shape)
+    targets, first, inverse = np.unique(t, return_index=True, return_inverse=True)
     for k in range(k_slots):
-        win = np.sort(windows[k][:, t], axis=-1).transpose(1, 0, 2)  # (n, C, cal), NaN last
-        n = np.isfinite(win).sum(axis=-1)
-        rank = np.clip(np.ceil((1.0 - alpha[:, k, :]) * (n + 1)), 0, n)  # (n, C)
-        pick = np.take_along_axis(win, np.maximum(rank - 1, 0).astype(np.intp)[..., None],
-                                  axis=-1)[..., 0]
-        qhat[:, k, :] = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick) * f[t, None])
+        end = np.clip(targets - d[k] + 1, 0, n_origins)
+        start = np.clip(targets - d[k] - cal + 1, 0, n_origins)
+        n = counts[end, k, :] - counts[start, k, :]  # (u, C) known scores in each window
+        rank = np.clip(np.ceil((1.0 - alpha[first, k, :]) * (n + 1)), 0, n)
+        pick = np.empty(n.shape)
+        i = 0
+        for a, b in _consecutive(targets, _CHUNK):
+            win = np.sort(windows[k][:, a:b], axis=-1)  # (C, b - a, cal), NaN last
+            index = np.maximum(rank[i : i + b - a] - 1, 0).astype(np.intp).T[..., None]
+            pick[i : i + b - a] = np.take_along_axis(win, index, axis=-1)[..., 0].T
+            i += b - a
+        qhat[:, k, :] = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick)
+                                 * f[targets, None])[inverse]
     if settings.two_sided:  # the level asked for: 1 minus both tails' α
         levels_n = nominal.size
         return ACIState(qhat, np.clip(1.0 - alpha[..., :levels_n] - alpha[..., levels_n:],
                                       0.0, 1.0))
     return ACIState(qhat, np.clip(1.0 - alpha, 0.0, 1.0))
+
+
+# Consecutive origins compared or sorted per slice of the windows' view: enough to amortise a
+# numpy call, few enough that a slice's bools (C x this x calibration) stay in the cache.
+_CHUNK = 256
+
+
+def _consecutive(origins: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+    """Sorted distinct origins as [a, b) runs of consecutive ones, each at most `chunk` long."""
+    if origins.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(origins) != 1) + 1
+    runs = []
+    for i, j in zip(np.r_[0, breaks], np.r_[breaks, origins.size]):
+        a, b = int(origins[i]), int(origins[j - 1]) + 1
+        runs.extend((x, min(x + chunk, b)) for x in range(a, b, chunk))
+    return runs
 
 
 @dataclass(frozen=True)

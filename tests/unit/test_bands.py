@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
+from service.forecasting import bands
 from service.forecasting.bands import (
     BASELINE_ACI,
     ACIForecaster,
@@ -200,6 +201,39 @@ def test_aci_state_equals_its_reference_bit_for_bit(seed):
     qhat, coverage = _reference_aci_state(q, LEVELS, y, t, d, np.asarray(COVERAGES), settings, f)
     assert np.array_equal(state.qhat, qhat, equal_nan=True)
     assert np.array_equal(state.coverage, coverage, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aci_state_over_repeated_unsorted_targets_in_chunked_runs_equals_its_reference(
+        seed, monkeypatch):
+    """aci_state counts and sorts windows over slices of consecutive origins, at most _CHUNK
+    at a time, and over the distinct targets: targets in any order, repeated, near the series'
+    start and in runs longer than a chunk give the reference's state bit for bit (symmetric),
+    and the plain loop's (two-sided)."""
+    monkeypatch.setattr(bands, "_CHUNK", 3 + 2 * seed)
+    rng = np.random.default_rng(200 + seed)
+    two_sided = seed % 2 == 1
+    q, y, d, _ = _random_case(rng, 160, 5, 0.002, 12, 1, ties=seed % 3 == 0)
+    t = np.concatenate([np.arange(40, 40 + (12 if two_sided else 70)),
+                        rng.choice(len(q), 6), [0, 3, 3, len(q) - 1]])
+    rng.shuffle(t)
+    settings = ACISettings(lookback=int(rng.integers(1, 40)),
+                           calibration=int(rng.integers(1, 70)), two_sided=two_sided)
+    f = rng.uniform(0.5, 2.0, len(q)) if seed % 3 else np.ones(len(q))
+    state = aci_state(q, LEVELS, y, t, d, COVERAGES, settings, f)
+    if two_sided:
+        qhat, coverage = _loop_aci_state(q, y, t, d, settings, f)
+    else:
+        qhat, coverage = _reference_aci_state(q, LEVELS, y, t, d, np.asarray(COVERAGES),
+                                              settings, f)
+    assert np.array_equal(state.qhat, qhat, equal_nan=True)
+    assert np.array_equal(state.coverage, coverage, equal_nan=True)
+
+
+def test_consecutive_origins_come_in_runs_of_at_most_a_chunk():
+    origins = np.array([2, 3, 4, 5, 6, 9, 11, 12])
+    assert bands._consecutive(origins, 3) == [(2, 5), (5, 7), (9, 10), (11, 13)]
+    assert bands._consecutive(origins[:0], 3) == []
 
 
 def _random_case(rng, n: int, max_slots: int, drift: float, max_delay: int, targets: int,
