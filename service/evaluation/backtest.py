@@ -312,7 +312,7 @@ class ModelForecaster(Forecaster):
             self._start(series)
         window = self.predictor.spec.window
         full = self._dates[window - 1:]  # the date each window ends at
-        wanted = pd.DatetimeIndex(pd.to_datetime(list(series.dates[origins]))).normalize()
+        wanted = series.dates[origins].normalize()  # (a DatetimeIndex: no Timestamp per date)
         rows = np.flatnonzero(full.isin(wanted))
         return HistoricalForecasts(series.dates.get_indexer(full[rows]),
                                    self._forecast_windows(rows), self.quantiles)
