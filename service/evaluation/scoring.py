@@ -208,13 +208,21 @@ def _dm_or_nan(test, *args) -> tuple[float, float]:
     return res.statistic, res.pvalue
 
 
-def _dm(actual, predicted, naive, h: int, origins=None) -> dict[str, float]:
-    """DM vs naive on dollar losses, per ticker; pooled: d_t averaged across tickers per date."""
+def _per_row(test, *rows) -> tuple[np.ndarray, np.ndarray]:
+    """_dm_or_nan of each row of (G, n) arrays: (statistics (G,), p-values (G,))."""
+    stat, p = zip(*(_dm_or_nan(test, *args) for args in zip(*rows)))
+    return np.array(stat), np.array(p)
+
+
+def _dm(actual, predicted, naive, h: int, origins=None) -> dict[str, float | np.ndarray]:
+    """DM vs naive on dollar losses, per ticker (rows (G, n): one test per row); pooled: d_t
+    averaged across tickers per date."""
     out = {}
     err, err_naive = actual - predicted, actual - naive
     for loss in ("squared", "absolute"):
         if origins is None:
-            stat, p = _dm_or_nan(m.diebold_mariano, actual, predicted, naive, h, loss)
+            stat, p = _per_row(lambda *a, loss=loss: m.diebold_mariano(*a, h, loss),
+                               actual, predicted, naive)
         else:
             d = err**2 - err_naive**2 if loss == "squared" else np.abs(err) - np.abs(err_naive)
             per_date = pd.Series(d).groupby(np.asarray(origins)).mean()  # sorted by date
@@ -236,13 +244,18 @@ def _rel_mae_interval(origins, actual, predicted, naive, h: int) -> dict[str, fl
     return {"rel_mae_lo": ci.lower, "rel_mae_hi": ci.upper}
 
 
-def _strategy(predicted: np.ndarray, realized: np.ndarray, h: int, kinds) -> dict[str, float]:
+def _strategy(predicted: np.ndarray, realized: np.ndarray, h: int, kinds,
+              book: bool) -> dict[str, float | np.ndarray]:
+    """Each strategy's figures: of an (origin x ticker) book, or of each ticker's row (G, n)."""
     out = {}
     for kind in kinds:
-        res = m.evaluate_strategy(predicted, realized, h, kind)
-        out[f"{kind}_cum_return"] = res.cumulative_return
-        out[f"{kind}_sharpe"] = res.sharpe
-        out[f"{kind}_max_drawdown"] = res.max_drawdown
+        if book:
+            res = m.evaluate_strategy(predicted, realized, h, kind)
+            figures = res.cumulative_return, res.sharpe, res.max_drawdown
+        else:
+            figures = m.series_strategies(predicted, realized, h, kind)
+        for name, value in zip(("cum_return", "sharpe", "max_drawdown"), figures):
+            out[f"{kind}_{name}"] = value
     return out
 
 
@@ -280,7 +293,7 @@ def _band_metrics(g: Mapping[str, np.ndarray], method: str, close, actual, h: in
     width = m.interval_width(lo, hi, close)
     row["width_dollars"], row["width_relative"] = width.dollars, width.relative
     scores = _unit_interval_scores(lo, hi, close, actual)
-    row["interval_score"] = float(scores.mean())
+    row["interval_score"] = scores.mean(axis=-1)  # a float pooled, (G,) for tickers
     if "vol_rank" in g:
         by = m.coverage_by_tercile(actual, lo, hi, g["vol_rank"])
         row |= {f"coverage_{name}": value for name, value in by.items()}
@@ -288,16 +301,20 @@ def _band_metrics(g: Mapping[str, np.ndarray], method: str, close, actual, h: in
         d = scores - _interval_scores(g, REFERENCE_BAND, close, actual)
         if pooled:  # one differential per origin date: the mean over the tickers
             d = pd.Series(d).groupby(g["origin"]).mean().to_numpy()
-        row["dm_interval_stat"], row["dm_interval_pvalue"] = _dm_or_nan(
-            m.diebold_mariano_differential, d, h)
+            stat, p = _dm_or_nan(m.diebold_mariano_differential, d, h)
+        else:
+            stat, p = _per_row(lambda x: m.diebold_mariano_differential(x, h), d)
+        row["dm_interval_stat"], row["dm_interval_pvalue"] = stat, p
     return row
 
 
 def _group_metrics(g: Mapping[str, np.ndarray], h: int, methods: Sequence[str],
-                   frame: pd.DataFrame | None, hold: bool = True) -> dict[str, dict[str, float]]:
-    """{method: {metric: value}} for one ticker's (or the pooled) forecasts at horizon h, then
-    buy-and-hold's (unless `hold` is False). `g`: the group's columns; `frame`: the pooled
-    group's frame (its book), None for a ticker's."""
+                   frame: pd.DataFrame | None, hold: bool = True
+                   ) -> dict[str, dict[str, float | np.ndarray]]:
+    """{method: {metric: value}} for the pooled forecasts at horizon h, or {method: {metric:
+    (G,) values}} for G tickers' (their columns (G, n), one ticker a row), then buy-and-hold's
+    (unless `hold` is False). `g`: the group's columns; `frame`: the pooled group's frame (its
+    book), None for tickers'."""
     pooled = frame is not None
     close = g["origin_close"]
     realized = g["realized"]
@@ -308,7 +325,7 @@ def _group_metrics(g: Mapping[str, np.ndarray], h: int, methods: Sequence[str],
         r_hat = g[method]
         pred = prices_from_log_returns(close, r_hat)
         row = {
-            "n_forecasts": float(len(realized)),
+            "n_forecasts": float(realized.shape[-1]),
             "mae": m.mae(actual, pred),
             "rmse": m.rmse(actual, pred),
             "mape": m.mape(actual, pred),
@@ -320,10 +337,10 @@ def _group_metrics(g: Mapping[str, np.ndarray], h: int, methods: Sequence[str],
             row |= _dm(actual, pred, naive, h, g["origin"] if pooled else None)
         if pooled:
             for prefix, how in (("ic", "pearson"), ("rank_ic", "spearman")):
-                ic = m.ic_summary(g["origin"], r_hat, realized, how)
+                daily = m.daily_ic(g["origin"], r_hat, realized, how)  # once for both
+                ic = m.summarize_ic(daily)
                 row[f"{prefix}_mean"], row[f"{prefix}_icir"] = ic.mean, ic.icir
-                hac = sig.hac_mean_test(m.daily_ic(g["origin"], r_hat, realized, how),
-                                        h)
+                hac = sig.hac_mean_test(daily, h)
                 row[f"{prefix}_t_hac"], row[f"{prefix}_n_eff"] = hac.t, hac.n_eff
             if method != NAIVE:
                 row |= _rel_mae_interval(g["origin"], actual, pred, naive, h)
@@ -331,9 +348,9 @@ def _group_metrics(g: Mapping[str, np.ndarray], h: int, methods: Sequence[str],
             row |= _band_metrics(g, method, close, actual, h, pooled)
         if pooled:
             book_pred, book_real = book(frame, method), book(frame, "realized")
-            row |= _strategy(book_pred.to_numpy(), book_real.to_numpy(), h, TRADED)
+            row |= _strategy(book_pred.to_numpy(), book_real.to_numpy(), h, TRADED, True)
         else:
-            row |= _strategy(r_hat, realized, h, TRADED)
+            row |= _strategy(r_hat, realized, h, TRADED, False)
         out[method] = row
     # Buy-and-hold does not depend on a forecast: one row per group, not per method.
     if not hold:
@@ -342,7 +359,7 @@ def _group_metrics(g: Mapping[str, np.ndarray], h: int, methods: Sequence[str],
         real = book(frame, "realized").to_numpy()
     else:
         real = realized
-    out[BUY_AND_HOLD] = _strategy(real, real, h, (BUY_AND_HOLD,))
+    out[BUY_AND_HOLD] = _strategy(real, real, h, (BUY_AND_HOLD,), pooled)
     return out
 
 
@@ -365,22 +382,30 @@ def _task_records(h: int, tickers: tuple[str, ...] | None, methods: Sequence[str
     `methods` (buy-and-hold's after them if `hold`)."""
     frame = _FRAMES[h]
     if tickers is None:
-        groups = [(POOLED, {c: frame[c].to_numpy() for c in frame.columns}, frame)]
-    else:
-        part = frame[frame["ticker"].isin(tickers)] if len(tickers) < frame["ticker"].nunique() \
-            else frame
-        # Each ticker's rows are one run of the sorted frame: its columns are slices of the
-        # frame's (no sub-frame per ticker, no pandas column lookup per metric).
-        names = part["ticker"].to_numpy()
-        columns = {c: part[c].to_numpy() for c in part.columns}
-        starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
-        groups = [(names[a], {c: v[a:b] for c, v in columns.items()}, None)
-                  for a, b in zip(starts, [*starts[1:], len(names)])]
-    records = []
-    for ticker, g, pooled_frame in groups:
-        for method, values in _group_metrics(g, h, methods, pooled_frame, hold).items():
-            records.extend((ticker, h, method, name, float(v)) for name, v in values.items())
-    return records
+        g = {c: frame[c].to_numpy() for c in frame.columns}
+        return [(POOLED, h, method, name, float(v))
+                for method, values in _group_metrics(g, h, methods, frame, hold).items()
+                for name, v in values.items()]
+    part = frame[frame["ticker"].isin(tickers)] if len(tickers) < frame["ticker"].nunique() \
+        else frame
+    # Each ticker's rows are one run of the sorted frame. The tickers with as many forecasts
+    # are scored together, a row each ((G, n) columns gathered from the frame's), so each
+    # metric is a few numpy calls for all of them, not a few per ticker.
+    names = part["ticker"].to_numpy()
+    columns = {c: part[c].to_numpy() for c in part.columns if c not in ("ticker", "target_date")}
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+    lengths = np.diff(np.r_[starts, len(names)])
+    by_ticker: dict[int, list[tuple]] = {}
+    for n in np.unique(lengths):
+        rows = np.flatnonzero(lengths == n)
+        at = starts[rows, None] + np.arange(n)  # (G, n) positions in the frame
+        scored = _group_metrics({c: v[at] for c, v in columns.items()}, h, methods, None, hold)
+        for i, row in enumerate(rows):
+            by_ticker[row] = [(names[starts[row]], h, method, name,
+                               float(v if np.ndim(v) == 0 else v[i]))
+                              for method, values in scored.items()
+                              for name, v in values.items()]
+    return [r for row in range(len(starts)) for r in by_ticker[row]]
 
 
 def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str],

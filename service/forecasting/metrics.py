@@ -4,7 +4,11 @@ Conventions, shared with baselines.py and the backtest:
 - prices are in dollars (`actual`, `predicted`, `lower`, `upper`, `origin_price`);
 - returns are h-day LOG returns log(P_{t+h} / P_t) from an origin t (`realized`, `predicted`);
 - inputs are flat arrays of the same shape with no NaN: the caller drops origins whose target
-  lies beyond the data before calling; bad input raises ValueError with a message naming it.
+  lies beyond the data before calling; bad input raises ValueError with a message naming it;
+- the per-series metrics (price errors, return skill, intervals, a series' strategy) reduce along
+  the last axis: one series (n,) gives a float, G series of one length (G, n) an array (G,) of
+  the floats each row gives alone (numpy reduces each row as it reduces the row on its own), so
+  a backtest scores its tickers in a few calls instead of a few per ticker.
 """
 
 from __future__ import annotations
@@ -39,19 +43,31 @@ def _arrays(**named) -> list[np.ndarray]:
     return out
 
 
+def _value(x) -> float | np.ndarray:
+    """A reduction's result: a float for one series, an array (G,) for G rows."""
+    return float(x) if np.ndim(x) == 0 else np.asarray(x, dtype=float)
+
+
+def _share(count, total) -> float | np.ndarray:
+    """count / total (the mean of `total` booleans of which `count` are true: the same float),
+    NaN where total is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _value(np.where(total == 0, np.nan, count / total))
+
+
 # --- price errors -------------------------------------------------------------------------------
 
 
 def mae(actual, predicted) -> float:
     """Mean absolute error in dollars: MAE = mean(|y - ŷ|)."""
     y, yhat = _arrays(actual=actual, predicted=predicted)
-    return float(np.mean(np.abs(y - yhat)))
+    return _value(np.mean(np.abs(y - yhat), axis=-1))
 
 
 def rmse(actual, predicted) -> float:
     """Root mean squared error in dollars: RMSE = sqrt(mean((y - ŷ)²))."""
     y, yhat = _arrays(actual=actual, predicted=predicted)
-    return float(np.sqrt(np.mean((y - yhat) ** 2)))
+    return _value(np.sqrt(np.mean((y - yhat) ** 2, axis=-1)))
 
 
 def mape(actual, predicted) -> float:
@@ -59,16 +75,16 @@ def mape(actual, predicted) -> float:
     y, yhat = _arrays(actual=actual, predicted=predicted)
     if np.any(y == 0):
         raise ValueError("actual contains zeros; MAPE is undefined")
-    return float(100.0 * np.mean(np.abs(y - yhat) / np.abs(y)))
+    return _value(100.0 * np.mean(np.abs(y - yhat) / np.abs(y), axis=-1))
 
 
 def relative_mae(actual, predicted, naive) -> float:
     """Relative MAE = MAE(ŷ) / MAE(naive); < 1 beats naive, NaN when MAE(naive) = 0."""
     y, yhat, ynaive = _arrays(actual=actual, predicted=predicted, naive=naive)
-    naive_mae = np.mean(np.abs(y - ynaive))
-    if naive_mae == 0:
-        return float("nan")
-    return float(np.mean(np.abs(y - yhat)) / naive_mae)
+    naive_mae = np.mean(np.abs(y - ynaive), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.mean(np.abs(y - yhat), axis=-1) / naive_mae
+    return _value(np.where(naive_mae == 0, np.nan, ratio))
 
 
 # --- return skill -------------------------------------------------------------------------------
@@ -79,10 +95,10 @@ def r2_returns(realized, predicted) -> float:
     # On returns, not price levels: prices trend, so any level forecast near the last close scores
     # R² ≈ 1 while having no skill. Here 0 means "as good as knowing the sample mean return".
     r, rhat = _arrays(realized=realized, predicted=predicted)
-    ss_tot = np.sum((r - r.mean()) ** 2)
-    if ss_tot == 0:
-        return float("nan")
-    return float(1.0 - np.sum((r - rhat) ** 2) / ss_tot)
+    ss_tot = np.sum((r - r.mean(axis=-1, keepdims=True)) ** 2, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = 1.0 - np.sum((r - rhat) ** 2, axis=-1) / ss_tot
+    return _value(np.where(ss_tot == 0, np.nan, r2))
 
 
 def directional_accuracy(realized, predicted) -> float:
@@ -92,9 +108,8 @@ def directional_accuracy(realized, predicted) -> float:
     # 50%, and a model is judged only on the calls it made.
     r, rhat = _arrays(realized=realized, predicted=predicted)
     called = (r != 0) & (rhat != 0)
-    if not called.any():
-        return float("nan")
-    return float(np.mean(np.sign(r[called]) == np.sign(rhat[called])))
+    right = called & (np.sign(r) == np.sign(rhat))
+    return _share(np.count_nonzero(right, axis=-1), np.count_nonzero(called, axis=-1))
 
 
 # --- Diebold–Mariano ----------------------------------------------------------------------------
@@ -254,7 +269,11 @@ def daily_ic(dates, predicted, realized, method: ICMethod = "pearson") -> pd.Ser
 
 def ic_summary(dates, predicted, realized, method: ICMethod = "pearson") -> ICSummary:
     """Mean, std (ddof=1) and ICIR = mean/std of daily_ic; std/ICIR NaN with < 2 dates or std 0."""
-    ic = daily_ic(dates, predicted, realized, method)
+    return summarize_ic(daily_ic(dates, predicted, realized, method))
+
+
+def summarize_ic(ic: pd.Series) -> ICSummary:
+    """ic_summary of a daily_ic series already computed (a caller that also tests its mean)."""
     n = int(ic.size)
     mean = float(ic.mean()) if n else float("nan")
     std = float(ic.std(ddof=1)) if n >= 2 else float("nan")
@@ -270,7 +289,7 @@ def interval_coverage(actual, lower, upper) -> float:
     y, lo, hi = _arrays(actual=actual, lower=lower, upper=upper)
     if np.any(lo > hi):
         raise ValueError("lower exceeds upper for some forecasts (crossed quantiles)")
-    return float(np.mean((y >= lo) & (y <= hi)))
+    return _value(np.mean((y >= lo) & (y <= hi), axis=-1))
 
 
 @dataclass(frozen=True)
@@ -291,7 +310,8 @@ def interval_width(lower, upper, origin_price) -> IntervalWidth:
     if np.any(p <= 0):
         raise ValueError("origin_price must be positive")
     width = hi - lo
-    return IntervalWidth(dollars=float(width.mean()), relative=float((width / p).mean()))
+    return IntervalWidth(dollars=_value(width.mean(axis=-1)),
+                         relative=_value((width / p).mean(axis=-1)))
 
 
 def interval_scores(actual, lower, upper, coverage: float) -> np.ndarray:
@@ -327,9 +347,9 @@ def coverage_by_tercile(actual, lower, upper, volatility) -> dict[str, float]:
     """
     y, lo, hi, vol = _arrays(actual=actual, lower=lower, upper=upper, volatility=volatility)
     inside = (y >= lo) & (y <= hi)
-    cuts = np.quantile(vol, [1 / 3, 2 / 3])
-    groups = (vol <= cuts[0], (vol > cuts[0]) & (vol <= cuts[1]), vol > cuts[1])
-    return {name: float(inside[g].mean()) if g.any() else float("nan")
+    low, high = (c[..., None] for c in np.quantile(vol, [1 / 3, 2 / 3], axis=-1))
+    groups = (vol <= low, (vol > low) & (vol <= high), vol > high)
+    return {name: _share(np.count_nonzero(inside & g, axis=-1), np.count_nonzero(g, axis=-1))
             for name, g in zip(TERCILES, groups)}
 
 
@@ -374,13 +394,7 @@ def strategy_returns(predicted, realized, horizon: int, kind: StrategyKind) -> n
     if rhat.ndim not in (1, 2):
         raise ValueError(f"predicted must be 1-D or 2-D, got shape {rhat.shape}")
     rhat, r, absent = rhat[::horizon], r[::horizon], absent[::horizon]
-    if kind == "long_flat":
-        position = (rhat > 0).astype(float)
-    elif kind == "long_short":
-        position = np.sign(rhat)
-    else:
-        position = np.ones_like(rhat)
-    period = position * np.expm1(r)
+    period = _period_returns(rhat, r, kind)
     if period.ndim == 1:
         return period
     present = (~absent).sum(axis=1)
@@ -391,10 +405,35 @@ def strategy_returns(predicted, realized, horizon: int, kind: StrategyKind) -> n
     return period.sum(axis=1) / present
 
 
+def _period_returns(rhat: np.ndarray, r: np.ndarray, kind: StrategyKind) -> np.ndarray:
+    """pos · (exp(r) - 1) of the traded rows: long_flat 1 if r̂ > 0 else 0, long_short sign(r̂),
+    buy_and_hold 1."""
+    if kind == "long_flat":
+        position = (rhat > 0).astype(float)
+    elif kind == "long_short":
+        position = np.sign(rhat)
+    else:
+        position = np.ones_like(rhat)
+    return position * np.expm1(r)
+
+
+def series_strategies(predicted, realized, horizon: int, kind: StrategyKind
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """evaluate_strategy of each row of (G, n) one-ticker series: (cumulative return, Sharpe,
+    max drawdown), each (G,), the floats each row gives alone."""
+    if kind not in STRATEGY_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(STRATEGY_KINDS)}; got {kind!r}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    rhat, r = _arrays(predicted=predicted, realized=realized)
+    s = _period_returns(rhat[..., ::horizon], r[..., ::horizon], kind)
+    return cumulative_return(s), annualized_sharpe(s, horizon), max_drawdown(s)
+
+
 def cumulative_return(period_returns) -> float:
     """Compounded return: Π(1 + s_k) - 1."""
     (s,) = _arrays(period_returns=period_returns)
-    return float(np.prod(1.0 + s) - 1.0)
+    return _value(np.prod(1.0 + s, axis=-1) - 1.0)
 
 
 def annualized_sharpe(period_returns, horizon: int) -> float:
@@ -402,19 +441,20 @@ def annualized_sharpe(period_returns, horizon: int) -> float:
     (s,) = _arrays(period_returns=period_returns)
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
-    if s.size < 2:
-        return float("nan")
-    std = s.std(ddof=1)
-    if std == 0:
-        return float("nan")
-    return float(s.mean() / std * np.sqrt(TRADING_DAYS_PER_YEAR / horizon))
+    if s.shape[-1] < 2:
+        return _value(np.full(s.shape[:-1], np.nan))
+    std = s.std(ddof=1, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sharpe = s.mean(axis=-1) / std * np.sqrt(TRADING_DAYS_PER_YEAR / horizon)
+    return _value(np.where(std == 0, np.nan, sharpe))
 
 
 def max_drawdown(period_returns) -> float:
     """Max drawdown = max_k(1 - E_k / max_{j≤k} E_j), equity E_k = Π_{j≤k}(1 + s_j), E_0 = 1."""
     (s,) = _arrays(period_returns=period_returns)
-    equity = np.concatenate([[1.0], np.cumprod(1.0 + s)])
-    return float(np.max(1.0 - equity / np.maximum.accumulate(equity)))
+    equity = np.concatenate([np.ones(s.shape[:-1] + (1,)), np.cumprod(1.0 + s, axis=-1)],
+                            axis=-1)
+    return _value(np.max(1.0 - equity / np.maximum.accumulate(equity, axis=-1), axis=-1))
 
 
 def evaluate_strategy(predicted, realized, horizon: int, kind: StrategyKind) -> StrategyResult:

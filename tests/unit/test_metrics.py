@@ -356,3 +356,66 @@ def test_diebold_mariano_is_statsmodels_float_for_float(seed):
         ours = m.diebold_mariano_differential(d, h)
         np.testing.assert_array_equal([ours.statistic, ours.pvalue],
                                       [float(theirs.statistic), float(theirs.pvalue)])
+
+
+def _rows_case(seed: int, n: int):
+    """Six series of n prices/returns, with a flat row, a perfect-naive row and zero moves."""
+    rng = np.random.default_rng(seed)
+    g = 6
+    close = rng.uniform(20, 200, (g, n))
+    realized = np.round(rng.normal(0, 0.02, (g, n)), 3)  # ties and exact zeros
+    realized[1] = 0.0  # a flat series: R² and Sharpe undefined
+    predicted = rng.normal(0, 0.01, (g, n))
+    predicted[2, : n // 2] = 0.0
+    actual = close * np.exp(realized)
+    naive = close.copy()
+    naive[3] = actual[3]  # naive perfect: rel MAE undefined
+    lo, hi = close * np.exp(-0.02), close * np.exp(0.02 + rng.uniform(0, 0.01, (g, n)))
+    vol = np.round(rng.uniform(0, 1, (g, n)), 1)
+    vol[4] = 0.5  # one volatility: empty terciles
+    return close, realized, predicted, actual, naive, lo, hi, vol
+
+
+@pytest.mark.parametrize("seed, n", [(0, 1), (1, 2), (2, 9), (3, 144), (4, 300)])
+def test_per_series_metrics_of_rows_are_each_rows_own_floats(seed, n):
+    """G series of one length, a row each, give the floats each row gives alone (NaN where
+    that is NaN): what the backtest's batched per-ticker scoring relies on."""
+    close, realized, predicted, actual, naive, lo, hi, vol = _rows_case(seed, n)
+    pred_prices = close * np.exp(predicted)
+
+    def same(batched, alone):
+        expected = np.array([alone(i) for i in range(len(close))], dtype=float)
+        assert np.array_equal(np.asarray(batched, dtype=float), expected, equal_nan=True)
+
+    same(m.mae(actual, pred_prices), lambda i: m.mae(actual[i], pred_prices[i]))
+    same(m.rmse(actual, pred_prices), lambda i: m.rmse(actual[i], pred_prices[i]))
+    same(m.mape(actual, pred_prices), lambda i: m.mape(actual[i], pred_prices[i]))
+    same(m.relative_mae(actual, pred_prices, naive),
+         lambda i: m.relative_mae(actual[i], pred_prices[i], naive[i]))
+    same(m.r2_returns(realized, predicted), lambda i: m.r2_returns(realized[i], predicted[i]))
+    same(m.directional_accuracy(realized, predicted),
+         lambda i: m.directional_accuracy(realized[i], predicted[i]))
+    same(m.interval_coverage(actual, lo, hi), lambda i: m.interval_coverage(actual[i], lo[i], hi[i]))
+    width = m.interval_width(lo, hi, close)
+    same(width.dollars, lambda i: m.interval_width(lo[i], hi[i], close[i]).dollars)
+    same(width.relative, lambda i: m.interval_width(lo[i], hi[i], close[i]).relative)
+    by = m.coverage_by_tercile(actual, lo, hi, vol)
+    for name in m.TERCILES:
+        same(by[name], lambda i, name=name: m.coverage_by_tercile(actual[i], lo[i], hi[i],
+                                                                  vol[i])[name])
+    for h in (1, 5):
+        for kind in m.STRATEGY_KINDS:
+            figures = m.series_strategies(predicted, realized, h, kind)
+            alone = [m.evaluate_strategy(predicted[i], realized[i], h, kind)
+                     for i in range(len(close))]
+            same(figures[0], lambda i, a=alone: a[i].cumulative_return)
+            same(figures[1], lambda i, a=alone: a[i].sharpe)
+            same(figures[2], lambda i, a=alone: a[i].max_drawdown)
+
+
+def test_one_series_metrics_stay_floats():
+    assert type(m.mae(ACTUAL, PREDICTED)) is float
+    assert type(m.directional_accuracy([0.1, -0.2], [0.2, 0.1])) is float
+    assert type(m.annualized_sharpe([0.01, 0.02, -0.01], 1)) is float
+    assert type(m.coverage_by_tercile(ACTUAL, ACTUAL - 1, ACTUAL + 1, [1.0, 2.0, 3.0])["calm"]) \
+        is float
