@@ -51,7 +51,6 @@ from service.forecasting.bands import (
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
-from service.forecasting.volatility import ewma_volatility, log_returns
 from service.forecasting.windows import prices_from_log_returns
 from service.inference.predictor import Predictor
 
@@ -360,7 +359,7 @@ def _ticker_columns(series: TickerSeries, made: dict[str, HistoricalForecasts],
     ticker, dates = series.ticker, series.dates
     idx = next(iter(made.values())).origins  # bar index of each origin, shared by all
     log_adj = series.log_close
-    vol = ewma_volatility(log_returns(log_adj))
+    vol = series.volatility
     closes = series.bars["close"].to_numpy(dtype=np.float64)
     # (N, H) float64 per column, converted once for all horizons.
     forecast_columns: dict[str, np.ndarray] = {}

@@ -137,11 +137,12 @@ class ACISettings:
                    long_window=int(d.get("long_window", ACI_LONG_WINDOW)),
                    two_sided=bool(d.get("two_sided", False)))
 
-    def scale(self, log_close: np.ndarray) -> np.ndarray | None:
+    def scale(self, log_close: np.ndarray, short: np.ndarray | None = None
+              ) -> np.ndarray | None:
         """The blend's factor f_t at every bar of a series (mean_reversion_scale); None at β 1."""
         if self.vol_beta == 1.0:
             return None
-        return mean_reversion_scale(log_close, self.vol_beta, self.long_window)
+        return mean_reversion_scale(log_close, self.vol_beta, self.long_window, short)
 
 
 # The band baselines' recalibration: plain ACI as the issue defines the reference band
@@ -149,12 +150,14 @@ class ACISettings:
 BASELINE_ACI = ACISettings(calibration=250, vol_beta=1.0)
 
 
-def mean_reversion_scale(log_close: np.ndarray, beta: float, long_window: int) -> np.ndarray:
+def mean_reversion_scale(log_close: np.ndarray, beta: float, long_window: int,
+                         short: np.ndarray | None = None) -> np.ndarray:
     """f_t = (σ_long,t / σ_short,t)^(1 - β) per bar: EWMA (short) and RMS over `long_window`
     returns (long) volatility of bars <= t, each floored at VOL_FLOOR; 1 where either is not yet
-    defined (warm-up)."""
+    defined (warm-up). `short`: the EWMA volatility of these bars if already computed
+    (TickerSeries.volatility)."""
     r = log_returns(log_close)
-    short = np.maximum(ewma_volatility(r), VOL_FLOOR)
+    short = np.maximum(ewma_volatility(r) if short is None else short, VOL_FLOOR)
     long = np.maximum(rms_volatility(r, long_window), VOL_FLOOR)
     f = (long / short) ** (1.0 - beta)
     return np.where(np.isfinite(f), f, 1.0)
@@ -736,7 +739,7 @@ class ACIForecaster(Forecaster):
         for j, h in enumerate(slots):
             ok = grid + h < y.size
             realized[ok, j] = y[grid[ok] + h] - y[grid[ok]]
-        scale = self.settings.scale(y)
+        scale = self.settings.scale(y, series.volatility)
         return wanted, slots, ACIRun(q[:, slots - 1, :], tuple(base.quantiles), realized,
                                      wanted - grid[0], slots,
                                      None if scale is None else scale[grid])

@@ -19,7 +19,7 @@ import numpy as np
 from service.forecasting.bands import EMPIRICAL_WINDOW, empirical_quantiles, gaussian_quantiles
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import FeatureSpec
-from service.forecasting.volatility import VOL_FLOOR, ewma_volatility, log_returns
+from service.forecasting.volatility import VOL_FLOOR
 
 
 class Baseline(Forecaster):
@@ -254,9 +254,9 @@ class EwmaBandBaseline(Forecaster):
 
     def historical_forecasts(self, series: TickerSeries, origins: np.ndarray,
                              horizon: int) -> HistoricalForecasts:
-        y = _series(series, "log_close")
+        _series(series, "log_close")
         t = np.asarray(origins, dtype=np.intp)
-        sigma = ewma_volatility(log_returns(y))[t]
+        sigma = series.volatility[t]  # ewma_volatility(log_returns(y)), once per series
         keep = np.isfinite(sigma)  # the EWMA's warm-up: no band yet
         q = gaussian_quantiles(np.maximum(sigma[keep], VOL_FLOOR), _steps(horizon),
                                self.quantiles)

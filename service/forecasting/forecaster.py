@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from service.forecasting.spec import DEFAULT_LEVEL, band_indices
+from service.forecasting.volatility import ewma_volatility, log_returns
 
 MODEL = "model"  # the method name of the served model in every backtest table
 
@@ -37,6 +38,12 @@ class TickerSeries:
     def log_close(self) -> np.ndarray:
         """log(adj_close), float64: what the baselines forecast and the targets are made of."""
         return np.log(self.bars["adj_close"].to_numpy(dtype=np.float64))
+
+    @cached_property
+    def volatility(self) -> np.ndarray:
+        """The EWMA volatility of the daily log returns at every bar (NaN in its warm-up): once
+        per series for the EWMA band, the blend's short volatility and the backtest's terciles."""
+        return ewma_volatility(log_returns(self.log_close))
 
     def until(self, last: dt.date) -> TickerSeries:
         """The bars up to and including `last`: the past a forecaster may be fitted on."""

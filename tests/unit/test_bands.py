@@ -347,6 +347,17 @@ def test_the_scaled_band_is_f_t_times_the_top_score_over_f_of_its_window():
     np.testing.assert_allclose([plain.lower[0, 0, 0], plain.upper[0, 0, 0]], [-2.0, 2.0])
 
 
+def test_the_series_volatility_is_the_blends_short_volatility_and_the_ewma_bands_sigma():
+    """TickerSeries.volatility, computed once per series, is what mean_reversion_scale and the
+    EWMA band would compute themselves: the same floats either way."""
+    series = TickerSeries("AAA", make_bars(400, seed=8))
+    y = series.log_close
+    np.testing.assert_array_equal(series.volatility, ewma_volatility(log_returns(y)))
+    assert np.array_equal(mean_reversion_scale(y, 0.7, 250, series.volatility),
+                          mean_reversion_scale(y, 0.7, 250))
+    assert np.array_equal(ACISettings().scale(y, series.volatility), ACISettings().scale(y))
+
+
 def test_a_constant_scale_leaves_the_aci_bands_as_they_are():
     quantiles, realized = _jump_series(n=600)
     targets = np.arange(300, 600, 7)
