@@ -311,8 +311,10 @@ class ModelForecaster(Forecaster):
             self._start(series)
         window = self.predictor.spec.window
         full = self._dates[window - 1:]  # the date each window ends at
-        wanted = series.dates[origins].normalize()  # (a DatetimeIndex: no Timestamp per date)
-        rows = np.flatnonzero(full.isin(wanted))
+        # The origins' days (DatetimeIndex.normalize of naive dates, without the frequency
+        # inference pandas runs on its result, a third of this method's time).
+        wanted = series.dates.values[origins].astype("datetime64[D]").astype(full.dtype)
+        rows = np.flatnonzero(np.isin(full.values, wanted))
         return HistoricalForecasts(series.dates.get_indexer(full[rows]),
                                    self._forecast_windows(rows), self.quantiles)
 
