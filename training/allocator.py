@@ -3,8 +3,8 @@
 A CPU training step allocates and frees the same large tensors every batch (the LSTM's
 oneDNN workspace and activations, megabytes at batch 256). glibc serves every request above its
 mmap threshold (dynamic, at most 32 MiB) with a fresh mmap and unmaps it on free, so each step
-faults those pages in again, zero-filled by the kernel: 37% of a training step's CPU time was
-system time (batch 256, 1 thread, this 2-core machine). Inside `heap_allocations()` malloc maps
+faults those pages in again, zero-filled by the kernel: 38% of a training step's CPU time was
+system time (batch 256, 1 thread, an AMD EPYC core). Inside `heap_allocations()` malloc maps
 nothing and keeps up to 1 GiB free at the heap's top, so later steps reuse the same pages. Only
 where the bytes live changes, no value (the weights are bit-identical: a test compares them).
 """

@@ -38,7 +38,7 @@ EVAL_BATCH = 2048
 # it on for its in-run baseline, the path before.
 FILL_UNINITIALIZED_MEMORY = False
 # glibc malloc keeps the run's large tensors on its heap while fit runs (training.allocator):
-# the same values, a third less CPU time per step. bench/train.py turns it off for its in-run
+# the same values, ≈ 40% less CPU time per step. bench/train.py turns it off for its in-run
 # baselines, the path before.
 HEAP_ALLOCATIONS = True
 # Horizons whose validation metrics the artifact reports (those beyond H are skipped).
