@@ -475,7 +475,8 @@ def _echo_backtest(run, readme: bool = False) -> None:
                f"metrics {sec['metrics']:.2f}s)")
     typer.echo("plots: " + ", ".join(str(p) for p in run.plots))
     if run.report is not None:
-        typer.echo(f"report: {run.report}")
+        typer.echo(f"report: {run.report}" + ("" if run.report_written else
+                   " (unchanged: it already holds these figures)"))
 
 
 @app.command()
