@@ -46,10 +46,19 @@ def _parse_tickers(raw: str | None) -> list[str]:
     return [normalize_ticker(t) for t in (raw or "").replace(" ", ",").split(",") if t]
 
 
+def _check_universe(universe: str | None) -> None:
+    """Fail on a universe name no command knows (the one message every command gives)."""
+    from service.forecasting.spec import ALL_CACHED, UNIVERSES
+
+    if universe is not None and universe != ALL_CACHED and universe not in UNIVERSES:
+        _fail(f"unknown universe {universe!r}; known: {sorted([*UNIVERSES, ALL_CACHED])}")
+
+
 def _universe_tickers(universe: str) -> tuple[str, ...]:
     """A named universe's tickers; `all` (ALL_CACHED): every ticker in the bar cache, by symbol."""
     from service.forecasting.spec import ALL_CACHED, UNIVERSES
 
+    _check_universe(universe)
     if universe == ALL_CACHED:
         from service.db.bars import list_tickers
 
@@ -59,8 +68,6 @@ def _universe_tickers(universe: str) -> tuple[str, ...]:
             _fail(f"--universe {ALL_CACHED}: the bar cache holds no ticker; "
                   "load them first (stockcast seed / ingest)")
         return names
-    if universe not in UNIVERSES:
-        _fail(f"unknown universe {universe!r}; known: {sorted([*UNIVERSES, ALL_CACHED])}")
     return UNIVERSES[universe]
 
 
@@ -128,7 +135,8 @@ def ingest(
 
 @app.command()
 def refresh(
-    universe: Annotated[str | None, typer.Option(help="A named universe, e.g. top24.")] = None,
+    universe: Annotated[str | None, typer.Option(
+        help="A named universe, e.g. top24; all = every cached ticker (as --all).")] = None,
     all_tickers: Annotated[bool, typer.Option("--all", help="Every cached ticker.")] = False,
     tickers: Annotated[str | None, typer.Option(help="Comma list.")] = None,
     chunk: Annotated[int, typer.Option(help="Tickers per upstream call.", min=1)] = 50,
@@ -140,13 +148,14 @@ def refresh(
     """Fetch newer bars for many tickers, batched upstream; prints the per-outcome counts, then
     prewarms the serving stores so each ticker's next cold forecast is one row read, no model run."""
     from service.evaluation.feature_store import after_bars_written
-    from service.forecasting.spec import UNIVERSES
+    from service.forecasting.spec import ALL_CACHED, UNIVERSES
     from service.sources.ingest import refresh_tickers
 
     if sum((universe is not None, all_tickers, tickers is not None)) != 1:
         _fail("give exactly one of --universe NAME, --all or --tickers LIST")
-    if universe is not None and universe not in UNIVERSES:
-        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    _check_universe(universe)
+    if universe == ALL_CACHED:
+        universe, all_tickers = None, True
     names = None if all_tickers else (
         list(UNIVERSES[universe]) if universe else _parse_tickers(tickers))
     with _engine() as engine:
@@ -172,7 +181,8 @@ def _prewarm(engine, tickers: list[str] | None) -> str:
 
 @app.command()
 def schedule(
-    universe: Annotated[str, typer.Option(help="The universe the daily cycle covers.")] = "top24",
+    universe: Annotated[str, typer.Option(
+        help="The universe the daily cycle covers (all: the tickers cached at start).")] = "top24",
     once: Annotated[bool, typer.Option(help="Run what is due now, then exit.")] = False,
     poll_seconds: Annotated[float, typer.Option(help="Seconds between checks.", min=1)] = 300,
     retrain_every_days: Annotated[int, typer.Option(
@@ -182,12 +192,9 @@ def schedule(
     universe's forecasts) and the periodic retrain; each job once per key, one scheduler at a
     time (advisory lock)."""
     from service.evaluation.schedule import run_due, run_forever
-    from service.forecasting.spec import UNIVERSES
 
-    if universe not in UNIVERSES:
-        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
     settings = get_settings()
-    tickers = list(UNIVERSES[universe])
+    tickers = list(_universe_tickers(universe))
 
     def retrain() -> str:
         from training.retrain import retrain as retrain_universe  # torch: only when due
@@ -384,7 +391,8 @@ def train(
 def backtest(
     tickers: Annotated[str | None, typer.Option(help="Comma list (beats --universe).")] = None,
     universe: Annotated[str | None, typer.Option(
-        help="Named ticker universe, e.g. top24 (default: the model's training tickers).")] = None,
+        help="Named ticker universe, e.g. top24, or all (as --all) (default: the model's "
+             "training tickers).")] = None,
     all_tickers: Annotated[bool, typer.Option(
         "--all", help="Every cached ticker (tickers the model never saw use its unseen id).")
     ] = False,
@@ -415,14 +423,15 @@ def backtest(
     from service.core.errors import StockcastError
     from service.evaluation.runs import backtest_and_store
     from service.forecasting.baselines import BASELINES
-    from service.forecasting.spec import UNIVERSES
+    from service.forecasting.spec import ALL_CACHED, UNIVERSES
 
     settings = get_settings()
     model_dir = model_dir or settings.model_dir
-    if universe is not None and universe not in UNIVERSES:
-        _fail(f"unknown universe {universe!r}; known: {sorted(UNIVERSES)}")
+    _check_universe(universe)
     if all_tickers and (tickers or universe):
         _fail("give at most one of --all, --universe NAME or --tickers LIST")
+    if universe == ALL_CACHED and not tickers:
+        universe, all_tickers = None, True
     try:
         wanted_h = [int(h) for h in horizons.replace(" ", "").split(",") if h]
     except ValueError:
@@ -475,7 +484,8 @@ def _echo_backtest(run, readme: bool = False) -> None:
                f"metrics {sec['metrics']:.2f}s)")
     typer.echo("plots: " + ", ".join(str(p) for p in run.plots))
     if run.report is not None:
-        typer.echo(f"report: {run.report}")
+        typer.echo(f"report: {run.report}" + ("" if run.report_written else
+                   " (unchanged: it already holds these figures)"))
 
 
 @app.command()

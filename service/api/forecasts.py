@@ -232,9 +232,10 @@ class ForecastService:
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
         misses: list[tuple[int, CachedBars, BarCheck]] = []
         live: set[int] = set()  # results as of their ticker's latest cached bar
+        read = self._latest_bars(tickers, end)
         for i, ticker in enumerate(tickers):
             try:
-                check, bars = self._check(predictor, ticker, end, claimant)
+                check, bars = self._check(predictor, ticker, end, claimant, read.get(ticker))
                 if check.live:
                     live.add(i)
                 key = (ticker, check.last_bar_date, predictor.model_version, horizon,
@@ -373,8 +374,19 @@ class ForecastService:
             if taken is not None and taken[1] is claimant:
                 del self._renewing[key]
 
+    def _latest_bars(self, tickers: Sequence[str], end: dt.date | None) -> dict[str, CachedBars]:
+        """For a batch, the latest bars of its tickers whose checks are due, read together
+        (one statement; tickers a refresh is due for are left to `_check`)."""
+        if not self.use_store or end is not None or len(tickers) < 2:
+            return {}
+        now = self.monotonic()
+        due = [t for t in tickers if (c := self.checks.get((t, None))) is None
+               or now - c.checked_at >= self.bar_check_ttl]
+        return self.bar_cache.latest_bars(due) if len(due) > 1 else {}
+
     def _check(self, predictor: Predictor, ticker: str, end: dt.date | None,
-               claimant: Hashable = None) -> tuple[BarCheck, CachedBars | None]:
+               claimant: Hashable = None, latest: CachedBars | None = None
+               ) -> tuple[BarCheck, CachedBars | None]:
         """The ticker's last bar date up to end: shared for bar_check_ttl, else asked now.
 
         Asking goes through the BarCache, which refreshes from the source when due. Renewing
@@ -382,6 +394,8 @@ class ForecastService:
         ticker seen for the first time reads the bars a forecast needs, returned for reuse.
         A claim the claimant took in `cached` is given back here, whether or not it renewed
         (another request may have been first); a request that took none leaves others' alone.
+        `latest`: the ticker's latest bar as a batch read it just now (`_latest_bars`), used
+        instead of asking when the check is due.
         """
         now = self.monotonic()
         key = (ticker, end)
@@ -392,7 +406,8 @@ class ForecastService:
         try:
             # With the stores on, a first read is the last bar too: the forecast's inputs
             # most likely come from the stores (the bars are read after, on a miss).
-            read = (self.bar_cache.get_bars(ticker, end=end, last=1) if check is not None
+            read = (latest if latest is not None
+                    else self.bar_cache.get_bars(ticker, end=end, last=1) if check is not None
                     else self.bar_cache.latest_bar(ticker, end) if self.use_store
                     else self._read(predictor, ticker, end))
             if read.bars.empty:  # bars exist, but none on or before `end`

@@ -215,6 +215,17 @@ def ticker_state(conn: Connection, ticker: str) -> TickerState | None:
     return None if row is None else _state(row)
 
 
+def ticker_states(conn: Connection, tickers: Sequence[str]) -> dict[str, TickerState]:
+    """The stored states of the tickers the cache has seen (one statement per 500)."""
+    table = Ticker.__table__
+    out: dict[str, TickerState] = {}
+    names = list(dict.fromkeys(tickers))
+    for i in range(0, len(names), 500):
+        rows = conn.execute(select(table).where(table.c.symbol.in_(names[i : i + 500])))
+        out.update((r.symbol, _state(r)) for r in rows)
+    return out
+
+
 def list_tickers(conn: Connection) -> list[TickerState]:
     """Every ticker with at least one stored bar, by symbol."""
     table = Ticker.__table__

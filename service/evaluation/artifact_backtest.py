@@ -7,6 +7,10 @@ The report is not part of the version's content hash (meta.json + model.onnx): i
 measurement of the model, not the model, and adding it must not change the version or any
 forecast. It names the version and the ONNX sha256 it measured; a report that does not match
 the artifact it sits in is never stored.
+
+A rerun that measures the same figures leaves the file as it is (with the date it was first
+measured): only the run's timings and creation time would differ, so a tracked report stays
+unchanged in git, and a rerun that does change it shows in `git diff` what moved.
 """
 
 from __future__ import annotations
@@ -40,9 +44,22 @@ def out_of_sample_problem(run: RunInfo, manifest: Manifest) -> str | None:
     return None
 
 
-def write_report(manifest: Manifest, run: RunInfo, metrics: pd.DataFrame) -> Path:
+# What a rerun of the same measurement changes: when it ran and how long it took.
+_RUN_ONLY = ("created_at",)
+_CONFIG_ONLY = ("seconds",)
+
+
+def _measurement(report: dict) -> dict:
+    """The report without what only says when and how fast it was measured."""
+    run = {k: v for k, v in report.get("run", {}).items() if k not in _RUN_ONLY}
+    run["config"] = {k: v for k, v in run.get("config", {}).items() if k not in _CONFIG_ONLY}
+    return {**report, "run": run}
+
+
+def write_report(manifest: Manifest, run: RunInfo, metrics: pd.DataFrame) -> tuple[Path, bool]:
     """Write the run and its long metrics (ticker, horizon, method, metric, value) into the
-    artifact folder; NaN as null."""
+    artifact folder, NaN as null; (path, whether written). A report already there with the
+    same measurement (every figure, the run's range, tickers and settings) is kept."""
     rows = [[t, int(h), method, metric, None if not math.isfinite(v) else float(v)]
             for t, h, method, metric, v in metrics.loc[:, list(METRIC_COLUMNS)].itertuples(
                 index=False, name=None)]
@@ -57,10 +74,17 @@ def write_report(manifest: Manifest, run: RunInfo, metrics: pd.DataFrame) -> Pat
         "metrics": rows,
     }
     path = manifest.artifact_dir / REPORT_FILE
+    # Compared as JSON text: the floats as written and read back, NaN as null.
+    report = json.loads(json.dumps(report))
+    try:
+        if _measurement(json.loads(path.read_text())) == _measurement(report):
+            return path, False
+    except (OSError, ValueError):  # none yet, or unreadable: write it
+        pass
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, separators=(",", ":")) + "\n")
     tmp.replace(path)
-    return path
+    return path, True
 
 
 def read_report(manifest: Manifest) -> dict | None:

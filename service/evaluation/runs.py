@@ -39,6 +39,7 @@ class StoredBacktest:
     plots: list[Path]
     seconds: dict[str, float]  # load (artifact + bars) and wall
     report: Path | None = None  # the artifact's backtest.json, when this run is the gate's kind
+    report_written: bool = False  # False: it already held these figures (left as it was)
 
 
 def backtest_and_store(
@@ -98,11 +99,11 @@ def backtest_and_store(
         manifest.tickers)
     # The gate's kind of run (out of sample, exactly the training tickers) is what the artifact
     # carries; a wider one (the universe) is stored but leaves the artifact's report alone.
-    report = None
+    report, written = None, False
     if (out_of_sample_problem(run_info, manifest) is None
             and set(run_info.tickers) == set(manifest.tickers)):
-        report = write_report(manifest, run_info, stored)
+        report, written = write_report(manifest, run_info, stored)
         # The same cached bars the model was fitted on: its training tickers' only.
         write_training_profile(bars[bars["ticker"].isin(manifest.tickers)], manifest)
     seconds = {"load": loaded - started, "wall": time.perf_counter() - started}
-    return StoredBacktest(run_id, result, stored, plots, seconds, report)
+    return StoredBacktest(run_id, result, stored, plots, seconds, report, written)

@@ -130,10 +130,32 @@ class BarCache:
         last = None if state is None else state.last_bar_date
         return self._answer(ticker, state, _dated(last), fetched, stale, warnings)
 
-    def _current(self, ticker: str, start: dt.date | None, end: dt.date | None
+    def latest_bars(self, tickers: Sequence[str]) -> dict[str, CachedBars]:
+        """latest_bar(ticker) of each of `tickers` with nothing due from the source, their
+        states read in one statement; a ticker a refresh is due for (or an unknown one) is
+        left out, for latest_bar to refresh it on its own."""
+        names = [normalize_ticker(t) for t in tickers]
+        try:
+            with self.engine.connect() as conn:
+                states = bars_db.ticker_states(conn, names)
+        except (OperationalError, InterfaceError) as exc:
+            raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
+        out = {}
+        for ticker in names:
+            state = states.get(ticker)
+            if state is None or state.last_bar_date is None or self._needs_refresh(state, None):
+                continue
+            _, fetched, stale, warnings = self._current(ticker, None, None, state)
+            out[ticker] = self._answer(ticker, state, _dated(state.last_bar_date), fetched,
+                                       stale, warnings)
+        return out
+
+    def _current(self, ticker: str, start: dt.date | None, end: dt.date | None,
+                 state: bars_db.TickerState | None = None
                  ) -> tuple[bars_db.TickerState | None, int, bool, list[str]]:
-        """The ticker's state after any refresh due: (state, rows fetched, stale, warnings)."""
-        state = self._state(ticker)
+        """The ticker's state (read now unless given) after any refresh due: (state, rows
+        fetched, stale, warnings)."""
+        state = self._state(ticker) if state is None else state
         fetched, stale, warnings = 0, False, []
         if self._needs_refresh(state, end):
             with self._locks(ticker):

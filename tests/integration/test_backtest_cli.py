@@ -70,7 +70,10 @@ def test_backtest_command_stores_prints_and_plots(cli_env, tmp_path, tiny_artifa
         (["--horizons", "1,x"], "error: --horizons must be a comma list of integers, got '1,x'"),
         (["--horizons", "30"], "error: horizons must lie in 1..5 (the model's horizon), got [30]"),
         (["--tickers", "AAA,QQQ"], "error: no cached bars for ['QQQ']: load them first"),
-        (["--universe", "nasdaq"], "error: unknown universe 'nasdaq'; known: ['top24']"),
+        (["--universe", "nasdaq"],
+         "error: unknown universe 'nasdaq'; known: ['all', 'top24']"),
+        (["--all", "--universe", "all"],
+         "error: give at most one of --all, --universe NAME or --tickers LIST"),
         (["--version", "nope"], "error: no model artifact at"),
     ],
 )
@@ -296,3 +299,15 @@ def test_reband_command_writes_the_codes_band_as_a_new_version(cli_env, tiny_art
     assert load_manifest(cli_env.model_dir / tiny_artifact.artifact_dir.name).band["aci"] == (
         ACISettings().to_dict())
     assert CliRunner().invoke(app, ["reband", "nope"]).exit_code == 1
+
+
+def test_backtest_universe_all_is_every_cached_ticker_as_all_is(cli_env, tmp_path):
+    # One spelling for every command (train and evaluate take --universe all too).
+    outs = [CliRunner().invoke(app, ["backtest", *args, "--horizons", "1", "--plots-dir",
+                                     str(tmp_path / str(i))])
+            for i, args in enumerate((["--universe", "all"], ["--all"]))]
+    for out in outs:
+        assert out.exit_code == 0, out.output
+    heads = [next(line for line in out.output.splitlines() if line.startswith("backtest run"))
+             for out in outs]
+    assert heads[0].split(":", 1)[1] == heads[1].split(":", 1)[1]  # the same model, tickers

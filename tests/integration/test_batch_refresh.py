@@ -221,3 +221,9 @@ def test_refresh_command_with_no_source_reports_every_ticker_failed(cli_env, mon
     assert out.exit_code == 1, out.output
     assert "refreshed 3 tickers (failed=3): 0 bars new or changed, 1 batches" \
         in out.output
+    # `--universe all`, the other spelling of every ticker: the same three, now tried within
+    # the refresh interval, so none is asked again.
+    again = CliRunner().invoke(app, ["refresh", "--universe", "all", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert "refreshed 3 tickers (throttled=3): 0 bars new or changed, 0 batches" \
+        in again.output

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 
 from service.api.main import create_app
 from service.artifacts.manifest import load_manifest
@@ -415,6 +415,46 @@ def test_a_batch_of_more_than_100_tickers_is_answered(db_url, tiny_artifact, tin
         assert app.state.forecasts.from_store == 110
         for got in body.json()["forecasts"][105:115]:
             _assert_same_forecast(got, _from_bars(tiny_predictor, engine, got["ticker"], 2))
+    engine.dispose()
+
+
+def test_a_batch_reads_its_tickers_states_in_one_statement(db_url, tiny_artifact,
+                                                          tiny_predictor):
+    # The bar check of a cold batch: one SELECT of the tickers' states for all of them (not one
+    # per ticker), with the same answers as each ticker asked on its own; the stale flags and
+    # warnings of a failed refresh included.
+    tickers = [f"T{i:03d}" for i in range(30)]
+    frame = pd.concat([make_bars(200, start="2020-08-03", seed=i, ticker=t)
+                       for i, t in enumerate(tickers)], ignore_index=True)
+    engine = make_engine(db_url)
+    _ingest(engine, frame)
+    prewarm(engine, tiny_predictor, tickers)
+    with engine.begin() as conn:  # refreshed just now (none due); T001's refresh failed
+        now = {"at": pd.Timestamp.now("UTC").to_pydatetime()}
+        conn.execute(text("UPDATE tickers SET last_refresh_status = 'ok', "
+                          "last_refresh_at = :at"), now)
+        conn.execute(text("UPDATE tickers SET last_refresh_status = 'error', "
+                          "last_refresh_error = 'source down' WHERE symbol = 'T001'"))
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir,
+                                  refresh_interval_minutes=1e6))
+    with TestClient(app) as client:
+        statements = []
+        event.listen(app.state.engine, "before_cursor_execute",
+                     lambda *args, **kw: statements.append(args[2]))
+        batch = client.post("/predict", json={"tickers": tickers, "horizon": 2})
+        assert batch.status_code == 200, batch.text
+        states = [s for s in statements if "FROM tickers" in s]
+        assert len(states) == 1, states
+        assert app.state.forecasts.from_store == len(tickers)
+        app.state.forecasts.clear()
+        for got in batch.json()["forecasts"]:
+            alone = client.post(f"/predict/{got['ticker']}", json={"horizon": 2})
+            assert alone.status_code == 200, alone.text
+            assert got == alone.json()
+        stale = batch.json()["forecasts"][1]
+        assert stale["stale"] is True and "last refresh failed (source down)" in \
+            " ".join(stale["warnings"])
+        assert not batch.json()["forecasts"][0]["stale"]
     engine.dispose()
 
 

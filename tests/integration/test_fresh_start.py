@@ -112,3 +112,28 @@ def test_backtest_writes_the_report_only_for_a_run_the_gate_would_accept(cli_env
     report = json.loads((artifact / REPORT_FILE).read_text())
     assert report["model_version"] == artifact.name
     assert dt.date.fromisoformat(report["run"]["start"]) >= load_manifest(artifact).split.test[0]
+
+
+def test_a_rerun_with_the_same_figures_leaves_the_report_as_it_was(cli_env, tmp_path):
+    # Only the timings and the run's creation time would differ: a tracked report stays
+    # unchanged in git; a figure that moved is written (and shows in a diff).
+    artifact = cli_env.model_dir / (cli_env.model_dir / "current").read_text().strip()
+    path = artifact / REPORT_FILE
+    runner = CliRunner()
+    args = ["backtest", "--horizons", "1", "--plots-dir"]
+    first = runner.invoke(app, [*args, str(tmp_path / "p1")])
+    assert first.exit_code == 0, first.output
+    assert f"report: {path}\n" in first.output
+    written = path.read_bytes()
+    again = runner.invoke(app, [*args, str(tmp_path / "p2")])
+    assert again.exit_code == 0, again.output
+    assert f"report: {path} (unchanged: it already holds these figures)" in again.output
+    assert path.read_bytes() == written
+    report = json.loads(written)
+    report["metrics"][0][-1] = 123.0  # a figure that no longer matches the measurement
+    path.write_text(json.dumps(report))
+    third = runner.invoke(app, [*args, str(tmp_path / "p3")])
+    assert third.exit_code == 0, third.output
+    assert f"report: {path}\n" in third.output
+    restored = json.loads(path.read_text())
+    assert restored["metrics"] == json.loads(written)["metrics"]
