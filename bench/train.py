@@ -1,9 +1,12 @@
 """Training and inference benchmark for the default universe, measured in one run.
 
-Prints (1) training throughput (samples/s) and seconds per epoch on this machine's CPU at 1
-thread and at --threads, each beside its in-run baseline: the same training with torch's NaN
-fill of new tensors (deterministic mode's default, the path before) on; on CUDA (where torch
-sees a GPU, with AMP as `fit` uses it) beside the CPU row, named by the GPU; and (2) torch-eager
+Prints (1) training throughput (samples/s, samples per CPU second) and seconds per epoch on
+this machine's CPU at 1 thread and at --threads, each beside its in-run baseline, the path
+before issue 12: the same training with torch's NaN fill of new tensors (deterministic mode's
+default) on and glibc malloc's defaults; then without the fill; then without it and with the
+large tensors kept on malloc's heap (training.allocator), as `fit` trains now. Each run is a
+fresh process, so no run inherits another's allocator or torch state. On CUDA (where torch sees
+a GPU, with AMP as `fit` uses it) a row beside the CPU row, named by the GPU; and (2) torch-eager
 vs onnxruntime latency of the exported model for one window and for a batch of 500 windows:
 medians of repeated runs, their ratio, and onnxruntime's active provider (CUDA as well where
 onnxruntime-gpu sees a GPU).
@@ -15,11 +18,14 @@ Run: `make bench-train` (needs the bar cache filled: `stockcast ingest` or `make
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,16 +56,24 @@ def median_ms(fn, repeat: int, warmup: int = 5) -> float:
     return statistics.median(times) * 1000
 
 
-def train_row(bars, config: TrainConfig, device: str, label: str,
-              fill: bool = False) -> tuple[dict, object]:
-    """One training run's steady epochs; `fill`: with the NaN fill of new tensors (baseline)."""
+def train_row(bars, config: TrainConfig, device: str, label: str, fill: bool = False,
+              heap: bool = True, keep: bool = False) -> tuple[dict, object]:
+    """One training run's steady epochs, in a fresh process (its own malloc and torch state).
+
+    `fill`: torch's NaN fill of new tensors on; `heap`: glibc malloc keeps the large tensors
+    on its heap (training.allocator); `keep`: also return the TrainResult (else None).
+    """
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(_train_row, bars, config, device, label, fill, heap, keep).result()
+
+
+def _train_row(bars, config: TrainConfig, device: str, label: str, fill: bool, heap: bool,
+               keep: bool) -> tuple[dict, object]:
     train_loop.FILL_UNINITIALIZED_MEMORY = fill
-    try:
-        # Patience above the epoch count: every epoch runs, none is cut by early stopping.
-        result = fit(config.with_(device=device, early_stopping_patience=config.epochs + 1),
-                     bars)
-    finally:
-        train_loop.FILL_UNINITIALIZED_MEMORY = False
+    train_loop.HEAP_ALLOCATIONS = heap
+    # Patience above the epoch count: every epoch runs, none is cut by early stopping.
+    result = fit(config.with_(device=device, early_stopping_patience=config.epochs + 1), bars)
     seconds = [h["seconds"] for h in result.history]
     cpu_seconds = [h["cpu_seconds"] for h in result.history]
     # The first epoch carries one-off costs (allocator warm-up, CUDA init); report the rest.
@@ -74,7 +88,9 @@ def train_row(bars, config: TrainConfig, device: str, label: str,
         "samples_per_cpu_s": len(result.prepared.train) / cpu_per_epoch,
         "val_loss": result.history[-1]["val_loss"],
         "weights": result.weights_sha256[:12],
-    }, result
+        # The process's peak resident memory (KiB on Linux): what keeping freed memory costs.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }, (result if keep else None)
 
 
 def main() -> None:
@@ -91,12 +107,17 @@ def main() -> None:
     rows, result = [], None
     for threads in sorted({1, args.threads}):
         cpu = config.with_(threads=threads)
-        baseline, _ = train_row(bars, cpu, "cpu", f"cpu, {threads} thread(s), baseline: NaN fill",
-                                fill=True)
-        row, trained = train_row(bars, cpu, "cpu", f"cpu, {threads} thread(s)")
-        row["x_baseline"] = row["samples_per_s"] / baseline["samples_per_s"]
-        row["x_baseline_cpu"] = row["samples_per_cpu_s"] / baseline["samples_per_cpu_s"]
-        rows += [baseline, row]
+        name = f"cpu, {threads} thread(s)"
+        baseline, _ = train_row(bars, cpu, "cpu", f"{name}, baseline: NaN fill, glibc defaults",
+                                fill=True, heap=False)
+        no_fill, _ = train_row(bars, cpu, "cpu", f"{name}, no NaN fill, glibc defaults",
+                               heap=False)
+        row, trained = train_row(bars, cpu, "cpu", f"{name}, no NaN fill, heap allocations",
+                                 keep=result is None)
+        for r in (no_fill, row):
+            r["x_baseline"] = r["samples_per_s"] / baseline["samples_per_s"]
+            r["x_baseline_cpu"] = r["samples_per_cpu_s"] / baseline["samples_per_cpu_s"]
+        rows += [baseline, no_fill, row]
         result = result or trained
     cpu_row = rows[-1]
     if torch.cuda.is_available():
@@ -113,15 +134,16 @@ def main() -> None:
     print("(CPU seconds: the process's user + system time; with 1 thread they measure the work "
           "whatever else the machine runs)")
     print("| run | train samples | s / epoch | samples / s | x baseline | CPU s / epoch | "
-          "samples / CPU s | x baseline (CPU) | last val loss | weights sha256 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "samples / CPU s | x baseline (CPU) | peak RSS MiB | last val loss | weights sha256 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         ratio = r.get("x_baseline", r.get("x_cpu"))
         ratio = f"{ratio:.2f}" + (" (x cpu)" if "x_cpu" in r else "") if ratio else "-"
         cpu_ratio = f"{r['x_baseline_cpu']:.2f}" if "x_baseline_cpu" in r else "-"
         print(f"| {r['label']} | {r['samples']} | {r['epoch_s']:.1f} | "
               f"{r['samples_per_s']:.0f} | {ratio} | {r['cpu_s']:.1f} | "
-              f"{r['samples_per_cpu_s']:.0f} | {cpu_ratio} | {r['val_loss']:.5f} | "
+              f"{r['samples_per_cpu_s']:.0f} | {cpu_ratio} | {r['peak_rss_mib']:.0f} | "
+              f"{r['val_loss']:.5f} | "
               f"{r['weights']} |")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -147,6 +147,18 @@ def test_training_without_the_nan_fill_of_new_tensors_gives_the_same_weights(bar
     assert [h["val_loss"] for h in fast.history] == [h["val_loss"] for h in filled.history]
 
 
+def test_training_with_large_tensors_on_the_heap_gives_the_same_weights(bars_multi,
+                                                                        monkeypatch):
+    """glibc malloc keeping the tensors on its heap (the default) moves bytes, changes no value."""
+    import training.train as train_loop
+
+    heap = fit(tiny_config(epochs=2), bars_multi)
+    monkeypatch.setattr(train_loop, "HEAP_ALLOCATIONS", False)
+    mapped = fit(tiny_config(epochs=2), bars_multi)
+    assert heap.weights_sha256 == mapped.weights_sha256
+    assert [h["val_loss"] for h in heap.history] == [h["val_loss"] for h in mapped.history]
+
+
 def test_early_stopping_restores_the_best_epoch(bars_multi):
     result = fit(tiny_config(epochs=6, early_stopping_patience=2, learning_rate=0.05), bars_multi)
     losses = [h["val_loss"] for h in result.history]
