@@ -303,6 +303,9 @@ def train(
     train_stride: Annotated[int | None, typer.Option(help="Every k-th train origin.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    members: Annotated[int | None, typer.Option(
+        help="Seed ensemble: N networks (seeds seed..seed+N-1) averaged in one ONNX graph.",
+        min=1)] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; options win.")] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
     gate: Annotated[bool, typer.Option(
@@ -345,7 +348,7 @@ def train(
         changes["tickers"] = _universe_tickers(universe)
     for name, value in (("epochs", epochs), ("device", device), ("batch_size", batch_size),
                         ("train_stride", train_stride), ("threads", threads), ("seed", seed),
-                        ("band_source", band_source)):
+                        ("band_source", band_source), ("members", members)):
         if value is not None:
             changes[name] = value
     if start:
@@ -368,8 +371,14 @@ def train(
         return
     artifact, meta = outcome.artifact, outcome.meta
     one_day = meta["metrics"]["horizons"]["1"]
-    typer.echo(f"artifact {artifact}  (best epoch {meta['training']['best_epoch']} "
-               f"of {meta['training']['epochs_run']})")
+    members = meta["training"].get("members")
+    if members:  # a seed ensemble: each member's own best epoch
+        typer.echo(f"artifact {artifact}  (seed ensemble of {len(members)}: best epochs "
+                   + ", ".join(f"{m['best_epoch']} of {m['epochs_run']} (seed {m['seed']})"
+                               for m in members) + ")")
+    else:
+        typer.echo(f"artifact {artifact}  (best epoch {meta['training']['best_epoch']} "
+                   f"of {meta['training']['epochs_run']})")
     typer.echo(f"val 1-day MAE {one_day['mae_median']:.5f} "
                f"vs naive {one_day['mae_naive_zero']:.5f} "
                f"(rel {one_day['rel_mae_vs_naive']:.3f}), "
@@ -528,6 +537,9 @@ def evaluate(
     cluster: Annotated[str | None, typer.Option(
         help="Dask scheduler address (tcp://host:8786): blocks train there, not here.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per block.")] = None,
+    members: Annotated[int | None, typer.Option(
+        help="Seed ensemble per block: N networks (seeds seed..seed+N-1) averaged in one ONNX "
+             "graph.", min=1)] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; options win.")] = None,
     model_dir: Annotated[Path | None, typer.Option(
         help="Where block models and their cache go (default: var/rolling).")] = None,
@@ -559,7 +571,8 @@ def evaluate(
         if features not in FEATURE_SETS:
             _fail(f"unknown feature set {features!r}; known: {sorted(FEATURE_SETS)}")
         changes["features"] = FEATURE_SETS[features]
-    for name, value in (("epochs", epochs), ("threads", threads), ("target", target)):
+    for name, value in (("epochs", epochs), ("threads", threads), ("target", target),
+                        ("members", members)):
         if value is not None:
             changes[name] = value
     try:

@@ -78,6 +78,9 @@ class TrainConfig:
     # ("model") or the random-walk EWMA-volatility band ("ewma", the fallback when the model's
     # band does not beat it on the validation segment).
     band_source: str = "model"
+    # A seed ensemble: `members` networks trained alike with seeds seed, seed + 1, ...; the
+    # exported graph averages their quantiles (training/ensemble.py). 1: one network, as before.
+    members: int = 1
     # run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -95,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
         if self.train_stride < 1:
             raise ValueError(f"train_stride must be >= 1, got {self.train_stride}")
         if not 0.0 <= self.unknown_ticker_prob < 1.0:

@@ -30,7 +30,7 @@ from service.artifacts.manifest import (
 )
 from service.forecasting.bands import ACI_SUFFIX, ACISettings
 from training.dataset import PreparedData
-from training.model import ExportedForecaster, QuantileLSTM
+from training.model import ExportedForecaster, QuantileEnsemble, QuantileLSTM
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def export_onnx(wrapper: ExportedForecaster, example_window: torch.Tensor,
                           QUANTILES_OUTPUT: {0: "batch"}},
         )
     graph = onnx.load_from_string(buffer.getvalue())
+    # A seed ensemble says so in the graph too (one network's graph is as it always was).
+    members = {"stockcast.members": str(len(model.members))} if hasattr(model, "members") else {}
     # The vocabulary size travels with the graph so OnnxModel can map unknown ids without meta.
     onnx.helper.set_model_props(graph, {
         N_TICKERS_PROPERTY: str(wrapper.n_tickers),
@@ -75,6 +77,7 @@ def export_onnx(wrapper: ExportedForecaster, example_window: torch.Tensor,
         "stockcast.output_units": "log_return",
         "stockcast.target": "log return / (max(sigma_t, VOL_FLOOR) sqrt(h)); multiplied back "
                             "inside this graph",
+        **members,
     })
     onnx.checker.check_model(graph)
     return graph.SerializeToString()
@@ -132,10 +135,13 @@ class TrainingRecord:
     weights_sha256: str
     world_size: int
     seconds: float
+    # A seed ensemble's members (training/ensemble.py), each {seed, best_epoch, epochs_run,
+    # weights_sha256, val_pinball_scaled, seconds, history}; empty for one network.
+    members: tuple[dict, ...] = ()
 
 
-def build_meta(model: QuantileLSTM, prepared: PreparedData, record: TrainingRecord,
-               onnx_bytes: bytes, parity: float) -> dict:
+def build_meta(model: QuantileLSTM | QuantileEnsemble, prepared: PreparedData,
+               record: TrainingRecord, onnx_bytes: bytes, parity: float) -> dict:
     """meta.json contents; `version` is the content hash and `run` holds what varies per run."""
     import hashlib
 
@@ -179,13 +185,20 @@ def build_meta(model: QuantileLSTM, prepared: PreparedData, record: TrainingReco
             "history": record.history,
         },
     }
+    if record.members:
+        # What each member learned is part of the hash; how long each took is not (run).
+        meta["training"]["members"] = [
+            {k: v for k, v in member.items() if k not in ("seconds", "history")}
+            for member in record.members]
+        meta["run"]["members"] = [{"seed": member["seed"], "seconds": member["seconds"],
+                                   "history": member["history"]} for member in record.members]
     meta["version"] = artifact_version(onnx_bytes, meta)
     meta["created_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return meta
 
 
-def export_artifact(model: QuantileLSTM, prepared: PreparedData, record: TrainingRecord,
-                    model_dir: Path) -> Path:
+def export_artifact(model: QuantileLSTM | QuantileEnsemble, prepared: PreparedData,
+                    record: TrainingRecord, model_dir: Path) -> Path:
     """Write models/<version>/{model.onnx, meta.json, history.png}; `current` is left alone.
 
     Only the promotion gate (service.evaluation.promotion.promote, which `stockcast train`

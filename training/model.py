@@ -62,6 +62,32 @@ class QuantileLSTM(nn.Module):
         return monotone_quantiles(raw, self.median_index)
 
 
+class QuantileEnsemble(nn.Module):
+    """Seed-ensemble members of one config (same data, same scalers): their quantiles averaged.
+
+    Quacks as a QuantileLSTM (config, horizon, quantiles) so ExportedForecaster wraps it and the
+    export path, the artifact's inputs and outputs are unchanged. Each member's output is sorted
+    along Q (monotone_quantiles), and so is a mean of sorted vectors.
+    """
+
+    def __init__(self, members: list[QuantileLSTM]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        configs = {m.config for m in members}
+        if len(configs) != 1:
+            raise ValueError(f"ensemble members differ in their network config: {configs}")
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.config = first.config
+        self.horizon, self.quantiles, self.median_index = (
+            first.horizon, first.quantiles, first.median_index)
+
+    def forward(self, window: torch.Tensor, ticker_id: torch.Tensor) -> torch.Tensor:
+        """(B, W, F) float, (B,) int64 -> (B, H, Q): the members' mean, non-decreasing along Q."""
+        return torch.stack([member(window, ticker_id) for member in self.members]).mean(dim=0)
+
+
 def monotone_quantiles(raw: torch.Tensor, median_index: int) -> torch.Tensor:
     """(..., Q) raw outputs -> quantiles: the median, then cumulative softplus offsets both ways."""
     median = raw[..., median_index : median_index + 1]
@@ -95,11 +121,11 @@ class ExportedForecaster(nn.Module):
     log returns from here, never touching either scaling.
     """
 
-    def __init__(self, model: QuantileLSTM, target_mean, target_std, scale_index: int,
-                 scale_mean: float, scale_std: float):
+    def __init__(self, model: QuantileLSTM | QuantileEnsemble, target_mean, target_std,
+                 scale_index: int, scale_mean: float, scale_std: float):
         super().__init__()
         self.model = model
-        self.n_tickers = model.ticker_embedding.num_embeddings
+        self.n_tickers = model.config.n_tickers
         self.scale_index = int(scale_index)
         self.register_buffer("target_mean", torch.as_tensor(target_mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.as_tensor(target_std, dtype=torch.float32))
@@ -109,7 +135,7 @@ class ExportedForecaster(nn.Module):
         self.register_buffer("sqrt_horizon", sqrt_h)
 
     @classmethod
-    def of(cls, model: QuantileLSTM, prepared) -> ExportedForecaster:
+    def of(cls, model: QuantileLSTM | QuantileEnsemble, prepared) -> ExportedForecaster:
         """The wrapper for a model trained on `prepared` (training.dataset.PreparedData)."""
         k = list(prepared.spec.features).index(SCALE_FEATURE)
         features, target = prepared.feature_scaler, prepared.target_scaler

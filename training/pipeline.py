@@ -23,8 +23,8 @@ from service.evaluation.runs import StoredBacktest, backtest_and_store
 from service.forecasting.features import needs_market
 from service.inference.onnx_model import Provider
 from training.config import TrainConfig
+from training.ensemble import fit_members
 from training.export import export_artifact
-from training.train import fit
 
 
 def read_training_bars(database_url: str, config: TrainConfig) -> pd.DataFrame:
@@ -55,9 +55,10 @@ def run(config: TrainConfig, database_url: str, model_dir: Path) -> Path | None:
 
 
 def train_and_export(config: TrainConfig, bars: pd.DataFrame, model_dir: Path) -> Path | None:
-    """Fit on these bars and (rank 0) export models/<version>/; returns that folder on rank 0."""
+    """Fit on these bars (`config.members` seeds, averaged in one graph when > 1) and (rank 0)
+    export models/<version>/; returns that folder on rank 0."""
     try:
-        result = fit(config, bars)
+        result = fit_members(config, bars)
         artifact_dir = None
         if result.rank == 0:
             artifact_dir = export_artifact(result.model, result.prepared, result.record,

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import re
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -64,7 +65,7 @@ CACHE_DIR = "blocks"  # <model_dir>/blocks/<key>.json names the version trained 
 _UNKEYED = ("progress",)
 # Config fields added after block caches existed: left out of the key at these defaults, so the
 # blocks cached before them (the same training) are still found.
-_KEYED_UNLESS_DEFAULT = {"target": "return"}
+_KEYED_UNLESS_DEFAULT = {"target": "return", "members": 1}
 CLUSTER_CONNECT_TIMEOUT_S = 30
 
 
@@ -302,17 +303,32 @@ class Ablation:
         }
 
 
-VARIANT_SEP = ":"  # an ablation arm: a feature set, optionally ":<target>" (TARGETS)
+# An ablation arm: a feature set, optionally ":<target>" (TARGETS) and ":m<N>" (a seed
+# ensemble of N members), e.g. returns:cs_demeaned:m3.
+VARIANT_SEP = ":"
+_MEMBERS_ARM = re.compile(r"m([1-9][0-9]*)")
 
 
 def ablation_variant(name: str) -> dict:
-    """The config changes of one ablation arm: `returns`, or `returns:cs_demeaned` (a target)."""
-    features, _, target = name.partition(VARIANT_SEP)
+    """The config changes of one ablation arm: `returns`, `returns:cs_demeaned` (a target),
+    `returns:cs_demeaned:m3` (and a seed ensemble of 3)."""
+    features, *options = name.split(VARIANT_SEP)
     if features not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {features!r}; known: {sorted(FEATURE_SETS)}")
-    if target and target not in TARGETS:
-        raise ValueError(f"unknown target {target!r} in {name!r}; known: {list(TARGETS)}")
-    return {"features": FEATURE_SETS[features], **({"target": target} if target else {})}
+    changes: dict = {"features": FEATURE_SETS[features]}
+    for option in options:
+        members = _MEMBERS_ARM.fullmatch(option)
+        key = "members" if members else "target"
+        if key in changes:
+            raise ValueError(f"{name!r} names its {key} twice")
+        if members:
+            changes["members"] = int(members.group(1))
+        elif option in TARGETS:
+            changes["target"] = option
+        else:
+            raise ValueError(f"unknown target {option!r} in {name!r}; known: {list(TARGETS)} "
+                             "(or m<N>, a seed ensemble of N)")
+    return changes
 
 
 def evaluate_ablation(config: TrainConfig, spec: RollingSpec, feature_sets: Sequence[str],

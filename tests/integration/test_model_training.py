@@ -333,6 +333,23 @@ def test_cli_train_no_promote_exports_without_a_backtest(tmp_path, sqlite_url, b
         f"`stockcast promote {artifact.name}`")
 
 
+def test_cli_train_members_exports_one_averaged_artifact(tmp_path, sqlite_url, bars_multi,
+                                                         monkeypatch):
+    store_bars(sqlite_url, bars_multi, reset=True)
+    result, models = _cli(tmp_path, sqlite_url, monkeypatch, tiny_config(epochs=1),
+                          "--no-promote", "--members", "2", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    [artifact] = [p for p in models.iterdir() if p.is_dir()]
+    meta = json.loads((artifact / "meta.json").read_text())
+    assert meta["training"]["config"]["members"] == 2
+    assert [m["seed"] for m in meta["training"]["members"]] == [3, 4]
+    assert "seed ensemble of 2: best epochs 1 of 1 (seed 3), 1 of 1 (seed 4)" in result.output
+    assert load_manifest(artifact).version == artifact.name  # what a server loads
+    refused, _ = _cli(tmp_path, sqlite_url, monkeypatch, tiny_config(epochs=1), "--no-promote",
+                      "--members", "0")
+    assert refused.exit_code == 2  # typer's own range check
+
+
 def test_cli_train_that_diverges_exports_nothing(tmp_path, sqlite_url, bars_multi, monkeypatch):
     store_bars(sqlite_url, bars_multi, reset=True)
     config = tiny_config(learning_rate=1e30, grad_clip=1e30)

@@ -114,13 +114,39 @@ def test_a_rerun_reuses_the_cached_block_models(clean_run):
                                            holdout=job.config.holdout), job.bars) != job.key
     assert block_key(job.config, job.bars.iloc[1:]) != job.key
     assert block_key(job.config.with_(progress=True), job.bars) == job.key
-    # The target field came after caches existed: at its default it is not in the key (the
-    # blocks cached before it are found), any other target is another key.
-    keyed = {k: v for k, v in job.config.to_dict().items() if k not in ("progress", "target")}
+    # The target and members fields came after caches existed: at their defaults they are not
+    # in the key (the blocks cached before them are found), any other value is another key.
+    keyed = {k: v for k, v in job.config.to_dict().items()
+             if k not in ("progress", "target", "members")}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode())
     digest.update(bars_digest(job.bars).encode())
     assert job.key == digest.hexdigest()[:16]
     assert block_key(job.config.with_(target="cs_demeaned"), job.bars) != job.key
+    assert block_key(job.config.with_(members=3), job.bars) != job.key
+
+
+def test_a_seed_ensembles_block_models_are_their_own_and_resume(clean_run):
+    root, run = clean_run
+    url = f"sqlite:///{root / 'pair.db'}"  # its own runs table: r.db's latest run stays
+    store_bars(url, BARS, reset=True)
+    # Same model dir as the single-seed run: its cached blocks must not stand in for these.
+    spec = RollingSpec(start=START, end=END, retrain_every=40, horizons=(1,),
+                       baselines=("naive",), top_k=2, cost_bp=10.0)
+    pair = evaluate_rolling(_config(members=2), spec, url, root / "models", provider="cpu")
+    assert not any(b["cached"] for b in pair.result.config["blocks"])
+    assert set(_versions(pair)).isdisjoint(_versions(run))
+    assert pair.result.config["training"]["members"] == 2
+    for b in pair.result.config["blocks"]:
+        meta = json.loads((root / "models" / b["model_version"] / "meta.json").read_text())
+        assert [m["seed"] for m in meta["training"]["members"]] == [0, 1]
+    again = evaluate_rolling(_config(members=2), spec, url, root / "models", provider="cpu")
+    assert all(b["cached"] for b in again.result.config["blocks"])
+    assert _versions(again) == _versions(pair)
+    # ...and the single-seed run still finds its own (members=1 is not a members=2 model).
+    single = train_blocks(plan_jobs(_config(members=1), BARS, SPEC), root / "models",
+                          progress=False)
+    assert [single[b][0].name for b in (1, 2)] == _versions(run)
+    assert all(cached for _, cached in single.values())
 
 
 def test_the_stitched_run_is_stored_with_hac_statistics_and_books(clean_run):
@@ -204,6 +230,13 @@ def test_the_cli_runs_six_tickers_two_blocks_two_epochs_quickly(tmp_path, monkey
                                      "--plots-dir", str(tmp_path / "plots-all")])
     assert every.exit_code == 0, every.output
     assert every.output.count("(cached)") == 2
+    # --members N: a seed ensemble per block, trained anew (not the cached single-seed blocks).
+    pair = CliRunner().invoke(app, ["evaluate", "--universe", "all", "--members", "2", *options,
+                                    "--plots-dir", str(tmp_path / "plots-pair")])
+    assert pair.exit_code == 0, pair.output
+    assert "(cached)" not in pair.output
+    metas = [json.loads(m.read_text()) for m in (tmp_path / "models").glob("*/meta.json")]
+    assert sorted(m["training"]["config"]["members"] for m in metas) == [1, 1, 2, 2]
     unknown = CliRunner().invoke(app, ["evaluate", "--universe", "top500", *options])
     target = CliRunner().invoke(app, ["evaluate", "--universe", "all", "--target", "excess",
                                       *options])
@@ -369,8 +402,13 @@ def test_an_ablation_arm_can_name_a_target_and_trains_its_own_models(clean_run):
     assert ablation_variant("returns") == {"features": FEATURE_SETS["returns"]}
     assert ablation_variant("+market:cs_demeaned") == {"features": FEATURE_SETS["+market"],
                                                        "target": "cs_demeaned"}
+    assert ablation_variant("returns:cs_demeaned:m3") == {
+        "features": FEATURE_SETS["returns"], "target": "cs_demeaned", "members": 3}
+    assert ablation_variant("returns:m5") == {"features": FEATURE_SETS["returns"], "members": 5}
     for bad, why in (("prices", "unknown feature set 'prices'"),
-                     ("returns:ranks", "unknown target 'ranks'")):
+                     ("returns:ranks", "unknown target 'ranks'"),
+                     ("returns:m0", "unknown target 'm0'"),
+                     ("returns:m3:m2", "names its members twice")):
         with pytest.raises(ValueError, match=why):
             ablation_variant(bad)
     root, run = clean_run
