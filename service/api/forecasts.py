@@ -232,7 +232,12 @@ class ForecastService:
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
         misses: list[tuple[int, CachedBars, BarCheck]] = []
         live: set[int] = set()  # results as of their ticker's latest cached bar
-        read = self._latest_bars(tickers, end)
+        try:
+            read = self._latest_bars(tickers, end)
+        except DatabaseUnavailable:  # the whole request fails: give back its renewal claims
+            for ticker in tickers:
+                self._release((ticker, end), claimant)
+            raise
         for i, ticker in enumerate(tickers):
             try:
                 check, bars = self._check(predictor, ticker, end, claimant, read.get(ticker))

@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.core.errors import (
     DatabaseUnavailable,
+    InvalidTicker,
     SourceNotConfigured,
     SourceUnavailable,
     UnknownTicker,
@@ -134,20 +135,25 @@ class BarCache:
         """latest_bar(ticker) of each of `tickers` with nothing due from the source, their
         states read in one statement; a ticker a refresh is due for (or an unknown one) is
         left out, for latest_bar to refresh it on its own."""
-        names = [normalize_ticker(t) for t in tickers]
+        names = {}  # as given -> normalized; a name that is no ticker is left out too
+        for ticker in tickers:
+            try:
+                names[ticker] = normalize_ticker(ticker)
+            except InvalidTicker:
+                continue
         try:
             with self.engine.connect() as conn:
-                states = bars_db.ticker_states(conn, names)
+                states = bars_db.ticker_states(conn, list(names.values()))
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
         out = {}
-        for ticker in names:
+        for given, ticker in names.items():
             state = states.get(ticker)
             if state is None or state.last_bar_date is None or self._needs_refresh(state, None):
                 continue
             _, fetched, stale, warnings = self._current(ticker, None, None, state)
-            out[ticker] = self._answer(ticker, state, _dated(state.last_bar_date), fetched,
-                                       stale, warnings)
+            out[given] = self._answer(ticker, state, _dated(state.last_bar_date), fetched,
+                                      stale, warnings)
         return out
 
     def _current(self, ticker: str, start: dt.date | None, end: dt.date | None,

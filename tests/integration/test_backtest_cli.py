@@ -301,13 +301,20 @@ def test_reband_command_writes_the_codes_band_as_a_new_version(cli_env, tiny_art
     assert CliRunner().invoke(app, ["reband", "nope"]).exit_code == 1
 
 
-def test_backtest_universe_all_is_every_cached_ticker_as_all_is(cli_env, tmp_path):
-    # One spelling for every command (train and evaluate take --universe all too).
+def test_backtest_universe_all_is_every_cached_ticker_as_all_is(cli_env, tiny_artifact,
+                                                                 tmp_path):
+    # One spelling for every command (train and evaluate take --universe all too); DDD is
+    # cached but not one of the model's training tickers, so only "every cached" scores it.
+    from tests.api_factories import store_bars
+
+    bars = tiny_artifact.bars
+    store_bars(cli_env.url, bars[bars["ticker"] == "AAA"].assign(ticker="DDD"))
     outs = [CliRunner().invoke(app, ["backtest", *args, "--horizons", "1", "--plots-dir",
                                      str(tmp_path / str(i))])
-            for i, args in enumerate((["--universe", "all"], ["--all"]))]
+            for i, args in enumerate((["--universe", "all"], ["--all"], []))]
     for out in outs:
         assert out.exit_code == 0, out.output
     heads = [next(line for line in out.output.splitlines() if line.startswith("backtest run"))
-             for out in outs]
-    assert heads[0].split(":", 1)[1] == heads[1].split(":", 1)[1]  # the same model, tickers
+             .split(":", 1)[1] for out in outs]
+    assert heads[0] == heads[1]  # the same model and tickers
+    assert " 4 tickers" in heads[0] and " 3 tickers" in heads[2], heads

@@ -43,7 +43,7 @@ def test_large_blocks_come_from_the_heap_and_stay_there_after_free(libc):
     assert after_free.fordblks >= LARGE
 
 
-def test_glibc_defaults_return_on_exit(libc):
+def test_after_exit_large_blocks_stay_on_the_heap_up_to_32_mib_and_kept_memory_is_trimmed(libc):
     with heap_allocations():
         libc.free(libc.malloc(LARGE))
         kept = libc.mallinfo2()
@@ -51,12 +51,42 @@ def test_glibc_defaults_return_on_exit(libc):
     libc.free(libc.malloc(100 * 1024))  # under any mmap threshold: carved from the top
     trimmed = libc.mallinfo2()
     assert trimmed.arena <= kept.arena - LARGE // 2
-    # ... and a request larger than the heap's free memory is mmap'd again.
-    block = libc.malloc(trimmed.fordblks + LARGE)
+    # ... a 4 MiB block is the heap's, as under glibc's grown dynamic threshold (not mapped and
+    # faulted afresh each time, as under its 128 KiB start) ...
+    block = libc.malloc(4 << 20)
+    try:
+        assert libc.mallinfo2().hblks == trimmed.hblks
+    finally:
+        libc.free(block)
+    # ... and one over 32 MiB is mmap'd again.
+    block = libc.malloc(LARGE)
     try:
         assert libc.mallinfo2().hblks == trimmed.hblks + 1
     finally:
         libc.free(block)
+
+
+def test_nested_and_concurrent_uses_share_one_setting(libc):
+    # Fits in threads of one process: the first out must not undo the other's setting.
+    with heap_allocations() as outer:
+        with heap_allocations() as inner:
+            assert outer and inner
+        before = libc.mallinfo2()
+        block = libc.malloc(LARGE)  # over 32 MiB: mapped, were the inner one's exit applied
+        try:
+            assert libc.mallinfo2().hblks == before.hblks
+        finally:
+            libc.free(block)
+
+
+def test_a_users_own_malloc_settings_win(libc, monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+    with heap_allocations() as applied:
+        assert not applied
+    monkeypatch.delenv("MALLOC_MMAP_MAX_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000000")
+    with heap_allocations() as applied:
+        assert not applied
 
 
 def test_disabled_changes_nothing(libc):
