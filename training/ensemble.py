@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -51,6 +52,8 @@ def fit_members(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
     results = [fit(config.with_(seed=config.seed + i, members=1), bars_multi)
                for i in range(config.members)]
     first = results[0]
+    for r in results[1:]:  # averaging is only right over the same inputs and output scale
+        _check_same_data(first.prepared, r.prepared)
     model = QuantileEnsemble([r.model for r in results]).cpu().eval()
     metrics = validation_metrics(model, first.prepared)
     quantiles = torch.tensor(first.prepared.spec.quantiles, dtype=torch.float32)
@@ -59,3 +62,14 @@ def fit_members(config: TrainConfig, bars_multi: pd.DataFrame) -> TrainResult:
     return EnsembleResult(model, first.prepared, config, first.history, first.best_epoch,
                           metrics, weights_sha256(model), time.perf_counter() - started,
                           first.rank, first.world_size, results)
+
+
+def _check_same_data(a, b) -> None:
+    """Members must have been prepared alike (data preparation draws nothing at random)."""
+    same = (a.spec == b.spec and a.vocab == b.vocab and a.split == b.split
+            and all(np.array_equal(getattr(a, s).mean, getattr(b, s).mean)
+                    and np.array_equal(getattr(a, s).std, getattr(b, s).std)
+                    for s in ("feature_scaler", "target_scaler")))
+    if not same:
+        raise RuntimeError("ensemble members were prepared from different data or scalers; "
+                           "their forecasts cannot be averaged")

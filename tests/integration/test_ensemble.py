@@ -101,3 +101,18 @@ def test_members_must_be_positive_and_one_member_fits_as_before():
     with pytest.raises(ValueError, match="differ in their network config"):
         QuantileEnsemble([fit(tiny_config(epochs=1), BARS).model,
                           fit(tiny_config(epochs=1, hidden_size=4), BARS).model])
+
+
+def test_members_prepared_from_other_data_are_not_averaged(single):
+    import dataclasses
+
+    from service.forecasting.scaling import StandardScaler
+    from training.ensemble import _check_same_data
+
+    prepared = single[0].prepared
+    _check_same_data(prepared, prepared)
+    shifted = StandardScaler(prepared.target_scaler.mean + 1.0, prepared.target_scaler.std)
+    for other in (dataclasses.replace(prepared, target_scaler=shifted),
+                  dataclasses.replace(prepared, vocab=prepared.vocab[::-1])):
+        with pytest.raises(RuntimeError, match="cannot be averaged"):
+            _check_same_data(prepared, other)
