@@ -97,8 +97,10 @@ def check_parity(onnx_bytes: bytes, wrapper: ExportedForecaster,
     return diff
 
 
-def plot_history(history: list[dict], path: Path, best_epoch: int | None = None) -> None:
-    """PNG of train/val loss and learning rate per epoch."""
+def plot_history(history: list[dict], path: Path, best_epoch: int | None = None,
+                 members: tuple[dict, ...] = ()) -> None:
+    """PNG of train/val loss and learning rate per epoch; for a seed ensemble `history` is its
+    first member's, and every member's validation loss is drawn beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,10 +109,17 @@ def plot_history(history: list[dict], path: Path, best_epoch: int | None = None)
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
                                          gridspec_kw={"height_ratios": [3, 1]})
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    first = f", member seed {members[0]['seed']}" if members else ""
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label=f"train loss{first}")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], label=f"val loss{first}")
+    for member in members[1:]:
+        ax_loss.plot([h["epoch"] for h in member["history"]],
+                     [h["val_loss"] for h in member["history"]], linewidth=0.8, alpha=0.7,
+                     label=f"val loss, member seed {member['seed']}")
     if best_epoch:
-        ax_loss.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
+        best = f"best (epoch {best_epoch})" if not members else \
+            f"best of seed {members[0]['seed']} (epoch {best_epoch})"
+        ax_loss.axvline(best_epoch, color="grey", linestyle=":", label=best)
     ax_loss.set_ylabel("pinball loss (scaled)")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
@@ -221,7 +230,7 @@ def export_artifact(model: QuantileLSTM | QuantileEnsemble, prepared: PreparedDa
     try:
         (staging / ONNX_FILE).write_bytes(onnx_bytes)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        plot_history(record.history, staging / HISTORY_FILE, record.best_epoch)
+        plot_history(record.history, staging / HISTORY_FILE, record.best_epoch, record.members)
         final = model_dir / meta["version"]
         if final.exists():  # same content hash: the same model; replace its files
             shutil.rmtree(final)
