@@ -9,8 +9,9 @@ forecast. It names the version and the ONNX sha256 it measured; a report that do
 the artifact it sits in is never stored.
 
 A rerun that measures the same figures leaves the file as it is (with the date it was first
-measured): only the run's timings and creation time would differ, so a tracked report stays
-unchanged in git, and a rerun that does change it shows in `git diff` what moved.
+measured): only the run's timings, creation time and process count would differ, and on another
+CPU the figures' last bits (compared to a relative 1e-6), so a tracked report stays unchanged in
+git, and a rerun that does change it shows in `git diff` what moved.
 """
 
 from __future__ import annotations
@@ -44,22 +45,43 @@ def out_of_sample_problem(run: RunInfo, manifest: Manifest) -> str | None:
     return None
 
 
-# What a rerun of the same measurement changes: when it ran and how long it took.
+# What a rerun of the same measurement changes: when it ran, how long it took, in how many
+# processes (the figures do not depend on it).
 _RUN_ONLY = ("created_at",)
-_CONFIG_ONLY = ("seconds",)
+_CONFIG_ONLY = ("seconds", "workers")
+# Figures equal to this relative tolerance are the same measurement: the same code on another
+# CPU differs in the last bits (onnxruntime's float32 kernels, ≈ 5e-8; statsmodels' optimizer,
+# ≈ 3e-8; BLAS reductions, ≈ 1e-14), far below any printed digit.
+_FIGURE_RTOL = 1e-6
 
 
 def _measurement(report: dict) -> dict:
-    """The report without what only says when and how fast it was measured."""
+    """The report without what only says when, how fast and how it was run, nor its figures."""
     run = {k: v for k, v in report.get("run", {}).items() if k not in _RUN_ONLY}
     run["config"] = {k: v for k, v in run.get("config", {}).items() if k not in _CONFIG_ONLY}
-    return {**report, "run": run}
+    return {**{k: v for k, v in report.items() if k != "metrics"}, "run": run}
+
+
+def _same_figures(a: list, b: list) -> bool:
+    """The same rows (ticker, horizon, method, metric) in order, each value equal to
+    _FIGURE_RTOL (None, a NaN, only to None)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x[:-1] != y[:-1]:
+            return False
+        u, v = x[-1], y[-1]
+        if (u is None) != (v is None) or (u is not None and not math.isclose(
+                u, v, rel_tol=_FIGURE_RTOL, abs_tol=1e-300)):
+            return False
+    return True
 
 
 def write_report(manifest: Manifest, run: RunInfo, metrics: pd.DataFrame) -> tuple[Path, bool]:
     """Write the run and its long metrics (ticker, horizon, method, metric, value) into the
     artifact folder, NaN as null; (path, whether written). A report already there with the
-    same measurement (every figure, the run's range, tickers and settings) is kept."""
+    same measurement (every figure to _FIGURE_RTOL, the run's range, tickers and settings) is
+    kept."""
     rows = [[t, int(h), method, metric, None if not math.isfinite(v) else float(v)]
             for t, h, method, metric, v in metrics.loc[:, list(METRIC_COLUMNS)].itertuples(
                 index=False, name=None)]
@@ -77,7 +99,9 @@ def write_report(manifest: Manifest, run: RunInfo, metrics: pd.DataFrame) -> tup
     # Compared as JSON text: the floats as written and read back, NaN as null.
     report = json.loads(json.dumps(report))
     try:
-        if _measurement(json.loads(path.read_text())) == _measurement(report):
+        stored = json.loads(path.read_text())
+        if (_measurement(stored) == _measurement(report)
+                and _same_figures(stored.get("metrics", []), report["metrics"])):
             return path, False
     except (OSError, ValueError):  # none yet, or unreadable: write it
         pass
