@@ -6,7 +6,7 @@ import ctypes
 
 import pytest
 
-from training.allocator import _glibc, heap_allocations
+from training.allocator import USER_SETTINGS, _glibc, heap_allocations
 
 LARGE = 64 * 1024 * 1024  # above glibc's largest dynamic mmap threshold (32 MiB)
 
@@ -18,7 +18,11 @@ class _MallInfo2(ctypes.Structure):
 
 
 @pytest.fixture
-def libc():
+def libc(monkeypatch):
+    # The environment's own malloc settings switch heap_allocations off; other code in this
+    # process may have set them (Dask's nanny puts MALLOC_TRIM_THRESHOLD_ into os.environ).
+    for name in (*USER_SETTINGS, "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         pytest.skip("needs glibc >= 2.33 (mallopt, mallinfo2)")
