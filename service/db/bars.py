@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +13,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from service.core.bars import MARKET_RETURN, NUMERIC_COLUMNS, PRICE_COLUMNS, TICKER_BAR_COLUMNS
 from service.db.models import Bar, MarketSession, Ticker
+
+IN_CHUNK = 500  # tickers per IN (...) list
+
+
+def in_chunks(items: Sequence, size: int = IN_CHUNK) -> Iterator[list]:
+    """`items` in lists of at most `size` (an IN list, an executemany batch)."""
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
 
 COPY_TYPES = ["varchar", "date", "float8", "float8", "float8", "float8", "float8", "int8",
               "varchar"]
@@ -137,8 +145,8 @@ def bump_revisions(conn: Connection, tickers: Sequence[str]) -> None:
     per ticker, and a needless bump only costs one recomputation.
     """
     table = Ticker.__table__
-    for i in range(0, len(tickers), 500):
-        conn.execute(table.update().where(table.c.symbol.in_(list(tickers[i : i + 500])))
+    for part in in_chunks(tickers):
+        conn.execute(table.update().where(table.c.symbol.in_(part))
                      .values(bars_revision=table.c.bars_revision + 1))
 
 
@@ -147,8 +155,7 @@ def refresh_ticker_ranges(conn: Connection, tickers: Sequence[str]) -> None:
     if not tickers:
         return
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    for i in range(0, len(tickers), 500):
-        part = list(tickers[i : i + 500])
+    for part in in_chunks(tickers):
         ranges = select(Bar.ticker, func.min(Bar.date), func.max(Bar.date)).where(
             Bar.ticker.in_(part)).group_by(Bar.ticker)
         stmt = insert(Ticker.__table__).from_select(
@@ -169,8 +176,7 @@ def bar_revisions(conn: Connection, tickers: Sequence[str] | None = None) -> dic
     if tickers is None:
         return {r[0]: r[1] for r in conn.execute(stmt)}
     out = {}
-    for i in range(0, len(tickers), 500):
-        part = list(tickers[i : i + 500])
+    for part in in_chunks(tickers):
         out.update({r[0]: r[1] for r in conn.execute(stmt.where(table.c.symbol.in_(part)))})
     return out
 
@@ -216,13 +222,12 @@ def ticker_state(conn: Connection, ticker: str) -> TickerState | None:
 
 
 def ticker_states(conn: Connection, tickers: Sequence[str]) -> dict[str, TickerState]:
-    """The stored states of the tickers the cache has seen (one statement per 500)."""
+    """The stored states of the tickers the cache has seen (one statement per IN_CHUNK)."""
     table = Ticker.__table__
     out: dict[str, TickerState] = {}
-    names = list(dict.fromkeys(tickers))
-    for i in range(0, len(names), 500):
-        rows = conn.execute(select(table).where(table.c.symbol.in_(names[i : i + 500])))
-        out.update((r.symbol, _state(r)) for r in rows)
+    for part in in_chunks(list(dict.fromkeys(tickers))):
+        out.update((r.symbol, _state(r)) for r in conn.execute(
+            select(table).where(table.c.symbol.in_(part))))
     return out
 
 

@@ -28,13 +28,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.db.bars import in_chunks
 from service.db.models import BandState, FeatureRow, FeatureSet, Ticker
 
 _ROWS = FeatureRow.__table__
 _SETS = FeatureSet.__table__
 _STATES = BandState.__table__
 _TICKERS = Ticker.__table__
-IN_CHUNK = 500  # tickers per IN (...) list
 INSERT_CHUNK = 20_000  # feature rows per executemany / COPY batch
 FLOAT = np.dtype("<f8")  # every stored array: float64, little-endian
 
@@ -65,11 +65,6 @@ def consistent_read(engine: Engine) -> Iterator[Connection]:
 
 def _insert(conn: Connection):
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-
-
-def _chunks(items: Sequence, size: int = IN_CHUNK):
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
 
 
 # -- feature rows --------------------------------------------------------------------------------
@@ -104,7 +99,7 @@ def feature_sets(conn: Connection, version: str,
                  tickers: Sequence[str]) -> dict[str, StoredFeatureSet]:
     """The stored feature sets of `tickers` for `version`, by ticker (absent: none stored)."""
     out = {}
-    for part in _chunks(tickers):
+    for part in in_chunks(tickers):
         rows = conn.execute(select(_SETS).where(_SETS.c.version == version,
                                                 _SETS.c.ticker.in_(part)))
         for r in rows:
@@ -119,7 +114,7 @@ def write_features(conn: Connection, version: str, updates: Sequence[FeatureUpda
     if not updates:
         return 0
     replaced = [u.ticker for u in updates if u.replace]
-    for part in _chunks(replaced):
+    for part in in_chunks(replaced):
         conn.execute(delete(_ROWS).where(_ROWS.c.version == version, _ROWS.c.ticker.in_(part)))
     rows = [(u.ticker, version, d, encode(v))
             for u in updates for d, v in zip(u.dates.date, u.values)]
@@ -128,7 +123,7 @@ def write_features(conn: Connection, version: str, updates: Sequence[FeatureUpda
     else:
         cursor = conn.connection.driver_connection.cursor()
         try:
-            for part in _chunks(rows, INSERT_CHUNK):
+            for part in in_chunks(rows, INSERT_CHUNK):
                 cursor.executemany(
                     "INSERT OR REPLACE INTO feature_rows (ticker, version, date, features) "
                     "VALUES (?, ?, ?, ?)", [(t, v, d.isoformat(), b) for t, v, d, b in part])
@@ -138,7 +133,7 @@ def write_features(conn: Connection, version: str, updates: Sequence[FeatureUpda
     values = [{"ticker": u.ticker, "version": version, "bars_revision": u.bars_revision,
                "last_date": u.last_date, "n_rows": u.n_rows, "digest": u.digest,
                "computed_at": dt.datetime.now(dt.UTC)} for u in updates]
-    for part in _chunks(values):
+    for part in in_chunks(values):
         stmt = insert(_SETS).values(part)
         conn.execute(stmt.on_conflict_do_update(
             index_elements=["ticker", "version"],
@@ -230,7 +225,7 @@ def read_latest_features(conn: Connection, version: str, last_dates: dict[str, d
         by_date.setdefault(last, []).append(ticker)
     out: dict[str, tuple[dt.date, np.ndarray]] = {}
     for last, tickers in by_date.items():
-        for part in _chunks(sorted(tickers)):
+        for part in in_chunks(sorted(tickers)):
             params = {"version": version, "first": last - span, "last": last}
             rows = (conn.execute(_TAIL_ONE, {**params, "ticker": part[0]}) if len(part) == 1
                     else conn.execute(_TAIL, {**params, "tickers": part})).all()
@@ -297,7 +292,7 @@ def write_band_states(conn: Connection, model_version: str,
                    "warnings": list(s.warnings), "profile": s.profile,
                    "bars_revision": s.bars_revision},
                "computed_at": now} for s in states]
-    for part in _chunks(values):
+    for part in in_chunks(values):
         for v in part:
             conn.execute(delete(_STATES).where(_STATES.c.model_version == model_version,
                                                _STATES.c.ticker == v["ticker"],
@@ -338,7 +333,7 @@ def read_fresh_states(conn: Connection, model_version: str, feature_version: str
     `width`: Q̂'s values per slot; `quantiles`: the model's quantile count.
     """
     out = {}
-    for part in _chunks(tickers):
+    for part in in_chunks(tickers):
         params = {"feature_version": feature_version, "model_version": model_version}
         rows = (conn.execute(_FRESH_ONE, {**params, "ticker": part[0]}) if len(part) == 1
                 else conn.execute(_FRESH, {**params, "tickers": part}))
