@@ -69,7 +69,8 @@ def export_onnx(wrapper: ExportedForecaster, example_window: torch.Tensor,
         )
     graph = onnx.load_from_string(buffer.getvalue())
     # A seed ensemble says so in the graph too (one network's graph is as it always was).
-    members = {"stockcast.members": str(len(model.members))} if hasattr(model, "members") else {}
+    members = ({"stockcast.members": str(len(model.members))}
+               if isinstance(model, QuantileEnsemble) else {})
     # The vocabulary size travels with the graph so OnnxModel can map unknown ids without meta.
     onnx.helper.set_model_props(graph, {
         N_TICKERS_PROPERTY: str(wrapper.n_tickers),
