@@ -452,7 +452,7 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     below[: needed.size][~scored] = -np.inf
     below[needed.size] = -np.inf
     hit = np.zeros((needed.size + 1, k_slots, columns))
-    hit[: needed.size] = np.where(scored, gamma * (miss - 0.0), 0.0)
+    hit[: needed.size] = np.where(scored, gamma * miss, 0.0)  # the no-error step γ (α - 0)
     miss_step = gamma * (miss - 1.0)
     # (R + 1, 3, K, C): what one step reads of an origin, gathered in one go.
     per_origin = np.stack([below, n_known + 1, hit], axis=1)
