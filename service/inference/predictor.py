@@ -277,9 +277,10 @@ class Predictor(Forecaster):
         is unchanged (it keeps no state: its settings and quantiles are fixed at __init__); a
         baseline's is built afresh each time (a baseline is fitted, so it is not shared).
         """
-        band = self.manifest.band
-        if slots is None and self._band is not None and self._band[0] == band:
-            return self._band[1]
+        band, cached = self.manifest.band, self._band
+        # (its base checked too: a copy of this predictor shares the attribute)
+        if slots is None and cached is not None and cached[1].base is self and cached[0] == band:
+            return cached[1]
         base_name = self.served_band.removesuffix(ACI_SUFFIX)
         base = self if base_name == MODEL else BAND_BASELINES[base_name](self.quantiles)
         forecaster = ACIForecaster(base, self.band_settings, slots=slots)
