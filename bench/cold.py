@@ -185,17 +185,20 @@ def main() -> None:
     parser.add_argument("--db", type=Path, default=None,
                         help="seeded SQLite file to keep and reuse (seeded when absent)")
     parser.add_argument("--only-c16", action="store_true",
-                        help="only the 16-connection rows of one worker, stored forecast (and "
-                             "stores before) columns: a short run of the issue's c16 target")
+                        help="only the 16-connection rows (one worker unless --c16-workers), "
+                             "stored forecast (and stores before) columns: a short run of the "
+                             "issue's c16 target")
     parser.add_argument("--c16-workers", type=lambda text: [int(w) for w in text.split(",") if w],
-                        default=[1, 2], metavar="W,W",
-                        help="uvicorn workers of the 16-connection rows (default 1,2; an empty "
-                             "list: no 16-connection rows)")
+                        default=None, metavar="W,W",
+                        help="uvicorn workers of the 16-connection rows (default 1,2; 1 with "
+                             "--only-c16; an empty list: no 16-connection rows)")
     parser.add_argument("--first-pass", type=int, default=0, metavar="S",
                         help="wrk: S seconds over every ticker before each timed 16-connection "
                              "run (its first forecasts write the ledger; default: none, the "
                              "timed run includes them)")
     args = parser.parse_args()
+    if args.c16_workers is None:
+        args.c16_workers = [1] if args.only_c16 else [1, 2]
     load_start = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="stockcast-cold-"))
     rows: list[tuple[str, ...]] = []  # (what, store, [store before,] baseline, target)
@@ -258,7 +261,7 @@ def main() -> None:
         # wrk run swings 2x with the machine's other jobs: --rounds of them, each on a fresh
         # server over a fresh copy, the columns taking turns within a round (a drift of the
         # machine's speed then reaches every column alike).
-        for workers in (1,) if args.only_c16 else args.c16_workers:
+        for workers in args.c16_workers or []:
             key = "c16" if workers == 1 else "c16w2"
             columns = [m for m in envs if workers == 1 or m != "bars"]
             runs: dict[str, list] = {m: [] for m in columns}
