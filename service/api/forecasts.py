@@ -8,16 +8,12 @@ nor the features: two dict lookups (`cached`). A new bar reaches forecasts withi
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import datetime as dt
-import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
@@ -48,17 +44,6 @@ RENEWAL_TIMEOUT = 10.0
 # Live forecasts known to be in the ledger (kept apart from the forecast cache, whose size may be
 # 0): a forecast served again is not written again; one forgotten is re-offered, harmlessly.
 RECORDED_KEYS = 65_536
-# Threads of serve()'s store lane (`ForecastService.stored_forecast`): one can wait on the
-# database while the other runs Python; more only trade the GIL back and forth.
-STORE_THREADS = 2
-
-
-async def _in(pool: ThreadPoolExecutor, func: Callable, *args):
-    """func(*args) in one of the pool's threads, awaited, with the caller's context vars (as
-    asyncio.to_thread runs a call): anyio's run_sync, the threadpool's, costs several times that
-    per call in its own bookkeeping."""
-    call = functools.partial(contextvars.copy_context().run, func, *args)
-    return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
 class LruCache:
@@ -86,13 +71,6 @@ class LruCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
-
-    def close(self) -> None:
-        """Let the store lane's threads go (a lane used again makes new ones)."""
-        for pool in (self._store_lane, self._ledger_writer):
-            if pool is not None:
-                pool.shutdown(wait=False)
-        self._store_lane = self._ledger_writer = None
 
     def clear(self) -> None:
         with self._lock:
@@ -136,19 +114,9 @@ class ForecastService:
     def __init__(self, bar_cache: BarCache, *, cache_size: int = 4096,
                  bar_check_ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic,
                  on_lookup: Callable[[bool], None] | None = None, record_live: bool = True,
-                 use_store: bool = True, store_threads: int = STORE_THREADS):
+                 use_store: bool = True):
         self.bar_cache = bar_cache
         self.use_store = use_store  # read/write the serving stores (features, band states)
-        # serve()'s store lane: threads at most for forecasts served from the stores alone
-        # (`stored_forecast`); 0: every cold forecast takes the threadpool (`forecast`). On
-        # SQLite only: its reads are work in this process, while a Postgres read is a network
-        # round trip, which must not queue behind another (a silent server would hold the
-        # lane's threads for the guard's bounds, and every request waiting for them after).
-        self.store_threads = store_threads if bar_cache.engine.dialect.name == "sqlite" else 0
-        self._store_lane: ThreadPoolExecutor | None = None  # made on first use
-        # The lane's ledger writes, one at a time: concurrent inserts from one process only
-        # queued on SQLite's write lock, each in its busy handler's sleeps.
-        self._ledger_writer: ThreadPoolExecutor | None = None
         self.record_live = record_live
         self.recorded = LruCache(RECORDED_KEYS)
         self.forecasts = LruCache(cache_size)
@@ -182,18 +150,6 @@ class ForecastService:
         """
         claimant = object()  # this request, should its lookup take on renewing the bar check
         served = self.cached(predictor, ticker, horizon, as_of, claimant)
-        if (served is None and self.store_threads > 0 and self.use_store
-                and self._end(as_of) is None):  # the store lane (`stored_forecast`)
-            if self._store_lane is None:
-                self._store_lane = ThreadPoolExecutor(self.store_threads, "store-lane")
-                self._ledger_writer = ThreadPoolExecutor(1, "ledger-writer")
-            lane = await _in(self._store_lane, self.stored_forecast, predictor, ticker, horizon,
-                             claimant)
-            if lane is not None:
-                served, unrecorded = lane
-                if unrecorded:  # a write: never in the lane
-                    await _in(self._ledger_writer, self._record, predictor, [served.forecast],
-                              horizon)
         if served is None:  # DB, maybe the source, features, onnxruntime: off the event loop
             served = await run_in_threadpool(self.forecast, predictor, ticker, horizon, as_of,
                                              claimant)
@@ -230,49 +186,6 @@ class ForecastService:
         if isinstance(result, StockcastError):
             raise result
         return result
-
-    def stored_forecast(self, predictor: Predictor, ticker: str, horizon: int = 1,
-                        claimant: Hashable = None) -> tuple[ServedForecast, bool] | None:
-        """serve()'s store lane: the live forecast of a ticker whose bar check is due and no
-        refresh, from the forecast cache or the serving stores alone (one snapshot read, no
-        model run over bars, no write), with whether it is still to be recorded in the ledger
-        (left to the caller). None, with nothing done, for any other case: `forecast` then.
-
-        The lane runs in `store_threads` threads of its own. A cold forecast from the stores is
-        short Python around short database calls, each of which lets go of the GIL: sixteen
-        of them in sixteen threads made ≈ 150 thread switches per request and twice the CPU
-        per request (bench/cold.py, one worker); a refresh from the source or a forecast from
-        bars, which may take seconds, never enter the lane, so they hold up no one here.
-        `forecast_many` serves the same requests the same way, with the same answers.
-        """
-        with ExitStack() as snapshot:
-            try:
-                conn, read = self._latest_bars([ticker], None, snapshot)
-            except DatabaseUnavailable:
-                self._release((ticker, None), claimant)
-                raise
-            latest = read.get(ticker)
-            if latest is None:  # checked within the TTL already, a refresh due, or unknown
-                return None
-            stored: dict[str, StoredInput] = {}
-            if self.forecasts.get((ticker, latest.latest, predictor.model_version, horizon,
-                                   latest.revision)) is None:
-                stored = self._stored(predictor, [ticker], horizon, conn)
-                if ticker not in stored:  # not fresh in the stores: from bars
-                    return None
-            results: list = [None]
-            misses: list[tuple[int, CachedBars | None, BarCheck]] = []
-            live: set[int] = set()
-            self._check_each(predictor, [ticker], [0], horizon, None, claimant, read, results,
-                             misses, live)
-        served = self._computed(predictor, [ticker], horizon, None, results, misses, live,
-                                stored)[0]
-        if isinstance(served, StockcastError):
-            raise served
-        f = served.forecast
-        unrecorded = (self.record_live and 0 in live and self.recorded.get(
-            (f.ticker, f.as_of, f.model_version, horizon)) is None)
-        return served, unrecorded
 
     def cached(self, predictor: Predictor, ticker: str, horizon: int = 1,
                as_of: dt.date | None = None, claimant: Hashable = None) -> ServedForecast | None:
@@ -344,10 +257,7 @@ class ForecastService:
                          horizon, end, claimant, read, results, misses, live)
         stored.update(self._stored(
             predictor, [tickers[i] for i, _, c in misses[checked:] if c.live], horizon))
-        results = self._computed(predictor, tickers, horizon, end, results, misses, live, stored)
-        self._record(predictor, [r.forecast for i, r in enumerate(results)
-                                 if i in live and isinstance(r, ServedForecast)], horizon)
-        return results
+        return self._computed(predictor, tickers, horizon, end, results, misses, live, stored)
 
     def _check_each(self, predictor: Predictor, tickers: Sequence[str], indices: list[int],
                     horizon: int, end: dt.date | None, claimant: Hashable,
@@ -379,7 +289,7 @@ class ForecastService:
     def _computed(self, predictor: Predictor, tickers: Sequence[str], horizon: int,
                   end: dt.date | None, results: list, misses: list, live: set[int],
                   stored: dict[str, StoredInput]) -> list[ServedForecast | StockcastError]:
-        """The misses forecast from the stores or their bars (the caller records them)."""
+        """The misses forecast from the stores or their bars, cached; the live ones recorded."""
         from_store = [(i, None, c) for i, _, c in misses if tickers[i] in stored]
         from_bars = []
         for i, bars, check in misses:
@@ -417,7 +327,9 @@ class ForecastService:
             stale, warnings = ((check.stale, check.warnings) if check.stale or bars is None
                                else (bars.stale, bars.warnings))
             results[i] = ServedForecast(forecast, stale, warnings + forecast.warnings, False)
-        return results
+        self._record(predictor, [r.forecast for i, r in enumerate(results)
+                                 if i in live and isinstance(r, ServedForecast)], horizon)
+        return results  # type: ignore[return-value]
 
     def rendered(self, served: ServedForecast, variant: Hashable,
                  render: Callable[[ServedForecast], bytes]) -> bytes:
@@ -462,13 +374,6 @@ class ForecastService:
                 save_states(conn, predictor, states)
         except (SQLAlchemyError, DatabaseUnavailable) as exc:
             log.warning("band states not stored: %s", exc.__class__.__name__)
-
-    def close(self) -> None:
-        """Let the store lane's threads go (a lane used again makes new ones)."""
-        for pool in (self._store_lane, self._ledger_writer):
-            if pool is not None:
-                pool.shutdown(wait=False)
-        self._store_lane = self._ledger_writer = None
 
     def clear(self) -> None:
         """Forget cached forecasts, their rendered bodies and bar checks (after a model reload or

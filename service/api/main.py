@@ -128,7 +128,6 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     async def lifespan(app: FastAPI):
         engine = make_engine(settings.database_url, db_bounds(settings))
         slot: ModelSlot | None = None
-        forecasts: ForecastService | None = None
         # Opened at once: whatever fails from here on (an unwritable source cache folder, say)
         # must not leave the engine's pool behind.
         try:
@@ -143,7 +142,7 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             forecasts = ForecastService(
                 bar_cache, cache_size=settings.forecast_cache_size,
                 bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup,
-                use_store=settings.serving_store, store_threads=settings.store_threads)
+                use_store=settings.serving_store)
 
             def on_load(previous: LoadedModel | None, loaded: LoadedModel) -> None:
                 if previous is None or previous.version != loaded.version:
@@ -193,8 +192,6 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
         finally:
             if slot is not None:
                 slot.stop_watching()
-            if forecasts is not None:
-                forecasts.close()
             engine.dispose()
 
     # No redirect from /predict/ to /predict: a bare 307 is no answer; 404 problem+json is.

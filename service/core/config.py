@@ -76,10 +76,6 @@ class Settings(BaseSettings):
     # Cold forecasts read the serving stores (feature rows, band states) where they are fresh;
     # false: always from bars (the cold bench's in-run baseline). Nothing served changes.
     serving_store: bool = True
-    # Threads at most for cold forecasts served from the stores alone (a snapshot read, no model
-    # run over bars, no write); 0: they share the threadpool with every other cold forecast.
-    # SQLite only (a Postgres read waits on the network: those keep the threadpool).
-    store_threads: int = Field(default=2, ge=0)
     # Least time between two upstream refreshes of one ticker (the BarCache throttle): after a
     # failed one, cached bars are served with stale=true, keeping an offline source off the
     # request path.

@@ -574,14 +574,13 @@ def test_a_history_rebased_by_another_writer_is_not_answered_from_the_forecast_c
     assert again["forecasts"] == body["forecasts"] and service.hits >= 1  # cached again
 
 
-# -- the store lane: one snapshot, a thread pool of its own --------------------------------------
+# -- a cold request from the stores: one connection, one snapshot ------------------------------
 
 
-@pytest.fixture(params=[0, 2], ids=["threadpool", "lane"])
-def quiet_store_app(request, db_url, tiny_artifact, tiny_predictor):
+@pytest.fixture
+def quiet_store_app(db_url, tiny_artifact, tiny_predictor):
     """(client, app, engine) over the tiny bars, stores prewarmed, every ticker refreshed just
-    now (none due: a cold request is served from the stores alone), no forecast cache; served
-    through the store lane (`store_threads` 2) or the threadpool only (0)."""
+    now (none due: a cold request is served from the stores alone), no forecast cache."""
     frame = synthetic_bars_multi()
     engine = make_engine(db_url)
     _ingest(engine, frame)
@@ -590,7 +589,7 @@ def quiet_store_app(request, db_url, tiny_artifact, tiny_predictor):
         conn.execute(text("UPDATE tickers SET last_refresh_status = 'ok', last_refresh_at = :at"),
                      {"at": pd.Timestamp.now("UTC").to_pydatetime()})
     app = create_app(api_settings(db_url, tiny_artifact.model_dir, forecast_cache_size=0,
-                                  refresh_interval_minutes=1e6, store_threads=request.param))
+                                  refresh_interval_minutes=1e6))
     with TestClient(app) as client:
         yield client, app, engine
     engine.dispose()
@@ -617,90 +616,3 @@ def test_a_cold_forecast_from_the_stores_checks_out_one_connection(quiet_store_a
     assert len([s for s in statements if "FROM band_states" in s]) == 1
     assert not any("INSERT" in s for s in statements)
     assert app.state.forecasts.from_store == 3
-
-
-def test_the_store_lane_answers_and_records_as_the_threadpool_does(db_url, tiny_artifact,
-                                                                  tiny_predictor):
-    # The same cold requests through the lane and through the threadpool alone, each on a copy
-    # of the same stores: the same bodies, the same ledger rows.
-    frame = synthetic_bars_multi()
-    bodies, ledgers = {}, {}
-    for threads in (0, 2):
-        engine = make_engine(db_url)
-        with engine.begin() as conn:
-            for table in ("ledger_forecasts", "band_states", "feature_rows", "feature_sets",
-                          "bars", "tickers"):
-                conn.execute(text(f"DELETE FROM {table}"))
-        _ingest(engine, frame)
-        prewarm(engine, tiny_predictor)
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE tickers SET last_refresh_status = 'ok', "
-                              "last_refresh_at = :at"),
-                         {"at": pd.Timestamp.now("UTC").to_pydatetime()})
-        app = create_app(api_settings(db_url, tiny_artifact.model_dir, forecast_cache_size=0,
-                                      refresh_interval_minutes=1e6, store_threads=threads))
-        with TestClient(app) as client:
-            bodies[threads] = [client.post(f"/predict/{t}", json={"horizon": h, "level": level}
-                                           ).json()
-                               for t in ("AAA", "BBB", "CCC") for h, level in ((1, 80), (5, 90))]
-            assert app.state.forecasts.from_store == 6
-        with engine.connect() as conn:
-            ledgers[threads] = conn.execute(text(
-                "SELECT ticker, as_of, horizon, target_date, lower, median, upper FROM "
-                "ledger_forecasts ORDER BY ticker, horizon")).all()
-        engine.dispose()
-    assert bodies[2] == bodies[0]
-    assert ledgers[2] == ledgers[0] and len(ledgers[0]) == 3 * 5  # horizons 1..5 each
-
-
-def test_the_store_lane_leaves_a_refresh_due_or_a_stale_store_untouched(quiet_store_app,
-                                                                        tiny_predictor):
-    # What the lane cannot serve from the stores alone it leaves as it found it (no check
-    # stored, no lookup counted, no claim taken): forecast() then answers it.
-    client, app, engine = quiet_store_app
-    service = app.state.forecasts
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE tickers SET last_refresh_at = :at WHERE symbol = 'AAA'"),
-                     {"at": pd.Timestamp("2000-01-01", tz="UTC").to_pydatetime()})
-        conn.execute(text("DELETE FROM band_states WHERE ticker = 'CCC'"))
-    for ticker in ("AAA", "CCC"):
-        assert service.stored_forecast(tiny_predictor, ticker, 1) is None
-    assert (service.hits, service.misses, len(service.checks)) == (0, 0, 0)
-    served = service.stored_forecast(tiny_predictor, "BBB", 1)
-    assert served is not None and served[1]  # from the stores, not yet in the ledger
-    assert (service.misses, service.from_store) == (1, 1)
-    for ticker in ("AAA", "CCC"):  # forecast(): AAA's refresh attempted, CCC from its bars
-        response = client.post(f"/predict/{ticker}", json={"horizon": 1})
-        assert response.status_code == 200, response.text
-    # AAA's refresh failed (no source), its bars unchanged: from the stores all the same.
-    assert (service.computed, service.from_store) == (3, 2)
-    assert client.post("/predict/AAA").json()["stale"] is True
-
-
-def test_the_store_lane_runs_in_its_own_threads_at_most(quiet_store_app, monkeypatch):
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from service.api.forecasts import ForecastService
-
-    client, app, _ = quiet_store_app
-    threads = app.state.forecasts.store_threads  # the setting's on SQLite, else 0
-    assert threads == (app.state.settings.store_threads
-                       if app.state.engine.dialect.name == "sqlite" else 0)
-    seen = set()
-    lane = ForecastService.stored_forecast
-
-    def watched(self, *args, **kwargs):
-        seen.add(threading.current_thread().name)
-        return lane(self, *args, **kwargs)
-
-    monkeypatch.setattr(ForecastService, "stored_forecast", watched)
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda t: client.post(f"/predict/{t}", json={"horizon": 1}),
-                                ["AAA", "BBB", "CCC"] * 8))
-    assert all(a.status_code == 200 for a in answers)
-    if threads == 0:
-        assert not seen  # the threadpool only
-    else:
-        assert seen and len(seen) <= threads
-        assert all(name.startswith("store-lane") for name in seen), seen
