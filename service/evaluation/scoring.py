@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from service.core.config import one_blas_thread
 from service.forecasting import metrics as m
 from service.forecasting import significance as sig
 from service.forecasting.forecaster import MODEL
@@ -436,7 +437,8 @@ def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str
             # The pooled tasks first, so no large one runs last alone.
             order = sorted(range(len(tasks)), key=lambda i: tasks[i][1] is not None)
             with ProcessPoolExecutor(max_workers=workers,
-                                     mp_context=multiprocessing.get_context("fork")) as executor:
+                                     mp_context=multiprocessing.get_context("fork"),
+                                     initializer=one_blas_thread) as executor:
                 done = dict(zip(order, executor.map(
                     _task_records, *zip(*(tasks[i] for i in order)))))
             parts = [done[i] for i in range(len(tasks))]
