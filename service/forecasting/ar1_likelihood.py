@@ -112,9 +112,18 @@ def exact_ar1_arima() -> type:
     )
 
     class ExactAR1ARIMA(ARIMA):
+        _is_ar1: bool | None = None
+
         def _ar1_model(self) -> bool:
+            """Whether this is the model ar1_loglikeobs computes (checked once: the filter
+            options do not change during a fit, and the checks cost as much as the filter)."""
+            if self._is_ar1 is None:
+                self._is_ar1 = self._check_ar1()
+            return self._is_ar1
+
+        def _check_ar1(self) -> bool:
             ssm = self.ssm
-            return (self.order == (1, 0, 0) and self.seasonal_order[:3] == (0, 0, 0)
+            return bool(self.order == (1, 0, 0) and self.seasonal_order[:3] == (0, 0, 0)
                     and self.param_names == ["const", "ar.L1", "sigma2"]
                     and not self._has_fixed_params and ssm.k_states == 1 and ssm.k_endog == 1
                     and ssm.filter_method == FILTER_CONVENTIONAL
