@@ -123,18 +123,21 @@ def exact_ar1_arima() -> type:
 
         def _check_ar1(self) -> bool:
             ssm = self.ssm
-            return bool(self.order == (1, 0, 0) and self.seasonal_order[:3] == (0, 0, 0)
-                    and self.param_names == ["const", "ar.L1", "sigma2"]
-                    and not self._has_fixed_params and ssm.k_states == 1 and ssm.k_endog == 1
-                    and ssm.filter_method == FILTER_CONVENTIONAL
-                    and ssm.inversion_method & INVERT_UNIVARIATE
-                    and ssm.stability_method == STABILITY_FORCE_SYMMETRY
-                    and ssm.filter_timing == TIMING_INIT_PREDICTED
-                    and ssm.loglikelihood_burn == 0
-                    # A time-invariant model would let statsmodels' steady state start
-                    # (its tolerance test); the mean as a per-period intercept keeps it off.
-                    and not ssm.time_invariant
-                    and ssm.initialization.initialization_type == "stationary")
+            return bool(
+                self.order == (1, 0, 0) and self.seasonal_order[:3] == (0, 0, 0)
+                and self.param_names == ["const", "ar.L1", "sigma2"]
+                and not self._has_fixed_params and ssm.k_states == 1 and ssm.k_endog == 1
+                and ssm.filter_method == FILTER_CONVENTIONAL
+                and ssm.inversion_method & INVERT_UNIVARIATE
+                and ssm.stability_method == STABILITY_FORCE_SYMMETRY
+                and ssm.filter_timing == TIMING_INIT_PREDICTED
+                and ssm.loglikelihood_burn == 0
+                # A time-invariant model would let statsmodels' steady state start (its
+                # tolerance test); the mean as a per-period intercept keeps it off.
+                and not ssm.time_invariant
+                # A missing observation takes the filter's missing-data branch.
+                and np.isfinite(self.endog).all()
+                and ssm.initialization.initialization_type == "stationary")
 
         def loglike(self, params, *args, **kwargs):
             # The call fit's optimizer makes: loglike(params, flags) with untransformed params.

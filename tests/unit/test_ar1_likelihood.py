@@ -121,3 +121,14 @@ def test_arima_baseline_estimates_unchanged_by_the_exact_likelihood(monkeypatch)
     plain = ArimaBaseline().fit(y)
     assert (fast.mean, fast.sigma2, fast.ar.tobytes()) == (plain.mean, plain.sigma2,
                                                            plain.ar.tobytes())
+
+
+def test_a_missing_return_is_left_to_statsmodels():
+    y = pct_returns(4, n=120)
+    y[50] = np.nan
+    exact = exact_ar1_arima()(y, order=(1, 0, 0), trend="c")
+    flags = {"transformed": False, "includes_fixed": False}
+    params = exact.untransform_params(np.array([0.05, 0.2, 1.5]))
+    assert not exact._ar1_model()
+    plain = ARIMA(y, order=(1, 0, 0), trend="c")
+    assert exact.loglike(params, flags) == plain.loglike(params, flags)
