@@ -221,11 +221,11 @@ def _dm(actual, predicted, naive, h: int, origins=None) -> dict[str, float | np.
     out = {}
     err, err_naive = actual - predicted, actual - naive
     for loss in ("squared", "absolute"):
+        # d_t as m.diebold_mariano makes it, for every row at once (the same floats: elementwise).
+        d = err**2 - err_naive**2 if loss == "squared" else np.abs(err) - np.abs(err_naive)
         if origins is None:
-            stat, p = _per_row(lambda *a, loss=loss: m.diebold_mariano(*a, h, loss),
-                               actual, predicted, naive)
+            stat, p = _per_row(lambda row: m.diebold_mariano_differential(row, h), d)
         else:
-            d = err**2 - err_naive**2 if loss == "squared" else np.abs(err) - np.abs(err_naive)
             per_date = pd.Series(d).groupby(np.asarray(origins)).mean()  # sorted by date
             stat, p = _dm_or_nan(m.diebold_mariano_differential, per_date.to_numpy(), h)
             if loss == "squared":
