@@ -16,6 +16,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
+from service.forecasting.ar1_likelihood import exact_ar1_arima
 from service.forecasting.bands import EMPIRICAL_WINDOW, empirical_quantiles, gaussian_quantiles
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import FeatureSpec
@@ -191,11 +192,9 @@ class ArimaBaseline(Baseline):
     def fit(self, train_log_close) -> Self:
         from statsmodels.tsa.arima.model import ARIMA
 
-        from service.forecasting.ar1_likelihood import exact_ar1_arima
-
         y = _series(train_log_close, "train_log_close", min_len=self.MIN_TRAIN_RETURNS + 1)
         # Percent returns: at raw scale (σ ≈ 0.01, σ² ≈ 1e-4) the MLE optimizer stops early with
-        # a ConvergenceWarning and a biased mean; scaled, it converges in ~0.04 s per ticker.
+        # a ConvergenceWarning and a biased mean; scaled, it converges in ~20 likelihoods.
         returns_pct = 100.0 * np.diff(y)
         if np.ptp(returns_pct) < 1e-9:
             # Constant returns (a flat or log-linear price path): σ² = 0, the likelihood is

@@ -113,11 +113,11 @@ def test_other_calls_are_statsmodels_own():
 
 
 def test_arima_baseline_estimates_unchanged_by_the_exact_likelihood(monkeypatch):
-    import service.forecasting.ar1_likelihood as ar1
+    from service.forecasting import baselines
 
     y = np.log(40.0) + np.cumsum(pct_returns(5, n=900) / 100.0)
     fast = ArimaBaseline().fit(y)
-    monkeypatch.setattr(ar1, "exact_ar1_arima", lambda: ARIMA)
+    monkeypatch.setattr(baselines, "exact_ar1_arima", lambda: ARIMA)
     plain = ArimaBaseline().fit(y)
     assert (fast.mean, fast.sigma2, fast.ar.tobytes()) == (plain.mean, plain.sigma2,
                                                            plain.ar.tobytes())
