@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from service.core.config import one_blas_thread
 from service.core.errors import InsufficientHistory
 from service.evaluation.scoring import MODEL, NAIVE, POOLED, compute_metrics, metric_value
 from service.forecasting.bands import (
@@ -470,6 +471,7 @@ _WORKER: dict[str, list[Forecaster]] = {}
 
 
 def _start_worker(artifact_dir: Path, provider: str, threads: int, spec, methods: MethodSet):
+    one_blas_thread()
     _WORKER["forecasters"] = methods.build(Predictor.load(artifact_dir, provider, threads, spec))
 
 
@@ -484,7 +486,8 @@ def _pooled_forecasts(predictor: Predictor, methods: MethodSet, bars: Mapping[st
     Each worker loads the artifact with onnxruntime on 1 thread (the cores are the workers'),
     so its forecasts equal a one-process run's with STOCKCAST_ORT_INTRA_OP_THREADS=1; a
     multi-threaded session may differ from it at float32 rounding (it splits the products
-    differently).
+    differently). Its BLAS runs on 1 thread too (one_blas_thread: the same floats, less
+    overhead).
     """
     tickers = list(bars)
     n_chunks = min(len(tickers), workers * 4)  # small chunks even out uneven tickers

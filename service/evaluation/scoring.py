@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from service.core.config import one_blas_thread
 from service.forecasting import metrics as m
 from service.forecasting import significance as sig
 from service.forecasting.forecaster import MODEL
@@ -220,11 +221,11 @@ def _dm(actual, predicted, naive, h: int, origins=None) -> dict[str, float | np.
     out = {}
     err, err_naive = actual - predicted, actual - naive
     for loss in ("squared", "absolute"):
+        # d_t as m.diebold_mariano makes it, for every row at once (the same floats: elementwise).
+        d = err**2 - err_naive**2 if loss == "squared" else np.abs(err) - np.abs(err_naive)
         if origins is None:
-            stat, p = _per_row(lambda *a, loss=loss: m.diebold_mariano(*a, h, loss),
-                               actual, predicted, naive)
+            stat, p = _per_row(lambda row: m.diebold_mariano_differential(row, h), d)
         else:
-            d = err**2 - err_naive**2 if loss == "squared" else np.abs(err) - np.abs(err_naive)
             per_date = pd.Series(d).groupby(np.asarray(origins)).mean()  # sorted by date
             stat, p = _dm_or_nan(m.diebold_mariano_differential, per_date.to_numpy(), h)
             if loss == "squared":
@@ -436,7 +437,8 @@ def compute_metrics(forecasts: Mapping[int, pd.DataFrame], methods: Sequence[str
             # The pooled tasks first, so no large one runs last alone.
             order = sorted(range(len(tasks)), key=lambda i: tasks[i][1] is not None)
             with ProcessPoolExecutor(max_workers=workers,
-                                     mp_context=multiprocessing.get_context("fork")) as executor:
+                                     mp_context=multiprocessing.get_context("fork"),
+                                     initializer=one_blas_thread) as executor:
                 done = dict(zip(order, executor.map(
                     _task_records, *zip(*(tasks[i] for i in order)))))
             parts = [done[i] for i in range(len(tasks))]

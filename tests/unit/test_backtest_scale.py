@@ -95,3 +95,38 @@ def test_the_backtests_model_forecasts_are_the_per_call_ones_bit_for_bit(tiny_pr
             theirs = tiny_predictor.historical_forecasts(series, origins, 5)
             np.testing.assert_array_equal(ours.origins, theirs.origins)
             np.testing.assert_array_equal(ours.log_returns, theirs.log_returns)
+
+
+def _blas_threads() -> list[int]:
+    """The thread count of every BLAS this process has loaded (numpy's and scipy's OpenBLAS)."""
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("pool", ["forecasts", "metrics"])
+def test_backtest_pool_workers_run_blas_on_one_thread(tiny_predictor, pool):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS loaded, as statsmodels loads it)
+    from threadpoolctl import threadpool_limits
+
+    from service.core.config import one_blas_thread
+    from service.evaluation.backtest import MethodSet, _start_worker
+
+    if pool == "forecasts":  # run_backtest's forecasting pool: _start_worker
+        methods = MethodSet(("naive",), (), tiny_predictor.band_settings, (1,))
+        init = {"initializer": _start_worker, "initargs": (
+            tiny_predictor.manifest.artifact_dir, "cpu", 1, tiny_predictor.spec, methods)}
+    else:  # compute_metrics' pool
+        init = {"initializer": one_blas_thread}
+    with threadpool_limits(2, user_api="blas"):  # the parent's BLAS on 2 threads, where it can
+        parent = _blas_threads()
+        if min(parent) < 2:
+            pytest.skip(f"BLAS cannot run on 2 threads here ({parent})")
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
+                                 **init) as executor:
+            worker = executor.submit(_blas_threads).result()
+        assert _blas_threads() == parent  # the parent's own setting is left alone
+    assert len(worker) == len(parent) >= 2 and set(worker) == {1}
