@@ -184,13 +184,30 @@ def main() -> None:
                              "rows are measured too, on the same database")
     parser.add_argument("--db", type=Path, default=None,
                         help="seeded SQLite file to keep and reuse (seeded when absent)")
+    parser.add_argument("--only-c16", action="store_true",
+                        help="only the 16-connection rows (one worker unless --c16-workers), "
+                             "stored forecast (and stores before) columns: a short run of the "
+                             "issue's c16 target")
+    parser.add_argument("--c16-workers", type=lambda text: [int(w) for w in text.split(",") if w],
+                        default=None, metavar="W,W",
+                        help="uvicorn workers of the 16-connection rows (default 1,2; 1 with "
+                             "--only-c16; an empty list: no 16-connection rows)")
+    parser.add_argument("--first-pass", type=int, default=0, metavar="S",
+                        help="wrk: S seconds over every ticker before each timed 16-connection "
+                             "run (its first forecasts write the ledger; default: none, the "
+                             "timed run includes them)")
     args = parser.parse_args()
+    if args.c16_workers is None:
+        args.c16_workers = [1] if args.only_c16 else [1, 2]
+    load_start = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="stockcast-cold-"))
     rows: list[tuple[str, ...]] = []  # (what, store, [store before,] baseline, target)
     # store: the stored forecast (band state + the model's output, one row); window: the same
     # states without their outputs (as stored before migration 0006: the window is read and
     # onnxruntime runs), on a copy of the same database; bars: no stores (STORE=false).
     modes = [("store", "true", {}), ("window", "true", {}), ("bars", "false", {})]
+    if args.only_c16:
+        modes = modes[:1]
     if args.baseline_tree is not None:
         # Without the working folder on sys.path, PYTHONPATH's `service` is the one imported.
         modes.insert(1, ("before", "true", {"PYTHONSAFEPATH": "1",
@@ -223,13 +240,14 @@ def main() -> None:
         env = {"STOCKCAST_SOURCE": "none", "STOCKCAST_MODEL_DIR": str(args.model_dir),
                "STOCKCAST_LOG_LEVEL": "WARNING"}
         results: dict[str, dict[str, float]] = {mode: {} for mode, _, _ in modes}
-        for mode, flag, extra in modes:
+        envs = {mode: {**env, "STOCKCAST_DATABASE_URL": f"sqlite:///{workdir / f'{mode}.db'}",
+                       "STOCKCAST_SERVING_STORE": flag, **extra} for mode, flag, extra in modes}
+        for mode, _, _ in [] if args.only_c16 else modes:
             # Each column on its own copy of the seeded database: the ledger rows one records
             # would make another's first forecasts cheaper (already recorded).
             copy = workdir / f"{mode}.db"
             fresh_copy(db, copy, mode)
-            mode_env = {**env, "STOCKCAST_DATABASE_URL": f"sqlite:///{copy}",
-                        "STOCKCAST_SERVING_STORE": flag, **extra}
+            mode_env = envs[mode]
             with Server(mode_env, 1) as server:
                 ms, floor = first_forecasts(server, first, tickers[0])
                 results[mode]["first p50"], results[mode]["first p99"] = pct(ms, 50), pct(ms, 99)
@@ -239,25 +257,39 @@ def main() -> None:
                 with Server(mode_env, 1) as server:
                     results[mode]["universe cold"] = batch(server, tickers, warmup=tickers[0])
                     results[mode]["universe warm"] = batch(server, tickers)
-            # One uvicorn worker, and (the stores only) two: one per core of this machine.
-            for workers in (1, 2) if mode != "bars" else (1,):
-                key = "c16" if workers == 1 else "c16w2"
-                runs = []
-                # A 5-8 s wrk run swings 2x with the machine's other jobs: --rounds of them,
-                # each on a fresh server over a fresh copy (its first pass writes the ledger).
-                for _ in range(args.rounds if mode != "bars" else 1):
+        # One uvicorn worker, and (the stores only) two: one per core of this machine. A 5-8 s
+        # wrk run swings 2x with the machine's other jobs: --rounds of them, each on a fresh
+        # server over a fresh copy, the columns taking turns within a round (a drift of the
+        # machine's speed then reaches every column alike).
+        for workers in args.c16_workers or []:
+            key = "c16" if workers == 1 else "c16w2"
+            columns = [m for m in envs if workers == 1 or m != "bars"]
+            runs: dict[str, list] = {m: [] for m in columns}
+            for round_ in range(args.rounds):
+                for mode in columns if round_ % 2 == 0 else columns[::-1]:
+                    if mode == "bars" and round_ > 0:  # seconds per request: one round
+                        continue
+                    copy = workdir / f"{mode}.db"
                     fresh_copy(db, copy, mode)
-                    with Server({**mode_env, "STOCKCAST_FORECAST_CACHE_SIZE": "0"},
+                    with Server({**envs[mode], "STOCKCAST_FORECAST_CACHE_SIZE": "0"},
                                 workers) as server:
                         for ticker in tickers[:4]:  # each worker's first request is untimed
                             httpx.post(f"{server.url}/predict/{ticker}", json=BODY, timeout=60)
-                        runs.append(drive_wrk("cold", server.url,
-                                              [f"/predict/{t}" for t in tickers], args.seconds))
-                p50s = [r.p50_ms for r in runs]
+                        if args.first_pass:  # every ticker once: the ledger written
+                            drive_wrk("cold", server.url, [f"/predict/{t}" for t in tickers],
+                                      args.first_pass)
+                        cpu = server.cpu_seconds()
+                        run = drive_wrk("cold", server.url, [f"/predict/{t}" for t in tickers],
+                                        args.seconds)
+                        run.cpu_us = (server.cpu_seconds() - cpu) / run.requests * 1e6
+                        runs[mode].append(run)
+            for mode, done in runs.items():
+                p50s = [r.p50_ms for r in done]
                 results[mode][f"{key} p50"] = float(np.median(p50s))
                 results[mode][f"{key} p50 range"] = (min(p50s), max(p50s))
-                results[mode][f"{key} p99"] = float(np.median([r.p99_ms for r in runs]))
-                results[mode][f"{key} rps"] = float(np.median([r.throughput for r in runs]))
+                results[mode][f"{key} p99"] = float(np.median([r.p99_ms for r in done]))
+                results[mode][f"{key} rps"] = float(np.median([r.throughput for r in done]))
+                results[mode][f"{key} cpu"] = float(np.median([r.cpu_us for r in done]))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -290,14 +322,18 @@ def main() -> None:
          "<= 20"),
         ("cold at 16 connections (wrk), p99 ms", *both("c16 p99"), ""),
         ("cold at 16 connections (wrk), req/s", *both("c16 rps", "{:.0f}"), ""),
+        ("cold at 16 connections, server CPU us/request", *both("c16 cpu", "{:.0f}"), ""),
         ("cold at 16 connections, 2 workers, p50 ms, median round", *spread("c16w2 p50"),
          "<= 20"),
         ("cold at 16 connections, 2 workers, p99 ms", *both("c16w2 p99"), ""),
         ("cold at 16 connections, 2 workers, req/s", *both("c16w2 rps", "{:.0f}"), ""),
+        ("cold at 16 connections, 2 workers, server CPU us/request", *both("c16w2 cpu", "{:.0f}"),
+         ""),
     ]
     load = os.getloadavg()
     print(f"\n{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs; load average "
-          f"at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
+          f"at the start {load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f}, at the "
+          f"end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
     print("setup: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     titles = {"store": "stored forecast", "window": "stored window", "before": "stores before",
               "bars": "from bars"}

@@ -14,11 +14,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
 import pandas as pd
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.core.errors import (
@@ -232,13 +233,41 @@ class ForecastService:
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
         misses: list[tuple[int, CachedBars, BarCheck]] = []
         live: set[int] = set()  # results as of their ticker's latest cached bar
-        try:
-            read = self._latest_bars(tickers, end)
-        except DatabaseUnavailable:  # the whole request fails: give back its renewal claims
-            for ticker in tickers:
-                self._release((ticker, end), claimant)
-            raise
-        for i, ticker in enumerate(tickers):
+        with ExitStack() as snapshot:
+            # The due bar checks read on one connection, in one snapshot, and the stored
+            # inputs of their live misses read in it too: one checkout for a cold request's
+            # check and store read, where there were two. Closed before anything else: a
+            # refresh from the source or a model run may outlast a checkout's time bound.
+            try:
+                conn, read = self._latest_bars(tickers, end, snapshot)
+            except DatabaseUnavailable:  # the whole request fails: give back its renewal claims
+                for ticker in tickers:
+                    self._release((ticker, end), claimant)
+                raise
+            self._check_each(predictor, tickers, [i for i, t in enumerate(tickers) if t in read],
+                             horizon, end, claimant, read, results, misses, live)
+            # Live misses fresh in the serving stores: their stored forecasts (a window and one
+            # onnxruntime call together for states stored without one).
+            stored = self._stored(predictor, [tickers[i] for i, _, c in misses if c.live],
+                                  horizon, conn)
+        # The others (a check shared from an earlier request, a refresh due, an unknown ticker,
+        # an as_of) as before: each check on its own, their stored inputs read together.
+        checked = len(misses)
+        self._check_each(predictor, tickers, [i for i, t in enumerate(tickers) if t not in read],
+                         horizon, end, claimant, read, results, misses, live)
+        stored.update(self._stored(
+            predictor, [tickers[i] for i, _, c in misses[checked:] if c.live], horizon))
+        return self._computed(predictor, tickers, horizon, end, results, misses, live, stored)
+
+    def _check_each(self, predictor: Predictor, tickers: Sequence[str], indices: list[int],
+                    horizon: int, end: dt.date | None, claimant: Hashable,
+                    read: dict[str, CachedBars], results: list, misses: list,
+                    live: set[int]) -> None:
+        """The bar checks of tickers[i] for i in indices: a cached forecast into `results`, a
+        miss into `misses` (with its bars, if the check read them), an error into `results`;
+        a live one's index into `live`."""
+        for i in indices:
+            ticker = tickers[i]
             try:
                 check, bars = self._check(predictor, ticker, end, claimant, read.get(ticker))
                 if check.live:
@@ -256,9 +285,11 @@ class ForecastService:
                 raise
             except StockcastError as exc:
                 results[i] = exc
-        # Live misses fresh in the serving stores: their stored forecasts (a window and one
-        # onnxruntime call together for states stored without one).
-        stored = self._stored(predictor, [tickers[i] for i, _, c in misses if c.live], horizon)
+
+    def _computed(self, predictor: Predictor, tickers: Sequence[str], horizon: int,
+                  end: dt.date | None, results: list, misses: list, live: set[int],
+                  stored: dict[str, StoredInput]) -> list[ServedForecast | StockcastError]:
+        """The misses forecast from the stores or their bars, cached; the live ones recorded."""
         from_store = [(i, None, c) for i, _, c in misses if tickers[i] in stored]
         from_bars = []
         for i, bars, check in misses:
@@ -317,14 +348,16 @@ class ForecastService:
         self.bodies.put(key, (f, body))
         return body
 
-    def _stored(self, predictor: Predictor, tickers: Sequence[str],
-                horizon: int) -> dict[str, StoredInput]:
-        """The tickers' fresh stored inputs; none when the stores are off or fail (logged)."""
+    def _stored(self, predictor: Predictor, tickers: Sequence[str], horizon: int,
+                conn: Connection | None = None) -> dict[str, StoredInput]:
+        """The tickers' fresh stored inputs (read on `conn` if given, else in a snapshot of
+        their own); none when the stores are off or fail (logged)."""
         if not self.use_store or not tickers:
             return {}
         try:
-            with consistent_read(self.bar_cache.engine) as conn:
-                return stored_inputs(conn, predictor, tickers, horizon)
+            with nullcontext(conn) if conn is not None else consistent_read(
+                    self.bar_cache.engine) as read:
+                return stored_inputs(read, predictor, tickers, horizon)
         except DatabaseUnavailable:
             raise
         except SQLAlchemyError as exc:
@@ -379,15 +412,27 @@ class ForecastService:
             if taken is not None and taken[1] is claimant:
                 del self._renewing[key]
 
-    def _latest_bars(self, tickers: Sequence[str], end: dt.date | None) -> dict[str, CachedBars]:
-        """For a batch, the latest bars of its tickers whose checks are due, read together
-        (one statement; tickers a refresh is due for are left to `_check`)."""
-        if not self.use_store or end is not None or len(tickers) < 2:
-            return {}
+    def _latest_bars(self, tickers: Sequence[str], end: dt.date | None, stack: ExitStack
+                     ) -> tuple[Connection | None, dict[str, CachedBars]]:
+        """The latest bars of the tickers whose checks are due, read together (one statement;
+        tickers a refresh is due for are left to `_check`), on a connection opened in `stack`
+        as a consistent snapshot, returned for the stored inputs' read: one connection and
+        one snapshot for a cold request's bar check and store read, where there were two (a
+        checkout, a ping and a rollback each). (None, {}) when the stores are off or for an
+        as_of: `_check` reads the bars then."""
+        if not self.use_store or end is not None:
+            return None, {}
         now = self.monotonic()
         due = [t for t in tickers if (c := self.checks.get((t, None))) is None
                or now - c.checked_at >= self.bar_check_ttl]
-        return self.bar_cache.latest_bars(due) if len(due) > 1 else {}
+        if not due:
+            return None, {}
+        try:
+            conn = stack.enter_context(consistent_read(self.bar_cache.engine))
+        except (OperationalError, InterfaceError) as exc:  # as BarCache says it
+            raise DatabaseUnavailable(
+                f"bar database unavailable: {exc.__class__.__name__}") from exc
+        return conn, self.bar_cache.latest_bars(due, conn)
 
     def _check(self, predictor: Predictor, ticker: str, end: dt.date | None,
                claimant: Hashable = None, latest: CachedBars | None = None
@@ -399,7 +444,7 @@ class ForecastService:
         ticker seen for the first time reads the bars a forecast needs, returned for reuse.
         A claim the claimant took in `cached` is given back here, whether or not it renewed
         (another request may have been first); a request that took none leaves others' alone.
-        `latest`: the ticker's latest bar as a batch read it just now (`_latest_bars`), used
+        `latest`: the ticker's latest bar as read just now (`_latest_bars`), used
         instead of asking when the check is due.
         """
         now = self.monotonic()

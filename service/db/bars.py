@@ -222,7 +222,11 @@ def ticker_state(conn: Connection, ticker: str) -> TickerState | None:
 
 
 def ticker_states(conn: Connection, tickers: Sequence[str]) -> dict[str, TickerState]:
-    """The stored states of the tickers the cache has seen (one statement per IN_CHUNK)."""
+    """The stored states of the tickers the cache has seen (one statement per IN_CHUNK; one
+    ticker's is `ticker_state`'s, a statement built once)."""
+    if len(tickers) == 1:
+        state = ticker_state(conn, tickers[0])
+        return {} if state is None else {tickers[0]: state}
     table = Ticker.__table__
     out: dict[str, TickerState] = {}
     for part in in_chunks(list(dict.fromkeys(tickers))):

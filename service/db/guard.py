@@ -6,7 +6,8 @@ no server-side setting can end that (the server never saw the query). So the gua
 client side:
 
 - connect: libpq's `connect_timeout` (Postgres; psycopg enforces at least 2 s);
-- checkout: a `select 1` on every reused pooled connection, allowed `ping_seconds`;
+- checkout: a `select 1` on every reused pooled connection, allowed `ping_seconds` (not on
+  SQLite: a file has no server to restart or fall silent, and `select 1` reads no page of it);
 - use: from checkout to checkin a connection may be used for `statement_seconds` (plus the
   server's own `statement_timeout` on Postgres, SQLite's busy timeout);
 - a connection past its bound is woken from the outside by the watchdog thread: a Postgres
@@ -23,6 +24,7 @@ Each failure raises DatabaseUnavailable (503 database-unavailable), saying which
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -62,16 +64,28 @@ class Watchdog:
         self._due: dict[int, tuple[float, Callable[[], None]]] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        # When the thread next looks at `_due` by itself: the deadline it sleeps until (inf:
+        # none), or -inf while it is awake (it reads `_due` before sleeping again).
+        self._sleeps_until = -math.inf
+        self.wakeups = 0  # notifications sent (tests)
 
     def arm(self, key: int, seconds: float, kill: Callable[[], None]) -> None:
-        """Call `kill` once `seconds` from now unless disarmed first (re-arming replaces)."""
+        """Call `kill` once `seconds` from now unless disarmed first (re-arming replaces).
+
+        The thread is woken only for a deadline earlier than the one it sleeps until: every
+        checkout arms twice, and waking the thread each time cost a thread switch (and the GIL)
+        per arm for nothing while it was already due to look earlier.
+        """
+        due = self.monotonic() + seconds
         with self._cond:
-            self._due[key] = (self.monotonic() + seconds, kill)
+            self._due[key] = (due, kill)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="db-watchdog",
                                                 daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if due < self._sleeps_until:
+                self.wakeups += 1
+                self._cond.notify()
 
     def disarm(self, key: int) -> None:
         with self._cond:
@@ -85,7 +99,9 @@ class Watchdog:
                 kills = [self._due.pop(key)[1] for key in expired]
                 if not kills:
                     next_due = min((due for due, _ in self._due.values()), default=None)
+                    self._sleeps_until = math.inf if next_due is None else next_due
                     self._cond.wait(None if next_due is None else next_due - now)
+                    self._sleeps_until = -math.inf
                     continue
             for kill in kills:
                 try:
@@ -196,6 +212,7 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
     engine_options(); returns it."""
     breaker = DatabaseBreaker(bounds.retry_seconds)
     engine.pool.breaker = breaker  # type: ignore[attr-defined]
+    ping = engine.dialect.name != "sqlite"  # see the module's docstring
 
     def timed_out(record, seconds: float) -> Callable[[], None]:
         def kill() -> None:
@@ -227,7 +244,7 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_conn, record, proxy):
         key = id(record)
-        if not record.info.pop("stockcast_fresh", False):
+        if not record.info.pop("stockcast_fresh", False) and ping:
             WATCHDOG.arm(key, bounds.ping_seconds, timed_out(record, bounds.ping_seconds))
             try:
                 engine.dialect.do_ping(dbapi_conn)

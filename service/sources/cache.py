@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.core.errors import (
@@ -131,10 +132,12 @@ class BarCache:
         last = None if state is None else state.last_bar_date
         return self._answer(ticker, state, _dated(last), fetched, stale, warnings)
 
-    def latest_bars(self, tickers: Sequence[str]) -> dict[str, CachedBars]:
+    def latest_bars(self, tickers: Sequence[str], conn: Connection | None = None
+                    ) -> dict[str, CachedBars]:
         """latest_bar(ticker) of each of `tickers` with nothing due from the source, their
-        states read in one statement; a ticker a refresh is due for (or an unknown one) is
-        left out, for latest_bar to refresh it on its own."""
+        states read in one statement (on `conn` if given: a caller's snapshot); a ticker a
+        refresh is due for (or an unknown one) is left out, for latest_bar to refresh it on
+        its own."""
         names = {}  # as given -> normalized; a name that is no ticker is left out too
         for ticker in tickers:
             try:
@@ -142,8 +145,8 @@ class BarCache:
             except InvalidTicker:
                 continue
         try:
-            with self.engine.connect() as conn:
-                states = bars_db.ticker_states(conn, list(names.values()))
+            with nullcontext(conn) if conn is not None else self.engine.connect() as read:
+                states = bars_db.ticker_states(read, list(names.values()))
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
         out = {}

@@ -72,3 +72,21 @@ def test_read_bars_range_and_last(db_url):
     many = bars_db.read_bars_many(engine, ["BBB"], start=dt.date(2000, 1, 1))
     assert many.columns[0] == "ticker" and len(many) == 30
     engine.dispose()
+
+
+def test_a_reused_pooled_connection_is_pinged_on_postgres_only(db_url):
+    # The API engine's checkout ping finds a server restarted or fallen silent; a SQLite file
+    # has no server, and its `select 1` read nothing: not pinged.
+    from service.db.guard import DbBounds
+
+    engine = make_engine(db_url, DbBounds())
+    pings = []
+    ping = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda conn: pings.append(conn) or ping(conn)
+    try:
+        for _ in range(3):
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("select 1").scalar() == 1
+    finally:
+        engine.dispose()
+    assert len(pings) == (0 if db_url.startswith("sqlite") else 2)  # the first is fresh

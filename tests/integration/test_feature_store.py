@@ -572,3 +572,47 @@ def test_a_history_rebased_by_another_writer_is_not_answered_from_the_forecast_c
     _assert_same_forecast(body, _from_bars(tiny_predictor, engine, "AAA", 3))
     again = client.post("/predict/AAA", json={"horizon": 3}).json()
     assert again["forecasts"] == body["forecasts"] and service.hits >= 1  # cached again
+
+
+# -- a cold request from the stores: one connection, one snapshot ------------------------------
+
+
+@pytest.fixture
+def quiet_store_app(db_url, tiny_artifact, tiny_predictor):
+    """(client, app, engine) over the tiny bars, stores prewarmed, every ticker refreshed just
+    now (none due: a cold request is served from the stores alone), no forecast cache."""
+    frame = synthetic_bars_multi()
+    engine = make_engine(db_url)
+    _ingest(engine, frame)
+    prewarm(engine, tiny_predictor)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE tickers SET last_refresh_status = 'ok', last_refresh_at = :at"),
+                     {"at": pd.Timestamp.now("UTC").to_pydatetime()})
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir, forecast_cache_size=0,
+                                  refresh_interval_minutes=1e6))
+    with TestClient(app) as client:
+        yield client, app, engine
+    engine.dispose()
+
+
+def test_a_cold_forecast_from_the_stores_checks_out_one_connection(quiet_store_app):
+    # The bar check and the store read share one connection and one snapshot (they took two
+    # checkouts); the first forecast of a ticker also writes its ledger row (a second one).
+    client, app, _ = quiet_store_app
+    assert client.post("/predict/AAA").status_code == 200  # the app's first (schema check)
+    checkouts, statements = [], []
+    event.listen(app.state.engine, "checkout", lambda *args: checkouts.append(args))
+    event.listen(app.state.engine, "before_cursor_execute",
+                 lambda *args, **kw: statements.append(args[2]))
+    first = client.post("/predict/BBB", json={"horizon": 2})
+    assert first.status_code == 200, first.text
+    assert len(checkouts) == 2 and any("INSERT INTO ledger_forecasts" in s for s in statements)
+    checkouts.clear()
+    statements.clear()
+    again = client.post("/predict/BBB", json={"horizon": 2})
+    assert again.json() == first.json()
+    assert len(checkouts) == 1, statements
+    assert len([s for s in statements if "FROM tickers" in s and "band_states" not in s]) == 1
+    assert len([s for s in statements if "FROM band_states" in s]) == 1
+    assert not any("INSERT" in s for s in statements)
+    assert app.state.forecasts.from_store == 3

@@ -153,3 +153,30 @@ def test_next_trading_days_follow_the_nyse_calendar():
     assert far == [dt.date(2032, 1, 2), dt.date(2032, 1, 5)]
     assert next_trading_days(dt.date(2017, 1, 3), 0) == []
     assert len(next_trading_days(dt.date(2017, 1, 3), 30)) == 30
+
+
+def test_the_models_aci_forecaster_is_built_once_per_manifest_band(tiny_predictor):
+    import copy
+    import dataclasses
+
+    from service.forecasting.bands import ACISettings
+
+    original = tiny_predictor.band_forecaster()
+    predictor = copy.copy(tiny_predictor)  # the session's predictor stays as it is
+    served = predictor.band_forecaster()  # the copy's own, not the one the original built
+    assert served is not original and served.base is predictor
+    assert predictor.band_forecaster() is served and tiny_predictor.band_forecaster() is original
+    assert predictor.band_forecaster(slots=(1,)) is not served  # slots: its own
+    settings = dataclasses.replace(served.settings, gamma=served.settings.gamma / 2)
+    predictor.manifest = dataclasses.replace(
+        predictor.manifest, band={**predictor.manifest.band, "aci": settings.to_dict()})
+    again = predictor.band_forecaster()
+    assert again is not served and again.settings == settings
+    assert ACISettings.from_dict(predictor.manifest.band["aci"]) == again.settings
+    predictor.manifest.band["aci"]["gamma"] = settings.gamma / 2  # changed in place: seen too
+    assert predictor.band_forecaster().settings.gamma == settings.gamma / 2
+    # A baseline's (fitted, so stateful) is built afresh every time.
+    predictor.manifest = dataclasses.replace(
+        predictor.manifest, band={**predictor.manifest.band, "served": "ewma_aci"})
+    assert predictor.band_forecaster() is not predictor.band_forecaster()
+    assert predictor.band_forecaster().base is not predictor
