@@ -471,8 +471,8 @@ _WORKER: dict[str, list[Forecaster]] = {}
 
 
 def _start_worker(artifact_dir: Path, provider: str, threads: int, spec, methods: MethodSet):
-    one_blas_thread()
     _WORKER["forecasters"] = methods.build(Predictor.load(artifact_dir, provider, threads, spec))
+    one_blas_thread()  # after the build: a spawned worker has loaded scipy's BLAS by then
 
 
 def _forecast_chunk(bars: dict[str, pd.DataFrame], kwargs: dict) -> HistoricalRun:

@@ -14,8 +14,9 @@ likelihood an estimation asks for, and the estimates, with statsmodels').
 
 The steady state's recursion a_{t+1} = phi (a_t + P (F^-1 (y_t - (mean + a_t)))) is sequential,
 but each a_{t+1} hardly depends on a_t (the gain is ~1): it is solved as a fixed point of
-whole-array sweeps (each sweep makes at least one more period right; ~4 sweeps in practice), and
-the fixed point is the recursion's own sequence, exactly. Anything outside this model (another
+whole-array sweeps (each sweep makes at least one more period right: a handful on real returns,
+at most 14 over 300 fit-like draws; a near-constant series can need one a period, so past 64
+sweeps statsmodels' filter answers instead), and the fixed point is the recursion's own sequence, exactly. Anything outside this model (another
 order, fixed parameters, complex-step calls, a filter option changed, a non-positive F) goes to
 statsmodels' own filter.
 """
@@ -32,6 +33,12 @@ _MIN_F = 1e-12  # statsmodels' univariate inversion refuses F below this (LinAlg
 # P repeats after 1-3 periods on real returns; one still changing after this many goes to
 # statsmodels' filter.
 _MAX_SCALAR_PERIODS = 64
+# The state sweeps settle in a few on most series; a near-constant one can take one sweep a
+# period (O(n^2)): past this many, statsmodels' filter is the faster way to the same numbers.
+_MAX_SWEEPS = 64
+# Beyond this scale statsmodels' own stationary variance is computed otherwise (overflow in its
+# Lyapunov solver's intermediate products): left to it. Percent returns are ~1e0.
+_MAX_SCALE = 1e100
 
 
 def stationary_ar1_cov(ar: float, sigma2: float) -> float:
@@ -47,7 +54,11 @@ def stationary_ar1_cov(ar: float, sigma2: float) -> float:
 def ar1_loglikeobs(y: np.ndarray, mean: float, ar: float, sigma2: float) -> np.ndarray | None:
     """Per-period log likelihoods (n,) of y under y_t - mean ~ AR(1)(ar, sigma2) from the
     stationary start, as statsmodels' conventional Kalman filter computes them; None where
-    that filter would refuse (F < 1e-12, not finite) or P never repeats (see below)."""
+    that filter would refuse (F < 1e-12, not finite) or P never repeats (see below), and where
+    its arithmetic is not this one's: a unit or explosive root (|ar| >= 1: its Lyapunov solver
+    divides by zero or goes its own way), parameters not finite or beyond `_MAX_SCALE`."""
+    if not (abs(ar) < 1.0 and abs(mean) < _MAX_SCALE and 0.0 < sigma2 < _MAX_SCALE):
+        return None  # NaN fails every comparison: left to statsmodels too
     n = y.size
     out = np.empty(n)
     a, p = 0.0, stationary_ar1_cov(ar, sigma2)  # predicted state and its variance
@@ -84,14 +95,14 @@ def ar1_loglikeobs(y: np.ndarray, mean: float, ar: float, sigma2: float) -> np.n
     states = np.empty(rest.size)
     states[0] = a
     states[1:] = ar * (rest[:-1] - mean)
-    for _ in range(rest.size):
+    for _ in range(min(rest.size, _MAX_SWEEPS)):
         v = rest - (mean + states)
         gain_v = inv * v
         following = ar * (states + p * gain_v)
         if np.array_equal(following[:-1], states[1:]):
             break
         states[1:] = following[:-1]
-    else:  # pragma: no cover - a sweep fixes at least one more period
+    else:  # not settled within the sweeps: statsmodels' filter
         return None
     out[t:] = -0.5 * (_LOG_2PI + math.log(p)) - 0.5 * (v * gain_v)
     return out
@@ -112,14 +123,21 @@ def exact_ar1_arima() -> type:
     )
 
     class ExactAR1ARIMA(ARIMA):
-        _is_ar1: bool | None = None
+        _is_ar1: bool | None = None  # the check, held for the length of one `fit` only
+
+        def fit(self, *args, **kwargs):
+            # The filter options do not change during a fit, and the checks cost as much as
+            # the filter: checked once a fit, not once a likelihood. Between fits a caller may
+            # change them (a burn-in, another initialisation): checked again.
+            self._is_ar1 = self._check_ar1()
+            try:
+                return super().fit(*args, **kwargs)
+            finally:
+                self._is_ar1 = None
 
         def _ar1_model(self) -> bool:
-            """Whether this is the model ar1_loglikeobs computes (checked once: the filter
-            options do not change during a fit, and the checks cost as much as the filter)."""
-            if self._is_ar1 is None:
-                self._is_ar1 = self._check_ar1()
-            return self._is_ar1
+            """Whether this is the model ar1_loglikeobs computes."""
+            return self._check_ar1() if self._is_ar1 is None else self._is_ar1
 
         def _check_ar1(self) -> bool:
             ssm = self.ssm
@@ -137,6 +155,7 @@ def exact_ar1_arima() -> type:
                 and not ssm.time_invariant
                 # A missing observation takes the filter's missing-data branch.
                 and np.isfinite(self.endog).all()
+                and bool(np.abs(self.endog).max() < _MAX_SCALE)
                 and ssm.initialization.initialization_type == "stationary")
 
         def loglike(self, params, *args, **kwargs):

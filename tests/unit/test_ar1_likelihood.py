@@ -132,3 +132,49 @@ def test_a_missing_return_is_left_to_statsmodels():
     assert not exact._ar1_model()
     plain = ARIMA(y, order=(1, 0, 0), trend="c")
     assert exact.loglike(params, flags) == plain.loglike(params, flags)
+
+
+def test_the_baseline_fit_takes_the_fast_path(monkeypatch):
+    """The speed is the point: every likelihood of the baseline's fit is ar1_loglikeobs's (a
+    statsmodels upgrade that made the model check fail would otherwise pass every equality test
+    above, only slower)."""
+    from service.forecasting import ar1_likelihood
+
+    answers = []
+    real = ar1_likelihood.ar1_loglikeobs
+    monkeypatch.setattr(ar1_likelihood, "ar1_loglikeobs",
+                        lambda *a: answers.append(real(*a)) or answers[-1])
+    y = np.log(40.0) + np.cumsum(pct_returns(6, n=900) / 100.0)
+    ArimaBaseline().fit(y)
+    assert len(answers) > 5
+    assert all(a is not None for a in answers)
+
+
+def test_the_model_check_is_made_again_for_each_fit():
+    """A burn-in set between two fits changes the likelihood: the second fit must see it (a check
+    cached past its fit gave phi -0.0033 where statsmodels' is -0.0097)."""
+    y = pct_returns(7, n=300)
+    exact = exact_ar1_arima()(y, order=(1, 0, 0), trend="c")
+    plain = ARIMA(y, order=(1, 0, 0), trend="c")
+    assert exact.fit(return_params=True).tobytes() == plain.fit(return_params=True).tobytes()
+    exact.ssm.loglikelihood_burn = plain.ssm.loglikelihood_burn = 20
+    assert not exact._ar1_model()
+    assert exact.fit(return_params=True).tobytes() == plain.fit(return_params=True).tobytes()
+
+
+@pytest.mark.parametrize("ar, mean, sigma2", [(1.0, 0.0, 1.0), (-1.0, 0.0, 1.0),
+                                              (0.5, float("nan"), 1.0), (0.5, 0.0, 1e150)])
+def test_roots_on_the_unit_circle_and_absurd_scales_are_left_to_statsmodels(ar, mean, sigma2):
+    assert ar1_loglikeobs(pct_returns(8, n=100), mean, ar, sigma2) is None
+
+
+def test_a_series_whose_states_never_settle_is_left_to_statsmodels():
+    """Ulp-sized noise on a constant: the state sweeps fix one period each (3,998 sweeps at
+    n = 4,000, ~70 ms); past _MAX_SWEEPS they stop and statsmodels' filter answers instead."""
+    y = 1.0 + np.random.default_rng(9).standard_normal(4000) * 1e-16
+    assert ar1_loglikeobs(y, 1.0, 0.999, 1e-12) is None
+    exact = exact_ar1_arima()(y, order=(1, 0, 0), trend="c")
+    plain = ARIMA(y, order=(1, 0, 0), trend="c")
+    flags = {"transformed": True, "includes_fixed": False}
+    params = np.array([1.0, 0.999, 1e-12])
+    assert exact.loglike(params, flags) == plain.loglike(params, flags)
