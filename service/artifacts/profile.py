@@ -10,21 +10,46 @@ any other artifact.
 from __future__ import annotations
 
 import json
+import math
 
 from service.artifacts.manifest import Manifest
 
 PROFILE_FILE = "training_profile.json"
 PROFILE_FORMAT = 1
+# A profile recomputed from the same bars on another CPU differs in the last bits (pandas'
+# rolling sums, ≈ 1e-14 relative); within this it is the same profile and the file is kept, so
+# `make run` (seed) and `stockcast backtest` leave a checkout's shipped artifact as it was.
+_SAME_RTOL = 1e-9
+
+
+def _same(a, b) -> bool:
+    """The same JSON value, floats equal to _SAME_RTOL."""
+    if isinstance(a, float) or isinstance(b, float):
+        return (isinstance(a, int | float) and isinstance(b, int | float)
+                and math.isclose(a, b, rel_tol=_SAME_RTOL, abs_tol=1e-300))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def write_profile(manifest: Manifest, features: dict[str, dict], rows: int) -> None:
-    """Write a feature_profile of `rows` training rows into the artifact folder."""
+    """Write a feature_profile of `rows` training rows into the artifact folder (kept as it is
+    when the one there is the same profile to _SAME_RTOL)."""
     path = manifest.artifact_dir / PROFILE_FILE
+    profile = json.loads(json.dumps({  # as written and read back
+        "format": PROFILE_FORMAT, "model_version": manifest.version,
+        "onnx_sha256": manifest.onnx_sha256,
+        "segment": [d.isoformat() for d in manifest.split.train],
+        "rows": rows, "features": features}))
+    try:
+        if _same(json.loads(path.read_text()), profile):
+            return
+    except (OSError, ValueError):  # none yet, or unreadable: write it
+        pass
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"format": PROFILE_FORMAT, "model_version": manifest.version,
-                               "onnx_sha256": manifest.onnx_sha256,
-                               "segment": [d.isoformat() for d in manifest.split.train],
-                               "rows": rows, "features": features}, indent=1) + "\n")
+    tmp.write_text(json.dumps(profile, indent=1) + "\n")
     tmp.replace(path)
 
 

@@ -3,6 +3,8 @@ by the predictor, whose forecasts warn when their input window leaves the traini
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -57,3 +59,27 @@ def test_served_drift_uses_the_artifacts_profile(cli_env, tmp_path):
     assert drift["reference"] == "training profile (artifact)"
     assert drift["recent_sessions"] == 60
     assert all(pd.notna(v) and v >= 0 for v in drift["psi"].values())
+
+
+def test_a_profile_recomputed_to_the_last_bits_leaves_the_file_as_it_was(cli_env, tmp_path):
+    """Another CPU's pandas sums differ at ~1e-14: the same profile, so the shipped artifact's
+    file (tracked in git) is not rewritten by `make run`'s seed or a backtest; a real change
+    (another bin edge) is written."""
+    from service.artifacts.profile import write_profile
+
+    artifact = backtested_artifact(cli_env, tmp_path)
+    manifest = load_manifest(artifact)
+    path = artifact / PROFILE_FILE
+    written = path.read_bytes()
+    profile = read_profile(manifest)
+    rows = json.loads(written)["rows"]
+    first = next(iter(profile))
+    nudged = {f: dict(e, edges=[x * (1 + 1e-14) for x in e["edges"]]) for f, e in profile.items()}
+    write_profile(manifest, nudged, rows)
+    assert path.read_bytes() == written
+    moved = dict(nudged, **{first: dict(profile[first],
+                                        edges=[x + 0.01 for x in profile[first]["edges"]])})
+    write_profile(manifest, moved, rows)
+    assert read_profile(manifest)[first]["edges"] == moved[first]["edges"]
+    write_profile(manifest, profile, rows + 1)  # another row count: written too
+    assert json.loads(path.read_text())["rows"] == rows + 1
