@@ -22,15 +22,17 @@ PROFILE_FORMAT = 1
 _SAME_RTOL = 1e-9
 
 
-def _same(a, b) -> bool:
-    """The same JSON value, floats equal to _SAME_RTOL."""
+def same_json(a, b, rel_tol: float) -> bool:
+    """The same JSON value, floats equal to `rel_tol` (null only to null): whether a derived
+    file the artifact carries (this profile, the backtest report's figures) holds what a rerun
+    would write."""
     if isinstance(a, float) or isinstance(b, float):
         return (isinstance(a, int | float) and isinstance(b, int | float)
-                and math.isclose(a, b, rel_tol=_SAME_RTOL, abs_tol=1e-300))
+                and math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-300))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same_json(a[k], b[k], rel_tol) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_json(x, y, rel_tol) for x, y in zip(a, b))
     return a == b
 
 
@@ -44,7 +46,7 @@ def write_profile(manifest: Manifest, features: dict[str, dict], rows: int) -> N
         "segment": [d.isoformat() for d in manifest.split.train],
         "rows": rows, "features": features}))
     try:
-        if _same(json.loads(path.read_text()), profile):
+        if same_json(json.loads(path.read_text()), profile, _SAME_RTOL):
             return
     except (OSError, ValueError):  # none yet, or unreadable: write it
         pass

@@ -24,6 +24,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 
 from service.artifacts.manifest import Manifest, load_manifest, resolve_current
+from service.artifacts.profile import same_json
 from service.core.errors import StockcastError
 from service.db.backtests import METRIC_COLUMNS, RunInfo, latest_run, store_run
 
@@ -62,21 +63,6 @@ def _measurement(report: dict) -> dict:
     return {**{k: v for k, v in report.items() if k != "metrics"}, "run": run}
 
 
-def _same_figures(a: list, b: list) -> bool:
-    """The same rows (ticker, horizon, method, metric) in order, each value equal to
-    _FIGURE_RTOL (None, a NaN, only to None)."""
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if x[:-1] != y[:-1]:
-            return False
-        u, v = x[-1], y[-1]
-        if (u is None) != (v is None) or (u is not None and not math.isclose(
-                u, v, rel_tol=_FIGURE_RTOL, abs_tol=1e-300)):
-            return False
-    return True
-
-
 def write_report(manifest: Manifest, run: RunInfo, metrics: pd.DataFrame) -> tuple[Path, bool]:
     """Write the run and its long metrics (ticker, horizon, method, metric, value) into the
     artifact folder, NaN as null; (path, whether written). A report already there with the
@@ -101,7 +87,7 @@ def write_report(manifest: Manifest, run: RunInfo, metrics: pd.DataFrame) -> tup
     try:
         stored = json.loads(path.read_text())
         if (_measurement(stored) == _measurement(report)
-                and _same_figures(stored.get("metrics", []), report["metrics"])):
+                and same_json(stored.get("metrics", []), report["metrics"], _FIGURE_RTOL)):
             return path, False
     except (OSError, ValueError):  # none yet, or unreadable: write it
         pass
