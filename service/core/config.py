@@ -52,16 +52,6 @@ def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     return max(1, min(cpus, limit) if limit is not None else cpus)
 
 
-def one_blas_thread() -> None:
-    """Run this process's BLAS (the OpenBLAS under numpy and scipy) on one thread: for a pool
-    worker, whose core is its own. Its calls here are statsmodels' Kalman recursions on 1 x 1
-    matrices, where a thread pool only adds per-call overhead (~12 % of an ARIMA fit); a
-    one-thread call gives the same floats."""
-    from threadpoolctl import threadpool_limits  # the backtest extra's
-
-    threadpool_limits(1, user_api="blas")
-
-
 class Settings(BaseSettings):
     """Runtime configuration, read from STOCKCAST_* environment variables (and .env)."""
 

@@ -38,9 +38,15 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from service.core.config import one_blas_thread
 from service.core.errors import InsufficientHistory
-from service.evaluation.scoring import MODEL, NAIVE, POOLED, compute_metrics, metric_value
+from service.evaluation.scoring import (
+    MODEL,
+    NAIVE,
+    POOLED,
+    compute_metrics,
+    metric_value,
+    one_blas_thread,
+)
 from service.forecasting.bands import (
     ACI_SUFFIX,
     BASELINE_ACI,

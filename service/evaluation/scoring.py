@@ -18,7 +18,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from service.core.config import one_blas_thread
 from service.forecasting import metrics as m
 from service.forecasting import significance as sig
 from service.forecasting.forecaster import MODEL
@@ -198,6 +197,16 @@ def metric_value(metrics: pd.DataFrame, metric: str, method: str, horizon: int,
     if hit.empty:
         raise KeyError(f"no {metric} for {method} at h={horizon}, ticker {ticker}")
     return float(hit["value"].iloc[0])
+
+
+def one_blas_thread() -> None:
+    """Run this process's BLAS (the OpenBLAS under numpy and scipy) on one thread: for a pool
+    worker, whose core is its own. Its calls here are statsmodels' Kalman recursions on 1 x 1
+    matrices, where a thread pool only adds per-call overhead (~12 % of an ARIMA fit); a
+    one-thread call gives the same floats."""
+    from threadpoolctl import threadpool_limits  # the backtest extra's
+
+    threadpool_limits(1, user_api="blas")
 
 
 def _dm_or_nan(test, *args) -> tuple[float, float]:

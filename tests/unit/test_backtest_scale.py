@@ -112,8 +112,8 @@ def test_backtest_pool_workers_run_blas_on_one_thread(tiny_predictor, pool):
     import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS loaded, as statsmodels loads it)
     from threadpoolctl import threadpool_limits
 
-    from service.core.config import one_blas_thread
     from service.evaluation.backtest import MethodSet, _start_worker
+    from service.evaluation.scoring import one_blas_thread
 
     if pool == "forecasts":  # run_backtest's forecasting pool: _start_worker
         methods = MethodSet(("naive",), (), tiny_predictor.band_settings, (1,))
