@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 from sqlalchemy import Connection
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.core.errors import (
@@ -29,6 +29,7 @@ from service.core.errors import (
 )
 from service.core.locks import KeyedLocks
 from service.db.features import consistent_read
+from service.db.health import database_faults
 from service.db.ledger import record_forecasts
 from service.evaluation.feature_store import save_states, servable, stored_inputs
 from service.evaluation.ledger import ledger_rows
@@ -427,11 +428,8 @@ class ForecastService:
                or now - c.checked_at >= self.bar_check_ttl]
         if not due:
             return None, {}
-        try:
+        with database_faults():  # as BarCache says it
             conn = stack.enter_context(consistent_read(self.bar_cache.engine))
-        except (OperationalError, InterfaceError) as exc:  # as BarCache says it
-            raise DatabaseUnavailable(
-                f"bar database unavailable: {exc.__class__.__name__}") from exc
         return conn, self.bar_cache.latest_bars(due, conn)
 
     def _check(self, predictor: Predictor, ticker: str, end: dt.date | None,

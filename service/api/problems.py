@@ -15,7 +15,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,7 +31,7 @@ from service.core.errors import (
     StockcastError,
     UnknownTicker,
 )
-from service.db.health import is_missing_schema
+from service.db.health import is_database_fault, is_missing_schema, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,9 @@ async def _database_handler(request: Request, exc: DBAPIError) -> ProblemRespons
     not_migrated = await _not_migrated(request, exc)
     if not_migrated is not None:
         return await _stockcast_handler(request, not_migrated)
-    if not isinstance(exc, (OperationalError, InterfaceError)):
+    if not is_database_fault(exc):
         raise exc  # a bug: the catch-all's 500
-    unavailable = DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}")
-    return await _stockcast_handler(request, unavailable)
+    return await _stockcast_handler(request, unavailable(exc))
 
 
 def register_problem_handlers(app: FastAPI) -> None:

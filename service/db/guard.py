@@ -36,6 +36,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
 from service.core.errors import DatabaseUnavailable
+from service.db.health import is_damaged_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,12 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
 
     @event.listens_for(engine, "handle_error")
     def _handle_error(ctx):
+        if is_damaged_sqlite(ctx.original_exception):
+            # Its connections keep what they read of the damaged file (WAL mode trusts its
+            # cache while the WAL index is unchanged, and a damage written behind SQLite's
+            # back changes nothing there): discard them all, so a restored file is read anew.
+            ctx.is_disconnect = True
+            return
         conn = ctx.connection
         seconds = None
         if conn is not None and not conn.invalidated:

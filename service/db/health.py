@@ -4,25 +4,55 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, InterfaceError, OperationalError
 
 from service.core.errors import DatabaseNotMigrated, DatabaseUnavailable
 
 # SQLSTATEs of a missing table / column (Postgres) and SQLite's words for the same.
 _MISSING_SQLSTATES = {"42P01", "42703"}
 _MISSING_WORDS = ("no such table", "no such column")
+# SQLite's plain DatabaseError for a file that is damaged or is no database at all: the store's
+# fault, not the statement's (sqlite3 names the result code; Python >= 3.11).
+_SQLITE_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def is_damaged_sqlite(dbapi_error: BaseException | None) -> bool:
+    """Whether a DB-API error is SQLite saying its file is damaged or no database."""
+    return getattr(dbapi_error, "sqlite_errorname", None) in _SQLITE_DAMAGED
+
+
+def is_database_fault(exc: BaseException) -> bool:
+    """Whether a database error is the database's fault (unreachable, silent, timed out,
+    closed under us; a damaged SQLite file) rather than the statement's: a 503, not a 500."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return type(exc) is DatabaseError and is_damaged_sqlite(getattr(exc, "orig", None))
+
+
+def unavailable(exc: BaseException) -> DatabaseUnavailable:
+    """The DatabaseUnavailable (503) a database fault is answered with."""
+    return DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}")
+
+
+@contextmanager
+def database_faults() -> Iterator[None]:
+    """A database fault inside the block raises DatabaseUnavailable; other errors pass."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if not is_database_fault(exc):
+            raise
+        raise unavailable(exc) from exc
 
 
 def ping(engine: Engine) -> None:
     """Run `select 1`; DatabaseUnavailable if the database cannot be reached."""
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-    except (OperationalError, InterfaceError) as exc:
-        raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
+    with database_faults(), engine.connect() as conn:
+        conn.execute(text("select 1"))
 
 
 def head_revision() -> str:
@@ -44,9 +74,8 @@ def current_revision(engine: Engine) -> str | None:
     except DBAPIError as exc:
         if is_missing_schema(exc):
             return None
-        if isinstance(exc, (OperationalError, InterfaceError)):
-            raise DatabaseUnavailable(
-                f"bar database unavailable: {exc.__class__.__name__}") from exc
+        if is_database_fault(exc):
+            raise unavailable(exc) from exc
         raise
 
 

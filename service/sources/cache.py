@@ -12,10 +12,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.core.errors import (
-    DatabaseUnavailable,
     InvalidTicker,
     SourceNotConfigured,
     SourceUnavailable,
@@ -24,6 +22,7 @@ from service.core.errors import (
 from service.core.locks import KeyedLocks
 from service.core.tickers import normalize_ticker
 from service.db import bars as bars_db
+from service.db.health import database_faults
 from service.sources.base import BarSource
 from service.sources.store import AfterWrite, validate, write_bars
 
@@ -112,11 +111,9 @@ class BarCache:
         failed refresh returns them with stale=True and a warning.
         """
         ticker = normalize_ticker(ticker)
-        try:
+        with database_faults():
             state, fetched, stale, warnings = self._current(ticker, start, end)
             bars = bars_db.read_bars(self.engine, ticker, start, end, last=last, market=market)
-        except (OperationalError, InterfaceError) as exc:
-            raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
         return self._answer(ticker, state, bars, fetched, stale, warnings)
 
     def latest_bar(self, ticker: str, end: dt.date | None = None) -> CachedBars:
@@ -125,10 +122,8 @@ class BarCache:
         if end is not None:
             return self.get_bars(ticker, end=end, last=1)
         ticker = normalize_ticker(ticker)
-        try:
+        with database_faults():
             state, fetched, stale, warnings = self._current(ticker, None, None)
-        except (OperationalError, InterfaceError) as exc:
-            raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
         last = None if state is None else state.last_bar_date
         return self._answer(ticker, state, _dated(last), fetched, stale, warnings)
 
@@ -144,11 +139,9 @@ class BarCache:
                 names[ticker] = normalize_ticker(ticker)
             except InvalidTicker:
                 continue
-        try:
-            with nullcontext(conn) if conn is not None else self.engine.connect() as read:
-                states = bars_db.ticker_states(read, list(names.values()))
-        except (OperationalError, InterfaceError) as exc:
-            raise DatabaseUnavailable(f"bar database unavailable: {exc.__class__.__name__}") from exc
+        with database_faults(), \
+                nullcontext(conn) if conn is not None else self.engine.connect() as read:
+            states = bars_db.ticker_states(read, list(names.values()))
         out = {}
         for given, ticker in names.items():
             state = states.get(ticker)

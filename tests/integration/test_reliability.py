@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -289,6 +291,75 @@ def test_an_old_schema_revision_is_503_on_every_route_until_upgraded(sqlite_url,
     assert ready.json()["checks"]["schema"]["detail"] == (
         f"database not migrated (at 0001, need {head})")
     assert after.status_code == 200
+    assert stored_bars(sqlite_url) == len(bars)
+
+
+def _damage(path, pages: dict[int, bytes] | None = None) -> dict[int, bytes]:
+    """Overwrite SQLite pages (number -> bytes; default: the bars table's root page with
+    garbage); returns what was there, to put back."""
+    if pages is None:
+        with sqlite3.connect(path) as db:
+            size = db.execute("pragma page_size").fetchone()[0]
+            root = db.execute("select rootpage from sqlite_master where name = 'bars'").fetchone()
+        pages = {root[0]: b"\xa5" * size}
+    before = {}
+    with open(path, "r+b") as file:
+        for number, data in pages.items():
+            file.seek((number - 1) * len(data))
+            before[number] = file.read(len(data))
+            file.seek((number - 1) * len(data))
+            file.write(data)
+    return before
+
+
+def test_a_damaged_sqlite_file_answers_503_not_500_and_recovers_when_restored(
+        sqlite_url, tiny_artifact, bars):
+    store_bars(sqlite_url, bars, reset=True)
+    path = sa.engine.make_url(sqlite_url).database
+    with sqlite3.connect(path) as db:
+        db.execute("pragma wal_checkpoint(truncate)")  # every page in the main file
+    original = _damage(path)  # before the server opens it: no page of it is cached anywhere
+    app = create_app(api_settings(sqlite_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        damaged, took = timed(lambda: client.get("/bars/AAA"))
+        health = client.get("/healthz")
+        _damage(path, original)
+        restored = client.get("/bars/AAA")
+    body = assert_problem(damaged, 503, UNAVAILABLE)
+    assert body["detail"] == "bar database unavailable: DatabaseError"
+    assert damaged.headers["retry-after"]
+    assert took < BOUND and health.status_code == 200
+    assert restored.status_code == 200
+    last = bars.loc[bars["ticker"] == "AAA", "date"].max()
+    assert restored.json()["dates"][-1] == str(pd.Timestamp(last).date())
+    assert stored_bars(sqlite_url) == len(bars)
+
+
+def test_a_file_that_is_no_database_answers_503_everywhere_and_recovers(
+        sqlite_url, tiny_artifact, bars):
+    store_bars(sqlite_url, bars, reset=True)
+    path = sa.engine.make_url(sqlite_url).database
+    with sqlite3.connect(path) as db:
+        db.execute("pragma wal_checkpoint(truncate)")
+    original = _damage(path, {1: b"not a database, a text file " * 146 + b"\n" * 8})
+    app = create_app(api_settings(sqlite_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        answers = {path_: timed(lambda p=path_, m=method: client.request(m, p))
+                   for path_, method in (("/tickers", "GET"), ("/bars/AAA", "GET"), ("/jobs", "GET"),
+                                         ("/metrics/backtest", "GET"), ("/predict/AAA", "POST"))}
+        ready = client.get("/readyz")
+        health = client.get("/healthz")
+        _damage(path, original)
+        restored = client.post("/predict/AAA")
+    for route, (response, took) in answers.items():
+        body = assert_problem(response, 503, UNAVAILABLE)
+        assert body["detail"] == "bar database unavailable: DatabaseError", route
+        assert took < BOUND, route
+    assert ready.status_code == 503 and ready.json()["checks"]["database"]["ok"] is False
+    assert health.status_code == 200
+    assert restored.status_code == 200
     assert stored_bars(sqlite_url) == len(bars)
 
 

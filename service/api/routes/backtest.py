@@ -12,13 +12,11 @@ from typing import Annotated, Literal
 import pandas as pd
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, create_model
-from sqlalchemy.exc import DBAPIError
 
 from service.api.deps import EngineDep, MigratedDep
 from service.api.problems import problem_responses
 from service.api.schemas import MAX_HORIZON, MAX_INT32, TICKER_DOC_PATTERN
 from service.artifacts.manifest import VERSION_PATTERN
-from service.core.errors import DatabaseUnavailable
 from service.core.tickers import normalize_ticker
 from service.db.backtests import RunInfo, get_metrics, get_run, latest_run
 from service.evaluation.scoring import BUY_AND_HOLD, METRICS, MODEL, POOLED
@@ -180,27 +178,23 @@ def get_backtest(
     """One run's metrics, filtered."""
     if ticker is not None and ticker != POOLED:
         ticker = normalize_ticker(ticker)  # InvalidTicker -> 422 problem
-    try:
-        with engine.connect() as conn:
-            if run_id is not None:
-                run = get_run(conn, run_id)
-                if run is None:
-                    raise HTTPException(404, f"no backtest run {run_id}")
-                if model_version is not None and run.model_version != model_version:
-                    raise HTTPException(
-                        404, f"backtest run {run_id} is of model {run.model_version}, "
-                             f"not {model_version}")
-            else:
-                run = latest_run(conn, model_version)
-                if run is None:
-                    which = f" of model {model_version}" if model_version else ""
-                    raise HTTPException(
-                        404, f"no backtest stored{which}: run `stockcast backtest`")
-            frame = get_metrics(conn, run.id, ticker=ticker, horizon=horizon, method=method)
-    except DBAPIError as exc:
-        raise DatabaseUnavailable(
-            f"cannot read backtests ({exc.__class__.__name__}); is the database migrated?"
-        ) from exc
+    # A database error goes to the problem handler: a fault 503, a missing table not-migrated.
+    with engine.connect() as conn:
+        if run_id is not None:
+            run = get_run(conn, run_id)
+            if run is None:
+                raise HTTPException(404, f"no backtest run {run_id}")
+            if model_version is not None and run.model_version != model_version:
+                raise HTTPException(
+                    404, f"backtest run {run_id} is of model {run.model_version}, "
+                         f"not {model_version}")
+        else:
+            run = latest_run(conn, model_version)
+            if run is None:
+                which = f" of model {model_version}" if model_version else ""
+                raise HTTPException(
+                    404, f"no backtest stored{which}: run `stockcast backtest`")
+        frame = get_metrics(conn, run.id, ticker=ticker, horizon=horizon, method=method)
     if frame.empty:
         asked = ", ".join(f"{k}={v}" for k, v in
                           (("ticker", ticker), ("horizon", horizon), ("method", method))
