@@ -36,12 +36,19 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
 from service.core.errors import DatabaseUnavailable
-from service.db.health import is_damaged_sqlite
 
 log = logging.getLogger(__name__)
 
 TIMED_OUT = "stockcast_timed_out"  # connection-record info key set by the watchdog
 QUERY_CANCELED = "57014"  # Postgres SQLSTATE of a statement ended by statement_timeout
+# SQLite's plain DatabaseError for a file that is damaged or is no database at all: the store's
+# fault, not the statement's (sqlite3 names the result code; Python >= 3.11).
+SQLITE_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def is_damaged_sqlite(dbapi_error: BaseException | None) -> bool:
+    """Whether a DB-API error is SQLite saying its file is damaged or is no database."""
+    return getattr(dbapi_error, "sqlite_errorname", None) in SQLITE_DAMAGED
 
 
 @dataclass(frozen=True)

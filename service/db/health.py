@@ -11,18 +11,11 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DatabaseError, DBAPIError, InterfaceError, OperationalError
 
 from service.core.errors import DatabaseNotMigrated, DatabaseUnavailable
+from service.db.guard import is_damaged_sqlite
 
 # SQLSTATEs of a missing table / column (Postgres) and SQLite's words for the same.
 _MISSING_SQLSTATES = {"42P01", "42703"}
 _MISSING_WORDS = ("no such table", "no such column")
-# SQLite's plain DatabaseError for a file that is damaged or is no database at all: the store's
-# fault, not the statement's (sqlite3 names the result code; Python >= 3.11).
-_SQLITE_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
-
-
-def is_damaged_sqlite(dbapi_error: BaseException | None) -> bool:
-    """Whether a DB-API error is SQLite saying its file is damaged or no database."""
-    return getattr(dbapi_error, "sqlite_errorname", None) in _SQLITE_DAMAGED
 
 
 def is_database_fault(exc: BaseException) -> bool:
