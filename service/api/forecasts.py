@@ -16,12 +16,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pandas as pd
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from service.api.lane import ForecastLane, waiting
 from service.core.errors import (
     DatabaseUnavailable,
     InsufficientHistory,
@@ -38,6 +40,7 @@ from service.inference.predictor import Forecast, Predictor, StoredInput
 from service.sources.cache import BarCache, CachedBars
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Seconds after which an expired bar check that one request took on to renew may be taken on by
 # another (the first never finished).
@@ -115,8 +118,10 @@ class ForecastService:
     def __init__(self, bar_cache: BarCache, *, cache_size: int = 4096,
                  bar_check_ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic,
                  on_lookup: Callable[[bool], None] | None = None, record_live: bool = True,
-                 use_store: bool = True):
+                 use_store: bool = True, lane: ForecastLane | None = None):
         self.bar_cache = bar_cache
+        # The threads cold forecasts compute on (None: the shared threadpool, unbounded waits).
+        self.lane = lane
         self.use_store = use_store  # read/write the serving stores (features, band states)
         self.record_live = record_live
         self.recorded = LruCache(RECORDED_KEYS)
@@ -152,9 +157,15 @@ class ForecastService:
         claimant = object()  # this request, should its lookup take on renewing the bar check
         served = self.cached(predictor, ticker, horizon, as_of, claimant)
         if served is None:  # DB, maybe the source, features, onnxruntime: off the event loop
-            served = await run_in_threadpool(self.forecast, predictor, ticker, horizon, as_of,
-                                             claimant)
+            served = await self._off_loop(self.forecast, predictor, ticker, horizon, as_of,
+                                          claimant)
         return served
+
+    async def _off_loop(self, fn: Callable[..., T], *args) -> T:
+        """fn(*args) on the lane (or the shared threadpool without one)."""
+        if self.lane is None:
+            return await run_in_threadpool(fn, *args)
+        return await self.lane.run(fn, *args)
 
     async def serve_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
                          as_of: dt.date | None = None) -> list[ServedForecast | StockcastError]:
@@ -163,7 +174,7 @@ class ForecastService:
         results = [self.cached(predictor, t, horizon, as_of, claimant) for t in tickers]
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:  # computed together (forecast_many) in the threadpool
-            computed = await run_in_threadpool(
+            computed = await self._off_loop(
                 self.forecast_many, predictor, [tickers[i] for i in missing], horizon, as_of,
                 claimant)
             for i, result in zip(missing, computed):
@@ -181,7 +192,8 @@ class ForecastService:
         `claimant`: the request, as passed to `cached` before (see there).
         """
         # Without a forecast cache there is nothing to wait for: no turns.
-        turn = self._ticker_locks(ticker) if self.forecasts.size else nullcontext()
+        turn = (waiting(self._ticker_locks(ticker), self.lane) if self.forecasts.size
+                else nullcontext())
         with turn:
             result = self.forecast_many(predictor, [ticker], horizon, as_of, claimant)[0]
         if isinstance(result, StockcastError):

@@ -21,6 +21,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from service import package_version
 from service.api.forecasts import ForecastService
+from service.api.lane import ForecastLane, SteppingOutSource
 from service.api.middleware import BodyLimit, CatchAll
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
@@ -135,14 +136,16 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             upstream = source if source is not None else make_source(settings)
             breaker = CircuitBreaker(upstream,
                                      dt.timedelta(seconds=settings.source_cooldown_seconds))
+            lane = (ForecastLane(settings.forecast_threads, settings.forecast_wait_seconds)
+                    if settings.forecast_threads else None)
             bar_cache = BarCache(
-                engine, breaker,
+                engine, breaker if lane is None else SteppingOutSource(breaker, lane),
                 refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
                 after_write=after_bars_written, **cache_options)
             forecasts = ForecastService(
                 bar_cache, cache_size=settings.forecast_cache_size,
                 bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup,
-                use_store=settings.serving_store)
+                use_store=settings.serving_store, lane=lane)
 
             def on_load(previous: LoadedModel | None, loaded: LoadedModel) -> None:
                 if previous is None or previous.version != loaded.version:

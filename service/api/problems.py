@@ -27,6 +27,7 @@ from service.core.errors import (
     InvalidTicker,
     ManifestMismatch,
     ModelNotLoaded,
+    ServerBusy,
     SourceUnavailable,
     StockcastError,
     UnknownTicker,
@@ -39,6 +40,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Seconds a client should wait before retrying a 503 from a failed upstream source / database.
 SOURCE_RETRY_AFTER = 60
 DATABASE_RETRY_AFTER = 1
+BUSY_RETRY_AFTER = 1  # ... and a server whose forecast lane had no turn free in time
 
 
 class ProblemResponse(JSONResponse):
@@ -69,6 +71,7 @@ ERROR_PROBLEMS: dict[type[StockcastError], tuple[int, str, str]] = {
     DatabaseNotMigrated: (503, "urn:stockcast:problem:database-not-migrated",
                           "Database not migrated"),
     ModelNotLoaded: (503, "urn:stockcast:problem:model-not-loaded", "No model loaded"),
+    ServerBusy: (503, "urn:stockcast:problem:busy", "Server busy"),
     ManifestMismatch: (500, "urn:stockcast:problem:model-invalid", "Model artifact invalid"),
 }
 
@@ -151,7 +154,7 @@ async def _http_handler(request: Request, exc: StarletteHTTPException) -> Proble
 
 
 _RETRY_AFTER = {SourceUnavailable: SOURCE_RETRY_AFTER, DatabaseUnavailable: DATABASE_RETRY_AFTER,
-                DatabaseNotMigrated: DATABASE_RETRY_AFTER}
+                DatabaseNotMigrated: DATABASE_RETRY_AFTER, ServerBusy: BUSY_RETRY_AFTER}
 
 
 async def _not_migrated(request: Request, exc: BaseException) -> DatabaseNotMigrated | None:
@@ -206,8 +209,8 @@ def problem_responses(*statuses: int) -> dict[int | str, dict]:
         409: "The new model could not be loaded; the previous one keeps serving.",
         422: "Invalid input (the offending field is named) or too little history.",
         500: "Unexpected error (logged; no stack trace is returned).",
-        503: "No model loaded, database unreachable or not migrated, or source down with "
-             "nothing cached.",
+        503: "No model loaded, database unreachable or not migrated, source down with "
+             "nothing cached, or the server too busy to start this forecast in time.",
     }
     return {
         status: {

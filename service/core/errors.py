@@ -50,6 +50,10 @@ class DatabaseUnavailable(StockcastError):
     """The bar database cannot be reached."""
 
 
+class ServerBusy(StockcastError):
+    """Every forecast turn is taken and none came free in time (service.api.lane)."""
+
+
 class DatabaseNotMigrated(StockcastError):
     """The database answers but its schema is not at this code's Alembic head."""
 

@@ -24,7 +24,9 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from service.api.main import create_app
+from service.api.problems import error_problem, problem_responses
 from service.artifacts.manifest import artifact_version
+from service.core.errors import ServerBusy
 from service.db.bars import count_bars
 from service.db.health import head_revision
 from service.db.session import downgrade, make_engine, upgrade
@@ -361,6 +363,39 @@ def test_a_file_that_is_no_database_answers_503_everywhere_and_recovers(
     assert health.status_code == 200
     assert restored.status_code == 200
     assert stored_bars(sqlite_url) == len(bars)
+
+
+# -- the forecast lane -------------------------------------------------------------------------
+
+
+def test_a_slow_refresh_does_not_hold_the_forecast_lane(sqlite_url, tiny_artifact, bars):
+    """One lane thread: DDD's refresh waits 1.5 s on the source outside the lane, so AAA's cold
+    forecast, asked meanwhile, computes at once instead of being answered busy at 0.5 s."""
+    store_bars(sqlite_url, bars, reset=True)
+    ddd = bars[bars["ticker"] == "AAA"].assign(ticker="DDD")
+    source = ScriptedSource({"DDD": ddd}, delay=1.5)
+    settings = api_settings(sqlite_url, tiny_artifact.model_dir, forecast_threads=1,
+                            forecast_wait_seconds=0.5)
+    app = create_app(settings, source=source, clock=Clock())
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client, \
+            ThreadPoolExecutor(2) as pool:
+        assert client.post("/predict/BBB").status_code == 200  # warm the process up
+        slow = pool.submit(timed, lambda: client.post("/predict/DDD"))
+        time.sleep(0.3)  # DDD is in its fetch
+        quick, took = timed(lambda: client.post("/predict/AAA"))
+        refreshed, refresh_took = slow.result()
+    assert quick.status_code == 200 and took < 0.5, (quick.text, took)
+    assert refreshed.status_code == 200 and refresh_took >= 1.5
+    assert [call[0] for call in source.calls] == ["DDD"]
+    assert stored_bars(sqlite_url) == len(bars) + len(ddd)
+
+
+def test_no_turn_in_time_is_the_documented_busy_503():
+    problem = error_problem(ServerBusy("server busy: 2 forecasts computing and no turn for "
+                                       "this one within 3 s"), "/predict/AAA")
+    assert (problem.status, problem.type, problem.title) == (
+        503, "urn:stockcast:problem:busy", "Server busy")
+    assert "too busy" in problem_responses(503)[503]["description"]
 
 
 # -- bad input ---------------------------------------------------------------------------------
