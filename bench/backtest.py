@@ -175,8 +175,8 @@ def main() -> int:
         trees.append((f"in-run baseline: {args.baseline_tree}", args.baseline_tree.resolve()))
     runs: dict[str, list[dict]] = {name: [] for name, _ in trees}
     with tempfile.TemporaryDirectory(prefix="stockcast-bench-backtest-") as tmp:
-        for i in range(args.runs):  # alternated, so both codes see the same load drift
-            for name, tree in trees:
+        for i in range(args.runs):  # ABBA..., so both codes see the same load drift and order
+            for name, tree in (trees if i % 2 == 0 else trees[::-1]):
                 runs[name].append(_run(tree, Path(tmp) / f"{len(runs[name])}-{i}-{tree.name}",
                                        args, args.workers))
         if args.baseline_tree is None:  # the pooled run vs one process, same code
