@@ -16,14 +16,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import TypeVar
 
 import pandas as pd
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from service.api.lane import ForecastLane, waiting
+from service.api.lane import ForecastLane, WouldWait
 from service.core.errors import (
     DatabaseUnavailable,
     InsufficientHistory,
@@ -40,7 +39,6 @@ from service.inference.predictor import Forecast, Predictor, StoredInput
 from service.sources.cache import BarCache, CachedBars
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Seconds after which an expired bar check that one request took on to renew may be taken on by
 # another (the first never finished).
@@ -156,16 +154,16 @@ class ForecastService:
         """
         claimant = object()  # this request, should its lookup take on renewing the bar check
         served = self.cached(predictor, ticker, horizon, as_of, claimant)
+        if served is None and self.lane is not None:  # the lane, unless it would wait
+            try:
+                served = await self.lane.run(self.forecast, predictor, ticker, horizon, as_of,
+                                             claimant)
+            except WouldWait:  # a refresh due, or another request's turn: as before the lane
+                pass
         if served is None:  # DB, maybe the source, features, onnxruntime: off the event loop
-            served = await self._off_loop(self.forecast, predictor, ticker, horizon, as_of,
-                                          claimant)
+            served = await run_in_threadpool(self.forecast, predictor, ticker, horizon, as_of,
+                                             claimant)
         return served
-
-    async def _off_loop(self, fn: Callable[..., T], *args) -> T:
-        """fn(*args) on the lane (or the shared threadpool without one)."""
-        if self.lane is None:
-            return await run_in_threadpool(fn, *args)
-        return await self.lane.run(fn, *args)
 
     async def serve_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
                          as_of: dt.date | None = None) -> list[ServedForecast | StockcastError]:
@@ -174,7 +172,7 @@ class ForecastService:
         results = [self.cached(predictor, t, horizon, as_of, claimant) for t in tickers]
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:  # computed together (forecast_many) in the threadpool
-            computed = await self._off_loop(
+            computed = await run_in_threadpool(
                 self.forecast_many, predictor, [tickers[i] for i in missing], horizon, as_of,
                 claimant)
             for i, result in zip(missing, computed):
@@ -192,10 +190,16 @@ class ForecastService:
         `claimant`: the request, as passed to `cached` before (see there).
         """
         # Without a forecast cache there is nothing to wait for: no turns.
-        turn = (waiting(self._ticker_locks(ticker), self.lane) if self.forecasts.size
-                else nullcontext())
-        with turn:
+        turn = self._ticker_locks(ticker) if self.forecasts.size else None
+        if turn is not None and not turn.acquire(blocking=False):
+            if self.lane is not None:
+                self.lane.refuse_wait(f"{ticker}'s turn")  # no waiting in the lane
+            turn.acquire()
+        try:
             result = self.forecast_many(predictor, [ticker], horizon, as_of, claimant)[0]
+        finally:
+            if turn is not None:
+                turn.release()
         if isinstance(result, StockcastError):
             raise result
         return result

@@ -21,7 +21,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from service import package_version
 from service.api.forecasts import ForecastService
-from service.api.lane import ForecastLane, SteppingOutSource
+from service.api.lane import ForecastLane
 from service.api.middleware import BodyLimit, CatchAll
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             lane = (ForecastLane(settings.forecast_threads, settings.forecast_wait_seconds)
                     if settings.forecast_threads else None)
             bar_cache = BarCache(
-                engine, breaker if lane is None else SteppingOutSource(breaker, lane),
+                engine, breaker, refresh_gate=None if lane is None else lane.refuse_wait,
                 refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),
                 after_write=after_bars_written, **cache_options)
             forecasts = ForecastService(

@@ -73,10 +73,12 @@ class Settings(BaseSettings):
     # How long a request may reuse another's check of a ticker's last bar date before asking the
     # DB again: a bar written by another process reaches forecasts within this many seconds.
     bar_check_ttl_seconds: float = Field(default=5.0, ge=0)
-    # Cold forecasts compute on this many threads at once (service.api.lane); a request waits at
-    # most forecast_wait_seconds for a turn (then 503 busy). 0: the shared threadpool, no bound.
+    # One-ticker cold forecasts compute on this many threads at once (service.api.lane); a
+    # request waits at most forecast_wait_seconds for a turn (then 503 busy): under the 3 s
+    # in which a fault answers, above the 2 s a failing database takes to say so (connect,
+    # statement bounds). 0: the shared threadpool of 40, as before the lane.
     forecast_threads: int = Field(default=2, ge=0)
-    forecast_wait_seconds: float = Field(default=3.0, gt=0)
+    forecast_wait_seconds: float = Field(default=2.5, gt=0)
     # Cold forecasts read the serving stores (feature rows, band states) where they are fresh;
     # false: always from bars (the cold bench's in-run baseline). Nothing served changes.
     serving_store: bool = True

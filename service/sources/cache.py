@@ -89,8 +89,12 @@ class BarCache:
     def __init__(self, engine: Engine, source: BarSource, *,
                  refresh_interval: dt.timedelta = dt.timedelta(hours=1),
                  clock=_utcnow, history_days: int = DEFAULT_HISTORY_DAYS,
-                 after_write: AfterWrite | None = None, update_market: bool = True):
+                 after_write: AfterWrite | None = None, update_market: bool = True,
+                 refresh_gate: Callable[[str], None] | None = None):
         self.engine = engine
+        # Called with what is about to be waited for when a refresh is due, before the ticker's
+        # lock: it may raise instead (the API's forecast lane: service.api.lane).
+        self.refresh_gate = refresh_gate
         self.after_write = after_write
         # Whether each bars write rewrites the market series from its first date; a batch
         # refresh (refresh_tickers) turns it off and rebuilds the series once at its end.
@@ -160,6 +164,8 @@ class BarCache:
         state = self._state(ticker) if state is None else state
         fetched, stale, warnings = 0, False, []
         if self._needs_refresh(state, end):
+            if self.refresh_gate is not None:
+                self.refresh_gate(f"a refresh of {ticker}")
             with self._locks(ticker):
                 state = self._state(ticker)  # another thread may have refreshed meanwhile
                 if self._needs_refresh(state, end):

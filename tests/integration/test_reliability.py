@@ -369,8 +369,9 @@ def test_a_file_that_is_no_database_answers_503_everywhere_and_recovers(
 
 
 def test_a_slow_refresh_does_not_hold_the_forecast_lane(sqlite_url, tiny_artifact, bars):
-    """One lane thread: DDD's refresh waits 1.5 s on the source outside the lane, so AAA's cold
-    forecast, asked meanwhile, computes at once instead of being answered busy at 0.5 s."""
+    """One lane thread. DDD's refresh (1.5 s at the source) is handed to the shared threadpool,
+    so AAA's cold forecast, asked meanwhile, computes in the lane at once; a second request for
+    DDD, whose turn the first holds, is handed over too and waits there for its forecast."""
     store_bars(sqlite_url, bars, reset=True)
     ddd = bars[bars["ticker"] == "AAA"].assign(ticker="DDD")
     source = ScriptedSource({"DDD": ddd}, delay=1.5)
@@ -380,13 +381,18 @@ def test_a_slow_refresh_does_not_hold_the_forecast_lane(sqlite_url, tiny_artifac
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client, \
             ThreadPoolExecutor(2) as pool:
         assert client.post("/predict/BBB").status_code == 200  # warm the process up
+        lane = app.state.forecasts.lane
         slow = pool.submit(timed, lambda: client.post("/predict/DDD"))
         time.sleep(0.3)  # DDD is in its fetch
+        again = pool.submit(timed, lambda: client.post("/predict/DDD"))
+        time.sleep(0.2)
         quick, took = timed(lambda: client.post("/predict/AAA"))
-        refreshed, refresh_took = slow.result()
+        (refreshed, refresh_took), (second, _) = slow.result(), again.result()
     assert quick.status_code == 200 and took < 0.5, (quick.text, took)
     assert refreshed.status_code == 200 and refresh_took >= 1.5
-    assert [call[0] for call in source.calls] == ["DDD"]
+    assert second.status_code == 200 and second.json() == refreshed.json()
+    assert [call[0] for call in source.calls] == ["DDD"]  # asked once
+    assert lane.handed_back == 2 and lane.busy == 0 and lane.waits_timed_out == 0
     assert stored_bars(sqlite_url) == len(bars) + len(ddd)
 
 
