@@ -138,6 +138,8 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
                                      dt.timedelta(seconds=settings.source_cooldown_seconds))
             lane = (ForecastLane(settings.forecast_threads, settings.forecast_wait_seconds)
                     if settings.forecast_threads else None)
+            if lane is not None:
+                metrics.watch_lane(lane)
             bar_cache = BarCache(
                 engine, breaker, refresh_gate=None if lane is None else lane.refuse_wait,
                 refresh_interval=dt.timedelta(minutes=settings.refresh_interval_minutes),

@@ -10,13 +10,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 
 from service.api.forecasts import LruCache
+from service.api.lane import ForecastLane
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ class ServiceMetrics:
         self.database = DatabaseGauges()
         registry.register(self.database)
 
+    def watch_lane(self, lane: ForecastLane) -> None:
+        """Export the forecast lane's turns taken, waits timed out (503 busy) and hand-backs."""
+        self.registry.register(LaneCollector(lane))
+
     def record_lookup(self, hit: bool) -> None:
         """Count one forecast cache lookup."""
         self._lookups[hit].inc()
@@ -91,6 +96,25 @@ class ServiceMetrics:
         """Show only the model now served."""
         self.model_info.clear()
         self.model_info.labels(version=version, providers=",".join(providers)).set(1)
+
+
+class LaneCollector:
+    """The forecast lane's state at scrape time (service.api.lane)."""
+
+    def __init__(self, lane: ForecastLane):
+        self.lane = lane
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("stockcast_forecast_lane_busy",
+                                f"Forecast lane turns taken now (of {self.lane.slots}).",
+                                value=self.lane.busy)
+        yield CounterMetricFamily("stockcast_forecast_lane_waits_timed_out",
+                                  "Requests answered 503 busy: no lane turn within the wait.",
+                                  value=self.lane.waits_timed_out)
+        yield CounterMetricFamily("stockcast_forecast_lane_handed_back",
+                                  "Lane forecasts that would have waited (a refresh due, the "
+                                  "ticker's turn taken), computed in the shared threadpool.",
+                                  value=self.lane.handed_back)
 
 
 class DatabaseGauges:

@@ -222,6 +222,10 @@ def test_a_warm_request_does_no_feature_work_and_no_sql(db_url, tiny_artifact, b
         exposition = client.get("/metrics").text
         assert 'stockcast_forecast_cache_lookups_total{result="hit"} 1.0' in exposition
         assert 'stockcast_forecast_cache_lookups_total{result="miss"} 2.0' in exposition
+        # Both cold forecasts computed in the forecast lane, none waited for or handed back.
+        assert "stockcast_forecast_lane_busy 0.0" in exposition
+        assert "stockcast_forecast_lane_waits_timed_out_total 0.0" in exposition
+        assert "stockcast_forecast_lane_handed_back_total 0.0" in exposition
 
 
 def test_served_window_equals_the_full_history_features():
