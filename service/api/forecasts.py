@@ -246,6 +246,19 @@ class ForecastService:
             answers = dict(zip(distinct, self.forecast_many(predictor, distinct, horizon, as_of,
                                                             claimant)))
             return [answers[t] for t in tickers]
+        lookups: list[bool] = []  # the forecast cache's answers (hit?), counted at the end
+        try:
+            return self._forecast_many(predictor, tickers, horizon, as_of, claimant, lookups)
+        except WouldWait:  # handed to the shared threadpool, whose re-run counts them
+            lookups.clear()
+            raise
+        finally:
+            for hit in lookups:
+                self._count(hit)
+
+    def _forecast_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int,
+                       as_of: dt.date | None, claimant: Hashable,
+                       lookups: list[bool]) -> list[ServedForecast | StockcastError]:
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
         misses: list[tuple[int, CachedBars, BarCheck]] = []
@@ -262,7 +275,7 @@ class ForecastService:
                     self._release((ticker, end), claimant)
                 raise
             self._check_each(predictor, tickers, [i for i, t in enumerate(tickers) if t in read],
-                             horizon, end, claimant, read, results, misses, live)
+                             horizon, end, claimant, read, results, misses, live, lookups)
             # Live misses fresh in the serving stores: their stored forecasts (a window and one
             # onnxruntime call together for states stored without one).
             stored = self._stored(predictor, [tickers[i] for i, _, c in misses if c.live],
@@ -271,7 +284,7 @@ class ForecastService:
         # an as_of) as before: each check on its own, their stored inputs read together.
         checked = len(misses)
         self._check_each(predictor, tickers, [i for i, t in enumerate(tickers) if t not in read],
-                         horizon, end, claimant, read, results, misses, live)
+                         horizon, end, claimant, read, results, misses, live, lookups)
         stored.update(self._stored(
             predictor, [tickers[i] for i, _, c in misses[checked:] if c.live], horizon))
         return self._computed(predictor, tickers, horizon, end, results, misses, live, stored)
@@ -279,7 +292,7 @@ class ForecastService:
     def _check_each(self, predictor: Predictor, tickers: Sequence[str], indices: list[int],
                     horizon: int, end: dt.date | None, claimant: Hashable,
                     read: dict[str, CachedBars], results: list, misses: list,
-                    live: set[int]) -> None:
+                    live: set[int], lookups: list[bool]) -> None:
         """The bar checks of tickers[i] for i in indices: a cached forecast into `results`, a
         miss into `misses` (with its bars, if the check read them), an error into `results`;
         a live one's index into `live`."""
@@ -292,7 +305,7 @@ class ForecastService:
                 key = (ticker, check.last_bar_date, predictor.model_version, horizon,
                        check.revision)
                 cached = self.forecasts.get(key)
-                self._count(hit=cached is not None)
+                lookups.append(cached is not None)
                 if cached is not None:
                     results[i] = ServedForecast(cached, check.stale,
                                                 check.warnings + cached.warnings, True)
@@ -479,8 +492,14 @@ class ForecastService:
             check = BarCheck(pd.Timestamp(read.bars["date"].to_numpy()[-1]).date(), read.stale,
                              read.warnings, now, read.latest, read.revision)
             self.checks.put(key, check)
-        finally:
+        except WouldWait:
+            # Handed to the shared threadpool: the claim goes with the request, whose re-run
+            # renews the check and gives it back (the others keep the old check meanwhile).
+            raise
+        except BaseException:
             self._release(key, claimant)
+            raise
+        self._release(key, claimant)
         return check, (read if len(read.bars) > 1 else None)
 
     def _record(self, predictor: Predictor, forecasts: Sequence[Forecast], horizon: int) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, t
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.core.bars import MARKET_RETURN, NUMERIC_COLUMNS, PRICE_COLUMNS, TICKER_BAR_COLUMNS
+from service.db.guard import driver_errors
 from service.db.models import Bar, MarketSession, Ticker
 
 IN_CHUNK = 500  # tickers per IN (...) list
@@ -77,13 +78,14 @@ def _upsert_sqlite(conn: Connection, frame: pd.DataFrame,
     cursor = conn.connection.driver_connection.cursor()
     written = 0
     try:
-        for i in range(0, len(rows), SQLITE_CHUNK_ROWS):
-            part = rows[i : i + SQLITE_CHUNK_ROWS]
-            before = conn.connection.driver_connection.total_changes
-            cursor.executemany(sql, part)
-            written += conn.connection.driver_connection.total_changes - before
-            if progress:
-                progress(len(part))
+        with driver_errors(conn, sql):
+            for i in range(0, len(rows), SQLITE_CHUNK_ROWS):
+                part = rows[i : i + SQLITE_CHUNK_ROWS]
+                before = conn.connection.driver_connection.total_changes
+                cursor.executemany(sql, part)
+                written += conn.connection.driver_connection.total_changes - before
+                if progress:
+                    progress(len(part))
     finally:
         cursor.close()
     return written
@@ -100,7 +102,7 @@ def _upsert_copy(conn: Connection, frame: pd.DataFrame,
     step = 100_000
     # Binary COPY fed row tuples: ~5x faster than rendering the frame to CSV text first.
     copy_sql = f"COPY bars_incoming ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
-    with raw.cursor() as cur, cur.copy(copy_sql) as cp:
+    with driver_errors(conn, copy_sql), raw.cursor() as cur, cur.copy(copy_sql) as cp:
         cp.set_types(COPY_TYPES)
         for i in range(0, len(frame), step):
             part = frame.iloc[i : i + step]

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.bars import in_chunks
+from service.db.guard import driver_errors
 from service.db.models import BandState, FeatureRow, FeatureSet, Ticker
 
 _ROWS = FeatureRow.__table__
@@ -121,12 +122,13 @@ def write_features(conn: Connection, version: str, updates: Sequence[FeatureUpda
     if conn.dialect.name == "postgresql":
         _copy_rows(conn, rows)
     else:
+        sql = ("INSERT OR REPLACE INTO feature_rows (ticker, version, date, features) "
+               "VALUES (?, ?, ?, ?)")
         cursor = conn.connection.driver_connection.cursor()
         try:
-            for part in in_chunks(rows, INSERT_CHUNK):
-                cursor.executemany(
-                    "INSERT OR REPLACE INTO feature_rows (ticker, version, date, features) "
-                    "VALUES (?, ?, ?, ?)", [(t, v, d.isoformat(), b) for t, v, d, b in part])
+            with driver_errors(conn, sql):
+                for part in in_chunks(rows, INSERT_CHUNK):
+                    cursor.executemany(sql, [(t, v, d.isoformat(), b) for t, v, d, b in part])
         finally:
             cursor.close()
     insert = _insert(conn)
@@ -160,9 +162,9 @@ def _copy_rows(conn: Connection, rows: list[tuple]) -> None:
     conn.execute(text("CREATE TEMP TABLE feature_rows_incoming (LIKE feature_rows) "
                       "ON COMMIT DROP"))
     raw = conn.connection.driver_connection
-    with raw.cursor() as cur, cur.copy(
-            "COPY feature_rows_incoming (ticker, version, date, features) FROM STDIN "
-            "(FORMAT BINARY)") as cp:
+    copy_sql = ("COPY feature_rows_incoming (ticker, version, date, features) FROM STDIN "
+                "(FORMAT BINARY)")
+    with driver_errors(conn, copy_sql), raw.cursor() as cur, cur.copy(copy_sql) as cp:
         cp.set_types(["varchar", "varchar", "date", "bytea"])
         for row in rows:
             cp.write_row(row)

@@ -28,10 +28,11 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
@@ -49,6 +50,19 @@ SQLITE_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 def is_damaged_sqlite(dbapi_error: BaseException | None) -> bool:
     """Whether a DB-API error is SQLite saying its file is damaged or is no database."""
     return getattr(dbapi_error, "sqlite_errorname", None) in SQLITE_DAMAGED
+
+
+@contextmanager
+def driver_errors(conn: Connection, statement: str) -> Iterator[None]:
+    """Calls on conn's raw DB-API connection (bulk writes: executemany, COPY) raise SQLAlchemy's
+    DBAPIError subclasses, as conn.execute does, so the API's fault mapping sees them: a
+    SQLite "database is locked" past its busy timeout is a 503, not a 500."""
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise sa_exc.DBAPIError.instance(statement, None, exc, dbapi.Error,
+                                         dialect=conn.dialect) from exc
 
 
 @dataclass(frozen=True)

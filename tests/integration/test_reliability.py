@@ -9,6 +9,7 @@ status, the time it took, the recovery, and that the stored bars are still all t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import sqlite3
@@ -393,6 +394,82 @@ def test_a_slow_refresh_does_not_hold_the_forecast_lane(sqlite_url, tiny_artifac
     assert second.status_code == 200 and second.json() == refreshed.json()
     assert [call[0] for call in source.calls] == ["DDD"]  # asked once
     assert lane.handed_back == 2 and lane.busy == 0 and lane.waits_timed_out == 0
+    assert stored_bars(sqlite_url) == len(bars) + len(ddd)
+
+
+def test_a_handed_back_refresh_keeps_its_claim_so_the_others_answer_from_memory(
+        sqlite_url, tiny_artifact, bars):
+    """AAA's shared bar check expires while a refresh is due: the first request takes on
+    renewing it and is handed to the threadpool for its 1.5 s fetch; the requests after it keep
+    being answered from the check they share, at once, as before the lane."""
+    store_bars(sqlite_url, bars, reset=True)
+    clock = Clock()
+    source = ScriptedSource({"AAA": bars[bars["ticker"] == "AAA"]}, delay=1.5)
+    settings = api_settings(sqlite_url, tiny_artifact.model_dir, bar_check_ttl_seconds=0.5)
+    app = create_app(settings, source=source, clock=clock)
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client, \
+            ThreadPoolExecutor(2) as pool:
+        before = client.post("/predict/AAA")
+        assert before.status_code == 200 and source.calls == []
+        clock.now += dt.timedelta(days=1)  # a refresh is due now
+        time.sleep(0.6)  # and the shared check has expired
+        renewing = pool.submit(timed, lambda: client.post("/predict/AAA"))
+        time.sleep(0.3)
+        others = [timed(lambda: client.post("/predict/AAA")) for _ in range(3)]
+        renewed, renew_took = renewing.result()
+    assert renewed.status_code == 200 and renew_took >= 1.5
+    for response, took in others:
+        assert response.status_code == 200 and took < 0.3, took
+        assert response.json() == before.json()
+    assert [call[0] for call in source.calls] == ["AAA"]
+    forecasts = app.state.forecasts
+    assert forecasts.lane.handed_back == 1
+    assert (forecasts.misses, forecasts.hits) == (1, 4)  # the renewal found it cached: a hit
+
+
+def test_more_cold_forecasts_than_turns_are_answered_busy_with_retry_after(
+        sqlite_url, tiny_artifact, bars):
+    store_bars(sqlite_url, bars, reset=True)
+    settings = api_settings(sqlite_url, tiny_artifact.model_dir, forecast_threads=1,
+                            forecast_wait_seconds=0.05, forecast_cache_size=0)
+    app = create_app(settings, source=ScriptedSource(), clock=Clock())
+    with ServerThread(app) as server:
+        assert httpx.post(f"{server.url}/predict/AAA").status_code == 200  # warmed up
+        storm = _cold_predicts(server.url, 30)
+        after = httpx.post(f"{server.url}/predict/AAA")
+    statuses = [r.status_code for r, _ in storm]
+    busy = [r for r, _ in storm if r.status_code == 503]
+    assert set(statuses) == {200, 503} and len(busy) >= 10, statuses
+    for response in busy:
+        body = assert_problem(response, 503, "urn:stockcast:problem:busy")
+        assert body["detail"] == ("server busy: 1 forecasts computing and no turn for this "
+                                  "one within 0.05 s")
+        assert response.headers["retry-after"] == "1"
+    assert max(took for _, took in storm) < BOUND
+    assert after.status_code == 200 and app.state.forecasts.lane.busy == 0
+    assert stored_bars(sqlite_url) == len(bars)
+
+
+def test_a_sqlite_write_lock_held_past_the_busy_timeout_is_503_not_500(
+        sqlite_url, tiny_artifact, bars):
+    """A refresh's bulk write (the raw driver's executemany) waits on another writer's lock."""
+    store_bars(sqlite_url, bars, reset=True)
+    ddd = bars[bars["ticker"] == "AAA"].assign(ticker="DDD")
+    settings = api_settings(sqlite_url, tiny_artifact.model_dir,
+                            db_statement_timeout_seconds=0.5)
+    app = create_app(settings, source=ScriptedSource({"DDD": ddd}), clock=Clock())
+    path = sa.engine.make_url(sqlite_url).database
+    writer = sqlite3.connect(path, isolation_level=None)
+    with TestClient(app) as client:
+        writer.execute("begin immediate")  # another process's write transaction
+        locked, took = timed(lambda: client.post("/predict/DDD"))
+        writer.execute("rollback")
+        after = client.post("/predict/DDD")
+    writer.close()
+    body = assert_problem(locked, 503, UNAVAILABLE)
+    assert body["detail"].startswith("bar database unavailable: ")
+    assert took < BOUND
+    assert after.status_code == 200
     assert stored_bars(sqlite_url) == len(bars) + len(ddd)
 
 

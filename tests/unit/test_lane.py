@@ -113,9 +113,12 @@ def test_the_lane_has_threads_of_its_own_when_the_shared_pool_is_taken():
             tg.start_soon(anyio.to_thread.run_sync, release.wait)  # the shared pool's one
             await anyio.sleep(0.05)
             started = time.monotonic()
-            assert await lane.run(lambda: "ran") == "ran"
+            try:
+                with anyio.fail_after(1.0):  # on the shared pool it would wait for ever
+                    assert await lane.run(lambda: "ran") == "ran"
+            finally:
+                release.set()
             took = time.monotonic() - started
-            release.set()
         return took
 
     assert anyio.run(main) < 0.3
