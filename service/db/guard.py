@@ -16,7 +16,9 @@ client side:
 - the pool: waiting for a free connection is bounded by `pool_timeout_seconds`;
 - after the database failed to connect or to answer in time, every checkout fails at once for
   `retry_seconds` (a circuit breaker), so requests queued behind the first ones do not each
-  wait for their own timeout; a new connection or an answered statement closes it again.
+  wait for their own timeout; a new connection or an answered statement closes it again. A
+  SQLite statement past its bound does not open it: on a file that is most often a write
+  waiting for another writer's lock, and the readers (WAL mode) need not fail with it.
 
 Each failure raises DatabaseUnavailable (503 database-unavailable), saying which bound it hit.
 """
@@ -305,7 +307,9 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
             seconds = bounds.statement_seconds  # the server's statement_timeout
         if seconds is not None:
             reason = f"no answer within {seconds:g} s"
-            breaker.trip(reason)
+            if ping:  # a server; a SQLite statement past its bound most often waited for
+                # another writer's lock, which WAL-mode readers never wait for: they go on
+                breaker.trip(reason)
             # A shut-down socket must be discarded; an interrupted SQLite connection or a
             # cancelled Postgres statement could be kept, but a new connection is cheap.
             ctx.is_disconnect = True

@@ -473,6 +473,30 @@ def test_a_sqlite_write_lock_held_past_the_busy_timeout_is_503_not_500(
     assert stored_bars(sqlite_url) == len(bars) + len(ddd)
 
 
+def test_a_best_effort_write_waiting_on_another_writer_does_not_fail_the_readers(
+        sqlite_url, tiny_artifact, bars):
+    """SQLite in WAL mode: readers never wait for a writer. A forecast's ledger write blocked by
+    another process's write transaction is skipped after the busy timeout (the forecast is
+    answered); it must not open the breaker and fail every other request for a second."""
+    store_bars(sqlite_url, bars, reset=True)
+    settings = api_settings(sqlite_url, tiny_artifact.model_dir,
+                            db_statement_timeout_seconds=0.5)
+    app = create_app(settings, source=ScriptedSource(), clock=Clock())
+    path = sa.engine.make_url(sqlite_url).database
+    writer = sqlite3.connect(path, isolation_level=None)
+    with TestClient(app) as client:
+        writer.execute("begin immediate")
+        forecast, took = timed(lambda: client.post("/predict/AAA"))  # its ledger row waits
+        reads = [client.get(p) for p in ("/tickers", "/bars/AAA", "/readyz")]
+        other = client.post("/predict/BBB")
+        writer.execute("rollback")
+    writer.close()
+    assert forecast.status_code == 200 and took < BOUND
+    assert [r.status_code for r in reads] == [200, 200, 200]
+    assert other.status_code == 200
+    assert stored_bars(sqlite_url) == len(bars)
+
+
 def test_no_turn_in_time_is_the_documented_busy_503():
     problem = error_problem(ServerBusy("server busy: 2 forecasts computing and no turn for "
                                        "this one within 3 s"), "/predict/AAA")
