@@ -118,7 +118,8 @@ class ForecastService:
                  on_lookup: Callable[[bool], None] | None = None, record_live: bool = True,
                  use_store: bool = True, lane: ForecastLane | None = None):
         self.bar_cache = bar_cache
-        # The threads cold forecasts compute on (None: the shared threadpool, unbounded waits).
+        # The threads one-ticker cold forecasts compute on (service.api.lane; None: the shared
+        # threadpool for all, as before the lane).
         self.lane = lane
         self.use_store = use_store  # read/write the serving stores (features, band states)
         self.record_live = record_live
@@ -259,6 +260,7 @@ class ForecastService:
     def _forecast_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int,
                        as_of: dt.date | None, claimant: Hashable,
                        lookups: list[bool]) -> list[ServedForecast | StockcastError]:
+        """forecast_many of distinct tickers; the cache lookups made go into `lookups`."""
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
         misses: list[tuple[int, CachedBars, BarCheck]] = []
