@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import anyio.to_thread
@@ -30,6 +31,13 @@ class Gauge:
             self.now -= 1
 
 
+def _run(main):
+    """anyio.run(main) on a thread of its own: the browser tests' Playwright keeps an event loop
+    running on the main thread for the whole session."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(anyio.run, main).result()
+
+
 def test_at_most_slots_run_at_once_and_a_turn_not_given_in_time_is_server_busy():
     lane = ForecastLane(slots=2, wait=0.75)
     gauge = Gauge()
@@ -53,7 +61,7 @@ def test_at_most_slots_run_at_once_and_a_turn_not_given_in_time_is_server_busy()
                 tg.start_soon(request, i)
                 await anyio.sleep(0.01)  # in this order
 
-    anyio.run(main)
+    _run(main)
     # Two run at 0 s, two more when they end (0.5 s: within the 0.75 s wait), the fifth would
     # start at 1.0 s: it is answered busy at 0.75 s instead.
     assert gauge.most == 2
@@ -83,7 +91,7 @@ def test_what_would_wait_in_the_lane_raises_would_wait_and_gives_the_turn_back()
         # Outside the lane (the shared threadpool, the caller's own thread) it may wait.
         assert await anyio.to_thread.run_sync(refresh_due) == "waited"
 
-    anyio.run(main)
+    _run(main)
     assert refresh_due() == "waited"
     assert seen == [True, False, False] and lane.handed_back == 1 and lane.busy == 0
 
@@ -100,7 +108,7 @@ def test_an_exception_in_the_lane_gives_the_turn_back():
                 await lane.run(fails)
         return await lane.run(lambda: lane.in_lane())
 
-    assert anyio.run(main) is True and lane.busy == 0 and not lane.in_lane()
+    assert _run(main) is True and lane.busy == 0 and not lane.in_lane()
 
 
 def test_the_lane_has_threads_of_its_own_when_the_shared_pool_is_taken():
@@ -121,7 +129,7 @@ def test_the_lane_has_threads_of_its_own_when_the_shared_pool_is_taken():
             took = time.monotonic() - started
         return took
 
-    assert anyio.run(main) < 0.3
+    assert _run(main) < 0.3
 
 
 def test_a_lane_needs_a_slot():
