@@ -236,7 +236,8 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
     engine_options(); returns it."""
     breaker = DatabaseBreaker(bounds.retry_seconds)
     engine.pool.breaker = breaker  # type: ignore[attr-defined]
-    ping = engine.dialect.name != "sqlite"  # see the module's docstring
+    # A server, not a file: pinged at checkout, and its timeouts open the breaker (docstring).
+    server = engine.dialect.name != "sqlite"
 
     def timed_out(record, seconds: float) -> Callable[[], None]:
         def kill() -> None:
@@ -268,7 +269,7 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_conn, record, proxy):
         key = id(record)
-        if not record.info.pop("stockcast_fresh", False) and ping:
+        if not record.info.pop("stockcast_fresh", False) and server:
             WATCHDOG.arm(key, bounds.ping_seconds, timed_out(record, bounds.ping_seconds))
             try:
                 engine.dialect.do_ping(dbapi_conn)
@@ -307,8 +308,8 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
             seconds = bounds.statement_seconds  # the server's statement_timeout
         if seconds is not None:
             reason = f"no answer within {seconds:g} s"
-            if ping:  # a server; a SQLite statement past its bound most often waited for
-                # another writer's lock, which WAL-mode readers never wait for: they go on
+            if server:  # a SQLite statement past its bound most often waited for another
+                # writer's lock, which WAL-mode readers never wait for: they go on
                 breaker.trip(reason)
             # A shut-down socket must be discarded; an interrupted SQLite connection or a
             # cancelled Postgres statement could be kept, but a new connection is cheap.
