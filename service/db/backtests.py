@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 from sqlalchemy import Connection, delete, insert, select
 
+from service.db.guard import driver_errors
 from service.db.models import BacktestMetric, BacktestRun
 
 METRIC_COLUMNS = ("ticker", "horizon", "method", "metric", "value")
@@ -62,13 +63,15 @@ def _bulk_insert(conn: Connection, rows: list[tuple]) -> None:
     """Metric rows in one bulk write: COPY on PostgreSQL, one prepared executemany on SQLite.
 
     A universe run stores ~10^6 rows: through the ORM's per-row parameter dicts that was most of
-    the run's time (bench/backtest.py).
+    the run's time (bench/backtest.py). Both raw-driver writes raise SQLAlchemy's errors
+    (`driver_errors`), as conn.execute does: a SQLite write lock held past the busy timeout is
+    an OperationalError the callers' fault handling knows, not sqlite3's own.
     """
     raw = conn.connection.driver_connection
     columns = ("run_id", *METRIC_COLUMNS)
     if conn.dialect.name == "postgresql":
-        with raw.cursor() as cur, cur.copy(
-                f"COPY backtest_metrics ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as cp:
+        copy_sql = f"COPY backtest_metrics ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        with driver_errors(conn, copy_sql), raw.cursor() as cur, cur.copy(copy_sql) as cp:
             cp.set_types(["int4", "varchar", "int4", "varchar", "varchar", "float8"])
             for row in rows:
                 cp.write_row(row)
@@ -76,10 +79,12 @@ def _bulk_insert(conn: Connection, rows: list[tuple]) -> None:
     if conn.dialect.name != "sqlite":  # any other dialect: the portable path
         conn.execute(insert(BacktestMetric), [dict(zip(columns, r)) for r in rows])
         return
+    sql = (f"INSERT INTO backtest_metrics ({', '.join(columns)}) "
+           f"VALUES ({', '.join('?' for _ in columns)})")
     cursor = raw.cursor()
     try:
-        cursor.executemany(f"INSERT INTO backtest_metrics ({', '.join(columns)}) "
-                           f"VALUES ({', '.join('?' for _ in columns)})", rows)
+        with driver_errors(conn, sql):
+            cursor.executemany(sql, rows)
     finally:
         cursor.close()
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect
 
 from service.db import backtests as store
@@ -99,3 +100,18 @@ def test_nan_and_inf_are_stored_as_null(engine):
     assert raw == 2
     assert stored.set_index("metric")["value"].to_dict() == pytest.approx(
         {"mae": 1.5, "rel_mae": math.nan, "long_flat_sharpe": math.nan}, nan_ok=True)
+
+
+def test_a_failed_bulk_write_raises_sqlalchemys_error_and_stores_nothing(engine, tiny_backtest):
+    """The metric rows go through the raw driver (executemany / COPY); its error must still be
+    SQLAlchemy's (what the callers' fault handling and the API's problem mapping catch), and the
+    run's transaction rolls back whole: no run without its metrics."""
+    before = save(engine, tiny_backtest)
+    twice = [("AAA", 1, MODEL, "mae", 1.5), ("AAA", 1, MODEL, "mae", 2.5)]  # the key repeated
+    with pytest.raises(sa_exc.IntegrityError) as caught, engine.begin() as conn:
+        store.store_run(conn, model_version="v", start=dt.date(2021, 1, 4),
+                        end=dt.date(2021, 1, 8), tickers=["AAA"], config={}, metrics=twice)
+    assert caught.value.orig.__class__.__module__.split(".")[0] in ("sqlite3", "psycopg")
+    with engine.connect() as conn:
+        assert [r.id for r in store.list_runs(conn)] == [before]
+        assert len(store.get_metrics(conn, before)) == len(tiny_backtest.metrics)
