@@ -58,19 +58,19 @@ def _share(count, total) -> float | np.ndarray:
 # --- price errors -------------------------------------------------------------------------------
 
 
-def mae(actual, predicted) -> float:
+def mae(actual, predicted) -> float | np.ndarray:
     """Mean absolute error in dollars: MAE = mean(|y - ŷ|)."""
     y, yhat = _arrays(actual=actual, predicted=predicted)
     return _value(np.mean(np.abs(y - yhat), axis=-1))
 
 
-def rmse(actual, predicted) -> float:
+def rmse(actual, predicted) -> float | np.ndarray:
     """Root mean squared error in dollars: RMSE = sqrt(mean((y - ŷ)²))."""
     y, yhat = _arrays(actual=actual, predicted=predicted)
     return _value(np.sqrt(np.mean((y - yhat) ** 2, axis=-1)))
 
 
-def mape(actual, predicted) -> float:
+def mape(actual, predicted) -> float | np.ndarray:
     """Mean absolute percentage error in percent: MAPE = 100 · mean(|y - ŷ| / |y|)."""
     y, yhat = _arrays(actual=actual, predicted=predicted)
     if np.any(y == 0):
@@ -78,7 +78,7 @@ def mape(actual, predicted) -> float:
     return _value(100.0 * np.mean(np.abs(y - yhat) / np.abs(y), axis=-1))
 
 
-def relative_mae(actual, predicted, naive) -> float:
+def relative_mae(actual, predicted, naive) -> float | np.ndarray:
     """Relative MAE = MAE(ŷ) / MAE(naive); < 1 beats naive, NaN when MAE(naive) = 0."""
     y, yhat, ynaive = _arrays(actual=actual, predicted=predicted, naive=naive)
     naive_mae = np.mean(np.abs(y - ynaive), axis=-1)
@@ -90,7 +90,7 @@ def relative_mae(actual, predicted, naive) -> float:
 # --- return skill -------------------------------------------------------------------------------
 
 
-def r2_returns(realized, predicted) -> float:
+def r2_returns(realized, predicted) -> float | np.ndarray:
     """R² of returns = 1 - Σ(r - r̂)² / Σ(r - r̄)², r̄ the mean realized r; NaN if r is flat."""
     # On returns, not price levels: prices trend, so any level forecast near the last close scores
     # R² ≈ 1 while having no skill. Here 0 means "as good as knowing the sample mean return".
@@ -101,7 +101,7 @@ def r2_returns(realized, predicted) -> float:
     return _value(np.where(ss_tot == 0, np.nan, r2))
 
 
-def directional_accuracy(realized, predicted) -> float:
+def directional_accuracy(realized, predicted) -> float | np.ndarray:
     """Share of sign(r̂) == sign(r) over pairs with r ≠ 0 and r̂ ≠ 0; NaN when no pair is left."""
     # A zero realized move has no direction to call, and a zero forecast makes no call: both are
     # excluded rather than scored. So the naive forecast (always 0) reports NaN, not a fake 0% or
@@ -284,7 +284,7 @@ def summarize_ic(ic: pd.Series) -> ICSummary:
 # --- prediction intervals -----------------------------------------------------------------------
 
 
-def interval_coverage(actual, lower, upper) -> float:
+def interval_coverage(actual, lower, upper) -> float | np.ndarray:
     """Share of actual prices inside the closed band: mean(lower ≤ y ≤ upper)."""
     y, lo, hi = _arrays(actual=actual, lower=lower, upper=upper)
     if np.any(lo > hi):
@@ -430,13 +430,13 @@ def series_strategies(predicted, realized, horizon: int, kind: StrategyKind
     return cumulative_return(s), annualized_sharpe(s, horizon), max_drawdown(s)
 
 
-def cumulative_return(period_returns) -> float:
+def cumulative_return(period_returns) -> float | np.ndarray:
     """Compounded return: Π(1 + s_k) - 1."""
     (s,) = _arrays(period_returns=period_returns)
     return _value(np.prod(1.0 + s, axis=-1) - 1.0)
 
 
-def annualized_sharpe(period_returns, horizon: int) -> float:
+def annualized_sharpe(period_returns, horizon: int) -> float | np.ndarray:
     """Sharpe = mean(s) / std(s, ddof=1) · sqrt(252 / h), risk-free 0; NaN if std = 0 or n < 2."""
     (s,) = _arrays(period_returns=period_returns)
     if horizon < 1:
@@ -449,7 +449,7 @@ def annualized_sharpe(period_returns, horizon: int) -> float:
     return _value(np.where(std == 0, np.nan, sharpe))
 
 
-def max_drawdown(period_returns) -> float:
+def max_drawdown(period_returns) -> float | np.ndarray:
     """Max drawdown = max_k(1 - E_k / max_{j≤k} E_j), equity E_k = Π_{j≤k}(1 + s_j), E_0 = 1."""
     (s,) = _arrays(period_returns=period_returns)
     equity = np.concatenate([np.ones(s.shape[:-1] + (1,)), np.cumprod(1.0 + s, axis=-1)],
