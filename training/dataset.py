@@ -19,7 +19,7 @@ from service.artifacts.manifest import ticker_vocabulary
 from service.forecasting.features import build_features_many
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.spec import SCALE_FEATURE, FeatureSpec
-from service.forecasting.split import Split, chronological_split
+from service.forecasting.split import SEGMENTS, Split, chronological_split
 from service.forecasting.volatility import origin_scale
 from service.forecasting.windows import forward_log_returns, make_windows
 from training.config import TARGETS
@@ -107,14 +107,29 @@ def prepare_data(
     ])
     feature_scaler = StandardScaler.fit(training_rows)
 
-    per_ticker = []
+    reach = segment_reach(split, [part["date"].to_numpy() for part in features_by_ticker.values()],
+                          window, horizon)
+    per_ticker, crossing = [], 0
     for ticker, part in features_by_ticker.items():
         scaled = feature_scaler.transform(part[names].to_numpy(dtype=np.float64))
         returns = forward_log_returns(part["adj_close"].to_numpy(), horizon)
         scale = origin_scale(part[SCALE_FEATURE].to_numpy(), np.arange(1, horizon + 1))
         x, y, origins = make_windows(scaled, returns / scale, window)
-        dates = part["date"].to_numpy().astype("datetime64[D]")[origins]
-        per_ticker.append((ticker, x, y, returns[origins], dates, split.segment_of(dates)))
+        row_dates = part["date"].to_numpy().astype("datetime64[D]")
+        dates = row_dates[origins]
+        segments = split.segment_of(dates)
+        # Windows and targets are rows of this ticker; the gap is in dates of all tickers. A
+        # ticker with missing sessions would stretch a sample's target (or window) across the
+        # gap: such samples are dropped, so no train target reaches a val input window (nor
+        # val -> test) whatever the holes. Without holes none is.
+        inside = within_reach(segments, row_dates[origins - window + 1],
+                              row_dates[origins + horizon], reach)
+        crossing += int(np.count_nonzero(~inside))
+        per_ticker.append((ticker, x[inside], y[inside], returns[origins][inside], dates[inside],
+                           segments[inside]))
+    if crossing:
+        log.warning("%d samples dropped: their window or target crosses a segment gap (tickers "
+                    "with missing sessions)", crossing)
 
     if target == "cs_demeaned":
         per_ticker = _cross_sectionally_demeaned(per_ticker)
@@ -142,6 +157,35 @@ def prepare_data(
     if len(val) == 0:
         raise ValueError("no validation samples: the bars are too short for this split")
     return PreparedData(spec, vocab, split, feature_scaler, target_scaler, train, val)
+
+
+def segment_reach(split, dates_by_ticker, window: int, horizon: int
+                  ) -> dict[str, tuple[np.datetime64, np.datetime64]]:
+    """Per segment, the earliest date its input windows may read and the latest its targets may:
+    what they read when every ticker has a bar on every date (the union of `dates_by_ticker`):
+    a val or test window from `window - 1` sessions before the segment's first origin, a train
+    or val target up to `horizon` sessions after its last."""
+    union = np.unique(np.concatenate([np.asarray(d).astype("datetime64[D]")
+                                      for d in dates_by_ticker]))
+    reach = {}
+    for name in SEGMENTS:
+        first, last = (np.datetime64(d, "D") for d in getattr(split, name))
+        i, j = np.searchsorted(union, first), np.searchsorted(union, last, side="right") - 1
+        earliest = union[max(i - window + 1, 0)] if name != "train" else union[0]
+        latest = union[min(j + horizon, union.size - 1)] if name != "test" else union[-1]
+        reach[name] = (earliest, latest)
+    return reach
+
+
+def within_reach(segments: np.ndarray, window_starts: np.ndarray, target_ends: np.ndarray,
+                 reach: dict[str, tuple[np.datetime64, np.datetime64]]) -> np.ndarray:
+    """Per sample: does its window start and its target end lie within its segment's reach?
+    (A sample in no segment, "gap", is kept: it is never used.)"""
+    ok = np.ones(len(segments), dtype=bool)
+    for name, (earliest, latest) in reach.items():
+        mine = segments == name
+        ok[mine] = (window_starts[mine] >= earliest) & (target_ends[mine] <= latest)
+    return ok
 
 
 def _cross_sectionally_demeaned(per_ticker: list[tuple]) -> list[tuple]:

@@ -103,6 +103,52 @@ def test_segments_are_chronological_with_a_window_plus_horizon_gap(bars_multi):
     assert prepared.val.origin_dates.max() < np.datetime64(prepared.split.test[0])
 
 
+def test_a_ticker_with_missing_sessions_cannot_carry_a_train_target_across_the_gap(bars_multi):
+    """The gap is counted in the dates of all tickers, windows and targets in a ticker's own
+    rows: a ticker without bars for 12 sessions after the training segment would have its last
+    training targets read bars inside the validation windows (found by a look-ahead audit). Such
+    samples are dropped: scrambling every bar from the first validation input on moves no
+    training target, no training window and not the target scaler; without holes no sample is
+    dropped (the shipped model's training data is unchanged)."""
+    spec = tiny_config().spec
+    clean = prepare_data(bars_multi, spec)
+    dates = np.sort(bars_multi["date"].unique())
+    i = np.searchsorted(dates, np.datetime64(clean.split.train[1]))
+    holed = bars_multi[~((bars_multi["ticker"] == TINY_TICKERS[1])
+                         & bars_multi["date"].isin(dates[i + 1 : i + 13]))].reset_index(drop=True)
+    before = prepare_data(holed, spec)
+    assert before.split == clean.split
+    first_val_input = dates[np.searchsorted(dates, np.datetime64(clean.split.val[0]))
+                            - spec.window + 1]
+    poisoned = holed.copy()
+    later = poisoned["date"].to_numpy() >= first_val_input
+    factor = np.random.default_rng(3).uniform(0.5, 2.0, int(later.sum()))
+    for column in ("open", "high", "low", "close", "adj_close"):
+        poisoned.loc[later, column] = poisoned.loc[later, column].to_numpy() * factor
+    after = prepare_data(poisoned, spec)
+    np.testing.assert_array_equal(after.train.windows, before.train.windows)
+    np.testing.assert_array_equal(after.train.targets, before.train.targets)
+    np.testing.assert_array_equal(after.train.returns, before.train.returns)
+    assert after.target_scaler.to_dict() == before.target_scaler.to_dict()
+    # The holed ticker lost exactly the samples whose target crosses into the gap.
+    ids = dict(zip(before.vocab, range(len(before.vocab))))
+    holed_id, other_id = ids[TINY_TICKERS[1]], ids[TINY_TICKERS[0]]
+    assert (np.sum(before.train.ticker_ids == holed_id)
+            < np.sum(clean.train.ticker_ids == holed_id))
+    assert (np.sum(before.train.ticker_ids == other_id)
+            == np.sum(clean.train.ticker_ids == other_id))
+    # Without holes: every window with a target whose origin lies in a segment is its sample.
+    for segment, got in (("train", clean.train), ("val", clean.val)):
+        first, last = (np.datetime64(d, "D") for d in getattr(clean.split, segment))
+        want = 0
+        for _, bars in bars_multi.groupby("ticker"):
+            rows = build_features(bars.drop(columns="ticker").reset_index(drop=True), spec).index
+            origins = rows.to_numpy().astype("datetime64[D]")[spec.window - 1:
+                                                              len(rows) - spec.horizon]
+            want += int(np.count_nonzero((origins >= first) & (origins <= last)))
+        assert len(got) == want
+
+
 def test_vocabulary_reserves_zero_for_unknown_and_ids_cover_training_tickers(bars_multi):
     prepared = prepare_data(bars_multi, tiny_config().spec)
     assert prepared.vocab == ("<unknown>", *sorted(TINY_TICKERS))
