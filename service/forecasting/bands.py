@@ -34,6 +34,12 @@ quiet month the next move tends to be larger than the EWMA says, after a storm s
 bars <= t): scores S_s / f_s enter the window, and the band at t is m ± f_t Q̂ × the base
 half-widths. β = 1 is plain ACI.
 
+Range-based (HAR) scale. With `har` set (a HarVolatility, service/forecasting/volatility.py) the
+scale is per origin and horizon: f_{t,h} = σ_HAR,h(t) / (σ_EWMA,t √h), the HAR's h-day σ from the
+bars' ranges and overnight gaps over the EWMA's √h-scaled one (times the blend's factor if
+β < 1). ACI with it is ACI around the base band whose half-widths at h were multiplied by f_{t,h}:
+scores S_{s,h} / f_{s,h}, band m ± f_{t,h} Q̂ × the base half-widths.
+
 Two-sided (per-tail) ACI. The symmetric score above lets one Q̂ scale both half-widths, so a
 drifting market (a rally: most misses above the band) widens the side that needs it and the
 other alike. With `two_sided` each tail is its own conformal problem, as in the asymmetric
