@@ -636,9 +636,15 @@ def _echo_rolling(run) -> None:
 def reband(
     version: str,
     model_dir: Annotated[Path | None, typer.Option(help="Artifacts folder.")] = None,
+    har: Annotated[bool, typer.Option(
+        "--har/--no-har", help="Rescale the band by the range-based HAR volatility (fitted on "
+        "the bar cache's bars of the training tickers up to the training end), ACI at "
+        "calibration 500, β 1; --no-har: this code's default ACI settings.")] = True,
 ):
-    """Re-export VERSION's weights with this code's band settings (ACI + the volatility blend,
-    chosen on the validation segment) as a new version; then backtest and promote it."""
+    """Re-export VERSION's weights with this code's band settings (chosen on the validation
+    segment: the HAR-rescaled band, or with --no-har ACI + the volatility blend) as a new
+    version; then backtest and promote it."""
+    from service.artifacts.manifest import har_band_settings
     from service.artifacts.manifest import reband as reband_artifact
     from service.core.errors import StockcastError
     from service.forecasting.bands import ACI_SUFFIX, ACISettings
@@ -648,15 +654,25 @@ def reband(
     try:
         from service.artifacts.manifest import artifact_path, load_manifest
 
-        served = load_manifest(artifact_path(model_dir, version)).band.get(
-            "served", f"{MODEL}{ACI_SUFFIX}")
+        manifest = load_manifest(artifact_path(model_dir, version))
+        served = manifest.band.get("served", f"{MODEL}{ACI_SUFFIX}")
+        settings = ACISettings()
+        if har:
+            from service.db.bars import read_bars_many
+            from service.evaluation.backtest import bars_by_ticker
+
+            with _engine() as engine:
+                bars = bars_by_ticker(read_bars_many(engine, list(manifest.tickers)))
+            settings = har_band_settings(manifest, bars)
         target = reband_artifact(model_dir, version,
-                                 {"served": served, "aci": ACISettings().to_dict()})
+                                 {"served": served, "aci": settings.to_dict()})
     except (StockcastError, ValueError) as exc:
         _fail(str(exc))
-    typer.echo(f"artifact {target} (the weights of {version}, band {served} with "
-               f"{ACISettings().to_dict()}); models/current unchanged: run `stockcast backtest "
-               f"--version {target.name}`, then `stockcast promote {target.name}`")
+    shown = {k: v for k, v in settings.to_dict().items() if k != "har"}
+    typer.echo(f"artifact {target} (the weights of {version}, band {served} with {shown}"
+               f"{' + HAR volatility' if har else ''}); models/current unchanged: run "
+               f"`stockcast backtest --version {target.name}`, then "
+               f"`stockcast promote {target.name}`")
 
 
 @app.command()

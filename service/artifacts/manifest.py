@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.core.errors import ManifestMismatch, ModelNotLoaded
+from service.forecasting.bands import ACISettings
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.spec import FEATURE_NAMES, FEATURES_VERSION, FeatureSpec
 from service.forecasting.split import Split
+from service.forecasting.volatility import fit_har
 
 META_FILE = "meta.json"
 ONNX_FILE = "model.onnx"
@@ -303,3 +305,21 @@ def reband(model_dir: Path | str, version: str, band: dict) -> Path:
     (target / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     load_manifest(target)  # the checks a server runs
     return target
+
+
+# The HAR band's settings, chosen on the validation segment (README, "Bands"; research of
+# 2026-12-01): the network's half-widths rescaled by σ_HAR,h / (σ_EWMA √h), then ACI with
+# calibration 500 and no blend (β 1: the HAR already reverts to the mean).
+HAR_BAND_CALIBRATION = 500
+HAR_BAND_VOL_BETA = 1.0
+
+
+def har_band_settings(manifest: Manifest, bars_by_ticker: dict) -> ACISettings:
+    """The HAR band's ACI settings for an artifact: HarVolatility fitted on the bars of its
+    training tickers (those of `bars_by_ticker` it was trained on) up to its training
+    segment's last origin, one fit per horizon 1..spec.horizon."""
+    train = {t: bars for t, bars in bars_by_ticker.items() if t in set(manifest.tickers)}
+    if not train:
+        raise ValueError(f"no bars of {manifest.version}'s training tickers to fit the HAR on")
+    har = fit_har(train, manifest.split.train[1], manifest.spec.horizon)
+    return ACISettings(calibration=HAR_BAND_CALIBRATION, vol_beta=HAR_BAND_VOL_BETA, har=har)

@@ -34,6 +34,12 @@ quiet month the next move tends to be larger than the EWMA says, after a storm s
 bars <= t): scores S_s / f_s enter the window, and the band at t is m ± f_t Q̂ × the base
 half-widths. β = 1 is plain ACI.
 
+Range-based (HAR) scale. With `har` set (a HarVolatility, service/forecasting/volatility.py) the
+scale is per origin and horizon: f_{t,h} = σ_HAR,h(t) / (σ_EWMA,t √h), the HAR's h-day σ from the
+bars' ranges and overnight gaps over the EWMA's √h-scaled one (times the blend's factor if
+β < 1). ACI with it is ACI around the base band whose half-widths at h were multiplied by f_{t,h}:
+scores S_{s,h} / f_{s,h}, band m ± f_{t,h} Q̂ × the base half-widths.
+
 Two-sided (per-tail) ACI. The symmetric score above lets one Q̂ scale both half-widths, so a
 drifting market (a rally: most misses above the band) widens the side that needs it and the
 other alike. With `two_sided` each tail is its own conformal problem, as in the asymmetric
@@ -60,6 +66,7 @@ from service.forecasting.forecaster import Forecaster, HistoricalForecasts, Tick
 from service.forecasting.spec import BAND_LEVELS
 from service.forecasting.volatility import (
     VOL_FLOOR,
+    HarVolatility,
     ewma_volatility,
     log_returns,
     rms_volatility,
@@ -92,7 +99,8 @@ MAX_COVERAGE = 0.998
 @dataclass(frozen=True)
 class ACISettings:
     """ACI's step γ, the α run's length, the calibration window of conformal scores, and the
-    volatility mean-reversion blend (β = vol_beta; 1 = none) with its long window."""
+    volatility mean-reversion blend (β = vol_beta; 1 = none) with its long window, and the
+    range-based HAR volatility whose ratio to the EWMA's rescales each horizon (None: none)."""
 
     gamma: float = ACI_GAMMA
     lookback: int = ACI_LOOKBACK
@@ -100,6 +108,7 @@ class ACISettings:
     vol_beta: float = ACI_VOL_BETA
     long_window: int = ACI_LONG_WINDOW
     two_sided: bool = ACI_TWO_SIDED
+    har: HarVolatility | None = None
 
     def __post_init__(self):
         if not 0 < self.gamma < 1:
@@ -122,27 +131,48 @@ class ACISettings:
         return 2 if self.two_sided else 1
 
     def to_dict(self) -> dict:
-        """The meta's band settings; `two_sided` only when set, so a symmetric band's meta (and
-        its content hash) is what it was before two-sided ACI existed."""
+        """The meta's band settings; `two_sided` and `har` only when set, so a symmetric band's
+        meta without HAR (and its content hash) is what it was before either existed."""
         d = {"gamma": self.gamma, "lookback": self.lookback, "calibration": self.calibration,
              "vol_beta": self.vol_beta, "long_window": self.long_window}
-        return {**d, "two_sided": True} if self.two_sided else d
+        if self.two_sided:
+            d["two_sided"] = True
+        if self.har is not None:
+            d["har"] = self.har.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ACISettings:
         """Settings from an artifact's meta; one written before the blend existed has none
-        (β 1), one written before two-sided ACI is symmetric."""
+        (β 1), one written before two-sided ACI is symmetric, one without "har" has none."""
+        har = d.get("har")
         return cls(gamma=float(d["gamma"]), lookback=int(d["lookback"]),
                    calibration=int(d["calibration"]), vol_beta=float(d.get("vol_beta", 1.0)),
                    long_window=int(d.get("long_window", ACI_LONG_WINDOW)),
-                   two_sided=bool(d.get("two_sided", False)))
+                   two_sided=bool(d.get("two_sided", False)),
+                   har=None if har is None else HarVolatility.from_dict(har))
 
-    def scale(self, log_close: np.ndarray, short: np.ndarray | None = None
+    def scale(self, series: TickerSeries | np.ndarray, short: np.ndarray | None = None
               ) -> np.ndarray | None:
-        """The blend's factor f_t at every bar of a series (mean_reversion_scale); None at β 1."""
-        if self.vol_beta == 1.0:
-            return None
-        return mean_reversion_scale(log_close, self.vol_beta, self.long_window, short)
+        """The conformal scale f of a series' bars, the one every band (served, backtest, stored
+        state) is computed with: None at β 1 without HAR (plain ACI); the blend's (n_bars,)
+        factor (mean_reversion_scale) without HAR; with HAR the (n_bars, H) factor har_scale,
+        times the blend's if β < 1.
+
+        `series`: a TickerSeries (its log close, EWMA volatility and, for HAR, its bars), or a
+        log close with `short` its EWMA volatility if computed (HAR needs the bars: a series)."""
+        if isinstance(series, TickerSeries):
+            log_close, short, bars = series.log_close, series.volatility, series.bars
+        else:
+            log_close, bars = series, None
+        blend = (None if self.vol_beta == 1.0 else
+                 mean_reversion_scale(log_close, self.vol_beta, self.long_window, short))
+        if self.har is None:
+            return blend
+        if bars is None:
+            raise ValueError("the HAR scale reads the bars' ranges: pass a TickerSeries")
+        f = har_scale(self.har, bars, short)
+        return f if blend is None else f * blend[:, None]
 
 
 # The band baselines' recalibration: plain ACI as the issue defines the reference band
@@ -160,6 +190,18 @@ def mean_reversion_scale(log_close: np.ndarray, beta: float, long_window: int,
     short = np.maximum(ewma_volatility(r) if short is None else short, VOL_FLOOR)
     long = np.maximum(rms_volatility(r, long_window), VOL_FLOOR)
     f = (long / short) ** (1.0 - beta)
+    return np.where(np.isfinite(f), f, 1.0)
+
+
+def har_scale(har: HarVolatility, bars, short: np.ndarray | None = None) -> np.ndarray:
+    """f_{t,h} = σ_HAR,h(t) / (max(σ_EWMA,t, VOL_FLOOR) · √h) per bar and h = 1..H, 1 where
+    not finite (warm-up): the band's half-widths at horizon h rescaled from the EWMA's
+    √h-scaling to the HAR's h-day σ, of bars <= t. `short`: the bars' EWMA volatility if
+    already computed (TickerSeries.volatility)."""
+    if short is None:
+        short = ewma_volatility(log_returns(np.log(bars["adj_close"].to_numpy(np.float64))))
+    hs = np.sqrt(np.arange(1, har.horizon + 1, dtype=np.float64))
+    f = har.sigma(bars) / (np.maximum(short, VOL_FLOOR)[:, None] * hs[None, :])
     return np.where(np.isfinite(f), f, 1.0)
 
 
@@ -326,8 +368,9 @@ def aci_bands(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     known (the horizon h); coverages (L,) nominal levels. The band at target t reads
     realized[s, k] only for s + delays[k] <= t. A target without any known score yet gets the
     base band; ACI asking for more than every past score (α_t <= 0, an infinite band) gets the
-    largest one. `scale` (N,), positive: the mean-reversion factor f per origin (module
-    docstring); scores are S / f and the band at t is m ± f_t Q̂ × the base half-widths.
+    largest one. `scale` (N,) or (N, K), positive: the conformal scale f per origin (the
+    mean-reversion factor, module docstring) or per origin and slot (the HAR ratio, har_scale);
+    scores are S / f and the band at t is m ± f_t Q̂ × the base half-widths.
     `settings.two_sided`: a Q̂ and an α_t per tail (module docstring).
     """
     state = aci_state(quantiles, levels, realized, targets, delays, coverages, settings, scale)
@@ -391,8 +434,10 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     if np.any(d < 1):
         raise ValueError("delays must be >= 1 (an outcome is known after its origin)")
     f = np.ones(len(q)) if scale is None else np.asarray(scale, dtype=np.float64)
-    if f.shape != (len(q),) or not np.all(f > 0):
-        raise ValueError(f"scale must be (N,) = ({len(q)},) positive factors, got {f.shape}")
+    if f.shape not in ((len(q),), q.shape[:2]) or not np.all(f > 0):
+        raise ValueError(f"scale must be (N,) = ({len(q)},) or (N, K) = {q.shape[:2]} "
+                         f"positive factors, got {f.shape}")
+    f = f[:, None] if f.ndim == 1 else f  # (N, 1) or (N, K): a factor per origin (and slot)
     n_origins, k_slots = q.shape[:2]
     lookback, cal, gamma = settings.lookback, settings.calibration, settings.gamma
 
@@ -405,7 +450,7 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
     else:
         scores = _scores(median, base_lower, base_upper, y[..., None])  # (N, K, L)
         miss = 1.0 - nominal
-    scores = scores / f[:, None, None]
+    scores = scores / f[:, :, None]
     columns = miss.size  # C: from here on a column is a level (symmetric) or a level's tail
 
     # Per origin s and slot k, its calibration window: the scores of origins s-d-cal+1 .. s-d,
@@ -493,7 +538,7 @@ def aci_state(quantiles: np.ndarray, levels, realized: np.ndarray, targets: np.n
             pick[i : i + b - a] = np.take_along_axis(win, index, axis=-1)[..., 0].T
             i += b - a
         qhat[:, k, :] = np.where(n == 0, 1.0, np.where(rank == 0, 0.0, pick)
-                                 * f[targets, None])[inverse]
+                                 * f[targets, min(k, f.shape[1] - 1), None])[inverse]
     if settings.two_sided:  # the level asked for: 1 minus both tails' α
         levels_n = nominal.size
         return ACIState(qhat, np.clip(1.0 - alpha[..., :levels_n] - alpha[..., levels_n:],
@@ -521,7 +566,7 @@ def _consecutive(origins: np.ndarray, chunk: int) -> list[tuple[int, int]]:
 @dataclass(frozen=True)
 class ACIRun:
     """One series' aci_state arguments (see aci_bands): quantiles (N, K, Q) at `levels`,
-    realized (N, K), targets (n,), delays (K,), scale (N,) or None."""
+    realized (N, K), targets (n,), delays (K,), scale (N,) or (N, K) or None."""
 
     quantiles: np.ndarray
     levels: tuple[float, ...]
@@ -556,11 +601,12 @@ def aci_states(runs: list[ACIRun], coverages, settings: ACISettings = ACISetting
         if i:
             quantiles.append(np.full((gap, k_slots, n_q), np.nan))
             realized.append(np.full((gap, k_slots), np.nan))
-            scales.append(np.ones(gap))
+            scales.append(np.ones((gap, *np.shape(first.scale)[1:])))
             offset += gap
         quantiles.append(run.quantiles)
         realized.append(run.realized)
-        scales.append(np.ones(len(run.quantiles)) if run.scale is None else run.scale)
+        scales.append(np.ones((len(run.quantiles), *np.shape(first.scale)[1:]))
+                      if run.scale is None else run.scale)
         targets.append(np.asarray(run.targets, dtype=np.intp) + offset)
         sizes.append(len(run.targets))
         offset += len(run.quantiles)
@@ -739,10 +785,11 @@ class ACIForecaster(Forecaster):
         for j, h in enumerate(slots):
             ok = grid + h < y.size
             realized[ok, j] = y[grid[ok] + h] - y[grid[ok]]
-        scale = self.settings.scale(y, series.volatility)
+        scale = self.settings.scale(series)  # (n_bars,), (n_bars, H) or None
+        if scale is not None:
+            scale = scale[grid] if scale.ndim == 1 else scale[grid][:, slots - 1]
         return wanted, slots, ACIRun(q[:, slots - 1, :], tuple(base.quantiles), realized,
-                                     wanted - grid[0], slots,
-                                     None if scale is None else scale[grid])
+                                     wanted - grid[0], slots, scale)
 
     def apply(self, quantiles: np.ndarray, levels, qhat: np.ndarray) -> np.ndarray:
         """Base quantiles (n, K, Q') at `levels` and their ACI state Q̂ (n, K, L) -> this

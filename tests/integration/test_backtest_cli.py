@@ -291,7 +291,7 @@ def test_reband_command_writes_the_codes_band_as_a_new_version(cli_env, tiny_art
     # A copy of the tiny model with plain ACI (as artifacts before the blend were) ...
     plain = reband(cli_env.model_dir, tiny_artifact.artifact_dir.name,
                    {"served": "model_aci", "aci": BASELINE_ACI.to_dict()})
-    out = CliRunner().invoke(app, ["reband", plain.name])
+    out = CliRunner().invoke(app, ["reband", plain.name, "--no-har"])
     assert out.exit_code == 0, out.output
     # ... rebanded with the code's settings is the tiny model again (exported with them).
     assert f"artifact {cli_env.model_dir / tiny_artifact.artifact_dir.name} " in out.output
@@ -299,6 +299,35 @@ def test_reband_command_writes_the_codes_band_as_a_new_version(cli_env, tiny_art
     assert load_manifest(cli_env.model_dir / tiny_artifact.artifact_dir.name).band["aci"] == (
         ACISettings().to_dict())
     assert CliRunner().invoke(app, ["reband", "nope"]).exit_code == 1
+
+
+def test_reband_command_with_har_fits_it_on_the_training_tickers_bars(cli_env, tiny_artifact):
+    from service.artifacts.manifest import har_band_settings
+    from service.db.bars import read_bars_many
+    from service.db.session import make_engine
+    from service.evaluation.backtest import bars_by_ticker
+    from service.forecasting.bands import ACISettings
+
+    version = tiny_artifact.artifact_dir.name
+    out = CliRunner().invoke(app, ["reband", version])  # --har is the default
+    assert out.exit_code == 0, out.output
+    target = out.output.split("artifact ", 1)[1].split(" ", 1)[0]
+    manifest = load_manifest(target)
+    assert manifest.version != version and "+ HAR volatility" in out.output
+    settings = ACISettings.from_dict(manifest.band["aci"])
+    assert (settings.calibration, settings.vol_beta) == (500, 1.0)
+    assert settings.har is not None and settings.har.horizon == manifest.spec.horizon
+    engine = make_engine(cli_env.url)
+    try:
+        bars = bars_by_ticker(read_bars_many(engine))
+    finally:
+        engine.dispose()
+    # The training tickers' bars only, up to the training end: the same fit from the cache.
+    assert settings == har_band_settings(load_manifest(tiny_artifact.artifact_dir), bars)
+    # models/current is left alone.
+    from service.artifacts.manifest import resolve_current
+
+    assert resolve_current(cli_env.model_dir).name == version
 
 
 def test_backtest_universe_all_is_every_cached_ticker_as_all_is(cli_env, tiny_artifact,
