@@ -396,9 +396,9 @@ class LiveMetricsPublic(BaseModel):
     """The forecast ledger's scores: every live forecast served, scored as its bar arrived."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"metrics": [
-        {"ticker": "*", "horizon": 1, "model_version": "0438c5bea12e", "n_forecasts": 48,
+        {"ticker": "*", "horizon": 1, "model_version": "e993aed2a66b", "n_forecasts": 48,
          "n_scored": 24, "mae": 1.31, "naive_mae": 1.29, "rel_mae": 1.0155, "coverage": 0.875},
-        {"ticker": "AAPL", "horizon": 1, "model_version": "0438c5bea12e", "n_forecasts": 2,
+        {"ticker": "AAPL", "horizon": 1, "model_version": "e993aed2a66b", "n_forecasts": 2,
          "n_scored": 1, "mae": 0.84, "naive_mae": 1.02, "rel_mae": 0.8235, "coverage": 1.0},
     ]}]})
 

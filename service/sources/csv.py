@@ -26,6 +26,7 @@ import pandas as pd
 from service.core.bars import BAR_COLUMNS, NUMERIC_COLUMNS
 from service.core.errors import InvalidBars, InvalidTicker, UnknownTicker
 from service.core.tickers import normalize_ticker
+from service.sources.validate import iso_dates
 
 # Folded header (see _fold) -> canonical column.
 COLUMN_ALIASES = {
@@ -175,7 +176,7 @@ def _parse_dates(raw: pd.Series) -> pd.Series:
     elif pd.api.types.infer_dtype(raw, skipna=True) in ("date", "datetime", "datetime64"):
         parsed = pd.to_datetime(raw, errors="coerce")
     else:
-        parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce")
+        parsed = iso_dates(raw)
         retry = parsed.isna() & raw.notna()
         if retry.any():
             parsed[retry] = pd.to_datetime(raw[retry], format="%m/%d/%Y", errors="coerce")

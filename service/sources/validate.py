@@ -4,7 +4,9 @@ Rules, checked in REJECT_REASONS order; a row is counted under the FIRST rule it
 `read == len(bars) + sum(rejected.values())` always holds:
 
 - invalid_ticker       the `ticker` column (when present) is empty or not a valid symbol
-- bad_date             the date is missing or was unparseable (NaT)
+- bad_date             the date is missing or was unparseable (NaT); in text, only a whole
+                       YYYY-MM-DD date (optionally with a time) is ISO: a partial or compact one
+                       ('2017', '2017-12', '20171201') would name the first of a month or year
 - missing_field        NaN/empty, ±inf or non-numeric junk in open/high/low/close/adj_close/volume
 - non_positive_price   open, high, low, close or adj_close <= 0
 - implausible_price    open, high, low, close or adj_close above MAX_PRICE (finite, but no share
@@ -13,6 +15,8 @@ Rules, checked in REJECT_REASONS order; a row is counted under the FIRST rule it
 - open_outside_range   open outside [low, high] by more than a relative PRICE_TOLERANCE
 - close_outside_range  close outside [low, high] by more than a relative PRICE_TOLERANCE
 - negative_volume      volume < 0 (zero volume is a real, if quiet, session)
+- implausible_volume   volume above MAX_VOLUME (finite, but no session trades that many shares;
+                       past 2^63 it would not even fit the bars table's integer column)
 - duplicate_date       an earlier row for the same (ticker,) date; the LAST one is kept
 
 Unsorted input is sorted by (ticker,) date, not rejected: row order carries no meaning in a
@@ -42,6 +46,7 @@ REJECT_REASONS = (
     "open_outside_range",
     "close_outside_range",
     "negative_volume",
+    "implausible_volume",
     "duplicate_date",
 )
 
@@ -50,6 +55,9 @@ REJECT_REASONS = (
 PRICE_TOLERANCE = 1e-6
 # 1,000 x the dearest share ever quoted (about $10^6): above it a price is a unit or parse error.
 MAX_PRICE = 1e9
+# The most shares a session may trade: above any real stock's day (the shared data's largest is
+# ≈ 1.5e9) by far, and far below the 2^63 ≈ 9.2e18 the bars table's BIGINT holds.
+MAX_VOLUME = 1e15
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ def validate_bars(frame: pd.DataFrame) -> ValidationResult:
     for col in ("open", "close"):
         flag(f"{col}_outside_range", (values[col] < lo_bound) | (values[col] > hi_bound))
     flag("negative_volume", values["volume"] < 0)
+    flag("implausible_volume", values["volume"] > MAX_VOLUME)
 
     # Sort survivors by (ticker,) date; lexsort is stable, so among equal keys the input order
     # survives and "keep the last occurrence" means the last one upstream sent.
@@ -150,10 +159,26 @@ def validate_bars(frame: pd.DataFrame) -> ValidationResult:
     return ValidationResult(bars=bars, read=read, rejected=rejected)
 
 
+# A date in text: YYYY-MM-DD, optionally followed by a time. pandas' ISO 8601 parser also
+# takes '2017', '2017-12' and '20171201' (the first of a year or month): not a bar's date.
+FULL_DATE = r"\d{4}-\d{2}-\d{2}(?:[T ].*)?"
+
+
+def iso_dates(raw: pd.Series) -> pd.Series:
+    """ISO 8601 dates of a column (text or dates); a text value that is not a whole
+    YYYY-MM-DD date, or is unparseable, becomes NaT."""
+    parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce")
+    if pd.api.types.infer_dtype(raw, skipna=True) in ("string", "mixed"):
+        text = raw.map(lambda v: v if isinstance(v, str) else "")
+        parsed = parsed.where(text.str.fullmatch(FULL_DATE) | raw.isna() | (text == ""),
+                              pd.NaT)
+    return parsed
+
+
 def _as_trading_dates(column: pd.Series) -> np.ndarray:
     """datetime64[ns] trading dates (midnight); unparseable values become NaT."""
     if not pd.api.types.is_datetime64_any_dtype(column):
-        column = pd.to_datetime(column, errors="coerce", format="ISO8601")
+        column = iso_dates(column)
     if isinstance(column.dtype, pd.DatetimeTZDtype):
         # A tz-aware stamp is ambiguous here: which exchange's calendar day is it? Sources
         # must convert to the exchange trading date themselves.

@@ -50,6 +50,13 @@ def test_shared_dataset_reconciles_and_reingest_changes_nothing(engine, shared_d
         ("AAA,2020-01-06,10,11,9,8,8,100\n", "close_outside_range"),
         ("AAA,2020-01-06,10,11,9,10,10,-5\n", "negative_volume"),
         ("AAA,not-a-date,10,11,9,10,10,100\n", "bad_date"),
+        # pandas' ISO parser reads these as the first of a month / a compact date: each would
+        # overwrite a real bar (20200103 the stored 2020-01-03) (found by review).
+        ("AAA,20200103,1,2,0.5,1.5,1.5,100\n", "bad_date"),
+        ("AAA,2020-01,1,2,0.5,1.5,1.5,100\n", "bad_date"),
+        ("AAA,2020/01/03,1,2,0.5,1.5,1.5,100\n", "bad_date"),
+        # Past 2^63 it would be stored as a negative number (and every forecast a 500).
+        ("AAA,2020-01-03,10,11,9,10,10,1e20\n", "implausible_volume"),
         ("A A;A,2020-01-06,10,11,9,10,10,100\n", "invalid_ticker"),
         ("AAA,2020-01-06,10,11,9,10,10,100\nAAA,2020-01-06,10,11,9,10.5,10.5,100\n",
          "duplicate_date"),

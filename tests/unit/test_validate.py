@@ -46,6 +46,9 @@ def three_bars(**overrides) -> pd.DataFrame:
         ("open_outside_range", {"open": 169.0}),
         ("close_outside_range", {"close": 177.1}),
         ("negative_volume", {"volume": -1.0}),
+        ("implausible_volume", {"volume": 1e20}),
+        ("bad_date", {"date": "2024-03"}),  # text: a whole YYYY-MM-DD date only
+        ("bad_date", {"date": "20240305"}),
         ("duplicate_date", {"date": pd.Timestamp("2024-03-06")}),
     ],
 )
@@ -61,7 +64,7 @@ def test_reasons_are_in_check_order():
     assert REJECT_REASONS == (
         "invalid_ticker", "bad_date", "missing_field", "non_positive_price", "implausible_price",
         "high_below_low", "open_outside_range", "close_outside_range", "negative_volume",
-        "duplicate_date")
+        "implausible_volume", "duplicate_date")
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ BacktestMetricsPublic = create_model(
 # The shipped model's stored run on the shared dataset's test segment (pooled, 1 day ahead).
 EXAMPLE = {
     "run": {
-        "id": 1, "model_version": "0438c5bea12e", "start": "2017-05-11", "end": "2017-12-05",
+        "id": 1, "model_version": "e993aed2a66b", "start": "2017-05-11", "end": "2017-12-05",
         "tickers": ["AAPL", "AMZN", "BA"], "created_at": "2026-11-21T07:53:55Z",
         "horizons": [1, 5, 30], "baselines": ["naive", "drift", "sma20", "mean", "arima"],
         "config": {"baseline_fit_end": "2016-01-25", "in_sample_origins": False},
