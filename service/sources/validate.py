@@ -55,8 +55,8 @@ REJECT_REASONS = (
 PRICE_TOLERANCE = 1e-6
 # 1,000 x the dearest share ever quoted (about $10^6): above it a price is a unit or parse error.
 MAX_PRICE = 1e9
-# The most shares a session may trade: above any real stock's day (the shared data's largest is
-# ≈ 1.5e9) by far, and far below the 2^63 ≈ 9.2e18 the bars table's BIGINT holds.
+# The most shares a session may trade: far above any real stock's day (the shared data's largest
+# is 6.2e8, VZ) and far below the 2^63 ≈ 9.2e18 the bars table's BIGINT holds.
 MAX_VOLUME = 1e15
 
 
