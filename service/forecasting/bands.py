@@ -202,7 +202,14 @@ def har_scale(har: HarVolatility, bars, short: np.ndarray | None = None) -> np.n
         short = ewma_volatility(log_returns(np.log(bars["adj_close"].to_numpy(np.float64))))
     hs = np.sqrt(np.arange(1, har.horizon + 1, dtype=np.float64))
     f = har.sigma(bars) / (np.maximum(short, VOL_FLOOR)[:, None] * hs[None, :])
-    return np.where(np.isfinite(f), f, 1.0)
+    return np.clip(np.where(np.isfinite(f), f, 1.0), *HAR_SCALE_BOUNDS)
+
+
+# A HAR σ this far from the EWMA's is a bad print or a stale bar in the range, not a forecast: a
+# bar with open = low at a tenth of the close made the 1-day band 23x wider (found by review), a
+# flat zero-volume bar 5x narrower, for weeks (the monthly term). On the shipped model's
+# training tickers the scale spans 0.39 .. 4.20 over every bar and horizon: no band there moves.
+HAR_SCALE_BOUNDS = (0.25, 5.0)
 
 
 _NORMAL = NormalDist()

@@ -12,6 +12,7 @@ import pytest
 
 from service.evaluation.backtest import bars_by_ticker, run_backtest
 from service.forecasting.bands import (
+    HAR_SCALE_BOUNDS,
     ACIForecaster,
     ACIRun,
     ACISettings,
@@ -141,7 +142,10 @@ def test_sigma_and_the_scale_at_a_bar_read_no_later_bar():
         fa, fb = s.scale(a), s.scale(b)
         assert fa.shape == (300, 5) and np.all(fa > 0)
         np.testing.assert_array_equal(fa[: cut + 1], fb[: cut + 1])
-        assert np.all(fa[:22] == (1.0 if s is settings else fa[:22]))
+        # In the HAR's warm-up its part is 1: the scale is the blend's factor alone (or 1).
+        alone = (np.ones(300) if s is settings
+                 else ACISettings(vol_beta=s.vol_beta).scale(a))
+        np.testing.assert_array_equal(fa[:22], np.broadcast_to(alone[:22, None], (22, 5)))
     # the scale at an origin depends on the bars' values there, not on where the series starts
     tail = TickerSeries("A", bars.iloc[150:])
     np.testing.assert_array_equal(har.sigma(tail.bars)[22:], sig_a[172:])
@@ -154,7 +158,7 @@ def test_the_scale_is_the_har_ratio_and_the_old_scales_are_unchanged():
     ratio = har.sigma(series.bars) / (np.maximum(series.volatility, VOL_FLOOR)[:, None]
                                       * np.sqrt([1.0, 2.0, 3.0, 4.0]))
     ok = np.isfinite(ratio)
-    np.testing.assert_array_equal(f[ok], ratio[ok])
+    np.testing.assert_array_equal(f[ok], np.clip(ratio[ok], *HAR_SCALE_BOUNDS))
     assert np.all(f[~ok] == 1.0) and (~ok).any()
     np.testing.assert_array_equal(har_scale(har, series.bars), f)
     # β < 1: times the blend's factor; no HAR: the blend's (n,) factor or None, as before.
@@ -167,6 +171,28 @@ def test_the_scale_is_the_har_ratio_and_the_old_scales_are_unchanged():
     assert ACISettings(vol_beta=1.0).scale(series) is None
     with pytest.raises(ValueError, match="TickerSeries"):
         ACISettings(har=har).scale(series.log_close)
+
+
+def test_a_bad_print_or_a_stale_bar_moves_the_scale_by_a_bounded_factor():
+    """One bar whose open and low print a hundredth of the close (it passes the validator: open =
+    low) made the HAR's σ tens of times the EWMA's, and a flat zero-volume bar hits the variance
+    floor: the scale stays within HAR_SCALE_BOUNDS (found by review)."""
+    bars = make_bars(300, seed=11)
+    # The shipped fit's h = 1 coefficients at every h (a synthetic panel's HAR is ~flat).
+    har = HarVolatility(coef=((-2.608, 0.282, 0.225, 0.223),) * 5, c=(1.486,) * 5)
+    bad = bars.copy()
+    bad.loc[200, ["open", "low"]] = bad.loc[200, "close"] / 100
+    flat = bars.copy()
+    flat.loc[200, ["open", "high", "low"]] = flat.loc[200, "close"]
+    flat.loc[200, "volume"] = 0
+    settings = ACISettings(vol_beta=1.0, har=har)
+    low, high = HAR_SCALE_BOUNDS
+    for frame in (bad, flat):
+        f = settings.scale(TickerSeries("A", frame))
+        assert np.all((f >= low) & (f <= high))
+    raw = har.sigma(bad)[200:, 0] / (TickerSeries("A", bad).volatility[200:] * 1.0)
+    assert raw.max() > high  # unbounded, the print would have widened the band past the cap
+    assert settings.scale(TickerSeries("A", bad))[200:, 0].max() == high
 
 
 # ---- ACI with a per-(origin, slot) scale -------------------------------------------------------
