@@ -209,7 +209,9 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     # instrument() adds a middleware, which Starlette only allows before the app starts.
-    instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics"])
+    # excluded_handlers are regexes searched in the path: anchored, so that /metrics/backtest and
+    # /metrics/live are counted and only the exposition is not.
+    instrumentator = Instrumentator(registry=registry, excluded_handlers=["^/metrics$"])
     instrumentator.instrument(app)
     cache_route_labels(app)  # its handler label per path resolved once, not per request
     for module in (predict, bars, data_source, models, backtest, live, health, jobs, admin,

@@ -335,6 +335,16 @@ def test_metrics_exposition_and_the_backtest_route_coexist(seeded_url, tiny_arti
     # The backtest route answers (stored results, or 404 when none), not the exposition.
     assert backtest.status_code in (200, 404)
     assert backtest.headers["content-type"] in ("application/json", PROBLEM)
+    # Requests to /metrics/backtest and /metrics/live are counted like any route's; only the
+    # exposition itself is left out (the exclusion was a regex matching every /metrics/... path;
+    # found by review).
+    with TestClient(app) as client:
+        client.get("/metrics/live")
+        counted = client.get("/metrics").text
+    assert 'http_requests_total{handler="/metrics/live",method="GET",status="2xx"} 1.0' in counted
+    assert f'handler="/metrics/backtest",method="GET",status="{backtest.status_code // 100}xx"' \
+        in counted
+    assert 'handler="/metrics",' not in counted
 
 
 @contextlib.contextmanager

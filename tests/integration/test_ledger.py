@@ -175,6 +175,12 @@ def test_metrics_live_is_empty_before_anything_is_served_and_checks_its_input(tr
     assert bad.status_code == 422 and bad.headers["content-type"].startswith(
         "application/problem+json")
     assert client.get("/metrics/live", params={"horizon": 0}).status_code == 422
+    # A NUL byte is a client's error on every backend (Postgres refused it as a DataError, which
+    # answered 503 "database unavailable"; found by review), named by the field.
+    for params in ({"model_version": "\x00"}, {"model_version": "a\x00b", "ticker": "AAA"}):
+        response = client.get("/metrics/live", params=params)
+        assert response.status_code == 422, params
+        assert response.json()["detail"].startswith("model_version: String should match pattern")
 
 
 def test_models_current_and_metrics_show_input_drift(travel, tiny_artifact):

@@ -6,12 +6,11 @@ import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy.exc import DBAPIError
 
 from service.api.deps import EngineDep
 from service.api.problems import problem_responses
 from service.api.schemas import LiveMetricsPublic, LiveMetricsRowPublic
-from service.core.errors import DatabaseUnavailable
+from service.artifacts.manifest import VERSION_PATTERN
 from service.core.tickers import normalize_ticker
 from service.evaluation.ledger import live_report
 from service.forecasting.live import POOLED
@@ -43,20 +42,17 @@ def get_live_metrics(
     horizon: Annotated[int | None, Query(ge=1, le=10_000,
                                          description="One horizon (default: all).")] = None,
     model_version: Annotated[str | None, Query(
-        max_length=64, description="One model version (default: all).")] = None,
+        pattern=VERSION_PATTERN, description="One model version (default: all).")] = None,
 ) -> LiveMetricsPublic:
     """The ledger's metrics, filtered."""
     if ticker is not None and ticker != POOLED:
         ticker = normalize_ticker(ticker)  # InvalidTicker -> 422 problem
-    try:
-        with engine.connect() as conn:
-            report = live_report(conn, ticker=None if ticker == POOLED else ticker,
-                                 horizon=horizon, model_version=model_version,
-                                 per_ticker=ticker != POOLED)
-    except DBAPIError as exc:
-        raise DatabaseUnavailable(
-            f"cannot read the forecast ledger ({exc.__class__.__name__}); is the database "
-            "migrated?") from exc
+    # A database fault is the problem handler's (503 database-unavailable); a client's bad
+    # value is refused above, on every backend alike.
+    with engine.connect() as conn:
+        report = live_report(conn, ticker=None if ticker == POOLED else ticker,
+                             horizon=horizon, model_version=model_version,
+                             per_ticker=ticker != POOLED)
     return LiveMetricsPublic(metrics=[
         LiveMetricsRowPublic(
             ticker=r["ticker"], horizon=int(r["horizon"]), model_version=r["model_version"],
