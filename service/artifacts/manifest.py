@@ -233,6 +233,13 @@ def load_manifest(artifact_dir: Path | str, expected: FeatureSpec | None = None)
             "a version is served only from its own folder"
         )
 
+    aci = meta.get("band", {}).get("aci")
+    har = ACISettings.from_dict(aci).har if aci else None
+    if har is not None and har.horizon != spec.horizon:
+        raise ManifestMismatch(
+            f"artifact {name}: its band's HAR volatility forecasts {har.horizon} horizons, the "
+            f"model {spec.horizon}; every served horizon needs its own (refused)")
+
     return Manifest(
         version=name,
         spec=spec,

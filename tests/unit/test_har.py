@@ -336,3 +336,23 @@ def test_the_served_har_band_is_the_backtests(har_predictor, tiny_predictor, tin
     stored = har_predictor.forecast_stored([StoredInput(None, (), state)], 5)[0]
     assert stored.steps[4].bands == forecast.steps[4].bands
     assert np.isfinite(har_regressors(daily_variance(bars[ticker]))[22:]).all()
+
+
+def test_an_artifact_whose_har_covers_fewer_horizons_than_its_model_is_refused(
+        tiny_artifact, tmp_path):
+    """Its last horizons' scale would index past the HAR's columns (an IndexError, a 500, at
+    the first forecast; found by review): refused when the artifact loads, hash and all."""
+    import shutil
+
+    from service.artifacts.manifest import load_manifest, reband
+    from service.core.errors import ManifestMismatch
+
+    source = tmp_path / tiny_artifact.artifact_dir.name
+    shutil.copytree(tiny_artifact.artifact_dir, source)
+    horizon = load_manifest(source).spec.horizon
+    short = fit_har(bars_by_ticker(tiny_artifact.bars), dt.date(2100, 1, 1), horizon=horizon - 1)
+    band = {"served": "model_aci",
+            "aci": ACISettings(calibration=500, vol_beta=1.0, har=short).to_dict()}
+    with pytest.raises(ManifestMismatch, match=f"forecasts {horizon - 1} horizons, the model "
+                                               f"{horizon}"):
+        reband(tmp_path, source.name, band)
