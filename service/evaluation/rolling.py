@@ -170,13 +170,20 @@ class BlockRun:
     forecasts: HistoricalRun
 
 
+def _held_at_start(frame: pd.DataFrame, realized: pd.DataFrame) -> np.ndarray:
+    """Buy-and-hold's members: the tickers with a price (an origin row) at the first session,
+    known then; not the ones whose first-session outcome exists (that is the future)."""
+    return np.isfinite(book(frame, "origin_close").reindex_like(realized).to_numpy()[0])
+
+
 def _portfolio_rows(frame: pd.DataFrame, top_k: int, cost_bp: float) -> list[tuple]:
     """Costed books at h = 1 as metric rows (POOLED, 1, method, topk_<metric>, value)."""
     realized = book(frame, "realized")
     results = {name: portfolio.topk_long_short(book(frame, name).reindex_like(realized).to_numpy(),
                                                realized.to_numpy(), top_k, cost_bp)
                for name in PORTFOLIO_SIGNALS if name in frame.columns}
-    results[BUY_AND_HOLD] = portfolio.buy_and_hold(realized.to_numpy(), cost_bp)
+    results[BUY_AND_HOLD] = portfolio.buy_and_hold(realized.to_numpy(), cost_bp,
+                                                   held=_held_at_start(frame, realized))
     return [(POOLED, 1, name, f"topk_{metric}", float(getattr(res, metric)))
             for name, res in results.items() for metric in PORTFOLIO_METRICS]
 
@@ -187,7 +194,8 @@ def portfolio_equity(frame: pd.DataFrame, top_k: int, cost_bp: float) -> pd.Data
     curves = {name: portfolio.topk_long_short(book(frame, name).reindex_like(realized).to_numpy(),
                                               realized.to_numpy(), top_k, cost_bp).net
               for name in PORTFOLIO_SIGNALS if name in frame.columns}
-    curves[BUY_AND_HOLD] = portfolio.buy_and_hold(realized.to_numpy(), cost_bp).net
+    curves[BUY_AND_HOLD] = portfolio.buy_and_hold(realized.to_numpy(), cost_bp,
+                                                  held=_held_at_start(frame, realized)).net
     return pd.DataFrame({k: np.cumprod(1.0 + v) for k, v in curves.items()}, index=realized.index)
 
 

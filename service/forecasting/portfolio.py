@@ -1,17 +1,26 @@
 """A costed daily long-short portfolio from a ranking signal (Qlib's TopkDropout view).
 
-Every session t, over the tickers with both a signal and a realized next-day return, hold
-w_i = +1/k on the k highest predicted returns and -1/k on the k lowest (gross 2, net 0); a
-session with fewer than 2k such tickers is flat. Positions are rebalanced to those targets at
-each origin's close and held to the next close (no intraday drift), so the day's return and its
-trading are
+Every session t, over the tickers with a finite signal at t, hold w_i = +1/k on the k highest
+predicted returns and -1/k on the k lowest (gross 2, net 0); a session with fewer than 2k such
+tickers is flat. Positions at t are chosen from what is known at t only: the signal. Whether the
+ticker's next-day return exists (a bar at t+1) is the future and plays no part in the choice.
+Positions are rebalanced to those targets at each origin's close and held to the next close (no
+intraday drift), so the day's return and its trading are
 
     gross_t = Σ_i w_{t,i} (exp(r_{t,i}) - 1),    traded_t = Σ_i |w_{t,i} - w_{t-1,i}|  (w_{-1} = 0)
     net_t   = gross_t - c · traded_t              (c = cost in basis points per side / 10⁴)
 
+A held leg whose next-day return is missing (NaN: the ticker has no bar at t+1, i.e. a delisting,
+a halt or a data hole) is booked explicitly as a 0 return for that leg: its weight still counts in
+gross exposure and in traded_t, and it is closed (traded) when it leaves the book. The true
+delisting return is unknown here (the bars stop); 0 is the choice, not an estimate of it, and can
+flatter the book when a name leaves the data through a collapse.
+
 Turnover is the mean over sessions of traded_t / (2 · gross exposure): 1.0 = the whole book
-replaced every day. The benchmark is equal-weight buy-and-hold: 1/N in each ticker at the first
-session, left to drift, paying c once on entry. Sharpe is annualized with √252, risk-free 0.
+replaced every day. The benchmark is equal-weight buy-and-hold: 1/N in each ticker held at the
+first session (by default every column; the caller passes which tickers were tradable then, e.g.
+those with a price at the first session), left to drift, paying c once on entry; a missing return
+is a 0 return for that ticker (its value unchanged that day), never a reason to leave it out. Sharpe is annualized with √252, risk-free 0.
 """
 
 from __future__ import annotations
@@ -54,7 +63,12 @@ class PortfolioResult:
 
 
 def topk_weights(signal: np.ndarray, realized: np.ndarray, k: int) -> np.ndarray:
-    """(T, N) weights: +1/k on the top-k signal, -1/k on the bottom-k, among tickers with both."""
+    """(T, N) weights: +1/k on the top-k signal, -1/k on the bottom-k, among tickers with a
+    finite signal at t.
+
+    `realized` is only checked for shape: weights at t never read it (its row t is the t -> t+1
+    outcome, unknown at t), so a name is held into a missing return (see the module docstring).
+    """
     signal = np.asarray(signal, dtype=np.float64)
     realized = np.asarray(realized, dtype=np.float64)
     if signal.shape != realized.shape or signal.ndim != 2:
@@ -63,7 +77,7 @@ def topk_weights(signal: np.ndarray, realized: np.ndarray, k: int) -> np.ndarray
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     weights = np.zeros_like(signal)
-    valid = np.isfinite(signal) & np.isfinite(realized)
+    valid = np.isfinite(signal)  # known at t; realized[t] is the future
     for t in range(signal.shape[0]):
         names = np.flatnonzero(valid[t])
         if names.size < 2 * k:
@@ -77,7 +91,8 @@ def topk_weights(signal: np.ndarray, realized: np.ndarray, k: int) -> np.ndarray
 
 def topk_long_short(signal, realized, k: int = DEFAULT_TOP_K,
                     cost_bp: float = DEFAULT_COST_BP) -> PortfolioResult:
-    """The daily top-k / bottom-k book of a signal, on (T, N) next-day log returns."""
+    """The daily top-k / bottom-k book of a signal, on (T, N) next-day log returns; a held leg
+    with a missing (NaN) next-day return is booked at 0 (a real delisting return is unknown)."""
     weights = topk_weights(signal, realized, k)
     simple = np.nan_to_num(np.expm1(np.asarray(realized, dtype=np.float64)))
     gross = (weights * simple).sum(axis=1)
@@ -86,14 +101,23 @@ def topk_long_short(signal, realized, k: int = DEFAULT_TOP_K,
     return PortfolioResult.of(gross, traded, cost_bp, gross_exposure=2.0)
 
 
-def buy_and_hold(realized, cost_bp: float = DEFAULT_COST_BP) -> PortfolioResult:
-    """Equal-weight buy-and-hold of the tickers with a return at the first session."""
+def buy_and_hold(realized, cost_bp: float = DEFAULT_COST_BP,
+                 held: np.ndarray | None = None) -> PortfolioResult:
+    """Equal-weight buy-and-hold of the `held` tickers ((N,) bools, known at the first session,
+    e.g. those with a price then; default: every column), bought at the first session.
+
+    Membership never reads `realized` (row 0 is the first session's outcome, the future at entry).
+    A missing return is a 0 return for that ticker that day (a real delisting return is unknown).
+    """
     r = np.asarray(realized, dtype=np.float64)
     if r.ndim != 2 or r.shape[0] == 0:
         raise ValueError(f"realized must be (sessions, tickers) with a session, got {r.shape}")
-    held = np.isfinite(r[0])
+    held = (np.ones(r.shape[1], dtype=bool) if held is None
+            else np.asarray(held, dtype=bool).reshape(-1))
+    if held.shape != (r.shape[1],):
+        raise ValueError(f"held must be ({r.shape[1]},) bools, got {held.shape}")
     if not held.any():
-        raise ValueError("no ticker has a return at the first session")
+        raise ValueError("no ticker is held at the first session")
     value = held / held.sum()  # dollars per ticker, 1 in all
     gross = np.empty(r.shape[0])
     for t in range(r.shape[0]):
