@@ -171,7 +171,8 @@ def segment_reach(split, dates_by_ticker, window: int, horizon: int
     for name in SEGMENTS:
         first, last = (np.datetime64(d, "D") for d in getattr(split, name))
         i, j = np.searchsorted(union, first), np.searchsorted(union, last, side="right") - 1
-        earliest = union[max(i - window + 1, 0)] if name != "train" else union[0]
+        earliest = (union[min(max(i - window + 1, 0), union.size - 1)] if name != "train"
+                    else union[0])
         latest = union[min(j + horizon, union.size - 1)] if name != "test" else union[-1]
         reach[name] = (earliest, latest)
     return reach

@@ -159,9 +159,10 @@ def validate_bars(frame: pd.DataFrame) -> ValidationResult:
     return ValidationResult(bars=bars, read=read, rejected=rejected)
 
 
-# A date in text: YYYY-MM-DD, optionally followed by a time. pandas' ISO 8601 parser also
+# A date in text: year, month and day (YYYY-MM-DD; a one-digit month or day and blanks around
+# it are read as before), optionally followed by a time. pandas' ISO 8601 parser also
 # takes '2017', '2017-12' and '20171201' (the first of a year or month): not a bar's date.
-FULL_DATE = r"\d{4}-\d{2}-\d{2}(?:[T ].*)?"
+FULL_DATE = r"\s*\d{4}-\d{1,2}-\d{1,2}(?:[T ].*)?\s*"
 
 
 def iso_dates(raw: pd.Series) -> pd.Series:

@@ -407,3 +407,16 @@ def test_cli_train_that_diverges_exports_nothing(tmp_path, sqlite_url, bars_mult
     assert result.exit_code == 1
     assert "nothing was exported" in result.output
     assert not models.exists() or not any(models.iterdir())
+
+
+def test_a_one_session_window_with_a_holdout_after_the_bars_splits(bars_multi):
+    """segment_reach indexed one past the dates for a holdout block beyond the bars with a
+    window of 1 (an IndexError; found by review)."""
+    import dataclasses
+    import datetime as dt
+
+    spec = dataclasses.replace(tiny_config().spec, window=1)
+    last = pd.Timestamp(bars_multi["date"].max()).date()
+    block = (last + dt.timedelta(days=30), last + dt.timedelta(days=90))
+    prepared = prepare_data(bars_multi, spec, holdout=block)
+    assert prepared.split.test == block and len(prepared.train) > 0

@@ -238,3 +238,16 @@ def test_shared_dataset_reads_into_the_canonical_frame(shared_dataset):
         pd.Timestamp("2012-12-06"), pd.Timestamp("2017-12-06"))
     assert int(bars["close"].isna().sum()) == 538
     assert bars["ticker"].nunique() == 489
+
+
+def test_iso_dates_with_blanks_around_or_one_digit_parts_still_read(tmp_path):
+    """The whole-date rule (no '2017-12' or '20171201') must not refuse what was read before:
+    a space after each comma, a one-digit month or day (found by review)."""
+    rows = [",".join([f" {day}", *(f" {v}" for v in values)]) for day, *values in ROWS]
+    path = write_text(tmp_path / "aapl.csv", "Date, Open, High, Low, Close, Adj Close, Volume",
+                      rows)
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="AAPL"), expected_bars())
+    short = [",".join([dt.date.fromisoformat(day).strftime("%Y-%-m-%-d"), *map(str, values)])
+             for day, *values in ROWS]
+    path = write_text(tmp_path / "short.csv", "Date,Open,High,Low,Close,Adj Close,Volume", short)
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="AAPL"), expected_bars())
