@@ -124,6 +124,16 @@ def choose(validation: dict[str, dict], names: list[str]) -> str:
     return min(near, key=lambda n: abs(validation[n]["turb1"] - validation[n]["calm1"]))
 
 
+def table_row(mark: str, v: dict, t: dict) -> str:
+    """One candidate's row: validation and test IS ratios (h = 1 / 5 / 30), coverage at h = 1
+    with its calm / turbulent terciles, coverage at h = 5 (test: with the misses above / below)."""
+    return (f"| {mark} | {v['ratio1']:.3f} / {v['ratio5']:.3f} / {v['ratio30']:.3f} | "
+            f"{v['cov1']:.3f} ({v['calm1']:.3f} / {v['turb1']:.3f}) | {v['cov5']:.3f} | "
+            f"{t['ratio1']:.3f} / {t['ratio5']:.3f} / {t['ratio30']:.3f} | "
+            f"{t['cov1']:.3f} ({t['calm1']:.3f} / {t['turb1']:.3f}) | "
+            f"{t['cov5']:.3f} ({t['above5']:.3f} / {t['below5']:.3f}) |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default=None)
@@ -164,13 +174,7 @@ def main() -> int:
     print(header)
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in ["served", *grid, "ewma", REFERENCE]:
-        v, t = val[name], tst[name]
-        mark = f"**{name}**" if name == chosen else name
-        print(f"| {mark} | {v['ratio1']:.3f} / {v['ratio5']:.3f} / {v['ratio30']:.3f} | "
-              f"{v['cov1']:.3f} ({v['calm1']:.3f} / {v['turb1']:.3f}) | {v['cov5']:.3f} | "
-              f"{t['ratio1']:.3f} / {t['ratio5']:.3f} / {t['ratio30']:.3f} | "
-              f"{t['cov1']:.3f} ({t['calm1']:.3f} / {t['turb1']:.3f}) | "
-              f"{t['cov5']:.3f} ({t['above5']:.3f} / {t['below5']:.3f}) |")
+        print(table_row(f"**{name}**" if name == chosen else name, val[name], tst[name]))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"model": manifest.version, "chosen": chosen, "validation": val, "test": tst,

@@ -310,13 +310,7 @@ def main() -> int:
           "test IS ratio h1/5/30 | test cov h1 (calm/turb) | test cov h5 (above/below) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in [bg.REFERENCE, "ewma", "served", "har_gk_gauss", "har_cc_gauss", *names]:
-        v, t = val[name], tst[name]
-        mark = f"**{name}**" if name == chosen else name
-        print(f"| {mark} | {v['ratio1']:.3f} / {v['ratio5']:.3f} / {v['ratio30']:.3f} | "
-              f"{v['cov1']:.3f} ({v['calm1']:.3f} / {v['turb1']:.3f}) | {v['cov5']:.3f} | "
-              f"{t['ratio1']:.3f} / {t['ratio5']:.3f} / {t['ratio30']:.3f} | "
-              f"{t['cov1']:.3f} ({t['calm1']:.3f} / {t['turb1']:.3f}) | "
-              f"{t['cov5']:.3f} ({t['above5']:.3f} / {t['below5']:.3f}) |")
+        print(bg.table_row(f"**{name}**" if name == chosen else name, val[name], tst[name]))
     print(f"\nabsolute IS ewma_aci: val {val[bg.REFERENCE]['is1']:.5f} / "
           f"{val[bg.REFERENCE]['is5']:.5f} / {val[bg.REFERENCE]['is30']:.5f}; test "
           f"{tst[bg.REFERENCE]['is1']:.5f} / {tst[bg.REFERENCE]['is5']:.5f} / "

@@ -30,6 +30,7 @@ from service.forecasting.volatility import (
     har_regressors,
 )
 from tests.bar_factories import make_bars
+from tests.unit.test_backtest import _assert_served_band_is_the_backtests
 
 LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 COVERAGES = (0.5, 0.8, 0.9)
@@ -312,17 +313,7 @@ def test_the_served_har_band_is_the_backtests(har_predictor, tiny_predictor, tin
     assert walked.config["aci"] == settings.to_dict()
     frame = walked.forecasts[5]
     for i in (3, len(frame) // 2, len(frame) - 1):
-        row = frame.iloc[i]
-        served = har_predictor.forecast(row["ticker"], bars[row["ticker"]], horizon=5,
-                                        as_of=row["origin"].date())
-        step = served.steps[4]
-        assert served.band_method == "model_aci"
-        for pct, suffix in ((50, "_50"), (80, ""), (90, "_90")):
-            lower, upper = step.bands[pct]
-            assert lower == pytest.approx(
-                row["origin_close"] * math.exp(row[f"model_aci_lower{suffix}"]), rel=1e-6)
-            assert upper == pytest.approx(
-                row["origin_close"] * math.exp(row[f"model_aci_upper{suffix}"]), rel=1e-6)
+        _assert_served_band_is_the_backtests(har_predictor, bars, frame.iloc[i])
     # The HAR moved the band (the same network's median).
     plain = run_backtest(tiny_predictor, bars, horizons=(5,), band_baselines=("ewma",))
     assert plain.forecasts[5]["model"].equals(frame["model"])
