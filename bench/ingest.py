@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.db.bars import BAR_VALUE_COLUMNS, _prepare
+from service.core.bars import NUMERIC_COLUMNS
+from service.db.bars import _prepare
 from service.db.models import Bar
 from service.db.session import make_engine, reset_database
 from service.sources.csv import read_bars_file
@@ -50,7 +51,7 @@ def naive_upsert(url, bars):
     insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     stmt = insert(Bar.__table__)
     stmt = stmt.on_conflict_do_update(index_elements=["ticker", "date"],
-                                      set_={c: stmt.excluded[c] for c in BAR_VALUE_COLUMNS})
+                                      set_={c: stmt.excluded[c] for c in NUMERIC_COLUMNS})
     t0 = time.perf_counter()
     with engine.begin() as conn:
         conn.execute(stmt, rows)
