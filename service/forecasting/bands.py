@@ -161,17 +161,18 @@ class ACISettings:
 
         `series`: a TickerSeries (its log close, EWMA volatility and, for HAR, its bars), or a
         log close with `short` its EWMA volatility if computed (HAR needs the bars: a series)."""
-        if isinstance(series, TickerSeries):
-            log_close, short, bars = series.log_close, series.volatility, series.bars
+        is_series = isinstance(series, TickerSeries)
+        if is_series:
+            log_close, short = series.log_close, series.volatility
         else:
-            log_close, bars = series, None
+            log_close = series
         blend = (None if self.vol_beta == 1.0 else
                  mean_reversion_scale(log_close, self.vol_beta, self.long_window, short))
         if self.har is None:
             return blend
-        if bars is None:
+        if not is_series:
             raise ValueError("the HAR scale reads the bars' ranges: pass a TickerSeries")
-        f = har_scale(self.har, bars, short)
+        f = har_scale(self.har, series)
         return f if blend is None else f * blend[:, None]
 
 
@@ -193,15 +194,12 @@ def mean_reversion_scale(log_close: np.ndarray, beta: float, long_window: int,
     return np.where(np.isfinite(f), f, 1.0)
 
 
-def har_scale(har: HarVolatility, bars, short: np.ndarray | None = None) -> np.ndarray:
+def har_scale(har: HarVolatility, series: TickerSeries) -> np.ndarray:
     """f_{t,h} = σ_HAR,h(t) / (max(σ_EWMA,t, VOL_FLOOR) · √h) per bar and h = 1..H, 1 where
     not finite (warm-up): the band's half-widths at horizon h rescaled from the EWMA's
-    √h-scaling to the HAR's h-day σ, of bars <= t. `short`: the bars' EWMA volatility if
-    already computed (TickerSeries.volatility)."""
-    if short is None:
-        short = ewma_volatility(log_returns(np.log(bars["adj_close"].to_numpy(np.float64))))
+    √h-scaling to the HAR's h-day σ, of bars <= t (σ_EWMA: TickerSeries.volatility)."""
     hs = np.sqrt(np.arange(1, har.horizon + 1, dtype=np.float64))
-    f = har.sigma(bars) / (np.maximum(short, VOL_FLOOR)[:, None] * hs[None, :])
+    f = har.sigma(series.bars) / (np.maximum(series.volatility, VOL_FLOOR)[:, None] * hs[None, :])
     return np.clip(np.where(np.isfinite(f), f, 1.0), *HAR_SCALE_BOUNDS)
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from service.forecasting.windows import forward_log_returns
+
 # RiskMetrics' daily decay (J.P. Morgan 1996): weight λ^i on the squared return i sessions ago.
 EWMA_LAMBDA = 0.94
 # Sessions of squared returns before the EWMA counts as defined (its own weights are normalised,
@@ -174,12 +176,10 @@ def fit_har(bars_by_ticker: dict[str, pd.DataFrame], train_end: dt.date, horizon
         b = b.reset_index(drop=True)
         v = daily_variance(b, kind)
         xs.append(har_regressors(v))
-        y = np.log(b["adj_close"].to_numpy(np.float64))
+        returns = forward_log_returns(b["adj_close"].to_numpy(np.float64), horizon)
         for i, h in enumerate(range(1, horizon + 1)):
             ys[i].append(forward_log_mean(v, h))
-            r = np.full(y.size, np.nan)
-            r[:-h] = y[h:] - y[:-h]
-            rs[i].append(r)
+            rs[i].append(returns[:, i])
     x = np.concatenate(xs)
     coef, c = [], []
     for i, h in enumerate(range(1, horizon + 1)):

@@ -170,9 +170,9 @@ def iso_dates(raw: pd.Series) -> pd.Series:
     YYYY-MM-DD date, or is unparseable, becomes NaT."""
     parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce")
     if pd.api.types.infer_dtype(raw, skipna=True) in ("string", "mixed"):
-        text = raw.map(lambda v: v if isinstance(v, str) else "")
-        parsed = parsed.where(text.str.fullmatch(FULL_DATE) | raw.isna() | (text == ""),
-                              pd.NaT)
+        # Only text is held to the shape: .str gives NaN for a missing or non-text value.
+        whole = raw.str.fullmatch(FULL_DATE, na=True).astype(bool)
+        parsed = parsed.where(whole, pd.NaT)
     return parsed
 
 

@@ -161,7 +161,7 @@ def test_the_scale_is_the_har_ratio_and_the_old_scales_are_unchanged():
     ok = np.isfinite(ratio)
     np.testing.assert_array_equal(f[ok], np.clip(ratio[ok], *HAR_SCALE_BOUNDS))
     assert np.all(f[~ok] == 1.0) and (~ok).any()
-    np.testing.assert_array_equal(har_scale(har, series.bars), f)
+    np.testing.assert_array_equal(har_scale(har, series), f)
     # β < 1: times the blend's factor; no HAR: the blend's (n,) factor or None, as before.
     blend = ACISettings(vol_beta=0.7).scale(series)
     assert blend.shape == (300,)
