@@ -89,7 +89,10 @@ def daily_variance(bars: pd.DataFrame, kind: str = "gk") -> np.ndarray:
     VOL_FLOOR²: the Garman–Klass intraday term ½ ln(H/L)² − (2 ln 2 − 1) ln(C/O)² (≥ 0) plus
     the overnight gap² (Yang–Zhang style), gap_t = ln(O_t · adj_t / C_t) − ln(adj_{t-1}): the
     open adjusted by the day's adj_close / close factor, so a split or dividend is no gap.
-    The first bar has no gap (NaN: its v is NaN, which the floor leaves NaN)."""
+    The first bar has no gap (NaN: its v is NaN, which the floor leaves NaN). A bar without
+    trades (volume 0: a carried quote, a halted session) says nothing of the variance, and its
+    flat range would put v at the floor (a HAR σ a quarter of the usual for a month, through
+    the monthly mean): the last traded session's v stands in for it (NaN before any)."""
     if kind not in HAR_KINDS:
         raise ValueError(f"daily variance kind must be one of {HAR_KINDS}, got {kind!r}")
     o, h, lo, c, adj = (bars[k].to_numpy(np.float64) for k in
@@ -99,7 +102,11 @@ def daily_variance(bars: pd.DataFrame, kind: str = "gk") -> np.ndarray:
     g = np.maximum(0.5 * hl * hl - (2.0 * np.log(2.0) - 1.0) * co * co, 0.0)
     gap = np.full(log_adj.size, np.nan)
     gap[1:] = np.log(o * adj / c)[1:] - log_adj[:-1]
-    return np.maximum(g + gap * gap, VOL_FLOOR ** 2)
+    v = np.maximum(g + gap * gap, VOL_FLOOR ** 2)
+    untraded = bars["volume"].to_numpy(np.float64) == 0
+    if untraded.any():
+        v = pd.Series(np.where(untraded, np.nan, v)).ffill().to_numpy()
+    return v
 
 
 def _trailing_mean(v: np.ndarray, window: int) -> np.ndarray:

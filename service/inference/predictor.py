@@ -335,7 +335,7 @@ class Predictor(Forecaster):
             recent = self._recent_coverage(served, base, series, last)
             median = model.median[-1]  # the model's own median, whichever band is served
             forecast = self._finish(item, median, band, served, horizon, recent)
-            out.append((forecast, BandState(
+            out.append((self._with_period_warning(forecast), BandState(
                 ticker, item.as_of, item.last_close, state.qhat[0], *recent,
                 quantiles=np.asarray(model.log_returns[-1], np.float64),
                 warnings=forecast.warnings) if served.base is self else None))
@@ -373,11 +373,12 @@ class Predictor(Forecaster):
         for b, (i, item) in enumerate(zip(inputs, items)):
             recent = (item.state.recent_coverage, item.state.recent_sessions)
             if item.state.quantiles is None:
-                out.append(self._finish(i, median[b], bands[b], served, horizon, recent))
+                forecast = self._finish(i, median[b], bands[b], served, horizon, recent)
             else:  # the warnings its window had, stored with the output
-                out.append(dataclasses.replace(
+                forecast = dataclasses.replace(
                     self.postprocess(i, median[b], bands[b], served.quantiles, horizon, recent),
-                    warnings=item.state.warnings))
+                    warnings=item.state.warnings)
+            out.append(self._with_period_warning(forecast))
         return out
 
     def _stored_origin(self, state: BandState) -> ModelInput:
@@ -417,6 +418,20 @@ class Predictor(Forecaster):
         realized = y[bands.origins + 1] - y[bands.origins]
         inside = (realized >= lower[:, 0]) & (realized <= upper[:, 0])
         return float(inside.mean()), int(inside.size)
+
+    def _with_period_warning(self, forecast: Forecast) -> Forecast:
+        """The forecast with a warning when its origin lies before the artifact's test segment:
+        the model was fitted (train) or chosen (val) on the bars that followed it, so it is
+        in-sample there and says nothing about how the model forecasts. Not stored with a band
+        state (the stores keep the window's range warnings): it depends on the origin alone."""
+        split = self.manifest.split
+        if forecast.as_of >= split.test[0]:
+            return forecast
+        warning = (f"as_of {forecast.as_of} lies before model {self.manifest.version}'s test "
+                   f"segment (from {split.test[0]}): it was trained on origins up to "
+                   f"{split.train[1]} and chosen on those up to {split.val[1]}, so this forecast "
+                   "is in-sample, not a measure of how the model forecasts")
+        return dataclasses.replace(forecast, warnings=(*forecast.warnings, warning))
 
     def _range_warnings(self, item: ModelInput) -> tuple[str, ...]:
         """A warning when the input window leaves the range the model saw in training."""

@@ -176,8 +176,9 @@ def test_the_scale_is_the_har_ratio_and_the_old_scales_are_unchanged():
 
 def test_a_bad_print_or_a_stale_bar_moves_the_scale_by_a_bounded_factor():
     """One bar whose open and low print a hundredth of the close (it passes the validator: open =
-    low) made the HAR's σ tens of times the EWMA's, and a flat zero-volume bar hits the variance
-    floor: the scale stays within HAR_SCALE_BOUNDS (found by review)."""
+    low) made the HAR's σ tens of times the EWMA's, and a flat zero-volume bar hit the variance
+    floor: the scale stays within HAR_SCALE_BOUNDS (found by review), and an untraded bar now
+    carries the last traded session's variance instead."""
     bars = make_bars(300, seed=11)
     # The shipped fit's h = 1 coefficients at every h (a synthetic panel's HAR is ~flat).
     har = HarVolatility(coef=((-2.608, 0.282, 0.225, 0.223),) * 5, c=(1.486,) * 5)
@@ -191,6 +192,16 @@ def test_a_bad_print_or_a_stale_bar_moves_the_scale_by_a_bounded_factor():
     for frame in (bad, flat):
         f = settings.scale(TickerSeries("A", frame))
         assert np.all((f >= low) & (f <= high))
+    # The untraded bar's proxy is the last traded session's (not the floor), so the HAR's σ
+    # over the month after it stays within 6 % of the same bars traded (the floor: ≈ 0.25×).
+    v = daily_variance(flat)
+    assert v[200] == v[199] == daily_variance(bars)[199]
+    np.testing.assert_array_equal(np.delete(v, 200), np.delete(daily_variance(bars), 200))
+    ratio = har.sigma(flat)[200:222, 0] / har.sigma(bars)[200:222, 0]
+    assert np.all((ratio > 0.94) & (ratio < 1.06)), ratio
+    run = bars.copy()  # untraded from the first bar: nothing to carry, NaN (warm-up) until traded
+    run.loc[:2, "volume"] = 0
+    assert np.isnan(daily_variance(run)[:3]).all() and np.isfinite(daily_variance(run)[3:]).all()
     raw = har.sigma(bad)[200:, 0] / (TickerSeries("A", bad).volatility[200:] * 1.0)
     assert raw.max() > high  # unbounded, the print would have widened the band past the cap
     assert settings.scale(TickerSeries("A", bad))[200:, 0].max() == high

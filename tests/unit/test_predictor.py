@@ -76,6 +76,29 @@ def test_as_of_on_a_non_trading_day_uses_the_last_bar_before_it(tiny_predictor, 
     assert forecast.steps[0].date == next_trading_days(sunday, 1)[0]
 
 
+def test_an_origin_before_the_test_segment_is_flagged_in_sample(tiny_predictor, bars):
+    """A forecast from an origin the model was trained or chosen on says so; one from the test
+    segment on does not."""
+    aaa = bars["AAA"]
+    split = tiny_predictor.manifest.split
+    dates = aaa["date"].dt.date
+    first_test = dates[dates >= split.test[0]].iloc[0]
+    before = dates[dates < split.test[0]].iloc[-1]  # the session before (in the gap)
+    out = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=first_test)
+    assert out.as_of == first_test and out.warnings == ()
+    inside = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=before)
+    version = tiny_predictor.manifest.version
+    expected = (f"as_of {before} lies before model {version}'s test segment (from "
+                f"{split.test[0]}): it was trained on origins up to {split.train[1]} and chosen "
+                f"on those up to {split.val[1]}, so this forecast is in-sample, not a measure of "
+                "how the model forecasts")
+    assert inside.warnings == (expected,)
+    # The same figures either way: the warning is all that differs from an unflagged forecast.
+    assert inside.steps == tiny_predictor.forecast("AAA", aaa.loc[dates <= before], 1).steps
+    assert tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=split.train[1]).warnings[0] \
+        .startswith(f"as_of {split.train[1]} lies before model {version}'s test segment")
+
+
 def test_too_few_bars_names_the_ticker_and_the_counts(tiny_predictor, bars):
     needed = min_bars(tiny_predictor.spec)
     assert needed == 60 + 20  # vol_ratio's 60-session warm-up + window
