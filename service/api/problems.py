@@ -10,6 +10,7 @@ else with a 500 that logs the traceback server-side only.
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -28,6 +29,7 @@ from service.core.errors import (
     ManifestMismatch,
     ModelNotLoaded,
     ServerBusy,
+    SourceCoolingDown,
     SourceUnavailable,
     StockcastError,
     UnknownTicker,
@@ -176,6 +178,8 @@ async def _stockcast_handler(request: Request, exc: StockcastError) -> ProblemRe
     if problem.status >= 500:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, problem.status, exc)
     retry = next((s for cls, s in _RETRY_AFTER.items() if isinstance(exc, cls)), None)
+    if isinstance(exc, SourceCoolingDown):  # the breaker knows when it asks again
+        retry = max(1, math.ceil(exc.retry_after))
     return problem_response(problem, {"Retry-After": str(retry)} if retry else None)
 
 

@@ -19,6 +19,15 @@ class SourceUnavailable(StockcastError):
     """The upstream source failed (timeouts, rate limits) after retries."""
 
 
+class SourceCoolingDown(SourceUnavailable):
+    """The upstream was not asked: it failed for another request less than the circuit
+    breaker's cool-down ago. Nothing was tried for this ticker; `retry_after` seconds remain."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class SourceNotConfigured(SourceUnavailable):
     """There is no upstream at all (STOCKCAST_SOURCE=none): a ticker not cached is unknown here,
     not temporarily unavailable; cached ones are served stale."""

@@ -15,7 +15,12 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from service.core.errors import SourceNotConfigured, SourceUnavailable, UnknownTicker
+from service.core.errors import (
+    SourceCoolingDown,
+    SourceNotConfigured,
+    SourceUnavailable,
+    UnknownTicker,
+)
 from service.sources.base import BarSource
 
 
@@ -56,9 +61,9 @@ class CircuitBreaker:
         if failed_at is not None:
             age = self.monotonic() - failed_at
             if age < self.cooldown:
-                raise SourceUnavailable(
+                raise SourceCoolingDown(
                     f"{self.name} not asked for {ticker}: it failed {age:.0f} s ago "
-                    f"(next try after {self.cooldown:.0f} s): {failure}")
+                    f"(next try after {self.cooldown:.0f} s): {failure}", self.cooldown - age)
         try:
             bars = call()
         except SourceNotConfigured:

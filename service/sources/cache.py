@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine
 
 from service.core.errors import (
     InvalidTicker,
+    SourceCoolingDown,
     SourceNotConfigured,
     SourceUnavailable,
     UnknownTicker,
@@ -301,6 +302,13 @@ class BarCache:
                                        at=self.clock())
             if have_bars:  # nothing new upstream for an incremental range is not an error
                 return 0, False, []
+            raise
+        except SourceCoolingDown as exc:
+            # The source was not asked (the breaker's cool-down): nothing was tried for this
+            # ticker, so nothing is recorded against it — a record would throttle it for
+            # refresh_interval after the source is back, and repeat this message meanwhile.
+            if have_bars:
+                return 0, True, [f"bars for {ticker} may be out of date: {exc}"]
             raise
         except SourceUnavailable as exc:
             if not have_bars and isinstance(exc, SourceNotConfigured):

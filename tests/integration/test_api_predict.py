@@ -496,6 +496,44 @@ def test_offline_only_the_first_ticker_waits_for_the_failing_source(db_url, tiny
         "bars for BBB may be out of date: scripted not asked for BBB: it failed ")
 
 
+def test_a_ticker_refused_in_the_cooldown_is_asked_once_the_source_is_back(db_url, tiny_artifact,
+                                                                           bars_multi):
+    """The breaker's refusal is not the ticker's own failed refresh: recorded as one, it kept a
+    ticker never asked from the source for refresh_interval (an hour) after the cool-down, with
+    the refusal's "it failed 22 s ago" repeated meanwhile (found by a hostile test pass)."""
+    store_bars(db_url, bars_multi[bars_multi["ticker"] != "CCC"])
+    ccc = bars_multi[bars_multi["ticker"] == "CCC"].reset_index(drop=True)
+    source = ScriptedSource({"CCC": ccc})
+    clock = Clock(NOW + dt.timedelta(days=7))  # every cached ticker wants newer bars
+    settings = api_settings(db_url, tiny_artifact.model_dir, source_cooldown_seconds=0.5)
+    engine = make_engine(db_url)
+    with TestClient(create_app(settings, source=source, clock=clock)) as client:
+        source.fail_with = timeout_error("AAA")
+        assert client.post("/predict/AAA").json()["stale"]  # asked, failed: the breaker opens
+        refused = client.post("/predict/CCC")
+        stale = client.post("/predict/BBB").json()
+        with engine.connect() as conn:
+            rows = conn.execute(text("select symbol from tickers where symbol = 'CCC'")).all()
+        assert [c[0] for c in source.calls] == ["AAA"]  # neither was asked
+        assert refused.status_code == 503
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"] == "urn:stockcast:problem:source-unavailable"
+        assert refused.json()["detail"].startswith("scripted not asked for CCC: it failed ")
+        assert refused.headers["retry-after"] == "1"  # the cool-down's remaining 0.5 s, rounded up
+        assert rows == []  # nothing recorded for a ticker nothing was tried for
+        assert stale["stale"] and stale["warnings"][0].startswith(
+            "bars for BBB may be out of date: scripted not asked for BBB: it failed ")
+        time.sleep(0.6)  # the cool-down over, the source back
+        source.fail_with = None
+        back = client.post("/predict/CCC")
+        bbb = client.post("/predict/BBB").json()
+    engine.dispose()
+    assert back.status_code == 200, back.text
+    assert back.json()["as_of"] == ccc["date"].iloc[-1].date().isoformat()
+    assert [c[0] for c in source.calls] == ["AAA", "CCC", "BBB"]  # each asked once it could be
+    assert not any("not asked" in w for w in bbb["warnings"])
+
+
 def test_a_warm_answer_is_the_body_fastapi_renders_for_the_forecast(db_url, tiny_artifact,
                                                                     bars_multi):
     """The route answers bytes it rendered once; they equal FastAPI's own ForecastPublic output."""

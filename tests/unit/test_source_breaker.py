@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from service.core.errors import SourceUnavailable, UnknownTicker
+from service.core.errors import SourceCoolingDown, SourceUnavailable, UnknownTicker
 from service.sources.breaker import CircuitBreaker
 from tests.bar_factories import ScriptedSource, make_bars, timeout_error
 
@@ -37,6 +37,8 @@ def test_after_a_failure_no_ticker_reaches_the_upstream_until_the_cooldown(parts
     assert str(caught.value) == (
         "scripted not asked for BBB: it failed 42 s ago (next try after 300 s): "
         "yfinance unavailable for AAA after 3 attempts: timed out")
+    # Not asked (a SourceUnavailable the cache records nothing for), 258 s before it asks again.
+    assert isinstance(caught.value, SourceCoolingDown) and caught.value.retry_after == 258
     assert [c[0] for c in upstream.calls] == ["AAA"]
     upstream.fail_with = None
     clock.now += 300
