@@ -420,17 +420,18 @@ class Predictor(Forecaster):
         return float(inside.mean()), int(inside.size)
 
     def _with_period_warning(self, forecast: Forecast) -> Forecast:
-        """The forecast with a warning when its origin lies before the artifact's test segment:
-        the model was fitted (train) or chosen (val) on the bars that followed it, so it is
-        in-sample there and says nothing about how the model forecasts. Not stored with a band
-        state (the stores keep the window's range warnings): it depends on the origin alone."""
-        split = self.manifest.split
-        if forecast.as_of >= split.test[0]:
+        """The forecast with a warning when its origin lies inside the period the model was
+        trained and validated on (as_of <= the last validation origin: those origins' outcomes
+        shaped the weights, through training and early stopping), the rule the page's notice
+        uses. Not stored with a band state (the stores keep the window's range warnings): it
+        depends on the origin alone."""
+        fitted = self.manifest.split.val[1]
+        if forecast.as_of > fitted:
             return forecast
-        warning = (f"as_of {forecast.as_of} lies before model {self.manifest.version}'s test "
-                   f"segment (from {split.test[0]}): it was trained on origins up to "
-                   f"{split.train[1]} and chosen on those up to {split.val[1]}, so this forecast "
-                   "is in-sample, not a measure of how the model forecasts")
+        warning = (f"as_of {forecast.as_of} is inside the period model "
+                   f"{self.manifest.version} was trained and validated on (origins up to "
+                   f"{fitted}): this forecast is in-sample and looks better than a real one "
+                   "would")
         return dataclasses.replace(forecast, warnings=(*forecast.warnings, warning))
 
     def _range_warnings(self, item: ModelInput) -> tuple[str, ...]:

@@ -201,8 +201,12 @@ def test_a_past_range_forecasts_as_of_its_end_and_shows_what_happened(page, live
             "2016-06-30 is inside the period the model was trained and validated on (origins "
             f"up to {live_app.validated_until}): this forecast is in-sample and looks better "
             "than a real one would.")
+        # The API says so too (for its other clients); the page does not repeat it.
+        assert any(w.startswith("as_of 2016-06-30 is inside the period") for w in api["warnings"])
+        assert "is inside the period" not in page.locator("#stale-warning").text_content()
     else:
         assert in_sample.is_hidden()
+        assert not any("is inside the period" in w for w in api["warnings"])
     assert page.js_errors == []
 
 

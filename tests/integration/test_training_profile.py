@@ -42,7 +42,7 @@ def test_the_backtest_writes_the_training_profile_the_predictor_checks(cli_env, 
     # warning; the one warning says the origin is in-sample.
     inside = predictor.forecast("AAA", aaa, 1, as_of=manifest.split.train[1])
     assert len(inside.warnings) == 1
-    assert inside.warnings[0].startswith(f"as_of {manifest.split.train[1]} lies before model")
+    assert inside.warnings[0].startswith(f"as_of {manifest.split.train[1]} is inside the period")
     # A volume 50 times the usual on the last day is outside anything seen in training.
     spiked = aaa.copy()
     spiked.loc[spiked.index[-1], "volume"] = int(spiked["volume"].median() * 50)

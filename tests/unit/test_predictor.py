@@ -76,27 +76,26 @@ def test_as_of_on_a_non_trading_day_uses_the_last_bar_before_it(tiny_predictor, 
     assert forecast.steps[0].date == next_trading_days(sunday, 1)[0]
 
 
-def test_an_origin_before_the_test_segment_is_flagged_in_sample(tiny_predictor, bars):
-    """A forecast from an origin the model was trained or chosen on says so; one from the test
-    segment on does not."""
+def test_an_origin_the_model_was_fitted_on_is_flagged_in_sample(tiny_predictor, bars):
+    """A forecast from an origin up to the last validation origin (whose outcomes shaped the
+    weights) says so; one from the session after it on does not."""
     aaa = bars["AAA"]
     split = tiny_predictor.manifest.split
     dates = aaa["date"].dt.date
-    first_test = dates[dates >= split.test[0]].iloc[0]
-    before = dates[dates < split.test[0]].iloc[-1]  # the session before (in the gap)
-    out = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=first_test)
-    assert out.as_of == first_test and out.warnings == ()
-    inside = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=before)
-    version = tiny_predictor.manifest.version
-    expected = (f"as_of {before} lies before model {version}'s test segment (from "
-                f"{split.test[0]}): it was trained on origins up to {split.train[1]} and chosen "
-                f"on those up to {split.val[1]}, so this forecast is in-sample, not a measure of "
-                "how the model forecasts")
+    last_fitted = dates[dates <= split.val[1]].iloc[-1]
+    after = dates[dates > split.val[1]].iloc[0]
+    out = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=after)
+    assert out.as_of == after and out.warnings == ()
+    inside = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=last_fitted)
+    expected = (f"as_of {last_fitted} is inside the period model "
+                f"{tiny_predictor.manifest.version} was trained and validated on (origins up "
+                f"to {split.val[1]}): this forecast is in-sample and looks better than a real "
+                "one would")
     assert inside.warnings == (expected,)
     # The same figures either way: the warning is all that differs from an unflagged forecast.
-    assert inside.steps == tiny_predictor.forecast("AAA", aaa.loc[dates <= before], 1).steps
+    assert inside.steps == tiny_predictor.forecast("AAA", aaa.loc[dates <= last_fitted], 1).steps
     assert tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=split.train[1]).warnings[0] \
-        .startswith(f"as_of {split.train[1]} lies before model {version}'s test segment")
+        .startswith(f"as_of {split.train[1]} is inside the period model")
 
 
 def test_too_few_bars_names_the_ticker_and_the_counts(tiny_predictor, bars):

@@ -540,7 +540,10 @@
       : source.status === "fulfilled" ? source.value : null;
     const behind = lastBar ? sessionsBehind(lastBar) : 0;
     const stale = Boolean((f && f.stale) || (b && b.stale));  // a refresh failed
-    const warnings = [...new Set([...(b ? b.warnings : []), ...(f ? f.warnings : [])])];
+    // The API's own in-sample warning says what the notice above says: not twice.
+    const inSample = f ? `as_of ${f.as_of} is inside the period` : null;
+    const warnings = [...new Set([...(b ? b.warnings : []), ...(f ? f.warnings : [])])]
+      .filter((text) => note.hidden || !text.startsWith(inSample));
     const box = $("stale-warning");
     if (!f && !b) {
       setText("data-fresh", "—");
