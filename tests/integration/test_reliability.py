@@ -584,6 +584,39 @@ def test_malformed_json_is_the_documented_400_and_a_trailing_slash_is_404(seeded
     assert "location" not in slash.headers
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("path, body, content_type, sent", [
+    ("/predict/AAA", b'{"horizon": 1}', "text/plain", "got 'text/plain'"),
+    ("/predict/AAA", b'{"horizon": 1}', None, "none was sent"),
+    ("/predict/AAA", b"horizon=1", "application/x-www-form-urlencoded",
+     "got 'application/x-www-form-urlencoded'"),
+    ("/predict", b'{"tickers": ["AAA"], "horizon": 1}', "text/plain; charset=utf-8",
+     "got 'text/plain; charset=utf-8'"),
+])
+def test_a_body_not_sent_as_json_is_415_and_an_empty_one_the_default(seeded_client, path, body,
+                                                                     content_type, sent):
+    # Before: 422 "body: Input should be a valid dictionary" for a body that was fine JSON.
+    headers = {"content-type": content_type} if content_type else {}
+    response = seeded_client.post(path, content=body, headers=headers)
+    documented = seeded_client.get("/openapi.json").json()["paths"][
+        "/predict/{ticker}" if path != "/predict" else "/predict"]["post"]["responses"]
+    assert response.status_code == 415 and response.headers["content-type"] == PROBLEM
+    assert response.json() == {
+        "type": "urn:stockcast:problem:unsupported-media-type",
+        "title": "Unsupported Media Type", "status": 415,
+        "detail": f"the body must be JSON: send Content-Type: application/json ({sent})",
+        "instance": path}
+    assert "415" in documented
+    # No body is the default request (the next session) under any Content-Type, as before;
+    # a JSON media type with parameters or a +json suffix is JSON.
+    default = seeded_client.post("/predict/AAA", json={"horizon": 1}).json()
+    for empty in ({}, {"content-type": "text/plain"}):
+        assert seeded_client.post("/predict/AAA", headers=empty).json() == default
+    for json_type in ("application/json; charset=utf-8", "application/problem+json"):
+        assert seeded_client.post("/predict/AAA", content=b'{"horizon": 1}',
+                                  headers={"content-type": json_type}).json() == default
+
+
 # -- oversized bodies --------------------------------------------------------------------------
 
 
