@@ -27,12 +27,18 @@ from service.core.errors import (
     InvalidTicker,
     ManifestMismatch,
     ModelNotLoaded,
+    SchemaIncomplete,
     ServerBusy,
     SourceUnavailable,
     StockcastError,
     UnknownTicker,
 )
-from service.db.health import is_database_fault, is_missing_schema, unavailable
+from service.db.health import (
+    is_database_fault,
+    is_missing_schema,
+    missing_object,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +180,8 @@ _RETRY_AFTER = {SourceUnavailable: SOURCE_RETRY_AFTER, DatabaseUnavailable: DATA
 
 
 async def _not_migrated(request: Request, exc: BaseException) -> DatabaseNotMigrated | None:
-    """For an error that says a table is missing: the revision, read now, if it is not head."""
+    """For an error that says a table is missing: the revision, read now, if it is not head;
+    SchemaIncomplete (the same 503) if it is."""
     schema = getattr(request.app.state, "schema", None)
     if schema is None or not is_missing_schema(exc):
         return None
@@ -182,7 +189,11 @@ async def _not_migrated(request: Request, exc: BaseException) -> DatabaseNotMigr
         await run_in_threadpool(schema.check)
     except StockcastError:
         return None
-    return None if schema.migrated else DatabaseNotMigrated(schema.current, schema.head)
+    if schema.migrated:  # at head, yet a table is gone (dropped after the migration)
+        log.warning("%s %s: schema at head but incomplete: %s", request.method,
+                    request.url.path, exc)
+        return SchemaIncomplete(schema.head, missing_object(exc))
+    return DatabaseNotMigrated(schema.current, schema.head)
 
 
 async def _stockcast_handler(request: Request, exc: StockcastError) -> ProblemResponse:

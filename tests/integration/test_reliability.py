@@ -30,6 +30,7 @@ from service.artifacts.manifest import artifact_version
 from service.core.errors import ServerBusy
 from service.db.bars import count_bars
 from service.db.health import head_revision
+from service.db.models import Base
 from service.db.session import downgrade, make_engine, upgrade
 from service.evaluation.feature_store import prewarm
 from tests.api_factories import API_KEY, Clock, ServerThread, api_settings, copy_models, store_bars
@@ -295,6 +296,40 @@ def test_an_old_schema_revision_is_503_on_every_route_until_upgraded(sqlite_url,
         f"database not migrated (at 0001, need {head})")
     assert after.status_code == 200
     assert stored_bars(sqlite_url) == len(bars)
+
+
+@pytest.mark.parametrize("table, path, restored", [
+    ("ledger_forecasts", "/metrics/live", {"metrics": []}),
+    ("job_runs", "/jobs", {"jobs": []}),
+])
+def test_a_table_dropped_after_migration_is_the_not_migrated_503_not_a_500(
+        db_url, tiny_artifact, bars, table, path, restored):
+    # Before: a 500 on PostgreSQL (UndefinedTable is no database fault) and 503
+    # database-unavailable on SQLite, the revision being at head.
+    store_bars(db_url, bars)
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    engine = make_engine(db_url)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.get(path).status_code == 200
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"drop table {table}"))
+            answer, took = timed(lambda: client.get(path))
+            ready = client.get("/readyz")
+            forecast = client.post("/predict/AAA")  # its ledger record skipped, if it is gone
+            Base.metadata.tables[table].create(engine)  # the table restored, empty
+            after = client.get(path)
+    finally:
+        engine.dispose()
+    body = assert_problem(answer, 503, NOT_MIGRATED)
+    assert body["detail"] == (f"database schema incomplete (at {head_revision()}, the head, but "
+                              f"table {table} is missing): restore it from a backup")
+    assert answer.headers["retry-after"] == "1" and took < BOUND
+    assert ready.status_code == 200  # the revision is at head: readiness reads only that
+    assert forecast.status_code == 200
+    assert after.status_code == 200 and after.json() == restored
+    assert stored_bars(db_url) == len(bars)
 
 
 def _damage(path, pages: dict[int, bytes] | None = None) -> dict[int, bytes]:
