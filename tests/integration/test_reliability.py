@@ -30,6 +30,7 @@ from service.artifacts.manifest import artifact_version
 from service.core.errors import ServerBusy
 from service.db.bars import count_bars
 from service.db.health import head_revision
+from service.db.ledger import read_ledger
 from service.db.models import Base
 from service.db.session import downgrade, make_engine, upgrade
 from service.evaluation.feature_store import prewarm
@@ -483,6 +484,48 @@ def test_more_cold_forecasts_than_turns_are_answered_busy_with_retry_after(
     assert max(took for _, took in storm) < BOUND
     assert after.status_code == 200 and app.state.forecasts.lane.busy == 0
     assert stored_bars(sqlite_url) == len(bars)
+
+
+def test_a_batch_past_its_deadline_is_busy_keeps_what_it_did_and_the_retries_finish(
+        sqlite_url, tiny_artifact, tiny_predictor, bars):
+    # Before: no bound at all (489 cold tickers took 119 s under load). Four tickers known
+    # only upstream, each fetch 0.6 s: a cold batch of them cannot finish within 1 s.
+    store_bars(sqlite_url, bars, reset=True)
+    upstream = {t: g.drop(columns="ticker").reset_index(drop=True) for t, g in
+                synthetic_bars_multi(("UAA", "UBB", "UCC", "UDD")).groupby("ticker")}
+    settings = api_settings(sqlite_url, tiny_artifact.model_dir, batch_deadline_seconds=1.0)
+    app = create_app(settings, source=ScriptedSource(upstream, delay=0.6), clock=Clock())
+    batch = {"tickers": ["AAA", *upstream], "horizon": 2}
+    engine = make_engine(sqlite_url)
+    try:
+        with TestClient(app) as client:
+            first, took = timed(lambda: client.post("/predict", json=batch))
+            stored_then = {t: count_bars(engine, t) for t in upstream}
+            with engine.connect() as conn:
+                recorded_then = len(read_ledger(conn))
+            answers = [first]
+            while answers[-1].status_code != 200 and len(answers) < 6:
+                answers.append(client.post("/predict", json=batch))
+    finally:
+        engine.dispose()
+    body = assert_problem(first, 503, "urn:stockcast:problem:busy")
+    assert body["detail"] == ("server busy: the batch was not forecast within 1 s; the "
+                              "forecasts done are kept, a retry computes the rest")
+    assert first.headers["retry-after"] == "1" and took < BOUND
+    # Whole tickers or none: the ones fetched before the deadline are stored in full.
+    assert set(stored_then.values()) <= {0, len(upstream["UAA"])}
+    assert 1 <= sum(n > 0 for n in stored_then.values()) < len(upstream)
+    assert recorded_then == 0  # nothing was served, so nothing entered the ledger
+    # Each retry goes on from there (the fetched bars, the forecasts computed) and one finishes.
+    done = answers[-1]
+    assert all(r.status_code == 503 for r in answers[:-1]) and done.status_code == 200
+    forecasts = {f["ticker"]: f for f in done.json()["forecasts"]}
+    assert list(forecasts) == batch["tickers"] and done.json()["errors"] == []
+    for ticker, frame in upstream.items():
+        want = tiny_predictor.forecast(ticker, frame, 2)
+        assert [s["close"] for s in forecasts[ticker]["forecasts"]] == pytest.approx(
+            [s.close for s in want.steps], rel=1e-5)
+    assert stored_bars(sqlite_url) == len(bars) + sum(len(f) for f in upstream.values())
 
 
 def test_a_sqlite_write_lock_held_past_the_busy_timeout_is_503_not_500(

@@ -128,7 +128,9 @@ async def predict_ticker(
         "tickers whose band state and forecast are fresh in the serving stores are answered "
         "from them, the others from their bars. A ticker that "
         "cannot be forecast (unknown, too little history, source down) is listed in `errors` "
-        "with the status its own request would get; the others are still answered."),
+        "with the status its own request would get; the others are still answered. A batch "
+        "not done within STOCKCAST_BATCH_DEADLINE_SECONDS (30 s) is answered 503 busy with "
+        "Retry-After; what it computed is kept, so the retry goes on from there."),
     response_model=ForecastListPublic,
     responses=problem_responses(400, 415, 422, 503),
 )
