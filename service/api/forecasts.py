@@ -26,6 +26,7 @@ from service.api.lane import ForecastLane, WouldWait
 from service.core.errors import (
     DatabaseUnavailable,
     InsufficientHistory,
+    ServerBusy,
     StockcastError,
 )
 from service.core.locks import KeyedLocks
@@ -46,6 +47,9 @@ RENEWAL_TIMEOUT = 10.0
 # Live forecasts known to be in the ledger (kept apart from the forecast cache, whose size may be
 # 0): a forecast served again is not written again; one forgotten is re-offered, harmlessly.
 RECORDED_KEYS = 65_536
+# Forecasts from bars a batch computes between two looks at its deadline (~1 s on 2 cores):
+# each chunk's band states are stored and its forecasts cached before the next begins.
+BATCH_CHUNK = 25
 
 
 class LruCache:
@@ -116,8 +120,11 @@ class ForecastService:
     def __init__(self, bar_cache: BarCache, *, cache_size: int = 4096,
                  bar_check_ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic,
                  on_lookup: Callable[[bool], None] | None = None, record_live: bool = True,
-                 use_store: bool = True, lane: ForecastLane | None = None):
+                 use_store: bool = True, lane: ForecastLane | None = None,
+                 batch_deadline: float = 0.0):
         self.bar_cache = bar_cache
+        # Seconds a batch (serve_many) may compute before it is answered busy; 0: unbounded.
+        self.batch_deadline = batch_deadline
         # The threads one-ticker cold forecasts compute on (service.api.lane; None: the shared
         # threadpool for all, as before the lane).
         self.lane = lane
@@ -168,14 +175,16 @@ class ForecastService:
 
     async def serve_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
                          as_of: dt.date | None = None) -> list[ServedForecast | StockcastError]:
-        """One request's forecasts of several tickers: the misses computed together."""
+        """One request's forecasts of several tickers: the misses computed together, within
+        `batch_deadline` seconds (else ServerBusy; what was computed by then is kept)."""
         claimant = object()  # this request, should a lookup take on renewing a bar check
+        deadline = self.monotonic() + self.batch_deadline if self.batch_deadline else None
         results = [self.cached(predictor, t, horizon, as_of, claimant) for t in tickers]
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:  # computed together (forecast_many) in the threadpool
             computed = await run_in_threadpool(
                 self.forecast_many, predictor, [tickers[i] for i in missing], horizon, as_of,
-                claimant)
+                claimant, deadline)
             for i, result in zip(missing, computed):
                 results[i] = result
         return results  # type: ignore[return-value]
@@ -233,11 +242,13 @@ class ForecastService:
         return ServedForecast(forecast, check.stale, check.warnings + forecast.warnings, True)
 
     def forecast_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int = 1,
-                      as_of: dt.date | None = None,
-                      claimant: Hashable = None) -> list[ServedForecast | StockcastError]:
+                      as_of: dt.date | None = None, claimant: Hashable = None,
+                      deadline: float | None = None) -> list[ServedForecast | StockcastError]:
         """Per ticker a ServedForecast or the error that stopped it; misses share one ORT call.
 
-        DatabaseUnavailable is not per ticker: it is raised for the whole request.
+        DatabaseUnavailable is not per ticker: it is raised for the whole request, and so is
+        ServerBusy once `deadline` (monotonic seconds) has passed between two tickers or two
+        chunks; the forecasts and band states finished by then are kept, nothing is recorded.
         `claimant`: the request, as passed to `cached` before.
         Live forecasts (as of the ticker's latest cached bar, asked with or without an as_of)
         enter the ledger here, once each; what-ifs as of an earlier day never do.
@@ -245,21 +256,26 @@ class ForecastService:
         distinct = list(dict.fromkeys(tickers))
         if len(distinct) < len(tickers):  # a ticker asked twice is computed (and refreshed) once
             answers = dict(zip(distinct, self.forecast_many(predictor, distinct, horizon, as_of,
-                                                            claimant)))
+                                                            claimant, deadline)))
             return [answers[t] for t in tickers]
         lookups: list[bool] = []  # the forecast cache's answers (hit?), counted at the end
         try:
-            return self._forecast_many(predictor, tickers, horizon, as_of, claimant, lookups)
+            return self._forecast_many(predictor, tickers, horizon, as_of, claimant, lookups,
+                                       deadline)
         except WouldWait:  # handed to the shared threadpool, whose re-run counts them
             lookups.clear()
+            raise
+        except ServerBusy:  # past the deadline: the renewals not reached are given back
+            for ticker in tickers:
+                self._release((ticker, self._end(as_of)), claimant)
             raise
         finally:
             for hit in lookups:
                 self._count(hit)
 
     def _forecast_many(self, predictor: Predictor, tickers: Sequence[str], horizon: int,
-                       as_of: dt.date | None, claimant: Hashable,
-                       lookups: list[bool]) -> list[ServedForecast | StockcastError]:
+                       as_of: dt.date | None, claimant: Hashable, lookups: list[bool],
+                       deadline: float | None) -> list[ServedForecast | StockcastError]:
         """forecast_many of distinct tickers; the cache lookups made go into `lookups`."""
         end = self._end(as_of)
         results: list[ServedForecast | StockcastError | None] = [None] * len(tickers)
@@ -277,7 +293,8 @@ class ForecastService:
                     self._release((ticker, end), claimant)
                 raise
             self._check_each(predictor, tickers, [i for i, t in enumerate(tickers) if t in read],
-                             horizon, end, claimant, read, results, misses, live, lookups)
+                             horizon, end, claimant, read, results, misses, live, lookups,
+                             deadline)
             # Live misses fresh in the serving stores: their stored forecasts (a window and one
             # onnxruntime call together for states stored without one).
             stored = self._stored(predictor, [tickers[i] for i, _, c in misses if c.live],
@@ -286,19 +303,21 @@ class ForecastService:
         # an as_of) as before: each check on its own, their stored inputs read together.
         checked = len(misses)
         self._check_each(predictor, tickers, [i for i, t in enumerate(tickers) if t not in read],
-                         horizon, end, claimant, read, results, misses, live, lookups)
+                         horizon, end, claimant, read, results, misses, live, lookups, deadline)
         stored.update(self._stored(
             predictor, [tickers[i] for i, _, c in misses[checked:] if c.live], horizon))
-        return self._computed(predictor, tickers, horizon, end, results, misses, live, stored)
+        return self._computed(predictor, tickers, horizon, end, results, misses, live, stored,
+                              deadline)
 
     def _check_each(self, predictor: Predictor, tickers: Sequence[str], indices: list[int],
                     horizon: int, end: dt.date | None, claimant: Hashable,
                     read: dict[str, CachedBars], results: list, misses: list,
-                    live: set[int], lookups: list[bool]) -> None:
+                    live: set[int], lookups: list[bool], deadline: float | None) -> None:
         """The bar checks of tickers[i] for i in indices: a cached forecast into `results`, a
         miss into `misses` (with its bars, if the check read them), an error into `results`;
         a live one's index into `live`."""
         for i in indices:
+            self._in_time(deadline)  # a check may refresh from the source: seconds, at worst
             ticker = tickers[i]
             try:
                 check, bars = self._check(predictor, ticker, end, claimant, read.get(ticker))
@@ -320,13 +339,17 @@ class ForecastService:
 
     def _computed(self, predictor: Predictor, tickers: Sequence[str], horizon: int,
                   end: dt.date | None, results: list, misses: list, live: set[int],
-                  stored: dict[str, StoredInput]) -> list[ServedForecast | StockcastError]:
-        """The misses forecast from the stores or their bars, cached; the live ones recorded."""
+                  stored: dict[str, StoredInput], deadline: float | None
+                  ) -> list[ServedForecast | StockcastError]:
+        """The misses forecast from the stores or their bars, cached; the live ones recorded
+        (once all are: past the deadline, none is)."""
         from_store = [(i, None, c) for i, _, c in misses if tickers[i] in stored]
         from_bars = []
         for i, bars, check in misses:
             if tickers[i] in stored:
                 continue
+            if bars is None:
+                self._in_time(deadline)
             try:
                 if bars is None:
                     bars = self._read(predictor, tickers[i], end)
@@ -337,28 +360,36 @@ class ForecastService:
                 raise
             except StockcastError as exc:
                 results[i] = exc
-        computed = predictor.forecast_stored([stored[tickers[i]] for i, _, _ in from_store],
-                                             horizon) if from_store else []
-        if from_bars:
-            pairs = predictor.forecast_with_states([(b.ticker, b.bars) for _, b, _ in from_bars],
+
+        def keep(items: list, computed: list[Forecast]) -> None:
+            with self._count_lock:
+                self.computed += len(computed)
+            for (i, bars, check), forecast in zip(items, computed):
+                # Keyed by the bar actually used, which may be newer than the shared check's.
+                # And by the bars revision it came from (the stores' state: the check's or
+                # newer).
+                revision = check.revision if bars is None else bars.revision
+                self.forecasts.put((forecast.ticker, forecast.as_of, forecast.model_version,
+                                    horizon, revision), forecast)
+                # The check holds the outcome of any refresh attempted for this request.
+                stale, warnings = ((check.stale, check.warnings) if check.stale or bars is None
+                                   else (bars.stale, bars.warnings))
+                results[i] = ServedForecast(forecast, stale, warnings + forecast.warnings, False)
+
+        if from_store:
+            keep(from_store, predictor.forecast_stored(
+                [stored[tickers[i]] for i, _, _ in from_store], horizon))
+            with self._count_lock:
+                self.from_store += len(from_store)
+        for start in range(0, len(from_bars), BATCH_CHUNK):
+            self._in_time(deadline)
+            chunk = from_bars[start:start + BATCH_CHUNK]
+            pairs = predictor.forecast_with_states([(b.ticker, b.bars) for _, b, _ in chunk],
                                                    horizon)
-            computed += [f for f, _ in pairs]
             self._save_states(predictor, [(state, bars.revision) for (i, bars, _), (_, state)
-                                          in zip(from_bars, pairs) if i in live
+                                          in zip(chunk, pairs) if i in live
                                           and state is not None and bars.revision is not None])
-        with self._count_lock:
-            self.computed += len(computed)
-            self.from_store += len(from_store)
-        for (i, bars, check), forecast in zip(from_store + from_bars, computed):
-            # Keyed by the bar actually used, which may be newer than the shared check's.
-            # And by the bars revision it came from (the stores' state: the check's or newer).
-            revision = check.revision if bars is None else bars.revision
-            self.forecasts.put((forecast.ticker, forecast.as_of, forecast.model_version, horizon,
-                                revision), forecast)
-            # The check holds the outcome of any refresh attempted for this request.
-            stale, warnings = ((check.stale, check.warnings) if check.stale or bars is None
-                               else (bars.stale, bars.warnings))
-            results[i] = ServedForecast(forecast, stale, warnings + forecast.warnings, False)
+            keep(chunk, [f for f, _ in pairs])
         self._record(predictor, [r.forecast for i, r in enumerate(results)
                                  if i in live and isinstance(r, ServedForecast)], horizon)
         return results  # type: ignore[return-value]
@@ -523,6 +554,13 @@ class ForecastService:
             return
         for key, _ in todo:
             self.recorded.put(key, True)
+
+    def _in_time(self, deadline: float | None) -> None:
+        """ServerBusy once a batch's deadline (monotonic seconds) has passed."""
+        if deadline is not None and self.monotonic() >= deadline:
+            raise ServerBusy(f"server busy: the batch was not forecast within "
+                             f"{self.batch_deadline:g} s; the forecasts done are kept, "
+                             "a retry computes the rest")
 
     def _count(self, hit: bool) -> None:
         with self._count_lock:

@@ -147,7 +147,8 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             forecasts = ForecastService(
                 bar_cache, cache_size=settings.forecast_cache_size,
                 bar_check_ttl=settings.bar_check_ttl_seconds, on_lookup=metrics.record_lookup,
-                use_store=settings.serving_store, lane=lane)
+                use_store=settings.serving_store, lane=lane,
+                batch_deadline=settings.batch_deadline_seconds)
 
             def on_load(previous: LoadedModel | None, loaded: LoadedModel) -> None:
                 if previous is None or previous.version != loaded.version:

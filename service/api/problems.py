@@ -28,13 +28,19 @@ from service.core.errors import (
     InvalidTicker,
     ManifestMismatch,
     ModelNotLoaded,
+    SchemaIncomplete,
     ServerBusy,
     SourceCoolingDown,
     SourceUnavailable,
     StockcastError,
     UnknownTicker,
 )
-from service.db.health import is_database_fault, is_missing_schema, unavailable
+from service.db.health import (
+    is_database_fault,
+    is_missing_schema,
+    missing_object,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +135,23 @@ def internal_problem(instance: str | None = None) -> Problem:
                    instance=instance)
 
 
+def unsupported_media_type_problem(content_type: str | None,
+                                   instance: str | None = None) -> Problem:
+    """415: a body sent without a JSON Content-Type (application/json or any */*+json)."""
+    sent = f"got {content_type!r}" if content_type else "none was sent"
+    return Problem(type="urn:stockcast:problem:unsupported-media-type",
+                   title="Unsupported Media Type", status=415,
+                   detail=f"the body must be JSON: send Content-Type: application/json ({sent})",
+                   instance=instance)
+
+
 async def _validation_handler(request: Request, exc: RequestValidationError) -> ProblemResponse:
+    if isinstance(exc.body, bytes) and exc.body:
+        # FastAPI parses a body as JSON only when its Content-Type says JSON (a missing one
+        # too: strict_content_type); any other reaches validation as raw bytes, whatever the
+        # fields' errors say. An empty body is the route's default, under any Content-Type.
+        return problem_response(unsupported_media_type_problem(
+            request.headers.get("content-type"), request.url.path))
     malformed = [e for e in exc.errors() if e.get("type") == "json_invalid"]
     if malformed:  # not JSON at all: the schema documents 400, not a field's 422
         cause = (malformed[0].get("ctx") or {}).get("error", "JSON decode error")
@@ -160,7 +182,8 @@ _RETRY_AFTER = {SourceUnavailable: SOURCE_RETRY_AFTER, DatabaseUnavailable: DATA
 
 
 async def _not_migrated(request: Request, exc: BaseException) -> DatabaseNotMigrated | None:
-    """For an error that says a table is missing: the revision, read now, if it is not head."""
+    """For an error that says a table is missing: the revision, read now, if it is not head;
+    SchemaIncomplete (the same 503) if it is."""
     schema = getattr(request.app.state, "schema", None)
     if schema is None or not is_missing_schema(exc):
         return None
@@ -168,7 +191,11 @@ async def _not_migrated(request: Request, exc: BaseException) -> DatabaseNotMigr
         await run_in_threadpool(schema.check)
     except StockcastError:
         return None
-    return None if schema.migrated else DatabaseNotMigrated(schema.current, schema.head)
+    if schema.migrated:  # at head, yet a table is gone (dropped after the migration)
+        log.warning("%s %s: schema at head but incomplete: %s", request.method,
+                    request.url.path, exc)
+        return SchemaIncomplete(schema.head, missing_object(exc))
+    return DatabaseNotMigrated(schema.current, schema.head)
 
 
 async def _stockcast_handler(request: Request, exc: StockcastError) -> ProblemResponse:
@@ -208,6 +235,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict]:
     descriptions = {
         400: "The body could not be parsed (not JSON, or not UTF-8).",
         413: "The body is larger than STOCKCAST_MAX_BODY_BYTES (default 1 MiB).",
+        415: "A body whose Content-Type is not JSON (application/json), or that has none.",
         401: "Missing or wrong X-API-Key.",
         404: "Unknown ticker (the source has no bars for it) or nothing matches.",
         409: "The new model could not be loaded; the previous one keeps serving.",

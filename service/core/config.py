@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     # statement bounds). 0: the shared threadpool of 40, as before the lane.
     forecast_threads: int = Field(default=2, ge=0)
     forecast_wait_seconds: float = Field(default=2.5, gt=0)
+    # A batch (POST /predict) stops computing once this many seconds have passed since it
+    # began (checked between tickers' checks and between chunks of forecasts from bars) and is
+    # answered 503 busy; what it computed is kept (memory, band states), so a retry resumes.
+    # Under a proxy's usual 60 s; the universe from the stores takes well under 1 s. 0: unbounded.
+    batch_deadline_seconds: float = Field(default=30.0, ge=0)
     # Cold forecasts read the serving stores (feature rows, band states) where they are fresh;
     # false: always from bars (the cold bench's in-run baseline). Nothing served changes.
     serving_store: bool = True

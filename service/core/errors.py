@@ -70,3 +70,15 @@ class DatabaseNotMigrated(StockcastError):
         self.current, self.head = current, head
         super().__init__(f"database not migrated (at {current or 'no revision'}, need {head}): "
                          "run `stockcast db upgrade`")
+
+
+class SchemaIncomplete(DatabaseNotMigrated):
+    """The database is at this code's head revision, yet a table or column is missing (dropped
+    after the migration): to a request, a database not migrated; no upgrade brings it back."""
+
+    def __init__(self, head: str, missing: str | None = None):
+        self.current, self.head, self.missing = head, head, missing
+        what = f"{missing} is" if missing else "a table or column is"
+        StockcastError.__init__(
+            self, f"database schema incomplete (at {head}, the head, but {what} missing): "
+                  "restore it from a backup")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,9 @@ from service.db.guard import is_damaged_sqlite
 # SQLSTATEs of a missing table / column (Postgres) and SQLite's words for the same.
 _MISSING_SQLSTATES = {"42P01", "42703"}
 _MISSING_WORDS = ("no such table", "no such column")
+# ... and the missing name in each one's message.
+_MISSING_NAME = re.compile(r'no such (?P<sqlite_kind>table|column): (?P<sqlite_name>[\w.]+)'
+                           r'|(?P<pg_kind>relation|column) "(?P<pg_name>[^"]+)" does not exist')
 
 
 def is_database_fault(exc: BaseException) -> bool:
@@ -72,17 +76,32 @@ def current_revision(engine: Engine) -> str | None:
         raise
 
 
-def is_missing_schema(exc: BaseException | None) -> bool:
-    """Whether an error (or its cause) says a table or column does not exist."""
+def _missing_schema_error(exc: BaseException | None) -> BaseException | None:
+    """The driver's error (of `exc` or a cause) saying a table or column does not exist."""
     seen = 0
     while exc is not None and seen < 5:
         orig = getattr(exc, "orig", None)
         if getattr(orig, "sqlstate", None) in _MISSING_SQLSTATES:
-            return True
+            return orig
         if isinstance(exc, DBAPIError) and any(w in str(orig) for w in _MISSING_WORDS):
-            return True
+            return orig
         exc, seen = exc.__cause__, seen + 1
-    return False
+    return None
+
+
+def is_missing_schema(exc: BaseException | None) -> bool:
+    """Whether an error (or its cause) says a table or column does not exist."""
+    return _missing_schema_error(exc) is not None
+
+
+def missing_object(exc: BaseException | None) -> str | None:
+    """What a missing-schema error says is missing ("table ledger_forecasts"), if it says."""
+    orig = _missing_schema_error(exc)
+    match = _MISSING_NAME.search(str(orig)) if orig is not None else None
+    if match is None:
+        return None
+    kind = match["sqlite_kind"] or ("table" if match["pg_kind"] == "relation" else "column")
+    return f"{kind} {match['sqlite_name'] or match['pg_name']}"
 
 
 class SchemaCheck:

@@ -290,12 +290,14 @@ class BarCache:
         try:
             if fetched is None:
                 fetched = self.source.fetch(ticker, fetch_start, end)
-            result = validate(fetched, ticker)
+            today = self.clock().date()  # a bar dated later is refused (future_date)
+            result = validate(fetched, ticker, today)
             if have_bars and self._rebased(ticker, result.bars, fetch_start, state.last_bar_date):
                 # Mixing bases would put a fake -69% return into the features at a 2:1 split.
                 log.info("%s: source re-based past prices; fetching its whole history again",
                          ticker)
-                result = validate(self.source.fetch(ticker, state.first_bar_date, end), ticker)
+                result = validate(self.source.fetch(ticker, state.first_bar_date, end), ticker,
+                                  today)
         except UnknownTicker as exc:
             with self.engine.begin() as conn:
                 bars_db.record_refresh(conn, ticker, "ok" if have_bars else "unknown", str(exc),

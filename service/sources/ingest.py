@@ -35,12 +35,14 @@ class IngestReport:
 
 
 def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
-                 progress: bool = False, after_write: AfterWrite | None = None) -> IngestReport:
+                 progress: bool = False, after_write: AfterWrite | None = None,
+                 today: dt.date | None = None) -> IngestReport:
     """Validate a multi-ticker frame and upsert every valid row in one transaction.
 
     `after_write(conn, tickers)` then runs in its own transaction (the ledger's scoring).
+    Rows dated after `today` (default: the UTC date now) are rejected as future_date.
     """
-    result = validate(frame)
+    result = validate(frame, today=today)
     bars = result.bars
     with tqdm(total=len(bars), unit="bars", desc="ingest", disable=not progress,
               mininterval=0.5) as bar:
@@ -54,12 +56,13 @@ def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
 
 
 def ingest_file(engine: Engine, path: Path, ticker: str | None = None,
-                progress: bool = False, after_write: AfterWrite | None = None) -> IngestReport:
+                progress: bool = False, after_write: AfterWrite | None = None,
+                today: dt.date | None = None) -> IngestReport:
     """Ingest a CSV/Parquet file of bars (see service.sources.csv for accepted layouts)."""
     from service.sources.csv import read_bars_file
 
     return ingest_frame(engine, read_bars_file(path, ticker=ticker), source="csv",
-                        progress=progress, after_write=after_write)
+                        progress=progress, after_write=after_write, today=today)
 
 
 def ingest_from_source(engine: Engine, source, tickers: list[str], start: dt.date | None,

@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 AfterWrite = Callable[[Connection, Sequence[str]], object]
 
 
-def validate(frame: pd.DataFrame, ticker: str | None = None) -> ValidationResult:
-    """Validate a source's frame; `ticker` labels a single-ticker frame (a fetch's answer)."""
-    return validate_bars(frame if ticker is None else frame.assign(ticker=ticker))
+def validate(frame: pd.DataFrame, ticker: str | None = None,
+             today: dt.date | None = None) -> ValidationResult:
+    """Validate a source's frame; `ticker` labels a single-ticker frame (a fetch's answer),
+    `today` is the caller's clock's date (default: the UTC date now; later bars are refused)."""
+    return validate_bars(frame if ticker is None else frame.assign(ticker=ticker), today)
 
 
 def write_bars(engine: Engine, validated: ValidationResult, source: str, *,

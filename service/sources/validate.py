@@ -7,6 +7,10 @@ Rules, checked in REJECT_REASONS order; a row is counted under the FIRST rule it
 - bad_date             the date is missing or was unparseable (NaT); in text, only a whole
                        YYYY-MM-DD date (optionally with a time) is ISO: a partial or compact one
                        ('2017', '2017-12', '20171201') would name the first of a month or year
+- future_date          dated after `today` (the caller's clock; default the UTC date now): no
+                       session has happened there yet. A bar dated today is kept: a session in
+                       progress or just closed (the yfinance source holds back today's until it
+                       settles; a file's partial last day is corrected by the next ingest)
 - missing_field        NaN/empty, ±inf or non-numeric junk in open/high/low/close/adj_close/volume
 - non_positive_price   open, high, low, close or adj_close <= 0
 - implausible_price    open, high, low, close or adj_close above MAX_PRICE (finite, but no share
@@ -27,6 +31,7 @@ into [low, high] so the output invariant low <= open, close <= high holds exactl
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +44,7 @@ from service.core.tickers import TICKER_PATTERN
 REJECT_REASONS = (
     "invalid_ticker",
     "bad_date",
+    "future_date",
     "missing_field",
     "non_positive_price",
     "implausible_price",
@@ -86,8 +92,9 @@ class ValidationResult:
         return f"rejected {self.n_rejected} ({reasons})"
 
 
-def validate_bars(frame: pd.DataFrame) -> ValidationResult:
-    """Validate one ticker's bars or a multi-ticker frame (with a `ticker` column)."""
+def validate_bars(frame: pd.DataFrame, today: dt.date | None = None) -> ValidationResult:
+    """Validate one ticker's bars or a multi-ticker frame (with a `ticker` column); a bar
+    dated after `today` (default: the UTC date now) is a future_date."""
     missing = [c for c in BAR_COLUMNS if c not in frame.columns]
     if missing:
         raise InvalidBars(f"bars are missing required columns: {', '.join(missing)}")
@@ -108,6 +115,10 @@ def validate_bars(frame: pd.DataFrame) -> ValidationResult:
         ok = np.append(symbol_ok.to_numpy(dtype=bool), False)  # code -1 (NA) -> invalid
         flag("invalid_ticker", ~ok[ticker_codes])
     flag("bad_date", np.isnat(dates))
+    # The UTC date by default: no exchange dates a closed session past it (zones reach UTC+14;
+    # only a session still trading east of UTC can be dated tomorrow there).
+    today = today if today is not None else dt.datetime.now(dt.UTC).date()
+    flag("future_date", dates > np.datetime64(today, "ns"))
 
     values = {c: _as_float(frame[c]) for c in NUMERIC_COLUMNS}
     # ±inf ("inf", "Infinity" parse as numbers) is as unusable as a missing value.

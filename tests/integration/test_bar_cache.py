@@ -186,6 +186,23 @@ def test_bad_rows_from_source_are_dropped_and_counted(engine):
     assert got.warnings and "AAPL: source returned 130 rows, rejected 2" in got.warnings[0]
 
 
+def test_a_bar_dated_after_the_clocks_today_is_refused_and_todays_is_stored(engine):
+    # A source running ahead of the cache's clock: today's bar (Wed 2020-07-01, NOW) is kept,
+    # Thursday's and Friday's are rejected as future_date; before, all three were stored.
+    history = full_history(n=133)  # to Fri 2020-07-03
+    source, clock, cache = cached_40_days_ago(engine, history.iloc[:100])
+    before = bars_db.read_bars(engine, "AAPL")
+    source.frames["AAPL"] = history
+    clock.now = NOW
+    got = cache.get_bars("AAPL")
+    offered = int((history["date"] >= pd.Timestamp(source.calls[-1][1])).sum())
+    assert got.warnings == (
+        f"AAPL: source returned {offered} rows, rejected 2 (future_date=2)",)
+    stored = bars_db.read_bars(engine, "AAPL")
+    assert len(stored) == 131 and stored["date"].iloc[-1] == pd.Timestamp("2020-07-01")
+    assert stored.iloc[:100].equals(before)
+
+
 def test_invalid_ticker_is_rejected_before_sql_or_source(engine):
     source = ScriptedSource()
     cache = BarCache(engine, source, clock=Clock(NOW))

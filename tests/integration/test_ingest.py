@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -57,6 +59,8 @@ def test_shared_dataset_reconciles_and_reingest_changes_nothing(engine, shared_d
         ("AAA,2020/01/03,1,2,0.5,1.5,1.5,100\n", "bad_date"),
         # Past 2^63 it would be stored as a negative number (and every forecast a 500).
         ("AAA,2020-01-03,10,11,9,10,10,1e20\n", "implausible_volume"),
+        # Dated after today (the real clock: this test's rows are years old); stored before.
+        ("AAA,2099-12-31,10,11,9,10,10,100\n", "future_date"),
         ("A A;A,2020-01-06,10,11,9,10,10,100\n", "invalid_ticker"),
         ("AAA,2020-01-06,10,11,9,10,10,100\nAAA,2020-01-06,10,11,9,10.5,10.5,100\n",
          "duplicate_date"),
@@ -77,6 +81,28 @@ def test_each_malformed_row_is_counted_and_stored_bars_survive(engine, tmp_path,
         return
     assert report.read == 1 and report.stored == 0 and report.rejected == {reason: 1}
     assert bars_db.read_bars(engine, "AAA").equals(before)
+
+
+def test_rows_dated_after_today_are_rejected_and_todays_is_stored(engine, tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    ingest_file(engine, good)
+    before = bars_db.read_bars(engine, "AAA")
+    rows = tmp_path / "rows.csv"
+    rows.write_text(HEADER + "AAA,2020-01-06,11,12,10.5,11.5,11.4,900\n"  # today: kept
+                    "AAA,2020-01-07,11.5,12,11,11.8,11.7,800\n"  # tomorrow
+                    "BBB,2020-01-07,20,21,19,20.5,20.4,500\n"
+                    "AAA,2021-01-06,12,13,11,12.5,12.4,700\n")
+    report = ingest_file(engine, rows, today=dt.date(2020, 1, 6))
+    assert (report.read, report.stored, report.rejected) == (4, 1, {"future_date": 3})
+    assert report.summary() == ("read 4, stored 1, rejected 3 (future_date=3); 1 new or "
+                                "changed, 0 unchanged, 1 tickers")
+    stored = bars_db.read_bars(engine, "AAA")
+    assert stored.iloc[:2].equals(before) and len(stored) == 3
+    assert stored["date"].iloc[-1] == pd.Timestamp("2020-01-06")
+    assert bars_db.count_bars(engine, "BBB") == 0
+    with engine.connect() as conn:
+        assert bars_db.ticker_state(conn, "AAA").last_bar_date == dt.date(2020, 1, 6)
 
 
 def test_a_file_missing_a_column_is_refused_and_loses_nothing(engine, tmp_path):

@@ -30,6 +30,8 @@ from service.artifacts.manifest import artifact_version
 from service.core.errors import ServerBusy
 from service.db.bars import count_bars
 from service.db.health import head_revision
+from service.db.ledger import read_ledger
+from service.db.models import Base
 from service.db.session import downgrade, make_engine, upgrade
 from service.evaluation.feature_store import prewarm
 from tests.api_factories import API_KEY, Clock, ServerThread, api_settings, copy_models, store_bars
@@ -297,6 +299,40 @@ def test_an_old_schema_revision_is_503_on_every_route_until_upgraded(sqlite_url,
     assert stored_bars(sqlite_url) == len(bars)
 
 
+@pytest.mark.parametrize("table, path, restored", [
+    ("ledger_forecasts", "/metrics/live", {"metrics": []}),
+    ("job_runs", "/jobs", {"jobs": []}),
+])
+def test_a_table_dropped_after_migration_is_the_not_migrated_503_not_a_500(
+        db_url, tiny_artifact, bars, table, path, restored):
+    # Before: a 500 on PostgreSQL (UndefinedTable is no database fault) and 503
+    # database-unavailable on SQLite, the revision being at head.
+    store_bars(db_url, bars)
+    app = create_app(api_settings(db_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    engine = make_engine(db_url)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.get(path).status_code == 200
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"drop table {table}"))
+            answer, took = timed(lambda: client.get(path))
+            ready = client.get("/readyz")
+            forecast = client.post("/predict/AAA")  # its ledger record skipped, if it is gone
+            Base.metadata.tables[table].create(engine)  # the table restored, empty
+            after = client.get(path)
+    finally:
+        engine.dispose()
+    body = assert_problem(answer, 503, NOT_MIGRATED)
+    assert body["detail"] == (f"database schema incomplete (at {head_revision()}, the head, but "
+                              f"table {table} is missing): restore it from a backup")
+    assert answer.headers["retry-after"] == "1" and took < BOUND
+    assert ready.status_code == 200  # the revision is at head: readiness reads only that
+    assert forecast.status_code == 200
+    assert after.status_code == 200 and after.json() == restored
+    assert stored_bars(db_url) == len(bars)
+
+
 def _damage(path, pages: dict[int, bytes] | None = None) -> dict[int, bytes]:
     """Overwrite SQLite pages (number -> bytes; default: the bars table's root page with
     garbage); returns what was there, to put back."""
@@ -450,6 +486,48 @@ def test_more_cold_forecasts_than_turns_are_answered_busy_with_retry_after(
     assert stored_bars(sqlite_url) == len(bars)
 
 
+def test_a_batch_past_its_deadline_is_busy_keeps_what_it_did_and_the_retries_finish(
+        sqlite_url, tiny_artifact, tiny_predictor, bars):
+    # Before: no bound at all (489 cold tickers took 119 s under load). Four tickers known
+    # only upstream, each fetch 0.6 s: a cold batch of them cannot finish within 1 s.
+    store_bars(sqlite_url, bars, reset=True)
+    upstream = {t: g.drop(columns="ticker").reset_index(drop=True) for t, g in
+                synthetic_bars_multi(("UAA", "UBB", "UCC", "UDD")).groupby("ticker")}
+    settings = api_settings(sqlite_url, tiny_artifact.model_dir, batch_deadline_seconds=1.0)
+    app = create_app(settings, source=ScriptedSource(upstream, delay=0.6), clock=Clock())
+    batch = {"tickers": ["AAA", *upstream], "horizon": 2}
+    engine = make_engine(sqlite_url)
+    try:
+        with TestClient(app) as client:
+            first, took = timed(lambda: client.post("/predict", json=batch))
+            stored_then = {t: count_bars(engine, t) for t in upstream}
+            with engine.connect() as conn:
+                recorded_then = len(read_ledger(conn))
+            answers = [first]
+            while answers[-1].status_code != 200 and len(answers) < 6:
+                answers.append(client.post("/predict", json=batch))
+    finally:
+        engine.dispose()
+    body = assert_problem(first, 503, "urn:stockcast:problem:busy")
+    assert body["detail"] == ("server busy: the batch was not forecast within 1 s; the "
+                              "forecasts done are kept, a retry computes the rest")
+    assert first.headers["retry-after"] == "1" and took < BOUND
+    # Whole tickers or none: the ones fetched before the deadline are stored in full.
+    assert set(stored_then.values()) <= {0, len(upstream["UAA"])}
+    assert 1 <= sum(n > 0 for n in stored_then.values()) < len(upstream)
+    assert recorded_then == 0  # nothing was served, so nothing entered the ledger
+    # Each retry goes on from there (the fetched bars, the forecasts computed) and one finishes.
+    done = answers[-1]
+    assert all(r.status_code == 503 for r in answers[:-1]) and done.status_code == 200
+    forecasts = {f["ticker"]: f for f in done.json()["forecasts"]}
+    assert list(forecasts) == batch["tickers"] and done.json()["errors"] == []
+    for ticker, frame in upstream.items():
+        want = tiny_predictor.forecast(ticker, frame, 2)
+        assert [s["close"] for s in forecasts[ticker]["forecasts"]] == pytest.approx(
+            [s.close for s in want.steps], rel=1e-5)
+    assert stored_bars(sqlite_url) == len(bars) + sum(len(f) for f in upstream.values())
+
+
 def test_a_sqlite_write_lock_held_past_the_busy_timeout_is_503_not_500(
         sqlite_url, tiny_artifact, bars):
     """A refresh's bulk write (the raw driver's executemany) waits on another writer's lock."""
@@ -582,6 +660,39 @@ def test_malformed_json_is_the_documented_400_and_a_trailing_slash_is_404(seeded
     assert "400" in documented["responses"]
     assert slash.status_code == 404 and slash.headers["content-type"] == PROBLEM
     assert "location" not in slash.headers
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("path, body, content_type, sent", [
+    ("/predict/AAA", b'{"horizon": 1}', "text/plain", "got 'text/plain'"),
+    ("/predict/AAA", b'{"horizon": 1}', None, "none was sent"),
+    ("/predict/AAA", b"horizon=1", "application/x-www-form-urlencoded",
+     "got 'application/x-www-form-urlencoded'"),
+    ("/predict", b'{"tickers": ["AAA"], "horizon": 1}', "text/plain; charset=utf-8",
+     "got 'text/plain; charset=utf-8'"),
+])
+def test_a_body_not_sent_as_json_is_415_and_an_empty_one_the_default(seeded_client, path, body,
+                                                                     content_type, sent):
+    # Before: 422 "body: Input should be a valid dictionary" for a body that was fine JSON.
+    headers = {"content-type": content_type} if content_type else {}
+    response = seeded_client.post(path, content=body, headers=headers)
+    documented = seeded_client.get("/openapi.json").json()["paths"][
+        "/predict/{ticker}" if path != "/predict" else "/predict"]["post"]["responses"]
+    assert response.status_code == 415 and response.headers["content-type"] == PROBLEM
+    assert response.json() == {
+        "type": "urn:stockcast:problem:unsupported-media-type",
+        "title": "Unsupported Media Type", "status": 415,
+        "detail": f"the body must be JSON: send Content-Type: application/json ({sent})",
+        "instance": path}
+    assert "415" in documented
+    # No body is the default request (the next session) under any Content-Type, as before;
+    # a JSON media type with parameters or a +json suffix is JSON.
+    default = seeded_client.post("/predict/AAA", json={"horizon": 1}).json()
+    for empty in ({}, {"content-type": "text/plain"}):
+        assert seeded_client.post("/predict/AAA", headers=empty).json() == default
+    for json_type in ("application/json; charset=utf-8", "application/problem+json"):
+        assert seeded_client.post("/predict/AAA", content=b'{"horizon": 1}',
+                                  headers={"content-type": json_type}).json() == default
 
 
 # -- oversized bodies --------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,7 +64,7 @@ def test_each_reason_rejects_exactly_the_bad_row(reason, overrides):
 
 def test_reasons_are_in_check_order():
     assert REJECT_REASONS == (
-        "invalid_ticker", "bad_date", "missing_field", "non_positive_price", "implausible_price",
+        "invalid_ticker", "bad_date", "future_date", "missing_field", "non_positive_price", "implausible_price",
         "high_below_low", "open_outside_range", "close_outside_range", "negative_volume",
         "implausible_volume", "duplicate_date")
 
@@ -83,6 +85,21 @@ def test_a_row_failing_several_rules_is_counted_once_under_the_first(overrides, 
     result = validate_bars(three_bars(**overrides))
     assert result.rejected == {first_reason: 1}
     assert result.read == len(result.bars) + result.n_rejected
+
+
+def test_a_bar_dated_after_today_is_a_future_date_and_one_dated_today_is_kept():
+    bars = three_bars()  # 2024-03-04..06
+    assert validate_bars(bars, today=dt.date(2024, 3, 6)).rejected == {}
+    result = validate_bars(bars, today=dt.date(2024, 3, 5))
+    assert result.rejected == {"future_date": 1}
+    assert result.summary() == "rejected 1 (future_date=1)"
+    assert result.bars["date"].tolist() == list(pd.to_datetime(["2024-03-04", "2024-03-05"]))
+    # Without a clock: the UTC date now (a bar in 2099 is ahead of it; 2024's are not).
+    assert validate_bars(three_bars(date=pd.Timestamp("2099-12-31"))).rejected == {
+        "future_date": 1}
+    # Judged before the other rules: a future row with a missing price is counted once, here.
+    assert validate_bars(three_bars(open=np.nan), today=dt.date(2024, 3, 4)).rejected == {
+        "future_date": 2}
 
 
 def test_zero_volume_is_a_valid_session():
