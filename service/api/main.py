@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 
@@ -201,8 +202,10 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
             engine.dispose()
 
     # No redirect from /predict/ to /predict: a bare 307 is no answer; 404 problem+json is.
-    app = FastAPI(title="stockcast", version=package_version(), description=DESCRIPTION,
-                  openapi_tags=TAGS, lifespan=lifespan, redirect_slashes=False)
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from files
+    # served here (/static-offline-docs), not from a CDN this machine may not reach.
+    app = FastAPIOffline(title="stockcast", version=package_version(), description=DESCRIPTION,
+                         openapi_tags=TAGS, lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     app.state.metrics = metrics
     register_problem_handlers(app)

@@ -18,7 +18,7 @@ from service.db.bars import read_bars
 from service.db.session import make_engine
 from tests.api_factories import api_settings
 from tests.bar_factories import timeout_error
-from tests.e2e.conftest import LAST_BAR
+from tests.e2e.conftest import LAST_BAR, PAGE_TIMEOUT_MS
 
 browser = pytest.mark.browser
 
@@ -128,7 +128,45 @@ def test_page_and_its_assets_are_served_locally(sqlite_url, tmp_path):
     assert "/" not in paths and not any(p.startswith("/static") for p in paths)
 
 
+def test_the_api_docs_load_their_scripts_from_this_server(sqlite_url, tmp_path):
+    """/docs and /redoc reference only files this server serves (FastAPI's default loads them
+    from a CDN: offline, a blank page)."""
+    client = TestClient(create_app(api_settings(sqlite_url, tmp_path)))
+    for path, assets in (("/docs", ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")),
+                         ("/redoc", ("redoc.standalone.js", "favicon.png"))):
+        html = client.get(path)
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        assert "http://" not in html.text and "https://" not in html.text
+        for asset in assets:
+            assert f'"/static-offline-docs/{asset}"' in html.text
+            served = client.get(f"/static-offline-docs/{asset}")
+            assert served.status_code == 200 and len(served.content) > 1000
+    assert client.get("/static-offline-docs/nope.js").status_code == 404
+    paths = client.get("/openapi.json").json()["paths"]
+    assert not any(p.startswith("/static-offline-docs") for p in paths)
+
+
 # -- in the browser ------------------------------------------------------------------------------
+
+
+@browser
+def test_the_api_docs_render_offline(page, live_app):
+    """Swagger UI lists the API's operations and ReDoc renders them, with nothing they need
+    fetched from another host (this browser has no network beyond the server): the one other
+    request is ReDoc's "powered by" logo in its sidebar, which offline is not drawn."""
+    urls = []
+    page.on("request", lambda r: urls.append(r.url))
+    root = live_app.url.rstrip("/")
+    page.goto(f"{root}/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=PAGE_TIMEOUT_MS)
+    listed = page.locator(".opblock-summary-path").all_inner_texts()
+    assert {"/predict/{ticker}", "/predict", "/metrics/backtest"} <= {p.strip() for p in listed}
+    page.goto(f"{root}/redoc")
+    page.wait_for_selector("h1", timeout=PAGE_TIMEOUT_MS)  # ReDoc's title, drawn by its script
+    assert page.locator("h1").first.inner_text().startswith("stockcast")
+    elsewhere = {u for u in urls if not u.startswith((root, f"blob:{root}"))}  # blob: a worker
+    assert elsewhere <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}, elsewhere
+    assert page.js_errors == []
 
 
 @browser
