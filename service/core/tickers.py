@@ -9,6 +9,10 @@ from service.core.errors import InvalidTicker
 # Yahoo's symbol set: letters, digits, '.', '-', '^' (indices), '=' (FX/futures); 1-15 chars.
 TICKER_PATTERN = r"^[A-Z0-9.\-\^=]{1,15}$"
 _TICKER_RE = re.compile(TICKER_PATTERN)
+# ... at least one of them a letter or a digit (a separate check: a lookahead in the pattern
+# would not survive the OpenAPI schema's regex engines).
+NAME_PATTERN = r"[A-Z0-9]"
+_NAME_RE = re.compile(NAME_PATTERN)
 
 
 def normalize_ticker(raw: str) -> str:
@@ -20,4 +24,6 @@ def normalize_ticker(raw: str) -> str:
         raise InvalidTicker(
             f"invalid ticker {raw!r}: use 1-15 letters, digits, '.', '-', '^' or '='"
         )
+    if not _NAME_RE.search(symbol):  # '-', '..', '=^' are no symbol of anything
+        raise InvalidTicker(f"invalid ticker {raw!r}: a symbol needs a letter or a digit")
     return symbol

@@ -193,6 +193,19 @@ def record_refresh(conn: Connection, ticker: str, status: str, error: str | None
     conn.execute(stmt.on_conflict_do_update(index_elements=["symbol"], set_=values))
 
 
+def record_no_bars(conn: Connection, ticker: str, status: str, error: str | None,
+                   at: dt.datetime, expired_before: dt.datetime) -> None:
+    """record_refresh for a ticker that has no bars (an unknown symbol, a failed first fetch),
+    first deleting the records of such tickers last tried before `expired_before`: a record
+    only throttles the next try for the refresh interval, so past it it is kept for nothing,
+    and every symbol ever asked would otherwise stay a row. Never a ticker that ever had bars
+    (bars_revision > 0: the serving stores' freshness counts on its revision)."""
+    conn.execute(Ticker.__table__.delete().where(
+        Ticker.last_bar_date.is_(None), Ticker.bars_revision == 0,
+        Ticker.last_refresh_at < expired_before, Ticker.symbol != ticker))
+    record_refresh(conn, ticker, status, error, at=at)
+
+
 @dataclass(frozen=True)
 class TickerState:
     """The cache's bookkeeping for one ticker."""

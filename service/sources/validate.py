@@ -39,7 +39,7 @@ import pandas as pd
 
 from service.core.bars import BAR_COLUMNS, NUMERIC_COLUMNS, PRICE_COLUMNS
 from service.core.errors import InvalidBars
-from service.core.tickers import TICKER_PATTERN
+from service.core.tickers import NAME_PATTERN, TICKER_PATTERN
 
 REJECT_REASONS = (
     "invalid_ticker",
@@ -111,7 +111,8 @@ def validate_bars(frame: pd.DataFrame, today: dt.date | None = None) -> Validati
     if has_ticker:
         # Check each distinct symbol once instead of running a regex over every row.
         ticker_codes, symbols = pd.factorize(frame["ticker"], use_na_sentinel=True)
-        symbol_ok = pd.Series(symbols, dtype=object).astype(str).str.fullmatch(TICKER_PATTERN)
+        text = pd.Series(symbols, dtype=object).astype(str)
+        symbol_ok = text.str.fullmatch(TICKER_PATTERN) & text.str.contains(NAME_PATTERN)
         ok = np.append(symbol_ok.to_numpy(dtype=bool), False)  # code -1 (NA) -> invalid
         flag("invalid_ticker", ~ok[ticker_codes])
     flag("bad_date", np.isnat(dates))

@@ -176,6 +176,52 @@ def test_unknown_ticker_raises_and_stores_nothing(engine):
     assert bars_db.count_bars(engine) == 130  # AAPL intact
 
 
+def _symbols(engine) -> set[str]:
+    with engine.connect() as conn:
+        return {s for (s,) in conn.exec_driver_sql("select symbol from tickers")}
+
+
+def test_a_record_of_a_ticker_without_bars_goes_once_it_throttles_nothing(engine):
+    """Every unknown symbol asked left a row behind for good (a hostile pass grew the table
+    from 489 to 501 with names like '-' and 'ZZZZ'); a record only throttles the next try for
+    the refresh interval, so a later failure clears the expired ones (never a ticker with bars,
+    nor a failed first fetch still within its interval)."""
+    source = ScriptedSource({"AAPL": full_history()})
+    clock = Clock(NOW)
+    cache = BarCache(engine, source, clock=clock, refresh_interval=dt.timedelta(hours=1))
+    cache.get_bars("AAPL")
+    for name in ("ZZZZ", "YYYY"):
+        with pytest.raises(UnknownTicker):
+            cache.get_bars(name)
+    assert _symbols(engine) == {"AAPL", "ZZZZ", "YYYY"}
+    clock.now = NOW + dt.timedelta(minutes=59)
+    source.fail_with = timeout_error("MSFT")
+    with pytest.raises(SourceUnavailable):
+        cache.get_bars("MSFT")  # a failed first fetch: recorded; ZZZZ, YYYY still within 1 h
+    assert _symbols(engine) == {"AAPL", "ZZZZ", "YYYY", "MSFT"}
+    clock.now = NOW + dt.timedelta(minutes=61)
+    source.fail_with = None
+    with pytest.raises(UnknownTicker):
+        cache.get_bars("XXXX")
+    assert _symbols(engine) == {"AAPL", "MSFT", "XXXX"}  # ZZZZ and YYYY expired, then went
+    with pytest.raises(SourceUnavailable):  # MSFT's record still throttles (59 min + 2 min)
+        cache.get_bars("MSFT")
+    assert [c[0] for c in source.calls] == ["AAPL", "ZZZZ", "YYYY", "MSFT", "XXXX"]
+    assert bars_db.count_bars(engine) == 130  # AAPL intact
+
+
+def test_a_name_without_a_letter_or_digit_is_no_ticker(engine):
+    source = ScriptedSource()
+    cache = BarCache(engine, source, clock=Clock(NOW))
+    for name in ("-", "..", "=^", "^"):
+        with pytest.raises(InvalidTicker, match="a symbol needs a letter or a digit"):
+            cache.get_bars(name)
+    assert source.calls == [] and _symbols(engine) == set()
+    for name in ("^GSPC", "BRK-B", "EURUSD=X", "A"):  # Yahoo's own stay valid
+        with pytest.raises(UnknownTicker):
+            cache.get_bars(name)
+
+
 def test_bad_rows_from_source_are_dropped_and_counted(engine):
     history = full_history()
     history.loc[5, "high"] = history.loc[5, "low"] / 2  # high < low

@@ -185,7 +185,7 @@ def test_multi_ticker_duplicates_are_judged_per_ticker():
         lambda d: d.is_monotonic_increasing and d.is_unique).all()
 
 
-@pytest.mark.parametrize("symbol", ["aapl", "BAD TICKER!", "", None, np.nan, "X" * 16])
+@pytest.mark.parametrize("symbol", ["aapl", "BAD TICKER!", "", None, np.nan, "X" * 16, "-", "=^"])
 def test_rows_with_an_invalid_ticker_are_rejected(symbol):
     frame = three_bars().assign(ticker=["AAPL", symbol, "AAPL"])
     result = validate_bars(frame)
