@@ -257,7 +257,7 @@ def seed(force: bool = typer.Option(False, help="Ingest even if bars are already
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes (one model session each).")] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +54,13 @@ def read_bars_file(path: Path | str, ticker: str | None = None) -> pd.DataFrame:
         raise InvalidBars(f"{path}: no such file")
     try:
         raw = _read_parquet(path) if path.suffix.lower() in PARQUET_SUFFIXES else _read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError) as exc:
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError, EOFError,
+            zlib.error) as exc:
         if isinstance(exc, InvalidBars):
             raise
-        raise InvalidBars(f"{path}: cannot be read as a bars file: {exc}") from exc
+        # EOFError: a truncated .gz (uncaught, the CLI's click read it as Ctrl-D: "Aborted.").
+        reason = f"the file ends early ({exc})" if isinstance(exc, EOFError) else str(exc)
+        raise InvalidBars(f"{path}: cannot be read as a bars file: {reason}") from exc
 
     bars = pd.DataFrame({"ticker": _ticker_column(raw, ticker, path)})
     bars["date"] = _parse_dates(raw["date"])

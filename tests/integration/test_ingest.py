@@ -134,6 +134,14 @@ def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
         assert result.output.startswith("read 3, stored 2, rejected 1 (missing_field=1)")
         missing = runner.invoke(app, ["ingest", "--path", str(tmp_path / "nope.csv")])
         assert missing.exit_code == 1 and "error: no such file" in missing.output
+        cut = tmp_path / "cut.csv.gz"  # a download cut short: said so, not "Aborted."
+        cut.write_bytes(gzip.compress((HEADER + GOOD * 50).encode())[:60])
+        truncated = runner.invoke(app, ["ingest", "--path", str(cut), "--no-progress"])
+        assert truncated.exit_code == 1, truncated.output
+        assert "cannot be read as a bars file: the file ends early" in truncated.output
+        # A port outside 1..65535 is refused before anything starts (70000 bound port 4464).
+        port = runner.invoke(app, ["serve", "--port", "70000"])
+        assert port.exit_code == 2 and "Invalid value for '--port'" in port.output
     finally:
         get_settings.cache_clear()
 

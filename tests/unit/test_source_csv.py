@@ -172,6 +172,19 @@ def test_missing_and_empty_files_are_errors(tmp_path):
         f"{empty}: cannot be read as a bars file: No columns to parse from file")
 
 
+def test_a_truncated_gzip_file_is_an_error_that_says_so(tmp_path):
+    """A .csv.gz cut short raised EOFError, which the CLI's click took for Ctrl-D ("Aborted.")."""
+    import gzip
+
+    whole = gzip.compress(b"ticker,date,open,high,low,close,adj_close,volume\n"
+                          + b"AAPL,2017-12-04,1,2,0.5,1.5,1.5,100\n" * 200)
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(cut)
+    assert str(err.value).startswith(f"{cut}: cannot be read as a bars file: the file ends early")
+
+
 def test_each_malformed_row_kind_is_counted_under_its_reason(tmp_path):
     header = "ticker,date,open,high,low,close,adj_close,volume"
     rows = [
