@@ -632,6 +632,8 @@ def test_an_integral_float_horizon_is_the_integer_json_schema_says_it_is(seeded_
     as_float = seeded_client.post("/predict/AAA", json={"horizon": 2.0})
     as_int = seeded_client.post("/predict/AAA", json={"horizon": 2})
     assert as_float.status_code == 200 and as_float.json() == as_int.json()
+    fraction = seeded_client.post("/predict/AAA", json={"horizon": 2.5})  # no integer at all
+    assert fraction.status_code == 422 and fraction.json()["errors"][0]["field"] == "horizon"
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
