@@ -1,5 +1,5 @@
 """ASGI middleware: refuse an oversized body before reading it; answer an unexpected error with a
-problem+json 500 that leaves the keep-alive connection usable.
+problem+json 500 that leaves the keep-alive connection usable; answer HEAD as GET without its body.
 
 Starlette's ServerErrorMiddleware re-raises after sending its 500, and uvicorn then closes the
 connection without `Connection: close`: a client's next request on it fails. The catch-all here
@@ -17,6 +17,27 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.problems import body_too_large_problem, internal_problem, problem_response
 
 log = logging.getLogger(__name__)
+
+
+class HeadAsGet:
+    """HEAD answered as the GET it asks about, without the body: the same status and headers
+    (RFC 9110 §9.3.2; uptime checkers and load balancers probe `HEAD /healthz`). The routes
+    declare GET only, and FastAPI answered HEAD 405 on every one of them."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
 class BodyTooLarge(HTTPException):

@@ -165,10 +165,29 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
         detail=detail, instance=request.url.path, errors=errors))
 
 
+# FastAPI's own 400 for a JSON body that json.loads raised on other than a JSONDecodeError
+# (which reaches _validation_handler as json_invalid): not UTF-8, nested past the recursion
+# limit, an integer over Python's 4,300 digits.
+_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
+def _undecodable(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"it is not UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "it is nested too deeply"
+    return str(cause) if cause is not None else "it could not be decoded"
+
+
 async def _http_handler(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
     if exc.status_code == 413:  # middleware.BodyLimit, counting a chunked body as it is read
         limit = request.app.state.settings.max_body_bytes
         return problem_response(body_too_large_problem(limit, request.url.path))
+    if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:  # as json_invalid's 400
+        return problem_response(Problem(
+            type="urn:stockcast:problem:malformed-body", title="Bad Request", status=400,
+            detail=f"the body is not valid JSON: {_undecodable(exc.__cause__)}",
+            instance=request.url.path))
     title = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) else title
     return problem_response(

@@ -15,6 +15,17 @@ NAME_PATTERN = r"[A-Z0-9]"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
+# An invalid name is quoted in its error up to this many characters (an answer quoting a 60 KB
+# path three times was 180 KB).
+SHOWN_CHARS = 40
+
+
+def _shown(raw: str) -> str:
+    if len(raw) <= SHOWN_CHARS:
+        return repr(raw)
+    return f"{raw[:SHOWN_CHARS]!r}... ({len(raw)} characters)"
+
+
 def normalize_ticker(raw: str) -> str:
     """Upper-case and validate a ticker symbol, raising InvalidTicker on anything else."""
     if not isinstance(raw, str):
@@ -22,8 +33,8 @@ def normalize_ticker(raw: str) -> str:
     symbol = raw.strip().upper()
     if not _TICKER_RE.fullmatch(symbol):
         raise InvalidTicker(
-            f"invalid ticker {raw!r}: use 1-15 letters, digits, '.', '-', '^' or '='"
+            f"invalid ticker {_shown(raw)}: use 1-15 letters, digits, '.', '-', '^' or '='"
         )
     if not _NAME_RE.search(symbol):  # '-', '..', '=^' are no symbol of anything
-        raise InvalidTicker(f"invalid ticker {raw!r}: a symbol needs a letter or a digit")
+        raise InvalidTicker(f"invalid ticker {_shown(raw)}: a symbol needs a letter or a digit")
     return symbol

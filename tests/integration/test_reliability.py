@@ -651,6 +651,47 @@ def test_without_a_source_an_uncached_ticker_is_404_not_503(db_url, tiny_artifac
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("body, detail", [
+    (b'{"as_of": "\xff"}', ("the body is not valid JSON: it is not UTF-8 (invalid start byte "
+                             "at byte 11)")),
+    (b"[" * 100_000 + b"]" * 100_000, "the body is not valid JSON: it is nested too deeply"),
+    (b'{"horizon": ' + b"9" * 5000 + b"}", "the body is not valid JSON: Exceeds the limit "),
+])
+def test_a_body_json_cannot_decode_is_the_same_malformed_body_400(seeded_client, body, detail):
+    """Not UTF-8, nested past the recursion limit, an integer over 4,300 digits: FastAPI's own
+    400 ("There was an error parsing the body", type about:blank) became the documented one."""
+    bad = seeded_client.post("/predict/AAA", content=body,
+                             headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.headers["content-type"] == PROBLEM
+    assert bad.json()["type"] == "urn:stockcast:problem:malformed-body"
+    assert bad.json()["detail"].startswith(detail)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_head_is_answered_as_get_without_the_body(seeded_client):
+    """Every GET route answers HEAD with GET's status and headers and no body (RFC 9110; it was
+    405 everywhere); a POST-only route still answers 405."""
+    for path in ("/healthz", "/readyz", "/", "/static/app.css", "/bars/AAA", "/tickers",
+                 "/nope"):
+        get, head = seeded_client.get(path), seeded_client.head(path)
+        assert head.status_code == get.status_code, path
+        assert head.content == b"" and len(get.content) > 0, path
+        for name in ("content-type", "content-length"):
+            assert head.headers.get(name) == get.headers.get(name), (path, name)
+    post_only = seeded_client.head("/predict/AAA")
+    assert post_only.status_code == 405 and post_only.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_invalid_name_is_quoted_at_most_40_characters(seeded_client):
+    long = seeded_client.get("/bars/" + "A" * 600).json()
+    assert long["errors"][0]["message"] == (
+        f"invalid ticker {'A' * 40!r}... (600 characters): use 1-15 letters, digits, '.', '-', "
+        "'^' or '='")
+    assert len(long["detail"]) < 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_malformed_json_is_the_documented_400_and_a_trailing_slash_is_404(seeded_client):
     bad = seeded_client.post("/predict/AAA", content=b'{"horizon": 1',
                              headers={"content-type": "application/json"})
