@@ -421,17 +421,17 @@ class Predictor(Forecaster):
 
     def _with_period_warning(self, forecast: Forecast) -> Forecast:
         """The forecast with a warning when its origin lies inside the period the model was
-        trained and validated on (as_of <= the last validation origin: those origins' outcomes
-        shaped the weights, through training and early stopping), the rule the page's notice
-        uses. Not stored with a band state (the stores keep the window's range warnings): it
+        trained and validated on (the first training origin <= as_of <= the last validation
+        origin: those origins' outcomes shaped the weights, through training and early
+        stopping; any ticker, as the market those days was learned), the page's notice's rule. Not stored with a band state (the stores keep the window's range warnings): it
         depends on the origin alone."""
-        fitted = self.manifest.split.val[1]
-        if forecast.as_of > fitted:
+        first, fitted = self.manifest.split.train[0], self.manifest.split.val[1]
+        if not first <= forecast.as_of <= fitted:  # after it, or an era before it: unseen
             return forecast
         warning = (f"as_of {forecast.as_of} is inside the period model "
-                   f"{self.manifest.version} was trained and validated on (origins up to "
-                   f"{fitted}): this forecast is in-sample and looks better than a real one "
-                   "would")
+                   f"{self.manifest.version} was trained and validated on (origins "
+                   f"{first} to {fitted}): this forecast is in-sample and looks better than "
+                   "a real one would")
         return dataclasses.replace(forecast, warnings=(*forecast.warnings, warning))
 
     def _range_warnings(self, item: ModelInput) -> tuple[str, ...]:

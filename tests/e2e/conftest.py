@@ -58,7 +58,8 @@ class LiveApp:
     source: ScriptedSource
     model_version: str
     horizon: int
-    validated_until: dt.date  # last validation origin: earlier as_of dates are in-sample
+    trained_from: dt.date  # first training origin: from it to validated_until, in-sample
+    validated_until: dt.date  # last validation origin
     backtest_run: int
 
 
@@ -124,6 +125,7 @@ def live_app(shared_dataset, served_models, tmp_path_factory) -> LiveApp:
     with ServerThread(app) as server:
         yield LiveApp(url=server.url + "/", db_url=db_url, source=source,
                       model_version=manifest.version, horizon=manifest.spec.horizon,
+                      trained_from=manifest.split.train[0],
                       validated_until=manifest.split.val[1], backtest_run=run_id)
 
 

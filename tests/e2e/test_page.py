@@ -234,11 +234,11 @@ def test_a_past_range_forecasts_as_of_its_end_and_shows_what_happened(page, live
     assert traces["actual"]["y"] == pytest.approx(after["close"].tolist())
     assert page.inner_text("#data-as-of") == "2016-06-30"
     in_sample = page.locator("#in-sample")
-    if dt.date(2016, 6, 30) <= live_app.validated_until:
+    if live_app.trained_from <= dt.date(2016, 6, 30) <= live_app.validated_until:
         assert in_sample.inner_text() == (
             "2016-06-30 is inside the period the model was trained and validated on (origins "
-            f"up to {live_app.validated_until}): this forecast is in-sample and looks better "
-            "than a real one would.")
+            f"{live_app.trained_from} to {live_app.validated_until}): this forecast is in-sample "
+            "and looks better than a real one would.")
         # The API says so too (for its other clients); the page does not repeat it.
         assert any(w.startswith("as_of 2016-06-30 is inside the period") for w in api["warnings"])
         assert "is inside the period" not in page.locator("#stale-warning").text_content()

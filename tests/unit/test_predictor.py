@@ -88,10 +88,13 @@ def test_an_origin_the_model_was_fitted_on_is_flagged_in_sample(tiny_predictor, 
     assert out.as_of == after and out.warnings == ()
     inside = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=last_fitted)
     expected = (f"as_of {last_fitted} is inside the period model "
-                f"{tiny_predictor.manifest.version} was trained and validated on (origins up "
-                f"to {split.val[1]}): this forecast is in-sample and looks better than a real "
-                "one would")
+                f"{tiny_predictor.manifest.version} was trained and validated on (origins "
+                f"{split.train[0]} to {split.val[1]}): this forecast is in-sample and looks "
+                "better than a real one would")
     assert inside.warnings == (expected,)
+    before = dates[dates < split.train[0]]  # an era before training: never seen, no warning
+    if len(before) > min_bars(tiny_predictor.spec):
+        assert tiny_predictor.forecast("AAA", aaa, 1, as_of=before.iloc[-1]).warnings == ()
     # The same figures either way: the warning is all that differs from an unflagged forecast.
     assert inside.steps == tiny_predictor.forecast("AAA", aaa.loc[dates <= last_fitted], 1).steps
     assert tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=split.train[1]).warnings[0] \

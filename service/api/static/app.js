@@ -528,12 +528,14 @@
     setText("data-seen", f ? (f.seen_in_training ? "Yes" : "No — uses the generic embedding")
                            : "—");
     const note = $("in-sample");
+    const first = state.model?.split?.train?.[0];
     const fitted = state.model?.split?.val?.[1];
-    // Origins up to the end of validation shaped the weights (training, early stopping).
-    note.hidden = !(f && fitted && f.as_of <= fitted);
+    // Origins from the first training one to the end of validation shaped the weights
+    // (training, early stopping); an era before them the model never saw.
+    note.hidden = !(f && first && fitted && f.as_of >= first && f.as_of <= fitted);
     note.textContent = note.hidden ? "" : `${f.as_of} is inside the period the model was ` +
-      `trained and validated on (origins up to ${fitted}): this forecast is in-sample and ` +
-      "looks better than a real one would.";
+      `trained and validated on (origins ${first} to ${fitted}): this forecast is in-sample ` +
+      "and looks better than a real one would.";
     const lastBar = info ? info.last_bar_date : b && b.dates.length ? b.dates.at(-1) : null;
     // undefined: still asking; null: the answer failed.
     const src = source === undefined ? undefined
