@@ -28,6 +28,35 @@ def make_bars(n: int = 120, start: str = "2020-01-02", seed: int = 0, price: flo
     return df
 
 
+def random_future(bars: pd.DataFrame, after, seed: int = 0) -> pd.DataFrame:
+    """`bars` with every bar dated after `after` replaced by independently drawn valid OHLCV.
+
+    The look-ahead tests' future: each bar's close, open, adj_close / close ratio and volume
+    drawn afresh (prices anywhere in e^±2 of the last kept close, volumes in e^±3 of the kept
+    bars' median, so the future's extremes are seldom the past's), high >= max(open, close),
+    low <= min(open, close): nothing a feature computes (a ratio, a rank, a demeaned or
+    scale-free value, an extreme) survives it by accident. Dates stay as they were.
+    """
+    out = bars.copy()
+    later = (out["date"] > pd.Timestamp(after)).to_numpy()
+    n = int(later.sum())
+    if n == 0:
+        raise ValueError(f"no bar after {after}: nothing to scramble")
+    rng = np.random.default_rng(seed)
+    ref = float(out.loc[~later, "close"].iloc[-1]) if (~later).any() else 100.0
+    ref_volume = float(out.loc[~later, "volume"].median()) if (~later).any() else 1e6
+    close = ref * np.exp(rng.uniform(-2.0, 2.0, n))
+    open_ = ref * np.exp(rng.uniform(-2.0, 2.0, n))
+    high = np.maximum(open_, close) * np.exp(rng.uniform(0.0, 0.2, n))
+    low = np.minimum(open_, close) * np.exp(-rng.uniform(0.0, 0.2, n))
+    values = {"open": open_, "high": high, "low": low, "close": close,
+              "adj_close": close * rng.uniform(0.3, 1.0, n),
+              "volume": np.round(max(ref_volume, 1.0) * np.exp(rng.uniform(-3.0, 3.0, n)))}
+    for column, drawn in values.items():
+        out.loc[later, column] = drawn.astype(out[column].dtype)
+    return out
+
+
 class ScriptedSource:
     """A BarSource that serves prepared frames, counts calls, and can fail on demand."""
 

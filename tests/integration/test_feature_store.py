@@ -33,7 +33,7 @@ from service.forecasting.spec import BAND_LEVELS
 from service.inference.predictor import Predictor
 from service.sources.ingest import ingest_frame
 from tests.api_factories import LAST_BAR, api_settings
-from tests.bar_factories import make_bars
+from tests.bar_factories import make_bars, random_future
 from tests.tiny_model import synthetic_bars_multi
 
 
@@ -118,19 +118,25 @@ def test_stored_rows_at_t_ignore_the_bars_after_t(engine):
     _ingest(engine, frame)
     t = frame["date"].iloc[250]
     with engine.connect() as conn:
-        before = stored_features(conn, "CCC").loc[:t]
+        before = {ticker: stored_features(conn, ticker) for ticker in ("AAA", "BBB", "CCC")}
+    # CCC's bars after t redrawn at random (prices, adj_close / close, volume), written over
+    # the stored ones: the rows at or before t stay to the bit, every later one is rewritten.
     scrambled = frame.copy()
-    future = (scrambled["ticker"] == "CCC") & (scrambled["date"] > t)
-    rng = np.random.default_rng(7)
-    for column in ("open", "high", "low", "close", "adj_close", "volume"):
-        scrambled.loc[future, column] = rng.permutation(scrambled.loc[future, column].to_numpy())
-    scrambled.loc[future, "high"] = scrambled.loc[future, ["open", "high", "low", "close"]].max(1)
-    scrambled.loc[future, "low"] = scrambled.loc[future, ["open", "high", "low", "close"]].min(1)
+    ccc = scrambled["ticker"] == "CCC"
+    scrambled.loc[ccc] = random_future(frame[ccc], t, seed=7)
     _ingest(engine, scrambled)
     with engine.connect() as conn:
-        after = stored_features(conn, "CCC")
-    pd.testing.assert_frame_equal(after.loc[:t], before, check_exact=True, check_freq=False)
-    assert not after.loc[t:].iloc[1:].equals(before.loc[t:].iloc[1:])
+        after = {ticker: stored_features(conn, ticker) for ticker in ("AAA", "BBB", "CCC")}
+    pd.testing.assert_frame_equal(after["CCC"].loc[:t], before["CCC"].loc[:t], check_exact=True,
+                                  check_freq=False)
+    later = after["CCC"].index > t
+    assert later.sum() == 360 - 251
+    pd.testing.assert_index_equal(after["CCC"].index, before["CCC"].index)
+    assert (after["CCC"][later].to_numpy() != before["CCC"][later].to_numpy()).any(axis=1).all()
+    for ticker in ("AAA", "BBB"):  # the other tickers' rows are untouched
+        pd.testing.assert_frame_equal(after[ticker], before[ticker], check_exact=True,
+                                      check_freq=False)
+    _assert_stored_equal_built(engine, scrambled)
 
 
 def test_migration_0004_downgrades_to_0003_and_back(db_url):

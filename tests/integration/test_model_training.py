@@ -15,6 +15,7 @@ from service.forecasting.features import build_features
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.windows import forward_log_returns
 from tests.api_factories import store_bars
+from tests.bar_factories import random_future
 from tests.tiny_model import TINY_TICKERS, synthetic_bars_multi, tiny_config
 from training.dataset import prepare_data
 from training.pipeline import read_training_bars
@@ -44,6 +45,32 @@ def test_feature_scaler_is_fit_on_training_dates_only(bars_multi):
     np.testing.assert_allclose(prepared.feature_scaler.std, expected.std, rtol=1e-12)
     everything = StandardScaler.fit(all_rows)
     assert np.abs(prepared.feature_scaler.mean - everything.mean).max() > 1e-4
+
+
+def _random_after(bars_multi: pd.DataFrame, after) -> pd.DataFrame:
+    """Every ticker's bars after `after` redrawn at random (random_future)."""
+    return pd.concat([random_future(part, after, seed=i) for i, (_, part) in
+                      enumerate(bars_multi.groupby("ticker", sort=True))], ignore_index=True)
+
+
+def test_scalers_and_training_samples_ignore_every_bar_after_the_last_training_target(
+        bars_multi):
+    """The scalers are fitted on the past only: the feature scaler on rows <= the training
+    end, the target scaler on training targets, which read bars up to `horizon` sessions past
+    it (into the gap). Every bar after that redrawn at random leaves both scalers, every
+    training window, target and return the same to the bit; the validation inputs move."""
+    spec = tiny_config().spec
+    before = prepare_data(bars_multi, spec)
+    dates = np.sort(bars_multi["date"].unique())
+    last_target = dates[np.searchsorted(dates, np.datetime64(before.split.train[1]))
+                        + spec.horizon]
+    after = prepare_data(_random_after(bars_multi, last_target), spec)
+    assert after.split == before.split
+    assert after.feature_scaler.to_dict() == before.feature_scaler.to_dict()
+    assert after.target_scaler.to_dict() == before.target_scaler.to_dict()
+    for name in ("windows", "targets", "returns", "ticker_ids", "origin_dates"):
+        np.testing.assert_array_equal(getattr(after.train, name), getattr(before.train, name))
+    assert not np.array_equal(after.val.windows, before.val.windows)  # the scramble reached
 
 
 def test_target_scaler_is_fit_on_training_origins_only(bars_multi):
@@ -120,11 +147,7 @@ def test_a_ticker_with_missing_sessions_cannot_carry_a_train_target_across_the_g
     assert before.split == clean.split
     first_val_input = dates[np.searchsorted(dates, np.datetime64(clean.split.val[0]))
                             - spec.window + 1]
-    poisoned = holed.copy()
-    later = poisoned["date"].to_numpy() >= first_val_input
-    factor = np.random.default_rng(3).uniform(0.5, 2.0, int(later.sum()))
-    for column in ("open", "high", "low", "close", "adj_close"):
-        poisoned.loc[later, column] = poisoned.loc[later, column].to_numpy() * factor
+    poisoned = _random_after(holed, dates[np.searchsorted(dates, first_val_input) - 1])
     after = prepare_data(poisoned, spec)
     np.testing.assert_array_equal(after.train.windows, before.train.windows)
     np.testing.assert_array_equal(after.train.targets, before.train.targets)

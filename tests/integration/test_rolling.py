@@ -19,6 +19,7 @@ from service.evaluation.scoring import METRICS, MODEL, POOLED
 from service.forecasting.signals import REVERSAL
 from service.forecasting.spec import FEATURE_SETS
 from tests.api_factories import store_bars
+from tests.bar_factories import random_future
 from tests.tiny_model import synthetic_bars_multi, tiny_config
 from training.rolling import (
     RollingSpec,
@@ -48,14 +49,11 @@ def _evaluate(url, model_dir, bars=BARS, spec=SPEC):
 
 
 def _poisoned(from_date) -> pd.DataFrame:
-    """The bars with every price from `from_date` on scrambled (a future nobody may train on)."""
-    bars = BARS.copy()
-    later = bars["date"] >= pd.Timestamp(from_date)
-    rng = np.random.default_rng(7)
-    factor = np.exp(rng.normal(0, 0.3, later.sum()))
-    for col in ("open", "high", "low", "close", "adj_close"):
-        bars.loc[later, col] = bars.loc[later, col] * factor
-    return bars
+    """The bars with every bar from `from_date` on redrawn at random (random_future: prices,
+    adj_close / close, volume; a future nobody may train on)."""
+    before = DATES[DATES.get_loc(pd.Timestamp(from_date)) - 1]
+    return pd.concat([random_future(part, before, seed=i) for i, (_, part) in
+                      enumerate(BARS.groupby("ticker", sort=True))], ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +82,23 @@ def test_blocks_never_train_on_an_origin_they_score(clean_run, tmp_path):
     poisoned = _poisoned(blocks[1]["first"])
     models = _block_models(poisoned, tmp_path / "models")
     assert [models[1].name, models[2].name] == _versions(run)
-    # ...and block 1's forecasts (each from bars <= its origin) are those of the clean run.
+    # ...and block 1's forecasts (each from bars <= its origin) are those of the clean run:
+    # every column (the model's, each baseline's, the reversal signal, every band), to the bit,
+    # and the outcomes known before the poison.
     block1 = plan_jobs(_config(), poisoned, SPEC)[0].block
-    made = forecast_block(block1, models[1], bars_by_ticker(poisoned), horizons=(1,),
-                          baselines=("naive",), provider="cpu")
-    h1 = run.result.forecasts[1]
-    np.testing.assert_array_equal(made.forecasts[1][MODEL].to_numpy(),
-                                  h1[h1["block"] == 1][MODEL].to_numpy())
+    made = forecast_block(block1, models[1], bars_by_ticker(poisoned), horizons=SPEC.horizons,
+                          baselines=SPEC.baselines, provider="cpu")
+    for h in SPEC.horizons:
+        clean = run.result.forecasts[h]
+        clean = clean[clean["block"] == 1].reset_index(drop=True)
+        new = made.forecasts[h].reset_index(drop=True)
+        assert set(new.columns) <= set(clean.columns) and len(new.columns) > 30
+        assert len(new) == len(clean) == len(TICKERS) * 40
+        dated = [c for c in new.columns if c != "realized"]
+        pd.testing.assert_frame_equal(new[dated], clean[dated], check_exact=True)
+        known = (clean["target_date"] < pd.Timestamp(blocks[1]["first"])).to_numpy()
+        assert 0 < known.sum() <= len(clean)
+        np.testing.assert_array_equal(new.loc[known, "realized"], clean.loc[known, "realized"])
     # Scrambling from one session after block 1 starts changes block 2's model (it does learn
     # from the bars up to its block), not block 1's.
     later = DATES[DATES.get_loc(pd.Timestamp(blocks[0]["first"])) + 1].date()
@@ -381,14 +389,31 @@ def test_the_ablation_chooses_on_validation_blocks_and_reports_test_blocks(clean
     assert result.scores[3].value("rank_ic_mean") == pytest.approx(test.value("rank_ic_mean"))
     assert result.scores[3].value("n_forecasts") == len(TICKERS) * 40
     # Whatever happens on the test block cannot move the validation scores the choice reads.
+    # Every number of the test block's rows (outcomes, the model's and each baseline's
+    # forecasts, the bands) redrawn at random: each validation metric and daily rank IC stays.
     rng = np.random.default_rng(3)
-    scrambled = {h: f.assign(realized=np.where(f["block"] == 2,
-                                               rng.permutation(f["realized"].to_numpy()),
-                                               f["realized"]))
-                 for h, f in run.result.forecasts.items()}
+    scrambled = {}
+    for h, f in run.result.forecasts.items():
+        f = f.copy()
+        test_rows = (f["block"] == 2).to_numpy()
+        for column in f.columns[(f.dtypes == np.float64).to_numpy()]:
+            drawn = rng.normal(0.0, 0.1, test_rows.sum())
+            # a price and a volatility stay positive
+            positive = column in ("origin_close", "origin_vol")
+            f.loc[test_rows, column] = 50.0 * np.exp(drawn) if positive else drawn
+        for method in [c.removesuffix("_lower") for c in f.columns if c.endswith("_lower")]:
+            edges = [f"{method}_lower_90", f"{method}_lower", f"{method}_lower_50",
+                     f"{method}_upper_50", f"{method}_upper", f"{method}_upper_90"]
+            # each band a band again: nested levels, lower <= upper
+            f.loc[test_rows, edges] = np.sort(f.loc[test_rows, edges].to_numpy(), axis=1)
+        scrambled[h] = f
     again = score_segment("indicators", "validation", scrambled, (1,), SPEC.top_k, SPEC.cost_bp)
-    assert again.value("rank_ic_mean") == result.scores[1].value("rank_ic_mean")
-    assert again.value("rel_mae") == result.scores[1].value("rel_mae")
+    pd.testing.assert_frame_equal(again.metrics, result.scores[1].metrics, check_exact=True)
+    pd.testing.assert_series_equal(again.daily_rank_ic, result.scores[1].daily_rank_ic,
+                                   check_exact=True)
+    assert len(again.metrics) > 10
+    moved = score_segment("indicators", "test", scrambled, (2,), SPEC.top_k, SPEC.cost_bp)
+    assert moved.value("rank_ic_mean") != result.scores[3].value("rank_ic_mean")
     assert "| features | segment | blocks | rank IC |" in result.table()
     assert result.plot(root / "ablation.png").stat().st_size > 0
     saved = json.loads(json.dumps(result.to_dict()))

@@ -14,13 +14,7 @@ from service.evaluation.scoring import MODEL, NAIVE, POOLED
 from service.forecasting.bands import BASELINE_ACI, ACISettings
 from service.forecasting.baselines import BASELINES
 from service.forecasting.spec import BAND_LEVELS
-
-PREDICTED_COLUMNS = ["origin_close", "model_lower", "model_upper", MODEL, *BASELINES,
-                     # the served band (ACI + the volatility blend) and the reference band
-                     "model_aci_lower", "model_aci_upper", "model_aci_lower_90",
-                     "ewma_aci_lower", "ewma_aci_upper"]
-
-
+from tests.bar_factories import random_future
 
 
 @pytest.fixture(scope="module")
@@ -127,27 +121,31 @@ def test_a_two_sided_band_is_served_as_the_backtest_walks_it(tiny_two_sided_pred
     assert not np.allclose(symmetric["model_aci_upper"], frame["model_aci_upper"])
 
 
-def test_scrambling_the_future_leaves_earlier_forecasts_unchanged(tiny_predictor, bars, result):
-    cut = pd.Timestamp("2021-04-20")
-    rng = np.random.default_rng(7)
-    scrambled = {}
-    for ticker, frame in bars.items():
-        later = frame["date"] > cut
-        values = frame.loc[later, ["open", "high", "low", "close", "adj_close", "volume"]]
-        shuffled = values.iloc[rng.permutation(len(values))].to_numpy()
-        frame = frame.copy()
-        frame.loc[later, ["open", "high", "low", "close", "adj_close", "volume"]] = shuffled
-        scrambled[ticker] = frame
-    original = result
+def test_scrambling_the_future_leaves_every_earlier_forecast_column_unchanged(
+        tiny_predictor, bars, result):
+    """Every bar after the cut redrawn at random (random_future): each of the ~50 columns of
+    every forecast at an origin <= the cut is the same to the bit (the model's, each baseline's,
+    every band at every level, ACI's, origin close and volatility), and so is each realized
+    outcome already known there (target <= cut); only the outcomes after the cut may move."""
+    cut = pd.Timestamp("2021-04-20")  # the test segment runs 2021-04-01 .. 2021-05-19
+    scrambled = {ticker: random_future(frame, cut, seed=i)
+                 for i, (ticker, frame) in enumerate(bars.items())}
     changed = run_backtest(tiny_predictor, scrambled, horizons=(1, 5))
     for h in (1, 5):
-        before = original.forecasts[h]["origin"] <= cut
-        pd.testing.assert_frame_equal(
-            original.forecasts[h].loc[before, PREDICTED_COLUMNS],
-            changed.forecasts[h].loc[before, PREDICTED_COLUMNS])
-        # the scramble did reach the later origins, so the comparison above could fail
-        assert not np.allclose(original.forecasts[h].loc[~before, MODEL],
-                               changed.forecasts[h].loc[~before, MODEL])
+        old, new = result.forecasts[h], changed.forecasts[h]
+        assert list(new.columns) == list(old.columns) and len(old.columns) > 50
+        np.testing.assert_array_equal(new["origin"], old["origin"])  # the same origins
+        before = (old["origin"] <= cut).to_numpy()
+        assert 30 <= before.sum() < len(old)
+        dated = [c for c in old.columns if c != "realized"]
+        pd.testing.assert_frame_equal(new.loc[before, dated], old.loc[before, dated],
+                                      check_exact=True)
+        known = (old["target_date"] <= cut).to_numpy()
+        np.testing.assert_array_equal(new.loc[known, "realized"], old.loc[known, "realized"])
+        # The scramble did reach the later origins, so the comparisons above could fail.
+        for column in ("origin_close", "origin_vol", MODEL, "sma20", "model_aci_upper_90",
+                       "ewma_aci_lower", "empirical_upper_50", "realized"):
+            assert not np.array_equal(new.loc[~before, column], old.loc[~before, column]), column
 
 
 def test_baselines_are_exact_on_a_constant_series(tiny_predictor):

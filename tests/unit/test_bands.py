@@ -136,29 +136,42 @@ def test_aci_recovers_nominal_coverage_after_a_volatility_jump():
 @pytest.mark.parametrize("two_sided", [False, True])
 @pytest.mark.parametrize("target", [400, 777, 1500])
 def test_aci_reads_no_outcome_after_the_origin(target, two_sided):
-    quantiles, realized = _jump_series()
-    quantiles = np.concatenate([quantiles, 1.5 * quantiles], axis=1)  # slots: h=1, h=5
-    realized = np.concatenate([realized, realized * 2], axis=1)
-    delays = [1, 5]
-    settings = ACISettings(gamma=0.02, lookback=120, calibration=100, two_sided=two_sided)
-    targets = np.array([target - 1, target])
-    before = aci_bands(quantiles, LEVELS, realized, targets, delays, COVERAGES, settings)
+    """At the first target (t0 = target - 1) ACI may read the quantiles and the scale of
+    origins <= t0 and the outcomes known by t0 (s + delay <= t0): everything else redrawn at
+    random (quantiles of another σ per origin, outcomes of 5x the spread, a third of them
+    missing, another scale) leaves its band, level and state the same to the bit."""
     rng = np.random.default_rng(target)
-    scrambled = realized.copy()
+    n, delays = 2000, [1, 5]
+    sigma = rng.uniform(0.005, 0.03, n)  # a forecaster whose quantiles move every origin
+    quantiles = gaussian_quantiles(sigma, delays, LEVELS)  # (n, 2, Q): slots h=1, h=5
+    realized = rng.normal(0.0, sigma[:, None] * np.sqrt(delays))
+    # the conformal scale, per origin (the blend's) or per origin and slot (HAR's)
+    scale = rng.uniform(0.5, 2.0, (n, 2) if two_sided else n)
+    settings = ACISettings(gamma=0.02, lookback=120, calibration=100, two_sided=two_sided)
+    t0 = target - 1
+    targets = np.array([t0, target])
+    args = (LEVELS, realized, targets, delays, COVERAGES, settings, scale)
+    before = aci_bands(quantiles, *args)
+    state_before = aci_state(quantiles, *args)
+    future_q, future_y, future_f = quantiles.copy(), realized.copy(), scale.copy()
+    later = np.arange(n) > t0
+    future_q[later] = gaussian_quantiles(rng.uniform(0.001, 0.1, later.sum()), delays, LEVELS)
+    future_f[later] = rng.uniform(0.1, 10.0, future_f[later].shape)
     for k, d in enumerate(delays):
-        future = np.arange(len(realized)) + d > target - 1  # unknown at the first target
-        scrambled[future, k] = rng.permutation(scrambled[future, k]) * 3.0
-        scrambled[np.flatnonzero(future)[::3], k] = np.nan  # and some outcomes missing
-    after = aci_bands(quantiles, LEVELS, scrambled, targets, delays, COVERAGES, settings)
-    # Bands at or before the cut are unchanged to the bit; the one after it reads a new outcome.
-    np.testing.assert_array_equal(after.lower[0], before.lower[0])
-    np.testing.assert_array_equal(after.upper[0], before.upper[0])
-    assert not np.array_equal(after.lower[1], before.lower[1])
-    # So is the state the server stores at the cut (Q-hat and the level asked for).
-    state_before = aci_state(quantiles, LEVELS, realized, targets, delays, COVERAGES, settings)
-    state_after = aci_state(quantiles, LEVELS, scrambled, targets, delays, COVERAGES, settings)
+        unknown = np.arange(n) + d > t0  # outcomes not yet known at t0
+        future_y[unknown, k] = rng.normal(0.0, 0.2, unknown.sum())
+        future_y[unknown & (rng.random(n) < 1 / 3), k] = np.nan
+    args = (LEVELS, future_y, targets, delays, COVERAGES, settings, future_f)
+    after = aci_bands(future_q, *args)
+    state_after = aci_state(future_q, *args)
+    # The band, the level ACI asked for and the stored state at t0: unchanged to the bit.
+    for name in ("lower", "upper", "coverage"):
+        np.testing.assert_array_equal(getattr(after, name)[0], getattr(before, name)[0])
     np.testing.assert_array_equal(state_after.qhat[0], state_before.qhat[0])
     np.testing.assert_array_equal(state_after.coverage[0], state_before.coverage[0])
+    # The next target reads a new outcome, quantiles and scale: its band moves.
+    assert not np.array_equal(after.lower[1], before.lower[1])
+    assert not np.array_equal(state_after.qhat[1], state_before.qhat[1])
 
 
 class _Fixed:
@@ -383,10 +396,13 @@ def test_mean_reversion_scale_by_hand():
     # Calm and steady: both volatilities 0.01, f = 1; before the long window fills: 1.
     assert f[255] == pytest.approx(1.0, rel=1e-9)
     np.testing.assert_array_equal(f[:250], 1.0)
-    # Causal: a changed future leaves every earlier factor as it was.
+    # Causal: the log closes from bar 271 on redrawn at random (a walk of 10x the volatility
+    # from another level) leave every earlier factor as it was, to the bit; later ones move.
     changed = y.copy()
-    changed[271:] += np.linspace(0.0, 0.5, len(y) - 271)
-    np.testing.assert_array_equal(mean_reversion_scale(changed, 0.7, 250)[:271], f[:271])
+    changed[271:] = 3.0 + np.cumsum(np.random.default_rng(4).normal(0.0, 0.1, len(y) - 271))
+    moved = mean_reversion_scale(changed, 0.7, 250)
+    np.testing.assert_array_equal(moved[:271], f[:271])
+    assert (moved[271:] != f[271:]).all()
 
 
 def test_settings_without_the_blend_are_plain_aci():

@@ -19,6 +19,7 @@ from service.forecasting.features import (
 )
 from service.forecasting.indicators import chart_indicators
 from service.forecasting.spec import FEATURE_NAMES, INDICATOR_PARAMS, FeatureSpec
+from tests.bar_factories import random_future
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +173,13 @@ def test_macd_signal_and_histogram_match_hand_formulas():
 @pytest.mark.parametrize("cut", [60, 300, 800, 1150])
 def test_features_on_or_before_cut_ignore_later_bars(aapl_bars, cut):
     original = build_features(aapl_bars)
-    rng = np.random.default_rng(cut)
-    tampered = aapl_bars.copy()
-    later = tampered.index > cut
-    scale = rng.uniform(0.5, 2.0, later.sum())
-    for col in ["open", "high", "low", "close", "adj_close"]:
-        tampered.loc[later, col] = tampered.loc[later, col].to_numpy() * scale
-    tampered.loc[later, "volume"] = rng.permutation(tampered.loc[later, "volume"].to_numpy())
+    cut_date = aapl_bars["date"][cut]
+    # Every later bar drawn afresh (a common factor per bar would keep its high / low and
+    # close / open ratios, all the range features read, up to rounding; a permuted volume the
+    # order-free statistics of the future).
+    tampered = random_future(aapl_bars, cut_date, seed=cut)
     rebuilt = build_features(tampered)
 
-    cut_date = aapl_bars["date"][cut]
     before = original.index <= cut_date
     np.testing.assert_array_equal(rebuilt[before].to_numpy(), original[before].to_numpy())
     after_changed = (rebuilt[~before].to_numpy() != original[~before].to_numpy()).any(axis=1)

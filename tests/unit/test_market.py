@@ -15,7 +15,7 @@ from service.forecasting.features import (
 from service.forecasting.spec import FEATURE_SETS, MARKET_FEATURES, FeatureSpec
 from service.forecasting.volatility import ewma_volatility
 from service.sources.market import market_series
-from tests.bar_factories import make_bars
+from tests.bar_factories import make_bars, random_future
 from tests.tiny_model import synthetic_bars_multi
 
 
@@ -44,13 +44,23 @@ def test_market_series_is_causal_and_ignores_ticker_order():
     closes = bars[["ticker", "date", "adj_close"]]
     full = market_series(closes)
     cut = bars["date"].sort_values().unique()[80]
-    later = closes.assign(adj_close=np.where(closes["date"] >= cut,
-                                             closes["adj_close"] * 3.0, closes["adj_close"]))
-    scrambled = market_series(later.sample(frac=1.0, random_state=3))
-    before = full["date"] < cut
-    pd.testing.assert_frame_equal(scrambled[before], full[before])
-    assert not np.allclose(scrambled.loc[~before, "market_return"].iloc[:1],
-                           full.loc[~before, "market_return"].iloc[:1])
+    # From the cut on every close is drawn afresh (anywhere in e^±2 of 50) and a third of
+    # those bars are gone (a ticker skipping sessions), shuffled: none of it may reach a
+    # session before the cut, not even in the last bit.
+    rng = np.random.default_rng(3)
+    later = (closes["date"] >= cut).to_numpy()
+    redrawn = np.where(later, 50.0 * np.exp(rng.uniform(-2.0, 2.0, len(closes))),
+                       closes["adj_close"])
+    kept = ~later | (rng.random(len(closes)) > 1 / 3)
+    future = closes.assign(adj_close=redrawn)[kept]
+    scrambled = market_series(future.sample(frac=1.0, random_state=3))
+    before, again = full[full["date"] < cut], scrambled[scrambled["date"] < cut]
+    assert len(before) == 79
+    pd.testing.assert_frame_equal(again, before, check_exact=True)
+    # ... and the scramble reached the series from the cut on, so the comparison has teeth.
+    at = full["date"] >= cut
+    assert not np.isin(scrambled.loc[scrambled["date"] >= cut, "market_return"],
+                       full.loc[at, "market_return"]).any()
     # Recomputing from the session before a date on gives the same sessions from it on.
     start = full["date"].iloc[60]
     part = market_series(closes[closes["date"] >= full["date"].iloc[59]])
@@ -76,11 +86,15 @@ def test_market_features_by_hand():
     # The EWMA of the market's returns from the ticker's second bar on (the first has none).
     vol = ewma_volatility(np.concatenate([[np.nan], market[1:]]))
     np.testing.assert_allclose(got["market_vol"].to_numpy(), vol[warm:], rtol=1e-12)
-    # Causal: a changed market return tomorrow leaves today's rows alone.
-    moved = market.copy()
-    moved[100:] += 0.05
-    again = build_features(_with_market(bars, moved), spec)
-    pd.testing.assert_frame_equal(again.iloc[: 100 - warm], got.iloc[: 100 - warm])
+    # Causal: the bars and the market return from bar 100 on redrawn at random leave every
+    # earlier row exactly as it was, and change every later one.
+    moved = random_future(bars, bars["date"].iloc[99], seed=6)
+    market_moved = market.copy()
+    market_moved[100:] = np.random.default_rng(7).normal(0.0, 0.05, len(bars) - 100)
+    again = build_features(_with_market(moved, market_moved), spec)
+    pd.testing.assert_frame_equal(again.iloc[: 100 - warm], got.iloc[: 100 - warm],
+                                  check_exact=True)
+    assert (again.iloc[100 - warm:].to_numpy() != got.iloc[100 - warm:].to_numpy()).all()
 
 
 def test_only_a_spec_with_market_features_needs_the_market_column():

@@ -90,10 +90,11 @@ def _panel(seed: int, sessions: int = 60, tickers: int = 12, holes: bool = True)
     return signal, realized
 
 
-def _scrambled_after(realized: np.ndarray, first: int, seed: int) -> np.ndarray:
-    """realized with every row from `first` on replaced: new numbers, a third of them NaN."""
+def _scrambled_after(panel: np.ndarray, first: int, seed: int) -> np.ndarray:
+    """A (sessions, tickers) panel with every row from `first` on replaced: new numbers of
+    another scale, a third of them NaN."""
     rng = np.random.default_rng(seed)
-    out = realized.copy()
+    out = panel.copy()
     future = rng.normal(0, 0.05, size=out[first:].shape)
     future[rng.random(future.shape) < 0.33] = np.nan
     out[first:] = future
@@ -104,23 +105,28 @@ def _scrambled_after(realized: np.ndarray, first: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("cut", [0, 7, 30, 58])
 def test_weights_and_book_returns_up_to_t_ignore_every_later_outcome(seed, cut):
     signal, realized = _panel(seed)
-    # Weights through `cut` may not read realized[cut] (the cut -> cut+1 outcome) or later.
+    # Known at `cut`: the signal of sessions <= cut. Every later signal redrawn (other names
+    # ranked, other holes) and every outcome from realized[cut] (the cut -> cut+1 return) on.
+    later_signal = _scrambled_after(signal, cut + 1, seed + 400)
     for k in (1, 3):
         w = topk_weights(signal, realized, k)
-        w_future = topk_weights(signal, _scrambled_after(realized, cut, seed + 100), k)
+        w_future = topk_weights(later_signal, _scrambled_after(realized, cut, seed + 100), k)
         np.testing.assert_array_equal(w[: cut + 1], w_future[: cut + 1])
-        assert not np.array_equal(w, topk_weights(signal[::-1], realized, k))  # w does move
-        # The book's returns through `cut` read realized[:cut + 1] only.
+        assert not np.array_equal(w[cut + 1:], w_future[cut + 1:])  # the scramble reached w
+        # The book's returns through `cut` read the signal and realized[:cut + 1] only.
         res = topk_long_short(signal, realized, k, cost_bp=5.0)
-        later = topk_long_short(signal, _scrambled_after(realized, cut + 1, seed + 200), k, 5.0)
+        later = topk_long_short(later_signal, _scrambled_after(realized, cut + 1, seed + 200),
+                                k, 5.0)
         for name in ("gross", "net", "traded"):
             np.testing.assert_array_equal(getattr(res, name)[: cut + 1],
                                           getattr(later, name)[: cut + 1])
+        assert not np.array_equal(res.gross[cut + 1:], later.gross[cut + 1:])
     held = np.isfinite(signal[0])
     bh = buy_and_hold(realized, held=held)
     bh_later = buy_and_hold(_scrambled_after(realized, cut + 1, seed + 300), held=held)
     np.testing.assert_array_equal(bh.gross[: cut + 1], bh_later.gross[: cut + 1])
     np.testing.assert_array_equal(bh.net[: cut + 1], bh_later.net[: cut + 1])
+    assert not np.array_equal(bh.gross[cut + 1:], bh_later.gross[cut + 1:])
 
 
 def _old_topk_weights(signal, realized, k):

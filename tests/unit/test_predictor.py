@@ -12,6 +12,7 @@ from service.core.errors import InsufficientHistory
 from service.forecasting.calendar import next_trading_days
 from service.forecasting.features import min_bars
 from service.forecasting.forecaster import TickerSeries
+from tests.bar_factories import random_future
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +62,22 @@ def test_as_of_drops_later_bars(tiny_predictor, bars):
     truncated = tiny_predictor.forecast("AAA", aaa.iloc[:251], horizon=2)
     assert past == truncated
     assert past.as_of == as_of
-    # Scrambling bars after as_of changes nothing.
-    scrambled = aaa.copy()
-    scrambled.loc[251:, ["open", "high", "low", "close", "adj_close"]] *= 3.0
+    # Every bar after as_of redrawn at random changes nothing: not the forecast (every step's
+    # prices and bands, the recent coverage), nor the band state served with it.
+    scrambled = random_future(aaa, as_of, seed=5)
     assert tiny_predictor.forecast("AAA", scrambled, horizon=2, as_of=as_of) == past
+    (_, state), = tiny_predictor.forecast_with_states([("AAA", aaa)], 5, as_of)
+    (again, moved), = tiny_predictor.forecast_with_states([("AAA", scrambled)], 5, as_of)
+    assert again.as_of == as_of and again.steps == tiny_predictor.forecast(
+        "AAA", aaa, horizon=5, as_of=as_of).steps
+    for name in ("qhat", "quantiles"):
+        np.testing.assert_array_equal(getattr(moved, name), getattr(state, name))
+    assert (moved.as_of, moved.last_close, moved.recent_coverage, moved.recent_sessions,
+            moved.warnings) == (state.as_of, state.last_close, state.recent_coverage,
+                                state.recent_sessions, state.warnings)
+    # ... while the latest forecast does read those bars (the scramble reached the model).
+    assert tiny_predictor.forecast("AAA", scrambled, horizon=2) != tiny_predictor.forecast(
+        "AAA", aaa, horizon=2)
 
 
 def test_as_of_on_a_non_trading_day_uses_the_last_bar_before_it(tiny_predictor, bars):
@@ -158,12 +171,21 @@ def test_predict_origins_with_chosen_dates_and_causal_under_future_scrambling(ti
     wanted = [aaa["date"].iloc[k].date() for k in (100, 200, 300)] + [dt.date(1999, 1, 4)]
     dates, quantiles, closes = tiny_predictor.predict_origins("AAA", aaa, origins=wanted)
     assert [d.date() for d in dates] == wanted[:3]  # no bar on 1999-01-04: left out
-    scrambled = aaa.copy()
-    scrambled.loc[201:, ["open", "high", "low", "close", "adj_close"]] *= 0.5
-    _, q2, c2 = tiny_predictor.predict_origins("AAA", scrambled, origins=wanted)
+    # Every bar after origin 200 redrawn at random (prices, adj_close / close, volume).
+    scrambled = random_future(aaa, aaa["date"].iloc[200], seed=11)
+    d2, q2, c2 = tiny_predictor.predict_origins("AAA", scrambled, origins=wanted)
+    np.testing.assert_array_equal(d2, dates)
     np.testing.assert_array_equal(q2[:2], quantiles[:2])  # origins 100 and 200 see no change
-    assert not np.allclose(q2[2], quantiles[2])
     np.testing.assert_array_equal(c2[:2], closes[:2])
+    assert not np.allclose(q2[2], quantiles[2])
+    # Every origin, not three: the forecasts at each origin <= 200 are bit for bit the same.
+    all_dates, all_q, _ = tiny_predictor.predict_origins("AAA", aaa)
+    moved_dates, moved_q, _ = tiny_predictor.predict_origins("AAA", scrambled)
+    np.testing.assert_array_equal(moved_dates, all_dates)
+    kept = all_dates <= aaa["date"].iloc[200]
+    assert 50 < kept.sum() < len(all_dates)
+    np.testing.assert_array_equal(moved_q[kept], all_q[kept])
+    assert not np.isclose(moved_q[~kept], all_q[~kept]).all(axis=(1, 2)).any()
 
 
 def test_next_trading_days_follow_the_nyse_calendar():
