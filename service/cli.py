@@ -30,12 +30,34 @@ def _fail(message: str, code: int = 1):
 
 @contextmanager
 def _engine() -> Iterator[Engine]:
-    """The configured database's engine, disposed (its pool closed) when the command ends."""
+    """The configured database's engine, disposed (its pool closed) when the command ends.
+
+    A database error out of the command is one line, not a traceback: a missing table names
+    the revision and `stockcast db upgrade`, an unreachable database the URL's error, a URL
+    SQLAlchemy cannot read says so (the API answers the same cases 503)."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    from service.db.health import current_revision, head_revision, is_missing_schema
     from service.db.session import make_engine
 
-    engine = make_engine(get_settings().database_url)
+    url = get_settings().database_url
+    try:
+        engine = make_engine(url)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        _fail(f"STOCKCAST_DATABASE_URL {url!r} is no database URL SQLAlchemy can use: {exc}")
     try:
         yield engine
+    except DBAPIError as exc:
+        if is_missing_schema(exc):
+            try:
+                at = current_revision(engine)
+            except DBAPIError:
+                at = None
+            _fail(f"the database is not migrated (at {at or 'no revision'}, the head is "
+                  f"{head_revision()}): run `stockcast db upgrade` "
+                  f"({type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]})")
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        _fail(f"the database did not answer: {type(exc.orig).__name__}: {reason}")
     finally:
         engine.dispose()
 
