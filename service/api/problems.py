@@ -35,6 +35,7 @@ from service.core.errors import (
     StockcastError,
     UnknownTicker,
 )
+from service.core.tickers import normalize_ticker
 from service.db.health import (
     is_database_fault,
     is_missing_schema,
@@ -63,6 +64,16 @@ class InvalidField(StockcastError):
     def __init__(self, field: str, location: str, message: str):
         self.field, self.location, self.message = field, location, message
         super().__init__(f"{field}: {message}")
+
+
+def query_ticker(raw: str) -> str:
+    """A ticker query parameter normalized; an invalid one is the 422 any query parameter's
+    check gives (type validation, location query), as /source's; an InvalidTicker alone
+    says location path."""
+    try:
+        return normalize_ticker(raw)
+    except InvalidTicker as exc:
+        raise InvalidField("ticker", "query", str(exc)) from exc
 
 
 # Typed error -> (status, type URI, title). Subclasses come before their bases.

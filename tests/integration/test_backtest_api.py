@@ -117,6 +117,10 @@ def test_bad_or_unmatched_queries_are_problems(client, db_url, tiny_backtest):
         assert response.headers["content-type"] == PROBLEM
         got = response.json()["detail"]
         assert got.endswith(detail), got
+        if "invalid ticker" in detail:  # a query parameter's check, as any other's
+            assert response.json()["type"] == "urn:stockcast:problem:validation"
+            assert response.json()["errors"] == [
+                {"field": "ticker", "location": "query", "message": detail}]
         if "has no metrics" in detail:
             assert got == f"backtest run {run_id} {detail}"
 

@@ -174,6 +174,9 @@ def test_metrics_live_is_empty_before_anything_is_served_and_checks_its_input(tr
     bad = client.get("/metrics/live", params={"ticker": "NOT A TICKER"})
     assert bad.status_code == 422 and bad.headers["content-type"].startswith(
         "application/problem+json")
+    assert bad.json()["errors"] == [{  # a query parameter (it said location path)
+        "field": "ticker", "location": "query",
+        "message": "invalid ticker 'NOT A TICKER': use 1-15 letters, digits, '.', '-', '^' or '='"}]
     assert client.get("/metrics/live", params={"horizon": 0}).status_code == 422
     # A NUL byte is a client's error on every backend (Postgres refused it as a DataError, which
     # answered 503 "database unavailable"; found by review), named by the field.

@@ -14,10 +14,9 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from service.api.deps import EngineDep, MigratedDep
-from service.api.problems import problem_responses
+from service.api.problems import problem_responses, query_ticker
 from service.api.schemas import MAX_HORIZON, MAX_INT32, TICKER_DOC_PATTERN
 from service.artifacts.manifest import VERSION_PATTERN
-from service.core.tickers import normalize_ticker
 from service.db.backtests import RunInfo, get_metrics, get_run, latest_run
 from service.evaluation.scoring import BUY_AND_HOLD, METRICS, MODEL, POOLED
 from service.forecasting.baselines import BASELINES
@@ -177,7 +176,7 @@ def get_backtest(
 ) -> BacktestPublic:
     """One run's metrics, filtered."""
     if ticker is not None and ticker != POOLED:
-        ticker = normalize_ticker(ticker)  # InvalidTicker -> 422 problem
+        ticker = query_ticker(ticker)  # an invalid one: 422, location query
     # A database error goes to the problem handler: a fault 503, a missing table not-migrated.
     with engine.connect() as conn:
         if run_id is not None:

@@ -8,10 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.api.deps import EngineDep
-from service.api.problems import problem_responses
+from service.api.problems import problem_responses, query_ticker
 from service.api.schemas import LiveMetricsPublic, LiveMetricsRowPublic
 from service.artifacts.manifest import VERSION_PATTERN
-from service.core.tickers import normalize_ticker
 from service.evaluation.ledger import live_report
 from service.forecasting.live import POOLED
 
@@ -46,7 +45,7 @@ def get_live_metrics(
 ) -> LiveMetricsPublic:
     """The ledger's metrics, filtered."""
     if ticker is not None and ticker != POOLED:
-        ticker = normalize_ticker(ticker)  # InvalidTicker -> 422 problem
+        ticker = query_ticker(ticker)  # an invalid one: 422, location query
     # A database fault is the problem handler's (503 database-unavailable); a client's bad
     # value is refused above, on every backend alike.
     with engine.connect() as conn:
