@@ -326,6 +326,18 @@ def test_invalid_body_is_422_naming_the_field(client, body, field, message):
 
 
 @SQLITE_ONLY
+def test_options_sent_as_query_parameters_are_refused_not_ignored(client):
+    """`?horizon=5` was a 1-day forecast, answered 200 (found by a hostile test pass)."""
+    message = "this route takes no query parameters: send horizon, as_of and level in the JSON body"
+    for path, body in (("/predict/AAA?horizon=5", None), ("/predict?horizon=5",
+                                                          {"tickers": ["AAA"]})):
+        assert_problem(client.post(path, json=body), 422, {
+            "type": "urn:stockcast:problem:validation", "title": "Invalid request",
+            "status": 422, "detail": f"horizon: {message}", "instance": path.split("?")[0],
+            "errors": [{"field": "horizon", "location": "query", "message": message}]})
+
+
+@SQLITE_ONLY
 def test_invalid_ticker_in_a_batch_names_its_position(client):
     response = client.post("/predict", json={"tickers": ["AAA", "no good"]})
     assert response.status_code == 422

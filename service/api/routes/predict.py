@@ -69,6 +69,14 @@ def forecast_json(served: ServedForecast, horizon: int, level: int) -> bytes:
     return FORECAST_JSON.dump_json(forecast_public(served, horizon, level), by_alias=True)
 
 
+def _no_query(http_request: Request) -> None:
+    """POST /predict takes its options in the body: `?horizon=5` was silently a 1-day forecast."""
+    if http_request.query_params:
+        name = next(iter(http_request.query_params))
+        raise InvalidField(name, "query", "this route takes no query parameters: send "
+                           "horizon, as_of and level in the JSON body")
+
+
 def _check_horizon(loaded: LoadedModel, horizon: int) -> None:
     limit = loaded.predictor.spec.horizon
     if horizon > limit:
@@ -110,6 +118,7 @@ async def predict_ticker(
     is answered 422 before a missing model's 503: the request is wrong whatever the server's
     state.
     """
+    _no_query(http_request)
     serving = await get_forecasting(http_request)
     _check_horizon(serving.loaded, request.horizon)
     served = await serving.forecasts.serve(serving.loaded.predictor, ticker, request.horizon,
@@ -138,6 +147,7 @@ async def predict_batch(request: BatchForecastRequest, http_request: Request
                         ) -> ForecastListPublic:
     """Forecast `horizon` trading days of each ticker (the checks as `predict_ticker`'s: a
     malformed body is 422 before a missing model's 503)."""
+    _no_query(http_request)
     serving = await get_forecasting(http_request)
     loaded, forecasts = serving.loaded, serving.forecasts
     _check_horizon(loaded, request.horizon)
