@@ -63,9 +63,25 @@ def _engine() -> Iterator[Engine]:
 
 
 def _parse_tickers(raw: str | None) -> list[str]:
+    """A --tickers list, normalized; one given empty (`--tickers ''`) is an error, not none."""
     from service.core.tickers import normalize_ticker
 
-    return [normalize_ticker(t) for t in (raw or "").replace(" ", ",").split(",") if t]
+    names = [normalize_ticker(t) for t in (raw or "").replace(" ", ",").split(",") if t]
+    if raw is not None and not names:
+        _fail("--tickers is empty: give a comma list of symbols")
+    return names
+
+
+def _read_config(config: Path):
+    """A TrainConfig JSON file, or one line saying why it is none."""
+    import json
+
+    from training.config import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(json.loads(config.read_text()))
+    except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        _fail(f"--config {config}: {exc}")
 
 
 def _check_universe(universe: str | None) -> None:
@@ -140,9 +156,15 @@ def ingest(
                     _fail("--path is required with --source csv")
                 if not path.exists():
                     _fail(f"no such file: {path}")
+                if path.is_dir():
+                    _fail(f"{path} is a directory: give a CSV or Parquet file")
                 report = ingest_file(engine, path, ticker=ticker, progress=progress,
                                      after_write=after_bars_written)
             elif source in SOURCES:
+                if start and end and start > end:
+                    _fail(f"start {start.date()} is after end {end.date()}")
+                if not (tickers or ticker):
+                    _fail(f"--tickers is required with --source {source}")
                 settings = get_settings().model_copy(update={"source": source})
                 report = ingest_from_source(
                     engine, make_source(settings), _parse_tickers(tickers or ticker),
@@ -355,14 +377,13 @@ def train(
     service.cli train ...` too
     (DistributedDataParallel; rank 0 exports and gates).
     """
-    import json
 
     # torch is imported here only: `import service.cli` must not load it.
     from training.config import TrainConfig
     from training.pipeline import train_and_gate
     from training.train import TrainingDiverged
 
-    base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
+    base = _read_config(config) if config else TrainConfig()
     changes: dict = {"progress": progress}
     if tickers:
         changes["tickers"] = tuple(_parse_tickers(tickers))
@@ -576,7 +597,6 @@ def evaluate(
     stored as the latest backtest (GET /metrics/backtest), with a per-block breakdown, HAC
     t-statistics and a costed top-k/bottom-k portfolio beside buy-and-hold and 1-day reversal.
     """
-    import json
 
     from service.core.config import PROJECT_ROOT
     from service.core.errors import StockcastError
@@ -586,7 +606,7 @@ def evaluate(
     from training.rolling import RollingSpec, evaluate_ablation, evaluate_rolling
     from training.train import TrainingDiverged
 
-    base = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
+    base = _read_config(config) if config else TrainConfig()
     names = tuple(_parse_tickers(tickers)) if tickers else _universe_tickers(universe)
     changes: dict = {"tickers": names, "progress": progress}
     if features is not None:

@@ -165,3 +165,36 @@ def test_the_one_write_path_stores_valid_rows_updates_ranges_and_records_a_refre
     assert state.last_bar_date == dt.date(2020, 1, 15)
     assert (state.last_refresh_status, state.last_refresh_at) == ("ok", at)
     assert len(bars_db.read_bars(engine, "AAA")) == 9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ingest", "--path", "{tmp}"], "error: {tmp} is a directory: give a CSV or Parquet file"),
+    (["ingest", "--source", "yfinance", "--tickers", "AAPL", "--start", "2018-01-01", "--end",
+      "2017-01-01"], "error: start 2018-01-01 is after end 2017-01-01"),
+    (["refresh", "--tickers", "", "--no-prewarm"],
+     "error: --tickers is empty: give a comma list of symbols"),
+    (["train", "--config", "{tmp}/bad.json"], "error: --config {tmp}/bad.json: Expecting "),
+    (["evaluate", "--config", "{tmp}/unknown.json"],
+     "error: --config {tmp}/unknown.json: unknown training config keys ['nope']"),
+    (["train", "--config", "{tmp}/none.json"], "error: --config {tmp}/none.json: [Errno 2]"),
+])
+def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatch, args,
+                                                            message):
+    """Each was a traceback, a misleading message or a silent no-op (a hostile test pass):
+    a directory was 'no such file', an empty --tickers refreshed nothing with exit 0."""
+    from service.cli import app
+    from service.core.config import get_settings
+
+    monkeypatch.setenv("STOCKCAST_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("STOCKCAST_SOURCE", "none")
+    (tmp_path / "bad.json").write_text("{bad")
+    (tmp_path / "unknown.json").write_text('{"nope": 1}')
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+        result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert message.format(tmp=tmp_path) in result.output and "Traceback" not in result.output
