@@ -263,7 +263,7 @@ def register_problem_handlers(app: FastAPI) -> None:
 def problem_responses(*statuses: int) -> dict[int | str, dict]:
     """OpenAPI `responses` entries documenting problem+json bodies for these statuses."""
     descriptions = {
-        400: "The body could not be parsed (not JSON, or not UTF-8).",
+        400: "The body could not be parsed (not JSON, not UTF-8, or nested too deeply).",
         413: "The body is larger than STOCKCAST_MAX_BODY_BYTES (default 1 MiB).",
         415: "A body whose Content-Type is not JSON (application/json), or that has none.",
         401: "Missing or wrong X-API-Key.",

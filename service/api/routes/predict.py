@@ -95,7 +95,7 @@ def _check_horizon(loaded: LoadedModel, horizon: int) -> None:
         "source; if a refresh fails but bars are cached, the answer has `stale: true` and a "
         "warning. Dates follow the NYSE calendar."),
     response_model=ForecastPublic,
-    responses=problem_responses(400, 404, 415, 422, 503),
+    responses=problem_responses(400, 404, 413, 415, 422, 503),
 )
 async def predict_ticker(
     ticker: TickerPath,
@@ -141,7 +141,7 @@ async def predict_ticker(
         "not done within STOCKCAST_BATCH_DEADLINE_SECONDS (30 s) is answered 503 busy with "
         "Retry-After; what it computed is kept, so the retry goes on from there."),
     response_model=ForecastListPublic,
-    responses=problem_responses(400, 415, 422, 503),
+    responses=problem_responses(400, 413, 415, 422, 503),
 )
 async def predict_batch(request: BatchForecastRequest, http_request: Request
                         ) -> ForecastListPublic:
