@@ -200,10 +200,16 @@ def record_no_bars(conn: Connection, ticker: str, status: str, error: str | None
     only throttles the next try for the refresh interval, so past it it is kept for nothing,
     and every symbol ever asked would otherwise stay a row. Never a ticker that ever had bars
     (bars_revision > 0: the serving stores' freshness counts on its revision)."""
-    conn.execute(Ticker.__table__.delete().where(
-        Ticker.last_bar_date.is_(None), Ticker.bars_revision == 0,
-        Ticker.last_refresh_at < expired_before, Ticker.symbol != ticker))
+    # The record first, then only the expired rows no other transaction holds (SKIP LOCKED):
+    # deleting first took the other requests' rows before their own upserts (a deadlock).
     record_refresh(conn, ticker, status, error, at=at)
+    table = Ticker.__table__
+    expired = select(table.c.symbol).where(
+        table.c.last_bar_date.is_(None), table.c.bars_revision == 0,
+        table.c.last_refresh_at < expired_before, table.c.symbol != ticker)
+    if conn.dialect.name == "postgresql":
+        expired = expired.with_for_update(skip_locked=True)
+    conn.execute(table.delete().where(table.c.symbol.in_(expired.scalar_subquery())))
 
 
 @dataclass(frozen=True)

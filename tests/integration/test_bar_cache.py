@@ -262,3 +262,64 @@ def test_database_down_is_a_typed_error(tmp_path):
     cache = BarCache(engine, ScriptedSource(), clock=Clock(NOW))
     with pytest.raises(DatabaseUnavailable, match="bar database unavailable: OperationalError"):
         cache.get_bars("AAPL")
+
+
+# -- pruning under concurrency (review) --
+
+RACE_NOW = dt.datetime(2026, 12, 2, 1, 0, tzinfo=dt.UTC)
+
+
+def _seed_expired(engine, names):
+    with engine.begin() as conn:
+        for n in names:
+            bars_db.record_refresh(conn, n, "unknown", "x", at=RACE_NOW - dt.timedelta(hours=2))
+
+
+def test_two_concurrent_no_bar_records_do_not_deadlock(engine):
+    errors = []
+    for round_ in range(30):
+        names = [f"R{round_}A", f"R{round_}B"]
+        _seed_expired(engine, names)
+        barrier = threading.Barrier(2)
+
+        def work(name, barrier=barrier):
+            barrier.wait()
+            try:
+                with engine.begin() as conn:
+                    bars_db.record_no_bars(conn, name, "unknown", "no", at=RACE_NOW,
+                                           expired_before=RACE_NOW - dt.timedelta(hours=1))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc)[:200])
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+def test_two_unknown_tickers_asked_at_once_are_both_404_not_503(engine):
+    """The same race through the cache: each request ends UnknownTicker (404); deleting the
+    expired rows before its own upsert deadlocked Postgres (503; found by review)."""
+    cache = BarCache(engine, ScriptedSource(), clock=lambda: RACE_NOW,
+                     refresh_interval=dt.timedelta(hours=1))
+    outcomes = []
+    for round_ in range(30):
+        names = [f"Q{round_}A", f"Q{round_}B"]
+        _seed_expired(engine, names)
+        barrier = threading.Barrier(2)
+
+        def work(name, barrier=barrier):
+            barrier.wait()
+            try:
+                cache.get_bars(name)
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert set(outcomes) == {UnknownTicker.__name__}, sorted(outcomes)
