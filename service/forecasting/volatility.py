@@ -90,9 +90,11 @@ def daily_variance(bars: pd.DataFrame, kind: str = "gk") -> np.ndarray:
     the overnight gap² (Yang–Zhang style), gap_t = ln(O_t · adj_t / C_t) − ln(adj_{t-1}): the
     open adjusted by the day's adj_close / close factor, so a split or dividend is no gap.
     The first bar has no gap (NaN: its v is NaN, which the floor leaves NaN). A bar without
-    trades (volume 0: a carried quote, a halted session) says nothing of the variance, and its
-    flat range would put v at the floor (a HAR σ a quarter of the usual for a month, through
-    the monthly mean): the last traded session's v stands in for it (NaN before any)."""
+    trades (volume 0 and a flat range: a carried quote, a halted session) says nothing of the
+    variance, and would put v at the floor (a HAR σ a quarter of the usual for a month, through
+    the monthly mean): the last traded session's v stands in for it (NaN before any). Volume 0
+    alone is no such bar: Yahoo reports none for FX pairs and many indices, whose ranges are
+    real."""
     if kind not in HAR_KINDS:
         raise ValueError(f"daily variance kind must be one of {HAR_KINDS}, got {kind!r}")
     o, h, lo, c, adj = (bars[k].to_numpy(np.float64) for k in
@@ -103,7 +105,7 @@ def daily_variance(bars: pd.DataFrame, kind: str = "gk") -> np.ndarray:
     gap = np.full(log_adj.size, np.nan)
     gap[1:] = np.log(o * adj / c)[1:] - log_adj[:-1]
     v = np.maximum(g + gap * gap, VOL_FLOOR ** 2)
-    untraded = bars["volume"].to_numpy(np.float64) == 0
+    untraded = (bars["volume"].to_numpy(np.float64) == 0) & (h <= lo)  # flat: no trade
     if untraded.any():
         v = pd.Series(np.where(untraded, np.nan, v)).ffill().to_numpy()
     return v

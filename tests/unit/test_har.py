@@ -200,8 +200,13 @@ def test_a_bad_print_or_a_stale_bar_moves_the_scale_by_a_bounded_factor():
     ratio = har.sigma(flat)[200:222, 0] / har.sigma(bars)[200:222, 0]
     assert np.all((ratio > 0.94) & (ratio < 1.06)), ratio
     run = bars.copy()  # untraded from the first bar: nothing to carry, NaN (warm-up) until traded
+    run.loc[:2, ["open", "high", "low"]] = run.loc[:2, ["close"] * 3].to_numpy()
     run.loc[:2, "volume"] = 0
     assert np.isnan(daily_variance(run)[:3]).all() and np.isfinite(daily_variance(run)[3:]).all()
+    # A source that reports no volume at all (Yahoo's FX pairs, many indices) with real ranges:
+    # every bar is a session, not a carried quote (a volume-only rule switched the HAR off).
+    fx = bars.assign(volume=0)
+    np.testing.assert_array_equal(daily_variance(fx), daily_variance(bars))
     raw = har.sigma(bad)[200:, 0] / (TickerSeries("A", bad).volatility[200:] * 1.0)
     assert raw.max() > high  # unbounded, the print would have widened the band past the cap
     assert settings.scale(TickerSeries("A", bad))[200:, 0].max() == high
