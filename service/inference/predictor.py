@@ -420,18 +420,21 @@ class Predictor(Forecaster):
         return float(inside.mean()), int(inside.size)
 
     def _with_period_warning(self, forecast: Forecast) -> Forecast:
-        """The forecast with a warning when its origin lies inside the period the model was
-        trained and validated on (the first training origin <= as_of <= the last validation
-        origin: those origins' outcomes shaped the weights, through training and early
-        stopping; any ticker, as the market those days was learned), the page's notice's rule. Not stored with a band state (the stores keep the window's range warnings): it
-        depends on the origin alone."""
-        first, fitted = self.manifest.split.train[0], self.manifest.split.val[1]
-        if not first <= forecast.as_of <= fitted:  # after it, or an era before it: unseen
+        """The forecast with a warning when the sessions it forecasts overlap those whose
+        outcomes shaped the weights: the training targets from the first training origin on, up
+        to the last validation origin's horizon-day target (early stopping read it). Then it is
+        in-sample and looks better than a real one would, for any ticker (the market on those
+        days was learned). An origin after that, in the gap before the test segment, or an era
+        before training is not. Not stored with a band state (the stores keep the window's
+        range warnings): it depends on the dates alone."""
+        split = self.manifest.split
+        last_target = next_trading_days(split.val[1], self.spec.horizon)[-1]
+        if forecast.as_of >= last_target or forecast.steps[-1].date <= split.train[0]:
             return forecast
         warning = (f"as_of {forecast.as_of} is inside the period model "
-                   f"{self.manifest.version} was trained and validated on (origins "
-                   f"{first} to {fitted}): this forecast is in-sample and looks better than "
-                   "a real one would")
+                   f"{self.manifest.version} was trained and validated on (its targets ran "
+                   f"from {split.train[0]} to {last_target}): this forecast is in-sample and "
+                   "looks better than a real one would")
         return dataclasses.replace(forecast, warnings=(*forecast.warnings, warning))
 
     def _range_warnings(self, item: ModelInput) -> tuple[str, ...]:

@@ -234,17 +234,14 @@ def test_a_past_range_forecasts_as_of_its_end_and_shows_what_happened(page, live
     assert traces["actual"]["y"] == pytest.approx(after["close"].tolist())
     assert page.inner_text("#data-as-of") == "2016-06-30"
     in_sample = page.locator("#in-sample")
+    flagged = [w for w in api["warnings"] if w.startswith("as_of 2016-06-30 is inside the period")]
     if live_app.trained_from <= dt.date(2016, 6, 30) <= live_app.validated_until:
-        assert in_sample.inner_text() == (
-            "2016-06-30 is inside the period the model was trained and validated on (origins "
-            f"{live_app.trained_from} to {live_app.validated_until}): this forecast is in-sample "
-            "and looks better than a real one would.")
-        # The API says so too (for its other clients); the page does not repeat it.
-        assert any(w.startswith("as_of 2016-06-30 is inside the period") for w in api["warnings"])
+        # The API's in-sample warning is the page's notice, and not repeated in the list.
+        assert len(flagged) == 1
+        assert in_sample.inner_text() == f"{flagged[0]}."
         assert "is inside the period" not in page.locator("#stale-warning").text_content()
     else:
-        assert in_sample.is_hidden()
-        assert not any("is inside the period" in w for w in api["warnings"])
+        assert flagged == [] and in_sample.is_hidden()
     assert page.js_errors == []
 
 

@@ -89,29 +89,34 @@ def test_as_of_on_a_non_trading_day_uses_the_last_bar_before_it(tiny_predictor, 
     assert forecast.steps[0].date == next_trading_days(sunday, 1)[0]
 
 
-def test_an_origin_the_model_was_fitted_on_is_flagged_in_sample(tiny_predictor, bars):
-    """A forecast from an origin up to the last validation origin (whose outcomes shaped the
-    weights) says so; one from the session after it on does not."""
+def test_a_forecast_over_sessions_the_model_was_fitted_on_is_flagged_in_sample(tiny_predictor,
+                                                                               bars):
+    """In-sample: the forecast's sessions overlap the training and validation targets (from the
+    first training origin to the last validation origin's horizon-day target, which early
+    stopping read). Not: an origin from that target on, nor an era before training."""
     aaa = bars["AAA"]
-    split = tiny_predictor.manifest.split
+    split, spec = tiny_predictor.manifest.split, tiny_predictor.spec
     dates = aaa["date"].dt.date
-    last_fitted = dates[dates <= split.val[1]].iloc[-1]
-    after = dates[dates > split.val[1]].iloc[0]
-    out = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=after)
-    assert out.as_of == after and out.warnings == ()
-    inside = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=last_fitted)
-    expected = (f"as_of {last_fitted} is inside the period model "
-                f"{tiny_predictor.manifest.version} was trained and validated on (origins "
-                f"{split.train[0]} to {split.val[1]}): this forecast is in-sample and looks "
-                "better than a real one would")
+    last_target = next_trading_days(split.val[1], spec.horizon)[-1]
+    assert last_target < split.test[0]  # the gap holds it: origins between are out of sample
+    before = dates[dates < last_target].iloc[-1]
+    out = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=last_target)
+    assert out.as_of == last_target and out.warnings == ()
+    inside = tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=before)
+    expected = (f"as_of {before} is inside the period model {tiny_predictor.manifest.version} "
+                f"was trained and validated on (its targets ran from {split.train[0]} to "
+                f"{last_target}): this forecast is in-sample and looks better than a real one "
+                "would")
     assert inside.warnings == (expected,)
-    before = dates[dates < split.train[0]]  # an era before training: never seen, no warning
-    if len(before) > min_bars(tiny_predictor.spec):
-        assert tiny_predictor.forecast("AAA", aaa, 1, as_of=before.iloc[-1]).warnings == ()
     # The same figures either way: the warning is all that differs from an unflagged forecast.
-    assert inside.steps == tiny_predictor.forecast("AAA", aaa.loc[dates <= last_fitted], 1).steps
-    assert tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=split.train[1]).warnings[0] \
-        .startswith(f"as_of {split.train[1]} is inside the period model")
+    assert inside.steps == tiny_predictor.forecast("AAA", aaa.loc[dates <= before], 1).steps
+    assert tiny_predictor.forecast("AAA", aaa, horizon=1, as_of=split.train[1]).warnings == (
+        expected.replace(f"as_of {before}", f"as_of {split.train[1]}"),)
+    # An era before training (the same bars twenty years earlier): never seen, no warning.
+    early = aaa.assign(date=aaa["date"] - pd.DateOffset(years=20))
+    early = early[early["date"].dt.dayofweek < 5].reset_index(drop=True)
+    assert early["date"].iloc[-1].date() < split.train[0]
+    assert tiny_predictor.forecast("AAA", early, horizon=5).warnings == ()
 
 
 def test_too_few_bars_names_the_ticker_and_the_counts(tiny_predictor, bars):

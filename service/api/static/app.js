@@ -527,25 +527,22 @@
     setText("data-last-bar", info ? info.last_bar_date : b && b.dates.length ? b.dates.at(-1) : "—");
     setText("data-seen", f ? (f.seen_in_training ? "Yes" : "No — uses the generic embedding")
                            : "—");
+    // The API says when the forecast is in-sample (its sessions overlap those the model was
+    // trained and validated on): that warning is the notice, not one of the list below.
     const note = $("in-sample");
-    const first = state.model?.split?.train?.[0];
-    const fitted = state.model?.split?.val?.[1];
-    // Origins from the first training one to the end of validation shaped the weights
-    // (training, early stopping); an era before them the model never saw.
-    note.hidden = !(f && first && fitted && f.as_of >= first && f.as_of <= fitted);
-    note.textContent = note.hidden ? "" : `${f.as_of} is inside the period the model was ` +
-      `trained and validated on (origins ${first} to ${fitted}): this forecast is in-sample ` +
-      "and looks better than a real one would.";
+    const inSample = f
+      ? f.warnings.find((text) => text.startsWith(`as_of ${f.as_of} is inside the period`))
+      : undefined;
+    note.hidden = inSample === undefined;
+    note.textContent = note.hidden ? "" : `${inSample}.`;
     const lastBar = info ? info.last_bar_date : b && b.dates.length ? b.dates.at(-1) : null;
     // undefined: still asking; null: the answer failed.
     const src = source === undefined ? undefined
       : source.status === "fulfilled" ? source.value : null;
     const behind = lastBar ? sessionsBehind(lastBar) : 0;
     const stale = Boolean((f && f.stale) || (b && b.stale));  // a refresh failed
-    // The API's own in-sample warning says what the notice above says: not twice.
-    const inSample = f ? `as_of ${f.as_of} is inside the period` : null;
     const warnings = [...new Set([...(b ? b.warnings : []), ...(f ? f.warnings : [])])]
-      .filter((text) => note.hidden || !text.startsWith(inSample));
+      .filter((text) => text !== inSample);
     const box = $("stale-warning");
     if (!f && !b) {
       setText("data-fresh", "—");
