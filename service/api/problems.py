@@ -95,10 +95,17 @@ ERROR_PROBLEMS: dict[type[StockcastError], tuple[int, str, str]] = {
 }
 
 
+# The request path an answer names (`instance`) is clipped here: a 60,000-character path was
+# echoed whole in every 4xx (found by review).
+MAX_INSTANCE_CHARS = 256
+
+
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> ProblemResponse:
-    """Serialize a Problem (members left None are omitted)."""
-    return ProblemResponse(problem.model_dump(mode="json", exclude_none=True),
-                           status_code=problem.status, headers=headers)
+    """Serialize a Problem (members left None are omitted; `instance` clipped)."""
+    body = problem.model_dump(mode="json", exclude_none=True)
+    if len(body.get("instance", "")) > MAX_INSTANCE_CHARS:
+        body["instance"] = body["instance"][:MAX_INSTANCE_CHARS] + "..."
+    return ProblemResponse(body, status_code=problem.status, headers=headers)
 
 
 def error_problem(exc: StockcastError, instance: str | None = None) -> Problem:
