@@ -23,6 +23,9 @@ from service.core.errors import (
 )
 from service.sources.base import BarSource
 
+# Seconds a request refused while another one probes the recovered upstream is told to wait.
+PROBE_RETRY_AFTER = 1.0
+
 
 class CircuitBreaker:
     """A BarSource that fails fast for `cooldown` after its upstream raised SourceUnavailable."""
@@ -35,6 +38,7 @@ class CircuitBreaker:
         self.monotonic = monotonic
         self._failed_at: float | None = None
         self._failure = ""
+        self._probing = False  # after the cool-down, one request is asking the upstream again
         self._lock = threading.Lock()
         # The last answer's outcome, for the page's freshness line: None = never asked yet.
         self.reachable: bool | None = None
@@ -56,14 +60,20 @@ class CircuitBreaker:
         return self._call(f"{len(tickers)} tickers", lambda: fetch_many(tickers, start, end))
 
     def _call(self, ticker: str, call):
+        probe = False
         with self._lock:
-            failed_at, failure = self._failed_at, self._failure
-        if failed_at is not None:
-            age = self.monotonic() - failed_at
-            if age < self.cooldown:
-                raise SourceCoolingDown(
-                    f"{self.name} not asked for {ticker}: it failed {age:.0f} s ago "
-                    f"(next try after {self.cooldown:.0f} s): {failure}", self.cooldown - age)
+            if self._failed_at is not None:
+                age = self.monotonic() - self._failed_at
+                if age < self.cooldown:
+                    raise SourceCoolingDown(
+                        f"{self.name} not asked for {ticker}: it failed {age:.0f} s ago "
+                        f"(next try after {self.cooldown:.0f} s): {self._failure}",
+                        self.cooldown - age)
+                if self._probing:  # half-open: one request asks again, the others wait for it
+                    raise SourceCoolingDown(
+                        f"{self.name} not asked for {ticker}: another request is asking it "
+                        f"again, {age:.0f} s after it failed: {self._failure}", PROBE_RETRY_AFTER)
+                self._probing = probe = True
         try:
             bars = call()
         except SourceNotConfigured:
@@ -77,6 +87,10 @@ class CircuitBreaker:
         except UnknownTicker:
             self._reachable()  # an answer, if not the hoped-for one
             raise
+        finally:
+            if probe:
+                with self._lock:
+                    self._probing = False
         self._reachable()
         return bars
 

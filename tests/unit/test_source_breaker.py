@@ -57,3 +57,40 @@ def test_an_unknown_ticker_answer_closes_the_breaker(parts):
         breaker.fetch("ZZZ")
     assert len(breaker.fetch("AAA")) == 30  # no cool-down after a reachable answer
     assert breaker.name == "scripted"
+
+
+def test_after_the_cooldown_one_request_asks_again_and_the_others_do_not_wait(parts):
+    """Half-open: with the upstream back but slow, the first request after the cool-down asks
+    it; one arriving meanwhile is answered at once (not a second upstream call), then asks
+    normally once the first answer closed the breaker (found by review: every waiting request
+    went upstream together)."""
+    import threading
+
+    upstream, clock, breaker = parts
+    upstream.fail_with = timeout_error("AAA")
+    with pytest.raises(SourceUnavailable):
+        breaker.fetch("AAA")
+    upstream.fail_with, upstream.delay = None, 0.5
+    clock.now += 301
+    probe = threading.Thread(target=breaker.fetch, args=("AAA",))
+    probe.start()
+    while len(upstream.calls) < 2:  # the probe has reached the upstream
+        pass
+    with pytest.raises(SourceCoolingDown) as caught:
+        breaker.fetch("BBB")
+    assert "another request is asking it again" in str(caught.value)
+    assert caught.value.retry_after == 1.0
+    probe.join()
+    assert [c[0] for c in upstream.calls] == ["AAA", "AAA"]
+    upstream.delay = 0.0
+    assert len(breaker.fetch("BBB")) == 30  # closed by the probe's answer
+    # A probe that fails opens it again for a whole cool-down.
+    upstream.fail_with = timeout_error("AAA")
+    with pytest.raises(SourceUnavailable):
+        breaker.fetch("AAA")
+    clock.now += 301
+    with pytest.raises(SourceUnavailable):
+        breaker.fetch("AAA")  # the probe, failing
+    with pytest.raises(SourceCoolingDown) as again:
+        breaker.fetch("BBB")
+    assert again.value.retry_after == 300
