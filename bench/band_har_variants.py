@@ -27,7 +27,7 @@ log m_5(v), log m_22(v)), the served HAR):
   har_combo  B + lhar_z's three terms + log m_66(v) + log m_250(v) + harq's term
 
 Run: `python bench/band_har_variants.py [--json out.json]` (the bar cache seeded: `make seed`;
-weights 0438c5bea12e as bench/band_har.py; ≈ 1 min on 2 shared cores).
+weights 0438c5bea12e as bench/band_har.py; ≈ 30 s on 2 shared cores).
 """
 
 from __future__ import annotations
