@@ -124,6 +124,47 @@ def choose(validation: dict[str, dict], names: list[str]) -> str:
     return min(near, key=lambda n: abs(validation[n]["turb1"] - validation[n]["calm1"]))
 
 
+def walk(forecasters: list, bars: dict, test: tuple[dt.date, dt.date], train_end: dt.date
+         ) -> tuple[object, dict[str, dict], dict[str, dict]]:
+    """Every forecaster walked from the validation segment's first origin to the test
+    segment's last (fitted on bars up to the earlier of train_end and that first origin), then
+    scored on each: (the run, validation table, test table)."""
+    tick = time.perf_counter()
+    run = historical_forecasts(forecasters, bars, start=VALIDATION[0], end=test[1],
+                               fit_end=min(train_end, VALIDATION[0]), horizons=HORIZONS)
+    if run.skipped:
+        print("skipped:", run.skipped)
+    methods = [f.name for f in forecasters]
+    val = segment_table(run.forecasts, methods, *VALIDATION)
+    tst = segment_table(run.forecasts, methods, *test)
+    print(f"walk + scoring: {time.perf_counter() - tick:.0f} s")
+    return run, val, tst
+
+
+def report(val: dict[str, dict], tst: dict[str, dict], names: list[str], incumbent: str,
+           label: str, means: list[str], rows: list[str]) -> tuple[str, str]:
+    """The rule's pick among `names` and with the `incumbent` in the pool (printed), each of
+    `means`' validation mean ratio, coverage and calm / turbulent gap, then the table of
+    `rows` (the pick in bold): (pick, pick with the incumbent)."""
+    chosen = choose(val, names)
+    chosen_all = choose(val, names + [incumbent])
+    print(f"chosen on validation among {label}: {chosen}; with {incumbent} in the pool: "
+          f"{chosen_all}")
+    for n in means:
+        v = val[n]
+        print(f"  {n}: val mean(ratio1, ratio5) = {(v['ratio1'] + v['ratio5']) / 2:.4f}, "
+              f"cov1 {v['cov1']:.3f} cov5 {v['cov5']:.3f}; gap {abs(v['turb1'] - v['calm1']):.3f}")
+    print("\n| candidate | val IS ratio h1/5/30 | val cov h1 (calm/turb) | val cov h5 | "
+          "test IS ratio h1/5/30 | test cov h1 (calm/turb) | test cov h5 (above/below) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in rows:
+        print(table_row(f"**{name}**" if name == chosen else name, val[name], tst[name]))
+    print("\nabsolute IS ewma_aci: val " + " / ".join(f"{val[REFERENCE][f'is{h}']:.5f}"
+                                                     for h in HORIZONS)
+          + "; test " + " / ".join(f"{tst[REFERENCE][f'is{h}']:.5f}" for h in HORIZONS))
+    return chosen, chosen_all
+
+
 def table_row(mark: str, v: dict, t: dict) -> str:
     """One candidate's row: validation and test IS ratios (h = 1 / 5 / 30), coverage at h = 1
     with its calm / turbulent terciles, coverage at h = 5 (test: with the misses above / below)."""

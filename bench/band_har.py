@@ -36,7 +36,7 @@ spec.loader.exec_module(bg)
 from service.core.config import get_settings
 from service.db.bars import read_bars_many
 from service.db.session import make_engine
-from service.evaluation.backtest import bars_by_ticker, historical_forecasts
+from service.evaluation.backtest import bars_by_ticker
 from service.evaluation.scoring import NAIVE
 from service.forecasting.bands import BASELINE_ACI, ACIForecaster, ACISettings, ndtri
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
@@ -288,33 +288,11 @@ def main() -> int:
                    bg._named(ACIForecaster(ewma, BASELINE_ACI, slots=HS), bg.REFERENCE),
                    bg._named(ACIForecaster(model, served, slots=HS), "served"),
                    har_g, har_c, *cands]
-    tick = time.perf_counter()
-    run = historical_forecasts(forecasters, bars, start=bg.VALIDATION[0], end=test[1],
-                               fit_end=min(train_end, bg.VALIDATION[0]), horizons=HS)
-    if run.skipped:
-        print("skipped:", run.skipped)
-    methods = [f.name for f in forecasters]
-    val = bg.segment_table(run.forecasts, methods, *bg.VALIDATION)
-    tst = bg.segment_table(run.forecasts, methods, *test)
-    print(f"walk + scoring: {time.perf_counter() - tick:.0f} s")
+    _, val, tst = bg.walk(forecasters, bars, test, train_end)
     names = [c.name for c in cands]
-    chosen = bg.choose(val, names)
-    chosen_all = bg.choose(val, names + ["served"])
-    print(f"chosen on validation among the new candidates: {chosen}; "
-          f"with the served band in the pool: {chosen_all}")
-    for n in ["served", *names]:
-        v = val[n]
-        print(f"  {n}: val mean(ratio1, ratio5) = {(v['ratio1'] + v['ratio5']) / 2:.4f}, "
-              f"cov1 {v['cov1']:.3f} cov5 {v['cov5']:.3f}")
-    print("\n| candidate | val IS ratio h1/5/30 | val cov h1 (calm/turb) | val cov h5 | "
-          "test IS ratio h1/5/30 | test cov h1 (calm/turb) | test cov h5 (above/below) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name in [bg.REFERENCE, "ewma", "served", "har_gk_gauss", "har_cc_gauss", *names]:
-        print(bg.table_row(f"**{name}**" if name == chosen else name, val[name], tst[name]))
-    print(f"\nabsolute IS ewma_aci: val {val[bg.REFERENCE]['is1']:.5f} / "
-          f"{val[bg.REFERENCE]['is5']:.5f} / {val[bg.REFERENCE]['is30']:.5f}; test "
-          f"{tst[bg.REFERENCE]['is1']:.5f} / {tst[bg.REFERENCE]['is5']:.5f} / "
-          f"{tst[bg.REFERENCE]['is30']:.5f}")
+    chosen, chosen_all = bg.report(
+        val, tst, names, "served", "the new candidates", ["served", *names],
+        [bg.REFERENCE, "ewma", "served", "har_gk_gauss", "har_cc_gauss", *names])
 
     # Serving cost: a cold served band at one origin reads history + horizon = 630 origins.
     s = TickerSeries("AAPL", bars["AAPL"])

@@ -51,7 +51,7 @@ from band_har import bg
 from service.core.config import get_settings
 from service.db.bars import read_bars_many
 from service.db.session import make_engine
-from service.evaluation.backtest import bars_by_ticker, historical_forecasts
+from service.evaluation.backtest import bars_by_ticker
 from service.evaluation.scoring import NAIVE
 from service.forecasting.bands import BASELINE_ACI, ACIForecaster, ACISettings
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
@@ -232,15 +232,7 @@ def main() -> int:
     forecasters = [model, BASELINES[NAIVE](), ewma,
                    bg._named(ACIForecaster(ewma, BASELINE_ACI, slots=HS), bg.REFERENCE),
                    hb.named(ACIForecaster(mh_served, cal500, slots=HS), SERVED_HAR), *cands]
-    tick = time.perf_counter()
-    run = historical_forecasts(forecasters, bars, start=bg.VALIDATION[0], end=test[1],
-                               fit_end=min(train_end, bg.VALIDATION[0]), horizons=HS)
-    if run.skipped:
-        print("skipped:", run.skipped)
-    methods = [f.name for f in forecasters]
-    val = bg.segment_table(run.forecasts, methods, *bg.VALIDATION)
-    tst = bg.segment_table(run.forecasts, methods, *test)
-    print(f"walk + scoring: {time.perf_counter() - tick:.0f} s")
+    run, val, tst = bg.walk(forecasters, bars, test, train_end)
     # rows scored per method (the same origins for all?)
     for h in HS:
         f = run.forecasts[h]
@@ -248,21 +240,9 @@ def main() -> int:
         print(f"h={h}: rows {len(f)}; finite bands per method {nn}")
 
     names = [c.name for c in cands if c.name != "m_base_aci"]
-    chosen = bg.choose(val, names)
-    chosen_all = bg.choose(val, names + [SERVED_HAR])
-    print(f"chosen among the 8 pre-registered: {chosen}; with the served mhar in the pool: "
-          f"{chosen_all}")
-    for n in [SERVED_HAR, "m_base_aci", *names]:
-        v = val[n]
-        print(f"  {n}: val mean(ratio1, ratio5) = {(v['ratio1'] + v['ratio5']) / 2:.4f}, "
-              f"cov1 {v['cov1']:.3f} cov5 {v['cov5']:.3f}; gap {abs(v['turb1'] - v['calm1']):.3f}")
-    print("\n| candidate | val IS ratio h1/5/30 | val cov h1 (calm/turb) | val cov h5 | "
-          "test IS ratio h1/5/30 | test cov h1 (calm/turb) | test cov h5 (above/below) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name in [bg.REFERENCE, SERVED_HAR, "m_base_aci", *names]:
-        print(bg.table_row(f"**{name}**" if name == chosen else name, val[name], tst[name]))
-    print("\nabsolute IS ewma_aci: val " + " / ".join(f"{val[bg.REFERENCE][f'is{h}']:.5f}" for h in HS)
-          + "; test " + " / ".join(f"{tst[bg.REFERENCE][f'is{h}']:.5f}" for h in HS))
+    chosen, chosen_all = bg.report(
+        val, tst, names, SERVED_HAR, "the 8 pre-registered", [SERVED_HAR, "m_base_aci", *names],
+        [bg.REFERENCE, SERVED_HAR, "m_base_aci", *names])
 
     print("\nDiebold-Mariano (HLN) on per-date mean interval-score differentials:")
     dms = {}

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +41,7 @@ from service.artifacts.manifest import resolve_current
 from service.core.config import get_settings
 from service.db.bars import read_bars_many
 from service.db.session import make_engine
-from service.evaluation.backtest import bars_by_ticker, historical_forecasts
+from service.evaluation.backtest import bars_by_ticker
 from service.evaluation.scoring import NAIVE
 from service.forecasting.bands import BASELINE_ACI, ACIForecaster, ACIState, aci_state
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
@@ -160,33 +159,11 @@ def main() -> int:
                    bg._named(ACIForecaster(ewma, BASELINE_ACI, slots=HS), bg.REFERENCE),
                    bg._named(ACIForecaster(model, served, slots=HS), "served"), r1,
                    *cands.values()]
-    tick = time.perf_counter()
-    run = historical_forecasts(forecasters, bars, start=bg.VALIDATION[0], end=test[1],
-                               fit_end=min(man.split.train[1], bg.VALIDATION[0]), horizons=HS)
-    if run.skipped:
-        print("skipped:", run.skipped)
+    run, val, tst = bg.walk(forecasters, bars, test, man.split.train[1])
     check_r1(run.forecasts, "served", r1.name)
-    methods = [f.name for f in forecasters]
-    val = bg.segment_table(run.forecasts, methods, *bg.VALIDATION)
-    tst = bg.segment_table(run.forecasts, methods, *test)
-    print(f"walk + scoring: {time.perf_counter() - tick:.0f} s")
     names = list(cands)
-    chosen = bg.choose(val, names)
-    chosen_all = bg.choose(val, names + ["served"])
-    print(f"chosen on validation among the Mondrian candidates: {chosen}; with the served band "
-          f"in the pool: {chosen_all}")
-    for n in ["served", *names]:
-        v = val[n]
-        print(f"  {n}: val mean(ratio1, ratio5) = {(v['ratio1'] + v['ratio5']) / 2:.4f}, "
-              f"cov1 {v['cov1']:.3f} cov5 {v['cov5']:.3f}; gap {abs(v['turb1'] - v['calm1']):.3f}")
-    print("\n| candidate | val IS ratio h1/5/30 | val cov h1 (calm/turb) | val cov h5 | "
-          "test IS ratio h1/5/30 | test cov h1 (calm/turb) | test cov h5 (above/below) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name in [bg.REFERENCE, "served", *names]:
-        print(bg.table_row(f"**{name}**" if name == chosen else name, val[name], tst[name]))
-    print("\nabsolute IS ewma_aci: val " + " / ".join(f"{val[bg.REFERENCE][f'is{h}']:.5f}"
-                                                     for h in HS)
-          + "; test " + " / ".join(f"{tst[bg.REFERENCE][f'is{h}']:.5f}" for h in HS))
+    chosen, chosen_all = bg.report(val, tst, names, "served", "the Mondrian candidates",
+                                   ["served", *names], [bg.REFERENCE, "served", *names])
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": man.version, "chosen": chosen, "chosen_with_served": chosen_all,
