@@ -117,6 +117,14 @@ def test_page_and_its_assets_are_served_locally(sqlite_url, tmp_path):
     assert zipped.content == PLOTLY_JS.read_bytes()  # httpx decodes; the bytes are the package's
     plain = client.get("/static/vendor/plotly.min.js", headers={"Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers
+    for refusing in ("gzip;q=0", "br, gzip; q=0.0", "*;q=0", "deflate"):  # gzip;q=0 got gzip
+        response = client.get("/static/vendor/plotly.min.js",
+                              headers={"Accept-Encoding": refusing})
+        assert "content-encoding" not in response.headers, refusing
+    for accepting in ("gzip;q=0.5", "br;q=1, *", "GZIP"):
+        response = client.get("/static/vendor/plotly.min.js",
+                              headers={"Accept-Encoding": accepting})
+        assert response.headers["content-encoding"] == "gzip", accepting
     assert plain.content == PLOTLY_JS.read_bytes()
     assert gzip.decompress(gzip.compress(plain.content)) == plain.content
 

@@ -32,6 +32,24 @@ PLOTLY_CACHE_SECONDS = 86_400
 
 
 @cache
+def _accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header accepts gzip (RFC 9110 §12.5.3): named, or `*`, with
+    a q-value above 0 (`gzip;q=0` refuses it)."""
+    weights = {}
+    for item in header.lower().split(","):
+        coding, _, params = item.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights[coding.strip()] = q
+    return weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0))) > 0
+
+
 def _plotly_gzip(path: Path) -> bytes:
     """The bundled plotly.min.js, gzipped once per process (~4.8 MB -> ~1.4 MB)."""
     return gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
@@ -51,7 +69,7 @@ def get_plotly(request: Request) -> Response:
         raise HTTPException(404, f"plotly.min.js not found in the plotly package at {PLOTLY_JS}")
     headers = {"Cache-Control": f"public, max-age={PLOTLY_CACHE_SECONDS}",
                "Vary": "Accept-Encoding", "X-Plotly-Package-Version": plotly.__version__}
-    if "gzip" in request.headers.get("accept-encoding", "").lower():
+    if _accepts_gzip(request.headers.get("accept-encoding", "")):
         return Response(_plotly_gzip(PLOTLY_JS), media_type="text/javascript",
                         headers={**headers, "Content-Encoding": "gzip"})
     return FileResponse(PLOTLY_JS, media_type="text/javascript", headers=headers)
