@@ -87,11 +87,12 @@ class CircuitBreaker:
         except UnknownTicker:
             self._reachable()  # an answer, if not the hoped-for one
             raise
+        else:  # closed before the probe's turn ends: no second probe in between (review)
+            self._reachable()
         finally:
             if probe:
                 with self._lock:
                     self._probing = False
-        self._reachable()
         return bars
 
     def _reachable(self) -> None:

@@ -65,6 +65,7 @@ def test_after_the_cooldown_one_request_asks_again_and_the_others_do_not_wait(pa
     normally once the first answer closed the breaker (found by review: every waiting request
     went upstream together)."""
     import threading
+    import time
 
     upstream, clock, breaker = parts
     upstream.fail_with = timeout_error("AAA")
@@ -74,8 +75,10 @@ def test_after_the_cooldown_one_request_asks_again_and_the_others_do_not_wait(pa
     clock.now += 301
     probe = threading.Thread(target=breaker.fetch, args=("AAA",))
     probe.start()
+    deadline = time.monotonic() + 5
     while len(upstream.calls) < 2:  # the probe has reached the upstream
-        pass
+        assert time.monotonic() < deadline, "the probe never reached the upstream"
+        time.sleep(0.001)
     with pytest.raises(SourceCoolingDown) as caught:
         breaker.fetch("BBB")
     assert "another request is asking it again" in str(caught.value)
@@ -94,3 +97,34 @@ def test_after_the_cooldown_one_request_asks_again_and_the_others_do_not_wait(pa
     with pytest.raises(SourceCoolingDown) as again:
         breaker.fetch("BBB")
     assert again.value.retry_after == 300
+
+
+def test_a_successful_probe_admits_no_second_probe(parts):
+    """A request arriving after the probe's answer but before the breaker closed went upstream
+    as a second probe (the probe's turn ended first; found by review)."""
+    import threading
+
+    upstream, clock, breaker = parts
+    upstream.fail_with = timeout_error("AAA")
+    with pytest.raises(SourceUnavailable):
+        breaker.fetch("AAA")
+    upstream.fail_with = None
+    clock.now += 301
+    original, rival = breaker._reachable, []
+
+    def reachable_after_a_rival():  # another request in that window
+        if not rival:
+            def ask():
+                try:
+                    rival.append(len(breaker.fetch("BBB")))
+                except SourceCoolingDown as exc:
+                    rival.append(exc.retry_after)
+            thread = threading.Thread(target=ask)
+            thread.start()
+            thread.join()
+        original()
+
+    breaker._reachable = reachable_after_a_rival
+    assert len(breaker.fetch("AAA")) == 30  # the probe, succeeding
+    assert [c[0] for c in upstream.calls] == ["AAA", "AAA"]
+    assert rival == [1.0]  # refused at once while the probe's answer was being recorded
