@@ -28,36 +28,62 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
-@contextmanager
-def _engine() -> Iterator[Engine]:
-    """The configured database's engine, disposed (its pool closed) when the command ends.
+def _first_line(exc: BaseException | None) -> str:
+    lines = str(exc).strip().splitlines() if exc is not None else []
+    return lines[0] if lines else type(exc).__name__
 
-    A database error out of the command is one line, not a traceback: a missing table names
-    the revision and `stockcast db upgrade`, an unreachable database the URL's error, a URL
-    SQLAlchemy cannot read says so (the API answers the same cases 503)."""
+
+@contextmanager
+def _database_errors(engine: Engine | None = None) -> Iterator[None]:
+    """A database the command cannot use, said in one line and exit 1 instead of a traceback:
+    a missing table names the revision and `stockcast db upgrade` (read on `engine`, else on
+    one made for it), a database that does not answer the driver's error, a URL SQLAlchemy
+    cannot read says so (the API answers the same cases 503). Any other database error (a
+    statement's own: a bug) propagates."""
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-    from service.db.health import current_revision, head_revision, is_missing_schema
+    from service.db.health import (
+        current_revision,
+        head_revision,
+        is_database_fault,
+        is_missing_schema,
+    )
     from service.db.session import make_engine
 
     url = get_settings().database_url
     try:
-        engine = make_engine(url)
-    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        yield
+    except (ArgumentError, NoSuchModuleError) as exc:
         _fail(f"STOCKCAST_DATABASE_URL {url!r} is no database URL SQLAlchemy can use: {exc}")
-    try:
-        yield engine
     except DBAPIError as exc:
+        why = f"{type(exc.orig).__name__}: {_first_line(exc.orig)}"
         if is_missing_schema(exc):
+            reader = engine if engine is not None else make_engine(url)
             try:
-                at = current_revision(engine)
+                at = current_revision(reader)
             except DBAPIError:
                 at = None
+            finally:
+                if engine is None:
+                    reader.dispose()
             _fail(f"the database is not migrated (at {at or 'no revision'}, the head is "
-                  f"{head_revision()}): run `stockcast db upgrade` "
-                  f"({type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]})")
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-        _fail(f"the database did not answer: {type(exc.orig).__name__}: {reason}")
+                  f"{head_revision()}): run `stockcast db upgrade` ({why})")
+        if is_database_fault(exc):
+            _fail(f"the database did not answer: {why}")
+        raise
+
+
+@contextmanager
+def _engine() -> Iterator[Engine]:
+    """The configured database's engine, disposed (its pool closed) when the command ends; a
+    database it cannot use is one line (_database_errors)."""
+    from service.db.session import make_engine
+
+    with _database_errors():
+        engine = make_engine(get_settings().database_url)
+    try:
+        with _database_errors(engine):
+            yield engine
     finally:
         engine.dispose()
 
@@ -79,7 +105,10 @@ def _read_config(config: Path):
     from training.config import TrainConfig
 
     try:
-        return TrainConfig.from_dict(json.loads(config.read_text()))
+        values = json.loads(config.read_text())
+        if not isinstance(values, dict):
+            raise TypeError(f"a TrainConfig is a JSON object, got {type(values).__name__}")
+        return TrainConfig.from_dict(values)
     except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
         _fail(f"--config {config}: {exc}")
 
@@ -120,7 +149,8 @@ def db_upgrade(revision: str = "head"):
     """Migrate the configured database up to REVISION (default head)."""
     from service.db.session import upgrade
 
-    upgrade(get_settings().database_url, revision)
+    with _database_errors():
+        upgrade(get_settings().database_url, revision)
     typer.echo(f"database at {revision}")
 
 
@@ -129,7 +159,8 @@ def db_downgrade(revision: str):
     """Migrate the configured database down to REVISION ("base" empties it)."""
     from service.db.session import downgrade
 
-    downgrade(get_settings().database_url, revision)
+    with _database_errors():
+        downgrade(get_settings().database_url, revision)
     typer.echo(f"database at {revision}")
 
 
@@ -341,9 +372,9 @@ def train(
         help="Named ticker universe: top24, or all (every cached ticker).")] = "top24",
     start: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
     end: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
-    epochs: Annotated[int | None, typer.Option(help="Max epochs (early stopping).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Max epochs (early stopping).", min=1)] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     train_stride: Annotated[int | None, typer.Option(help="Every k-th train origin.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -404,10 +435,11 @@ def train(
         from service.evaluation.promotion import GateThresholds
 
         thresholds = GateThresholds(max_rel_mae, coverage_tolerance, max_interval_ratio)
-        outcome = train_and_gate(
-            train_config, settings.database_url, model_dir or settings.model_dir, gate=gate,
-            thresholds=thresholds, plots_dir=plots_dir, provider=settings.ort_provider,
-            intra_op_threads=settings.ort_intra_op_threads)
+        with _database_errors():
+            outcome = train_and_gate(
+                train_config, settings.database_url, model_dir or settings.model_dir,
+                gate=gate, thresholds=thresholds, plots_dir=plots_dir,
+                provider=settings.ort_provider, intra_op_threads=settings.ort_intra_op_threads)
     except (ValueError, TrainingDiverged) as exc:
         _fail(str(exc))
     if outcome is None:  # a rank other than 0
@@ -553,7 +585,7 @@ def evaluate(
     window: Annotated[str, typer.Option(help="expanding or sliding training window.")] = (
         "expanding"),
     sliding_sessions: Annotated[int, typer.Option(help="Sessions of a sliding window.")] = 756,
-    epochs: Annotated[int | None, typer.Option(help="Max epochs per block model.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Max epochs per block model.", min=1)] = None,
     features: Annotated[str | None, typer.Option(
         help="Feature set (ablation): returns, indicators, +market, returns+market "
              "(default: the config's).")] = None,
@@ -625,24 +657,25 @@ def evaluate(
                      if b)
     settings = get_settings()
     try:
-        spec = RollingSpec(start=start.date(), end=end.date(), retrain_every=retrain_every,
-                           window=window, sliding_sessions=sliding_sessions, horizons=wanted_h,
-                           baselines=wanted_b,
-                           band_baselines=tuple(b for b in band_baselines.replace(" ", "")
-                                                .split(",") if b),
-                           top_k=top_k, cost_bp=cost_bp, workers=workers, cluster=cluster)
-        model_dir = model_dir or PROJECT_ROOT / "var" / "rolling"
-        if ablation:
-            sets = tuple(x for x in ablation.replace(" ", "").split(",") if x)
-            result = evaluate_ablation(base.with_(**changes), spec, sets, validation_blocks,
-                                       settings.database_url, model_dir, incumbent=incumbent,
-                                       plots_dir=plots_dir,
-                                       provider=settings.ort_provider,
+        with _database_errors():
+            spec = RollingSpec(start=start.date(), end=end.date(), retrain_every=retrain_every,
+                               window=window, sliding_sessions=sliding_sessions, horizons=wanted_h,
+                               baselines=wanted_b,
+                               band_baselines=tuple(b for b in band_baselines.replace(" ", "")
+                                                    .split(",") if b),
+                               top_k=top_k, cost_bp=cost_bp, workers=workers, cluster=cluster)
+            model_dir = model_dir or PROJECT_ROOT / "var" / "rolling"
+            if ablation:
+                sets = tuple(x for x in ablation.replace(" ", "").split(",") if x)
+                result = evaluate_ablation(base.with_(**changes), spec, sets, validation_blocks,
+                                           settings.database_url, model_dir, incumbent=incumbent,
+                                           plots_dir=plots_dir,
+                                           provider=settings.ort_provider,
+                                           intra_op_threads=settings.ort_intra_op_threads)
+            else:
+                run = evaluate_rolling(base.with_(**changes), spec, settings.database_url,
+                                       model_dir, plots_dir=plots_dir, provider=settings.ort_provider,
                                        intra_op_threads=settings.ort_intra_op_threads)
-        else:
-            run = evaluate_rolling(base.with_(**changes), spec, settings.database_url,
-                                   model_dir, plots_dir=plots_dir, provider=settings.ort_provider,
-                                   intra_op_threads=settings.ort_intra_op_threads)
     except (StockcastError, ValueError, TrainingDiverged) as exc:
         _fail(str(exc))
     if ablation:

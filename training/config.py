@@ -31,6 +31,11 @@ class ModelConfig:
         return {**asdict(self), "quantiles": list(self.quantiles)}
 
 
+# Fields that count something (epochs, sizes, patiences): integers >= 1.
+_COUNTS = ("epochs", "batch_size", "hidden_size", "num_layers", "embedding_dim", "head_hidden",
+           "members", "train_stride", "early_stopping_patience", "lr_patience")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Data, model, optimisation and run settings of one training run."""
@@ -88,6 +93,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        for name in _COUNTS:  # a JSON config's "x" or -3 would fail deep inside training
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not self.tickers:
             raise ValueError("tickers must not be empty")
         if len(set(self.tickers)) != len(self.tickers):
@@ -146,6 +155,8 @@ class TrainConfig:
                 values[key] = dt.date.fromisoformat(values[key])
         for key in ("tickers", "features", "quantiles", "split_fractions"):
             if key in values:
+                if not isinstance(values[key], list):  # "AAA" would be ("A", "A", "A")
+                    raise ValueError(f"{key} must be a JSON list, got {values[key]!r}")
                 values[key] = tuple(values[key])
         if values.get("holdout") is not None:
             values["holdout"] = tuple(dt.date.fromisoformat(d) for d in values["holdout"])

@@ -335,6 +335,9 @@ def test_options_sent_as_query_parameters_are_refused_not_ignored(client):
             "type": "urn:stockcast:problem:validation", "title": "Invalid request",
             "status": 422, "detail": f"horizon: {message}", "instance": path.split("?")[0],
             "errors": [{"field": "horizon", "location": "query", "message": message}]})
+    long = client.post("/predict/AAA?" + "h" * 60_000 + "=5")  # its name clipped (review)
+    assert long.status_code == 422 and len(long.content) < 1_000
+    assert long.json()["errors"][0]["field"] == "h" * 40 + "... (60000 characters)"
 
 
 @SQLITE_ONLY

@@ -177,6 +177,12 @@ def test_the_one_write_path_stores_valid_rows_updates_ranges_and_records_a_refre
     (["evaluate", "--config", "{tmp}/unknown.json"],
      "error: --config {tmp}/unknown.json: unknown training config keys ['nope']"),
     (["train", "--config", "{tmp}/none.json"], "error: --config {tmp}/none.json: [Errno 2]"),
+    (["train", "--config", "{tmp}/counts.json"],
+     "error: --config {tmp}/counts.json: epochs must be an integer >= 1, got 'x'"),
+    (["train", "--config", "{tmp}/string.json"],
+     "error: --config {tmp}/string.json: tickers must be a JSON list, got 'AAA'"),
+    (["train", "--config", "{tmp}/list.json"],
+     "error: --config {tmp}/list.json: a TrainConfig is a JSON object, got list"),
 ])
 def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatch, args,
                                                             message):
@@ -189,6 +195,9 @@ def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatc
     monkeypatch.setenv("STOCKCAST_SOURCE", "none")
     (tmp_path / "bad.json").write_text("{bad")
     (tmp_path / "unknown.json").write_text('{"nope": 1}')
+    (tmp_path / "counts.json").write_text('{"epochs": "x"}')
+    (tmp_path / "string.json").write_text('{"tickers": "AAA"}')
+    (tmp_path / "list.json").write_text('[1]')
     get_settings.cache_clear()
     try:
         runner = CliRunner()
@@ -197,4 +206,5 @@ def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatc
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 1, result.output
-    assert message.format(tmp=tmp_path) in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not an error escaping
+    assert message.format(tmp=tmp_path) in result.output
