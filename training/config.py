@@ -33,7 +33,7 @@ class ModelConfig:
 
 # Fields that count something (epochs, sizes, patiences): integers >= 1.
 _COUNTS = ("epochs", "batch_size", "hidden_size", "num_layers", "embedding_dim", "head_hidden",
-           "members", "train_stride", "early_stopping_patience", "lr_patience")
+           "early_stopping_patience", "lr_patience")
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,10 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
-        if self.members < 1:
-            raise ValueError(f"members must be >= 1, got {self.members}")
-        if self.train_stride < 1:
-            raise ValueError(f"train_stride must be >= 1, got {self.train_stride}")
+        for name in ("members", "train_stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
         if not 0.0 <= self.unknown_ticker_prob < 1.0:
             raise ValueError(
                 f"unknown_ticker_prob must be in [0, 1), got {self.unknown_ticker_prob}")
