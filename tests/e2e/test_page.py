@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.main import create_app
-from service.api.routes.page import PLOTLY_JS
+from service.api.routes.page import PLOTLY_JS, _plotly_gzip
 from service.core.errors import InvalidTicker
 from service.core.tickers import normalize_ticker
 from service.db.backtests import delete_run, get_metrics, get_run, store_run
@@ -125,6 +125,8 @@ def test_page_and_its_assets_are_served_locally(sqlite_url, tmp_path):
         response = client.get("/static/vendor/plotly.min.js",
                               headers={"Accept-Encoding": accepting})
         assert response.headers["content-encoding"] == "gzip", accepting
+    # Compressed once per process, however many ask (~0.2 s of CPU a time otherwise).
+    assert _plotly_gzip.cache_info().currsize == 1 and _plotly_gzip.cache_info().hits >= 3
     assert plain.content == PLOTLY_JS.read_bytes()
     assert gzip.decompress(gzip.compress(plain.content)) == plain.content
 

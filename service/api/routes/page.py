@@ -31,7 +31,6 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 PLOTLY_CACHE_SECONDS = 86_400
 
 
-@cache
 def _accepts_gzip(header: str) -> bool:
     """Whether an Accept-Encoding header accepts gzip (RFC 9110 §12.5.3): named, or `*`, with
     a q-value above 0 (`gzip;q=0` refuses it)."""
@@ -50,6 +49,7 @@ def _accepts_gzip(header: str) -> bool:
     return weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0))) > 0
 
 
+@cache
 def _plotly_gzip(path: Path) -> bytes:
     """The bundled plotly.min.js, gzipped once per process (~4.8 MB -> ~1.4 MB)."""
     return gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
