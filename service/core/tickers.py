@@ -20,10 +20,11 @@ _NAME_RE = re.compile(NAME_PATTERN)
 SHOWN_CHARS = 40
 
 
-def _shown(raw: str) -> str:
-    if len(raw) <= SHOWN_CHARS:
-        return repr(raw)
-    return f"{raw[:SHOWN_CHARS]!r}... ({len(raw)} characters)"
+def clipped(text: str, quote: bool = False) -> str:
+    """`text` (repr'd if `quote`) to quote in an error, cut at SHOWN_CHARS characters."""
+    head = text[:SHOWN_CHARS]
+    shown = repr(head) if quote else head
+    return shown if len(text) <= SHOWN_CHARS else f"{shown}... ({len(text)} characters)"
 
 
 def normalize_ticker(raw: str) -> str:
@@ -32,9 +33,9 @@ def normalize_ticker(raw: str) -> str:
         raise InvalidTicker(f"ticker must be a string, got {type(raw).__name__}")
     symbol = raw.strip().upper()
     if not _TICKER_RE.fullmatch(symbol):
-        raise InvalidTicker(
-            f"invalid ticker {_shown(raw)}: use 1-15 letters, digits, '.', '-', '^' or '='"
-        )
+        raise InvalidTicker(f"invalid ticker {clipped(raw, quote=True)}: use 1-15 letters, "
+                            "digits, '.', '-', '^' or '='")
     if not _NAME_RE.search(symbol):  # '-', '..', '=^' are no symbol of anything
-        raise InvalidTicker(f"invalid ticker {_shown(raw)}: a symbol needs a letter or a digit")
+        raise InvalidTicker(
+            f"invalid ticker {clipped(raw, quote=True)}: a symbol needs a letter or a digit")
     return symbol

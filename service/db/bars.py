@@ -196,7 +196,7 @@ def record_refresh(conn: Connection, ticker: str, status: str, error: str | None
 def record_no_bars(conn: Connection, ticker: str, status: str, error: str | None,
                    at: dt.datetime, expired_before: dt.datetime) -> None:
     """record_refresh for a ticker that has no bars (an unknown symbol, a failed first fetch),
-    first deleting the records of such tickers last tried before `expired_before`: a record
+    then deleting the records of such tickers last tried before `expired_before`: a record
     only throttles the next try for the refresh interval, so past it it is kept for nothing,
     and every symbol ever asked would otherwise stay a row. Never a ticker that ever had bars
     (bars_revision > 0: the serving stores' freshness counts on its revision)."""

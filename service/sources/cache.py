@@ -280,13 +280,16 @@ class BarCache:
             return state.last_bar_date - dt.timedelta(days=REBASE_OVERLAP_DAYS)
         return start or (self.clock().date() - dt.timedelta(days=self.history_days))
 
-    def _record_no_bars(self, ticker: str, status: str, error: str) -> None:
-        """The outcome of a refresh that left `ticker` without bars; the records of other such
-        tickers past their refresh interval go (bars_db.record_no_bars)."""
+    def _record(self, ticker: str, status: str, error: str, have_bars: bool) -> None:
+        """A refresh attempt's outcome; for a ticker left without bars the records of other
+        such tickers past their refresh interval go too (bars_db.record_no_bars)."""
         now = self.clock()
         with self.engine.begin() as conn:
-            bars_db.record_no_bars(conn, ticker, status, error, at=now,
-                                   expired_before=now - self.refresh_interval)
+            if have_bars:
+                bars_db.record_refresh(conn, ticker, status, error, at=now)
+            else:
+                bars_db.record_no_bars(conn, ticker, status, error, at=now,
+                                       expired_before=now - self.refresh_interval)
 
     def _refresh(self, ticker: str, state: bars_db.TickerState | None,
                  start: dt.date | None, end: dt.date | None,
@@ -307,11 +310,9 @@ class BarCache:
                 result = validate(self.source.fetch(ticker, state.first_bar_date, end), ticker,
                                   today)
         except UnknownTicker as exc:
+            self._record(ticker, "ok" if have_bars else "unknown", str(exc), have_bars)
             if have_bars:  # nothing new upstream for an incremental range is not an error
-                with self.engine.begin() as conn:
-                    bars_db.record_refresh(conn, ticker, "ok", str(exc), at=self.clock())
                 return 0, False, []
-            self._record_no_bars(ticker, "unknown", str(exc))
             raise
         except SourceCoolingDown as exc:
             # The source was not asked (the breaker's cool-down): nothing was tried for this
@@ -324,13 +325,9 @@ class BarCache:
             if not have_bars and isinstance(exc, SourceNotConfigured):
                 # Cache-only and not cached: nothing will ever fetch it, so a 404, not a 503.
                 message = f"no bars cached for {ticker}, and {exc}"
-                self._record_no_bars(ticker, "unknown", message)
+                self._record(ticker, "unknown", message, have_bars)
                 raise UnknownTicker(message) from exc
-            if have_bars:
-                with self.engine.begin() as conn:
-                    bars_db.record_refresh(conn, ticker, "error", str(exc), at=self.clock())
-            else:
-                self._record_no_bars(ticker, "error", str(exc))
+            self._record(ticker, "error", str(exc), have_bars)
             if have_bars:
                 log.warning("refresh of %s failed, serving cached bars: %s", ticker, exc)
                 return 0, True, [f"bars for {ticker} may be out of date: {exc}"]
@@ -343,7 +340,7 @@ class BarCache:
                            refreshed=(ticker, self.clock()), after_write=self.after_write,
                            market=self.update_market)
         if not have_bars and count.offered == 0:
-            self._record_no_bars(ticker, "unknown", "no valid bars")
+            self._record(ticker, "unknown", "no valid bars", have_bars)
             raise UnknownTicker(f"unknown ticker {ticker!r}: the source returned no valid bars")
         return count.written, False, warnings
 

@@ -269,33 +269,39 @@ def test_database_down_is_a_typed_error(tmp_path):
 RACE_NOW = dt.datetime(2026, 12, 2, 1, 0, tzinfo=dt.UTC)
 
 
-def _seed_expired(engine, names):
-    with engine.begin() as conn:
-        for n in names:
-            bars_db.record_refresh(conn, n, "unknown", "x", at=RACE_NOW - dt.timedelta(hours=2))
-
-
-def test_two_concurrent_no_bar_records_do_not_deadlock(engine):
-    errors = []
+def _expired_pairs_at_once(engine, prefix, work):
+    """30 rounds: two tickers whose records expired, then work(name) for both at once."""
     for round_ in range(30):
-        names = [f"R{round_}A", f"R{round_}B"]
-        _seed_expired(engine, names)
-        barrier = threading.Barrier(2)
+        names = [f"{prefix}{round_}A", f"{prefix}{round_}B"]
+        with engine.begin() as conn:
+            for n in names:
+                bars_db.record_refresh(conn, n, "unknown", "x",
+                                       at=RACE_NOW - dt.timedelta(hours=2))
+        barrier = threading.Barrier(len(names))
 
-        def work(name, barrier=barrier):
+        def run(name, barrier=barrier):
             barrier.wait()
-            try:
-                with engine.begin() as conn:
-                    bars_db.record_no_bars(conn, name, "unknown", "no", at=RACE_NOW,
-                                           expired_before=RACE_NOW - dt.timedelta(hours=1))
-            except Exception as exc:  # noqa: BLE001
-                errors.append(repr(exc)[:200])
+            work(name)
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in names]
+        threads = [threading.Thread(target=run, args=(n,)) for n in names]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+
+
+def test_two_concurrent_no_bar_records_do_not_deadlock(engine):
+    errors = []
+
+    def record(name):
+        try:
+            with engine.begin() as conn:
+                bars_db.record_no_bars(conn, name, "unknown", "no", at=RACE_NOW,
+                                       expired_before=RACE_NOW - dt.timedelta(hours=1))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc)[:200])
+
+    _expired_pairs_at_once(engine, "R", record)
     assert errors == []
 
 
@@ -305,21 +311,12 @@ def test_two_unknown_tickers_asked_at_once_are_both_404_not_503(engine):
     cache = BarCache(engine, ScriptedSource(), clock=lambda: RACE_NOW,
                      refresh_interval=dt.timedelta(hours=1))
     outcomes = []
-    for round_ in range(30):
-        names = [f"Q{round_}A", f"Q{round_}B"]
-        _seed_expired(engine, names)
-        barrier = threading.Barrier(2)
 
-        def work(name, barrier=barrier):
-            barrier.wait()
-            try:
-                cache.get_bars(name)
-            except Exception as exc:  # noqa: BLE001
-                outcomes.append(type(exc).__name__)
+    def ask(name):
+        try:
+            cache.get_bars(name)
+        except Exception as exc:  # noqa: BLE001
+            outcomes.append(type(exc).__name__)
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in names]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    _expired_pairs_at_once(engine, "Q", ask)
     assert set(outcomes) == {UnknownTicker.__name__}, sorted(outcomes)

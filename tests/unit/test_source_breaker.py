@@ -26,6 +26,14 @@ def parts():
     return upstream, clock, CircuitBreaker(upstream, dt.timedelta(minutes=5), monotonic=clock)
 
 
+def _open(upstream, breaker):
+    """One failed fetch of AAA (the breaker opens), then the upstream answers again."""
+    upstream.fail_with = timeout_error("AAA")
+    with pytest.raises(SourceUnavailable):
+        breaker.fetch("AAA")
+    upstream.fail_with = None
+
+
 def test_after_a_failure_no_ticker_reaches_the_upstream_until_the_cooldown(parts):
     upstream, clock, breaker = parts
     upstream.fail_with = timeout_error("AAA")
@@ -48,10 +56,7 @@ def test_after_a_failure_no_ticker_reaches_the_upstream_until_the_cooldown(parts
 
 def test_an_unknown_ticker_answer_closes_the_breaker(parts):
     upstream, clock, breaker = parts
-    upstream.fail_with = timeout_error("AAA")
-    with pytest.raises(SourceUnavailable):
-        breaker.fetch("AAA")
-    upstream.fail_with = None
+    _open(upstream, breaker)
     clock.now += 301
     with pytest.raises(UnknownTicker):
         breaker.fetch("ZZZ")
@@ -68,10 +73,8 @@ def test_after_the_cooldown_one_request_asks_again_and_the_others_do_not_wait(pa
     import time
 
     upstream, clock, breaker = parts
-    upstream.fail_with = timeout_error("AAA")
-    with pytest.raises(SourceUnavailable):
-        breaker.fetch("AAA")
-    upstream.fail_with, upstream.delay = None, 0.5
+    _open(upstream, breaker)
+    upstream.delay = 0.5
     clock.now += 301
     probe = threading.Thread(target=breaker.fetch, args=("AAA",))
     probe.start()
@@ -105,10 +108,7 @@ def test_a_successful_probe_admits_no_second_probe(parts):
     import threading
 
     upstream, clock, breaker = parts
-    upstream.fail_with = timeout_error("AAA")
-    with pytest.raises(SourceUnavailable):
-        breaker.fetch("AAA")
-    upstream.fail_with = None
+    _open(upstream, breaker)
     clock.now += 301
     original, rival = breaker._reachable, []
 

@@ -31,6 +31,7 @@ from service.api.schemas import (
     Ticker,
     TickerErrorPublic,
 )
+from service.core.tickers import clipped
 
 router = APIRouter(prefix="/predict", tags=["predict"])
 DEFAULT_REQUEST = ForecastRequest()  # no body: the next trading day
@@ -72,9 +73,8 @@ def forecast_json(served: ServedForecast, horizon: int, level: int) -> bytes:
 def _no_query(http_request: Request) -> None:
     """POST /predict takes its options in the body: `?horizon=5` was silently a 1-day forecast."""
     if http_request.query_params:
-        name = next(iter(http_request.query_params))
-        shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
-        raise InvalidField(shown, "query", "this route takes no query parameters: send "
+        name = clipped(next(iter(http_request.query_params)))
+        raise InvalidField(name, "query", "this route takes no query parameters: send "
                            "horizon, as_of and level in the JSON body")
 
 
