@@ -124,6 +124,17 @@ def choose(validation: dict[str, dict], names: list[str]) -> str:
     return min(near, key=lambda n: abs(validation[n]["turb1"] - validation[n]["calm1"]))
 
 
+def load(artifact: Path) -> tuple[Predictor, dict[str, pd.DataFrame]]:
+    """An artifact's predictor and its training tickers' bars from the configured bar cache."""
+    predictor = Predictor.load(artifact)
+    engine = make_engine(get_settings().database_url)
+    try:
+        bars = bars_by_ticker(read_bars_many(engine, list(predictor.manifest.tickers)))
+    finally:
+        engine.dispose()
+    return predictor, bars
+
+
 def walk(forecasters: list, bars: dict, test: tuple[dt.date, dt.date], train_end: dt.date
          ) -> tuple[object, dict[str, dict], dict[str, dict]]:
     """Every forecaster walked from the validation segment's first origin to the test
@@ -180,12 +191,9 @@ def main() -> int:
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--json", default=None, help="Write every figure to this file.")
     args = parser.parse_args()
-    settings = get_settings()
-    predictor = Predictor.load(resolve_current(Path(args.model_dir or settings.model_dir)))
+    predictor, bars = load(resolve_current(Path(args.model_dir or get_settings().model_dir)))
     manifest = predictor.manifest
     test = manifest.split.test
-    engine = make_engine(settings.database_url)
-    bars = bars_by_ticker(read_bars_many(engine, list(manifest.tickers)))
     model = CachedModel(predictor)
     grid = candidates()
     served = predictor.band_settings

@@ -34,16 +34,12 @@ bg = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bg)
 
 from service.core.config import get_settings
-from service.db.bars import read_bars_many
-from service.db.session import make_engine
-from service.evaluation.backtest import bars_by_ticker
 from service.evaluation.scoring import NAIVE
 from service.forecasting.bands import BASELINE_ACI, ACIForecaster, ACISettings, ndtri
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import FeatureSpec
 from service.forecasting.volatility import VOL_FLOOR
-from service.inference.predictor import Predictor
 
 H_MAX = 30
 WEIGHTS = "0438c5bea12e"  # the weights the grid ran on, with the band it replaced
@@ -231,13 +227,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    settings = get_settings()
-    predictor = Predictor.load(Path(settings.model_dir) / WEIGHTS)
+    predictor, bars = bg.load(Path(get_settings().model_dir) / WEIGHTS)
     manifest = predictor.manifest
     test = manifest.split.test
     train_end = manifest.split.train[1]
-    engine = make_engine(settings.database_url)
-    bars = bars_by_ticker(read_bars_many(engine, list(manifest.tickers)))
     served = predictor.band_settings
     print(f"model {manifest.version}; {len(bars)} tickers; train end {train_end}; "
           f"served {served.to_dict()}")

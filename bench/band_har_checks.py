@@ -15,15 +15,12 @@ import pandas as pd
 from band_har import bg
 
 from service.core.config import get_settings
-from service.db.bars import read_bars_many
-from service.db.session import make_engine
-from service.evaluation.backtest import bars_by_ticker, historical_forecasts
+from service.evaluation.backtest import historical_forecasts
 from service.evaluation.scoring import NAIVE, _unit_interval_scores
 from service.forecasting import metrics as m
 from service.forecasting.bands import BASELINE_ACI, ACIForecaster, ACISettings
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.windows import prices_from_log_returns
-from service.inference.predictor import Predictor
 
 
 def unit_is(f, method):
@@ -44,11 +41,9 @@ def dm(forecasts, a, b, first, last, h):
 
 
 def main():
-    settings = get_settings()
-    predictor = Predictor.load(Path(settings.model_dir) / hb.WEIGHTS)
+    predictor, bars = bg.load(Path(get_settings().model_dir) / hb.WEIGHTS)
     man = predictor.manifest
     test, train_end = man.split.test, man.split.train[1]
-    bars = bars_by_ticker(read_bars_many(make_engine(settings.database_url), list(man.tickers)))
     served = predictor.band_settings
     kinds = ("gk", "pk", "rs", "gk_nogap", "cc")
     hars = {k: hb.HAR(k).fit(bars, train_end) for k in kinds}

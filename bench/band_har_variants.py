@@ -49,15 +49,11 @@ import pandas as pd
 from band_har import bg
 
 from service.core.config import get_settings
-from service.db.bars import read_bars_many
-from service.db.session import make_engine
-from service.evaluation.backtest import bars_by_ticker
 from service.evaluation.scoring import NAIVE
 from service.forecasting.bands import BASELINE_ACI, ACIForecaster, ACISettings
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.forecaster import TickerSeries
 from service.forecasting.volatility import VOL_FLOOR, ewma_volatility, log_returns
-from service.inference.predictor import Predictor
 
 H_MAX = hb.H_MAX
 FLOOR = VOL_FLOOR ** 2
@@ -202,11 +198,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None, help="Write every figure to this file.")
     args = ap.parse_args()
-    settings = get_settings()
-    predictor = Predictor.load(Path(settings.model_dir) / hb.WEIGHTS)
+    predictor, bars = bg.load(Path(get_settings().model_dir) / hb.WEIGHTS)
     man = predictor.manifest
     test, train_end = man.split.test, man.split.train[1]
-    bars = bars_by_ticker(read_bars_many(make_engine(settings.database_url), list(man.tickers)))
     served = predictor.band_settings
     cal500 = ACISettings(calibration=500, vol_beta=1.0)
     print(f"model {man.version}; {len(bars)} tickers; train end {train_end}; test {test}")

@@ -39,14 +39,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from service.artifacts.manifest import resolve_current
 from service.core.config import get_settings
-from service.db.bars import read_bars_many
-from service.db.session import make_engine
-from service.evaluation.backtest import bars_by_ticker
 from service.evaluation.scoring import NAIVE
 from service.forecasting.bands import BASELINE_ACI, ACIForecaster, ACIState, aci_state
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
-from service.inference.predictor import Predictor
 
 
 def regimes(vol: np.ndarray, window: int, bins: int) -> np.ndarray:
@@ -141,11 +137,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None, help="Write every figure to this file.")
     args = ap.parse_args()
-    settings = get_settings()
-    predictor = Predictor.load(resolve_current(Path(settings.model_dir)))
+    predictor, bars = bg.load(resolve_current(Path(get_settings().model_dir)))
     man = predictor.manifest
     test = man.split.test
-    bars = bars_by_ticker(read_bars_many(make_engine(settings.database_url), list(man.tickers)))
     served = predictor.band_settings
     print(f"model {man.version}; {len(bars)} tickers; served band calibration "
           f"{served.calibration}, lookback {served.lookback}, β {served.vol_beta}, "

@@ -205,7 +205,8 @@ def har_scale(har: HarVolatility, series: TickerSeries) -> np.ndarray:
 
 # A HAR σ this far from the EWMA's is a bad print or a stale bar in the range, not a forecast: a
 # bar with open = low at a tenth of the close made the 1-day band 23x wider (found by review), a
-# flat zero-volume bar 5x narrower, for weeks (the monthly term). On the shipped model's
+# flat zero-volume bar 5x narrower, for weeks (the monthly term; such an untraded bar now carries
+# the last traded session's variance, daily_variance). On the shipped model's
 # training tickers the scale spans 0.39 .. 4.20 over every bar and horizon: no band there moves.
 HAR_SCALE_BOUNDS = (0.25, 5.0)
 
