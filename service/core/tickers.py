@@ -15,6 +15,9 @@ NAME_PATTERN = r"[A-Z0-9]"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
+# What normalize_ticker strips around a symbol (a name typed or read from a file with them).
+ASCII_SPACES = " \t\r\n"
+
 # An invalid name is quoted in its error up to this many characters (an answer quoting a 60 KB
 # path three times was 180 KB).
 SHOWN_CHARS = 40
@@ -31,8 +34,11 @@ def normalize_ticker(raw: str) -> str:
     """Upper-case and validate a ticker symbol, raising InvalidTicker on anything else."""
     if not isinstance(raw, str):
         raise InvalidTicker(f"ticker must be a string, got {type(raw).__name__}")
-    symbol = raw.strip().upper()
-    if not _TICKER_RE.fullmatch(symbol):
+    # Surrounding spaces go; nothing else is folded. str.strip() and str.upper() are Unicode's:
+    # they made a no-break space or a control character vanish and 'ı' (dotless i), 'ſ' or
+    # 'ﬁ' into ASCII letters, so 'ıbm' was served (and cached) as IBM.
+    symbol = raw.strip(ASCII_SPACES)
+    if not symbol.isascii() or not _TICKER_RE.fullmatch(symbol := symbol.upper()):
         raise InvalidTicker(f"invalid ticker {clipped(raw, quote=True)}: use 1-15 letters, "
                             "digits, '.', '-', '^' or '='")
     if not _NAME_RE.search(symbol):  # '-', '..', '=^' are no symbol of anything

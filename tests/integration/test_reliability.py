@@ -617,6 +617,11 @@ def seeded_client(db_url, tiny_artifact, bars):
      "horizon: Input should be a valid integer"),
     ("POST", "/predict/AA%00A", None, 422,
      "ticker: invalid ticker 'AA\\x00A': use 1-15 letters, digits, '.', '-', '^' or '='"),
+    # 'ı' upper-cases to 'I': this was served as IBM's forecast.
+    ("POST", "/predict/%C4%B1bm", None, 422,
+     "ticker: invalid ticker 'ıbm': use 1-15 letters, digits, '.', '-', '^' or '='"),
+    ("GET", "/bars/AAA%C2%A0", None, 422,
+     "ticker: invalid ticker 'AAA\\xa0': use 1-15 letters, digits, '.', '-', '^' or '='"),
 ])
 def test_out_of_range_inputs_are_4xx_on_every_backend(seeded_client, method, path, body, status,
                                                      detail):

@@ -19,7 +19,11 @@ def test_accepted_symbols_are_upper_cased(raw, expected):
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "   ", "ABCDEFGHIJKLMNOP", "AAPL;DROP", "A A", "AAPL'", "../etc", "AAPL%", "ÄPPLE", "a/b"],
+    ["", "   ", "ABCDEFGHIJKLMNOP", "AAPL;DROP", "A A", "AAPL'", "../etc", "AAPL%", "ÄPPLE", "a/b",
+     # Unicode's upper() makes these ASCII (IBM, FI, MSST): never another ticker's name.
+     "ıbm", "ﬁ", "msſt",
+     # Unicode's strip() removes these; they are no part of a symbol.
+     "AAPL\u00a0", "\u2003AAPL", "AAPL\x1f", "AAPL\x00"],
 )
 def test_anything_else_is_rejected_with_a_clear_message(raw):
     with pytest.raises(InvalidTicker) as err:
