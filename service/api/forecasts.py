@@ -543,8 +543,7 @@ class ForecastService:
         todo = [(k, f) for k, f in zip(keys, forecasts) if self.recorded.get(k) is None]
         if not todo:
             return
-        quantiles = predictor.spec.quantiles
-        rows = [row for _, f in todo for row in ledger_rows(f, quantiles[0], quantiles[-1])]
+        rows = [row for _, f in todo for row in ledger_rows(f, predictor.spec.quantiles)]
         try:
             with self.bar_cache.engine.begin() as conn:
                 record_forecasts(conn, rows)

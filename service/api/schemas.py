@@ -257,7 +257,7 @@ class ReadinessPublic(BaseModel):
         "checks": {
             "model": {"ok": True, "detail": "3f9a1c2b7d4e"},
             "database": {"ok": True, "detail": "select 1 answered"},
-            "schema": {"ok": True, "detail": "at 0006 (head)"},
+            "schema": {"ok": True, "detail": "at 0007 (head)"},
             "provider": {"ok": True, "detail": "requested auto; active CPUExecutionProvider"},
         },
     }]})

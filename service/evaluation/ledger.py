@@ -17,11 +17,19 @@ from sqlalchemy import Connection
 from service.db import ledger as ledger_db
 from service.db.bars import read_bars_many
 from service.forecasting.live import POOLED, relative_mae, score_forecasts
+from service.forecasting.spec import DEFAULT_LEVEL, band_indices
 from service.inference.predictor import Forecast
 
 
-def ledger_rows(forecast: Forecast, lower_quantile: float, upper_quantile: float) -> list[dict]:
-    """The ledger rows of one served forecast: one per step (horizon 1..len(steps))."""
+def ledger_rows(forecast: Forecast, quantiles: Sequence[float]) -> list[dict]:
+    """The ledger rows of one served forecast: one per step (horizon 1..len(steps)).
+
+    `quantiles`: the model's. A row holds the step's `lower`/`upper`, the DEFAULT_LEVEL (80 %)
+    band, so it is labelled with that band's quantiles (0.1, 0.9), not the model's outermost
+    (0.05, 0.95, which the rows said until migration 0007 relabelled them).
+    """
+    lower_quantile, upper_quantile = (float(quantiles[i])
+                                      for i in band_indices(tuple(quantiles), DEFAULT_LEVEL))
     return [
         {"ticker": forecast.ticker, "as_of": forecast.as_of,
          "model_version": forecast.model_version, "horizon": step.step,

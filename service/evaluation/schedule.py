@@ -90,8 +90,7 @@ def record_forecasts_of(engine: Engine, predictor: Predictor, tickers: Sequence[
     stores where fresh, as the API serves them) in the ledger."""
     horizon = horizon or predictor.spec.horizon
     forecasts = serve_latest(engine, predictor, tickers, horizon)
-    quantiles = predictor.spec.quantiles
-    rows = [row for f in forecasts for row in ledger_rows(f, quantiles[0], quantiles[-1])]
+    rows = [row for f in forecasts for row in ledger_rows(f, predictor.spec.quantiles)]
     with engine.begin() as conn:
         return record_forecasts(conn, rows)
 

@@ -8,10 +8,11 @@ import datetime as dt
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from service.api.main import create_app
 from service.db.ledger import read_ledger
-from service.db.session import make_engine
+from service.db.session import downgrade, make_engine, upgrade
 from service.evaluation.ledger import score_ledger
 from service.sources.ingest import ingest_frame
 from tests.api_factories import Clock, api_settings, store_bars
@@ -95,6 +96,11 @@ def test_live_forecasts_are_scored_when_their_bars_arrive(travel):
     assert recorded["realized_close"].isna().all()
     assert ledger(url, ticker="AAA", horizon=3)["median"].iloc[0] == pytest.approx(
         aaa["forecasts"][2]["close"])
+    # Each row holds the served 80 % band and says so (the model has 7 quantiles, 0.05..0.95:
+    # the rows were labelled with those ends).
+    assert (recorded["lower_quantile"] == 0.1).all() and (recorded["upper_quantile"] == 0.9).all()
+    assert ledger(url, ticker="AAA", horizon=3)["upper"].iloc[0] == pytest.approx(
+        aaa["forecasts"][2]["upper"])
 
     # Two more AAA sessions through a bulk ingest: h=1 and h=2 are due, h=3 is not yet.
     engine = make_engine(url)
@@ -233,3 +239,27 @@ def test_recording_counts_only_new_forecasts_on_every_backend(db_url):
     finally:
         engine.dispose()
     assert sorted(ledger(db_url)["horizon"]) == [1, 2, 3]
+
+
+def test_migration_0007_relabels_the_rows_recorded_with_the_outermost_quantiles(travel):
+    """Rows recorded before 0007 by a 7-quantile model say 0.05/0.95 but hold the 10-90 % band:
+    relabelled 0.1/0.9, values untouched; a row of a 3-quantile model (already 0.1/0.9) and the
+    downgrade leave everything as it is."""
+    client, _, url, _ = travel
+    client.post("/predict/AAA", json={"horizon": 2})
+    client.post("/predict/BBB", json={"horizon": 1})
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:  # as the code before 0007 labelled AAA's rows
+            conn.execute(text("update ledger_forecasts set lower_quantile = 0.05, "
+                              "upper_quantile = 0.95 where ticker = 'AAA'"))
+        before = ledger(url)
+        downgrade(url, "0006")
+        assert ledger(url).equals(before)
+        upgrade(url)
+        after = ledger(url)
+        assert (after["lower_quantile"] == 0.1).all() and (after["upper_quantile"] == 0.9).all()
+        changed = ["lower_quantile", "upper_quantile"]
+        assert after.drop(columns=changed).equals(before.drop(columns=changed))
+    finally:
+        engine.dispose()
