@@ -698,6 +698,19 @@ def test_an_invalid_name_is_quoted_at_most_40_characters(seeded_client):
     assert len(response.content) < 1_000  # was 180 KB: the name echoed three times
 
 
+def test_unknown_body_fields_are_named_clipped_and_listed_at_most_20(seeded_client):
+    """A body of many long unknown keys: each named at most 40 characters, 20 of them listed
+    and the rest counted (30,000 keys in 930 KB were a 4.8 MB answer)."""
+    keys = {f"k{i:05d}" + "A" * 60: 1 for i in range(12_000)}  # 0.9 MB, under the limit
+    response = seeded_client.post("/predict/AAA", json={"horizon": 1, **keys})
+    body = assert_problem(response, 422, "urn:stockcast:problem:validation")
+    first = f"k00000{'A' * 34}... (66 characters)"
+    assert [e["field"] for e in body["errors"]][:1] == [first] and len(body["errors"]) == 20
+    assert body["detail"].startswith(f"{first}: Extra inputs are not permitted; ")
+    assert body["detail"].endswith("; and 11980 more errors not listed")
+    assert len(response.content) < 10_000
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_malformed_json_is_the_documented_400_and_a_trailing_slash_is_404(seeded_client):
     bad = seeded_client.post("/predict/AAA", content=b'{"horizon": 1',
