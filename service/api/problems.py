@@ -215,10 +215,21 @@ async def _http_handler(request: Request, exc: StarletteHTTPException) -> Proble
             instance=request.url.path))
     title = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) else title
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405 and headers:
+        headers = {k: _with_head(v) if k.lower() == "allow" else v for k, v in headers.items()}
     return problem_response(
         Problem(type="about:blank", title=title, status=exc.status_code, detail=detail,
                 instance=request.url.path),
-        headers=getattr(exc, "headers", None))
+        headers=headers)
+
+
+def _with_head(allow: str) -> str:
+    """A 405's Allow with HEAD after GET: middleware.HeadAsGet answers HEAD wherever GET is."""
+    methods = [m.strip() for m in allow.split(",") if m.strip()]
+    if "GET" in methods and "HEAD" not in methods:
+        methods.insert(methods.index("GET") + 1, "HEAD")
+    return ", ".join(methods)
 
 
 _RETRY_AFTER = {SourceUnavailable: SOURCE_RETRY_AFTER, DatabaseUnavailable: DATABASE_RETRY_AFTER,

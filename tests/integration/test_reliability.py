@@ -685,6 +685,19 @@ def test_head_is_answered_as_get_without_the_body(seeded_client):
             assert head.headers.get(name) == get.headers.get(name), (path, name)
     post_only = seeded_client.head("/predict/AAA")
     assert post_only.status_code == 405 and post_only.headers["allow"] == "POST"
+    wrong = seeded_client.post("/healthz")  # a GET route also answers HEAD: its Allow says so
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("range_", ["items=0-1", "bytes=10-5", "bytes=999999-", "bytes=0-3"])
+def test_a_range_request_is_answered_with_the_whole_file(seeded_client, range_):
+    """An unknown unit, a reversed and an unsatisfiable range were a text/plain 400 or 416;
+    Range is ignored (RFC 9110 §14.2), valid ones too: 200 with the whole file."""
+    for path in ("/", "/static/app.css"):
+        response = seeded_client.get(path, headers={"Range": range_})
+        assert response.status_code == 200, (path, range_)
+        assert response.content == seeded_client.get(path).content
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
