@@ -23,7 +23,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from service import package_version
 from service.api.forecasts import ForecastService
 from service.api.lane import ForecastLane
-from service.api.middleware import BodyLimit, CatchAll, HeadAsGet, NoRanges
+from service.api.middleware import BodyLimit, CatchAll, HeadAsGet
 from service.api.model_slot import LoadedModel, ModelSlot
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_responses, register_problem_handlers
 from service.api.routes import (
@@ -213,7 +213,6 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
-    app.add_middleware(NoRanges)
     # instrument() adds a middleware, which Starlette only allows before the app starts.
     # excluded_handlers are regexes searched in the path: anchored, so that /metrics/backtest and
     # /metrics/live are counted and only the exposition is not.

@@ -1,6 +1,5 @@
 """ASGI middleware: refuse an oversized body before reading it; answer an unexpected error with a
-problem+json 500 that leaves the keep-alive connection usable; answer HEAD as GET without its body;
-answer a Range request with the whole file.
+problem+json 500 that leaves the keep-alive connection usable; answer HEAD as GET without its body.
 
 Starlette's ServerErrorMiddleware re-raises after sending its 500, and uvicorn then closes the
 connection without `Connection: close`: a client's next request on it fails. The catch-all here
@@ -39,21 +38,6 @@ class HeadAsGet:
             await send(message)
 
         await self.app({**scope, "method": "GET"}, receive, without_body)
-
-
-class NoRanges:
-    """Range requests are answered with the whole file, 200 (RFC 9110 §14.2 lets a server
-    ignore Range; its files are small). Starlette's FileResponse answered an unknown unit
-    (`items=0-1`) or a reversed range 400 and an unsatisfiable one 416, in text/plain: an
-    unknown unit must be ignored, and every error here is problem+json."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and any(k == b"range" for k, _ in scope["headers"]):
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"range"]}
-        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(HTTPException):

@@ -693,11 +693,13 @@ def test_head_is_answered_as_get_without_the_body(seeded_client):
 @pytest.mark.parametrize("range_", ["items=0-1", "bytes=10-5", "bytes=999999-", "bytes=0-3"])
 def test_a_range_request_is_answered_with_the_whole_file(seeded_client, range_):
     """An unknown unit, a reversed and an unsatisfiable range were a text/plain 400 or 416;
-    Range is ignored (RFC 9110 §14.2), valid ones too: 200 with the whole file."""
+    Range is ignored (RFC 9110 §14.2), valid ones too: 200 with the whole file, whose
+    Accept-Ranges no longer offers bytes."""
     for path in ("/", "/static/app.css"):
         response = seeded_client.get(path, headers={"Range": range_})
         assert response.status_code == 200, (path, range_)
         assert response.content == seeded_client.get(path).content
+        assert response.headers["accept-ranges"] == "none"  # and no range is offered
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -15,8 +15,25 @@ from pathlib import Path
 import plotly
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
+from starlette.types import Receive, Scope, Send
 
 router = APIRouter(include_in_schema=False)
+
+
+class WholeFile(FileResponse):
+    """A file answered whole, 200, whatever Range asks (RFC 9110 §14.2 lets a server ignore
+    it; these files are small) and advertised so (`Accept-Ranges: none`). Starlette's
+    FileResponse answered an unknown unit (`items=0-1`) or a reversed range 400 and an
+    unsatisfiable one 416, in text/plain: an unknown unit must be ignored, and every error
+    here is problem+json."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.headers["accept-ranges"] = "none"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k != b"range"]
+        await super().__call__({**scope, "headers": headers}, receive, send)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
@@ -56,9 +73,9 @@ def _plotly_gzip(path: Path) -> bytes:
 
 
 @router.get("/", summary="The web page")
-async def get_page() -> FileResponse:
+async def get_page() -> WholeFile:
     """The single-page explorer."""
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
+    return WholeFile(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
                         headers=NO_CACHE)
 
 
@@ -72,13 +89,13 @@ def get_plotly(request: Request) -> Response:
     if _accepts_gzip(request.headers.get("accept-encoding", "")):
         return Response(_plotly_gzip(PLOTLY_JS), media_type="text/javascript",
                         headers={**headers, "Content-Encoding": "gzip"})
-    return FileResponse(PLOTLY_JS, media_type="text/javascript", headers=headers)
+    return WholeFile(PLOTLY_JS, media_type="text/javascript", headers=headers)
 
 
 @router.get("/static/{name}", summary="The page's script and stylesheet")
-async def get_static(name: str) -> FileResponse:
+async def get_static(name: str) -> WholeFile:
     """app.js or app.css; anything else is 404."""
     media_type = STATIC_FILES.get(name)
     if media_type is None:
         raise HTTPException(404, f"no static file named {name!r}")
-    return FileResponse(STATIC_DIR / name, media_type=media_type, headers=NO_CACHE)
+    return WholeFile(STATIC_DIR / name, media_type=media_type, headers=NO_CACHE)
