@@ -243,8 +243,8 @@ def test_recording_counts_only_new_forecasts_on_every_backend(db_url):
 
 def test_migration_0007_relabels_the_rows_recorded_with_the_outermost_quantiles(travel):
     """Rows recorded before 0007 by a 7-quantile model say 0.05/0.95 but hold the 10-90 % band:
-    relabelled 0.1/0.9, values untouched; a row of a 3-quantile model (already 0.1/0.9) and the
-    downgrade leave everything as it is."""
+    relabelled 0.1/0.9, values untouched; rows already labelled 0.1/0.9 (BBB's, as a 3-quantile
+    model's were) stay as they are, and the downgrade changes nothing."""
     client, _, url, _ = travel
     client.post("/predict/AAA", json={"horizon": 2})
     client.post("/predict/BBB", json={"horizon": 1})
