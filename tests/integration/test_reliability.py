@@ -659,6 +659,14 @@ def test_without_a_source_an_uncached_ticker_is_404_not_503(db_url, tiny_artifac
 @pytest.mark.parametrize("body, detail", [
     (b'{"as_of": "\xff"}', ("the body is not valid JSON: it is not UTF-8 (invalid start byte "
                              "at byte 11)")),
+    # json.loads detects UTF-16/32 in bytes and decoded them: these were served as 200s.
+    ('{"horizon": 1}'.encode("utf-16"), ("the body is not valid JSON: it is not UTF-8 (invalid "
+                                         "start byte at byte 0)")),
+    ('{"horizon": 1}'.encode("utf-32"), ("the body is not valid JSON: it is not UTF-8 (invalid "
+                                         "start byte at byte 0)")),
+    ('{"horizon": 1}'.encode("utf-16-be"), "the body is not valid JSON: Expecting value"),
+    ('{"horizon": 1}'.encode("utf-16-le"), ("the body is not valid JSON: Expecting property name "
+                                            "enclosed in double quotes")),
     (b"[" * 100_000 + b"]" * 100_000, "the body is not valid JSON: it is nested too deeply"),
     (b'{"horizon": ' + b"9" * 5000 + b"}", "the body is not valid JSON: Exceeds the limit "),
 ])
@@ -670,6 +678,23 @@ def test_a_body_json_cannot_decode_is_the_same_malformed_body_400(seeded_client,
     assert bad.status_code == 400 and bad.headers["content-type"] == PROBLEM
     assert bad.json()["type"] == "urn:stockcast:problem:malformed-body"
     assert bad.json()["detail"].startswith(detail)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_utf8_body_with_a_byte_order_mark_is_read_and_the_batch_route_is_strict_too(seeded_client):
+    """RFC 8259 lets a parser ignore a UTF-8 BOM: accepted, the same answer as without; the batch
+    route shares the route class, so a UTF-16 batch body is the same 400."""
+    plain = seeded_client.post("/predict/AAA", json={"horizon": 2})
+    bom = seeded_client.post("/predict/AAA", content=b"\xef\xbb\xbf" + b'{"horizon": 2}',
+                             headers={"content-type": "application/json"})
+    assert plain.status_code == bom.status_code == 200
+    assert bom.json()["forecasts"] == plain.json()["forecasts"]
+    assert len(plain.json()["forecasts"]) == 2
+    batch = seeded_client.post("/predict", content='{"tickers": ["AAA"]}'.encode("utf-16"),
+                               headers={"content-type": "application/json"})
+    assert batch.status_code == 400 and batch.headers["content-type"] == PROBLEM
+    assert batch.json()["detail"] == ("the body is not valid JSON: it is not UTF-8 (invalid start "
+                                      "byte at byte 0)")
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -20,6 +20,7 @@ from service.api.deps import get_forecasting
 from service.api.forecasts import ServedForecast
 from service.api.model_slot import LoadedModel
 from service.api.problems import InvalidField, error_problem, problem_responses
+from service.api.routes import JsonRoute
 from service.api.schemas import (
     TICKER_DOC_PATTERN,
     BandPublic,
@@ -33,7 +34,7 @@ from service.api.schemas import (
 )
 from service.core.tickers import clipped
 
-router = APIRouter(prefix="/predict", tags=["predict"])
+router = APIRouter(prefix="/predict", tags=["predict"], route_class=JsonRoute)
 DEFAULT_REQUEST = ForecastRequest()  # no body: the next trading day
 # What FastAPI renders a ForecastPublic response with (its dump_json path): the same bytes.
 FORECAST_JSON = TypeAdapter(ForecastPublic)
