@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -47,11 +48,36 @@ QUERY_CANCELED = "57014"  # Postgres SQLSTATE of a statement ended by statement_
 # SQLite's plain DatabaseError for a file that is damaged or is no database at all: the store's
 # fault, not the statement's (sqlite3 names the result code; Python >= 3.11).
 SQLITE_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+# SQLite result codes after which a connection stays useless though the fault may clear: one
+# opened while its file was read-only stays read-only (SQLITE_READONLY), one whose file was
+# deleted or moved under it says SQLITE_READONLY_DBMOVED, an I/O error. Postgres's SQLSTATE of
+# a write refused by a read-only session (a hot standby after a failover, or
+# default_transaction_read_only, which a session keeps from its connect). Each connection is
+# discarded, so the next one sees the database as it is now (found by a hostile pass: the
+# server answered 503 or 500 until restarted).
+SQLITE_STUCK = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+PG_READ_ONLY = "25006"
 
 
 def is_damaged_sqlite(dbapi_error: BaseException | None) -> bool:
     """Whether a DB-API error is SQLite saying its file is damaged or is no database."""
     return getattr(dbapi_error, "sqlite_errorname", None) in SQLITE_DAMAGED
+
+
+def is_stuck_connection(dbapi_error: BaseException | None) -> bool:
+    """Whether a DB-API error leaves its connection unable to write until it is replaced."""
+    name = getattr(dbapi_error, "sqlite_errorname", None) or ""
+    return (name.startswith(SQLITE_STUCK)
+            or getattr(dbapi_error, "sqlstate", None) == PG_READ_ONLY)
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a database file, None where it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @contextmanager
@@ -238,6 +264,11 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
     engine.pool.breaker = breaker  # type: ignore[attr-defined]
     # A server, not a file: pinged at checkout, and its timeouts open the breaker (docstring).
     server = engine.dialect.name != "sqlite"
+    # A SQLite file that existed when the server started is watched: one removed under it is a
+    # fault (connect refuses to create an empty one in its place: a restore would then meet that
+    # file's -wal), one replaced (a restore by `mv`) is read anew: its connections are replaced.
+    path = engine.url.database if not server else None
+    watched = path if path and path != ":memory:" and file_identity(path) is not None else None
 
     def timed_out(record, seconds: float) -> Callable[[], None]:
         def kill() -> None:
@@ -250,6 +281,9 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
         # Inside the pool's slot: the breaker opens before the slot goes to the next waiter,
         # which then fails at once instead of connecting (and timing out) again itself.
         breaker.check()
+        if watched is not None and file_identity(watched) is None:
+            raise dialect.loaded_dbapi.OperationalError(
+                f"unable to open database file: {watched} is missing")
         try:
             return dialect.connect(*cargs, **cparams)
         except Exception as exc:  # refused, timed out
@@ -259,6 +293,8 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
     @event.listens_for(engine, "connect")
     def _fresh(dbapi_conn, record):
         record.info["stockcast_fresh"] = True  # just connected: no need to ping it
+        if watched is not None:
+            record.info["stockcast_file"] = file_identity(watched)
         breaker.reset()  # the database answers again
 
     @event.listens_for(engine, "after_cursor_execute")
@@ -269,6 +305,8 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_conn, record, proxy):
         key = id(record)
+        if watched is not None and file_identity(watched) != record.info.get("stockcast_file"):
+            raise sa_exc.DisconnectionError(f"{watched} was removed or replaced")
         if not record.info.pop("stockcast_fresh", False) and server:
             WATCHDOG.arm(key, bounds.ping_seconds, timed_out(record, bounds.ping_seconds))
             try:
@@ -294,6 +332,9 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
 
     @event.listens_for(engine, "handle_error")
     def _handle_error(ctx):
+        if is_stuck_connection(ctx.original_exception):
+            ctx.is_disconnect = True  # raised as it is: a fault (health.is_database_fault), 503
+            return
         if is_damaged_sqlite(ctx.original_exception):
             # Its connections keep what they read of the damaged file (WAL mode trusts its
             # cache while the WAL index is unchanged, and a damage written behind SQLite's

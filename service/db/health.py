@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DatabaseError, DBAPIError, InterfaceError, OperationalError
 
 from service.core.errors import DatabaseNotMigrated, DatabaseUnavailable
-from service.db.guard import is_damaged_sqlite
+from service.db.guard import is_damaged_sqlite, is_stuck_connection
 
 # SQLSTATEs of a missing table / column (Postgres) and SQLite's words for the same.
 _MISSING_SQLSTATES = {"42P01", "42703"}
@@ -24,8 +24,11 @@ _MISSING_NAME = re.compile(r'no such (?P<sqlite_kind>table|column): (?P<sqlite_n
 
 def is_database_fault(exc: BaseException) -> bool:
     """Whether a database error is the database's fault (unreachable, silent, timed out,
-    closed under us; a damaged SQLite file) rather than the statement's: a 503, not a 500."""
+    closed under us; a damaged SQLite file; a database refusing writes: read-only Postgres,
+    25006, is an InternalError) rather than the statement's: a 503, not a 500."""
     if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    if is_stuck_connection(getattr(exc, "orig", None)):
         return True
     return type(exc) is DatabaseError and is_damaged_sqlite(getattr(exc, "orig", None))
 

@@ -12,6 +12,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from service.core.errors import (
     InvalidTicker,
@@ -23,7 +24,7 @@ from service.core.errors import (
 from service.core.locks import KeyedLocks
 from service.core.tickers import normalize_ticker
 from service.db import bars as bars_db
-from service.db.health import database_faults
+from service.db.health import database_faults, is_database_fault
 from service.sources.base import BarSource
 from service.sources.store import AfterWrite, validate, write_bars
 
@@ -284,12 +285,22 @@ class BarCache:
         """A refresh attempt's outcome; for a ticker left without bars the records of other
         such tickers past their refresh interval go too (bars_db.record_no_bars)."""
         now = self.clock()
-        with self.engine.begin() as conn:
-            if have_bars:
-                bars_db.record_refresh(conn, ticker, status, error, at=now)
-            else:
-                bars_db.record_no_bars(conn, ticker, status, error, at=now,
-                                       expired_before=now - self.refresh_interval)
+        try:
+            with self.engine.begin() as conn:
+                if have_bars:
+                    bars_db.record_refresh(conn, ticker, status, error, at=now)
+                else:
+                    bars_db.record_no_bars(conn, ticker, status, error, at=now,
+                                           expired_before=now - self.refresh_interval)
+        except DBAPIError as exc:
+            # Bookkeeping (it throttles the next attempt), as the ledger and band-state writes
+            # are: a database that refuses writes (read-only, full) while it still reads must
+            # not fail the read of the bars it holds (a hostile pass: every cold forecast was a
+            # 503 then). A silent one raised DatabaseUnavailable in the guard: that stands.
+            if not is_database_fault(exc):
+                raise
+            log.warning("refresh outcome of %s not recorded: %s", ticker,
+                        exc.__class__.__name__)
 
     def _refresh(self, ticker: str, state: bars_db.TickerState | None,
                  start: dt.date | None, end: dt.date | None,

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -34,7 +35,15 @@ from service.db.ledger import read_ledger
 from service.db.models import Base
 from service.db.session import downgrade, make_engine, upgrade
 from service.evaluation.feature_store import prewarm
-from tests.api_factories import API_KEY, Clock, ServerThread, api_settings, copy_models, store_bars
+from tests.api_factories import (
+    API_KEY,
+    NOW,
+    Clock,
+    ServerThread,
+    api_settings,
+    copy_models,
+    store_bars,
+)
 from tests.bar_factories import ScriptedSource
 from tests.blackhole import BlackholeProxy
 from tests.conftest import PG_ADMIN_URL
@@ -400,6 +409,114 @@ def test_a_file_that_is_no_database_answers_503_everywhere_and_recovers(
     assert health.status_code == 200
     assert restored.status_code == 200
     assert stored_bars(sqlite_url) == len(bars)
+
+
+REFRESH_DUE = NOW + dt.timedelta(days=5)  # a refresh due on the first request: its record written
+
+
+def _ledger_tickers(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return set(read_ledger(conn)["ticker"])
+    finally:
+        engine.dispose()
+
+
+def test_a_sqlite_connection_left_read_only_is_replaced_and_its_refused_writes_fail_no_read(
+        sqlite_url, tiny_artifact, bars):
+    """A connection opened while the file was read-only stays read-only (SQLITE_READONLY; a
+    hostile pass: `chattr +i` for a moment left 503s until a restart). The refused refresh
+    record is bookkeeping: the cached bars are served; the connection is discarded, so once
+    the file is writable the next request writes again (its ledger row)."""
+    store_bars(sqlite_url, bars, reset=True)
+    app = create_app(api_settings(sqlite_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock(REFRESH_DUE))
+    read_only = [False]
+    with TestClient(app) as client:
+        engine = app.state.engine
+
+        @sa.event.listens_for(engine, "connect")
+        def _opened(dbapi_conn, _record):
+            if read_only[0]:  # as SQLite opens a file it cannot write: for good
+                dbapi_conn.execute("pragma query_only = on")
+
+        read_only[0] = True
+        engine.dispose()
+        refused, took = timed(lambda: client.post("/predict/AAA"))
+        read_only[0] = False
+        later = client.post("/predict/BBB")
+    assert refused.status_code == 200 and took < BOUND
+    assert later.status_code == 200
+    assert _ledger_tickers(sqlite_url) == {"BBB"}  # AAA's row was refused, BBB's written
+    assert stored_bars(sqlite_url) == len(bars)
+
+
+def test_a_read_only_postgres_serves_what_it_holds_and_writes_again_once_writable(
+        own_pg_url, tiny_artifact, bars):
+    """A hot standby after a failover, or `default_transaction_read_only`: a write was an
+    InternalError, a 500 on every cold forecast and /bars, and a session kept the setting after
+    it was reset (500 until a restart; a hostile pass). Now its writes are refused bookkeeping
+    (served 200 from the cached bars) and the session is replaced: writes resume."""
+    app = create_app(api_settings(own_pg_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock(REFRESH_DUE))
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = sa.engine.make_url(own_pg_url).database
+    terminate = sa.text("select pg_terminate_backend(pid) from pg_stat_activity "
+                        "where datname = :n")
+    try:
+        with TestClient(app) as client:
+            first = client.post("/predict/AAA")
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'alter database "{name}" set default_transaction_read_only'
+                                     " = on"))
+                conn.execute(terminate, {"n": name})
+            refused, took = timed(lambda: client.post("/predict/BBB"))
+            bars_read = client.get("/bars/BBB")
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'alter database "{name}" reset default_transaction_read_only'))
+            later = client.post("/predict/CCC")
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'alter database "{name}" reset default_transaction_read_only'))
+        admin.dispose()
+    assert first.status_code == 200
+    assert refused.status_code == 200 and took < BOUND
+    assert bars_read.status_code == 200
+    assert later.status_code == 200
+    assert _ledger_tickers(own_pg_url) == {"AAA", "CCC"}
+    assert stored_bars(own_pg_url) == len(bars)
+
+
+def test_a_sqlite_file_removed_under_the_server_is_503_and_a_restored_one_is_read(
+        sqlite_url, tiny_artifact, bars, tmp_path):
+    """Removed: its connections kept reading the deleted file (200s from it, writes lost with
+    it; a hostile pass). Now a fast 503 and no empty file made in its place; restored by `mv`
+    (a new file, as a backup restore makes): read anew, a ticker added meanwhile included."""
+    store_bars(sqlite_url, bars, reset=True)
+    path = sa.engine.make_url(sqlite_url).database
+    with sqlite3.connect(path) as db:
+        db.execute("pragma wal_checkpoint(truncate)")
+    backup = tmp_path / "backup.db"
+    with sqlite3.connect(path) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+    app = create_app(api_settings(sqlite_url, tiny_artifact.model_dir), source=ScriptedSource(),
+                     clock=Clock())
+    with TestClient(app) as client:
+        before = client.get("/tickers")
+        for suffix in ("", "-wal", "-shm"):
+            Path(path + suffix).unlink(missing_ok=True)
+        removed, took = timed(lambda: client.get("/bars/AAA"))
+        created = Path(path).exists()
+        more = bars[bars["ticker"] == "AAA"].assign(ticker="DDD")
+        store_bars(f"sqlite:///{backup}", more)  # the restored copy has a ticker more
+        backup.rename(path)
+        restored = client.get("/tickers")
+    assert before.status_code == 200 and len(before.json()["tickers"]) == 3
+    assert_problem(removed, 503, UNAVAILABLE)
+    assert took < BOUND and not created
+    assert restored.status_code == 200
+    assert sorted(t["ticker"] for t in restored.json()["tickers"]) == ["AAA", "BBB", "CCC", "DDD"]
 
 
 # -- the forecast lane -------------------------------------------------------------------------
