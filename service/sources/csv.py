@@ -6,8 +6,15 @@ Accepted layouts:
   `Adj Close**`... `Symbol` is read as `ticker`; unknown columns are ignored;
 - the ticker comes from a `ticker` column (multi-ticker files) or the `ticker` argument
   (`--ticker`); with both, every valid symbol in the column must equal the argument;
-- dates are ISO (YYYY-MM-DD) or m/d/Y; an unparseable date is kept as NaT so the validator
-  rejects the row as `bad_date` instead of the whole file failing;
+- dates are ISO (YYYY-MM-DD, optionally with a time; with a UTC offset the written date is
+  kept: it names the exchange's wall time, and offsets may differ across a DST change) or
+  slashed, m/d/Y or d/m/Y: the format is decided once for the whole column, from the values
+  only one of them can read (a day past 12), m/d/Y where none is told apart; a column holding
+  both kinds is refused whole (a d/m/Y file read row by row as m/d/Y stored January's prices
+  on the first of other months). An unparseable date is kept as NaT so the validator rejects
+  the row as `bad_date` instead of the whole file failing;
+- a symbol is text as written: `NA`, `NULL` or `None` are tickers, not missing values (only
+  the numeric columns read pandas' missing-value words);
 - a file without an adjusted close uses its close as adj_close (no split/dividend adjustment
   is invented).
 Rows are returned as read (not validated); bad symbols stay as written so the validator counts
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import warnings
 import zlib
 from pathlib import Path
 
@@ -27,7 +35,7 @@ import pandas as pd
 from service.core.bars import BAR_COLUMNS, NUMERIC_COLUMNS
 from service.core.errors import InvalidBars, InvalidTicker, UnknownTicker
 from service.core.tickers import normalize_ticker
-from service.sources.validate import iso_dates
+from service.sources.validate import FULL_DATE
 
 # Folded header (see _fold) -> canonical column.
 COLUMN_ALIASES = {
@@ -45,6 +53,11 @@ COLUMN_ALIASES = {
 REQUIRED_COLUMNS = ("date", "open", "high", "low", "close", "volume")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _FOLD_RE = re.compile(r"[\s_\-.*]+")
+_ISO_DATE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2})")
+SLASH_FORMATS = ("%m/%d/%Y", "%d/%m/%Y")
+# pandas' default missing-value words, for the numeric columns only (see the module docstring).
+MISSING_WORDS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                 "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
 def read_bars_file(path: Path | str, ticker: str | None = None) -> pd.DataFrame:
@@ -63,7 +76,7 @@ def read_bars_file(path: Path | str, ticker: str | None = None) -> pd.DataFrame:
         raise InvalidBars(f"{path}: cannot be read as a bars file: {reason}") from exc
 
     bars = pd.DataFrame({"ticker": _ticker_column(raw, ticker, path)})
-    bars["date"] = _parse_dates(raw["date"])
+    bars["date"] = _parse_dates(raw["date"], path)
     if "adj_close" not in raw:
         raw = raw.assign(adj_close=raw["close"])  # documented above: unadjusted close
     for col in NUMERIC_COLUMNS:
@@ -121,16 +134,22 @@ def _canonical_names(columns, path: Path) -> dict[str, str]:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    # The names as written: pandas renames a repeated one ("close", "close.1"), which would hide
+    # the clash _canonical_names refuses.
+    written = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    _canonical_names(written.iloc[0].tolist(), path)
     header = pd.read_csv(path, nrows=0)
     names = _canonical_names(header.columns, path)
     dtypes = {o: ("float64" if c in NUMERIC_COLUMNS else str) for o, c in names.items()}
+    missing = {o: MISSING_WORDS for o, c in names.items() if c in NUMERIC_COLUMNS}
+    options = {"usecols": list(names), "keep_default_na": False, "na_values": missing}
     try:
         # Fast path: the C parser straight into float64.
-        raw = pd.read_csv(path, usecols=list(names), dtype=dtypes)
+        raw = pd.read_csv(path, dtype=dtypes, **options)
     except ValueError:
         # Junk text in a numeric column: read it as text; _as_numbers turns junk into NaN
         # so only the offending rows are rejected (missing_field), not the file.
-        raw = pd.read_csv(path, usecols=list(names), dtype=str)
+        raw = pd.read_csv(path, dtype=str, **options)
     return raw.rename(columns=names)
 
 
@@ -173,21 +192,55 @@ def _is_valid(symbol: object) -> bool:
         return False
 
 
-def _parse_dates(raw: pd.Series) -> pd.Series:
-    """Trading dates from ISO or m/d/Y text (or Parquet dates); failures become NaT."""
+def _parse_dates(raw: pd.Series, path: Path) -> pd.Series:
+    """Trading dates from ISO or slashed text (or Parquet dates); failures become NaT."""
     if pd.api.types.is_datetime64_any_dtype(raw):
         parsed = raw
     elif pd.api.types.infer_dtype(raw, skipna=True) in ("date", "datetime", "datetime64"):
         parsed = pd.to_datetime(raw, errors="coerce")
     else:
-        parsed = iso_dates(raw)
-        retry = parsed.isna() & raw.notna()
-        if retry.any():
-            parsed[retry] = pd.to_datetime(raw[retry], format="%m/%d/%Y", errors="coerce")
+        text = raw.astype(object).where(raw.notna(), None).astype("string")
+        parsed = _iso_wall_dates(text)
+        slashed = parsed.isna() & text.notna()
+        if slashed.any():
+            parsed[slashed] = _slashed_dates(text[slashed], path)
     if isinstance(parsed.dtype, pd.DatetimeTZDtype):
         # A stamp written with an offset names a local (exchange) wall time; keep its date.
         parsed = parsed.dt.tz_localize(None)
     return parsed.astype("datetime64[ns]").dt.normalize()
+
+
+def _iso_wall_dates(text: pd.Series) -> pd.Series:
+    """The written date of each value that is a whole ISO 8601 date or time (NaT else).
+
+    A column whose stamps carry different UTC offsets (a file across a DST change) is parsed in
+    UTC for validity only, and each value keeps its written YYYY-MM-DD (naive or not).
+    """
+    whole = text.where(text.str.fullmatch(FULL_DATE).fillna(False).astype(bool))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pandas' "mixed time zones" notice
+        try:
+            parsed = pd.to_datetime(whole.astype(object), format="ISO8601", errors="coerce")
+        except ValueError:
+            parsed = None
+    if parsed is not None and pd.api.types.is_datetime64_any_dtype(parsed):
+        return parsed
+    valid = pd.to_datetime(whole.astype(object), format="ISO8601", errors="coerce", utc=True)
+    written = text.str.extract(_ISO_DATE, expand=False).astype(object)
+    dates = pd.to_datetime(written, format="%Y-%m-%d", errors="coerce")
+    return dates.where(valid.notna().to_numpy(), pd.NaT)
+
+
+def _slashed_dates(text: pd.Series, path: Path) -> pd.Series:
+    """m/d/Y or d/m/Y, one format for the whole column (the module docstring)."""
+    values = text.astype(object)
+    mdy, dmy = (pd.to_datetime(values, format=f, errors="coerce") for f in SLASH_FORMATS)
+    only_mdy, only_dmy = mdy.notna() & dmy.isna(), dmy.notna() & mdy.isna()
+    if only_mdy.any() and only_dmy.any():
+        raise InvalidBars(
+            f"{path}: the date column mixes month/day/year ({values[only_mdy].iloc[0]!r}) and "
+            f"day/month/year ({values[only_dmy].iloc[0]!r}) dates; write ISO dates (YYYY-MM-DD)")
+    return dmy if only_dmy.any() else mdy
 
 
 def _as_numbers(column: pd.Series) -> np.ndarray:

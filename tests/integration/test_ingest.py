@@ -117,6 +117,29 @@ def test_a_file_missing_a_column_is_refused_and_loses_nothing(engine, tmp_path):
     assert bars_db.count_bars(engine, "AAA") == 2
 
 
+def test_a_day_month_year_file_changes_no_stored_bar_of_another_day(engine, tmp_path):
+    """A d/m/Y file was read row by row as m/d/Y: 03/02/2020 stored February 3's prices on
+    March 2, and days past 12 were bad_date (a hostile pass). The column's format is decided
+    once: the same bars in d/m/Y are the bars already stored; a column of both is refused."""
+    days = pd.bdate_range("2020-01-02", "2020-03-31")
+    rows = [f"AAA,{d:%Y-%m-%d},10,11,9,{10 + i / 100:.2f},{10 + i / 100:.2f},1000"
+            for i, d in enumerate(days)]
+    iso = tmp_path / "iso.csv"
+    iso.write_text(HEADER + "\n".join(rows) + "\n")
+    ingest_file(engine, iso)
+    before = bars_db.read_bars(engine, "AAA")
+    dmy = tmp_path / "dmy.csv"
+    dmy.write_text(HEADER + "\n".join(r.replace(f"{d:%Y-%m-%d}", f"{d:%d/%m/%Y}")
+                                      for r, d in zip(rows, days, strict=True)) + "\n")
+    again = ingest_file(engine, dmy)
+    both = tmp_path / "both.csv"
+    both.write_text(HEADER + "AAA,01/13/2020,1,2,0.5,1.5,1.5,100\nAAA,14/01/2020,1,2,0.5,1.5,1.5,100\n")
+    with pytest.raises(InvalidBars, match="mixes month/day/year"):
+        ingest_file(engine, both)
+    assert (again.read, again.stored, again.written) == (len(days), len(days), 0)
+    pd.testing.assert_frame_equal(bars_db.read_bars(engine, "AAA"), before)
+
+
 def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
     from service.cli import app
     from service.core.config import get_settings

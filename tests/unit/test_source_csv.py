@@ -264,3 +264,76 @@ def test_iso_dates_with_blanks_around_or_one_digit_parts_still_read(tmp_path):
              for day, *values in ROWS]
     path = write_text(tmp_path / "short.csv", "Date,Open,High,Low,Close,Adj Close,Volume", short)
     pd.testing.assert_frame_equal(read_bars_file(path, ticker="AAPL"), expected_bars())
+
+
+HEADER = "ticker,date,open,high,low,close,adj_close,volume"
+
+
+def bar_line(ticker: str, date: str, close: float = 10.5) -> str:
+    return f"{ticker},{date},10,11,9,{close},{close},1000"
+
+
+def test_day_month_year_dates_are_read_so_when_a_day_past_12_tells_them_apart(tmp_path):
+    """A d/m/Y column was read row by row as m/d/Y: 04/03 became April 3 and 15/03 was NaT
+    (a hostile pass: ingesting such a January stored its prices on the 1st of other months)."""
+    path = write_text(tmp_path / "dmy.csv", HEADER,
+                      [bar_line("AAA", "04/03/2024"), bar_line("AAA", "15/03/2024")])
+    dates = read_bars_file(path)["date"].dt.date.tolist()
+    assert dates == [dt.date(2024, 3, 4), dt.date(2024, 3, 15)]
+
+
+def test_ambiguous_slashed_dates_stay_month_day_year(tmp_path):
+    path = write_text(tmp_path / "mdy.csv", HEADER,
+                      [bar_line("AAA", "03/04/2024"), bar_line("AAA", "03/05/2024")])
+    assert read_bars_file(path)["date"].dt.date.tolist() == [dt.date(2024, 3, 4),
+                                                             dt.date(2024, 3, 5)]
+
+
+def test_a_column_of_both_month_day_year_and_day_month_year_is_refused_whole(tmp_path):
+    path = write_text(tmp_path / "both.csv", HEADER,
+                      [bar_line("AAA", "01/13/2017"), bar_line("AAA", "13/02/2017"),
+                       bar_line("AAA", "2017-02-14")])
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path)
+    assert str(err.value) == (
+        f"{path}: the date column mixes month/day/year ('01/13/2017') and day/month/year "
+        "('13/02/2017') dates; write ISO dates (YYYY-MM-DD)")
+
+
+def test_stamps_with_different_utc_offsets_keep_their_written_dates(tmp_path):
+    """Across a DST change the offsets differ: pandas refused to parse the column (a
+    traceback from `stockcast ingest`); a naive stamp beside them is read too."""
+    path = write_text(tmp_path / "dst.csv", HEADER,
+                      [bar_line("AAA", "2017-01-03T16:00:00-05:00"),
+                       bar_line("AAA", "2017-03-13T16:00:00-04:00"),
+                       bar_line("AAA", "2017-03-14"),
+                       bar_line("AAA", "2017-03-15T25:00:00-04:00")])
+    dates = read_bars_file(path)["date"].tolist()
+    assert dates[:3] == [pd.Timestamp("2017-01-03"), pd.Timestamp("2017-03-13"),
+                         pd.Timestamp("2017-03-14")]
+    assert pd.isna(dates[3])  # hour 25: no time, so no date either (bad_date)
+
+
+def test_a_repeated_column_name_is_the_ambiguity_error(tmp_path):
+    """pandas renames a repeated header ("close.1"), which no alias matched: the second
+    close was dropped without a word."""
+    path = write_text(tmp_path / "dup.csv", "ticker,date,open,high,low,close,close,adj_close,volume",
+                      ["AAA,2017-01-03,10,11,9,10.5,99,10.5,1000"])
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path)
+    assert str(err.value) == f"{path}: columns 'close' and 'close' both name close"
+
+
+def test_symbols_that_read_like_missing_values_are_tickers(tmp_path):
+    """pandas read NA, NULL and None as NaN even with dtype=str: valid symbols were rejected
+    as invalid_ticker. Numeric columns still read those words as missing."""
+    path = write_text(tmp_path / "na.csv", HEADER,
+                      [bar_line("NA", "2017-01-03"), bar_line("NULL", "2017-01-03"),
+                       bar_line("None", "2017-01-03"),
+                       "AAA,2017-01-03,10,11,9,NA,10.5,1000", ",2017-01-03,10,11,9,10.5,10.5,1000"])
+    bars = read_bars_file(path)
+    assert bars["ticker"].tolist()[:4] == ["NA", "NULL", "NONE", "AAA"]
+    assert np.isnan(bars["close"].iloc[3])
+    result = validate_bars(bars, today=dt.date(2024, 1, 1))
+    assert sorted(result.bars["ticker"]) == ["NA", "NONE", "NULL"]
+    assert result.rejected == {"invalid_ticker": 1, "missing_field": 1}
