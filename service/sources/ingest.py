@@ -6,11 +6,17 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 from tqdm import tqdm
 
+from service.db import bars as bars_db
+from service.sources.cache import REBASE_RTOL
 from service.sources.store import AfterWrite, validate, write_bars
+from service.sources.validate import ValidationResult
+
+REBASED = "rebased_history"  # a reject reason of ingest's own (it needs the stored bars)
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,10 @@ def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
     """Validate a multi-ticker frame and upsert every valid row in one transaction.
 
     `after_write(conn, tickers)` then runs in its own transaction (the ledger's scoring).
-    Rows dated after `today` (default: the UTC date now) are rejected as future_date.
+    Rows dated after `today` (default: the UTC date now) are rejected as future_date, and a
+    ticker's rows on another price basis than its stored bars as rebased_history (below).
     """
-    result = validate(frame, today=today)
+    result = _refuse_rebased(engine, validate(frame, today=today))
     bars = result.bars
     with tqdm(total=len(bars), unit="bars", desc="ingest", disable=not progress,
               mininterval=0.5) as bar:
@@ -53,6 +60,47 @@ def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
                           tickers=int(bars["ticker"].nunique()) if len(bars) else 0)
     assert report.read == report.stored + report.n_rejected, report  # reconciliation invariant
     return report
+
+
+def _refuse_rebased(engine: Engine, result: ValidationResult) -> ValidationResult:
+    """Reject (as rebased_history) every row of a ticker whose rows differ from its stored bars
+    on each of the (two or more) stored dates they cover, when stored bars before the file's
+    first date would stay: a file exported after a split or dividend has re-based every past
+    price (close at a split, adj_close at both), and upserting it beside the older bars would
+    put a fake -69% return (a 2:1 split) into the features and the market series (a hostile
+    pass). A file that starts with the stored history replaces it whole and is not checked; one
+    that differs on some covered dates only is a correction (last write wins). The last stored
+    day is left out, as the refresh path's re-base check does: a partial session corrected.
+    """
+    bars = result.bars
+    if bars.empty:
+        return result
+    spans = bars.groupby("ticker")["date"].agg(["min", "max"])
+    with engine.connect() as conn:
+        states = bars_db.ticker_states(conn, list(spans.index))
+        refused = []
+        for ticker, span in spans.iterrows():
+            state = states.get(ticker)
+            if (state is None or state.first_bar_date is None
+                    or state.first_bar_date >= span["min"].date()):
+                continue
+            last = min(span["max"].date(), state.last_bar_date - dt.timedelta(days=1))
+            stored = bars_db.read_bars(conn, ticker, span["min"].date(), last)
+            both = stored.merge(bars[bars["ticker"] == ticker], on="date",
+                                suffixes=("_stored", "_file"))
+            if len(both) < 2:
+                continue
+            differs = np.zeros(len(both), dtype=bool)
+            for c in ("close", "adj_close"):
+                differs |= ~np.isclose(both[f"{c}_file"], both[f"{c}_stored"],
+                                       rtol=REBASE_RTOL, atol=0)
+            if differs.all():
+                refused.append(ticker)
+    if not refused:
+        return result
+    drop = bars["ticker"].isin(refused).to_numpy()
+    rejected = {**result.rejected, REBASED: int(drop.sum())}
+    return ValidationResult(bars[~drop].reset_index(drop=True), result.read, rejected)
 
 
 def ingest_file(engine: Engine, path: Path, ticker: str | None = None,

@@ -140,6 +140,39 @@ def test_a_day_month_year_file_changes_no_stored_bar_of_another_day(engine, tmp_
     pd.testing.assert_frame_equal(bars_db.read_bars(engine, "AAA"), before)
 
 
+def _bars_file(path, days, scale: float = 1.0, volume: int = 1000):
+    rows = [f"AAA,{d:%Y-%m-%d},{p:.4f},{p * 1.01:.4f},{p * 0.99:.4f},{p:.4f},{p:.4f},{volume}"
+            for d, p in ((d, (100 + i) * scale) for i, d in enumerate(days))]
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    return path
+
+
+def test_a_file_on_another_price_basis_than_the_stored_bars_is_refused_for_that_ticker(
+        engine, tmp_path):
+    """A stretch exported after a 2:1 split (every price halved) was upserted beside the older
+    bars: a fake -69% return at the seam (a hostile pass). Now its rows are rejected as
+    rebased_history, counted, and the stored bars stay; a correction of some days is stored
+    (last write wins), and a file with the whole history replaces it, re-based or not."""
+    days = pd.bdate_range("2020-01-02", periods=60)
+    ingest_file(engine, _bars_file(tmp_path / "all.csv", days))
+    before = bars_db.read_bars(engine, "AAA")
+    tail = days[40:]
+    split = ingest_file(engine, _bars_file(tmp_path / "split.csv", tail.append(
+        pd.bdate_range(days[-1] + pd.offsets.BDay(), periods=2)), scale=0.5))
+    assert split.rejected == {"rebased_history": 22} and split.stored == 0
+    pd.testing.assert_frame_equal(bars_db.read_bars(engine, "AAA"), before)
+
+    fixed = tmp_path / "fix.csv"
+    fixed.write_text(HEADER + f"AAA,{days[50]:%Y-%m-%d},150,152,149,151,151,1000\n"
+                     + f"AAA,{days[51]:%Y-%m-%d},151.0000,152.5100,149.4900,151.0000,151.0000,1000\n")
+    correction = ingest_file(engine, fixed)  # one day changed, one as stored
+    assert (correction.stored, correction.written, correction.rejected) == (2, 1, {})
+
+    whole = ingest_file(engine, _bars_file(tmp_path / "whole.csv", days, scale=0.5))
+    assert (whole.stored, whole.written, whole.rejected) == (60, 60, {})
+    assert bars_db.read_bars(engine, "AAA")["close"].iloc[0] == 50.0
+
+
 def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
     from service.cli import app
     from service.core.config import get_settings
