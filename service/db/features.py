@@ -36,6 +36,26 @@ _ROWS = FeatureRow.__table__
 _SETS = FeatureSet.__table__
 _STATES = BandState.__table__
 _TICKERS = Ticker.__table__
+FEATURES_LOCK_CLASS = 0x66656174  # pg_advisory_xact_lock(class, hashtext(ticker)) ("feat")
+
+
+def lock_feature_sets(conn: Connection, tickers: Sequence[str]) -> None:
+    """Serialise feature updates of these tickers until this transaction ends.
+
+    Two bars writers of one ticker (two ingests, an ingest and a request's refresh) each update
+    its features after their write; unserialised, the later one read the set the other was
+    replacing, found its own recomputation's prefix equal to it, appended nothing and then
+    labelled the other's rows with its own revision: feature rows of bars no longer stored,
+    marked fresh for good (a hostile pass, both backends). Postgres: a transaction lock per
+    ticker, taken in sorted order (no deadlock between two updaters); SQLite: its one write
+    lock, taken before the reads by a write that changes nothing.
+    """
+    if conn.dialect.name == "postgresql":
+        for ticker in sorted(set(tickers)):
+            conn.execute(text("SELECT pg_advisory_xact_lock(:cls, hashtext(:ticker))"),
+                         {"cls": FEATURES_LOCK_CLASS, "ticker": ticker})
+    else:
+        conn.execute(text("UPDATE tickers SET symbol = symbol WHERE 0"))
 INSERT_CHUNK = 20_000  # feature rows per executemany / COPY batch
 FLOAT = np.dtype("<f8")  # every stored array: float64, little-endian
 

@@ -28,7 +28,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 
 from service.db import features as store_db
-from service.db.bars import bar_revisions, read_bars, read_bars_many
+from service.db.bars import bar_revisions, list_tickers, read_bars, read_bars_many
 from service.evaluation.ledger import score_ledger
 from service.forecasting.features import build_features, needs_market, store_version
 from service.forecasting.spec import FEATURE_NAMES, FEATURES_VERSION
@@ -56,6 +56,9 @@ def update_features(conn: Connection, tickers: Sequence[str] | None = None) -> i
     Rows of an extended history are appended when the stored ones are unchanged (their digest
     still matches); a re-based history or a new feature version replaces the ticker's rows.
     """
+    if tickers is None:
+        tickers = [t.symbol for t in list_tickers(conn)]
+    store_db.lock_feature_sets(conn, tickers)
     revisions = bar_revisions(conn, tickers)
     stored = store_db.feature_sets(conn, STORE_VERSION, list(revisions))
     due = sorted(t for t, r in revisions.items()

@@ -5,6 +5,7 @@ or stale store falls back to the bars and answers the same."""
 from __future__ import annotations
 
 import shutil
+import threading
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from service.api.main import create_app
 from service.artifacts.manifest import load_manifest
 from service.artifacts.profile import write_profile
 from service.db import features as store_db
-from service.db.bars import read_bars
+from service.db.bars import bar_revisions, read_bars
 from service.db.session import downgrade, make_engine, upgrade
 from service.evaluation import feature_store
 from service.evaluation.drift import training_features
@@ -79,6 +80,63 @@ def test_new_bars_append_and_a_rebased_history_replaces(engine):
     rebased.loc[early, "adj_close"] *= 0.5
     _ingest(engine, rebased)
     _assert_stored_equal_built(engine, rebased)
+
+
+def test_two_feature_updates_of_a_ticker_are_serialised_and_the_stored_set_is_true(
+        db_url, engine, monkeypatch):
+    """A second updater read the set the first was replacing (its write not committed yet),
+    appended nothing and labelled the first's rows with its own revision: rows of bars no
+    longer stored, marked fresh for good (a hostile pass, both backends). Now the second
+    reads nothing before the first commits, and the stored set is its bars' features."""
+    frame = synthetic_bars_multi()
+    aaa = frame[frame["ticker"] == "AAA"].reset_index(drop=True)
+    _ingest(engine, aaa)  # revision 1, its features stored
+    shifted = aaa.assign(**{c: aaa[c] * 1.05 for c in ("open", "high", "low", "close",
+                                                       "adj_close")})
+    ingest_frame(engine, shifted, source="test")  # revision 2, features not updated yet
+    first_wrote, release = threading.Event(), threading.Event()
+    events: list[str] = []
+    real_write, real_revisions = store_db.write_features, feature_store.bar_revisions
+
+    def write_then_wait(conn, version, updates):
+        n = real_write(conn, version, updates)
+        if threading.current_thread().name == "first":
+            first_wrote.set()
+            release.wait(10)
+        return n
+
+    def revisions(conn, tickers=None):
+        events.append(f"{threading.current_thread().name} reads")
+        return real_revisions(conn, tickers)
+
+    monkeypatch.setattr(store_db, "write_features", write_then_wait)
+    monkeypatch.setattr(feature_store, "bar_revisions", revisions)
+    other = make_engine(db_url)
+
+    def first():
+        with engine.begin() as conn:
+            update_features(conn, ["AAA"])
+
+    def second():  # the original bars again, then their features (another writer)
+        ingest_frame(other, aaa, source="test", after_write=after_bars_written)
+
+    one = threading.Thread(target=first, name="first")
+    two = threading.Thread(target=second, name="second")
+    one.start()
+    assert first_wrote.wait(10)
+    two.start()
+    two.join(1.0)  # time enough to read, were it not held
+    events.append("first may commit")
+    release.set()
+    one.join(10)
+    two.join(30)
+    other.dispose()
+    assert events == ["first reads", "first may commit", "second reads"]
+    with engine.connect() as conn:
+        fset = store_db.feature_sets(conn, feature_store.STORE_VERSION, ["AAA"])["AAA"]
+        revision = bar_revisions(conn, ["AAA"])["AAA"]
+    assert fset.bars_revision == revision
+    _assert_stored_equal_built(engine, frame[frame["ticker"] == "AAA"])
 
 
 def test_a_new_feature_version_recomputes_every_ticker(engine, monkeypatch):
