@@ -21,6 +21,17 @@ def session_before(conn: Connection, day: dt.date) -> dt.date | None:
     return conn.execute(select(func.max(Bar.date)).where(Bar.date < day)).scalar()
 
 
+def sessions_missing(conn: Connection, since: dt.date, until: dt.date) -> bool:
+    """Whether the stored series lacks a session of [since, until] that the bars have (a write
+    that died between its bars and its series update; the first cached date has no session)."""
+    first = conn.execute(select(func.min(Bar.date))).scalar()
+    dates = conn.execute(select(func.count(func.distinct(Bar.date))).where(
+        Bar.date >= since, Bar.date <= until, Bar.date > first)).scalar()
+    stored = conn.execute(select(func.count()).select_from(MarketSession).where(
+        MarketSession.date >= since, MarketSession.date <= until)).scalar()
+    return stored < dates
+
+
 def read_adj_closes(conn: Connection, since: dt.date | None = None) -> pd.DataFrame:
     """(ticker, date, adj_close) of every cached ticker on dates >= since (all if None)."""
     stmt = select(Bar.ticker, Bar.date, Bar.adj_close)

@@ -12,7 +12,9 @@ from sqlalchemy import Engine
 from tqdm import tqdm
 
 from service.db import bars as bars_db
+from service.db.market import sessions_missing
 from service.sources.cache import REBASE_RTOL
+from service.sources.market import update_market
 from service.sources.store import AfterWrite, validate, write_bars
 from service.sources.validate import ValidationResult
 
@@ -54,12 +56,30 @@ def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
     with tqdm(total=len(bars), unit="bars", desc="ingest", disable=not progress,
               mininterval=0.5) as bar:
         count = write_bars(engine, result, source, progress=bar.update, after_write=after_write)
+    if not count.written and len(bars):
+        _repair_after_write(engine, bars, after_write)
     stored = count.offered
     report = IngestReport(read=result.read, stored=stored, written=count.written,
                           rejected=dict(result.rejected),
                           tickers=int(bars["ticker"].nunique()) if len(bars) else 0)
     assert report.read == report.stored + report.n_rejected, report  # reconciliation invariant
     return report
+
+
+def _repair_after_write(engine: Engine, bars: pd.DataFrame,
+                        after_write: AfterWrite | None) -> None:
+    """Nothing new was written: an earlier ingest of these bars may have died after its bars
+    committed and before the steps that follow them (the market series, the features), and
+    re-running it, the natural repair, did nothing (a hostile pass: 0 market sessions and 0
+    feature sets for good). Both steps are no-ops when current: the series is rewritten only
+    where it lacks a session, and the features are gated by the bars revision."""
+    since, until = (pd.Timestamp(d).date() for d in (bars["date"].min(), bars["date"].max()))
+    with engine.begin() as conn:
+        if sessions_missing(conn, since, until):
+            update_market(conn, since)
+    if after_write is not None:
+        with engine.begin() as conn:
+            after_write(conn, sorted(bars["ticker"].unique()))
 
 
 def _refuse_rebased(engine: Engine, result: ValidationResult) -> ValidationResult:

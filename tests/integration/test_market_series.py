@@ -126,3 +126,29 @@ def test_a_market_update_that_times_out_keeps_the_bars_and_the_refresh_rebuilds_
     finally:
         api.dispose()
         setup.dispose()
+
+
+def test_rerunning_an_ingest_that_died_after_its_bars_repairs_the_series_and_features(engine):
+    """Killed between its bars' commit and the steps after them, an ingest left 0 market
+    sessions and 0 feature sets, and running it again wrote nothing and repaired nothing
+    (`0 new or changed`; a hostile pass). Now the re-run fills what is missing, and a run with
+    everything current changes nothing."""
+    from service.db import features as store_db
+    from service.db.bars import upsert_bars
+    from service.evaluation import feature_store
+
+    with engine.begin() as conn:  # the bars alone, as the killed run left them
+        upsert_bars(conn, validate(BARS).bars, source="test")
+    assert read_market(engine).empty
+    again = ingest_frame(engine, BARS, source="test",
+                         after_write=feature_store.after_bars_written)
+    assert again.written == 0
+    pd.testing.assert_frame_equal(read_market(engine), _from_scratch(engine))
+    with engine.connect() as conn:
+        sets = store_db.feature_sets(conn, feature_store.STORE_VERSION, ["AAA", "DDD"])
+    assert sorted(sets) == ["AAA", "DDD"]
+    series = read_market(engine)
+    ingest_frame(engine, BARS, source="test", after_write=feature_store.after_bars_written)
+    pd.testing.assert_frame_equal(read_market(engine), series)
+    with engine.begin() as conn:
+        assert feature_store.update_features(conn) == 0
