@@ -6,13 +6,28 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # service/core/config.py -> the checkout
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# The names in service.sources.base.SOURCES (the registry, a layer above: test_source_registry
+# keeps the two equal), so a STOCKCAST_SOURCE no source answers to fails with the settings.
+SourceName = Literal["yfinance", "none"]
+# The level names both logging and uvicorn take (logging's aliases WARN, FATAL and NOTSET are
+# not uvicorn's), in any case.
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+
+# Upper bounds of the durations below. A request's wait is bounded under a proxy's usual 60 s:
+# past it the client has gone and never sees the 503 the bound was for.
+REQUEST_BOUND_SECONDS = 60.0
+HOUR_SECONDS = 3600.0
+DAY_SECONDS = 86400.0
+MIN_MODEL_CHECK_SECONDS = 0.1
 
 
 def _cgroup_cpu_limit(cgroup_root: Path) -> int | None:
@@ -52,62 +67,98 @@ def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     return max(1, min(cpus, limit) if limit is not None else cpus)
 
 
+def _upper(value):
+    return value.upper() if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """Runtime configuration, read from STOCKCAST_* environment variables (and .env)."""
 
-    model_config = SettingsConfigDict(env_prefix="STOCKCAST_", env_file=".env", extra="ignore")
+    # No inf or nan (nor "1e400", an inf): each duration below is a bound or an interval that
+    # some thread sleeps, waits or converts to an int or a timedelta.
+    model_config = SettingsConfigDict(env_prefix="STOCKCAST_", env_file=".env", extra="ignore",
+                                      allow_inf_nan=False)
 
     database_url: str = "sqlite:///./stockcast.db"
     # Where missing bars come from: yfinance (network) or none (cache only, offline).
-    # A name in service.sources.base.SOURCES (the registry; checked when the source is made).
-    source: str = "yfinance"
+    source: SourceName = "yfinance"
     model_dir: Path = PROJECT_ROOT / "models"
     data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
     yfinance_cache_dir: Path = PROJECT_ROOT / "var" / "yfinance-cache"
-    log_level: str = "INFO"
+    log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     ort_provider: Literal["auto", "cpu", "cuda"] = "auto"
-    ort_intra_op_threads: int = Field(default_factory=available_cpus)
+    ort_intra_op_threads: int = Field(
+        default_factory=available_cpus, ge=1,
+        description="At least 1: onnxruntime's 0 (its own default) sizes the pool from the "
+                    "host's cores, not the container's CPU limit.")
     api_key: str | None = None
     # Computed forecasts kept in memory (LRU); 0 disables the cache (the serve bench's cold run).
     forecast_cache_size: int = Field(default=4096, ge=0)
     # How long a request may reuse another's check of a ticker's last bar date before asking the
     # DB again: a bar written by another process reaches forecasts within this many seconds.
-    bar_check_ttl_seconds: float = Field(default=5.0, ge=0)
+    bar_check_ttl_seconds: float = Field(
+        default=5.0, ge=0, le=HOUR_SECONDS,
+        description="At most an hour: a bar another process wrote reaches forecasts within it.")
     # One-ticker cold forecasts compute on this many threads at once (service.api.lane); a
     # request waits at most forecast_wait_seconds for a turn (then 503 busy): under the 3 s
     # in which a fault answers, above the 2 s a failing database takes to say so (connect,
     # statement bounds). 0: the shared threadpool of 40, as before the lane.
     forecast_threads: int = Field(default=2, ge=0)
-    forecast_wait_seconds: float = Field(default=2.5, gt=0)
+    forecast_wait_seconds: float = Field(
+        default=2.5, gt=0, le=REQUEST_BOUND_SECONDS,
+        description="A request's wait: at most a proxy's usual 60 s.")
     # A batch (POST /predict) stops computing once this many seconds have passed since it
     # began (checked between tickers' checks and between chunks of forecasts from bars) and is
     # answered 503 busy; what it computed is kept (memory, band states), so a retry resumes.
     # Under a proxy's usual 60 s; the universe from the stores takes well under 1 s. 0: unbounded.
-    batch_deadline_seconds: float = Field(default=30.0, ge=0)
+    batch_deadline_seconds: float = Field(
+        default=30.0, ge=0, le=HOUR_SECONDS,
+        description="At most an hour (489 cold tickers took 119 s); 0 already says unbounded.")
     # Cold forecasts read the serving stores (feature rows, band states) where they are fresh;
     # false: always from bars (the cold bench's in-run baseline). Nothing served changes.
     serving_store: bool = True
     # Least time between two upstream refreshes of one ticker (the BarCache throttle): after a
     # failed one, cached bars are served with stale=true, keeping an offline source off the
     # request path.
-    refresh_interval_minutes: float = Field(default=60.0, gt=0)
+    refresh_interval_minutes: float = Field(
+        default=60.0, gt=0, le=10 * 365 * 24 * 60,
+        description="At most ten years, which a timedelta holds; no refresh at all is "
+                    "STOCKCAST_SOURCE=none.")
     # After the source fails (offline, rate-limited), it is not asked again for this long, for
     # any ticker: requests answer from the cache at once instead of each waiting on retries.
-    source_cooldown_seconds: float = Field(default=300.0, ge=0)
+    source_cooldown_seconds: float = Field(
+        default=300.0, ge=0, le=DAY_SECONDS,
+        description="At most a day: a source back up is asked again within it.")
     # Each worker checks models/current this often (one stat) and loads the artifact it names
     # when it changed: POST /admin/reload reaches one worker only. 0 disables the check.
-    model_check_interval_seconds: float = Field(default=2.0, ge=0)
+    model_check_interval_seconds: float = Field(
+        default=2.0, ge=0, le=HOUR_SECONDS,
+        description="0 (off), or from 0.1 s (shorter spins a core on stat calls) to an hour "
+                    "(a promoted model reaches every worker within it).")
     # Request bodies larger than this are refused with 413 before they are read in full.
     max_body_bytes: int = Field(default=1024 * 1024, ge=0)
     # Bounds on the API's database calls (service.db.guard): every failure is a 503 in < 3 s.
-    db_connect_timeout_seconds: int = Field(default=2, ge=2)  # libpq's minimum is 2
-    db_ping_timeout_seconds: float = Field(default=0.5, gt=0)
-    db_statement_timeout_seconds: float = Field(default=2.0, gt=0)
-    db_pool_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Each at most a proxy's usual 60 s (REQUEST_BOUND_SECONDS).
+    db_connect_timeout_seconds: int = Field(default=2, ge=2, le=REQUEST_BOUND_SECONDS)  # libpq: >= 2
+    db_ping_timeout_seconds: float = Field(default=0.5, gt=0, le=REQUEST_BOUND_SECONDS)
+    db_statement_timeout_seconds: float = Field(default=2.0, gt=0, le=REQUEST_BOUND_SECONDS)
+    db_pool_timeout_seconds: float = Field(default=1.0, gt=0, le=REQUEST_BOUND_SECONDS)
     # After the database failed to connect or answer in time, checkouts fail at once this long.
-    db_retry_seconds: float = Field(default=1.0, ge=0)
+    db_retry_seconds: float = Field(
+        default=1.0, ge=0, le=REQUEST_BOUND_SECONDS,
+        description="At most 60 s: a database back up is refused for as long.")
     # How often requests re-read the schema revision (a downgrade or an emptied database).
-    schema_check_interval_seconds: float = Field(default=5.0, ge=0)
+    schema_check_interval_seconds: float = Field(
+        default=5.0, ge=0, le=HOUR_SECONDS,
+        description="At most an hour: a database migrated down is seen within it.")
+
+    @field_validator("model_check_interval_seconds")
+    @classmethod
+    def _off_or_not_spinning(cls, seconds: float) -> float:
+        """0 turns the check off; a positive interval under a tenth of a second is a busy loop."""
+        if 0 < seconds < MIN_MODEL_CHECK_SECONDS:
+            raise ValueError(f"0 (no check) or at least {MIN_MODEL_CHECK_SECONDS} s")
+        return seconds
 
 
 @lru_cache

@@ -1,7 +1,8 @@
 """The one small protocol every bar source implements, the registry of sources, the factory.
 
-Adding a source: its module in service/sources/ and one entry in SOURCES (plus its test);
-STOCKCAST_SOURCE accepts every name registered here.
+Adding a source: its module in service/sources/, one entry in SOURCES and its name in
+service.core.config.SourceName (plus its test); STOCKCAST_SOURCE accepts exactly the names
+registered here (test_source_registry keeps the two equal).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 from service.core.errors import SourceNotConfigured
 
 if TYPE_CHECKING:
-    from service.core.config import Settings
+    from service.core.config import Settings, SourceName
 
 
 @runtime_checkable
@@ -56,7 +57,7 @@ def _yfinance(settings: Settings) -> BarSource:
 
 
 # Every bar source by its STOCKCAST_SOURCE name: how to build it from the settings.
-SOURCES: dict[str, Callable[[Settings], BarSource]] = {
+SOURCES: dict[SourceName, Callable[[Settings], BarSource]] = {
     "yfinance": _yfinance,
     "none": lambda settings: NullSource(),
 }

@@ -1,4 +1,5 @@
-"""available_cpus: the CPU affinity capped by a cgroup v1/v2 quota (a container's --cpus)."""
+"""The settings: available_cpus (the CPU affinity capped by a cgroup quota), and the values
+refused when they load (one line each from the CLI), not when they break a running service."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from service.core.config import Settings, available_cpus
 
@@ -46,3 +48,73 @@ def test_available_cpus_never_exceeds_the_affinity(tmp_path):
 def test_onnxruntime_threads_default_to_the_available_cpus(monkeypatch):
     monkeypatch.delenv("STOCKCAST_ORT_INTRA_OP_THREADS", raising=False)
     assert Settings(_env_file=None).ort_intra_op_threads == available_cpus()
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """Settings from this environment alone: no STOCKCAST_* variable, no .env; set(name, value)."""
+    from service.core.config import get_settings
+
+    for name in [n for n in os.environ if n.startswith("STOCKCAST_")]:
+        monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    yield lambda name, value: monkeypatch.setenv(f"STOCKCAST_{name}", value)
+    get_settings.cache_clear()
+
+
+def test_the_defaults_load_as_documented(env):
+    settings = Settings(_env_file=None)
+    assert (settings.source, settings.log_level, settings.model_check_interval_seconds,
+            settings.db_statement_timeout_seconds, settings.db_retry_seconds) == (
+        "yfinance", "INFO", 2.0, 2.0, 1.0)
+
+
+@pytest.mark.parametrize(("name", "value", "loaded"), [
+    ("LOG_LEVEL", "debug", "DEBUG"),
+    ("LOG_LEVEL", "Warning", "WARNING"),
+    ("SOURCE", "none", "none"),
+    ("MODEL_CHECK_INTERVAL_SECONDS", "0", 0.0),  # no check
+    ("MODEL_CHECK_INTERVAL_SECONDS", "0.1", 0.1),
+    ("MODEL_CHECK_INTERVAL_SECONDS", "3600", 3600.0),
+    ("DB_STATEMENT_TIMEOUT_SECONDS", "60", 60.0),
+    ("ORT_INTRA_OP_THREADS", "1", 1),
+    ("REFRESH_INTERVAL_MINUTES", "1e6", 1e6),  # the tests' "never again"
+])
+def test_values_in_range_load(env, name, value, loaded):
+    env(name, value)
+    assert getattr(Settings(_env_file=None), name.lower()) == loaded
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("LOG_LEVEL", "verbose"),  # logging.basicConfig raised "Unknown level"
+    ("LOG_LEVEL", ""),
+    ("LOG_LEVEL", "warn"),  # logging's alias, not uvicorn's
+    ("SOURCE", "bogus"),  # serve failed in its lifespan: "unknown bar source"
+    ("ORT_PROVIDER", "gpu"),
+    ("FORECAST_THREADS", "abc"),
+    ("DB_RETRY_SECONDS", "-1"),
+    ("DB_RETRY_SECONDS", "inf"),  # one failure would refuse the database for good
+    ("MODEL_CHECK_INTERVAL_SECONDS", "inf"),  # killed the model-watch thread (OverflowError)
+    ("MODEL_CHECK_INTERVAL_SECONDS", "nan"),
+    ("MODEL_CHECK_INTERVAL_SECONDS", "1e400"),  # parsed as inf
+    ("MODEL_CHECK_INTERVAL_SECONDS", "1e-9"),  # ~40 % of a core, idle
+    ("MODEL_CHECK_INTERVAL_SECONDS", "3601"),
+    ("DB_STATEMENT_TIMEOUT_SECONDS", "inf"),  # killed serve: int(inf * 1000)
+    ("DB_STATEMENT_TIMEOUT_SECONDS", "61"),
+    ("DB_PING_TIMEOUT_SECONDS", "inf"),  # undid the 503 within 3 s
+    ("DB_POOL_TIMEOUT_SECONDS", "inf"),
+    ("DB_CONNECT_TIMEOUT_SECONDS", "61"),
+    ("FORECAST_WAIT_SECONDS", "inf"),
+    ("BATCH_DEADLINE_SECONDS", "nan"),  # never past it: 0 says unbounded
+    ("BAR_CHECK_TTL_SECONDS", "inf"),
+    ("REFRESH_INTERVAL_MINUTES", "1e300"),  # past what a timedelta holds
+    ("SOURCE_COOLDOWN_SECONDS", "inf"),
+    ("SCHEMA_CHECK_INTERVAL_SECONDS", "inf"),
+    ("ORT_INTRA_OP_THREADS", "0"),  # was clamped to 1 without a word
+    ("ORT_INTRA_OP_THREADS", "-3"),
+])
+def test_a_value_that_would_break_the_service_is_refused_naming_its_setting(env, name, value):
+    env(name, value)
+    with pytest.raises(ValidationError) as err:
+        Settings(_env_file=None)
+    assert [e["loc"] for e in err.value.errors()] == [(name.lower(),)]
