@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from service.core.config import get_settings
+from service.core.config import LOG_LEVELS, get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -138,9 +138,27 @@ def _universe_tickers(universe: str) -> tuple[str, ...]:
     return UNIVERSES[universe]
 
 
+def _settings():
+    """The settings, or one line per bad STOCKCAST_* value and exit 1 (as a database URL that
+    is none) instead of pydantic's traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            typer.echo(f"error: STOCKCAST_{str(error['loc'][0]).upper()}: {error['msg']}",
+                       err=True)
+        raise typer.Exit(1) from None
+
+
 @app.callback()
 def main(log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None):
-    logging.basicConfig(level=(log_level or get_settings().log_level).upper(),
+    # Every command's settings, checked before it starts (serve: before uvicorn).
+    settings = _settings()
+    if log_level is not None and log_level.upper() not in LOG_LEVELS:
+        _fail(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    logging.basicConfig(level=(log_level or settings.log_level).upper(),
                         format="%(levelname)s %(name)s: %(message)s")
 
 

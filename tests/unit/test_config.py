@@ -118,3 +118,56 @@ def test_a_value_that_would_break_the_service_is_refused_naming_its_setting(env,
     with pytest.raises(ValidationError) as err:
         Settings(_env_file=None)
     assert [e["loc"] for e in err.value.errors()] == [(name.lower(),)]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("DB_RETRY_SECONDS", "-1",
+     "error: STOCKCAST_DB_RETRY_SECONDS: Input should be greater than or equal to 0"),
+    ("LOG_LEVEL", "verbose",
+     "error: STOCKCAST_LOG_LEVEL: Input should be 'CRITICAL', 'ERROR', 'WARNING', 'INFO' or 'DEBUG'"),
+    ("MODEL_CHECK_INTERVAL_SECONDS", "1e-9",
+     "error: STOCKCAST_MODEL_CHECK_INTERVAL_SECONDS: Value error, 0 (no check) or at least 0.1 s"),
+    ("DB_STATEMENT_TIMEOUT_SECONDS", "inf",
+     "error: STOCKCAST_DB_STATEMENT_TIMEOUT_SECONDS: Input should be a finite number"),
+])
+@pytest.mark.parametrize("args", [["tickers"], ["serve"]])
+def test_a_command_with_a_bad_setting_says_which_in_one_line(env, monkeypatch, args, name,
+                                                             value, message):
+    """Every command, serve before uvicorn starts: one line, exit 1 (as for a database URL
+    that is none), where each was a traceback (found by a hostile ops pass)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn started"))
+    env(name, value)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.output == message + "\n"
+
+
+def test_every_bad_setting_is_a_line_of_its_own(env):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    env("SOURCE", "bogus")
+    env("ORT_INTRA_OP_THREADS", "0")
+    result = CliRunner().invoke(app, ["tickers"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        "error: STOCKCAST_SOURCE: Input should be 'yfinance' or 'none'",
+        "error: STOCKCAST_ORT_INTRA_OP_THREADS: Input should be greater than or equal to 1"]
+
+
+def test_a_bad_log_level_option_is_one_line(env):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    result = CliRunner().invoke(app, ["--log-level", "verbose", "tickers"])
+    assert result.exit_code == 1, result.output
+    assert result.output == ("error: --log-level 'verbose': use one of CRITICAL, ERROR, WARNING, "
+                             "INFO, DEBUG\n")
