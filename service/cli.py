@@ -366,6 +366,8 @@ def serve(
         from service.core.config import available_cpus
 
         os.environ["STOCKCAST_ORT_INTRA_OP_THREADS"] = str(max(1, available_cpus() // workers))
+    with _engine():  # a database URL it cannot use: one line here, not a lifespan traceback
+        pass
     # A factory: each worker process builds its own app (engine, model session) from the env.
     uvicorn.run("service.api.main:create_app", factory=True, host=host, port=port,
                 workers=workers, access_log=access_log,

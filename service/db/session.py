@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import ArgumentError
 
 from service.core.config import PROJECT_ROOT
 from service.db.guard import DbBounds, engine_options, guard_engine
@@ -25,7 +26,9 @@ def make_engine(url: str, bounds: DbBounds | None = None, **kwargs) -> Engine:
     """An engine that pings pooled connections; SQLite files run in WAL mode with a busy timeout.
 
     With `bounds` (the API's engine) every call is bounded in time (service.db.guard); without
-    (commands: a full ingest may rightly take a minute) only SQLite's busy timeout applies.
+    (commands: a full ingest may rightly take a minute) only SQLite's busy timeout applies. A
+    URL it cannot use raises SQLAlchemy's ArgumentError, as one it cannot read does: a driver
+    not installed, a SQLite file whose folder cannot be made.
     """
     url = normalize_url(url)
     if bounds is not None:
@@ -44,8 +47,11 @@ def _make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ArgumentError(f"cannot make the SQLite file's folder: {exc}") from exc
+        engine = _create_engine(
             url,
             connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False,
                           **connect_args},
@@ -64,7 +70,14 @@ def _make_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
         return engine
     if connect_args:
         kwargs["connect_args"] = connect_args
-    return create_engine(url, **kwargs)
+    return _create_engine(url, **kwargs)
+
+
+def _create_engine(url: str, **kwargs) -> Engine:
+    try:
+        return create_engine(url, **kwargs)
+    except ImportError as exc:  # the dialect's driver (MySQLdb for mysql://, say)
+        raise ArgumentError(f"its driver is not installed: {exc}") from exc
 
 
 def alembic_config(url: str):

@@ -160,6 +160,12 @@ def test_a_rerun_with_the_same_figures_leaves_the_report_as_it_was(cli_env, tmp_
      "error: the database did not answer: OperationalError: "),
     (["tickers"], "bogus://x",
      "error: STOCKCAST_DATABASE_URL 'bogus://x' is no database URL SQLAlchemy can use: "),
+    (["tickers"], "mysql://u@h/d",  # ModuleNotFoundError: MySQLdb
+     ("error: STOCKCAST_DATABASE_URL 'mysql://u@h/d' is no database URL SQLAlchemy can use: "
+      "its driver is not installed: No module named 'MySQLdb'")),
+    (["tickers"], "sqlite:////dev/null/x.db",  # FileExistsError
+     ("error: STOCKCAST_DATABASE_URL 'sqlite:////dev/null/x.db' is no database URL SQLAlchemy "
+      "can use: cannot make the SQLite file's folder: [Errno 17] File exists: '/dev/null'")),
 ])
 def test_a_command_on_a_database_it_cannot_use_says_why_in_one_line(args, url, message,
                                                                      monkeypatch, tmp_path):
@@ -178,3 +184,25 @@ def test_a_command_on_a_database_it_cannot_use_says_why_in_one_line(args, url, m
     assert message in result.output
     if "not migrated" in message:
         assert "run `stockcast db upgrade`" in result.output
+
+
+@pytest.mark.parametrize("url", ["bogus://x", "mysql://u@h/d", "sqlite:////dev/null/x.db"])
+def test_serve_on_a_database_url_it_cannot_use_says_why_before_uvicorn_starts(url, monkeypatch):
+    """One line and exit 1, where uvicorn's lifespan failed with a traceback (found by a
+    hostile ops pass)."""
+    import uvicorn
+
+    from service.core.config import get_settings
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn started"))
+    monkeypatch.setenv("STOCKCAST_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["serve"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.output.startswith(f"error: STOCKCAST_DATABASE_URL {url!r} is no database URL "
+                                    "SQLAlchemy can use: ")
+    assert len(result.output.splitlines()) == 1
