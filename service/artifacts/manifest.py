@@ -42,6 +42,13 @@ _VERSION_RE = re.compile(VERSION_PATTERN)
 _REQUIRED_KEYS = (
     "version", "spec", "feature_scaler", "target_scaler", "ticker_vocab", "split", "onnx",
 )
+# Optional keys and the JSON type each must have when present: GET /models/current serves
+# them as they are (ModelPublic), so a wrong one would be a 500 for as long as it is served.
+_OPTIONAL_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "metrics": (dict, "an object"), "training": (dict, "an object"), "band": (dict, "an object"),
+    "created_at": ((str, type(None)), "a string or null"),
+    "package_version": ((str, type(None)), "a string or null"),
+}
 
 
 def ticker_vocabulary(tickers: Iterable[str]) -> tuple[str, ...]:
@@ -170,6 +177,10 @@ def load_manifest(artifact_dir: Path | str, expected: FeatureSpec | None = None)
     if missing:
         raise ManifestMismatch(f"artifact {artifact_dir.name}: {META_FILE} lacks {missing}")
     name = meta["version"]
+    for key, (kind, described) in _OPTIONAL_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise ManifestMismatch(f"artifact {name}: {META_FILE}'s {key} is not {described} "
+                                   f"(got {type(meta[key]).__name__}; refused)")
 
     spec = FeatureSpec.from_dict(meta["spec"])
     code_features = expected.features if expected is not None else FEATURE_NAMES

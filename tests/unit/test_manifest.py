@@ -197,6 +197,35 @@ def test_a_tampered_onnx_with_its_sha_rewritten_in_meta_is_refused(artifact):
         load_manifest(artifact)
 
 
+@pytest.mark.parametrize(("key", "value", "described"), [
+    ("metrics", "x", "an object"),
+    ("metrics", None, "an object"),
+    ("training", [1, 2], "an object"),
+    ("band", "model_aci", "an object"),
+    ("created_at", 5, "a string or null"),  # outside the hash: an edit keeps the version
+])
+def test_an_optional_section_of_the_wrong_type_is_refused(artifact, key, value, described):
+    """Loaded and ready, then GET /models/current was a 500 for as long as it served (found by
+    a hostile ops pass); now refused as any bad meta edit: a reload 409, the old model kept."""
+    rehashed = _rehashed(artifact, **{key: value})
+    with pytest.raises(ManifestMismatch) as err:
+        load_manifest(rehashed)
+    assert str(err.value) == (f"artifact {rehashed.name}: meta.json's {key} is not {described} "
+                              f"(got {type(value).__name__}; refused)")
+
+
+def test_optional_sections_may_be_absent_or_null_where_the_api_allows(artifact):
+    meta = json.loads((artifact / "meta.json").read_text())
+    for key in ("metrics", "training", "band"):
+        meta.pop(key, None)
+    meta["created_at"] = meta["package_version"] = None
+    meta["version"] = artifact_version((artifact / "model.onnx").read_bytes(), meta)
+    (artifact / "meta.json").write_text(json.dumps(meta))
+    manifest = load_manifest(artifact.rename(artifact.parent / meta["version"]))
+    assert (manifest.metrics, manifest.training, manifest.band, manifest.created_at) == (
+        {}, {}, {}, None)
+
+
 def test_an_artifact_copied_under_another_name_is_refused(artifact):
     renamed = artifact.rename(artifact.parent / "latest")
     with pytest.raises(ManifestMismatch) as err:
