@@ -45,13 +45,17 @@ def read_adj_closes(conn: Connection, since: dt.date | None = None) -> pd.DataFr
 
 
 def lock_market(conn: Connection) -> None:
-    """Serialise market rewrites until this transaction ends (Postgres; SQLite writes serially).
+    """Serialise market rewrites until this transaction ends.
 
     A writer then derives the series from bars every earlier writer has committed, so two
     concurrent refreshes of different tickers cannot leave a session computed without one.
     """
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MARKET_LOCK_KEY})
+    else:  # SQLite's one write lock, taken before the closes are read (a write of nothing):
+        # read first, another writer could commit bars and its series in between, and this
+        # rewrite then drop them (a hostile pass, forced: every session's count wrong)
+        conn.execute(text("UPDATE market_series SET date = date WHERE 0"))
 
 
 def replace_market(conn: Connection, series: pd.DataFrame, since: dt.date | None) -> int:

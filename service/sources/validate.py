@@ -11,6 +11,8 @@ Rules, checked in REJECT_REASONS order; a row is counted under the FIRST rule it
                        session has happened there yet. A bar dated today is kept: a session in
                        progress or just closed (the yfinance source holds back today's until it
                        settles; a file's partial last day is corrected by the next ingest)
+- weekend_date         dated a Saturday or a Sunday: no session of the exchanges served (US) is
+                       held then; a timezone slip upstream, or a d/m/Y date read as m/d/Y
 - missing_field        NaN/empty, ±inf or non-numeric junk in open/high/low/close/adj_close/volume
 - non_positive_price   open, high, low, close or adj_close <= 0
 - implausible_price    open, high, low, close or adj_close above MAX_PRICE (finite, but no share
@@ -45,6 +47,7 @@ REJECT_REASONS = (
     "invalid_ticker",
     "bad_date",
     "future_date",
+    "weekend_date",
     "missing_field",
     "non_positive_price",
     "implausible_price",
@@ -120,6 +123,9 @@ def validate_bars(frame: pd.DataFrame, today: dt.date | None = None) -> Validati
     # only a session still trading east of UTC can be dated tomorrow there).
     today = today if today is not None else dt.datetime.now(dt.UTC).date()
     flag("future_date", dates > np.datetime64(today, "ns"))
+    # numpy's day 0 (1970-01-01) was a Thursday: (days + 3) % 7 is Monday = 0 .. Sunday = 6.
+    weekday = (dates.astype("datetime64[D]").astype(np.int64) + 3) % 7
+    flag("weekend_date", ~np.isnat(dates) & (weekday >= 5))
 
     values = {c: _as_float(frame[c]) for c in NUMERIC_COLUMNS}
     # ±inf ("inf", "Infinity" parse as numbers) is as unusable as a missing value.

@@ -64,7 +64,7 @@ def test_each_reason_rejects_exactly_the_bad_row(reason, overrides):
 
 def test_reasons_are_in_check_order():
     assert REJECT_REASONS == (
-        "invalid_ticker", "bad_date", "future_date", "missing_field", "non_positive_price", "implausible_price",
+        "invalid_ticker", "bad_date", "future_date", "weekend_date", "missing_field", "non_positive_price", "implausible_price",
         "high_below_low", "open_outside_range", "close_outside_range", "negative_volume",
         "implausible_volume", "duplicate_date")
 
@@ -250,3 +250,14 @@ def test_shared_dataset_counts(shared_dataset):
     # The duplicate COH day keeps the later row (volume 2,971,980, not 2,972,000).
     coh = bars[(bars["ticker"] == "COH") & (bars["date"] == "2017-10-30")]
     assert coh["volume"].tolist() == [2_971_980.0]
+
+
+def test_a_bar_dated_a_saturday_or_a_sunday_is_a_weekend_date():
+    """No US session is held on a weekend; such rows were stored (a hostile pass: a d/m/Y file
+    read as m/d/Y landed bars on a Saturday and a Sunday)."""
+    bars = three_bars()  # Monday 2024-03-04 .. Wednesday 03-06
+    bars.loc[0, "date"] = pd.Timestamp("2024-03-02")  # Saturday
+    bars.loc[1, "date"] = pd.Timestamp("2024-03-10")  # Sunday
+    result = validate_bars(bars, today=dt.date(2024, 12, 31))
+    assert result.rejected == {"weekend_date": 2}
+    assert result.bars["date"].tolist() == [pd.Timestamp("2024-03-06")]
