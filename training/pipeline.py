@@ -8,6 +8,7 @@ asks the promotion gate (as `stockcast promote`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,10 +86,12 @@ class TrainOutcome:
 def train_and_gate(config: TrainConfig, database_url: str, model_dir: Path, *,
                    gate: bool = True, thresholds: GateThresholds | None = None,
                    plots_dir: Path | None = None, provider: Provider = "auto",
-                   intra_op_threads: int = 1) -> TrainOutcome | None:
+                   intra_op_threads: int = 1,
+                   before_promote: Callable[[], None] | None = None) -> TrainOutcome | None:
     """Train and export; then (gate) backtest the new version and let the gate promote it.
 
-    Returns None on ranks other than 0. models/current moves only through the gate.
+    Returns None on ranks other than 0. models/current moves only through the gate, and not at
+    all if `before_promote` raises (the scheduler's check that its job still holds its lock).
     """
     artifact = run(config, database_url, model_dir)
     if artifact is None:
@@ -102,6 +105,8 @@ def train_and_gate(config: TrainConfig, database_url: str, model_dir: Path, *,
             engine, artifact, plots_dir=plots_dir, provider=provider,
             intra_op_threads=intra_op_threads)
         thresholds = thresholds or GateThresholds()
+        if before_promote is not None:
+            before_promote()
         outcome.verdict = promote(engine, artifact.parent, artifact.name,
                                   thresholds.max_rel_mae, thresholds)
     except (StockcastError, ValueError) as exc:

@@ -1,5 +1,6 @@
 """The scheduler's retrain job: train on the universe's cached bars, backtest, gate (one call of
-training.pipeline.train_and_gate); a refusal raises, so the job records it and current stays."""
+training.pipeline.train_and_gate); a refusal raises, so the job records it and current stays, and
+so does a lock lost before the gate (another scheduler may be retraining the same period)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 
 from service.core.config import Settings
 from service.core.errors import StockcastError
+from service.evaluation.schedule import confirm_lock
 from training.config import TrainConfig
 from training.pipeline import train_and_gate
 
@@ -16,7 +18,8 @@ def retrain(settings: Settings, tickers: Sequence[str], config: TrainConfig | No
     config = (config or TrainConfig()).with_(tickers=tuple(tickers), progress=False)
     outcome = train_and_gate(config, settings.database_url, settings.model_dir,
                              provider=settings.ort_provider,
-                             intra_op_threads=settings.ort_intra_op_threads)
+                             intra_op_threads=settings.ort_intra_op_threads,
+                             before_promote=confirm_lock)
     if outcome is None:
         return "not rank 0"
     if outcome.refused is not None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from service.db.models import JobRun
+
+log = logging.getLogger(__name__)
 
 _RUNS = JobRun.__table__
 # Advisory lock keys live in one 64-bit space per database: this prefix keeps ours apart.
@@ -25,40 +29,109 @@ def lock_key(job: str) -> int:
     return LOCK_NAMESPACE + zlib.crc32(job.encode())
 
 
+class LockLost(RuntimeError):
+    """A job's lock went while the job ran (its Postgres session ended): another scheduler may
+    be running the same key meanwhile, so this attempt must neither count nor promote."""
+
+
+class JobLock:
+    """What trying a job's lock gave: `held`, and while held, `lost()`: why it is no longer
+    held (None while it is), asked of the lock's own session each time until it says."""
+
+    def __init__(self, held: bool, check: Callable[[], str | None] = lambda: None):
+        self.held = held
+        self._check = check
+        self._lost: str | None = None
+
+    def lost(self) -> str | None:
+        if self.held and self._lost is None:
+            self._lost = self._check()
+        return self._lost
+
+
+# Server-side TCP keepalive of the lock's session (seconds idle before a probe): a NAT or load
+# balancer that drops idle flows would end the session, and the lock with it.
+LOCK_KEEPALIVE_SECONDS = 60
+
+
 @contextmanager
-def job_lock(engine: Engine, job: str) -> Iterator[bool]:
-    """Try to take the job's lock without waiting; yields whether this process holds it.
+def job_lock(engine: Engine, job: str) -> Iterator[JobLock]:
+    """Try to take the job's lock without waiting; yields a JobLock (held or not).
 
     Postgres: pg_try_advisory_lock on a connection held for the block (a crashed holder's lock
-    goes with its connection). SQLite: an exclusive flock on a file beside the database.
+    goes with its connection), idle the whole job, so kept from idle_session_timeout and probed
+    by TCP keepalives; should the session end anyway, `lost()` says so and the unlock is skipped
+    (the lock went with it). SQLite: an exclusive flock on a file beside the database (held by
+    this process's open file: never lost).
     """
     if engine.dialect.name == "postgresql":
+        key = lock_key(job)
         with engine.connect() as conn:
-            got = bool(conn.execute(text("select pg_try_advisory_lock(:k)"),
-                                    {"k": lock_key(job)}).scalar())
+            got = bool(conn.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            if got:
+                for name, value in _lock_session_settings(conn).items():
+                    conn.execute(text(f"set {name} = {value}"))
             conn.commit()
+            lock = JobLock(got, lambda: _pg_lock_lost(conn, key))
             try:
-                yield got
+                yield lock
             finally:
-                if got:
-                    conn.execute(text("select pg_advisory_unlock(:k)"), {"k": lock_key(job)})
-                    conn.commit()
+                if got and lock.lost() is None:
+                    _pg_unlock(conn, key, job)
         return
     database = engine.url.database
     path = Path(f"{database}.{job}.lock") if database and database != ":memory:" else None
     if path is None:
-        yield True  # an in-memory database lives in one process
+        yield JobLock(True)  # an in-memory database lives in one process
         return
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
+            yield JobLock(False)
             return
         try:
-            yield True
+            yield JobLock(True)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_session_settings(conn: Connection) -> dict[str, int]:
+    """What the lock's session sets for the job (reset before the pool has it back)."""
+    settings = {"tcp_keepalives_idle": LOCK_KEEPALIVE_SECONDS}
+    if conn.dialect.server_version_info >= (14,):  # idle_session_timeout is new in 14
+        settings["idle_session_timeout"] = 0
+    return settings
+
+
+def _pg_lock_lost(conn: Connection, key: int) -> str | None:
+    """Why the lock's session no longer holds the advisory lock `key`, or None if it does.
+
+    Asked of pg_locks, not of a plain query: a connection SQLAlchemy replaced after a failure
+    would answer `select 1` from a new session that holds nothing."""
+    try:
+        held = conn.execute(text(
+            "select count(*) from pg_locks where locktype = 'advisory' and granted"
+            " and pid = pg_backend_pid() and classid::bigint = :hi and objid::bigint = :lo"
+            " and objsubid = 1"), {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalar()
+        conn.commit()
+    except DBAPIError as exc:
+        why = str(exc.orig).strip().splitlines()
+        return (f"its database session ended ({type(exc.orig).__name__}: "
+                f"{why[0] if why else 'no message'})")
+    return None if held else "its database session no longer holds it"
+
+
+def _pg_unlock(conn: Connection, key: int, job: str) -> None:
+    """Release the lock; a session that ended meanwhile released it with itself."""
+    try:
+        conn.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
+        for name in _lock_session_settings(conn):
+            conn.execute(text(f"reset {name}"))
+        conn.commit()
+    except DBAPIError as exc:
+        log.warning("job %s: the lock's session ended before the unlock (%s): released with it",
+                    job, type(exc.orig).__name__)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -62,26 +63,50 @@ def run_job(engine: Engine, job: str, key: str, work: Callable[[], str],
 
     `work` returns a one-line detail; a StockcastError (the gate's PromotionRefused) makes the
     run `refused` — done for the key, like `ok`: the gate's no is an answer — and any other
-    exception `failed` (recorded and logged; the key is tried again at the next poll).
+    exception `failed` (recorded and logged; the key is tried again at the next poll). A lock
+    lost meanwhile (its Postgres session ended: another scheduler may have taken it and run the
+    key too) makes it `failed` whatever `work` said, "lock lost: ..."; `work` may ask sooner
+    (confirm_lock, as the retrain does before the gate may promote).
     """
     runner = runner or runner_name()
-    with jobs_db.job_lock(engine, job) as held:
-        if not held:
+    with jobs_db.job_lock(engine, job) as lock:
+        if not lock.held:
             return JobOutcome(job, key, "skipped-running", "another scheduler holds the lock")
         with engine.begin() as conn:
             if jobs_db.succeeded(conn, job, key):
                 return JobOutcome(job, key, "skipped-done", f"{job} already done for {key}")
             run_id = jobs_db.start_run(conn, job, key, runner)
+        token = _RUNNING.set(lock)
         try:
             status, detail = "ok", work()
+        except jobs_db.LockLost:  # confirm_lock stopped it: lock.lost() below says why
+            status, detail = "stopped", "before a step it may not take twice"
         except StockcastError as exc:
             status, detail = "refused", str(exc)
         except Exception as exc:  # a job's failure is recorded, not fatal
             status, detail = "failed", f"{exc.__class__.__name__}: {exc}"
             log.exception("job %s for %s failed", job, key)
+        finally:
+            _RUNNING.reset(token)
+        lost = lock.lost()
+        if lost is not None:
+            log.error("job %s for %s lost its lock (%s): recorded failed", job, key, lost)
+            status, detail = "failed", f"lock lost: {lost}; not counted: {status} {detail}"
         with engine.begin() as conn:
             jobs_db.finish_run(conn, run_id, status, detail)
     return JobOutcome(job, key, status, detail)
+
+
+# The lock of the job running in this context (run_job), for confirm_lock.
+_RUNNING: ContextVar[jobs_db.JobLock | None] = ContextVar("stockcast_job_lock", default=None)
+
+
+def confirm_lock() -> None:
+    """Raise LockLost if the job this is called in no longer holds its lock (outside a job, do
+    nothing): a step that must not happen twice (a promotion) asks just before it."""
+    lock = _RUNNING.get()
+    if lock is not None and (why := lock.lost()) is not None:
+        raise jobs_db.LockLost(why)
 
 
 def record_forecasts_of(engine: Engine, predictor: Predictor, tickers: Sequence[str],

@@ -244,3 +244,125 @@ def test_two_scheduler_processes_on_postgres_run_a_job_once(pg_server_url):
     finally:
         engine.dispose()
     assert [(r.status, r.detail) for r in runs] == [("ok", "slept")]
+
+
+def _end_lock_session(url: str, job: str) -> None:
+    """End the session holding the job's advisory lock, as pg_terminate_backend or a proxy
+    dropping it would, and wait until it is gone (its lock with it)."""
+    from sqlalchemy import text
+
+    admin = make_engine(url)
+    try:
+        with admin.connect() as conn:
+            pids = conn.execute(text(
+                "select pid from pg_locks where locktype = 'advisory' and granted"
+                " and database = (select oid from pg_database where datname = current_database())"
+                " and objid::bigint = :lo"), {"lo": jobs_db.lock_key(job) & 0xFFFFFFFF}).all()
+            assert len(pids) == 1, pids
+            assert conn.execute(text("select pg_terminate_backend(:pid, 5000)"),
+                                {"pid": pids[0].pid}).scalar()
+    finally:
+        admin.dispose()
+
+
+def test_a_job_whose_lock_session_ends_is_failed_not_done_and_the_scheduler_goes_on(
+        pg_server_url):
+    """The lock's session ended mid-job (found by a hostile ops pass): a second scheduler took
+    the lock and ran the same key, both recorded `ok`, and the first then died (exit 1) on the
+    unlock. Now the first notices before recording: `failed`, lock lost; the second's run is
+    the one `ok`; the first's engine goes on to the next key."""
+    from service.db.session import reset_database
+
+    reset_database(pg_server_url)
+    first, second = make_engine(pg_server_url), make_engine(pg_server_url)
+    meanwhile = []
+    try:
+        def work():
+            meanwhile.append(run_job(second, DAILY, "2021-05-20", lambda: "second",
+                                     runner="replica-1"))
+            _end_lock_session(pg_server_url, DAILY)
+            meanwhile.append(run_job(second, DAILY, "2021-05-20", lambda: "second",
+                                     runner="replica-1"))
+            return "first"
+
+        outcome = run_job(first, DAILY, "2021-05-20", work, runner="replica-0")
+        assert [o.status for o in meanwhile] == ["skipped-running", "ok"]
+        assert outcome.status == "failed"
+        assert outcome.detail.startswith("lock lost: its database session ended (")
+        assert outcome.detail.endswith("; not counted: ok first")
+        with first.connect() as conn:
+            runs = jobs_db.runs_of(conn, DAILY)
+        assert [(r.runner, r.status) for r in runs] == [("replica-0", "failed"),
+                                                        ("replica-1", "ok")]
+        assert run_job(first, DAILY, "2021-05-20", lambda: "again").status == "skipped-done"
+        assert run_job(first, DAILY, "2021-05-21", lambda: "next").status == "ok"
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def test_a_retrain_whose_lock_session_ends_before_the_gate_promotes_nothing(
+        pg_server_url, tiny_artifact, tmp_path, monkeypatch):
+    """The retrain asks for its lock (schedule.confirm_lock, passed to train_and_gate) just
+    before the gate may move models/current: lost, it stops there and the run is failed."""
+    import training.retrain
+    from service.db.session import reset_database
+
+    reset_database(pg_server_url)
+    models = tmp_path / "models"
+    old = copy_models(tiny_artifact.artifact_dir, models)
+    promoted = []
+
+    def train_and_gate(config, database_url, model_dir, *, before_promote=None, **_):
+        # Training and the backtest took long enough for the lock's session to go.
+        _end_lock_session(database_url, RETRAIN)
+        if before_promote is not None:
+            before_promote()
+        promoted.append(config.tickers)  # the gate's promotion would happen here
+        raise AssertionError("promoted although the lock was lost")
+
+    monkeypatch.setattr(training.retrain, "train_and_gate", train_and_gate)
+    settings = api_settings(pg_server_url, models)
+    engine = make_engine(pg_server_url)
+    try:
+        outcome = run_job(engine, RETRAIN, "2021-05-01",
+                          lambda: training.retrain.retrain(settings, TINY_TICKERS))
+    finally:
+        engine.dispose()
+    assert promoted == []
+    assert outcome.status == "failed"
+    assert outcome.detail.startswith("lock lost: its database session ended (")
+    assert outcome.detail.endswith("; not counted: stopped before a step it may not take twice")
+    assert (models / "current").read_text().strip() == old.name
+
+
+def test_the_lock_session_does_not_idle_out_during_a_long_job(pg_server_url):
+    """A database with idle_session_timeout shorter than the job (the ops pass: 1.5 s) ended
+    the lock's idle session, and a second scheduler ran the key too. The lock's session turns
+    the timeout off, so the second is still told `skipped-running` past the timeout."""
+    from sqlalchemy import text
+
+    from service.db.session import reset_database
+
+    reset_database(pg_server_url)
+    admin = make_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    name = admin.url.database
+    first, second = make_engine(pg_server_url), make_engine(pg_server_url)
+    meanwhile = []
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'alter database "{name}" set idle_session_timeout = \'1500ms\''))
+
+        def work():
+            time.sleep(2.5)
+            meanwhile.append(run_job(second, DAILY, "2021-05-20", lambda: "second"))
+            return "first"
+
+        outcome = run_job(first, DAILY, "2021-05-20", work)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'alter database "{name}" reset idle_session_timeout'))
+        for engine in (admin, first, second):
+            engine.dispose()
+    assert [o.status for o in meanwhile] == ["skipped-running"]
+    assert (outcome.status, outcome.detail) == ("ok", "first")
