@@ -19,11 +19,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from service.artifacts.manifest import resolve_current
 from service.core.config import Settings
 from service.core.errors import StockcastError
 from service.db import jobs as jobs_db
+from service.db.health import is_database_fault
 from service.db.ledger import record_forecasts
 from service.evaluation.feature_store import (
     PrewarmReport,
@@ -169,9 +171,20 @@ def run_forever(engine: Engine, settings: Settings, tickers: Sequence[str],
                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
                 sleep: Callable[[float], None] = time.sleep,
                 stop: Callable[[], bool] = lambda: False) -> None:
-    """A plain loop: every poll, run what is due (each job idempotent per key)."""
+    """A plain loop: every poll, run what is due (each job idempotent per key). A database that
+    does not answer (down, restarting, unreachable) is logged and asked again at the next poll:
+    the service outlives an outage; any other error (a bug, a missing table) ends it."""
     while not stop():
-        for outcome in run_due(engine, settings, tickers, retrain, clock(), retrain_every_days):
+        try:
+            outcomes = run_due(engine, settings, tickers, retrain, clock(), retrain_every_days)
+        except DBAPIError as exc:
+            if not is_database_fault(exc):
+                raise
+            why = str(exc.orig).strip().splitlines() or ["no message"]
+            log.error("the database did not answer (%s: %s); polling again in %g s",
+                      type(exc.orig).__name__, why[0], poll_seconds)
+            outcomes = []
+        for outcome in outcomes:
             if not outcome.status.startswith("skipped"):
                 log.info("%s %s: %s %s", outcome.job, outcome.key, outcome.status,
                          outcome.detail)

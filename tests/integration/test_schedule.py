@@ -4,6 +4,7 @@ Postgres advisory lock), idempotent re-runs, the daily cycle, and a retrain the 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 
@@ -15,7 +16,14 @@ from service.db.backtests import store_run
 from service.db.ledger import read_ledger
 from service.db.session import make_engine
 from service.evaluation.promotion import promote
-from service.evaluation.schedule import DAILY, RETRAIN, retrain_key, run_due, run_job
+from service.evaluation.schedule import (
+    DAILY,
+    RETRAIN,
+    retrain_key,
+    run_due,
+    run_forever,
+    run_job,
+)
 from service.evaluation.scoring import MODEL, NAIVE, POOLED
 from tests.api_factories import api_settings, copy_models, store_bars
 from tests.tiny_model import TINY_TICKERS, synthetic_bars_multi
@@ -366,3 +374,37 @@ def test_the_lock_session_does_not_idle_out_during_a_long_job(pg_server_url):
             engine.dispose()
     assert [o.status for o in meanwhile] == ["skipped-running"]
     assert (outcome.status, outcome.detail) == ("ok", "first")
+
+
+def test_the_scheduler_outlives_a_database_that_does_not_answer(tmp_path, tiny_artifact,
+                                                                caplog):
+    """`stockcast schedule` exited 1 on the first poll that found the database unreachable (a
+    hostile ops pass), though it is the long-running service: now each such poll is logged,
+    the next comes after poll_seconds, and the job runs once the database answers."""
+    path = tmp_path / "late.db"
+    path.mkdir()  # no database can be opened there: every connect fails
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 2:  # back after two polls
+            path.rmdir()
+            store_bars(url, synthetic_bars_multi(), reset=True)
+
+    now = dt.datetime(2021, 5, 20, 23, 0, tzinfo=dt.UTC)
+    try:
+        with caplog.at_level(logging.ERROR, logger="service.evaluation.schedule"):
+            run_forever(engine, api_settings(url, tiny_artifact.model_dir), TINY_TICKERS, None,
+                        poll_seconds=7, clock=lambda: now, sleep=sleep,
+                        stop=lambda: len(slept) == 3)
+        with engine.connect() as conn:
+            runs = jobs_db.runs_of(conn, DAILY)
+    finally:
+        engine.dispose()
+    assert slept == [7, 7, 7]
+    assert [(r.run_key, r.status) for r in runs] == [("2021-05-20", "ok")]
+    said = ("the database did not answer (OperationalError: unable to open database file); "
+            "polling again in 7 s")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [said] * 2
