@@ -89,10 +89,15 @@ def _engine() -> Iterator[Engine]:
 
 
 def _parse_tickers(raw: str | None) -> list[str]:
-    """A --tickers list, normalized; one given empty (`--tickers ''`) is an error, not none."""
+    """A --tickers list, normalized; one given empty (`--tickers ''`) or with a name that is no
+    symbol is an error, said in one line (every command parses before its own error handling)."""
+    from service.core.errors import InvalidTicker
     from service.core.tickers import normalize_ticker
 
-    names = [normalize_ticker(t) for t in (raw or "").replace(" ", ",").split(",") if t]
+    try:
+        names = [normalize_ticker(t) for t in (raw or "").replace(" ", ",").split(",") if t]
+    except InvalidTicker as exc:
+        _fail(str(exc))
     if raw is not None and not names:
         _fail("--tickers is empty: give a comma list of symbols")
     return names
@@ -162,12 +167,29 @@ def main(log_level: Annotated[str | None, typer.Option(help="Logging level.")] =
                         format="%(levelname)s %(name)s: %(message)s")
 
 
+@contextmanager
+def _revision_errors() -> Iterator[None]:
+    """A revision Alembic cannot migrate to, said in one line instead of its traceback: one it
+    does not know names this code's head."""
+    from alembic.script.revision import ResolutionError
+    from alembic.util import CommandError
+
+    from service.db.health import head_revision
+
+    try:
+        yield
+    except CommandError as exc:
+        if isinstance(exc.__cause__, ResolutionError):
+            _fail(f"unknown revision {exc.__cause__.argument!r} (head is {head_revision()})")
+        _fail(_first_line(exc))
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head"):
     """Migrate the configured database up to REVISION (default head)."""
     from service.db.session import upgrade
 
-    with _database_errors():
+    with _database_errors(), _revision_errors():
         upgrade(get_settings().database_url, revision)
     typer.echo(f"database at {revision}")
 
@@ -177,7 +199,7 @@ def db_downgrade(revision: str):
     """Migrate the configured database down to REVISION ("base" empties it)."""
     from service.db.session import downgrade
 
-    with _database_errors():
+    with _database_errors(), _revision_errors():
         downgrade(get_settings().database_url, revision)
     typer.echo(f"database at {revision}")
 

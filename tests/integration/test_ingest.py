@@ -239,13 +239,21 @@ def test_the_one_write_path_stores_valid_rows_updates_ranges_and_records_a_refre
      "error: --config {tmp}/string.json: tickers must be a JSON list, got 'AAA'"),
     (["train", "--config", "{tmp}/list.json"],
      "error: --config {tmp}/list.json: a TrainConfig is a JSON object, got list"),
+    *[([*command, "--tickers", "!!!"],
+       "error: invalid ticker '!!!': use 1-15 letters, digits, '.', '-', '^' or '='")
+      for command in (["refresh"], ["backtest"], ["train", "--no-promote"], ["evaluate"],
+                      ["ingest", "--source", "yfinance"])],
+    (["db", "upgrade", "--revision", "9999"], "error: unknown revision '9999' (head is {head})"),
+    (["db", "downgrade", "nonsense"], "error: unknown revision 'nonsense' (head is {head})"),
 ])
 def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatch, args,
                                                             message):
     """Each was a traceback, a misleading message or a silent no-op (a hostile test pass):
-    a directory was 'no such file', an empty --tickers refreshed nothing with exit 0."""
+    a directory was 'no such file', an empty --tickers refreshed nothing with exit 0; a bad
+    symbol outside ingest and an unknown Alembic revision were tracebacks (a hostile ops pass)."""
     from service.cli import app
     from service.core.config import get_settings
+    from service.db.health import head_revision
 
     monkeypatch.setenv("STOCKCAST_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
     monkeypatch.setenv("STOCKCAST_SOURCE", "none")
@@ -263,4 +271,4 @@ def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatc
         get_settings.cache_clear()
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception  # not an error escaping
-    assert message.format(tmp=tmp_path) in result.output
+    assert message.format(tmp=tmp_path, head=head_revision()) in result.output
