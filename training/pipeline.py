@@ -30,7 +30,10 @@ from training.export import export_artifact
 
 def read_training_bars(database_url: str, config: TrainConfig) -> pd.DataFrame:
     """The configured tickers' bars from the cache (with the market series joined on when the
-    feature set reads it); a clear error names tickers with none."""
+    feature set reads it); a clear error names tickers with none, or a start after the end (as
+    backtest's and evaluate's: there would be no bars, and the error would say to load them)."""
+    if config.start and config.end and config.start > config.end:
+        raise ValueError(f"start {config.start} is after end {config.end}")
     engine = make_engine(database_url)
     try:
         bars = read_bars_many(engine, list(config.tickers), config.start, config.end,

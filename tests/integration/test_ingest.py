@@ -243,6 +243,10 @@ def test_the_one_write_path_stores_valid_rows_updates_ranges_and_records_a_refre
        "error: invalid ticker '!!!': use 1-15 letters, digits, '.', '-', '^' or '='")
       for command in (["refresh"], ["backtest"], ["train", "--no-promote"], ["evaluate"],
                       ["ingest", "--source", "yfinance"])],
+    (["train", "--start", "2017-06-01", "--end", "2015-01-01", "--no-promote"],
+     "error: start 2017-06-01 is after end 2015-01-01"),
+    (["train", "--config", "{tmp}/backwards.json"],
+     "error: start 2017-06-01 is after end 2015-01-01"),
     (["db", "upgrade", "--revision", "9999"], "error: unknown revision '9999' (head is {head})"),
     (["db", "downgrade", "nonsense"], "error: unknown revision 'nonsense' (head is {head})"),
 ])
@@ -250,7 +254,8 @@ def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatc
                                                             message):
     """Each was a traceback, a misleading message or a silent no-op (a hostile test pass):
     a directory was 'no such file', an empty --tickers refreshed nothing with exit 0; a bad
-    symbol outside ingest and an unknown Alembic revision were tracebacks (a hostile ops pass)."""
+    symbol outside ingest and an unknown Alembic revision were tracebacks, and train's start
+    after its end said "no bars in the cache ... load them first" (a hostile ops pass)."""
     from service.cli import app
     from service.core.config import get_settings
     from service.db.health import head_revision
@@ -262,6 +267,7 @@ def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatc
     (tmp_path / "counts.json").write_text('{"epochs": "x"}')
     (tmp_path / "string.json").write_text('{"tickers": "AAA"}')
     (tmp_path / "list.json").write_text('[1]')
+    (tmp_path / "backwards.json").write_text('{"start": "2017-06-01", "end": "2015-01-01"}')
     get_settings.cache_clear()
     try:
         runner = CliRunner()
