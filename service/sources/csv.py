@@ -35,7 +35,7 @@ import pandas as pd
 from service.core.bars import BAR_COLUMNS, NUMERIC_COLUMNS
 from service.core.errors import InvalidBars, InvalidTicker, UnknownTicker
 from service.core.tickers import normalize_ticker
-from service.sources.validate import FULL_DATE
+from service.sources.validate import FULL_DATE, iso_dates
 
 # Folded header (see _fold) -> canonical column.
 COLUMN_ALIASES = {
@@ -135,11 +135,10 @@ def _canonical_names(columns, path: Path) -> dict[str, str]:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     # The names as written: pandas renames a repeated one ("close", "close.1"), which would hide
-    # the clash _canonical_names refuses.
+    # the clash _canonical_names refuses. The names it maps are then unique, so pandas reads
+    # them under these same names.
     written = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
-    _canonical_names(written.iloc[0].tolist(), path)
-    header = pd.read_csv(path, nrows=0)
-    names = _canonical_names(header.columns, path)
+    names = _canonical_names(written.iloc[0].tolist(), path)
     dtypes = {o: ("float64" if c in NUMERIC_COLUMNS else str) for o, c in names.items()}
     missing = {o: MISSING_WORDS for o, c in names.items() if c in NUMERIC_COLUMNS}
     options = {"usecols": list(names), "keep_default_na": False, "na_values": missing}
@@ -199,7 +198,7 @@ def _parse_dates(raw: pd.Series, path: Path) -> pd.Series:
     elif pd.api.types.infer_dtype(raw, skipna=True) in ("date", "datetime", "datetime64"):
         parsed = pd.to_datetime(raw, errors="coerce")
     else:
-        text = raw.astype(object).where(raw.notna(), None).astype("string")
+        text = raw.astype("string")
         parsed = _iso_wall_dates(text)
         slashed = parsed.isna() & text.notna()
         if slashed.any():
@@ -213,18 +212,19 @@ def _parse_dates(raw: pd.Series, path: Path) -> pd.Series:
 def _iso_wall_dates(text: pd.Series) -> pd.Series:
     """The written date of each value that is a whole ISO 8601 date or time (NaT else).
 
-    A column whose stamps carry different UTC offsets (a file across a DST change) is parsed in
-    UTC for validity only, and each value keeps its written YYYY-MM-DD (naive or not).
+    A column whose stamps carry different UTC offsets (a file across a DST change), which
+    iso_dates cannot parse into one dtype, is parsed in UTC for validity only, and each value
+    keeps its written YYYY-MM-DD (naive or not).
     """
-    whole = text.where(text.str.fullmatch(FULL_DATE).fillna(False).astype(bool))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pandas' "mixed time zones" notice
         try:
-            parsed = pd.to_datetime(whole.astype(object), format="ISO8601", errors="coerce")
+            parsed = iso_dates(text.astype(object))
         except ValueError:
             parsed = None
     if parsed is not None and pd.api.types.is_datetime64_any_dtype(parsed):
         return parsed
+    whole = text.where(text.str.fullmatch(FULL_DATE).fillna(False).astype(bool))
     valid = pd.to_datetime(whole.astype(object), format="ISO8601", errors="coerce", utc=True)
     written = text.str.extract(_ISO_DATE, expand=False).astype(object)
     dates = pd.to_datetime(written, format="%Y-%m-%d", errors="coerce")
