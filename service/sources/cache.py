@@ -38,6 +38,17 @@ REBASE_OVERLAP_DAYS = 7
 # the smallest dividend adjustments are ~1e-3).
 REBASE_RTOL = 1e-4
 
+def repriced(stored: pd.DataFrame, other: pd.DataFrame) -> np.ndarray:
+    """Per date both frames hold (in date order), whether `other` prices it differently from
+    `stored`: its close or adj_close off by more than REBASE_RTOL. A re-base moves every past
+    date (the refresh path refetches on any; ingest refuses a stretch differing on all)."""
+    both = stored.merge(other, on="date", suffixes=("_stored", "_other"))
+    differs = np.zeros(len(both), dtype=bool)
+    for c in ("close", "adj_close"):
+        differs |= ~np.isclose(both[f"{c}_stored"], both[f"{c}_other"], rtol=REBASE_RTOL, atol=0)
+    return differs
+
+
 @dataclass(frozen=True)
 class CachedBars:
     """Bars served for one request, and whether they may be out of date."""
@@ -360,9 +371,4 @@ class BarCache:
         """True when the source's prices for already-stored dates differ from what is stored."""
         # The last stored day is left out: a file's partial last session is corrected, not re-based.
         stored = bars_db.read_bars(self.engine, ticker, start, last_stored - dt.timedelta(days=1))
-        both = stored.merge(fetched, on="date", suffixes=("_stored", "_source"))
-        if both.empty:
-            return False
-        return not all(
-            np.allclose(both[f"{c}_stored"], both[f"{c}_source"], rtol=REBASE_RTOL, atol=0)
-            for c in ("close", "adj_close"))
+        return bool(repriced(stored, fetched).any())

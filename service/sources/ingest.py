@@ -6,14 +6,13 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 from tqdm import tqdm
 
 from service.db import bars as bars_db
 from service.db.market import sessions_missing
-from service.sources.cache import REBASE_RTOL
+from service.sources.cache import repriced
 from service.sources.market import update_market
 from service.sources.store import AfterWrite, validate, write_bars
 from service.sources.validate import ValidationResult
@@ -106,15 +105,8 @@ def _refuse_rebased(engine: Engine, result: ValidationResult) -> ValidationResul
                 continue
             last = min(span["max"].date(), state.last_bar_date - dt.timedelta(days=1))
             stored = bars_db.read_bars(conn, ticker, span["min"].date(), last)
-            both = stored.merge(bars[bars["ticker"] == ticker], on="date",
-                                suffixes=("_stored", "_file"))
-            if len(both) < 2:
-                continue
-            differs = np.zeros(len(both), dtype=bool)
-            for c in ("close", "adj_close"):
-                differs |= ~np.isclose(both[f"{c}_file"], both[f"{c}_stored"],
-                                       rtol=REBASE_RTOL, atol=0)
-            if differs.all():
+            differs = repriced(stored, bars[bars["ticker"] == ticker])
+            if len(differs) >= 2 and differs.all():
                 refused.append(ticker)
     if not refused:
         return result
