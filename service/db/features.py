@@ -9,6 +9,7 @@ extended history is never served from rows computed before it (the reader falls 
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,13 +31,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.bars import in_chunks
 from service.db.guard import driver_errors
+from service.db.locks import xact_lock
 from service.db.models import BandState, FeatureRow, FeatureSet, Ticker
 
 _ROWS = FeatureRow.__table__
 _SETS = FeatureSet.__table__
 _STATES = BandState.__table__
 _TICKERS = Ticker.__table__
-FEATURES_LOCK_CLASS = 0x66656174  # pg_advisory_xact_lock(class, hashtext(ticker)) ("feat")
+INSERT_CHUNK = 20_000  # feature rows per executemany / COPY batch
+FLOAT = np.dtype("<f8")  # every stored array: float64, little-endian
+# Feature-update lock keys (locks.xact_lock): this prefix ("feat") + the ticker's CRC-32.
+FEATURES_LOCK_NAMESPACE = 0x66656174 << 32
 
 
 def lock_feature_sets(conn: Connection, tickers: Sequence[str]) -> None:
@@ -46,18 +51,9 @@ def lock_feature_sets(conn: Connection, tickers: Sequence[str]) -> None:
     its features after their write; unserialised, the later one read the set the other was
     replacing, found its own recomputation's prefix equal to it, appended nothing and then
     labelled the other's rows with its own revision: feature rows of bars no longer stored,
-    marked fresh for good (a hostile pass, both backends). Postgres: a transaction lock per
-    ticker, taken in sorted order (no deadlock between two updaters); SQLite: its one write
-    lock, taken before the reads by a write that changes nothing.
+    marked fresh for good (a hostile pass, both backends).
     """
-    if conn.dialect.name == "postgresql":
-        for ticker in sorted(set(tickers)):
-            conn.execute(text("SELECT pg_advisory_xact_lock(:cls, hashtext(:ticker))"),
-                         {"cls": FEATURES_LOCK_CLASS, "ticker": ticker})
-    else:
-        conn.execute(text("UPDATE tickers SET symbol = symbol WHERE 0"))
-INSERT_CHUNK = 20_000  # feature rows per executemany / COPY batch
-FLOAT = np.dtype("<f8")  # every stored array: float64, little-endian
+    xact_lock(conn, (FEATURES_LOCK_NAMESPACE + zlib.crc32(t.encode()) for t in tickers))
 
 
 def encode(values: np.ndarray) -> bytes:

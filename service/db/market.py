@@ -6,10 +6,11 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, delete, func, select, text
+from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.bars import _execute
+from service.db.locks import xact_lock
 from service.db.models import Bar, MarketSession
 
 MARKET_COLUMNS = ("date", "market_return", "n_tickers")
@@ -48,14 +49,11 @@ def lock_market(conn: Connection) -> None:
     """Serialise market rewrites until this transaction ends.
 
     A writer then derives the series from bars every earlier writer has committed, so two
-    concurrent refreshes of different tickers cannot leave a session computed without one.
+    concurrent refreshes of different tickers cannot leave a session computed without one. On
+    SQLite too: with the closes read before its lock, another writer's bars and series were
+    dropped from every session's count (a hostile pass, forced).
     """
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MARKET_LOCK_KEY})
-    else:  # SQLite's one write lock, taken before the closes are read (a write of nothing):
-        # read first, another writer could commit bars and its series in between, and this
-        # rewrite then drop them (a hostile pass, forced: every session's count wrong)
-        conn.execute(text("UPDATE market_series SET date = date WHERE 0"))
+    xact_lock(conn, [MARKET_LOCK_KEY])
 
 
 def replace_market(conn: Connection, series: pd.DataFrame, since: dt.date | None) -> int:
