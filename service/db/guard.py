@@ -305,9 +305,11 @@ def guard_engine(engine: Engine, bounds: DbBounds) -> Engine:
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_conn, record, proxy):
         key = id(record)
-        if watched is not None and file_identity(watched) != record.info.get("stockcast_file"):
+        fresh = record.info.pop("stockcast_fresh", False)  # connected just now: file read then
+        if (watched is not None and not fresh
+                and file_identity(watched) != record.info.get("stockcast_file")):
             raise sa_exc.DisconnectionError(f"{watched} was removed or replaced")
-        if not record.info.pop("stockcast_fresh", False) and server:
+        if not fresh and server:
             WATCHDOG.arm(key, bounds.ping_seconds, timed_out(record, bounds.ping_seconds))
             try:
                 engine.dialect.do_ping(dbapi_conn)
