@@ -15,10 +15,13 @@ Accepted layouts:
   the row as `bad_date` instead of the whole file failing;
 - a symbol is text as written: `NA`, `NULL` or `None` are tickers, not missing values (only
   the numeric columns read pandas' missing-value words);
+- numbers are written plainly, with a decimal point: a value that is no number (`1,234.5`,
+  `123,45`, `$12`) is kept as written, so the validator rejects the row as `not_a_number`
+  (not `missing_field`, which an empty field is);
 - a file without an adjusted close uses its close as adj_close (no split/dividend adjustment
   is invented).
 Rows are returned as read (not validated); bad symbols stay as written so the validator counts
-them as `invalid_ticker`.
+them as `invalid_ticker`, and so do numbers (`not_a_number`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import pandas as pd
 from service.core.bars import BAR_COLUMNS, NUMERIC_COLUMNS
 from service.core.errors import InvalidBars, InvalidTicker, UnknownTicker
 from service.core.tickers import normalize_ticker
-from service.sources.validate import FULL_DATE, iso_dates
+from service.sources.validate import FULL_DATE, MISSING_WORDS, iso_dates
 
 # Folded header (see _fold) -> canonical column.
 COLUMN_ALIASES = {
@@ -55,9 +58,6 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 _FOLD_RE = re.compile(r"[\s_\-.*]+")
 _ISO_DATE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2})")
 SLASH_FORMATS = ("%m/%d/%Y", "%d/%m/%Y")
-# pandas' default missing-value words, for the numeric columns only (see the module docstring).
-MISSING_WORDS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-                 "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
 def read_bars_file(path: Path | str, ticker: str | None = None) -> pd.DataFrame:
@@ -146,8 +146,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
         # Fast path: the C parser straight into float64.
         raw = pd.read_csv(path, dtype=dtypes, **options)
     except ValueError:
-        # Junk text in a numeric column: read it as text; _as_numbers turns junk into NaN
-        # so only the offending rows are rejected (missing_field), not the file.
+        # Text that is no number in a numeric column: read it as text; _as_numbers keeps it
+        # as written so only the offending rows are rejected (not_a_number), not the file.
         raw = pd.read_csv(path, dtype=str, **options)
     return raw.rename(columns=names)
 
@@ -244,7 +244,14 @@ def _slashed_dates(text: pd.Series, path: Path) -> pd.Series:
 
 
 def _as_numbers(column: pd.Series) -> np.ndarray:
-    """float64 values; junk text becomes NaN (the validator's missing_field)."""
-    if not pd.api.types.is_numeric_dtype(column):
-        column = pd.to_numeric(column, errors="coerce")
-    return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    """float64 values; where text is no number, object values with that text as written (the
+    validator's not_a_number; a missing value is NaN, its missing_field)."""
+    if pd.api.types.is_numeric_dtype(column):
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    unread = np.isnan(values) & column.notna().to_numpy()
+    if not unread.any():
+        return values
+    kept = values.astype(object)
+    kept[unread] = column.to_numpy(dtype=object)[unread]
+    return kept

@@ -13,7 +13,11 @@ Rules, checked in REJECT_REASONS order; a row is counted under the FIRST rule it
                        settles; a file's partial last day is corrected by the next ingest)
 - weekend_date         dated a Saturday or a Sunday: no session of the exchanges served (US) is
                        held then; a timezone slip upstream, or a d/m/Y date read as m/d/Y
-- missing_field        NaN/empty, ±inf or non-numeric junk in open/high/low/close/adj_close/volume
+- missing_field        NaN/empty (or one of pandas' missing-value words: MISSING_WORDS) or ±inf
+                       in open/high/low/close/adj_close/volume
+- not_a_number         text there that is no number: a thousands separator ('1,234.5'), a
+                       decimal comma ('123,45'), a currency sign, junk ('abc'); it is not
+                       guessed at ('1,234' is 1234 in one locale, 1.234 in another)
 - non_positive_price   open, high, low, close or adj_close <= 0
 - implausible_price    open, high, low, close or adj_close above MAX_PRICE (finite, but no share
                        trades there; the features' squares would overflow float64 near 1e154)
@@ -49,6 +53,7 @@ REJECT_REASONS = (
     "future_date",
     "weekend_date",
     "missing_field",
+    "not_a_number",
     "non_positive_price",
     "implausible_price",
     "high_below_low",
@@ -67,6 +72,9 @@ MAX_PRICE = 1e9
 # The most shares a session may trade: far above any real stock's day (the shared data's largest
 # is 6.2e8, VZ) and far below the 2^63 ≈ 9.2e18 the bars table's BIGINT holds.
 MAX_VOLUME = 1e15
+# pandas' default missing-value words: such text is a missing field, not one that is no number.
+MISSING_WORDS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                 "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
 @dataclass(frozen=True)
@@ -128,9 +136,11 @@ def validate_bars(frame: pd.DataFrame, today: dt.date | None = None) -> Validati
     flag("weekend_date", ~np.isnat(dates) & (weekday >= 5))
 
     values = {c: _as_float(frame[c]) for c in NUMERIC_COLUMNS}
+    unreadable = {c: _not_numbers(frame[c], values[c]) for c in NUMERIC_COLUMNS}
     # ±inf ("inf", "Infinity" parse as numbers) is as unusable as a missing value.
-    flag("missing_field",
-         np.logical_or.reduce([~np.isfinite(values[c]) for c in NUMERIC_COLUMNS]))
+    flag("missing_field", np.logical_or.reduce(
+        [~np.isfinite(values[c]) & ~unreadable[c] for c in NUMERIC_COLUMNS]))
+    flag("not_a_number", np.logical_or.reduce(list(unreadable.values())))
     flag("non_positive_price", np.logical_or.reduce([values[c] <= 0 for c in PRICE_COLUMNS]))
     flag("implausible_price",
          np.logical_or.reduce([values[c] > MAX_PRICE for c in PRICE_COLUMNS]))
@@ -207,7 +217,19 @@ def _as_trading_dates(column: pd.Series) -> np.ndarray:
 
 
 def _as_float(column: pd.Series) -> np.ndarray:
-    """float64 values; non-numeric junk becomes NaN (and so a missing_field reject)."""
+    """float64 values; text that is no number becomes NaN (see _not_numbers)."""
     if not pd.api.types.is_numeric_dtype(column):
         column = pd.to_numeric(column, errors="coerce")
     return column.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _not_numbers(column: pd.Series, values: np.ndarray) -> np.ndarray:
+    """Where `column` holds text that _as_float could not read and that is no missing value
+    (blank or a MISSING_WORDS word): the not_a_number rows. A numeric column holds none."""
+    unreadable = np.zeros(len(column), dtype=bool)
+    if pd.api.types.is_numeric_dtype(column):
+        return unreadable
+    candidates = np.flatnonzero(np.isnan(values) & column.notna().to_numpy())
+    text = column.iloc[candidates].astype(str).str.strip()
+    unreadable[candidates] = ~text.isin(MISSING_WORDS).to_numpy()
+    return unreadable

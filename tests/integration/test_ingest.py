@@ -45,6 +45,10 @@ def test_shared_dataset_reconciles_and_reingest_changes_nothing(engine, shared_d
     [
         ("AAA,2020-01-06,,11,9,10,10,100\n", "missing_field"),
         ("AAA,2020-01-06,10,inf,9,10,10,Infinity\n", "missing_field"),
+        # A thousands separator or a decimal comma: not a missing field (it said so before).
+        ('AAA,2020-01-06,"1,234.5",11,9,10,10,100\n', "not_a_number"),
+        ('AAA,2020-01-06,10,11,9,"10,5","10,5",100\n', "not_a_number"),
+        ('AAA,2020-01-06,10,11,9,10,10,"1,000"\n', "not_a_number"),
         ("AAA,2020-01-06,0,11,9,10,10,100\n", "non_positive_price"),
         ("AAA,2020-01-06,1e300,1e300,1e300,1e300,1e300,100\n", "implausible_price"),
         ("AAA,2020-01-06,10,9,11,10,10,100\n", "high_below_low"),
@@ -184,10 +188,12 @@ def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
         runner = CliRunner()
         assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
         data = tmp_path / "bars.csv"
-        data.write_text(HEADER + GOOD + "AAA,2020-01-06,,11,9,10,10,100\n")
+        data.write_text(HEADER + GOOD + "AAA,2020-01-06,,11,9,10,10,100\n"
+                        + 'AAA,2020-01-07,"10,5",11,9,10,10,100\n')
         result = runner.invoke(app, ["ingest", "--path", str(data), "--no-progress"])
         assert result.exit_code == 0, result.output
-        assert result.output.startswith("read 3, stored 2, rejected 1 (missing_field=1)")
+        assert result.output.startswith(
+            "read 4, stored 2, rejected 2 (missing_field=1, not_a_number=1)")
         missing = runner.invoke(app, ["ingest", "--path", str(tmp_path / "nope.csv")])
         assert missing.exit_code == 1 and "error: no such file" in missing.output
         cut = tmp_path / "cut.csv.gz"  # a download cut short: said so, not "Aborted."

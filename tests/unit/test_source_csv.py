@@ -208,7 +208,8 @@ def test_each_malformed_row_kind_is_counted_under_its_reason(tmp_path):
     result = validate_bars(read_bars_file(path))
     assert result.read == 15
     assert result.rejected == {
-        "invalid_ticker": 2, "bad_date": 2, "missing_field": 2, "non_positive_price": 1,
+        "invalid_ticker": 2, "bad_date": 2, "missing_field": 1, "not_a_number": 1,
+        "non_positive_price": 1,
         "high_below_low": 1, "open_outside_range": 1, "close_outside_range": 1,
         "negative_volume": 1, "duplicate_date": 1}
     assert result.read == result.stored_candidates + result.n_rejected
@@ -337,3 +338,26 @@ def test_symbols_that_read_like_missing_values_are_tickers(tmp_path):
     result = validate_bars(bars, today=dt.date(2024, 1, 1))
     assert sorted(result.bars["ticker"]) == ["NA", "NONE", "NULL"]
     assert result.rejected == {"invalid_ticker": 1, "missing_field": 1}
+
+
+def test_numbers_with_thousands_separators_or_decimal_commas_are_rejected_as_not_a_number(
+        tmp_path):
+    """'1,234.5' and '123,45' were read as missing values: their rows were counted as
+    missing_field, which sent the user looking for empty cells. They are kept as written and
+    counted as not_a_number (not guessed at: '1,234' is 1234 or 1.234); an empty field is
+    still missing_field."""
+    path = write_text(tmp_path / "commas.csv", HEADER, [
+        bar_line("AAA", "2024-03-04"),
+        'AAA,2024-03-05,"1,234.5","1,240.0","1,230.0","1,235.0","1,235.0",1000',
+        'AAA,2024-03-06,"10,5",11,9,10.5,10.5,1000',
+        'AAA,2024-03-07,10,11,9,10.5,10.5,"1,000"',
+        "AAA,2024-03-08,10,11,9,,10.5,1000",
+    ])
+    bars = read_bars_file(path)
+    assert bars["open"].tolist() == [10.0, "1,234.5", "10,5", 10.0, 10.0]
+    assert bars["volume"].tolist()[2:4] == [1000.0, "1,000"]
+    assert np.isnan(bars["close"].iloc[4])
+    result = validate_bars(bars, today=dt.date(2024, 12, 31))
+    assert result.rejected == {"missing_field": 1, "not_a_number": 3}
+    assert result.summary() == "rejected 4 (missing_field=1, not_a_number=3)"
+    assert result.bars["date"].tolist() == [pd.Timestamp("2024-03-04")]

@@ -38,7 +38,11 @@ def three_bars(**overrides) -> pd.DataFrame:
         ("missing_field", {"open": np.nan}),
         ("missing_field", {"adj_close": np.nan}),
         ("missing_field", {"volume": np.nan}),
-        ("missing_field", {"close": "n/a"}),  # non-numeric junk
+        ("missing_field", {"close": "n/a"}),  # pandas' missing-value words, as a file's
+        ("missing_field", {"close": "  "}),
+        ("not_a_number", {"close": "abc"}),  # text that is no number: not "missing"
+        ("not_a_number", {"open": "1,234.5"}),  # a thousands separator
+        ("not_a_number", {"volume": "123,45"}),  # a decimal comma
         ("missing_field", {"high": np.inf}),  # "inf" / "Infinity" parse as numbers
         ("missing_field", {"volume": -np.inf}),
         ("non_positive_price", {"low": 0.0}),
@@ -64,15 +68,18 @@ def test_each_reason_rejects_exactly_the_bad_row(reason, overrides):
 
 def test_reasons_are_in_check_order():
     assert REJECT_REASONS == (
-        "invalid_ticker", "bad_date", "future_date", "weekend_date", "missing_field", "non_positive_price", "implausible_price",
-        "high_below_low", "open_outside_range", "close_outside_range", "negative_volume",
-        "implausible_volume", "duplicate_date")
+        "invalid_ticker", "bad_date", "future_date", "weekend_date", "missing_field",
+        "not_a_number", "non_positive_price", "implausible_price", "high_below_low",
+        "open_outside_range", "close_outside_range", "negative_volume", "implausible_volume",
+        "duplicate_date")
 
 
 @pytest.mark.parametrize(
     ("overrides", "first_reason"),
     [
         ({"open": np.nan, "high": 1.0, "volume": -5.0}, "missing_field"),
+        ({"open": np.nan, "close": "1,70"}, "missing_field"),
+        ({"close": "1,70", "low": -1.0}, "not_a_number"),
         ({"low": -1.0, "high": 0.5}, "non_positive_price"),
         ({"high": 1e300, "close": 1e300, "volume": -5.0}, "implausible_price"),
         ({"high": 160.0, "volume": -5.0}, "high_below_low"),
