@@ -1,6 +1,8 @@
 """User files of daily bars (CSV or Parquet, gzip ok) read into the canonical frame.
 
 Accepted layouts:
+- comma-separated text, UTF-8; a file separated by ';', tabs or '|' is refused whole, naming
+  its separator (read at commas it was one column: "missing required columns");
 - column names are matched ignoring case, spaces, underscores, hyphens, dots and the `*` that
   Yahoo's web export appends: `Date`, `Open`, `Adj Close`, `adj_close`, `AdjClose`, `Close*`,
   `Adj Close**`... `Symbol` is read as `ticker`; unknown columns are ignored;
@@ -54,6 +56,8 @@ COLUMN_ALIASES = {
     "volume": "volume",
 }
 REQUIRED_COLUMNS = ("date", "open", "high", "low", "close", "volume")
+# Separators other exports use (a European spreadsheet's ';', a tab), as the refusal names them.
+OTHER_SEPARATORS = {";": "';'", "\t": "tabs", "|": "'|'"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _FOLD_RE = re.compile(r"[\s_\-.*]+")
 _ISO_DATE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2})")
@@ -138,7 +142,13 @@ def _read_csv(path: Path) -> pd.DataFrame:
     # the clash _canonical_names refuses. The names it maps are then unique, so pandas reads
     # them under these same names.
     written = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
-    names = _canonical_names(written.iloc[0].tolist(), path)
+    header = written.iloc[0].tolist()
+    separator = _other_separator(header)
+    if separator is not None:
+        raise InvalidBars(
+            f"{path}: the columns are separated by {OTHER_SEPARATORS[separator]}, not commas; "
+            "save the file comma-separated, with a decimal point in numbers")
+    names = _canonical_names(header, path)
     dtypes = {o: ("float64" if c in NUMERIC_COLUMNS else str) for o, c in names.items()}
     missing = {o: MISSING_WORDS for o, c in names.items() if c in NUMERIC_COLUMNS}
     options = {"usecols": list(names), "keep_default_na": False, "na_values": missing}
@@ -150,6 +160,21 @@ def _read_csv(path: Path) -> pd.DataFrame:
         # as written so only the offending rows are rejected (not_a_number), not the file.
         raw = pd.read_csv(path, dtype=str, **options)
     return raw.rename(columns=names)
+
+
+def _other_separator(header: list) -> str | None:
+    """The separator of OTHER_SEPARATORS at which the header, read at commas, names more bar
+    columns (two or more), else None. Read at commas such a file was one column, refused as
+    'missing required columns: date, open, ...' beside the very names it asked for. It is not
+    read at that separator: a ';' file writes decimal commas ('10,5'), not numbers here."""
+    def named(cells) -> int:
+        return len({COLUMN_ALIASES.get(_fold(str(c).strip().strip('"'))) for c in cells}
+                   - {None})
+
+    line = ",".join(str(c) for c in header)
+    at_commas = named(header)
+    return next((s for s in OTHER_SEPARATORS if named(line.split(s)) > max(at_commas, 1)),
+                None)
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

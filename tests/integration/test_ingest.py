@@ -121,6 +121,33 @@ def test_a_file_missing_a_column_is_refused_and_loses_nothing(engine, tmp_path):
     assert bars_db.count_bars(engine, "AAA") == 2
 
 
+SEPARATED = ("the columns are separated by {}, not commas; save the file comma-separated, "
+             "with a decimal point in numbers")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("semicolons.csv", (HEADER.replace(",", ";") + "AAA;2020-01-06;10,5;11;9;10;10;100\n").encode(),
+     SEPARATED.format("';'")),
+    ("tabs.csv", (HEADER.replace(",", "\t") + "AAA\t2020-01-06\t10\t11\t9\t10\t10\t100\n").encode(),
+     SEPARATED.format("tabs")),
+])
+def test_a_file_that_cannot_be_read_is_refused_in_one_sentence_and_loses_nothing(
+        engine, tmp_path, name, content, message):
+    """Each was refused with a message that hid its cause ("missing required columns: date,
+    open, ..."); the refusal now names it, and nothing stored changes."""
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    ingest_file(engine, good)
+    before = bars_db.read_bars(engine, "AAA")
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    with pytest.raises(InvalidBars) as err:
+        ingest_file(engine, bad)
+    assert str(err.value) == f"{bad}: {message}"
+    pd.testing.assert_frame_equal(bars_db.read_bars(engine, "AAA"), before)
+    assert bars_db.count_bars(engine) == 2
+
+
 def test_a_day_month_year_file_changes_no_stored_bar_of_another_day(engine, tmp_path):
     """A d/m/Y file was read row by row as m/d/Y: 03/02/2020 stored February 3's prices on
     March 2, and days past 12 were bad_date (a hostile pass). The column's format is decided

@@ -361,3 +361,32 @@ def test_numbers_with_thousands_separators_or_decimal_commas_are_rejected_as_not
     assert result.rejected == {"missing_field": 1, "not_a_number": 3}
     assert result.summary() == "rejected 4 (missing_field=1, not_a_number=3)"
     assert result.bars["date"].tolist() == [pd.Timestamp("2024-03-04")]
+
+
+@pytest.mark.parametrize(("separator", "named"), [(";", "';'"), ("\t", "tabs"), ("|", "'|'")])
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_file_separated_by_another_character_is_refused_naming_it(tmp_path, separator, named,
+                                                                     quoted):
+    """A ';' export (decimal commas inside) or a tab-separated one was read at commas as one
+    column: "missing required columns: date, open, ..." beside the names it asked for."""
+    cells = ["Date", "Open", "High", "Low", "Close", "Adj Close", "Volume"]
+    header = separator.join(f'"{c}"' if quoted else c for c in cells)
+    path = write_text(tmp_path / "bars.csv", header,
+                      [separator.join(["2024-03-04", "176,15", "176,9", "173,79", "175,1",
+                                       "174,88", "81510100"])])
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path, ticker="AAPL")
+    assert str(err.value) == (
+        f"{path}: the columns are separated by {named}, not commas; save the file "
+        "comma-separated, with a decimal point in numbers")
+
+
+def test_a_semicolon_file_missing_a_column_is_still_named_by_its_separator(tmp_path):
+    path = tmp_path / "bars.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("Date;Open;High;Low;Close\n2024-03-04;176,15;176,9;173,79;175,1\n")
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path, ticker="AAPL")
+    assert str(err.value) == (
+        f"{path}: the columns are separated by ';', not commas; save the file "
+        "comma-separated, with a decimal point in numbers")
