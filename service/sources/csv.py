@@ -1,8 +1,10 @@
 """User files of daily bars (CSV or Parquet, gzip ok) read into the canonical frame.
 
 Accepted layouts:
-- comma-separated text, UTF-8; a file separated by ';', tabs or '|' is refused whole, naming
-  its separator (read at commas it was one column: "missing required columns");
+- comma-separated text, UTF-8 (a UTF-8 byte-order mark is read past); a file separated by ';',
+  tabs or '|' is refused whole, naming its separator (read at commas it was one column:
+  "missing required columns"), and so is one in another encoding (Latin-1, UTF-16), naming
+  its byte-order mark or the first byte that is no UTF-8: it is not guessed at;
 - column names are matched ignoring case, spaces, underscores, hyphens, dots and the `*` that
   Yahoo's web export appends: `Date`, `Open`, `Adj Close`, `adj_close`, `AdjClose`, `Close*`,
   `Adj Close**`... `Symbol` is read as `ticker`; unknown columns are ignored;
@@ -28,7 +30,11 @@ them as `invalid_ticker`, and so do numbers (`not_a_number`).
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import datetime as dt
+import gzip
+import lzma
 import re
 import warnings
 import zlib
@@ -56,6 +62,13 @@ COLUMN_ALIASES = {
     "volume": "volume",
 }
 REQUIRED_COLUMNS = ("date", "open", "high", "low", "close", "volume")
+# How _not_utf8 reads a file's text: the compressions pandas infers from these suffixes (the
+# others it infers are not scanned: their message names no position); UTF-32's marks first
+# (UTF-32-LE's begins with UTF-16-LE's).
+TEXT_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+UNSCANNED_SUFFIXES = (".zip", ".zst", ".tar")
+BYTE_ORDER_MARKS = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32",
+                    codecs.BOM_UTF16_LE: "UTF-16", codecs.BOM_UTF16_BE: "UTF-16"}
 # Separators other exports use (a European spreadsheet's ';', a tab), as the refusal names them.
 OTHER_SEPARATORS = {";": "';'", "\t": "tabs", "|": "'|'"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -75,6 +88,8 @@ def read_bars_file(path: Path | str, ticker: str | None = None) -> pd.DataFrame:
             zlib.error) as exc:
         if isinstance(exc, InvalidBars):
             raise
+        if isinstance(exc, UnicodeDecodeError):  # a ValueError: raw, it named no file position
+            raise InvalidBars(f"{path}: {_not_utf8(path)}; save it as UTF-8") from exc
         # EOFError: a truncated .gz (uncaught, the CLI's click read it as Ctrl-D: "Aborted.").
         reason = f"the file ends early ({exc})" if isinstance(exc, EOFError) else str(exc)
         raise InvalidBars(f"{path}: cannot be read as a bars file: {reason}") from exc
@@ -175,6 +190,30 @@ def _other_separator(header: list) -> str | None:
     at_commas = named(header)
     return next((s for s in OTHER_SEPARATORS if named(line.split(s)) > max(at_commas, 1)),
                 None)
+
+
+def _not_utf8(path: Path) -> str:
+    """Why a file pandas could not decode is no UTF-8 text: a UTF-16/32 byte-order mark, or
+    where its first byte that is not UTF-8 lies (pandas' error counts from its read buffer,
+    not the file; a compressed file's offset is in its text)."""
+    if path.suffix.lower() in UNSCANNED_SUFFIXES:
+        return "the file is not UTF-8 text"
+    with TEXT_OPENERS.get(path.suffix.lower(), open)(path, "rb") as fh:
+        head = fh.read(4)
+        for bom, name in BYTE_ORDER_MARKS.items():
+            if head.startswith(bom):
+                return (f"the file is {name} text (it starts with a {name} byte-order mark), "
+                        "not UTF-8")
+        fh.seek(0)
+        offset = 0
+        for number, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"the file is not UTF-8 text (byte 0x{line[exc.start]:02x} at offset "
+                        f"{offset + exc.start}, line {number})")
+            offset += len(line)
+    return "the file is not UTF-8 text"
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

@@ -130,7 +130,12 @@ SEPARATED = ("the columns are separated by {}, not commas; save the file comma-s
      SEPARATED.format("';'")),
     ("tabs.csv", (HEADER.replace(",", "\t") + "AAA\t2020-01-06\t10\t11\t9\t10\t10\t100\n").encode(),
      SEPARATED.format("tabs")),
-])
+    ("latin1.csv", (HEADER + "AAA,2020-01-06,10,11,9,10,10,100\n").encode()[:-1] + b" \xe9\n",
+     "the file is not UTF-8 text (byte 0xe9 at offset 82, line 2); save it as UTF-8"),
+    ("utf16.csv", (HEADER + "AAA,2020-01-06,10,11,9,10,10,100\n").encode("utf-16"),
+     ("the file is UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8; save it "
+      "as UTF-8")),
+], ids=["semicolons", "tabs", "latin-1", "utf-16"])
 def test_a_file_that_cannot_be_read_is_refused_in_one_sentence_and_loses_nothing(
         engine, tmp_path, name, content, message):
     """Each was refused with a message that hid its cause ("missing required columns: date,

@@ -390,3 +390,39 @@ def test_a_semicolon_file_missing_a_column_is_still_named_by_its_separator(tmp_p
     assert str(err.value) == (
         f"{path}: the columns are separated by ';', not commas; save the file "
         "comma-separated, with a decimal point in numbers")
+
+
+def test_a_latin_1_file_is_refused_naming_the_first_byte_that_is_not_utf_8(tmp_path):
+    """It was refused with Python's codec error, whose position counts from pandas' read
+    buffer: 'can't decode byte 0xe9 in position 77221' for a byte 1.6 MB in."""
+    lines = [HEADER + ",name", *[bar_line("AAA", "2024-03-04") + ",Apple"] * 50_000,
+             bar_line("SAN", "2024-03-04") + ",Société Générale"]
+    text = "\n".join(lines) + "\n"
+    offset = text.encode("latin-1").index("é".encode("latin-1"))  # Soci|été
+    for path in (tmp_path / "latin1.csv", tmp_path / "latin1.csv.gz"):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as fh:
+            fh.write(text.encode("latin-1"))
+        with pytest.raises(InvalidBars) as err:
+            read_bars_file(path)
+        assert str(err.value) == (f"{path}: the file is not UTF-8 text (byte 0xe9 at offset "
+                                  f"{offset}, line 50002); save it as UTF-8")
+
+
+@pytest.mark.parametrize(("encoding", "name"), [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"),
+                                                ("utf-32", "UTF-32")])
+def test_a_utf_16_or_32_file_is_refused_naming_its_encoding(tmp_path, encoding, name):
+    text = "\n".join([HEADER, bar_line("AAA", "2024-03-04")]) + "\n"
+    path = tmp_path / "wide.csv"
+    path.write_bytes(("\ufeff" if encoding.endswith("-be") else "").encode(encoding)
+                     + text.encode(encoding))
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path)
+    assert str(err.value) == (f"{path}: the file is {name} text (it starts with a {name} "
+                              "byte-order mark), not UTF-8; save it as UTF-8")
+
+
+def test_a_utf_8_file_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.csv"
+    text = "\n".join(["Date,Open,High,Low,Close,Adj Close,Volume", *plain_rows()]) + "\n"
+    path.write_bytes(text.encode("utf-8-sig"))
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="AAPL"), expected_bars())
