@@ -22,6 +22,8 @@ Accepted layouts:
 - numbers are written plainly, with a decimal point: a value that is no number (`1,234.5`,
   `123,45`, `$12`) is kept as written, so the validator rejects the row as `not_a_number`
   (not `missing_field`, which an empty field is);
+- in Parquet, an index level named as a column (yfinance's `Date` index, kept by
+  `df.to_parquet()`) is read as that column;
 - a file without an adjusted close uses its close as adj_close (no split/dividend adjustment
   is invented).
 Rows are returned as read (not validated); bad symbols stay as written so the validator counts
@@ -218,6 +220,11 @@ def _not_utf8(path: Path) -> str:
 
 def _read_parquet(path: Path) -> pd.DataFrame:
     raw = pd.read_parquet(path)
+    # df.to_parquet() keeps the frame's index, and yfinance's frames are indexed by their dates
+    # (a DatetimeIndex named "Date"): an index level named as a bar column is that column.
+    levels = [n for n in raw.index.names if n is not None and _fold(n) in COLUMN_ALIASES]
+    if levels:
+        raw = raw.reset_index(level=levels, allow_duplicates=True)  # a clash: refused below
     names = _canonical_names(raw.columns, path)
     return raw.loc[:, list(names)].rename(columns=names)
 

@@ -153,6 +153,30 @@ def test_a_file_that_cannot_be_read_is_refused_in_one_sentence_and_loses_nothing
     assert bars_db.count_bars(engine) == 2
 
 
+def test_a_parquet_file_indexed_by_its_dates_as_yfinance_writes_it_is_ingested(engine, tmp_path):
+    """df.to_parquet() of a yfinance frame keeps its "Date" index; it was refused as "missing
+    required columns: date". The other ticker's stored bars are untouched."""
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    ingest_file(engine, good)
+    before = bars_db.read_bars(engine, "AAA")
+    days = pd.DatetimeIndex(["2020-01-02", "2020-01-03", "2020-01-06"], name="Date")
+    frame = pd.DataFrame({"Open": [20.0, 21.0, 22.0], "High": [21.0, 22.0, 23.0],
+                          "Low": [19.0, 20.0, 21.0], "Close": [20.5, 21.5, 22.5],
+                          "Adj Close": [20.4, 21.4, 22.4], "Volume": [500, 600, 700]},
+                         index=days.tz_localize("America/New_York"))
+    path = tmp_path / "bbb.parquet"
+    frame.to_parquet(path)
+    report = ingest_file(engine, path, ticker="BBB")
+    assert (report.read, report.stored, report.written, report.rejected) == (3, 3, 3, {})
+    stored = bars_db.read_bars(engine, "BBB")
+    assert stored["date"].dt.strftime("%Y-%m-%d").tolist() == ["2020-01-02", "2020-01-03",
+                                                               "2020-01-06"]
+    assert stored["close"].tolist() == [20.5, 21.5, 22.5]
+    assert stored["volume"].tolist() == [500, 600, 700]
+    pd.testing.assert_frame_equal(bars_db.read_bars(engine, "AAA"), before)
+
+
 def test_a_day_month_year_file_changes_no_stored_bar_of_another_day(engine, tmp_path):
     """A d/m/Y file was read row by row as m/d/Y: 03/02/2020 stored February 3's prices on
     March 2, and days past 12 were bad_date (a hostile pass). The column's format is decided

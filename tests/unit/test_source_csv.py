@@ -143,6 +143,37 @@ def test_parquet_with_date_objects(tmp_path):
     pd.testing.assert_frame_equal(read_bars_file(path), expected_bars())
 
 
+def yfinance_frame(tz: str | None = None) -> pd.DataFrame:
+    """expected_bars() as yfinance's download/history gives them: indexed by a "Date"."""
+    frame = expected_bars().drop(columns="ticker").rename(columns=str.title).rename(
+        columns={"Adj_Close": "Adj Close"})
+    dates = pd.DatetimeIndex(frame.pop("Date"), name="Date")
+    return frame.set_index(dates.tz_localize(tz) if tz else dates)
+
+
+@pytest.mark.parametrize("tz", [None, "America/New_York"])  # download's, history()'s
+def test_parquet_indexed_by_its_dates_as_yfinance_writes_it(tmp_path, tz):
+    """yfinance's frame saved with df.to_parquet() keeps its "Date" index: it was refused as
+    "missing required columns: date (found: Open, High, Low, Close, Adj Close, Volume)"."""
+    path = tmp_path / "aapl.parquet"
+    yfinance_frame(tz).to_parquet(path)
+    pd.testing.assert_frame_equal(read_bars_file(path, ticker="AAPL"), expected_bars())
+
+
+def test_parquet_indexed_by_ticker_and_date(tmp_path):
+    path = tmp_path / "bars.parquet"
+    expected_bars().set_index(["ticker", "date"]).to_parquet(path)
+    pd.testing.assert_frame_equal(read_bars_file(path), expected_bars())
+
+
+def test_parquet_with_a_date_index_and_a_date_column_is_the_ambiguity_error(tmp_path):
+    path = tmp_path / "both.parquet"
+    yfinance_frame().assign(date=pd.Timestamp("2024-01-02")).to_parquet(path)
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path, ticker="AAPL")
+    assert str(err.value) == f"{path}: columns 'Date' and 'date' both name date"
+
+
 def test_missing_column_is_an_error_naming_it(tmp_path):
     path = write_text(tmp_path / "bars.csv", "Date,Open,High,Close,Adj Close",
                       ["2024-03-04,176.15,176.90,175.10,174.88"])
