@@ -225,6 +225,10 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     levels = [n for n in raw.index.names if n is not None and _fold(n) in COLUMN_ALIASES]
     if levels:
         raw = raw.reset_index(level=levels, allow_duplicates=True)  # a clash: refused below
+    # Any other index (a filtered frame's row labels) is dropped: read_bars_file's dates are
+    # a Series, aligned by label to rows numbered 0..n-1 (a frame from row 2 on gave its
+    # first two rows NaT and each later row the date of the row two before it).
+    raw = raw.reset_index(drop=True)
     names = _canonical_names(raw.columns, path)
     return raw.loc[:, list(names)].rename(columns=names)
 

@@ -177,6 +177,30 @@ def test_a_parquet_file_indexed_by_its_dates_as_yfinance_writes_it_is_ingested(e
     pd.testing.assert_frame_equal(bars_db.read_bars(engine, "AAA"), before)
 
 
+def test_a_parquet_file_of_a_filtered_frame_stores_each_bar_on_its_own_date(engine, tmp_path):
+    """Its dates were aligned by the frame's row labels (1, 2, 3 here): 2020-01-06's prices
+    were stored as 2020-01-03's, overwriting that stored bar, and the first row was a
+    bad_date. Now the 2020-01-03 row (as stored) changes nothing."""
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    ingest_file(engine, good)
+    before = bars_db.read_bars(engine, "AAA")
+    frame = pd.DataFrame({
+        "ticker": "AAA",
+        "date": pd.to_datetime(["2020-01-02", "2020-01-03", "2020-01-06", "2020-01-07"]),
+        "open": [10.0, 10.5, 10.0, 10.0], "high": [11.0, 11.5, 11.0, 11.0],
+        "low": [9.0, 10.0, 9.0, 9.0], "close": [10.5, 11.0, 10.8, 10.9],
+        "adj_close": [10.4, 10.9, 10.8, 10.9], "volume": [1000, 1200, 900, 800]})
+    path = tmp_path / "new.parquet"
+    frame.iloc[1:].to_parquet(path)  # GOOD's 2020-01-03 and two days after it
+    report = ingest_file(engine, path)
+    assert (report.read, report.stored, report.written, report.rejected) == (3, 3, 2, {})
+    stored = bars_db.read_bars(engine, "AAA")
+    pd.testing.assert_frame_equal(stored.iloc[:2], before)
+    assert stored["date"].dt.strftime("%Y-%m-%d").tolist()[2:] == ["2020-01-06", "2020-01-07"]
+    assert stored["close"].tolist()[2:] == [10.8, 10.9]
+
+
 def test_a_day_month_year_file_changes_no_stored_bar_of_another_day(engine, tmp_path):
     """A d/m/Y file was read row by row as m/d/Y: 03/02/2020 stored February 3's prices on
     March 2, and days past 12 were bad_date (a hostile pass). The column's format is decided

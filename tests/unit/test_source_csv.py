@@ -174,6 +174,16 @@ def test_parquet_with_a_date_index_and_a_date_column_is_the_ambiguity_error(tmp_
     assert str(err.value) == f"{path}: columns 'Date' and 'date' both name date"
 
 
+@pytest.mark.parametrize("rows", [slice(1, None), [0, 2]])  # a frame sliced, filtered
+def test_parquet_of_a_frame_with_other_row_labels_keeps_each_row_its_date(tmp_path, rows):
+    """The dates were aligned by row label: a frame from its second row on read the first
+    row's date as NaT and the second row's prices under the first row's date."""
+    path = tmp_path / "bars.parquet"
+    expected_bars().iloc[rows].to_parquet(path)
+    pd.testing.assert_frame_equal(read_bars_file(path),
+                                  expected_bars().iloc[rows].reset_index(drop=True))
+
+
 def test_missing_column_is_an_error_naming_it(tmp_path):
     path = write_text(tmp_path / "bars.csv", "Date,Open,High,Close,Adj Close",
                       ["2024-03-04,176.15,176.90,175.10,174.88"])
