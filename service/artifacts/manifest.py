@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.core.errors import ManifestMismatch, ModelNotLoaded
-from service.forecasting.bands import ACISettings
+from service.forecasting.bands import ACI_SUFFIX, ACISettings
+from service.forecasting.baselines import BAND_BASELINES
+from service.forecasting.forecaster import MODEL
 from service.forecasting.scaling import StandardScaler
 from service.forecasting.spec import FEATURE_NAMES, FEATURES_VERSION, FeatureSpec
 from service.forecasting.split import Split
@@ -49,6 +51,37 @@ _OPTIONAL_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "created_at": ((str, type(None)), "a string or null"),
     "package_version": ((str, type(None)), "a string or null"),
 }
+# The bands an artifact may serve (its meta's band.served): ACI around the model or around a
+# band baseline, what Predictor.band_forecaster builds.
+SERVABLE_BANDS = tuple(f"{base}{ACI_SUFFIX}" for base in (MODEL, *BAND_BASELINES))
+
+
+def _band_settings(name: str, band: dict) -> ACISettings | None:
+    """The ACI settings of meta's band (None: none written, this code's defaults serve), or
+    ManifestMismatch naming what cannot be read: the predictor reads band.aci and its har as
+    mappings and builds the served band by name on every forecast, so a wrong one would raise
+    there (an AttributeError in the model watch, a 500 on reload) instead of refusing the load."""
+    def refused(where: str, why: str) -> ManifestMismatch:
+        return ManifestMismatch(f"artifact {name}: {META_FILE}'s band.{where} {why}; refused)")
+
+    served = band.get("served", f"{MODEL}{ACI_SUFFIX}")
+    if not isinstance(served, str):
+        raise refused("served", f"is not a string (got {type(served).__name__}")
+    if served not in SERVABLE_BANDS:
+        raise refused("served", f"{served!r} names no band (known: {', '.join(SERVABLE_BANDS)}")
+    aci = band.get("aci")
+    if aci is None:
+        return None
+    if not isinstance(aci, dict):
+        raise refused("aci", f"is not an object (got {type(aci).__name__}")
+    if not isinstance(aci.get("har"), dict | None):
+        raise refused("aci.har", f"is not an object or null (got {type(aci['har']).__name__}")
+    if not aci:
+        return None  # {}: the defaults, as the predictor reads it
+    try:
+        return ACISettings.from_dict(aci)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise refused("aci", f"cannot be read ({type(exc).__name__}: {exc}") from None
 
 
 def ticker_vocabulary(tickers: Iterable[str]) -> tuple[str, ...]:
@@ -244,8 +277,8 @@ def load_manifest(artifact_dir: Path | str, expected: FeatureSpec | None = None)
             "a version is served only from its own folder"
         )
 
-    aci = meta.get("band", {}).get("aci")
-    har = ACISettings.from_dict(aci).har if aci else None
+    aci = _band_settings(name, meta.get("band", {}))
+    har = aci.har if aci is not None else None
     if har is not None and har.horizon != spec.horizon:
         raise ManifestMismatch(
             f"artifact {name}: its band's HAR volatility forecasts {har.horizon} horizons, the "

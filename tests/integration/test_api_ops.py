@@ -281,6 +281,39 @@ def test_a_broken_new_artifact_keeps_the_old_model_serving(seeded_url, tiny_arti
         assert client.post("/predict/AAA").json()["model_version"] == good.name
 
 
+@SQLITE_ONLY
+def test_an_artifact_whose_band_aci_is_no_object_is_refused_and_the_old_model_kept(
+        seeded_url, tiny_artifact, tmp_path):
+    """`"aci": 3` raised AttributeError in load_manifest: the reload route answered 500 (found
+    by a hostile ops pass); now the 409 every refused artifact gets."""
+    import json
+
+    from service.artifacts.manifest import artifact_version
+
+    models = tmp_path / "models"
+    good = copy_models(tiny_artifact.artifact_dir, models, variant="good")
+    meta = json.loads((good / "meta.json").read_text())
+    meta["band"] = {**meta.get("band", {}), "aci": 3}
+    meta["version"] = artifact_version((good / "model.onnx").read_bytes(), meta)
+    bad = models / meta["version"]
+    shutil.copytree(good, bad)
+    (bad / "meta.json").write_text(json.dumps(meta))
+    app = create_app(api_settings(seeded_url, models), source=ScriptedSource(), clock=Clock())
+    with TestClient(app) as client:
+        set_current(models, bad.name)
+        response = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+        predict = client.post("/predict/AAA")
+        current = client.get("/models/current")
+    assert response.status_code == 409 and response.headers["content-type"] == PROBLEM
+    assert response.json() == {
+        "type": "urn:stockcast:problem:model-invalid", "title": "Reload failed", "status": 409,
+        "detail": f"artifact {bad.name}: meta.json's band.aci is not an object (got int; "
+                  f"refused); still serving model {good.name}",
+        "instance": "/admin/reload"}
+    assert predict.status_code == 200 and predict.json()["model_version"] == good.name
+    assert current.json()["version"] == good.name
+
+
 # -- describing the model, metrics --------------------------------------------------------------
 
 

@@ -214,6 +214,40 @@ def test_an_optional_section_of_the_wrong_type_is_refused(artifact, key, value, 
                               f"(got {type(value).__name__}; refused)")
 
 
+_ACI = ACISettings().to_dict()
+
+
+@pytest.mark.parametrize(("band", "why"), [
+    ({"served": "model_aci", "aci": 3}, "band.aci is not an object (got int"),
+    ({"aci": [0.005, 100]}, "band.aci is not an object (got list"),
+    ({"aci": {**_ACI, "har": 3}}, "band.aci.har is not an object or null (got int"),
+    ({"aci": {**_ACI, "har": [1, 2]}}, "band.aci.har is not an object or null (got list"),
+    ({"aci": {"gamma": 0.005}}, "band.aci cannot be read (KeyError: 'lookback'"),
+    ({"aci": {**_ACI, "gamma": 2}},
+     "band.aci cannot be read (ValueError: gamma must be in (0, 1), got 2.0"),
+    ({"aci": {**_ACI, "har": {"coef": 1, "c": 1}}},
+     "band.aci cannot be read (TypeError: 'int' object is not iterable"),
+    ({"served": 5}, "band.served is not a string (got int"),
+    ({"served": "bogus_aci"},
+     "band.served 'bogus_aci' names no band (known: model_aci, ewma_aci, empirical_aci"),
+])
+def test_a_band_the_predictor_cannot_read_is_refused(artifact, band, why):
+    """band.aci (and its har) are read as mappings and band.served names a forecaster: an aci
+    of 3 raised AttributeError on load (the model watch logged it, a reload was a 500), an
+    unknown served name a KeyError on every forecast (found by a hostile ops pass)."""
+    rehashed = _rehashed(artifact, band=band)
+    with pytest.raises(ManifestMismatch) as err:
+        load_manifest(rehashed)
+    assert str(err.value) == f"artifact {rehashed.name}: meta.json's {why}; refused)"
+
+
+@pytest.mark.parametrize("band", [{}, {"served": "ewma_aci"}, {"aci": None}, {"aci": {}},
+                                  {"aci": {**_ACI, "har": None}}])
+def test_a_band_without_aci_settings_loads_with_the_defaults(artifact, band):
+    manifest = load_manifest(_rehashed(artifact, band=band))
+    assert manifest.band == band
+
+
 def test_optional_sections_may_be_absent_or_null_where_the_api_allows(artifact):
     meta = json.loads((artifact / "meta.json").read_text())
     for key in ("metrics", "training", "band"):
