@@ -174,6 +174,24 @@ def finish_run(conn: Connection, run_id: int, status: str, detail: str | None = 
         status=status, detail=detail, finished_at=at or dt.datetime.now(dt.UTC)))
 
 
+def abandon_runs(conn: Connection, job: str, by: str,
+                 at: dt.datetime | None = None) -> list[JobRunInfo]:
+    """Record failed, "abandoned: ...", the job's runs still `running`, and return them as they
+    were. Call it holding the job's lock: one runner at a time holds it, and each releases it
+    only after recording its outcome, or by ending (a crash, its Postgres session gone, the
+    database dying before the outcome was written), so no run found running then is in progress.
+    """
+    running = [_info(r) for r in conn.execute(select(_RUNS).where(
+        _RUNS.c.job == job, _RUNS.c.status == "running").order_by(_RUNS.c.id))]
+    if running:
+        conn.execute(update(_RUNS).where(_RUNS.c.id.in_([r.id for r in running])).values(
+            status="failed", finished_at=at or dt.datetime.now(dt.UTC),
+            detail=f"abandoned: left running by a runner that no longer holds the {job} lock "
+                   f"(it ended, or lost its database, before recording an outcome); found by "
+                   f"{by}"))
+    return running
+
+
 DONE_STATUSES = ("ok", "refused")
 
 

@@ -68,13 +68,21 @@ def run_job(engine: Engine, job: str, key: str, work: Callable[[], str],
     exception `failed` (recorded and logged; the key is tried again at the next poll). A lock
     lost meanwhile (its Postgres session ended: another scheduler may have taken it and run the
     key too) makes it `failed` whatever `work` said, "lock lost: ..."; `work` may ask sooner
-    (confirm_lock, as the retrain does before the gate may promote).
+    (confirm_lock, as the retrain does before the gate may promote). A run of the job still
+    `running` when the lock is taken was abandoned by its runner (it ended mid-job): it is
+    recorded `failed`, "abandoned: ...", before anything else.
     """
     runner = runner or runner_name()
     with jobs_db.job_lock(engine, job) as lock:
         if not lock.held:
             return JobOutcome(job, key, "skipped-running", "another scheduler holds the lock")
         with engine.begin() as conn:
+            # With the lock held, no run of this job is in progress: one left `running` was
+            # left by a runner that ended before recording its outcome (its database gone).
+            for run in jobs_db.abandon_runs(conn, job, runner):
+                log.warning("job %s: run %d for %s (runner %s, started %s) was left running; "
+                            "recorded failed, abandoned", job, run.id, run.run_key, run.runner,
+                            run.started_at.isoformat(timespec="seconds"))
             if jobs_db.succeeded(conn, job, key):
                 return JobOutcome(job, key, "skipped-done", f"{job} already done for {key}")
             run_id = jobs_db.start_run(conn, job, key, runner)

@@ -408,3 +408,109 @@ def test_the_scheduler_outlives_a_database_that_does_not_answer(tmp_path, tiny_a
     said = ("the database did not answer (OperationalError: unable to open database file); "
             "polling again in 7 s")
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [said] * 2
+
+
+ABANDONED = ("abandoned: left running by a runner that no longer holds the daily lock (it ended, "
+             "or lost its database, before recording an outcome); found by {by}")
+KILLED_MID_JOB = """
+import sys, time
+from service.db.session import make_engine
+from service.evaluation.schedule import run_job
+engine = make_engine(sys.argv[1])
+run_job(engine, "daily", "2021-05-20", lambda: print("started", flush=True) or time.sleep(60),
+        runner="replica-0")
+"""
+
+
+def _run_when_the_lock_is_free(engine, job, key, work, runner):
+    """run_job, again while another scheduler still holds the lock (a Postgres backend whose
+    client was killed ends a moment later), for at most 10 s."""
+    deadline = time.monotonic() + 10
+    while (outcome := run_job(engine, job, key, work, runner=runner)).status == "skipped-running":
+        assert time.monotonic() < deadline, "the dead scheduler's lock was never released"
+        time.sleep(0.1)
+    return outcome
+
+
+def test_a_run_left_running_by_a_scheduler_that_died_is_recorded_failed_abandoned(db_url):
+    """A scheduler killed mid-job (or one whose database died before it recorded the outcome)
+    left its job_runs row `running` for good (found by a hostile ops pass). The next scheduler
+    to hold the job's lock knows no run of it is in progress: the row is `failed`,
+    "abandoned: ...", and the key is run again; another job's running row is not its to judge."""
+    import signal
+    import subprocess
+    import sys
+
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:  # a retrain in progress elsewhere, under its own lock
+            retrain_id = jobs_db.start_run(conn, RETRAIN, "2021-05-01", "replica-2")
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_JOB, db_url],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "started"
+            # While it runs, its row is left alone: another scheduler skips the key.
+            assert run_job(engine, DAILY, "2021-05-20", lambda: "too soon").status == (
+                "skipped-running")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        with engine.connect() as conn:
+            [left] = jobs_db.runs_of(conn, DAILY)
+        assert (left.runner, left.status, left.finished_at) == ("replica-0", "running", None)
+
+        outcome = _run_when_the_lock_is_free(engine, DAILY, "2021-05-20", lambda: "again",
+                                             "replica-1")
+        with engine.connect() as conn:
+            runs = jobs_db.runs_of(conn, DAILY)
+            [retrain] = jobs_db.runs_of(conn, RETRAIN)
+    finally:
+        engine.dispose()
+    assert (outcome.status, outcome.detail) == ("ok", "again")
+    assert [(r.runner, r.status, r.detail) for r in runs] == [
+        ("replica-0", "failed", ABANDONED.format(by="replica-1")),
+        ("replica-1", "ok", "again")]
+    assert runs[0].finished_at is not None and runs[0].finished_at >= runs[0].started_at
+    assert (retrain.id, retrain.status, retrain.finished_at) == (retrain_id, "running", None)
+
+
+def test_a_job_whose_database_died_before_its_outcome_is_abandoned_when_it_is_back(
+        pg_server_url):
+    """The database goes away mid-job (every session ended, connections refused): the outcome
+    cannot be written, the poll fails, and the row stayed `running`; at the first poll that
+    reaches the database again it is `failed`, abandoned, and the key runs again."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from service.db.session import reset_database
+    from tests.conftest import PG_ADMIN_URL
+
+    reset_database(pg_server_url)
+    name = make_engine(pg_server_url).url.database
+    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    engine = make_engine(pg_server_url)
+
+    def outage():
+        with admin.connect() as conn:
+            conn.execute(text(f'alter database "{name}" allow_connections false'))
+            conn.execute(text("select pg_terminate_backend(pid, 5000) from pg_stat_activity "
+                              "where datname = :n"), {"n": name})
+        return "done, but never recorded"
+
+    try:
+        with pytest.raises(OperationalError):
+            run_job(engine, DAILY, "2021-05-20", outage, runner="replica-0")
+        with admin.connect() as conn:
+            conn.execute(text(f'alter database "{name}" allow_connections true'))
+        outcome = run_job(engine, DAILY, "2021-05-20", lambda: "again", runner="replica-0")
+        with engine.connect() as conn:
+            runs = jobs_db.runs_of(conn, DAILY)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'alter database "{name}" allow_connections true'))
+        admin.dispose()
+        engine.dispose()
+    assert (outcome.status, outcome.detail) == ("ok", "again")
+    assert [(r.status, r.detail) for r in runs] == [
+        ("failed", ABANDONED.format(by="replica-0")),
+        ("ok", "again")]
