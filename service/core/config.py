@@ -28,6 +28,15 @@ REQUEST_BOUND_SECONDS = 60.0
 HOUR_SECONDS = 3600.0
 DAY_SECONDS = 86400.0
 MIN_MODEL_CHECK_SECONDS = 0.1
+# Upper bounds of the sizes below, each past what any use needs and short of what breaks.
+# A lane wider than anyio's shared threadpool (its 40 threads: forecast_threads 0) is no lane.
+SHARED_THREADPOOL = 40
+# A 30-day forecast held in memory is ~25 KB (measured; its rendered answer besides): at the
+# bound a worker may hold ~2.5 GB; the universe at every horizon is 489 x 30 = 14,670 entries.
+MAX_FORECAST_CACHE = 100_000
+# A request body is read whole into memory; the largest the API takes, a batch of 500
+# tickers, is ~10 KB.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 def _cgroup_cpu_limit(cgroup_root: Path) -> int | None:
@@ -93,7 +102,10 @@ class Settings(BaseSettings):
                     "host's cores, not the container's CPU limit.")
     api_key: str | None = None
     # Computed forecasts kept in memory (LRU); 0 disables the cache (the serve bench's cold run).
-    forecast_cache_size: int = Field(default=4096, ge=0)
+    forecast_cache_size: int = Field(
+        default=4096, ge=0, le=MAX_FORECAST_CACHE,
+        description="At most 100,000: a 30-day forecast is ~25 KB, so ~2.5 GB per worker; a "
+                    "cap past memory is no cap.")
     # How long a request may reuse another's check of a ticker's last bar date before asking the
     # DB again: a bar written by another process reaches forecasts within this many seconds.
     bar_check_ttl_seconds: float = Field(
@@ -103,7 +115,10 @@ class Settings(BaseSettings):
     # request waits at most forecast_wait_seconds for a turn (then 503 busy): under the 3 s
     # in which a fault answers, above the 2 s a failing database takes to say so (connect,
     # statement bounds). 0: the shared threadpool of 40, as before the lane.
-    forecast_threads: int = Field(default=2, ge=0)
+    forecast_threads: int = Field(
+        default=2, ge=0, le=SHARED_THREADPOOL,
+        description="At most 40, the shared threadpool's size (what 0 says): a wider lane is "
+                    "no lane.")
     forecast_wait_seconds: float = Field(
         default=2.5, gt=0, le=REQUEST_BOUND_SECONDS,
         description="A request's wait: at most a proxy's usual 60 s.")
@@ -136,7 +151,10 @@ class Settings(BaseSettings):
         description="0 (off), or from 0.1 s (shorter spins a core on stat calls) to an hour "
                     "(a promoted model reaches every worker within it).")
     # Request bodies larger than this are refused with 413 before they are read in full.
-    max_body_bytes: int = Field(default=1024 * 1024, ge=0)
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=0, le=MAX_BODY_BYTES,
+        description="At most 64 MiB: a body is read whole into memory (a batch of 500 tickers "
+                    "is ~10 KB).")
     # Bounds on the API's database calls (service.db.guard): every failure is a 503 in < 3 s.
     # Each at most a proxy's usual 60 s (REQUEST_BOUND_SECONDS).
     db_connect_timeout_seconds: int = Field(default=2, ge=2, le=REQUEST_BOUND_SECONDS)  # libpq: >= 2

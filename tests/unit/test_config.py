@@ -79,6 +79,9 @@ def test_the_defaults_load_as_documented(env):
     ("DB_STATEMENT_TIMEOUT_SECONDS", "60", 60.0),
     ("ORT_INTRA_OP_THREADS", "1", 1),
     ("REFRESH_INTERVAL_MINUTES", "1e6", 1e6),  # the tests' "never again"
+    ("FORECAST_THREADS", "40", 40),
+    ("FORECAST_CACHE_SIZE", "100000", 100_000),
+    ("MAX_BODY_BYTES", str(64 * 1024 * 1024), 64 * 1024 * 1024),
 ])
 def test_values_in_range_load(env, name, value, loaded):
     env(name, value)
@@ -112,6 +115,14 @@ def test_values_in_range_load(env, name, value, loaded):
     ("SCHEMA_CHECK_INTERVAL_SECONDS", "inf"),
     ("ORT_INTRA_OP_THREADS", "0"),  # was clamped to 1 without a word
     ("ORT_INTRA_OP_THREADS", "-3"),
+    # No upper bound before (found by a hostile ops pass): a lane wider than the pool it
+    # stands in for, a cache that never evicts, a body of any size read whole into memory.
+    ("FORECAST_THREADS", "41"),
+    ("FORECAST_THREADS", "1000000"),
+    ("FORECAST_CACHE_SIZE", "100001"),
+    ("FORECAST_CACHE_SIZE", "1000000000000"),
+    ("MAX_BODY_BYTES", str(64 * 1024 * 1024 + 1)),
+    ("MAX_BODY_BYTES", str(2**40)),  # a TiB
 ])
 def test_a_value_that_would_break_the_service_is_refused_naming_its_setting(env, name, value):
     env(name, value)
@@ -129,6 +140,12 @@ def test_a_value_that_would_break_the_service_is_refused_naming_its_setting(env,
      "error: STOCKCAST_MODEL_CHECK_INTERVAL_SECONDS: Value error, 0 (no check) or at least 0.1 s"),
     ("DB_STATEMENT_TIMEOUT_SECONDS", "inf",
      "error: STOCKCAST_DB_STATEMENT_TIMEOUT_SECONDS: Input should be a finite number"),
+    ("FORECAST_THREADS", "1000",
+     "error: STOCKCAST_FORECAST_THREADS: Input should be less than or equal to 40"),
+    ("FORECAST_CACHE_SIZE", "1000000000",
+     "error: STOCKCAST_FORECAST_CACHE_SIZE: Input should be less than or equal to 100000"),
+    ("MAX_BODY_BYTES", "1073741824",
+     "error: STOCKCAST_MAX_BODY_BYTES: Input should be less than or equal to 67108864"),
 ])
 @pytest.mark.parametrize("args", [["tickers"], ["serve"]])
 def test_a_command_with_a_bad_setting_says_which_in_one_line(env, monkeypatch, args, name,
