@@ -11,13 +11,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from service.core.config import LOG_LEVELS, get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-app = typer.Typer(help="stockcast: stock forecasts from an ONNX model over a bar cache.",
+# ctx.meta's key: whether the command line asks for help (_HelpFirst), read by the callback.
+HELP_ASKED = "stockcast.help_asked"
+
+
+class _HelpFirst(TyperGroup):
+    """The app's group, noting in ctx.meta whether the words after the command ask for help
+    (a help option before any `--`, or a group given no command: no_args_is_help). Click runs
+    the app's callback before the command parses its own words, so the callback would check
+    the settings, and fail, before `--help` could answer."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        words = rest[:rest.index("--")] if "--" in rest else rest
+        ctx.meta[HELP_ASKED] = (any(w in ctx.help_option_names for w in words)
+                                or (getattr(command, "no_args_is_help", False)
+                                    and hasattr(command, "commands") and not rest))
+        return name, command, rest
+
+
+app = typer.Typer(cls=_HelpFirst,
+                  help="stockcast: stock forecasts from an ONNX model over a bar cache.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -158,8 +179,12 @@ def _settings():
 
 
 @app.callback()
-def main(log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None):
-    # Every command's settings, checked before it starts (serve: before uvicorn).
+def main(ctx: typer.Context,
+         log_level: Annotated[str | None, typer.Option(help="Logging level.")] = None):
+    # Every command's settings, checked before it starts (serve: before uvicorn); help is
+    # answered whatever the environment (no command runs).
+    if ctx.meta.get(HELP_ASKED):
+        return
     settings = _settings()
     if log_level is not None and log_level.upper() not in LOG_LEVELS:
         _fail(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")

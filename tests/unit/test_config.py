@@ -188,3 +188,25 @@ def test_a_bad_log_level_option_is_one_line(env):
     assert result.exit_code == 1, result.output
     assert result.output == ("error: --log-level 'verbose': use one of CRITICAL, ERROR, WARNING, "
                              "INFO, DEBUG\n")
+
+
+@pytest.mark.parametrize("args", [["tickers", "--help"], ["serve", "--help"],
+                                  ["db", "upgrade", "--help"], ["db", "--help"], ["db"],
+                                  ["--log-level", "debug", "ingest", "--help"]])
+def test_help_is_answered_whatever_the_environment(env, args):
+    """`STOCKCAST_X=bad stockcast tickers --help` printed the settings error, not the help
+    (found by a hostile ops pass): the app's callback checked them before the command read
+    its --help. Now the help is the one a good environment gets; a command still fails."""
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    good = CliRunner().invoke(app, args)
+    env("DB_RETRY_SECONDS", "-1")
+    env("SOURCE", "bogus")
+    bad = CliRunner().invoke(app, args)
+    assert "Usage: " in good.output and good.exit_code in (0, 2)  # 2: a group given no command
+    assert (bad.exit_code, bad.output) == (good.exit_code, good.output)
+    run = CliRunner().invoke(app, ["tickers"])
+    assert run.exit_code == 1 and run.output.startswith(
+        "error: STOCKCAST_SOURCE: Input should be 'yfinance' or 'none'\n"), run.output
