@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperGroup
 
-from service.core.config import LOG_LEVELS, get_settings
+from service.core.config import LOG_LEVELS, get_settings, setting_errors
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -172,9 +172,8 @@ def _settings():
     try:
         return get_settings()
     except ValidationError as exc:
-        for error in exc.errors():
-            typer.echo(f"error: STOCKCAST_{str(error['loc'][0]).upper()}: {error['msg']}",
-                       err=True)
+        for line in setting_errors(exc):
+            typer.echo(line, err=True)
         raise typer.Exit(1) from None
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import PlainTextResponse
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
+from pydantic import ValidationError
 
 from service import package_version
 from service.api.forecasts import ForecastService
@@ -45,7 +46,7 @@ from service.api.telemetry import (
     live_metric_families,
     psi_families,
 )
-from service.core.config import Settings, get_settings
+from service.core.config import Settings, get_settings, setting_errors
 from service.core.errors import ManifestMismatch, ModelNotLoaded
 from service.db.guard import DbBounds
 from service.db.health import SchemaCheck, head_revision
@@ -121,7 +122,14 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
                clock: Callable[[], dt.datetime] | None = None) -> FastAPI:
     """The app for `settings` (default: the environment's); `source`/`clock` replace the
     bar source and the bar cache's UTC clock (tests)."""
-    settings = settings or get_settings()
+    if settings is None:
+        try:
+            settings = get_settings()
+        except ValidationError as exc:
+            # `uvicorn --factory service.api.main:create_app` (the CLI's serve checks first):
+            # uvicorn shows a factory's exception as a traceback of 50 lines; SystemExit with
+            # the lines prints them alone and exits 1.
+            raise SystemExit("\n".join(setting_errors(exc))) from None
     # One registry per app: two apps in a process (tests) never share or clash on collectors.
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # service/core/config.py -> the checkout
@@ -177,6 +177,13 @@ class Settings(BaseSettings):
         if 0 < seconds < MIN_MODEL_CHECK_SECONDS:
             raise ValueError(f"0 (no check) or at least {MIN_MODEL_CHECK_SECONDS} s")
         return seconds
+
+
+def setting_errors(exc: ValidationError) -> list[str]:
+    """What a Settings() that failed says, one line per bad value: `error: STOCKCAST_<FIELD>:
+    <pydantic's message>` (the CLI's and the app factory's answer, not pydantic's traceback)."""
+    return [f"error: STOCKCAST_{str(error['loc'][0]).upper()}: {error['msg']}"
+            for error in exc.errors()]
 
 
 @lru_cache

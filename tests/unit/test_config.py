@@ -210,3 +210,29 @@ def test_help_is_answered_whatever_the_environment(env, args):
     run = CliRunner().invoke(app, ["tickers"])
     assert run.exit_code == 1 and run.output.startswith(
         "error: STOCKCAST_SOURCE: Input should be 'yfinance' or 'none'\n"), run.output
+
+
+@pytest.mark.parametrize(("env_vars", "said"), [
+    ({"STOCKCAST_DB_RETRY_SECONDS": "-1"},
+     ["error: STOCKCAST_DB_RETRY_SECONDS: Input should be greater than or equal to 0"]),
+    ({"STOCKCAST_SOURCE": "bogus", "STOCKCAST_FORECAST_THREADS": "1000"},
+     ["error: STOCKCAST_SOURCE: Input should be 'yfinance' or 'none'",
+      "error: STOCKCAST_FORECAST_THREADS: Input should be less than or equal to 40"]),
+])
+def test_the_app_factory_under_uvicorn_with_a_bad_setting_says_which_and_exits_1(
+        tmp_path, env_vars, said):
+    """`uvicorn --factory service.api.main:create_app` (no CLI) with a bad setting printed
+    pydantic's traceback, 50 lines through uvicorn's loader (found by a hostile ops pass); now
+    the lines the CLI prints, alone on stderr, and exit 1, before any socket is bound."""
+    import subprocess
+    import sys
+
+    from service.core.config import PROJECT_ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKCAST_")}
+    env.update(env_vars, PYTHONPATH=str(PROJECT_ROOT))
+    done = subprocess.run(  # in tmp_path: no .env
+        [sys.executable, "-m", "uvicorn", "--factory", "service.api.main:create_app",
+         "--host", "127.0.0.1", "--port", "0"],
+        check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr.splitlines()) == (1, "", said)
