@@ -241,6 +241,7 @@ def ingest(
     """Load bars into the cache and print `read N, stored M, rejected K (reasons)`."""
     from service.core.errors import StockcastError
     from service.evaluation.feature_store import after_bars_written
+    from service.forecasting.calendar import check_date_range
     from service.sources.base import SOURCES, make_source
     from service.sources.ingest import ingest_file, ingest_from_source
 
@@ -256,8 +257,10 @@ def ingest(
                 report = ingest_file(engine, path, ticker=ticker, progress=progress,
                                      after_write=after_bars_written)
             elif source in SOURCES:
-                if start and end and start > end:
-                    _fail(f"start {start.date()} is after end {end.date()}")
+                try:
+                    check_date_range(start and start.date(), end and end.date())
+                except ValueError as exc:
+                    _fail(str(exc))
                 if not (tickers or ticker):
                     _fail(f"--tickers is required with --source {source}")
                 settings = get_settings().model_copy(update={"source": source})

@@ -21,6 +21,7 @@ from service.db.bars import read_bars_many
 from service.db.session import make_engine
 from service.evaluation.promotion import GateThresholds, PromotionVerdict, promote
 from service.evaluation.runs import StoredBacktest, backtest_and_store
+from service.forecasting.calendar import check_date_range
 from service.forecasting.features import needs_market
 from service.inference.onnx_model import Provider
 from training.config import TrainConfig
@@ -32,8 +33,7 @@ def read_training_bars(database_url: str, config: TrainConfig) -> pd.DataFrame:
     """The configured tickers' bars from the cache (with the market series joined on when the
     feature set reads it); a clear error names tickers with none, or a start after the end (as
     backtest's and evaluate's: there would be no bars, and the error would say to load them)."""
-    if config.start and config.end and config.start > config.end:
-        raise ValueError(f"start {config.start} is after end {config.end}")
+    check_date_range(config.start, config.end)
     engine = make_engine(database_url)
     try:
         bars = read_bars_many(engine, list(config.tickers), config.start, config.end,

@@ -56,6 +56,7 @@ from service.forecasting.bands import (
     aci_states,
 )
 from service.forecasting.baselines import BAND_BASELINES, BASELINES
+from service.forecasting.calendar import check_date_range
 from service.forecasting.forecaster import Forecaster, HistoricalForecasts, TickerSeries
 from service.forecasting.spec import BAND_LEVELS, DEFAULT_LEVEL, band_indices
 from service.forecasting.windows import prices_from_log_returns
@@ -555,8 +556,7 @@ def run_backtest(
     test_first, test_last = manifest.split.test
     start = start or test_first
     end = end or test_last
-    if start > end:
-        raise ValueError(f"start {start} is after end {end}")
+    check_date_range(start, end)
     if not bars:
         raise ValueError("no tickers to backtest")
     fit_end = min(manifest.split.train[1], start)

@@ -52,6 +52,7 @@ from service.forecasting import metrics as m
 from service.forecasting import portfolio
 from service.forecasting import significance as sig
 from service.forecasting.bands import ACI_SUFFIX
+from service.forecasting.calendar import check_date_range
 from service.forecasting.signals import REVERSAL, ReversalSignal
 from service.forecasting.spec import FeatureSpec
 from service.inference.onnx_model import Provider
@@ -83,8 +84,7 @@ def plan_blocks(trading_dates, start: dt.date, end: dt.date, retrain_every: int)
     """Consecutive blocks of `retrain_every` trading dates covering [start, end]."""
     if retrain_every < 1:
         raise ValueError(f"retrain_every must be >= 1 session, got {retrain_every}")
-    if start > end:
-        raise ValueError(f"start {start} is after end {end}")
+    check_date_range(start, end)
     days = pd.DatetimeIndex(pd.to_datetime(pd.Index(trading_dates))).normalize().unique()
     days = days.sort_values()
     days = days[(days >= pd.Timestamp(start)) & (days <= pd.Timestamp(end))]

@@ -19,6 +19,13 @@ def _xnys(first_year: int, last_year: int) -> xcals.ExchangeCalendar:
     return xcals.get_calendar("XNYS", start=f"{first_year}-01-01", end=f"{last_year}-12-31")
 
 
+def check_date_range(start, end) -> None:
+    """ValueError "start ... is after end ..." when both are given and start is the later: the
+    one wording of a reversed range, in ingest, train, backtest and evaluate alike."""
+    if start is not None and end is not None and start > end:
+        raise ValueError(f"start {start} is after end {end}")
+
+
 def next_trading_days(after: dt.date, n: int) -> list[dt.date]:
     """The first `n` NYSE sessions strictly after `after`."""
     if n < 0:
