@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import re
 import tempfile
@@ -35,6 +36,7 @@ from service.db.session import make_engine
 from service.evaluation.backtest import DEFAULT_HORIZONS, bars_by_ticker
 from service.evaluation.rolling import (
     DEFAULT_BAND_BASELINES,
+    WINDOWS,
     Block,
     BlockRun,
     SegmentScore,
@@ -52,6 +54,7 @@ from service.evaluation.rolling import (
 from service.evaluation.runs import StoredBacktest
 from service.forecasting import portfolio
 from service.forecasting.baselines import BASELINES
+from service.forecasting.calendar import check_date_range
 from service.forecasting.features import needs_market
 from service.forecasting.spec import FEATURE_SETS
 from service.inference.onnx_model import Provider
@@ -85,6 +88,25 @@ class RollingSpec:
     cost_bp: float = portfolio.DEFAULT_COST_BP
     workers: int = 1
     cluster: str | None = None  # a Dask scheduler address: blocks train there, not locally
+
+    def __post_init__(self):
+        # Checked before any block trains: each was found only after every block had trained
+        # (top_k: when the books were made), or as an IndexError (a sliding window of 0).
+        check_date_range(self.start, self.end)
+        if self.retrain_every < 1:
+            raise ValueError(f"retrain_every must be >= 1 session, got {self.retrain_every}")
+        if self.window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
+        if self.sliding_sessions < 1:
+            raise ValueError(f"sliding_sessions must be >= 1 session, got {self.sliding_sessions}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not (math.isfinite(self.cost_bp) and self.cost_bp >= 0):
+            raise ValueError(f"cost_bp must be a finite cost >= 0 basis points, got {self.cost_bp}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if not self.horizons:
+            raise ValueError("horizons must name at least one horizon")
 
 
 @dataclass(frozen=True)

@@ -334,6 +334,18 @@ def test_the_one_write_path_stores_valid_rows_updates_ranges_and_records_a_refre
     (["train", "--config", "{tmp}/backwards.json"],
      "error: start 2017-06-01 is after end 2015-01-01"),
     (["db", "upgrade", "--revision", "9999"], "error: unknown revision '9999' (head is {head})"),
+    # evaluate's options, refused before any block trains (a sliding window of 0 was an
+    # IndexError traceback; top-k 0 was found after every block had trained and forecast; a
+    # negative cost or 0 workers ran)
+    (["evaluate", "--window", "sliding", "--sliding-sessions", "0"],
+     "error: sliding_sessions must be >= 1 session, got 0"),
+    (["evaluate", "--top-k", "0"], "error: top_k must be >= 1, got 0"),
+    (["evaluate", "--cost-bp", "-1"],
+     "error: cost_bp must be a finite cost >= 0 basis points, got -1.0"),
+    (["evaluate", "--cost-bp", "nan"],
+     "error: cost_bp must be a finite cost >= 0 basis points, got nan"),
+    (["evaluate", "--workers", "0"], "error: workers must be >= 1, got 0"),
+    (["evaluate", "--horizons", ","], "error: horizons must name at least one horizon"),
     (["db", "downgrade", "nonsense"], "error: unknown revision 'nonsense' (head is {head})"),
 ])
 def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatch, args,
