@@ -395,6 +395,57 @@ def test_backtest_panel_compares_the_model_with_naive(page, live_app):
 
 
 @browser
+def test_backtest_panel_shows_the_served_models_run_before_a_later_one_of_another(page,
+                                                                                  live_app):
+    """A later run of another model (a rolling evaluation's block models, an older artifact's)
+    became the panel's figures, labelled "not the served model", while the served model's own
+    run was stored; the panel now asks for the served model's latest run first."""
+    def cells():
+        return {row.get_attribute("data-metric"): row.locator("td").all_inner_texts()
+                for row in page.locator("#backtest-table tbody tr").all()}
+
+    rows = [(t, h, method, metric, value * h) for t in ("AAPL", "*") for h in (1, 5)
+            for method, metric, value in (("model", "mae", 4.0), ("naive", "mae", 3.0),
+                                          ("model", "n_forecasts", 10.0),
+                                          ("naive", "n_forecasts", 10.0))]
+    engine = make_engine(live_app.db_url)
+    try:
+        with engine.begin() as conn:
+            other = store_run(conn, model_version="rolling-0123456789ab",
+                              start=dt.date(2016, 1, 4), end=dt.date(2016, 3, 1),
+                              tickers=["AAPL"], config={"horizons": [1, 5]}, metrics=rows)
+        assert other > live_app.backtest_run  # the later run
+        load(page, live_app)
+        assert submit(page, "AAPL", days=5) == "ready"
+        assert page.inner_text("#backtest .backtest-meta") == (
+            f"AAPL: Run {live_app.backtest_run} · model {live_app.model_version} · origins "
+            "2017-06-01 to 2017-11-30.")
+        assert cells()["mae"] == ["12.50", "11.25"]
+        # without a run of the served model: the latest run of any, said plainly
+        with engine.begin() as conn:
+            served = get_run(conn, live_app.backtest_run)
+            served_rows = get_metrics(conn, served.id)
+            delete_run(conn, served.id)
+        try:
+            assert submit(page, "AAPL", days=5) == "ready"
+            assert page.inner_text("#backtest .backtest-meta") == (
+                f"AAPL: Run {other} · model rolling-0123456789ab · origins 2016-01-04 to "
+                "2016-03-01 · not the served model.")
+            assert cells()["mae"] == ["20.00", "15.00"]
+        finally:
+            with engine.begin() as conn:
+                live_app.backtest_run = store_run(
+                    conn, model_version=served.model_version, start=served.start,
+                    end=served.end, tickers=served.tickers, config=served.config,
+                    metrics=served_rows.itertuples(index=False, name=None))
+    finally:
+        with engine.begin() as conn:
+            delete_run(conn, other)
+        engine.dispose()
+    assert page.js_errors == []
+
+
+@browser
 @pytest.mark.parametrize("width,height", [(390, 844), (1366, 900)])
 def test_layout_fits_the_viewport_without_jumps_and_is_keyboard_reachable(
         page, live_app, artifacts_dir, width, height):

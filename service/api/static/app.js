@@ -286,24 +286,26 @@
     document.body.dataset.runs = String(Number(document.body.dataset.runs || 0) + 1);
   }
 
-  // The ticker's rows of the latest backtest run; when the run left the ticker out, the pooled
-  // rows (ticker "*") instead; {run: null} when no run is stored (the API answers 404 to both).
+  // The served model's latest backtest run: the ticker's rows, or, when the run left the ticker
+  // out, its pooled rows (ticker "*"). Only when no run of the served model is stored, the
+  // latest run of any model (a rolling evaluation's, an older model's), which the panel labels
+  // "not the served model"; {run: null} when none is stored (the API answers 404 to each).
   async function loadBacktest(ticker) {
     if (!state.catalogue) {
       const catalogue = await api("metrics/backtest/catalogue");
       state.catalogue = new Map(catalogue.map((m) => [m.name, m]));
     }
-    try {
-      return { scope: ticker, ...(await api(`metrics/backtest?ticker=${enc(ticker)}`)) };
-    } catch (err) {
-      if (err.status !== 404) throw err;
+    const versions = state.model ? [`&model_version=${enc(state.model.version)}`, ""] : [""];
+    for (const version of versions) {
+      for (const scope of [ticker, "*"]) {
+        try {
+          return { scope, ...(await api(`metrics/backtest?ticker=${enc(scope)}${version}`)) };
+        } catch (err) {
+          if (err.status !== 404) throw err;
+        }
+      }
     }
-    try {
-      return { scope: "*", ...(await api(`metrics/backtest?ticker=${enc("*")}`)) };
-    } catch (err) {
-      if (err.status === 404) return { scope: null, run: null, metrics: [] };
-      throw err;
-    }
+    return { scope: null, run: null, metrics: [] };
   }
 
   // The served model's live record: this ticker's rows and all tickers pooled.
