@@ -24,6 +24,10 @@ Accepted layouts:
   (not `missing_field`, which an empty field is);
 - in Parquet, an index level named as a column (yfinance's `Date` index, kept by
   `df.to_parquet()`) is read as that column;
+- a yfinance `download()` frame of several tickers as saved (`to_csv()`: two header rows led by
+  `Price` and `Ticker`, either order, then a `Date` row; `to_parquet()`: two column levels) is
+  read as one row per ticker and date, a ticker's all-empty cells on a date (the wide frame's
+  padding) dropped;
 - a file without an adjusted close uses its close as adj_close (no split/dividend adjustment
   is invented).
 Rows are returned as read (not validated); bad symbols stay as written so the validator counts
@@ -74,6 +78,10 @@ BYTE_ORDER_MARKS = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32"
 # Separators other exports use (a European spreadsheet's ';', a tab), as the refusal names them.
 OTHER_SEPARATORS = {";": "';'", "\t": "tabs", "|": "'|'"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# yfinance's download() frames have two column levels, (Price, Ticker) by default or (Ticker,
+# Price) with group_by="ticker", and the dates as the index; to_csv() writes the levels as two
+# header rows led by their names, then a row led by the index's name ("Date").
+WIDE_LEVEL_NAMES = ("price", "ticker")
 _FOLD_RE = re.compile(r"[\s_\-.*]+")
 _ISO_DATE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2})")
 SLASH_FORMATS = ("%m/%d/%Y", "%d/%m/%Y")
@@ -160,6 +168,10 @@ def _read_csv(path: Path) -> pd.DataFrame:
     # them under these same names.
     written = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
     header = written.iloc[0].tolist()
+    if header and _fold(header[0]) in WIDE_LEVEL_NAMES:
+        wide = _read_wide_csv(path)
+        if wide is not None:
+            return wide
     separator = _other_separator(header)
     if separator is not None:
         raise InvalidBars(
@@ -220,6 +232,10 @@ def _not_utf8(path: Path) -> str:
 
 def _read_parquet(path: Path) -> pd.DataFrame:
     raw = pd.read_parquet(path)
+    if isinstance(raw.columns, pd.MultiIndex) and raw.columns.nlevels == 2:
+        # yfinance's download() frame (WIDE_LEVEL_NAMES), its dates the index
+        return _long_from_wide(pd.Series(raw.index, name="date"), raw.reset_index(drop=True),
+                               path)
     # df.to_parquet() keeps the frame's index, and yfinance's frames are indexed by their dates
     # (a DatetimeIndex named "Date"): an index level named as a bar column is that column.
     levels = [n for n in raw.index.names if n is not None and _fold(n) in COLUMN_ALIASES]
@@ -231,6 +247,57 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     raw = raw.reset_index(drop=True)
     names = _canonical_names(raw.columns, path)
     return raw.loc[:, list(names)].rename(columns=names)
+
+
+def _read_wide_csv(path: Path) -> pd.DataFrame | None:
+    """A yfinance download() frame written by to_csv() (WIDE_LEVEL_NAMES): two header rows, a
+    row led by "Date", then one row per date with a column per (price, ticker); None when the
+    first three rows are not that layout (read as a plain file then)."""
+    head = pd.read_csv(path, header=None, nrows=3, dtype=str, keep_default_na=False)
+    if len(head) < 3 or sorted(_fold(head.iat[i, 0]) for i in (0, 1)) != list(
+            WIDE_LEVEL_NAMES) or _fold(head.iat[2, 0]) != "date" or any(head.iloc[2, 1:]):
+        return None
+    body = pd.read_csv(path, header=None, skiprows=3, dtype=str, keep_default_na=False)
+    body = body.set_axis(range(body.shape[1]), axis=1)
+    columns = pd.MultiIndex.from_arrays([head.iloc[0, 1:].tolist(), head.iloc[1, 1:].tolist()])
+    values = body.iloc[:, 1:].set_axis(columns, axis=1)
+    return _long_from_wide(body.iloc[:, 0].rename("date"), values, path)
+
+
+def _long_from_wide(dates: pd.Series, wide: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Long rows (ticker, date, the bar columns) from a frame with a column per (price, ticker)
+    in either level order (the price level is the one whose names are bar columns). A ticker's
+    row of a date where all its cells are empty is dropped: a wide frame pads a ticker that did
+    not trade that day, or that the source did not know; a row with some cells is kept, so the
+    validator rejects it (a partial last day's missing volume, say)."""
+    levels = [[COLUMN_ALIASES.get(_fold(v)) for v in wide.columns.get_level_values(i)]
+              for i in (0, 1)]
+    price = next((i for i in (0, 1) if all(levels[i])), None)
+    if price is None:
+        found = ", ".join(dict.fromkeys(str(v) for v in wide.columns.get_level_values(0)))
+        raise InvalidBars(f"{path}: two column levels (price and ticker, as yfinance's "
+                          f"download() writes them), but neither names only bar columns "
+                          f"(found: {found})")
+    tickers = wide.columns.get_level_values(1 - price)
+    frames = []
+    for symbol in dict.fromkeys(tickers):
+        one = wide.loc[:, tickers == symbol]
+        # the dates are the frame's own (its index): the price level must name the rest
+        names = _canonical_names([*one.columns.get_level_values(price), "date"], path)
+        del names["date"]
+        one = one.set_axis(one.columns.get_level_values(price), axis=1).rename(columns=names)
+        cells = one.loc[:, list(names.values())]
+        text = cells.astype(str).apply(lambda c: c.str.strip())
+        empty = (cells.isna() | text.isin(MISSING_WORDS)).all(axis=1).to_numpy()
+        frames.append(cells.loc[~empty].assign(ticker=symbol, date=dates[~empty].to_numpy()))
+    if not frames:
+        raise InvalidBars(f"{path}: two column levels (price and ticker), but no column")
+    out = pd.concat(frames, ignore_index=True)
+    for column in NUMERIC_COLUMNS:
+        if column in out and out[column].dtype == object:
+            out[column] = out[column].where(~out[column].astype(str).str.strip().isin(
+                MISSING_WORDS))
+    return out
 
 
 def _ticker_column(raw: pd.DataFrame, ticker: str | None, path: Path) -> np.ndarray:

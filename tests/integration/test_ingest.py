@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ SHARED_READ, SHARED_STORED = 608_160, 607_592
 SHARED_REJECTED = {"missing_field": 538, "open_outside_range": 28, "duplicate_date": 2}
 
 HEADER = "Ticker,Date,Open,High,Low,Close,Adj Close,Volume\n"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "yfinance"
 GOOD = ("AAA,2020-01-02,10,11,9,10.5,10.4,1000\n"
         "AAA,2020-01-03,10.5,11.5,10,11,10.9,1200\n")
 
@@ -174,6 +176,29 @@ def test_a_parquet_file_indexed_by_its_dates_as_yfinance_writes_it_is_ingested(e
                                                                "2020-01-06"]
     assert stored["close"].tolist() == [20.5, 21.5, 22.5]
     assert stored["volume"].tolist() == [500, 600, 700]
+    pd.testing.assert_frame_equal(bars_db.read_bars(engine, "AAA"), before)
+
+
+def test_a_yfinance_download_saved_with_to_csv_is_ingested_one_ticker_per_column_group(
+        engine, tmp_path):
+    """yf.download([...]).to_csv(): two header rows (Ticker, Price) and a "Date" row; it was
+    refused as "missing required columns" (found: Ticker, AAPL, AAPL, ...). ZZZZ, unknown
+    upstream, is the wide frame's padding (no rows, no ticker); MSFT's partial last day is
+    rejected as any partial day is; AAA's stored bars are untouched."""
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    ingest_file(engine, good)
+    before = bars_db.read_bars(engine, "AAA")
+    report = ingest_file(engine, FIXTURES / "download_aapl_msft_zzzz_2024-03.csv")
+    assert (report.read, report.stored, report.written, report.rejected) == (
+        20, 19, 19, {"missing_field": 1})
+    assert report.tickers == 2
+    aapl, msft = bars_db.read_bars(engine, "AAPL"), bars_db.read_bars(engine, "MSFT")
+    assert len(aapl) == 10 and len(msft) == 9
+    assert aapl.iloc[0][["open", "close", "adj_close", "volume"]].tolist() == [
+        176.15, 175.10, 174.31, 81510100]
+    assert msft["date"].max() == pd.Timestamp("2024-03-14")  # the partial 03-15 not stored
+    assert bars_db.read_bars(engine, "ZZZZ").empty
     pd.testing.assert_frame_equal(bars_db.read_bars(engine, "AAA"), before)
 
 

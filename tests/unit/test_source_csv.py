@@ -174,6 +174,61 @@ def test_parquet_with_a_date_index_and_a_date_column_is_the_ambiguity_error(tmp_
     assert str(err.value) == f"{path}: columns 'Date' and 'date' both name date"
 
 
+def download_frame(order: tuple[str, str]) -> pd.DataFrame:
+    """What yfinance.download(["AAPL", "MSFT", "ZZZZ"], auto_adjust=False) gives: a column per
+    (Price, Ticker) (group_by="ticker": (Ticker, Price)), a "Date" index; MSFT is AAPL's bars
+    doubled with its last day partial (no volume yet), ZZZZ (unknown upstream) all NaN."""
+    aapl = yfinance_frame()
+    msft = aapl * 2.0
+    msft.iloc[-1, msft.columns.get_loc("Volume")] = np.nan
+    zzzz = aapl * np.nan
+    parts = {"AAPL": aapl, "MSFT": msft, "ZZZZ": zzzz}
+    frame = pd.concat(parts, axis=1, names=["Ticker", "Price"])  # (Ticker, Price)
+    if order == ("Price", "Ticker"):
+        frame = frame.swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    return frame
+
+
+def download_bars() -> pd.DataFrame:
+    """download_frame() read as bars: AAPL's, then MSFT's (its partial day kept: the
+    validator's missing_field), ZZZZ's padding dropped."""
+    msft = expected_bars("MSFT")
+    msft[CANONICAL[2:]] *= 2.0
+    msft.loc[msft.index[-1], "volume"] = np.nan
+    return pd.concat([expected_bars("AAPL"), msft], ignore_index=True)
+
+
+@pytest.mark.parametrize("order", [("Price", "Ticker"), ("Ticker", "Price")])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_yfinance_download_frame_saved_as_is_reads_one_row_per_ticker_and_date(
+        tmp_path, order, suffix):
+    """df.to_csv() of yf.download()'s frame writes its two column levels as two header rows and
+    a "Date" row; to_parquet() keeps the levels: both were refused as "missing required
+    columns" (the CSV's found: Price, Adj Close, ...). A ticker's all-empty cells (the wide
+    frame's padding for a symbol unknown upstream) are no rows; a partial day is kept."""
+    path = tmp_path / f"download{suffix}"
+    frame = download_frame(order)
+    if suffix == ".csv":
+        frame.to_csv(path)
+        assert path.read_text().splitlines()[2].startswith("Date,,")  # the layout tested
+    else:
+        frame.to_parquet(path)
+    bars = read_bars_file(path)
+    pd.testing.assert_frame_equal(bars, download_bars(), check_dtype=False)
+    result = validate_bars(bars)
+    assert (result.read, result.rejected) == (6, {"missing_field": 1})
+
+
+def test_a_download_frame_whose_levels_name_no_bar_columns_is_refused_naming_them(tmp_path):
+    path = tmp_path / "download.csv"
+    path.write_text("Price,Bid,Ask\nTicker,AAPL,AAPL\nDate,,\n2024-03-04,1,2\n")
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path)
+    assert str(err.value) == (f"{path}: two column levels (price and ticker, as yfinance's "
+                              "download() writes them), but neither names only bar columns "
+                              "(found: Bid, Ask)")
+
+
 @pytest.mark.parametrize("rows", [slice(1, None), [0, 2]])  # a frame sliced, filtered
 def test_parquet_of_a_frame_with_other_row_labels_keeps_each_row_its_date(tmp_path, rows):
     """The dates were aligned by row label: a frame from its second row on read the first
