@@ -177,7 +177,14 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise InvalidBars(
             f"{path}: the columns are separated by {OTHER_SEPARATORS[separator]}, not commas; "
             "save the file comma-separated, with a decimal point in numbers")
-    names = _canonical_names(header, path)
+    try:
+        names = _canonical_names(header, path)
+    except InvalidBars:
+        if _has_nul_bytes(path):  # UTF-16/32 without a byte-order mark decodes as UTF-8
+            raise InvalidBars(f"{path}: the file holds NUL bytes, as UTF-16 or UTF-32 text "
+                              "without a byte-order mark does, not UTF-8; save it as UTF-8"
+                              ) from None
+        raise
     dtypes = {o: ("float64" if c in NUMERIC_COLUMNS else str) for o, c in names.items()}
     missing = {o: MISSING_WORDS for o, c in names.items() if c in NUMERIC_COLUMNS}
     options = {"usecols": list(names), "keep_default_na": False, "na_values": missing}
@@ -228,6 +235,14 @@ def _not_utf8(path: Path) -> str:
                         f"{offset + exc.start}, line {number})")
             offset += len(line)
     return "the file is not UTF-8 text"
+
+
+def _has_nul_bytes(path: Path) -> bool:
+    """Whether the first KiB of the file's text holds a NUL (no CSV of bars does)."""
+    if path.suffix.lower() in UNSCANNED_SUFFIXES:
+        return False
+    with TEXT_OPENERS.get(path.suffix.lower(), open)(path, "rb") as fh:
+        return b"\x00" in fh.read(1024)
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

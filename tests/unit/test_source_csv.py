@@ -517,6 +517,19 @@ def test_a_utf_16_or_32_file_is_refused_naming_its_encoding(tmp_path, encoding, 
                               "byte-order mark), not UTF-8; save it as UTF-8")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_a_utf_16_or_32_file_without_a_byte_order_mark_is_refused_saying_so(tmp_path, encoding):
+    """Without a mark it decodes as UTF-8 (NULs are UTF-8) and was "missing required columns:
+    ... (found: t, , , ...)"."""
+    text = "\n".join([HEADER, bar_line("AAA", "2024-03-04")]) + "\n"
+    path = tmp_path / "nomark.csv"
+    path.write_bytes(text.encode(encoding))
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(path)
+    assert str(err.value) == (f"{path}: the file holds NUL bytes, as UTF-16 or UTF-32 text "
+                              "without a byte-order mark does, not UTF-8; save it as UTF-8")
+
+
 def test_a_utf_8_file_with_a_byte_order_mark_is_read(tmp_path):
     path = tmp_path / "bom.csv"
     text = "\n".join(["Date,Open,High,Low,Close,Adj Close,Volume", *plain_rows()]) + "\n"
