@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from fastapi_offline import FastAPIOffline
@@ -226,6 +227,14 @@ def create_app(settings: Settings | None = None, *, source: BarSource | None = N
     # /metrics/live are counted and only the exposition is not.
     instrumentator = Instrumentator(registry=registry, excluded_handlers=["^/metrics$"])
     instrumentator.instrument(app)
+    if settings.cors_origins:
+        # Outermost (added last): every answer, a 413, 503 or 500 problem included, carries the
+        # CORS headers, or a browser hides it from the calling page. Preflights are answered
+        # here. Off by default: no middleware, nothing on the hot path.
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "HEAD", "POST"],
+                           allow_headers=["Content-Type", "X-API-Key"],
+                           expose_headers=["Retry-After"], max_age=600)
     cache_route_labels(app)  # its handler label per path resolved once, not per request
     for module in (predict, bars, data_source, models, backtest, live, health, jobs, admin,
                    page):

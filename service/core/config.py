@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # service/core/config.py -> the checkout
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -80,6 +81,25 @@ def _upper(value):
     return value.upper() if isinstance(value, str) else value
 
 
+# An origin as a browser sends it: scheme://host[:port], nothing after (no path, no slash).
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+
+def _origins(value):
+    """STOCKCAST_CORS_ORIGINS: a comma list of origins, or `*` (any); empty: none."""
+    if isinstance(value, str):
+        value = [o.strip() for o in value.split(",") if o.strip()]
+    origins = tuple(value)
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ValueError(
+                f"{origin!r} is no origin: write scheme://host[:port] as a browser sends it "
+                "(no path, no trailing slash), or * for any")
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("* (any origin) with others: give * alone, or the origins")
+    return origins
+
+
 class Settings(BaseSettings):
     """Runtime configuration, read from STOCKCAST_* environment variables (and .env)."""
 
@@ -101,6 +121,11 @@ class Settings(BaseSettings):
         description="At least 1: onnxruntime's 0 (its own default) sizes the pool from the "
                     "host's cores, not the container's CPU limit.")
     api_key: str | None = None
+    # Browser pages on these origins may call the API (CORS, Starlette's CORSMiddleware): a comma
+    # list of scheme://host[:port], or * for any; empty (the default): same-origin pages only.
+    cors_origins: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origins)] = Field(
+        default=(), description="Comma list of origins (scheme://host[:port]) or *; empty: "
+                                "same-origin only.")
     # Computed forecasts kept in memory (LRU); 0 disables the cache (the serve bench's cold run).
     forecast_cache_size: int = Field(
         default=4096, ge=0, le=MAX_FORECAST_CACHE,

@@ -1061,3 +1061,66 @@ def test_a_tampered_artifact_is_refused_and_the_old_model_keeps_serving(
         "(the reason is in the server log)")
     assert during == before  # the same model, the same forecast
     assert restored.status_code == 200 and restored.json()["version"] == good.name
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cors_lets_the_configured_origins_call_the_api_and_no_other(db_url, tiny_artifact, bars):
+    """STOCKCAST_CORS_ORIGINS: a page on a listed origin may call the API (the preflight of a
+    JSON POST with the admin key answered, every answer, an error's too, carrying the origin);
+    another origin gets no CORS header, so its browser hides the answer; by default none does.
+    Without the setting a browser page on another origin could not read any answer at all."""
+    store_bars(db_url, bars)
+    allowed, other = "http://dash.example:3000", "https://evil.example"
+    settings = api_settings(db_url, tiny_artifact.model_dir, cors_origins=f" {allowed} ,")
+    assert settings.cors_origins == (allowed,)
+    with TestClient(create_app(settings, source=ScriptedSource(), clock=Clock()),
+                    raise_server_exceptions=False) as client:
+        preflight = client.options("/predict/AAA", headers={
+            "Origin": allowed, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, x-api-key"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == allowed
+        assert set(preflight.headers["access-control-allow-methods"].split(", ")) == {
+            "GET", "HEAD", "POST"}
+        assert {h.strip().lower() for h in preflight.headers[
+            "access-control-allow-headers"].split(",")} >= {"content-type", "x-api-key"}
+        ok = client.post("/predict/AAA", json={"horizon": 1}, headers={"Origin": allowed})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == allowed
+        assert ok.headers["access-control-expose-headers"] == "Retry-After"
+        bad = client.post("/predict/%21%21", json={}, headers={"Origin": allowed})
+        assert bad.status_code == 422 and bad.headers["access-control-allow-origin"] == allowed
+        big = client.post("/predict", content=b"x" * (settings.max_body_bytes + 1),
+                          headers={"Origin": allowed, "content-type": "application/json"})
+        assert big.status_code == 413 and big.headers["access-control-allow-origin"] == allowed
+        refused = client.options("/predict/AAA", headers={
+            "Origin": other, "Access-Control-Request-Method": "POST"})
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers
+        elsewhere = client.get("/healthz", headers={"Origin": other})
+        assert elsewhere.status_code == 200
+        assert "access-control-allow-origin" not in elsewhere.headers
+    with TestClient(create_app(api_settings(db_url, tiny_artifact.model_dir),
+                               source=ScriptedSource(), clock=Clock())) as client:
+        plain = client.get("/healthz", headers={"Origin": allowed})
+        assert "access-control-allow-origin" not in plain.headers
+        assert client.options("/predict/AAA", headers={
+            "Origin": allowed, "Access-Control-Request-Method": "POST"}).status_code == 405
+
+
+@pytest.mark.parametrize("value, message", [
+    ("http://a.example/", ("'http://a.example/' is no origin: write scheme://host[:port] as a "
+                          "browser sends it (no path, no trailing slash), or * for any")),
+    ("a.example", "'a.example' is no origin"),
+    ("*,http://a.example", "* (any origin) with others: give * alone, or the origins"),
+])
+def test_a_cors_origin_that_no_browser_sends_is_refused(value, message):
+    """A trailing slash or a bare host never equals a browser's Origin header: the setting
+    would silently allow nothing."""
+    from pydantic import ValidationError
+
+    from service.core.config import Settings
+    with pytest.raises(ValidationError) as err:
+        Settings(cors_origins=value)
+    assert message in str(err.value)
+    assert Settings(cors_origins="*").cors_origins == ("*",)
+    assert Settings(cors_origins="").cors_origins == ()
