@@ -25,7 +25,6 @@ Run: `python bench/band_earnings.py` (the bar cache seeded: `make seed`; the cur
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -181,10 +180,7 @@ def main() -> int:
             cells = [f"h={h} {pooled[(h, name, 'coverage_calm')]:.3f} / "
                      f"{pooled[(h, name, 'coverage_turbulent')]:.3f}" for h in hs]
             print(f"  {seg} {name}: " + "; ".join(cells))
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "model": man.version, "chosen": chosen, "chosen_with_served": chosen_all,
-            "validation": val, "test": tst}, indent=1))
+    bg.save_choice(args.json, man.version, chosen, chosen_all, val, tst)
     return 0
 
 

@@ -176,6 +176,15 @@ def report(val: dict[str, dict], tst: dict[str, dict], names: list[str], incumbe
     return chosen, chosen_all
 
 
+def save_choice(path: str | None, model: str, chosen: str, chosen_all: str,
+                val: dict[str, dict], tst: dict[str, dict]) -> None:
+    """A study's figures (report()'s picks, every validation and test figure) as JSON, if asked."""
+    if path:
+        Path(path).write_text(json.dumps({
+            "model": model, "chosen": chosen, "chosen_with_served": chosen_all,
+            "validation": val, "test": tst}, indent=1))
+
+
 def table_row(mark: str, v: dict, t: dict) -> str:
     """One candidate's row: validation and test IS ratios (h = 1 / 5 / 30), coverage at h = 1
     with its calm / turbulent terciles, coverage at h = 5 (test: with the misses above / below)."""

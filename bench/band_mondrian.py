@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -158,10 +157,7 @@ def main() -> int:
     names = list(cands)
     chosen, chosen_all = bg.report(val, tst, names, "served", "the Mondrian candidates",
                                    ["served", *names], [bg.REFERENCE, "served", *names])
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "model": man.version, "chosen": chosen, "chosen_with_served": chosen_all,
-            "validation": val, "test": tst}, indent=1))
+    bg.save_choice(args.json, man.version, chosen, chosen_all, val, tst)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -121,10 +120,7 @@ def main() -> int:
     chosen, chosen_all = bg.report(val, tst, names, "served", "the pooled corrections",
                                    ["served", *names], [bg.REFERENCE, "served", *names,
                                                         "lookahead_bound"])
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "model": man.version, "chosen": chosen, "chosen_with_served": chosen_all,
-            "validation": val, "test": tst}, indent=1))
+    bg.save_choice(args.json, man.version, chosen, chosen_all, val, tst)
     return 0
 
 
