@@ -54,6 +54,7 @@ ACIForecaster's nesting holds it at the median, in the backtest and in serving a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
@@ -94,6 +95,31 @@ ACI_TWO_SIDED = False
 EMPIRICAL_WINDOW = 250
 # The widest band read off quantiles (z = 3.09): a forecaster's tails past that are guesswork.
 MAX_COVERAGE = 0.998
+
+
+def _number(d: dict, key: str, default: float | None = None) -> float:
+    """A meta value that must be a finite JSON number (not a bool, not text)."""
+    value = d[key] if default is None else d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _count(d: dict, key: str, default: int | None = None) -> int:
+    """A meta value that must be a JSON integer (1.5 was read as 1, "3" as 3)."""
+    value = d[key] if default is None else d.get(key, default)
+    if isinstance(value, bool) or not (isinstance(value, int)
+                                       or isinstance(value, float) and value.is_integer()):
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _flag(d: dict, key: str, default: bool) -> bool:
+    """A meta value that must be true or false ("no" was read as true)."""
+    value = d.get(key, default)
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} must be true or false, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -146,10 +172,11 @@ class ACISettings:
         """Settings from an artifact's meta; one written before the blend existed has none
         (β 1), one written before two-sided ACI is symmetric, one without "har" has none."""
         har = d.get("har")
-        return cls(gamma=float(d["gamma"]), lookback=int(d["lookback"]),
-                   calibration=int(d["calibration"]), vol_beta=float(d.get("vol_beta", 1.0)),
-                   long_window=int(d.get("long_window", ACI_LONG_WINDOW)),
-                   two_sided=bool(d.get("two_sided", False)),
+        return cls(gamma=_number(d, "gamma"), lookback=_count(d, "lookback"),
+                   calibration=_count(d, "calibration"),
+                   vol_beta=_number(d, "vol_beta", 1.0),
+                   long_window=_count(d, "long_window", ACI_LONG_WINDOW),
+                   two_sided=_flag(d, "two_sided", False),
                    har=None if har is None else HarVolatility.from_dict(har))
 
     def scale(self, series: TickerSeries | np.ndarray, short: np.ndarray | None = None
