@@ -273,6 +273,8 @@ def ingest(
         except StockcastError as exc:
             _fail(str(exc))
     typer.echo(report.summary())
+    for line in report.example_lines():
+        typer.echo(line)
 
 
 @app.command()

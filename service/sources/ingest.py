@@ -29,10 +29,17 @@ class IngestReport:
     written: int
     rejected: dict[str, int] = field(default_factory=dict)
     tickers: int = 0
+    # reason -> its first rejected row, "TICKER YYYY-MM-DD": where to look in the file
+    examples: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_rejected(self) -> int:
         return sum(self.rejected.values())
+
+    def example_lines(self) -> list[str]:
+        """One line per reason with an example: `  missing_field: first AAPL 2013-02-08`."""
+        return [f"  {reason}: first {self.examples[reason]}" for reason in self.rejected
+                if reason in self.examples]
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k}={v}" for k, v in self.rejected.items() if v) or "none"
@@ -50,7 +57,8 @@ def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
     Rows dated after `today` (default: the UTC date now) are rejected as future_date, and a
     ticker's rows on another price basis than its stored bars as rebased_history (below).
     """
-    result = _refuse_rebased(engine, validate(frame, today=today))
+    validated = validate(frame, today=today)
+    result = _refuse_rebased(engine, validated)
     bars = result.bars
     with tqdm(total=len(bars), unit="bars", desc="ingest", disable=not progress,
               mininterval=0.5) as bar:
@@ -60,9 +68,30 @@ def ingest_frame(engine: Engine, frame: pd.DataFrame, source: str,
     stored = count.offered
     report = IngestReport(read=result.read, stored=stored, written=count.written,
                           rejected=dict(result.rejected),
-                          tickers=int(bars["ticker"].nunique()) if len(bars) else 0)
+                          tickers=int(bars["ticker"].nunique()) if len(bars) else 0,
+                          examples=_examples(frame, validated, result))
     assert report.read == report.stored + report.n_rejected, report  # reconciliation invariant
     return report
+
+
+def _examples(frame: pd.DataFrame, validated: ValidationResult,
+              result: ValidationResult) -> dict[str, str]:
+    """Each reason's first rejected row as "TICKER YYYY-MM-DD" (as read; "(no ticker)",
+    "(no date)" where the row has none); rebased_history's is the first refused ticker's first
+    bar."""
+    def row(ticker, date) -> str:
+        name = "(no ticker)" if ticker is None or pd.isna(ticker) or not str(ticker) else ticker
+        day = pd.Timestamp(date)
+        return f"{name} {'(no date)' if pd.isna(day) else f'{day:%Y-%m-%d}'}"
+
+    tickers = (frame["ticker"] if "ticker" in frame else pd.Series([None] * len(frame)))
+    dates = pd.to_datetime(frame["date"], errors="coerce")
+    out = {reason: row(tickers.iloc[i], dates.iloc[i]) for reason, i in validated.first.items()}
+    if REBASED in result.rejected:
+        kept = set(result.bars["ticker"])
+        refused = validated.bars[~validated.bars["ticker"].isin(kept)]
+        out[REBASED] = row(refused["ticker"].iloc[0], refused["date"].iloc[0])
+    return out
 
 
 def _repair_after_write(engine: Engine, bars: pd.DataFrame,

@@ -38,7 +38,7 @@ into [low, high] so the output invariant low <= open, close <= high holds exactl
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -84,6 +84,8 @@ class ValidationResult:
     bars: pd.DataFrame
     read: int
     rejected: dict[str, int]  # reason -> count, only reasons that occurred, in REJECT_REASONS order
+    # reason -> the input position (0-based) of its first rejected row: where to look
+    first: dict[str, int] = field(default_factory=dict)
 
     @property
     def stored_candidates(self) -> int:
@@ -184,7 +186,9 @@ def validate_bars(frame: pd.DataFrame, today: dt.date | None = None) -> Validati
 
     counts = np.bincount(reason, minlength=len(REJECT_REASONS) + 1)
     rejected = {r: int(counts[i + 1]) for i, r in enumerate(REJECT_REASONS) if counts[i + 1]}
-    return ValidationResult(bars=bars, read=read, rejected=rejected)
+    first = {r: int(np.argmax(reason == i + 1)) for i, r in enumerate(REJECT_REASONS)
+             if counts[i + 1]}
+    return ValidationResult(bars=bars, read=read, rejected=rejected, first=first)
 
 
 # A date in text: year, month and day (YYYY-MM-DD; a one-digit month or day and blanks around

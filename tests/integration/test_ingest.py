@@ -269,6 +269,7 @@ def test_a_file_on_another_price_basis_than_the_stored_bars_is_refused_for_that_
     split = ingest_file(engine, _bars_file(tmp_path / "split.csv", tail.append(
         pd.bdate_range(days[-1] + pd.offsets.BDay(), periods=2)), scale=0.5))
     assert split.rejected == {"rebased_history": 22} and split.stored == 0
+    assert split.example_lines() == [f"  rebased_history: first AAA {tail[0]:%Y-%m-%d}"]
     pd.testing.assert_frame_equal(bars_db.read_bars(engine, "AAA"), before)
 
     fixed = tmp_path / "fix.csv"
@@ -280,6 +281,17 @@ def test_a_file_on_another_price_basis_than_the_stored_bars_is_refused_for_that_
     whole = ingest_file(engine, _bars_file(tmp_path / "whole.csv", days, scale=0.5))
     assert (whole.stored, whole.written, whole.rejected) == (60, 60, {})
     assert bars_db.read_bars(engine, "AAA")["close"].iloc[0] == 50.0
+
+
+def test_each_reject_reason_names_its_first_row_as_read(engine, tmp_path):
+    """A row without a ticker or a readable date says so; a bad_date row names what it has."""
+    path = tmp_path / "mixed.csv"
+    path.write_text(HEADER + GOOD + ",2020-01-06,10,11,9,10,10,100\n"
+                    + "AAA,2020-13-45,10,11,9,10,10,100\n" + "AAA,2020-01-08,10,9,11,10,10,100\n")
+    report = ingest_file(engine, path)
+    assert report.rejected == {"invalid_ticker": 1, "bad_date": 1, "high_below_low": 1}
+    assert report.examples == {"invalid_ticker": "(no ticker) 2020-01-06",
+                               "bad_date": "AAA (no date)", "high_below_low": "AAA 2020-01-08"}
 
 
 def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
@@ -294,11 +306,18 @@ def test_cli_ingest_prints_the_reconciliation(tmp_path, monkeypatch):
         assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
         data = tmp_path / "bars.csv"
         data.write_text(HEADER + GOOD + "AAA,2020-01-06,,11,9,10,10,100\n"
-                        + 'AAA,2020-01-07,"10,5",11,9,10,10,100\n')
+                        + 'AAA,2020-01-07,"10,5",11,9,10,10,100\n'
+                        + "!!,2020-01-08,10,11,9,10,10,100\n"
+                        + 'AAA,2020-01-09,"10,5",11,9,10,10,100\n')
         result = runner.invoke(app, ["ingest", "--path", str(data), "--no-progress"])
         assert result.exit_code == 0, result.output
-        assert result.output.startswith(
-            "read 4, stored 2, rejected 2 (missing_field=1, not_a_number=1)")
+        # each reason's first row, where to look in the file (the counts alone said nothing)
+        assert result.output.splitlines() == [
+            ("read 6, stored 2, rejected 4 (invalid_ticker=1, missing_field=1, not_a_number=2); "
+            "2 new or changed, 0 unchanged, 1 tickers"),
+            "  invalid_ticker: first !! 2020-01-08",
+            "  missing_field: first AAA 2020-01-06",
+            "  not_a_number: first AAA 2020-01-07"]
         missing = runner.invoke(app, ["ingest", "--path", str(tmp_path / "nope.csv")])
         assert missing.exit_code == 1 and "error: no such file" in missing.output
         cut = tmp_path / "cut.csv.gz"  # a download cut short: said so, not "Aborted."
