@@ -265,53 +265,89 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 
 def _read_wide_csv(path: Path) -> pd.DataFrame | None:
-    """A yfinance download() frame written by to_csv() (WIDE_LEVEL_NAMES): two header rows, a
-    row led by "Date", then one row per date with a column per (price, ticker); None when the
-    first three rows are not that layout (read as a plain file then)."""
-    head = pd.read_csv(path, header=None, nrows=3, dtype=str, keep_default_na=False)
+    """A yfinance download() frame written by to_csv() (WIDE_LEVEL_NAMES): two header rows led
+    by the levels' names, a row led by "Date", then one row per date with a column per (price,
+    ticker); None when the first three rows are not that layout (read as a plain file then)."""
+    try:
+        head = pd.read_csv(path, header=None, nrows=3, dtype=str, keep_default_na=False)
+    except pd.errors.ParserError:  # ragged first rows (a trailing comma): not that layout
+        return None
     if len(head) < 3 or sorted(_fold(head.iat[i, 0]) for i in (0, 1)) != list(
             WIDE_LEVEL_NAMES) or _fold(head.iat[2, 0]) != "date" or any(head.iloc[2, 1:]):
         return None
-    body = pd.read_csv(path, header=None, skiprows=3, dtype=str, keep_default_na=False)
+    options = {"header": None, "skiprows": 3, "keep_default_na": False}
+    try:
+        try:  # fast path: the C parser straight into float64, as a plain file's
+            body = pd.read_csv(path, dtype={i: (str if i == 0 else "float64")
+                                            for i in range(head.shape[1])},
+                               na_values={i: MISSING_WORDS for i in range(1, head.shape[1])},
+                               **options)
+        except ValueError:  # text that is no number: kept as written (not_a_number)
+            body = pd.read_csv(path, dtype=str, **options)
+    except pd.errors.EmptyDataError:  # the header only: no bars
+        body = pd.DataFrame(columns=range(head.shape[1]), dtype=str)
     body = body.set_axis(range(body.shape[1]), axis=1)
-    columns = pd.MultiIndex.from_arrays([head.iloc[0, 1:].tolist(), head.iloc[1, 1:].tolist()])
+    names = [_fold(head.iat[i, 0]) for i in (0, 1)]
+    columns = pd.MultiIndex.from_arrays([head.iloc[0, 1:].tolist(), head.iloc[1, 1:].tolist()],
+                                        names=names)
     values = body.iloc[:, 1:].set_axis(columns, axis=1)
     return _long_from_wide(body.iloc[:, 0].rename("date"), values, path)
 
 
 def _long_from_wide(dates: pd.Series, wide: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Long rows (ticker, date, the bar columns) from a frame with a column per (price, ticker)
-    in either level order (the price level is the one whose names are bar columns). A ticker's
-    row of a date where all its cells are empty is dropped: a wide frame pads a ticker that did
-    not trade that day, or that the source did not know; a row with some cells is kept, so the
-    validator rejects it (a partial last day's missing volume, say)."""
-    levels = [[COLUMN_ALIASES.get(_fold(v)) for v in wide.columns.get_level_values(i)]
-              for i in (0, 1)]
-    price = next((i for i in (0, 1) if all(levels[i])), None)
-    if price is None:
-        found = ", ".join(dict.fromkeys(str(v) for v in wide.columns.get_level_values(0)))
-        raise InvalidBars(f"{path}: two column levels (price and ticker, as yfinance's "
-                          f"download() writes them), but neither names only bar columns "
-                          f"(found: {found})")
+    """Long rows (ticker, date, the bar columns) from a frame with a column per (price, ticker):
+    the levels are told apart by their names (`Price`, `Ticker`, as yfinance names them; a
+    ticker may be named LOW or OPEN), else the price level is the one naming every required
+    column. Other price columns (`Dividends`, `Stock Splits`) are ignored, as in a plain file;
+    a ticker without one of the required ones is refused naming it. A ticker's row of a date
+    where all its cells are empty is dropped: a wide frame pads a ticker that did not trade that
+    day, or that the source did not know; a row with some cells is kept, so the validator
+    rejects it (a partial last day's missing volume, say)."""
+    folded = [_fold(n) for n in wide.columns.names]
+    if sorted(folded) == list(WIDE_LEVEL_NAMES):
+        price = folded.index("price")
+    else:
+        required = set(REQUIRED_COLUMNS) - {"date"}
+        price = next((i for i in (0, 1) if required <= {
+            COLUMN_ALIASES.get(_fold(v)) for v in wide.columns.get_level_values(i)}), None)
+        if price is None:
+            found = ", ".join(dict.fromkeys(str(v) for v in wide.columns.get_level_values(0)))
+            raise InvalidBars(f"{path}: two column levels (price and ticker, as yfinance's "
+                              "download() writes them), but neither names the bar columns "
+                              f"(found: {found})")
+    prices = wide.columns.get_level_values(price)
     tickers = wide.columns.get_level_values(1 - price)
-    frames = []
-    for symbol in dict.fromkeys(tickers):
-        one = wide.loc[:, tickers == symbol]
-        # the dates are the frame's own (its index): the price level must name the rest
-        names = _canonical_names([*one.columns.get_level_values(price), "date"], path)
-        del names["date"]
-        one = one.set_axis(one.columns.get_level_values(price), axis=1).rename(columns=names)
-        cells = one.loc[:, list(names.values())]
-        text = cells.astype(str).apply(lambda c: c.str.strip())
-        empty = (cells.isna() | text.isin(MISSING_WORDS)).all(axis=1).to_numpy()
-        frames.append(cells.loc[~empty].assign(ticker=symbol, date=dates[~empty].to_numpy()))
-    if not frames:
-        raise InvalidBars(f"{path}: two column levels (price and ticker), but no column")
-    out = pd.concat(frames, ignore_index=True)
-    for column in NUMERIC_COLUMNS:
-        if column in out and out[column].dtype == object:
-            out[column] = out[column].where(~out[column].astype(str).str.strip().isin(
-                MISSING_WORDS))
+    symbols = list(dict.fromkeys(tickers))
+    canonical = np.array([COLUMN_ALIASES.get(_fold(v)) for v in prices], dtype=object)
+    required = [c for c in REQUIRED_COLUMNS if c != "date"]  # the dates are the frame's own
+    for symbol in symbols:  # each ticker's own columns, as a plain file's header is checked
+        own = tickers == symbol
+        named = [c for c in canonical[own] if c is not None]
+        clash = next((c for c in named if named.count(c) > 1), None)
+        lacking = [c for c in required if c not in named]
+        if clash or lacking:
+            why = (f"two columns name {clash}" if clash
+                   else f"no {', '.join(lacking)} column")
+            raise InvalidBars(f"{path}: {symbol}: {why} (its columns: "
+                              f"{', '.join(str(p) for p in prices[own])})")
+    known = np.array([c is not None for c in canonical])
+    cells = wide.loc[:, known].set_axis(pd.MultiIndex.from_arrays(
+        [canonical[known], np.asarray(tickers)[known]], names=["price", "ticker"]), axis=1)
+    long = cells.stack(level="ticker", future_stack=True)  # (row, ticker) x price
+    empty = long.isna()
+    for column in long.columns:
+        if long[column].dtype == object:
+            text = long[column].astype(str).str.strip()
+            missing = text.isin(MISSING_WORDS)
+            empty[column] |= missing
+            long[column] = long[column].where(~missing)
+    long = long.loc[~empty.all(axis=1).to_numpy()]
+    rows = long.index.get_level_values(0).to_numpy()
+    order = np.lexsort((rows, pd.Index(symbols).get_indexer(long.index.get_level_values(1))))
+    out = long.iloc[order].reset_index(drop=True)
+    out.columns.name = None
+    out.insert(0, "ticker", long.index.get_level_values(1).to_numpy()[order])
+    out.insert(1, "date", dates.to_numpy()[rows[order]])
     return out
 
 

@@ -219,14 +219,53 @@ def test_a_yfinance_download_frame_saved_as_is_reads_one_row_per_ticker_and_date
     assert (result.read, result.rejected) == (6, {"missing_field": 1})
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_download_is_read_by_its_level_names_with_other_price_columns_ignored(tmp_path,
+                                                                                 suffix):
+    """The levels were told apart by their values, so a group_by="ticker" download of LOW
+    (a shared-dataset ticker) or OPEN took the ticker level for the prices and was refused;
+    actions=True's Dividends and Stock Splits refused the frame whole (a plain file ignores
+    unknown columns). A review of the change."""
+    frame = yfinance_frame().assign(Dividends=0.0, **{"Stock Splits": 0.0})
+    wide = pd.concat({"LOW": frame, "OPEN": frame * 2.0}, axis=1, names=["Ticker", "Price"])
+    path = tmp_path / f"low{suffix}"
+    if suffix == ".csv":
+        wide.to_csv(path)
+    else:
+        wide.to_parquet(path)
+    doubled = expected_bars("OPEN")
+    doubled[CANONICAL[2:]] *= 2.0
+    pd.testing.assert_frame_equal(read_bars_file(path),
+                                  pd.concat([expected_bars("LOW"), doubled], ignore_index=True),
+                                  check_dtype=False)
+
+
+def test_a_plain_file_led_by_ticker_with_trailing_commas_still_reads(tmp_path):
+    """Its first three rows were read as a possible download's header, and a trailing comma
+    there made that read a tokenizing error that refused the file (a review of the change)."""
+    plain = write_text(tmp_path / "plain.csv", "Ticker,Date,Open,High,Low,Close,Adj Close,Volume",
+                       plain_rows(ticker="AAPL"))
+    ragged = write_text(tmp_path / "ragged.csv",
+                        "Ticker,Date,Open,High,Low,Close,Adj Close,Volume",
+                        [row + "," for row in plain_rows(ticker="AAPL")])
+    pd.testing.assert_frame_equal(read_bars_file(ragged), read_bars_file(plain))
+
+
+def test_a_download_saved_without_rows_reads_as_no_bars(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("Price,Close,High,Low,Open,Volume\nTicker,AAPL,AAPL,AAPL,AAPL,AAPL\n"
+                    "Date,,,,,\n")
+    bars = read_bars_file(path)
+    assert len(bars) == 0 and list(bars.columns) == CANONICAL
+
+
 def test_a_download_frame_whose_levels_name_no_bar_columns_is_refused_naming_them(tmp_path):
     path = tmp_path / "download.csv"
     path.write_text("Price,Bid,Ask\nTicker,AAPL,AAPL\nDate,,\n2024-03-04,1,2\n")
     with pytest.raises(InvalidBars) as err:
         read_bars_file(path)
-    assert str(err.value) == (f"{path}: two column levels (price and ticker, as yfinance's "
-                              "download() writes them), but neither names only bar columns "
-                              "(found: Bid, Ask)")
+    assert str(err.value) == (f"{path}: AAPL: no open, high, low, close, volume column (its "
+                              "columns: Bid, Ask)")
 
 
 @pytest.mark.parametrize("rows", [slice(1, None), [0, 2]])  # a frame sliced, filtered
