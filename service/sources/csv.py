@@ -27,7 +27,7 @@ Accepted layouts:
 - a yfinance `download()` frame of several tickers as saved (`to_csv()`: two header rows led by
   `Price` and `Ticker`, either order, then a `Date` row; `to_parquet()`: two column levels) is
   read as one row per ticker and date, a ticker's all-empty cells on a date (the wide frame's
-  padding) dropped;
+  padding) dropped, its other price columns (Dividends, Stock Splits) ignored;
 - a file without an adjusted close uses its close as adj_close (no split/dividend adjustment
   is invented).
 Rows are returned as read (not validated); bad symbols stay as written so the validator counts
