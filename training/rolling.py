@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from service.artifacts.manifest import META_FILE
 from service.db.bars import read_bars_many
 from service.db.session import make_engine
-from service.evaluation.backtest import DEFAULT_HORIZONS, bars_by_ticker
+from service.evaluation.backtest import DEFAULT_HORIZONS, bars_by_ticker, check_methods
 from service.evaluation.rolling import (
     DEFAULT_BAND_BASELINES,
     WINDOWS,
@@ -248,6 +248,8 @@ def evaluate_rolling(config: TrainConfig, spec: RollingSpec, database_url: str,
                      model_dir: Path, *, plots_dir: Path | None = None,
                      provider: Provider = "auto", intra_op_threads: int = 1) -> StoredBacktest:
     """Train (or reuse) one model per block, forecast each block out of sample, store the run."""
+    # What forecast_block would refuse, refused before any block trains.
+    check_methods(spec.horizons, config.spec.horizon, spec.baselines, spec.band_baselines)
     engine = make_engine(database_url)
     try:
         # Session t's market return reads bars <= t of every cached ticker: causal, so a block

@@ -119,6 +119,21 @@ def _check_baselines(baselines: Sequence[str]) -> tuple[str, ...]:
     return (NAIVE, *dict.fromkeys(b for b in baselines if b != NAIVE))
 
 
+def _check_band_baselines(band_baselines: Sequence[str]) -> None:
+    unknown = [b for b in band_baselines if b not in BAND_BASELINES]
+    if unknown:
+        raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
+
+
+def check_methods(horizons: Sequence[int], max_horizon: int, baselines: Sequence[str],
+                  band_baselines: Sequence[str]) -> None:
+    """ValueError for what a backtest of these would refuse, before anything is computed (the
+    rolling run checks before it trains a block)."""
+    _check_horizons(horizons, max_horizon)
+    _check_baselines(baselines)
+    _check_band_baselines(band_baselines)
+
+
 def band_forecasters(predictor: Predictor, band_baselines: Sequence[str], aci: ACISettings,
                      horizons: Sequence[int]) -> list[Forecaster]:
     """The model's band recalibrated by ACI, then each band baseline raw and recalibrated.
@@ -127,9 +142,7 @@ def band_forecasters(predictor: Predictor, band_baselines: Sequence[str], aci: A
     does), every other base with BASELINE_ACI. Each computes only `horizons` (the empirical
     baseline's cost is per h).
     """
-    unknown = [b for b in band_baselines if b not in BAND_BASELINES]
-    if unknown:
-        raise ValueError(f"unknown band baselines {unknown}; known: {list(BAND_BASELINES)}")
+    _check_band_baselines(band_baselines)
     slots = tuple(horizons)
     served_base = predictor.served_band.removesuffix(ACI_SUFFIX)
 

@@ -390,6 +390,12 @@ def test_the_one_write_path_stores_valid_rows_updates_ranges_and_records_a_refre
      "error: cost_bp must be a finite cost >= 0 basis points, got nan"),
     (["evaluate", "--workers", "0"], "error: workers must be >= 1, got 0"),
     (["evaluate", "--horizons", ","], "error: horizons must name at least one horizon"),
+    # and what only the forecasting of the first block refused, after every block had trained
+    (["evaluate", "--horizons", "1,31"],
+     "error: horizons must lie in 1..30 (the model's horizon), got [31]"),
+    (["evaluate", "--baselines", "naive,oracle"],
+     "error: unknown baselines ['oracle']; known: "),
+    (["evaluate", "--band-baselines", "ewma,bogus"], "error: unknown band baselines ['bogus']"),
     (["db", "downgrade", "nonsense"], "error: unknown revision 'nonsense' (head is {head})"),
 ])
 def test_cli_arguments_that_cannot_work_are_one_line_errors(tmp_path, monkeypatch, args,
