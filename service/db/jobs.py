@@ -174,15 +174,18 @@ def finish_run(conn: Connection, run_id: int, status: str, detail: str | None = 
         status=status, detail=detail, finished_at=at or dt.datetime.now(dt.UTC)))
 
 
-def abandon_runs(conn: Connection, job: str, by: str,
-                 at: dt.datetime | None = None) -> list[JobRunInfo]:
-    """Record failed, "abandoned: ...", the job's runs still `running`, and return them as they
-    were. Call it holding the job's lock: one runner at a time holds it, and each releases it
-    only after recording its outcome, or by ending (a crash, its Postgres session gone, the
-    database dying before the outcome was written), so no run found running then is in progress.
-    """
+def abandon_runs(conn: Connection, job: str, by: str, at: dt.datetime | None = None,
+                 keep: Callable[[JobRunInfo], bool] | None = None) -> list[JobRunInfo]:
+    """Record failed, "abandoned: ...", the job's runs still `running` (but those `keep` says
+    may still be working), and return them as they were. Call it holding the job's lock: one
+    runner at a time holds it, and each releases it only after recording its outcome or by
+    ending (a crash, the database dying before the outcome was written). One exception: a
+    runner whose Postgres lock session ended (an idle timeout, a terminate) lost the lock while
+    its process works on, and records "lock lost" itself when it finishes, overwriting this
+    record; `keep` spares the runs of such a process where it can be seen (this host's)."""
     running = [_info(r) for r in conn.execute(select(_RUNS).where(
         _RUNS.c.job == job, _RUNS.c.status == "running").order_by(_RUNS.c.id))]
+    running = [r for r in running if keep is None or not keep(r)]
     if running:
         conn.execute(update(_RUNS).where(_RUNS.c.id.in_([r.id for r in running])).values(
             status="failed", finished_at=at or dt.datetime.now(dt.UTC),

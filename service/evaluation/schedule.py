@@ -49,6 +49,21 @@ def runner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def still_working(run: jobs_db.JobRunInfo) -> bool:
+    """Whether a run's runner is another live process on this host (runner_name()'s host:pid):
+    one whose Postgres lock session ended while it works on, not one that ended."""
+    host, _, pid = run.runner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: is it there
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, another user's
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class JobOutcome:
     """What one attempt to run a job for a key did: ran (ok / failed / refused) or skipped."""
@@ -70,16 +85,18 @@ def run_job(engine: Engine, job: str, key: str, work: Callable[[], str],
     key too) makes it `failed` whatever `work` said, "lock lost: ..."; `work` may ask sooner
     (confirm_lock, as the retrain does before the gate may promote). A run of the job still
     `running` when the lock is taken was abandoned by its runner (it ended mid-job): it is
-    recorded `failed`, "abandoned: ...", before anything else.
+    recorded `failed`, "abandoned: ...", before anything else, unless its runner is a live
+    process on this host (its lock session lost: it records "lock lost" itself).
     """
     runner = runner or runner_name()
     with jobs_db.job_lock(engine, job) as lock:
         if not lock.held:
             return JobOutcome(job, key, "skipped-running", "another scheduler holds the lock")
         with engine.begin() as conn:
-            # With the lock held, no run of this job is in progress: one left `running` was
-            # left by a runner that ended before recording its outcome (its database gone).
-            for run in jobs_db.abandon_runs(conn, job, runner):
+            # With the lock held, a run left `running` was left by a runner that ended before
+            # recording its outcome (its database gone), or by one that lost its lock session
+            # and works on: spared where it can be seen (this host's live processes).
+            for run in jobs_db.abandon_runs(conn, job, runner, keep=still_working):
                 log.warning("job %s: run %d for %s (runner %s, started %s) was left running; "
                             "recorded failed, abandoned", job, run.id, run.run_key, run.runner,
                             run.started_at.isoformat(timespec="seconds"))

@@ -474,6 +474,37 @@ def test_a_run_left_running_by_a_scheduler_that_died_is_recorded_failed_abandone
     assert (retrain.id, retrain.status, retrain.finished_at) == (retrain_id, "running", None)
 
 
+def test_a_run_of_a_live_process_on_this_host_is_not_abandoned(db_url):
+    """A runner whose Postgres lock session ended works on (it records "lock lost" itself): its
+    row was marked abandoned, "failed", while it was still working (a review of the change).
+    A live process of this host is spared; once it has ended its row is abandoned."""
+    import socket
+    import subprocess
+    import sys
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    runner = f"{socket.gethostname()}:{sleeper.pid}"
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            jobs_db.start_run(conn, DAILY, "2021-05-19", runner)
+        first = run_job(engine, DAILY, "2021-05-20", lambda: "meanwhile", runner="replica-1")
+        with engine.connect() as conn:
+            during = [(r.run_key, r.status) for r in jobs_db.runs_of(conn, DAILY)]
+        sleeper.kill()
+        sleeper.wait(10)
+        second = run_job(engine, DAILY, "2021-05-21", lambda: "after", runner="replica-1")
+        with engine.connect() as conn:
+            after = [(r.run_key, r.status, r.detail) for r in jobs_db.runs_of(conn, DAILY)]
+    finally:
+        sleeper.kill()
+        engine.dispose()
+    assert (first.status, second.status) == ("ok", "ok")
+    assert during == [("2021-05-19", "running"), ("2021-05-20", "ok")]
+    assert after == [("2021-05-19", "failed", ABANDONED.format(by="replica-1")),
+                     ("2021-05-20", "ok", "meanwhile"), ("2021-05-21", "ok", "after")]
+
+
 def test_a_job_whose_database_died_before_its_outcome_is_abandoned_when_it_is_back(
         pg_server_url):
     """The database goes away mid-job (every session ended, connections refused): the outcome
