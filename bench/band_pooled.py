@@ -20,7 +20,7 @@ by band_grid.segment_table, IS ratio = interval score / `ewma_aci`'s; band_grid.
 README's rule) on validation only, with the served band in the pool; test printed, not used.
 
 Run: `python bench/band_pooled.py [--json out.json]` (the bar cache seeded: `make seed`; the
-current artifact; ≈ 25 s on 2 cores).
+current artifact; ≈ 20 s on 2 cores).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ block starts (expanding window), scored on the block. Nothing here chose anythin
 diagnostic beside the README's rolling tables.
 
 Run: `python bench/rank_signals.py [--universe top24]` (the bar cache seeded: `make seed`;
-≈ 40 s on 2 cores for all tickers).
+≈ 50 s on 2 cores for all tickers).
 """
 
 from __future__ import annotations
