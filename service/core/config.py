@@ -82,19 +82,28 @@ def _upper(value):
 
 
 # An origin as a browser sends it: scheme://host[:port], nothing after (no path, no slash).
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$", re.IGNORECASE)
+
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 
 def _origins(value):
-    """STOCKCAST_CORS_ORIGINS: a comma list of origins, or `*` (any); empty: none."""
+    """STOCKCAST_CORS_ORIGINS: a comma list of origins, or `*` (any); empty: none. Each is
+    written as a browser's Origin header writes it (lower case, no default port), or it would
+    match none."""
     if isinstance(value, str):
         value = [o.strip() for o in value.split(",") if o.strip()]
-    origins = tuple(value)
-    for origin in origins:
+    origins = []
+    for origin in value:
         if origin != "*" and not _ORIGIN.match(origin):
             raise ValueError(
                 f"{origin!r} is no origin: write scheme://host[:port] as a browser sends it "
                 "(no path, no trailing slash), or * for any")
+        origin = origin.lower()
+        scheme = origin.partition(":")[0]
+        origins.append(origin.removesuffix(_DEFAULT_PORTS.get(scheme, "\0")))
+    origins = tuple(origins)
     if "*" in origins and len(origins) > 1:
         raise ValueError("* (any origin) with others: give * alone, or the origins")
     return origins

@@ -1123,4 +1123,8 @@ def test_a_cors_origin_that_no_browser_sends_is_refused(value, message):
         Settings(cors_origins=value)
     assert message in str(err.value)
     assert Settings(cors_origins="*").cors_origins == ("*",)
+    # as a browser writes its Origin header: lower case, no default port (else none matches)
+    assert Settings(cors_origins="HTTP://Dash.Example:80,https://a.example:443,"
+                                 "http://a.example:8080").cors_origins == (
+        "http://dash.example", "https://a.example", "http://a.example:8080")
     assert Settings(cors_origins="").cors_origins == ()
