@@ -426,12 +426,21 @@ def test_backtest_panel_shows_the_served_models_run_before_a_later_one_of_anothe
             served = get_run(conn, live_app.backtest_run)
             served_rows = get_metrics(conn, served.id)
             delete_run(conn, served.id)
+        asked = []
+        page.on("request", lambda r: asked.append(r.url) if "metrics/backtest?" in r.url
+                else None)
         try:
             assert submit(page, "AAPL", days=5) == "ready"
             assert page.inner_text("#backtest .backtest-meta") == (
                 f"AAPL: Run {other} · model rolling-0123456789ab · origins 2016-01-04 to "
                 "2016-03-01 · not the served model.")
             assert cells()["mae"] == ["20.00", "15.00"]
+            # the served model's two 404s (ticker, pooled), then any model's run; next time
+            # the served model is not asked again
+            assert len(asked) == 3 and "model_version=" in asked[0] and "model_version=" in asked[1]
+            asked.clear()
+            assert submit(page, "AAPL", days=5) == "ready"
+            assert len(asked) == 1 and "model_version=" not in asked[0]
         finally:
             with engine.begin() as conn:
                 live_app.backtest_run = store_run(
@@ -442,6 +451,36 @@ def test_backtest_panel_shows_the_served_models_run_before_a_later_one_of_anothe
         with engine.begin() as conn:
             delete_run(conn, other)
         engine.dispose()
+    assert page.js_errors == []
+
+
+@browser
+def test_a_model_promoted_after_the_page_loaded_is_the_one_the_page_describes(page, live_app):
+    """The page read /models/current once: after a promotion its facts, its backtest panel and
+    its live record asked for the old version. The page loads here believing an older model is
+    served (its first /models/current answered so); the forecast names the served one, and the
+    page asks again."""
+    real = httpx.get(live_app.url + "models/current").json()
+    stale = {**real, "version": "0ld0ld0ld0ld"}
+    answered = []
+
+    def models_current(route):
+        if not answered:
+            answered.append("stale")
+            route.fulfill(json=stale)
+        else:
+            answered.append("real")
+            route.continue_()
+
+    page.route("**/models/current", models_current)
+    load(page, live_app)  # its first run: the forecast says the served version
+    assert answered == ["stale", "real"]
+    assert page.inner_text("#model-version") == live_app.model_version
+    assert page.inner_text("#backtest .backtest-meta").startswith(
+        f"AAPL: Run {live_app.backtest_run} · model {live_app.model_version} ·")
+    assert "not the served model" not in page.inner_text("#backtest")
+    assert submit(page, "MSFT", days=5) == "ready"
+    assert answered == ["stale", "real"]  # asked once more, not at every run
     assert page.js_errors == []
 
 

@@ -38,6 +38,7 @@
 
   const state = {
     model: null,            // GET /models/current body, or null
+    noBacktest: new Set(),  // model versions with no stored backtest run (asked once)
     catalogue: null,        // metric name -> GET /metrics/backtest/catalogue entry
     tickers: new Map(),     // ticker -> TickerPublic
     datesEdited: false,     // the user changed the range: keep it when the ticker changes
@@ -230,8 +231,20 @@
     // answered can take seconds (offline: its retries), so the page does not wait for it.
     const sourceAnswer = api(`source?ticker=${enc(ticker)}`).then(
       (value) => ({ status: "fulfilled", value }), () => ({ status: "rejected" }));
-    const [[backtest], [live]] = await Promise.all(
+    let [[backtest], [live]] = await Promise.all(
       [backtestAnswer, Promise.allSettled([loadLive(ticker)])]);
+    if (forecast.status === "fulfilled" && state.model &&
+        forecast.value.model_version !== state.model.version) {
+      // A model promoted since the page loaded: its facts, backtest and live record, not the
+      // old one's (they were asked for by version).
+      const [model] = await Promise.allSettled([api("models/current")]);
+      if (model.status === "fulfilled") {
+        state.model = model.value;
+        renderModel();
+        [[backtest], [live]] = await Promise.all([Promise.allSettled([loadBacktest(ticker)]),
+                                                  Promise.allSettled([loadLive(ticker)])]);
+      }
+    }
     let actual = null;
     if (forecast.status === "fulfilled") actual = await realizedAfter(ticker, forecast.value);
     if (id !== state.request) return; // a newer run started meanwhile
@@ -295,7 +308,10 @@
       const catalogue = await api("metrics/backtest/catalogue");
       state.catalogue = new Map(catalogue.map((m) => [m.name, m]));
     }
-    const versions = state.model ? [`&model_version=${enc(state.model.version)}`, ""] : [""];
+    // A version known to have no run is not asked again (two certain 404s a ticker).
+    const served = state.model && !state.noBacktest.has(state.model.version)
+      ? state.model.version : null;
+    const versions = served ? [`&model_version=${enc(served)}`, ""] : [""];
     for (const version of versions) {
       for (const scope of [ticker, "*"]) {
         try {
@@ -304,6 +320,7 @@
           if (err.status !== 404) throw err;
         }
       }
+      if (version) state.noBacktest.add(served);
     }
     return { scope: null, run: null, metrics: [] };
   }
