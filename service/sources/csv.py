@@ -168,7 +168,22 @@ def _read_csv(path: Path) -> pd.DataFrame:
     # them under these same names.
     written = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
     header = written.iloc[0].tolist()
-    if header and _fold(header[0]) in WIDE_LEVEL_NAMES:
+    skip = 0
+    if header and str(header[0]).strip().lower().startswith("sep="):
+        # Excel's separator hint, a line before the header: "sep=," is read past, another
+        # separator refused as below
+        hint = ",".join(str(c) for c in header).strip()[4:] or ","
+        if hint[:1] != ",":
+            shown = OTHER_SEPARATORS.get(hint[:1], repr(hint[:1]))
+            raise InvalidBars(
+                f"{path}: the columns are separated by {shown}, not commas (its first line is "
+                "Excel's separator hint); save the file comma-separated, with a decimal point "
+                "in numbers")
+        skip = 1
+        written = pd.read_csv(path, header=None, nrows=1, skiprows=1, dtype=str,
+                              keep_default_na=False)
+        header = written.iloc[0].tolist()
+    if header and not skip and _fold(header[0]) in WIDE_LEVEL_NAMES:
         wide = _read_wide_csv(path)
         if wide is not None:
             return wide
@@ -187,7 +202,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise
     dtypes = {o: ("float64" if c in NUMERIC_COLUMNS else str) for o, c in names.items()}
     missing = {o: MISSING_WORDS for o, c in names.items() if c in NUMERIC_COLUMNS}
-    options = {"usecols": list(names), "keep_default_na": False, "na_values": missing}
+    options = {"usecols": list(names), "keep_default_na": False, "na_values": missing,
+               "skiprows": skip}
     try:
         # Fast path: the C parser straight into float64.
         raw = pd.read_csv(path, dtype=dtypes, **options)
@@ -248,12 +264,22 @@ def _has_nul_bytes(path: Path) -> bool:
 def _read_parquet(path: Path) -> pd.DataFrame:
     raw = pd.read_parquet(path)
     if isinstance(raw.columns, pd.MultiIndex) and raw.columns.nlevels == 2:
-        # yfinance's download() frame (WIDE_LEVEL_NAMES), its dates the index
-        return _long_from_wide(pd.Series(raw.index, name="date"), raw.reset_index(drop=True),
-                               path)
+        # yfinance's download() frame (WIDE_LEVEL_NAMES): its dates the index, or, saved
+        # after reset_index(), a column of its own (("Date", "")): one with no ticker
+        own = [c for c in raw.columns if c[1] == "" and _fold(c[0]) == "date"
+               or c[0] == "" and _fold(c[1]) == "date"]
+        if len(own) == 1:
+            dates = raw.pop(own[0]).rename("date").reset_index(drop=True)
+        else:
+            dates = pd.Series(raw.index, name="date")
+        return _long_from_wide(dates, raw.reset_index(drop=True), path)
     # df.to_parquet() keeps the frame's index, and yfinance's frames are indexed by their dates
-    # (a DatetimeIndex named "Date"): an index level named as a bar column is that column.
-    levels = [n for n in raw.index.names if n is not None and _fold(n) in COLUMN_ALIASES]
+    # (a DatetimeIndex named "Date"): an index level named as a bar column is that column, but
+    # one that is also a column of that very name with the same values (set_index(...,
+    # drop=False)), which is read once.
+    levels = [n for n in raw.index.names if n is not None and _fold(n) in COLUMN_ALIASES
+              and not (n in raw.columns and raw[n].reset_index(drop=True).equals(
+                  raw.index.get_level_values(n).to_series().reset_index(drop=True)))]
     if levels:
         raw = raw.reset_index(level=levels, allow_duplicates=True)  # a clash: refused below
     # Any other index (a filtered frame's row labels) is dropped: read_bars_file's dates are

@@ -240,6 +240,32 @@ def test_a_download_is_read_by_its_level_names_with_other_price_columns_ignored(
                                   check_dtype=False)
 
 
+def test_parquet_dates_as_both_index_and_column_and_a_download_after_reset_index(tmp_path):
+    """set_index("Date", drop=False) was "columns 'Date' and 'Date' both name date"; a download
+    saved after reset_index() (its dates a column ("Date", "")) was refused (a review)."""
+    both = tmp_path / "both.parquet"
+    yfinance_frame().reset_index().set_index("Date", drop=False).to_parquet(both)
+    pd.testing.assert_frame_equal(read_bars_file(both, ticker="AAPL"), expected_bars())
+    flat = tmp_path / "flat.parquet"
+    download_frame(("Price", "Ticker")).reset_index().to_parquet(flat)
+    pd.testing.assert_frame_equal(read_bars_file(flat), download_bars(), check_dtype=False)
+
+
+def test_excels_separator_hint_line_is_read_past_or_names_the_separator(tmp_path):
+    """Excel writes "sep=;" (or "sep=,") before the header; it was "missing required columns
+    (found: sep=;)" (a review)."""
+    header = "Date,Open,High,Low,Close,Adj Close,Volume"
+    comma = write_text(tmp_path / "comma.csv", "sep=,\n" + header, plain_rows())
+    pd.testing.assert_frame_equal(read_bars_file(comma, ticker="AAPL"), expected_bars())
+    semi = write_text(tmp_path / "semi.csv", "sep=;\n" + header.replace(",", ";"),
+                      [r.replace(",", ";") for r in plain_rows()])
+    with pytest.raises(InvalidBars) as err:
+        read_bars_file(semi, ticker="AAPL")
+    assert str(err.value) == (f"{semi}: the columns are separated by ';', not commas (its first "
+                              "line is Excel's separator hint); save the file comma-separated, "
+                              "with a decimal point in numbers")
+
+
 def test_a_plain_file_led_by_ticker_with_trailing_commas_still_reads(tmp_path):
     """Its first three rows were read as a possible download's header, and a trailing comma
     there made that read a tokenizing error that refused the file (a review of the change)."""
