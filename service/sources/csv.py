@@ -174,11 +174,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
         # separator refused as below
         hint = ",".join(str(c) for c in header).strip()[4:] or ","
         if hint[:1] != ",":
-            shown = OTHER_SEPARATORS.get(hint[:1], repr(hint[:1]))
-            raise InvalidBars(
-                f"{path}: the columns are separated by {shown}, not commas (its first line is "
-                "Excel's separator hint); save the file comma-separated, with a decimal point "
-                "in numbers")
+            raise _separated_by(path, OTHER_SEPARATORS.get(hint[:1], repr(hint[:1])),
+                                " (its first line is Excel's separator hint)")
         skip = 1
         written = pd.read_csv(path, header=None, nrows=1, skiprows=1, dtype=str,
                               keep_default_na=False)
@@ -189,9 +186,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
             return wide
     separator = _other_separator(header)
     if separator is not None:
-        raise InvalidBars(
-            f"{path}: the columns are separated by {OTHER_SEPARATORS[separator]}, not commas; "
-            "save the file comma-separated, with a decimal point in numbers")
+        raise _separated_by(path, OTHER_SEPARATORS[separator])
     try:
         names = _canonical_names(header, path)
     except InvalidBars:
@@ -212,6 +207,12 @@ def _read_csv(path: Path) -> pd.DataFrame:
         # as written so only the offending rows are rejected (not_a_number), not the file.
         raw = pd.read_csv(path, dtype=str, **options)
     return raw.rename(columns=names)
+
+
+def _separated_by(path: Path, shown: str, why: str = "") -> InvalidBars:
+    """The refusal of a file whose columns another separator than the comma divides."""
+    return InvalidBars(f"{path}: the columns are separated by {shown}, not commas{why}; save "
+                       "the file comma-separated, with a decimal point in numbers")
 
 
 def _other_separator(header: list) -> str | None:
@@ -235,7 +236,7 @@ def _not_utf8(path: Path) -> str:
     not the file; a compressed file's offset is in its text)."""
     if path.suffix.lower() in UNSCANNED_SUFFIXES:
         return "the file is not UTF-8 text"
-    with TEXT_OPENERS.get(path.suffix.lower(), open)(path, "rb") as fh:
+    with _text_bytes(path) as fh:
         head = fh.read(4)
         for bom, name in BYTE_ORDER_MARKS.items():
             if head.startswith(bom):
@@ -257,8 +258,13 @@ def _has_nul_bytes(path: Path) -> bool:
     """Whether the first KiB of the file's text holds a NUL (no CSV of bars does)."""
     if path.suffix.lower() in UNSCANNED_SUFFIXES:
         return False
-    with TEXT_OPENERS.get(path.suffix.lower(), open)(path, "rb") as fh:
+    with _text_bytes(path) as fh:
         return b"\x00" in fh.read(1024)
+
+
+def _text_bytes(path: Path):
+    """The file's text as bytes, decompressed as pandas would (TEXT_OPENERS; else as is)."""
+    return TEXT_OPENERS.get(path.suffix.lower(), open)(path, "rb")
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -329,12 +335,12 @@ def _long_from_wide(dates: pd.Series, wide: pd.DataFrame, path: Path) -> pd.Data
     where all its cells are empty is dropped: a wide frame pads a ticker that did not trade that
     day, or that the source did not know; a row with some cells is kept, so the validator
     rejects it (a partial last day's missing volume, say)."""
+    required = [c for c in REQUIRED_COLUMNS if c != "date"]  # the dates are the frame's own
     folded = [_fold(n) for n in wide.columns.names]
     if sorted(folded) == list(WIDE_LEVEL_NAMES):
         price = folded.index("price")
     else:
-        required = set(REQUIRED_COLUMNS) - {"date"}
-        price = next((i for i in (0, 1) if required <= {
+        price = next((i for i in (0, 1) if set(required) <= {
             COLUMN_ALIASES.get(_fold(v)) for v in wide.columns.get_level_values(i)}), None)
         if price is None:
             found = ", ".join(dict.fromkeys(str(v) for v in wide.columns.get_level_values(0)))
@@ -345,7 +351,6 @@ def _long_from_wide(dates: pd.Series, wide: pd.DataFrame, path: Path) -> pd.Data
     tickers = wide.columns.get_level_values(1 - price)
     symbols = list(dict.fromkeys(tickers))
     canonical = np.array([COLUMN_ALIASES.get(_fold(v)) for v in prices], dtype=object)
-    required = [c for c in REQUIRED_COLUMNS if c != "date"]  # the dates are the frame's own
     for symbol in symbols:  # each ticker's own columns, as a plain file's header is checked
         own = tickers == symbol
         named = [c for c in canonical[own] if c is not None]
