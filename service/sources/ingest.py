@@ -84,9 +84,10 @@ def _examples(frame: pd.DataFrame, validated: ValidationResult,
         day = pd.Timestamp(date)
         return f"{name} {'(no date)' if pd.isna(day) else f'{day:%Y-%m-%d}'}"
 
-    tickers = (frame["ticker"] if "ticker" in frame else pd.Series([None] * len(frame)))
-    dates = pd.to_datetime(frame["date"], errors="coerce")
-    out = {reason: row(tickers.iloc[i], dates.iloc[i]) for reason, i in validated.first.items()}
+    at = list(validated.first.values())  # only those rows' dates: not the whole file's again
+    dates = pd.to_datetime(frame["date"].iloc[at], errors="coerce")
+    tickers = frame["ticker"].iloc[at] if "ticker" in frame else [None] * len(at)
+    out = {reason: row(t, d) for reason, t, d in zip(validated.first, tickers, dates)}
     if REBASED in result.rejected:
         kept = set(result.bars["ticker"])
         refused = validated.bars[~validated.bars["ticker"].isin(kept)]
